@@ -54,6 +54,11 @@ class Settings:
         return self.home / "data"
 
     @property
+    def input_dir(self) -> Path:
+        """The drop folder the daily load ingests; ``rekindle generate`` writes here."""
+        return self.data_dir / "incoming"
+
+    @property
     def warehouse_dir(self) -> Path:
         return self.home / "warehouse"
 
@@ -95,9 +100,6 @@ class Settings:
         if "home" in values:
             values["home"] = Path(values["home"]).resolve()
         return cls(**values)
-
-    def redacted_warehouse_url(self, url: str) -> str:
-        return redact(url)
 
 
 def _parse(name: str, raw: str, default: Any, f: dataclasses.Field) -> Any:

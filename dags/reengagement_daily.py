@@ -1,0 +1,64 @@
+"""Daily re-engagement: load events, gate raw data, build dbt marts, gate marts, train, publish to the CRM."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from airflow.sdk import dag, task
+
+from ml import pipeline
+from ml.dbt_airflow import dbt_task_group
+from ml.settings import Settings
+
+
+def _run_date(ds: str) -> date:
+    return date.fromisoformat(ds)
+
+
+@dag(
+    dag_id="reengagement_daily",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["rekindle"],
+    doc_md=__doc__,
+)
+def reengagement_daily():
+    @task
+    def prepare_warehouse(ds: str | None = None) -> dict:
+        return pipeline.prepare_warehouse(Settings.from_env(), _run_date(ds))
+
+    @task
+    def load_events(ds: str | None = None) -> dict:
+        return pipeline.load_events(Settings.from_env(), _run_date(ds))
+
+    @task
+    def check_raw_quality(ds: str | None = None) -> dict:
+        return pipeline.check_raw_quality(Settings.from_env(), _run_date(ds))
+
+    @task
+    def check_mart_quality(ds: str | None = None) -> dict:
+        return pipeline.check_mart_quality(Settings.from_env(), _run_date(ds))
+
+    @task
+    def train_ranker(ds: str | None = None) -> dict:
+        return pipeline.train_ranker(Settings.from_env(), _run_date(ds))
+
+    @task
+    def publish_segments(ds: str | None = None) -> dict:
+        return pipeline.publish_segments(Settings.from_env(), _run_date(ds))
+
+    dbt = dbt_task_group(Settings.from_env())
+    (
+        prepare_warehouse()
+        >> load_events()
+        >> check_raw_quality()
+        >> dbt
+        >> check_mart_quality()
+        >> train_ranker()
+        >> publish_segments()
+    )
+
+
+reengagement_daily()

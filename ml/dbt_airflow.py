@@ -1,0 +1,34 @@
+"""The dbt project as Airflow tasks (astronomer-cosmos): every model and its tests become visible tasks."""
+
+from __future__ import annotations
+
+from ml.settings import Settings
+
+PROFILE_NAME = "rekindle"
+TARGET_NAME = "dev"
+
+
+def dbt_task_group(settings: Settings, group_id: str = "dbt_build"):
+    """A Cosmos DbtTaskGroup for the project; call inside a DAG context.
+
+    The profile file is written by the ``prepare_warehouse`` task from the live warehouse URL; Cosmos only
+    needs the path when parsing, so a placeholder is written when it does not exist yet.
+    """
+    from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+    from cosmos.constants import InvocationMode, LoadMode, TestBehavior
+
+    from ml.transform import dbt_vars, write_profile
+
+    profiles = settings.dbt_profiles_dir / "profiles.yml"
+    if not profiles.exists():
+        write_profile(settings, settings.warehouse_url or f"postgresql://postgres@/rekindle?host={settings.warehouse_dir}")
+    vars_ = {k: v for k, v in dbt_vars(settings, None).items() if k != "run_date"}
+    vars_["run_date"] = "{{ ds }}"
+    return DbtTaskGroup(
+        group_id=group_id,
+        project_config=ProjectConfig(dbt_project_path=settings.dbt_project_dir, manifest_path=None),
+        profile_config=ProfileConfig(profile_name=PROFILE_NAME, target_name=TARGET_NAME, profiles_yml_filepath=profiles),
+        execution_config=ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER),
+        render_config=RenderConfig(load_method=LoadMode.CUSTOM, test_behavior=TestBehavior.AFTER_EACH),
+        operator_args={"vars": vars_, "install_deps": False},
+    )

@@ -1,0 +1,230 @@
+"""The daily pipeline's steps: one function per Airflow task, each runnable and testable without Airflow.
+
+Every step returns a small JSON-able summary and records it, with its duration, in ``ops.pipeline_steps``
+so ``rekindle run`` (and anyone with psql) can see what the day did.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from datetime import date, datetime, time as dtime, timezone
+from typing import Iterator
+
+import pandas as pd
+import psycopg
+
+from ml import ingest, publish, quality, registry, warehouse
+from ml.recommendation import MerchantRecommender, ModelSpec, TemporalSplit, evaluate_spec
+from ml.settings import Settings, redact
+
+log = logging.getLogger(__name__)
+
+OPS_SQL = """
+CREATE SCHEMA IF NOT EXISTS ops;
+CREATE TABLE IF NOT EXISTS ops.pipeline_steps (
+    run_date    date        NOT NULL,
+    step        text        NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    seconds     double precision NOT NULL,
+    summary     jsonb       NOT NULL,
+    PRIMARY KEY (run_date, step)
+);
+"""
+BASELINES = ("popularity", "random")
+GATE_METRIC = "ndcg@10"
+
+
+def as_of(run_date: date) -> datetime:
+    """A run for date D sees everything before D 00:00 UTC."""
+    return datetime.combine(run_date, dtime.min, tzinfo=timezone.utc)
+
+
+@contextmanager
+def recorded_step(url: str, run_date: date, step: str) -> Iterator[dict]:
+    summary: dict = {}
+    started = time.perf_counter()
+    yield summary
+    seconds = time.perf_counter() - started
+    with psycopg.connect(url) as conn:
+        conn.execute(OPS_SQL)
+        conn.execute(
+            """INSERT INTO ops.pipeline_steps (run_date, step, seconds, summary) VALUES (%s, %s, %s, %s)
+               ON CONFLICT (run_date, step) DO UPDATE
+               SET seconds = EXCLUDED.seconds, summary = EXCLUDED.summary, finished_at = now()""",
+            (run_date, step, seconds, json.dumps(summary, default=str)),
+        )
+    log.info("%s finished in %.1fs: %s", step, seconds, summary)
+
+
+def prepare_warehouse(settings: Settings, run_date: date) -> dict:
+    from ml.transform import write_profile
+
+    url = warehouse.start(settings)
+    with psycopg.connect(url) as conn:
+        ingest.ensure_raw_schema(conn)
+        conn.execute(OPS_SQL)
+        conn.execute(publish.CRM_SCHEMA_SQL)
+    write_profile(settings, url)
+    with recorded_step(url, run_date, "prepare_warehouse") as summary:
+        summary["warehouse"] = redact(url)
+    return summary
+
+
+def load_events(settings: Settings, run_date: date) -> dict:
+    """Ingest every contract file in the drop folder; loading the same files again changes nothing."""
+    url = warehouse.start(settings)
+    with recorded_step(url, run_date, "load_events") as summary:
+        if not settings.input_dir.is_dir():
+            log.warning("drop folder %s does not exist: nothing to load today", settings.input_dir)
+            results = []
+        else:
+            results = ingest.ingest_path(url, settings.input_dir)
+        summary["files"] = len(results)
+        summary["tables"] = ingest.summarise(results).to_dict("records")
+    return summary
+
+
+def check_raw_quality(settings: Settings, run_date: date) -> dict:
+    url = warehouse.start(settings)
+    with recorded_step(url, run_date, "check_raw_quality") as summary:
+        report = quality.check_raw(settings, url)
+        summary.update(expectations=report.evaluated, data_docs=str(report.data_docs))
+    return summary
+
+
+def build_marts(settings: Settings, run_date: date) -> dict:
+    """dbt build outside Airflow (the DAG runs the same project through Cosmos, one task per node)."""
+    from ml.transform import run_dbt
+
+    url = warehouse.start(settings)
+    with recorded_step(url, run_date, "build_marts") as summary:
+        result = run_dbt(settings, url, ["build"], run_date)
+        summary["dbt"] = getattr(result, "counts", str(result))
+    return summary
+
+
+def check_mart_quality(settings: Settings, run_date: date) -> dict:
+    url = warehouse.start(settings)
+    with recorded_step(url, run_date, "check_mart_quality") as summary:
+        report = quality.check_marts(settings, url)
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT lifecycle_segment, count(*) FROM marts.user_segments GROUP BY 1 ORDER BY 1"
+            ).fetchall()
+        summary.update(expectations=report.evaluated, users_per_segment=dict(rows))
+    return summary
+
+
+def load_orders(conn: psycopg.Connection) -> pd.DataFrame:
+    rows = conn.execute(
+        "SELECT user_id, merchant_id, event_time, order_total FROM staging.stg_events "
+        "WHERE event_type = 'checkout_completed' AND merchant_id IS NOT NULL"
+    ).fetchall()
+    orders = pd.DataFrame(rows, columns=["user_id", "merchant_id", "event_time", "order_total"])
+    orders["event_time"] = pd.to_datetime(orders["event_time"], utc=True)
+    orders["order_total"] = orders["order_total"].astype(float)
+    return orders
+
+
+def candidate_spec(settings: Settings) -> ModelSpec:
+    return ModelSpec("item_cosine", {"neighbours": settings.cosine_neighbours, "shrinkage": settings.cosine_shrinkage})
+
+
+def train_ranker(settings: Settings, run_date: date) -> dict:
+    """Evaluate on the last ``eval_test_days`` beside baselines, register a refit on all data, run the gate."""
+    import mlflow
+
+    url = warehouse.start(settings)
+    with recorded_step(url, run_date, "train_ranker") as summary:
+        with psycopg.connect(url) as conn:
+            orders = load_orders(conn)
+            catalog_size = conn.execute("SELECT count(*) FROM marts.merchant_features").fetchone()[0]
+        if orders.empty:
+            raise ValueError(f"no orders before {run_date}: nothing to train on")
+        split = TemporalSplit.last_days(orders, as_of(run_date), settings.eval_test_days)
+        spec = candidate_spec(settings)
+        registry.configure(settings, url)
+        with mlflow.start_run(
+            experiment_id=registry.experiment_id(settings, settings.ranker_model_name), run_name=f"ranker-{run_date}"
+        ):
+            metrics = evaluate_spec(spec, split, catalog_size)
+            baselines = {
+                name: evaluate_spec(ModelSpec(name, {"seed": settings.seed} if name == "random" else {}), split, catalog_size)
+                for name in BASELINES
+            }
+            champion_metric = _champion_metric(settings, split, catalog_size)
+            mlflow.log_params({"model": spec.kind, **spec.params, "run_date": run_date.isoformat(),
+                               "cut": split.cut.isoformat(), "test_users": len(split.relevant)})
+            mlflow.log_metrics({_metric_key(k): v for k, v in metrics.items()})
+            for name, values in baselines.items():
+                mlflow.log_metrics({f"{name}_{_metric_key(k)}": v for k, v in values.items()})
+            final = MerchantRecommender(spec).fit(orders, as_of(run_date))
+            version = registry.log_model(registry.RecommenderPyfunc(final), settings.ranker_model_name)
+            decision = registry.gate(
+                settings.ranker_model_name, version, GATE_METRIC, metrics[GATE_METRIC], champion_metric,
+                settings.promotion_margin,
+            )
+            mlflow.set_tags({"gate": decision.reason, "promoted": str(decision.promoted)})
+        summary.update(
+            model=spec.kind,
+            metrics=_rounded(metrics),
+            baselines={name: _rounded(values) for name, values in baselines.items()},
+            version=version,
+            champion_version=decision.champion_version,
+            promoted=decision.promoted,
+            gate=decision.reason,
+        )
+    return summary
+
+
+def _champion_metric(settings: Settings, split: TemporalSplit, catalog_size: int) -> float | None:
+    """Refit the champion's spec on today's training window, so both are judged on the same window."""
+    if registry.alias_version(settings.ranker_model_name, registry.CHAMPION) is None:
+        return None
+    champion = registry.load_alias(settings.ranker_model_name).recommender
+    return evaluate_spec(champion.spec, split, catalog_size)[GATE_METRIC]
+
+
+def _metric_key(name: str) -> str:
+    return name.replace("@", "_at_")
+
+
+def _rounded(metrics: dict) -> dict:
+    return {k: round(float(v), 4) for k, v in metrics.items()}
+
+
+def publish_segments(settings: Settings, run_date: date) -> dict:
+    """Top-N merchants for each member of the scored segments, from ``@champion``, replacing run_date's rows."""
+    url = warehouse.start(settings)
+    with recorded_step(url, run_date, "publish_segments") as summary:
+        registry.configure(settings, url)
+        version = registry.alias_version(settings.ranker_model_name, registry.CHAMPION)
+        if version is None:
+            raise RuntimeError(f"no model has alias @{registry.CHAMPION} in {settings.ranker_model_name}: train first")
+        recommender = registry.load_alias(settings.ranker_model_name).recommender
+        with psycopg.connect(url) as conn:
+            members = publish.segment_members(conn, settings.score_segments)
+            scored = publish.score_members(recommender, members, publish.merchant_names(conn), settings.top_n)
+            published = publish.publish(conn, run_date, scored, version)
+            exports = publish.export_csv(conn, run_date, settings.exports_dir)
+        summary.update(
+            model_version=version,
+            users_per_segment=published,
+            rows_per_segment={k: int(v) for k, v in scored.groupby("segment").size().items()},
+            exports={segment: str(path) for segment, path in exports.items()},
+        )
+    return summary
+
+
+def step_summaries(settings: Settings, run_date: date) -> list[dict]:
+    url = warehouse.start(settings)
+    with psycopg.connect(url) as conn:
+        conn.execute(OPS_SQL)
+        rows = conn.execute(
+            "SELECT step, seconds, summary FROM ops.pipeline_steps WHERE run_date = %s ORDER BY finished_at",
+            (run_date,),
+        ).fetchall()
+    return [{"step": step, "seconds": seconds, "summary": summary} for step, seconds, summary in rows]

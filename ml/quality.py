@@ -1,0 +1,147 @@
+"""Run the Great Expectations suites in ``expectations/`` as checkpoints against the warehouse."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from ml.settings import Settings
+from ml.warehouse import sqlalchemy_url
+
+log = logging.getLogger(__name__)
+
+
+class DataQualityError(RuntimeError):
+    """A checkpoint failed: the message names each failed expectation, its table and example bad values."""
+
+
+@dataclass
+class CheckpointReport:
+    checkpoint: str
+    success: bool
+    evaluated: int
+    failed: list[str] = field(default_factory=list)
+    data_docs: Path | None = None
+
+
+def _context(settings: Settings):
+    os.environ["GX_ANALYTICS_ENABLED"] = "false"
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    # The file context holds only generated state (data docs, validation results); suites live in expectations/.
+    root = settings.home / "gx"
+    root.mkdir(parents=True, exist_ok=True)
+    context = gx.get_context(mode="file", project_root_dir=str(root))
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def run_checkpoint(settings: Settings, url: str, name: str, suites) -> CheckpointReport:
+    """Validate each suite's table; raise DataQualityError if any expectation fails."""
+    import great_expectations as gx
+
+    context = _context(settings)
+    datasource = context.data_sources.add_or_update_sql(name="warehouse", connection_string=sqlalchemy_url(url))
+    validations = []
+    for spec in suites:
+        asset_name = f"{spec.schema}.{spec.table}"
+        try:
+            asset = datasource.get_asset(asset_name)
+        except LookupError:
+            asset = datasource.add_table_asset(name=asset_name, table_name=spec.table, schema_name=spec.schema)
+        batch_definition = _whole_table(asset)
+        suite = context.suites.add_or_update(gx.ExpectationSuite(name=spec.name, expectations=spec.build()))
+        validations.append(
+            context.validation_definitions.add_or_update(
+                gx.ValidationDefinition(name=spec.name, data=batch_definition, suite=suite)
+            )
+        )
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=name,
+            validation_definitions=validations,
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
+        )
+    )
+    result = checkpoint.run()
+    report = CheckpointReport(checkpoint=name, success=bool(result.success), evaluated=0, data_docs=_data_docs_index(settings))
+    for validation_result in result.run_results.values():
+        table = _table_of(validation_result)
+        for expectation_result in validation_result.results:
+            report.evaluated += 1
+            if not expectation_result.success:
+                report.failed.append(_describe_failure(url, table, expectation_result))
+    if not report.success:
+        raise DataQualityError(
+            f"checkpoint {name} failed {len(report.failed)} of {report.evaluated} expectations:\n  "
+            + "\n  ".join(report.failed)
+            + (f"\nData docs: {report.data_docs}" if report.data_docs else "")
+        )
+    log.info("checkpoint %s: %d expectations passed", name, report.evaluated)
+    return report
+
+
+def _whole_table(asset):
+    try:
+        return asset.get_batch_definition("whole_table")
+    except (KeyError, LookupError, ValueError):
+        return asset.add_batch_definition_whole_table("whole_table")
+
+
+def _table_of(validation_result) -> str:
+    return str(validation_result.meta.get("active_batch_definition", {}).get("data_asset_name", "?"))
+
+
+def _describe_failure(url: str, table: str, expectation_result) -> str:
+    config = expectation_result.expectation_config
+    kwargs = config.kwargs
+    what = config.description or config.type
+    details = expectation_result.result or {}
+    count = details.get("unexpected_count")
+    examples = details.get("partial_unexpected_list")
+    if kwargs.get("unexpected_rows_query"):
+        count = details.get("observed_value")
+        examples = _example_rows(url, kwargs["unexpected_rows_query"].replace("{batch}", table))
+    elif examples is None and "observed_value" in details:
+        examples = f"observed {details['observed_value']}"
+    parts = [f"{table}: {what}"]
+    if kwargs.get("column"):
+        parts.append(f"column {kwargs['column']}")
+    if count is not None:
+        parts.append(f"{count} bad row(s)")
+    if examples is not None:
+        parts.append(f"e.g. {_short(examples)}")
+    return " | ".join(parts)
+
+
+def _example_rows(url: str, query: str, limit: int = 5) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(f"SELECT * FROM ({query}) AS bad LIMIT {limit}").fetchall()
+
+
+def _short(value, limit: int = 300) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _data_docs_index(settings: Settings) -> Path | None:
+    index = settings.home / "gx" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    return index if index.exists() else None
+
+
+def check_raw(settings: Settings, url: str) -> CheckpointReport:
+    from expectations.suites import RAW_SUITES
+
+    return run_checkpoint(settings, url, "raw_gate", RAW_SUITES)
+
+
+def check_marts(settings: Settings, url: str) -> CheckpointReport:
+    from expectations.suites import MART_SUITES
+
+    return run_checkpoint(settings, url, "marts_gate", MART_SUITES)

@@ -1,0 +1,135 @@
+"""MLflow tracking and registry on the warehouse: log runs, register versions, champion/challenger gate."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+import psycopg
+
+from ml.settings import Settings
+from ml.warehouse import sqlalchemy_url
+
+log = logging.getLogger(__name__)
+
+MLFLOW_SCHEMA = "mlflow"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def tracking_uri(url: str) -> str:
+    """MLflow's tables live in their own schema of the warehouse database."""
+    separator = "&" if "?" in url else "?"
+    return sqlalchemy_url(url) + f"{separator}options={quote(f'-csearch_path={MLFLOW_SCHEMA}')}"
+
+
+def configure(settings: Settings, url: str) -> str:
+    """Point this process's MLflow client at the warehouse-backed store; returns the tracking URI."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {MLFLOW_SCHEMA}")
+    uri = tracking_uri(url)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def experiment_id(settings: Settings, name: str) -> str:
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    return mlflow.create_experiment(name, artifact_location=(settings.mlflow_artifacts_dir / name).as_uri())
+
+
+class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
+    """A fitted MerchantRecommender behind MLflow's pyfunc: ``predict`` takes user ids, returns their top-N."""
+
+    def __init__(self, recommender):
+        self.recommender = recommender
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        n = int((params or {}).get("n", 10))
+        return self.recommender.recommend(model_input["user_id"].tolist(), n=n)
+
+
+def log_model(python_model, registered_name: str) -> str:
+    """Log the pyfunc in the active run and register it; returns the new version number."""
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=python_model,
+        registered_model_name=registered_name,
+        input_example=pd.DataFrame({"user_id": [1, 2]}),
+    )
+    return str(info.registered_model_version)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_alias(name: str, alias: str = CHAMPION):
+    """The python object behind ``models:/name@alias`` (what scoring uses)."""
+    return mlflow.pyfunc.load_model(f"models:/{name}@{alias}").unwrap_python_model()
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promoted: bool
+    challenger_version: str
+    champion_version: str | None
+    metric: str
+    challenger_value: float
+    champion_value: float | None
+    reason: str
+
+
+def gate(
+    name: str,
+    challenger_version: str,
+    metric: str,
+    challenger_value: float,
+    champion_value: float | None,
+    margin: float,
+) -> GateDecision:
+    """Tag the new version ``challenger``; make it ``champion`` only if it beats the champion by ``margin``.
+
+    Both values must come from the same evaluation window. With no champion yet, the first version wins.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_registered_model_alias(name, CHALLENGER, challenger_version)
+    champion_version = alias_version(name, CHAMPION)
+    if champion_version is None or champion_value is None:
+        promoted, reason = True, "no champion yet: first version becomes champion"
+    elif challenger_value > champion_value * (1.0 + margin):
+        promoted = True
+        reason = f"{metric} {challenger_value:.4f} beats champion v{champion_version}'s {champion_value:.4f} by more than {margin:.0%}"
+    else:
+        promoted = False
+        reason = (
+            f"champion v{champion_version} stays: challenger {metric} {challenger_value:.4f} does not beat "
+            f"{champion_value:.4f} by more than {margin:.0%}"
+        )
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, challenger_version)
+    log.info("%s gate: %s", name, reason)
+    return GateDecision(
+        promoted=promoted,
+        challenger_version=challenger_version,
+        champion_version=challenger_version if promoted else champion_version,
+        metric=metric,
+        challenger_value=challenger_value,
+        champion_value=champion_value,
+        reason=reason,
+    )

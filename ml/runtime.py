@@ -1,0 +1,43 @@
+"""Process environment for the tools Rekindle drives: local state under ``.rekindle/``, no telemetry."""
+
+from __future__ import annotations
+
+import os
+
+from ml.settings import PROJECT_ROOT, Settings
+
+# Every tool's own switch for its phone-home; nothing may leave the machine by default.
+NO_TELEMETRY = {
+    "DO_NOT_TRACK": "true",
+    "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+    "GX_ANALYTICS_ENABLED": "False",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+    "SCARF_NO_ANALYTICS": "true",
+}
+
+
+def airflow_environment(settings: Settings) -> dict[str, str]:
+    airflow_home = settings.airflow_home
+    return {
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
+        "AIRFLOW__COSMOS__CACHE_DIR": str(airflow_home / "cosmos_cache"),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+    }
+
+
+def configure(settings: Settings, warehouse_url: str | None = None) -> None:
+    """Set the variables before Airflow, dbt, GX or MLflow are imported; explicit user settings win."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    for name, value in {**NO_TELEMETRY, **airflow_environment(settings)}.items():
+        os.environ.setdefault(name, value)
+    os.environ["REKINDLE_HOME"] = str(settings.home)
+    if warehouse_url:
+        # Airflow tasks (in-process or in the scheduler) re-read settings: hand them the live warehouse.
+        os.environ["REKINDLE_WAREHOUSE_URL"] = warehouse_url
