@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from ml.settings import Settings
 
 PROFILE_NAME = "rekindle"
@@ -22,8 +24,8 @@ def dbt_task_group(settings: Settings, group_id: str = "dbt_build"):
     profiles = settings.dbt_profiles_dir / "profiles.yml"
     if not profiles.exists():
         write_profile(settings, settings.warehouse_url or f"postgresql://postgres@/rekindle?host={settings.warehouse_dir}")
-    vars_ = {k: v for k, v in dbt_vars(settings, None).items() if k != "run_date"}
-    vars_["run_date"] = "{{ ds }}"
+    # run_date is templated so each DAG run (and backfill) builds the marts as of its own logical date.
+    vars_ = {**dbt_vars(settings, date.today()), "run_date": "{{ ds }}"}
     return DbtTaskGroup(
         group_id=group_id,
         project_config=ProjectConfig(dbt_project_path=settings.dbt_project_dir, manifest_path=None),

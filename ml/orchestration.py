@@ -17,10 +17,10 @@ log = logging.getLogger(__name__)
 def load_dag(dag_id: str):
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"), include_examples=False)
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    dag = bag.get_dag(dag_id)
+    dag = bag.dags.get(dag_id)
     if dag is None:
         raise LookupError(f"no DAG {dag_id!r} in {PROJECT_ROOT / 'dags'}")
     return dag

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from ml import warehouse
+from ml import runtime, warehouse
 from ml.settings import Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 _database_numbers = itertools.count()
 
-os.environ.setdefault("DO_NOT_TRACK", "1")
+# Before Airflow, dbt, GX or MLflow are imported: no telemetry, Airflow state in a throw-away home.
+runtime.configure(Settings.from_env(environ={}, home=Path(tempfile.mkdtemp(prefix="rekindle-tests-"))))
 
 
 @pytest.fixture(scope="session")
