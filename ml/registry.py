@@ -8,6 +8,8 @@ from urllib.parse import quote
 
 import mlflow
 import mlflow.pyfunc
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 import pandas as pd
 import psycopg
 
@@ -56,13 +58,19 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         return self.recommender.recommend(model_input["user_id"].tolist(), n=n)
 
 
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("long", "user_id")]),
+    outputs=Schema(
+        [ColSpec("long", "user_id"), ColSpec("long", "rank"), ColSpec("long", "merchant_id"), ColSpec("double", "score")]
+    ),
+    params=ParamSchema([ParamSpec("n", "long", 10)]),
+)
+
+
 def log_model(python_model, registered_name: str) -> str:
     """Log the pyfunc in the active run and register it; returns the new version number."""
     info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=python_model,
-        registered_model_name=registered_name,
-        input_example=pd.DataFrame({"user_id": [1, 2]}),
+        name="model", python_model=python_model, registered_model_name=registered_name, signature=SIGNATURE
     )
     return str(info.registered_model_version)
 
