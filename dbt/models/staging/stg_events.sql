@@ -1,0 +1,20 @@
+{{ config(materialized='table') }}
+-- The clean event stream: typed, deduplicated, valid events strictly before run_date.
+-- Everything dropped here is listed in stg_events_rejected with its reason.
+select
+    event_id,
+    user_id,
+    event_type,
+    event_time,
+    {{ utc_date('event_time') }} as event_date,
+    merchant_id,
+    merchant_name,
+    order_total,
+    platform,
+    zone,
+    properties,
+    campaign_id,
+    source_file,
+    loaded_at
+from {{ ref('stg_events_deduped') }}
+where duplicate_reason is null

@@ -1,0 +1,376 @@
+"""A seeded synthetic delivery marketplace around Doha, with the ground truth behind it.
+
+``generate_marketplace`` draws merchants, users and their hidden traits, runs the world
+(``ml.simulate``) through the window [end_date - days, end_date) with a few randomised win-back
+campaigns, and returns the raw tables plus the truth: each user's tastes and traits and, for every
+offer arm, the true probability of coming back and the expected incremental margin.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, fields
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ml.simulate import (
+    CAMPAIGN_SEND_HOUR,
+    EVENT_TYPES,
+    GENERATED_EVENT_IDS,
+    MEAN_ORDER_TOTAL_BY_PRICE_LEVEL,
+    NO_OFFER,
+    PRICE_AVERSION,
+    REWARD_SIZES,
+    SECONDS_PER_DAY,
+    Catalog,
+    MarketSimulator,
+    MerchantChooser,
+    Population,
+    UserState,
+    sample_rows,
+    timestamps,
+    true_reactivation_probability,
+)
+
+__all__ = [
+    "EVENT_TYPES", "REWARD_SIZES", "SCALES", "CATEGORIES", "Marketplace", "generate_marketplace",
+    "offer_truth",
+]
+
+SCALES = {"demo": (5_000, 500), "full": (55_000, 5_700)}  # (users, merchants)
+
+CATEGORIES = (
+    "burgers", "pizza", "shawarma", "indian", "chinese", "sushi",
+    "healthy", "desserts", "coffee", "grocery", "arabic", "breakfast",
+)
+CATEGORY_SHARE = np.array([0.12, 0.09, 0.11, 0.10, 0.07, 0.05, 0.07, 0.08, 0.09, 0.06, 0.10, 0.06])
+# P(price level 1..4) per category, in CATEGORIES order
+CATEGORY_PRICE_MIX = np.array([
+    [0.30, 0.45, 0.20, 0.05], [0.25, 0.45, 0.25, 0.05], [0.60, 0.30, 0.10, 0.00], [0.30, 0.40, 0.25, 0.05],
+    [0.25, 0.40, 0.30, 0.05], [0.00, 0.20, 0.45, 0.35], [0.10, 0.40, 0.40, 0.10], [0.35, 0.45, 0.15, 0.05],
+    [0.50, 0.40, 0.10, 0.00], [0.40, 0.45, 0.15, 0.00], [0.30, 0.40, 0.20, 0.10], [0.45, 0.40, 0.15, 0.00],
+])
+NAME_STEMS = {
+    "burgers": ("Burger Barn", "Grill Stack", "Patty Lab", "Smash House"),
+    "pizza": ("Pizza Forno", "Slice Republic", "Napoli Oven", "Crust & Co"),
+    "shawarma": ("Shawarma Corner", "Saj Station", "Wrap Street", "Al Sikh"),
+    "indian": ("Spice Garden", "Tandoor Nights", "Curry Leaf", "Masala Junction"),
+    "chinese": ("Golden Wok", "Dragon Bowl", "Jade Noodle", "Bamboo House"),
+    "sushi": ("Sakura Sushi", "Maki Bar", "Umami Roll", "Tokyo Table"),
+    "healthy": ("Green Bowl", "Fit Kitchen", "Leaf & Grain", "Protein Lab"),
+    "desserts": ("Sugar Rush", "Kunafa House", "Gelato Lane", "Sweet Spot"),
+    "coffee": ("Bean There", "Karak Corner", "Daily Grind", "Roast Room"),
+    "grocery": ("Fresh Mart", "Corner Basket", "Daily Market", "Green Grocer"),
+    "arabic": ("Mandi Palace", "Majlis Kitchen", "Souq Grill", "Bedouin Table"),
+    "breakfast": ("Morning Table", "Sunny Side", "Fatayer Oven", "Early Bird"),
+}
+
+DOHA_LAT, DOHA_LNG = 25.2854, 51.5310
+KM_PER_DEGREE = 111.0
+PLATFORMS = ("ios", "android", "web")
+PLATFORM_SHARE = (0.45, 0.40, 0.15)
+
+MID_WINDOW_OPENING_SHARE = 0.05
+IN_WINDOW_SIGNUP_SHARE = 0.10
+MARKETING_OPT_IN_SHARE = 0.80
+DORMANT_AT_START_SHARE = 0.15  # pre-window users who had already stopped ordering
+NEVER_ORDERED_SHARE_OF_DORMANT = 0.20
+UNRESPONSIVE_SHARE = 0.25  # users no offer moves
+FRAGILE_SHARE = 0.35  # users with a high churn hazard
+
+CAMPAIGN_DAY_FRACTIONS = (5 / 30, 12 / 30, 16 / 30)  # days 5, 12 and 16 of a 30-day window
+WINBACK_MIN_INACTIVE_DAYS = 7
+HOLDOUT_SHARE = 0.15
+OFFER_ARMS = tuple(product(EVENT_TYPES, REWARD_SIZES))
+
+TRUTH_FOLDER = "ground_truth"
+TABLE_FILES = {
+    "users": "users.parquet",
+    "merchants": "merchants.parquet",
+    "events": "events.parquet",
+    "campaign_exposures": "campaign_exposures.parquet",
+    "user_truth": f"{TRUTH_FOLDER}/user_truth.parquet",
+    "offer_truth": f"{TRUTH_FOLDER}/offer_truth.parquet",
+}
+
+
+@dataclass
+class Marketplace:
+    users: pd.DataFrame
+    merchants: pd.DataFrame
+    events: pd.DataFrame
+    campaign_exposures: pd.DataFrame
+    user_truth: pd.DataFrame
+    offer_truth: pd.DataFrame
+
+    def write(self, folder: Path) -> None:
+        """Raw tables as Parquet in ``folder``, the truth under ``folder/ground_truth``."""
+        for table in fields(self):
+            path = Path(folder) / TABLE_FILES[table.name]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            getattr(self, table.name).to_parquet(path, index=False)
+
+    @classmethod
+    def read(cls, folder: Path) -> Marketplace:
+        return cls(**{table.name: pd.read_parquet(Path(folder) / TABLE_FILES[table.name]) for table in fields(cls)})
+
+
+def generate_marketplace(
+    scale: str = "demo",
+    seed: int = 42,
+    days: int = 30,
+    end_date: dt.date | None = None,
+    margin_rate: float = 0.30,
+    n_users: int | None = None,
+    n_merchants: int | None = None,
+) -> Marketplace:
+    """The marketplace's tables for the ``days`` days before ``end_date`` (default: today, UTC)."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    scale_users, scale_merchants = SCALES[scale]
+    n_users = n_users or scale_users
+    n_merchants = n_merchants or scale_merchants
+    end_date = end_date or dt.datetime.now(dt.timezone.utc).date()
+    start = pd.Timestamp(end_date - dt.timedelta(days=days), tz="UTC")
+    world_rng, user_rng, history_rng, simulation_rng, assignment_rng = (
+        np.random.default_rng(stream) for stream in np.random.SeedSequence(seed).spawn(5)
+    )
+
+    zones = _draw_zones(n_merchants, world_rng)
+    merchants, popularity = _draw_merchants(n_merchants, zones, start, days, world_rng)
+    users = _draw_users(n_users, zones, start, days, user_rng)
+    traits = _draw_user_traits(users, zones, user_rng)
+
+    zone_names, categories = list(zones["zone"]), list(CATEGORIES)
+    population = Population.from_frames(users, traits, start, categories, zone_names)
+    catalog = Catalog.from_frame(merchants, popularity, start, categories, zone_names)
+    simulator = MarketSimulator(
+        population, catalog, _history_before_window(population, catalog, history_rng), start, days, simulation_rng,
+    )
+    campaign_days = _campaign_days(days)
+    for day in range(days):
+        if day in campaign_days:
+            _send_winback_campaign(simulator, day, assignment_rng)
+        simulator.simulate_day(day)
+
+    id_rng = np.random.default_rng([GENERATED_EVENT_IDS, seed, start.toordinal(), days, n_users, n_merchants])
+    user_truth = _user_truth(traits, simulator, catalog, popularity)
+    return Marketplace(
+        users=users,
+        merchants=merchants,
+        events=simulator.events_frame(id_rng),
+        campaign_exposures=simulator.exposures_frame(),
+        user_truth=user_truth,
+        offer_truth=offer_truth(user_truth, margin_rate),
+    )
+
+
+def offer_truth(user_truth: pd.DataFrame, margin_rate: float) -> pd.DataFrame:
+    """One row per user x arm (no offer, then every event type x reward size) with the true
+    reactivation probability, incremental margin against no offer, and the single best arm."""
+    arms = [(NO_OFFER, 0.0), *OFFER_ARMS]
+    arm_types = np.array([event_type for event_type, _ in arms], dtype=object)
+    arm_rewards = np.array([reward for _, reward in arms])
+    p_reactivate = np.column_stack([
+        true_reactivation_probability(user_truth, event_type, reward) for event_type, reward in arms
+    ])
+    order_value = user_truth["expected_order_value"].to_numpy(float)
+    # The reward is paid on every redeemed order, including those that would have happened anyway.
+    margin = margin_rate * order_value[:, None] * (p_reactivate - p_reactivate[:, [0]]) - arm_rewards * p_reactivate
+    best_offer = margin[:, 1:].argmax(axis=1) + 1
+    best = np.where(margin[:, 1:].max(axis=1) > 0, best_offer, 0)
+    n_users, n_arms = margin.shape
+    return pd.DataFrame({
+        "user_id": np.repeat(user_truth["user_id"].to_numpy(np.int64), n_arms),
+        "event_type": pd.array(np.tile(arm_types, n_users), dtype="str"),
+        "reward_size": np.tile(arm_rewards, n_users),
+        "p_reactivate": p_reactivate.ravel(),
+        "expected_order_value": np.repeat(order_value, n_arms),
+        "expected_incremental_margin": margin.ravel(),
+        "is_best": (np.arange(n_arms)[None, :] == best[:, None]).ravel(),
+    })
+
+
+# --------------------------------------------------------------------------- places and merchants
+
+
+def _draw_zones(n_merchants: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Zones on a spiral out from central Doha: the further out, the fewer merchants (remoteness 0..1)."""
+    n_zones = max(3, round(0.55 * np.sqrt(n_merchants)))
+    rank = np.arange(n_zones)
+    distance_km = 1.5 + 16.0 * np.sqrt(rank / (n_zones - 1))
+    angle = rank * 2.39996 + rng.uniform(0, 2 * np.pi)  # golden angle: evenly spread directions
+    lat = DOHA_LAT + distance_km / KM_PER_DEGREE * np.sin(angle)
+    lng = DOHA_LNG + distance_km / (KM_PER_DEGREE * np.cos(np.radians(DOHA_LAT))) * np.cos(angle)
+    density = (rank + 1.0) ** -0.7
+    return pd.DataFrame({
+        "zone": [f"Z{number:02d}" for number in rank + 1],
+        "lat": lat,
+        "lng": lng,
+        "merchant_share": density / density.sum(),
+        "remoteness": (distance_km - distance_km.min()) / (distance_km.max() - distance_km.min()),
+    })
+
+
+def _draw_merchants(
+    n_merchants: int, zones: pd.DataFrame, start: pd.Timestamp, days: int, rng: np.random.Generator,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The merchants table and each merchant's latent popularity (Zipf by rank within its category)."""
+    category = rng.choice(len(CATEGORIES), size=n_merchants, p=CATEGORY_SHARE)
+    zone = rng.choice(len(zones), size=n_merchants, p=zones["merchant_share"].to_numpy())
+    price_level = sample_rows(CATEGORY_PRICE_MIX[category], rng) + 1
+    rank_in_category = pd.Series(rng.random(n_merchants)).groupby(category).rank(method="first").to_numpy()
+    popularity = rank_in_category**-1.1
+
+    opens_mid_window = rng.random(n_merchants) < MID_WINDOW_OPENING_SHARE
+    opened_days = np.where(
+        opens_mid_window,
+        rng.uniform(0.1 * days, 0.9 * days, n_merchants),
+        -rng.uniform(60, 2_500, n_merchants),
+    )
+    categories = np.array(CATEGORIES)[category]
+    merchants = pd.DataFrame({
+        "merchant_id": np.arange(1, n_merchants + 1, dtype=np.int64),
+        "merchant_name": pd.array(_merchant_names(categories, rng), dtype="str"),
+        "category": pd.array(categories, dtype="str"),
+        "zone": pd.array(zones["zone"].to_numpy()[zone], dtype="str"),
+        "lat": zones["lat"].to_numpy()[zone] + rng.normal(0, 0.008, n_merchants),
+        "lng": zones["lng"].to_numpy()[zone] + rng.normal(0, 0.008, n_merchants),
+        "price_level": price_level.astype(np.int64),
+        "opened_at": timestamps(start, np.floor(opened_days * SECONDS_PER_DAY)),
+    })
+    return merchants, popularity
+
+
+def _merchant_names(categories: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Readable unique names: a stem from the category plus a running number per stem."""
+    stems = np.array([rng.choice(NAME_STEMS[category]) for category in categories], dtype=object)
+    number = pd.Series(stems).groupby(stems).cumcount().to_numpy() + 1
+    return np.array([f"{stem} {n}" for stem, n in zip(stems, number, strict=True)], dtype=object)
+
+
+# --------------------------------------------------------------------------- users
+
+
+def _draw_users(
+    n_users: int, zones: pd.DataFrame, start: pd.Timestamp, days: int, rng: np.random.Generator,
+) -> pd.DataFrame:
+    signs_up_in_window = rng.random(n_users) < IN_WINDOW_SIGNUP_SHARE
+    signup_days = np.where(signs_up_in_window, rng.uniform(0, days, n_users), -rng.uniform(30, 730, n_users))
+    # Users live where the merchants are, but less strongly so.
+    zone_share = 0.5 * zones["merchant_share"].to_numpy() + 0.5 / len(zones)
+    return pd.DataFrame({
+        "user_id": np.arange(1, n_users + 1, dtype=np.int64),
+        "signup_at": timestamps(start, np.floor(signup_days * SECONDS_PER_DAY)),
+        "platform": pd.array(rng.choice(PLATFORMS, size=n_users, p=PLATFORM_SHARE), dtype="str"),
+        "home_zone": pd.array(rng.choice(zones["zone"].to_numpy(), size=n_users, p=zone_share), dtype="str"),
+        "marketing_opt_in": rng.random(n_users) < MARKETING_OPT_IN_SHARE,
+    })
+
+
+def _draw_user_traits(users: pd.DataFrame, zones: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Hidden per-user parameters: what they like, when and how often they order, how they react to offers."""
+    n_users = len(users)
+    taste = _draw_tastes(n_users, rng)
+    daypart = rng.dirichlet([1.0, 1.0, 1.0], n_users) * 0.3 + np.eye(3)[rng.choice(3, n_users, p=[0.35, 0.5, 0.15])] * 0.7
+    responsive = rng.random(n_users) >= UNRESPONSIVE_SHARE
+    fragile = rng.random(n_users) < FRAGILE_SHARE
+    traits = pd.DataFrame({"user_id": users["user_id"].to_numpy()})
+    for code, category in enumerate(CATEGORIES):
+        traits[f"taste_{category}"] = taste[:, code]
+    traits["favourite_category"] = pd.array(np.array(CATEGORIES)[taste.argmax(axis=1)], dtype="str")
+    traits["activity_rate"] = np.clip(rng.lognormal(np.log(0.12), 0.8, n_users), 0.01, 1.5)  # orders per day
+    traits["price_sensitivity"] = rng.beta(1.5, 2.0, n_users)
+    traits["deal_responsiveness"] = np.where(responsive, rng.beta(3.0, 1.5, n_users), 0.0)
+    traits["remoteness"] = zones.set_index("zone")["remoteness"].reindex(users["home_zone"]).to_numpy()
+    traits["churn_hazard"] = np.where(fragile, rng.uniform(0.03, 0.10, n_users), rng.uniform(0.001, 0.01, n_users))
+    traits["loyalty"] = rng.beta(6.0, 3.0, n_users)  # chance an order goes to a merchant used before
+    traits["weekend_multiplier"] = rng.lognormal(0.1, 0.35, n_users)
+    traits["daypart_lunch"], traits["daypart_dinner"], traits["daypart_late"] = daypart.T
+    traits["basket_multiplier"] = rng.lognormal(-0.045, 0.3, n_users)
+    return traits
+
+
+def _draw_tastes(n_users: int, rng: np.random.Generator) -> np.ndarray:
+    """Dirichlet tastes concentrated on 1-3 categories, the popular categories being favoured more often."""
+    n_favourites = rng.choice([1, 2, 3], size=n_users, p=[0.35, 0.40, 0.25])
+    favourite_rank = np.argsort(rng.random((n_users, len(CATEGORIES))) ** (1.0 / CATEGORY_SHARE), axis=1)[:, ::-1]
+    is_favourite = np.zeros((n_users, len(CATEGORIES)), dtype=bool)
+    rows, slots = np.nonzero(np.arange(3)[None, :] < n_favourites[:, None])
+    is_favourite[rows, favourite_rank[rows, slots]] = True
+    # A Dirichlet draw per row with its own concentration: normalised gammas.
+    draws = rng.gamma(np.where(is_favourite, 2.5, 0.08))
+    return draws / draws.sum(axis=1, keepdims=True)
+
+
+def _history_before_window(population: Population, catalog: Catalog, rng: np.random.Generator) -> UserState:
+    """Users' state at the window's start: last order, churned or not, and the regulars they built up."""
+    n_users = len(population)
+    existing = population.signup_s < 0
+    dormant = existing & (rng.random(n_users) < DORMANT_AT_START_SHARE)
+    never_ordered = dormant & (rng.random(n_users) < NEVER_ORDERED_SHARE_OF_DORMANT)
+    days_since_order = np.where(
+        dormant, rng.uniform(10, 180, n_users), rng.exponential(1.0 / population.activity_rate),
+    )
+    last_order_s = np.maximum(-np.floor(days_since_order * SECONDS_PER_DAY), population.signup_s + 3_600)
+    state = UserState.start(dormant, np.where(existing & ~never_ordered, last_order_s, np.nan))
+
+    past_orders = np.where(existing & ~never_ordered, 1 + rng.poisson(3.0, n_users), 0)
+    chooser = MerchantChooser(population, catalog)
+    for order in range(past_orders.max(initial=0)):
+        users = np.flatnonzero(past_orders > order)
+        state.remember_orders(users, chooser.choose(users, 0, state, rng))
+    return state
+
+
+# --------------------------------------------------------------------------- campaigns and truth
+
+
+def _campaign_days(days: int) -> set[int]:
+    return {day for day in (round(days * fraction) for fraction in CAMPAIGN_DAY_FRACTIONS) if 1 <= day < days}
+
+
+def _send_winback_campaign(simulator: MarketSimulator, day: int, rng: np.random.Generator) -> None:
+    """Offer a random arm to every inactive opted-in user, holding out a random share."""
+    sent_s = day * SECONDS_PER_DAY + CAMPAIGN_SEND_HOUR * 3_600
+    users = simulator.winback_targets(sent_s, WINBACK_MIN_INACTIVE_DAYS)
+    treated = rng.random(len(users)) >= HOLDOUT_SHARE
+    arm = rng.integers(0, len(OFFER_ARMS), len(users))
+    event_type = np.array([event_type for event_type, _ in OFFER_ARMS], dtype=object)[arm]
+    reward_size = np.array([reward for _, reward in OFFER_ARMS])[arm]
+    campaign_id = f"winback-{(simulator.start + pd.Timedelta(days=day)):%Y%m%d}"
+    simulator.send_campaign(campaign_id, users, event_type, reward_size, treated, sent_s)
+
+
+def _user_truth(
+    traits: pd.DataFrame, simulator: MarketSimulator, catalog: Catalog, popularity: np.ndarray,
+) -> pd.DataFrame:
+    """Traits plus the state at the end of the window, which is where ``simulate_days`` picks up."""
+    state, population = simulator.state, simulator.population
+    truth = traits.copy()
+    truth["churned"] = state.churned.copy()
+    truth["last_order_at"] = timestamps(simulator.start, state.last_order_s)
+    truth["days_since_last_order"] = state.days_since_last_order(simulator.end_s, population.signup_s)
+    truth["expected_order_value"] = _expected_order_value(population, catalog, popularity)
+    return truth
+
+
+def _expected_order_value(population: Population, catalog: Catalog, popularity: np.ndarray) -> np.ndarray:
+    """Mean order total: the user's basket size x the mean total at the price levels their taste and
+    price sensitivity lead them to (ignoring the zone preference)."""
+    price_levels = np.arange(1, 5)
+    supply = np.zeros((len(CATEGORIES), len(price_levels)))
+    np.add.at(supply, (catalog.category, catalog.price_level - 1), popularity)
+    price_fit = np.exp(-PRICE_AVERSION * population.price_sensitivity[:, None] * (price_levels[None, :] - 1))
+    weights = supply[None, :, :] * price_fit[:, None, :]  # (users, categories, price levels)
+    level_share = weights / np.maximum(weights.sum(axis=2, keepdims=True), 1e-12)
+    mean_by_category = level_share @ MEAN_ORDER_TOTAL_BY_PRICE_LEVEL  # (users, categories)
+    has_supply = supply.sum(axis=1) > 0
+    taste = population.taste * has_supply[None, :]
+    mean_total = (taste * mean_by_category).sum(axis=1) / taste.sum(axis=1)
+    return population.basket_multiplier * mean_total
