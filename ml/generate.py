@@ -277,7 +277,8 @@ def _draw_user_traits(users: pd.DataFrame, zones: pd.DataFrame, rng: np.random.G
     """Hidden per-user parameters: what they like, when and how often they order, how they react to offers."""
     n_users = len(users)
     taste = _draw_tastes(n_users, rng)
-    daypart = rng.dirichlet([1.0, 1.0, 1.0], n_users) * 0.3 + np.eye(3)[rng.choice(3, n_users, p=[0.35, 0.5, 0.15])] * 0.7
+    habitual_daypart = np.eye(3)[rng.choice(3, n_users, p=[0.35, 0.5, 0.15])]  # lunch, dinner, late
+    daypart = 0.7 * habitual_daypart + 0.3 * rng.dirichlet([1.0, 1.0, 1.0], n_users)
     responsive = rng.random(n_users) >= UNRESPONSIVE_SHARE
     fragile = rng.random(n_users) < FRAGILE_SHARE
     traits = pd.DataFrame({"user_id": users["user_id"].to_numpy()})

@@ -24,10 +24,6 @@ NO_OFFER = "none"
 REACTIVATION_WINDOW_DAYS = 14
 CAMPAIGN_SEND_HOUR = 10  # UTC, early afternoon in Doha
 
-EVENT_COLUMNS = (
-    "event_id", "user_id", "event_type", "event_time", "merchant_id", "merchant_name",
-    "order_total", "platform", "zone", "properties",
-)
 EXPOSURE_COLUMNS = ("campaign_id", "user_id", "sent_at", "event_type", "reward_size", "assignment")
 
 APP_OPENED = "app_opened"
@@ -127,12 +123,12 @@ def _trait_affinity(user_truth: pd.DataFrame, event_type: str) -> np.ndarray:
     price_sensitivity = user_truth["price_sensitivity"].to_numpy(float)
     frequent = 1.0 - np.exp(-rate / 0.15)
     if event_type == "free_delivery":
-        return 0.02 + 0.5 * user_truth["remoteness"].to_numpy(float) ** 2 + 0.15 * (1.0 - frequent)
+        return 0.05 + 0.7 * user_truth["remoteness"].to_numpy(float) ** 2 + 0.25 * (1.0 - frequent)
     if event_type == "percent_discount":
-        return 0.03 + price_sensitivity * (0.2 + 0.9 * (1.0 - frequent))
+        return 0.05 + price_sensitivity * (0.3 + 1.0 * (1.0 - frequent))
     if event_type == "cashback":
-        return 0.03 + price_sensitivity * (0.1 + 0.9 * frequent)
-    return 0.03 + 0.8 * frequent * (1.0 - price_sensitivity)  # double_points
+        return 0.05 + price_sensitivity * (0.2 + 1.0 * frequent)
+    return 0.05 + 1.0 * frequent * (1.0 - price_sensitivity)  # double_points
 
 
 # --------------------------------------------------------------------------- the world
@@ -482,8 +478,8 @@ class MarketSimulator:
         log.add(MERCHANT_VIEWED, users, merchant_view_s, merchants)
         rows = np.repeat(np.arange(len(users)), rng.choice(3, size=len(users), p=[0.35, 0.40, 0.25]))
         gap = order_s[rows] - merchant_view_s[rows] - 1
-        log.add(PRODUCT_VIEWED, users[rows], merchant_view_s[rows] + 1 + (rng.random(len(rows)) * gap).astype(np.int64),
-                merchants[rows])
+        product_view_s = merchant_view_s[rows] + 1 + (rng.random(len(rows)) * gap).astype(np.int64)
+        log.add(PRODUCT_VIEWED, users[rows], product_view_s, merchants[rows])
 
         log.add(CHECKOUT, users, order_s, merchants, self._order_totals(users, merchants),
                 _campaign_properties(campaign_id))
@@ -502,9 +498,8 @@ class MarketSimulator:
     def _browse(self, day_start: int, present: np.ndarray) -> None:
         """Sessions without an order: active users look at a few merchants, churned ones rarely open the app."""
         population, state, rng = self.population, self.state, self._rng
-        rate = np.where(
-            state.churned, CHURNED_APP_OPEN_RATE, BROWSE_RATE_PER_ORDER_RATE * population.activity_rate + BASE_BROWSE_RATE,
-        )
+        active_rate = BROWSE_RATE_PER_ORDER_RATE * population.activity_rate + BASE_BROWSE_RATE
+        rate = np.where(state.churned, CHURNED_APP_OPEN_RATE, active_rate)
         users = np.flatnonzero(present & (rng.random(len(population)) < 1.0 - np.exp(-rate)))
         session_s = day_start + time_of_day_s(population.daypart[users], rng)
         self.log.add(APP_OPENED, users, session_s)
@@ -565,6 +560,8 @@ def simulate_days(
 def _send_offers(simulator: MarketSimulator, offers: pd.DataFrame) -> None:
     if offers["user_id"].duplicated().any():
         raise ValueError("offers must hold at most one row per user")
+    if not offers["assignment"].isin(["treatment", "holdout"]).all():
+        raise ValueError("offer assignment must be 'treatment' or 'holdout'")
     positions = pd.Index(simulator.population.user_id).get_indexer(offers["user_id"])
     if (positions < 0).any():
         raise ValueError("offers name users the marketplace does not have")
