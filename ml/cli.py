@@ -93,10 +93,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     print(f"running DAG {DAG_ID} for {run_date} in-process ...", flush=True)
-    state, task_seconds = run_dag_in_process(DAG_ID, run_date)
+    state, tasks = run_dag_in_process(DAG_ID, run_date)
     from ml.summary import print_summary
 
-    print_summary(settings, run_date, state, task_seconds, time.perf_counter() - started)
+    print_summary(settings, run_date, state, tasks, time.perf_counter() - started)
     return 0 if state == "success" else 1
 
 

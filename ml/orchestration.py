@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
 from ml.settings import PROJECT_ROOT, Settings
@@ -26,17 +27,27 @@ def load_dag(dag_id: str):
     return dag
 
 
-def run_dag_in_process(dag_id: str, run_date: date, conf: dict | None = None) -> tuple[str, dict[str, float]]:
-    """Run every task of the DAG for ``run_date`` in this process; returns the run state and seconds per task."""
+@dataclass(frozen=True)
+class TaskOutcome:
+    task_id: str
+    state: str
+    seconds: float | None
+
+
+def _state(value) -> str:
+    return str(getattr(value, "value", value))
+
+
+def run_dag_in_process(dag_id: str, run_date: date, conf: dict | None = None) -> tuple[str, list[TaskOutcome]]:
+    """Run every task of the DAG for ``run_date`` in this process; returns the run state and each task's outcome."""
     dag = load_dag(dag_id)
     logical_date = datetime(run_date.year, run_date.month, run_date.day, tzinfo=timezone.utc)
     dag_run = dag.test(logical_date=logical_date, run_conf=conf)
-    task_seconds = {}
-    for ti in dag_run.get_task_instances():
-        if ti.start_date and ti.end_date:
-            task_seconds[ti.task_id] = (ti.end_date - ti.start_date).total_seconds()
-    state = str(getattr(dag_run.state, "value", dag_run.state))
-    return state, task_seconds
+    outcomes = []
+    for ti in sorted(dag_run.get_task_instances(), key=lambda ti: (ti.start_date is None, ti.start_date or 0)):
+        seconds = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None
+        outcomes.append(TaskOutcome(ti.task_id, _state(ti.state), seconds))
+    return _state(dag_run.state), outcomes
 
 
 def serve_uis(settings: Settings, warehouse_url: str, airflow_port: int, mlflow_port: int) -> int:

@@ -7,6 +7,7 @@ from datetime import date
 from ml.pipeline import step_summaries
 from ml.settings import Settings
 
+LIFECYCLE_ORDER = ("new", "active", "at_risk", "lapsed", "dormant", "churned")
 REPORTED_METRICS = ("precision@5", "recall@10", "hit_rate@5", "ndcg@10", "coverage")
 
 
@@ -26,7 +27,7 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def render(steps: dict[str, dict], task_seconds: dict[str, float]) -> str:
+def render(steps: dict[str, dict], tasks: list) -> str:
     out = []
     load = steps.get("load_events", {})
     if load:
@@ -34,7 +35,9 @@ def render(steps: dict[str, dict], task_seconds: dict[str, float]) -> str:
         out += ["Load (raw.*)", _table(["table", "read", "loaded", "duplicate", "quarantined"], rows or [["(no files)", 0, 0, 0, 0]]), ""]
     marts = steps.get("check_mart_quality", {})
     if marts.get("users_per_segment"):
-        rows = [[segment, count] for segment, count in marts["users_per_segment"].items()]
+        order = {segment: i for i, segment in enumerate(LIFECYCLE_ORDER)}
+        counts = sorted(marts["users_per_segment"].items(), key=lambda item: order.get(item[0], len(order)))
+        rows = [[segment, count] for segment, count in counts]
         out += ["Users per lifecycle segment", _table(["segment", "users"], rows), ""]
     train = steps.get("train_ranker", {})
     if train:
@@ -58,14 +61,16 @@ def render(steps: dict[str, dict], task_seconds: dict[str, float]) -> str:
             "CSV exports: " + ", ".join(published.get("exports", {}).values()),
             "",
         ]
-    if task_seconds:
-        rows = [[task, seconds] for task, seconds in task_seconds.items()]
-        out += ["Seconds per task", _table(["task", "seconds"], rows)]
+    if tasks:
+        rows = [[t.task_id, t.state, "" if t.seconds is None else f"{t.seconds:.1f}"] for t in tasks]
+        out += ["Tasks", _table(["task", "state", "seconds"], rows)]
     return "\n".join(out)
 
 
-def print_summary(settings: Settings, run_date: date, state: str, task_seconds: dict[str, float], total_seconds: float) -> None:
-    steps = {row["step"]: row["summary"] for row in step_summaries(settings, run_date)}
+def print_summary(settings: Settings, run_date: date, state: str, tasks: list, total_seconds: float) -> None:
+    # Only what this run did: a step that failed or never ran today must not show yesterday's figures.
+    succeeded = {t.task_id for t in tasks if t.state == "success"}
+    steps = {row["step"]: row["summary"] for row in step_summaries(settings, run_date) if row["step"] in succeeded}
     print()
     print(f"=== reengagement_daily {run_date}: {state} in {total_seconds:.0f}s ===")
-    print(render(steps, task_seconds))
+    print(render(steps, tasks))

@@ -1,0 +1,148 @@
+"""The daily DAG end to end through Airflow's ``dag.test()`` on the embedded warehouse: real dbt (via Cosmos),
+real GX checkpoints, a real MLflow registry, published CRM rows; re-runs and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import date, timedelta
+
+import pandas as pd
+import psycopg
+import pytest
+
+from ml.generate import generate_marketplace
+from ml.orchestration import run_dag_in_process
+from ml.summary import print_summary
+
+RUN_DATE = date(2026, 11, 1)
+DAG_ID = "reengagement_daily"
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+
+@pytest.fixture
+def pipeline_settings(settings, airflow_db, monkeypatch):
+    """A small marketplace in the drop folder; Airflow tasks read their settings from the environment."""
+    market = generate_marketplace(seed=7, days=30, end_date=RUN_DATE, n_users=700, n_merchants=90)
+    market.write(settings.input_dir)
+    monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
+    monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
+    return settings
+
+
+def _crm_rows(url: str, run_date: date) -> pd.DataFrame:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT segment, user_id, rank, merchant_id, merchant_name, score, model_version "
+            "FROM crm.segment_members WHERE run_date = %s ORDER BY segment, user_id, rank",
+            (run_date,),
+        ).fetchall()
+    return pd.DataFrame(rows, columns=["segment", "user_id", "rank", "merchant_id", "merchant_name", "score", "model_version"])
+
+
+def _states(tasks) -> dict[str, str]:
+    return {t.task_id: t.state for t in tasks}
+
+
+def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, capsys):
+    url = pipeline_settings.warehouse_url
+
+    state, tasks = run_dag_in_process(DAG_ID, RUN_DATE)
+
+    assert state == "success", _states(tasks)
+    published = _crm_rows(url, RUN_DATE)
+    assert set(published["segment"]) == {"lapsed", "dormant"}
+    with psycopg.connect(url) as conn:
+        expected_members = dict(
+            conn.execute(
+                "SELECT lifecycle_segment, count(*) FROM marts.user_segments "
+                "WHERE lifecycle_segment IN ('lapsed', 'dormant') GROUP BY 1"
+            ).fetchall()
+        )
+        merchants = {m for (m,) in conn.execute("SELECT merchant_id FROM raw.merchants").fetchall()}
+    assert published.groupby("segment")["user_id"].nunique().to_dict() == expected_members
+    assert published.groupby("user_id")["rank"].max().max() == pipeline_settings.top_n
+    assert not published.duplicated(["segment", "user_id", "rank"]).any()
+    assert not published.duplicated(["user_id", "merchant_id"]).any()
+    assert set(published["merchant_id"]) <= merchants and published["merchant_name"].notna().all()
+    assert set(published["model_version"]) == {"1"}
+    for segment, members in published.groupby("segment"):
+        export = pd.read_csv(pipeline_settings.exports_dir / f"{segment}_{RUN_DATE}.csv")
+        assert len(export) == len(members)
+        assert list(export["user_id"]) == list(members["user_id"])
+
+    print_summary(pipeline_settings, RUN_DATE, state, tasks, 0.0)
+    summary = capsys.readouterr().out
+    for expected in ("Load (raw.*)", "Users per lifecycle segment", "popularity", "random", "champion is v1", "Published"):
+        assert expected in summary
+
+    # The same day again: nothing new is loaded, the CRM rows are replaced by identical ones, not duplicated.
+    state, tasks = run_dag_in_process(DAG_ID, RUN_DATE)
+
+    assert state == "success", _states(tasks)
+    again = _crm_rows(url, RUN_DATE)
+    columns = ["segment", "user_id", "rank", "merchant_id"]
+    assert again[columns].equals(published[columns])
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM raw.events").fetchone()[0] == conn.execute(
+            "SELECT count(DISTINCT event_id) FROM raw.events"
+        ).fetchone()[0]
+        [(step_summary,)] = conn.execute(
+            "SELECT summary FROM ops.pipeline_steps WHERE run_date = %s AND step = 'train_ranker'", (RUN_DATE,)
+        ).fetchall()
+    # Version 2 was registered; it is the same recipe on the same window, so the gate keeps version 1.
+    assert step_summary["version"] == "2" and step_summary["champion_version"] == "1"
+    assert set(again["model_version"]) == {"1"}
+
+
+BAD_EVENTS = """event_id,user_id,event_type,event_time,merchant_id,merchant_name,order_total,platform,zone,properties
+late-1,1,checkout_completed,{yesterday}T12:00:00Z,1,X,20.0,ios,Z01,{{}}
+late-1,1,checkout_completed,{yesterday}T12:00:00Z,1,X,20.0,ios,Z01,{{}}
+late-2,oops,checkout_completed,{yesterday}T12:00:00Z,1,X,20.0,ios,Z01,{{}}
+late-3,1,checkout_completed,2099-01-01T00:00:00Z,1,X,20.0,ios,Z01,{{}}
+late-4,1,checkout_completed,{yesterday}T13:00:00Z,1,X,-9.0,ios,Z01,{{}}
+"""
+
+
+def test_bad_input_is_quarantined_and_a_failed_gate_keeps_the_old_crm_rows(pipeline_settings):
+    url = pipeline_settings.warehouse_url
+    state, tasks = run_dag_in_process(DAG_ID, RUN_DATE)
+    assert state == "success", _states(tasks)
+    before = _crm_rows(url, RUN_DATE)
+
+    yesterday = RUN_DATE - timedelta(days=1)
+    (pipeline_settings.input_dir / "events_late.csv").write_text(BAD_EVENTS.format(yesterday=yesterday))
+    with psycopg.connect(url) as conn:
+        # A loader that bypassed validation wrote impossible rows straight into raw.events.
+        conn.execute(
+            """INSERT INTO raw.events (event_id, user_id, event_type, event_time, merchant_id, order_total, source_file)
+               VALUES ('rogue-1', 1, 'checkout_completed', now() + interval '10 days', 1, -50, 'rogue_loader')"""
+        )
+
+    state, tasks = run_dag_in_process(DAG_ID, RUN_DATE)
+
+    states = _states(tasks)
+    assert state == "failed"
+    assert states["load_events"] == "success"
+    assert states["check_raw_quality"] == "failed"
+    assert states["publish_segments"] != "success"
+    with psycopg.connect(url) as conn:
+        quarantined = dict(
+            conn.execute(
+                "SELECT record->>'event_id', reason FROM raw.quarantine WHERE source_file LIKE %s",
+                ("%events_late.csv",),
+            ).fetchall()
+        )
+        loaded = conn.execute("SELECT count(*) FROM raw.events WHERE event_id = 'late-1'").fetchone()[0]
+    assert quarantined == {
+        "late-2": "user_id is not an integer",
+        "late-3": "event_time in the future",
+        "late-4": "negative order_total",
+    }
+    assert loaded == 1
+    after = _crm_rows(url, RUN_DATE)
+    assert after.equals(before)
