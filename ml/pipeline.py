@@ -197,7 +197,8 @@ def _rounded(metrics: dict) -> dict:
 
 
 def publish_segments(settings: Settings, run_date: date) -> dict:
-    """Top-N merchants for each member of the scored segments, from ``@champion``, replacing run_date's rows."""
+    """Top-N merchants for every user from ``@champion``; scored segments and CRM segment tables, all
+    replacing run_date's rows in one transaction (readers see the old day or the new one, never a mix)."""
     url = warehouse.start(settings)
     with recorded_step(url, run_date, "publish_segments") as summary:
         registry.configure(settings, url)
@@ -206,14 +207,21 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             raise RuntimeError(f"no model has alias @{registry.CHAMPION} in {settings.ranker_model_name}: train first")
         recommender = registry.load_alias(settings.ranker_model_name).recommender
         with psycopg.connect(url) as conn:
-            members = publish.segment_members(conn, settings.score_segments)
-            scored = publish.score_members(recommender, members, publish.merchant_names(conn), settings.top_n)
-            published = publish.publish(conn, run_date, scored, version)
+            conn.execute(publish.CRM_SCHEMA_SQL)
+            members = publish.lifecycle_members(conn)
+            recommendations = publish.recommend_all(
+                recommender, members["user_id"].tolist(), publish.merchant_names(conn), settings.top_n
+            )
+            with conn.transaction():
+                scored = publish.replace_run(
+                    conn, run_date, recommendations, members, settings.score_segments, version
+                )
             exports = publish.export_csv(conn, run_date, settings.exports_dir)
         summary.update(
             model_version=version,
-            users_per_segment=published,
+            users_per_segment={k: int(v) for k, v in scored.groupby("segment")["user_id"].nunique().items()},
             rows_per_segment={k: int(v) for k, v in scored.groupby("segment").size().items()},
+            recommendations=len(recommendations),
             exports={segment: str(path) for segment, path in exports.items()},
         )
     return summary

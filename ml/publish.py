@@ -13,6 +13,17 @@ log = logging.getLogger(__name__)
 
 CRM_SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS crm;
+CREATE TABLE IF NOT EXISTS crm.recommendations (
+    run_date      date    NOT NULL,
+    user_id       bigint  NOT NULL,
+    rank          integer NOT NULL,
+    merchant_id   bigint  NOT NULL,
+    merchant_name text,
+    score         double precision NOT NULL,
+    reason        text,
+    model_version text    NOT NULL,
+    PRIMARY KEY (run_date, user_id, rank)
+);
 CREATE TABLE IF NOT EXISTS crm.segment_members (
     run_date      date    NOT NULL,
     segment       text    NOT NULL,
@@ -29,12 +40,8 @@ CREATE TABLE IF NOT EXISTS crm.segment_members (
 EXPORT_COLUMNS = ["user_id", "segment", "rank", "merchant_id", "merchant_name", "score", "run_date", "model_version"]
 
 
-def segment_members(conn: psycopg.Connection, segments: tuple[str, ...]) -> pd.DataFrame:
-    rows = conn.execute(
-        "SELECT user_id, lifecycle_segment AS segment FROM marts.user_segments "
-        "WHERE lifecycle_segment = ANY(%s) ORDER BY user_id",
-        (list(segments),),
-    ).fetchall()
+def lifecycle_members(conn: psycopg.Connection) -> pd.DataFrame:
+    rows = conn.execute("SELECT user_id, lifecycle_segment AS segment FROM marts.user_segments ORDER BY user_id").fetchall()
     return pd.DataFrame(rows, columns=["user_id", "segment"])
 
 
@@ -43,29 +50,46 @@ def merchant_names(conn: psycopg.Connection) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["merchant_id", "merchant_name"])
 
 
-def score_members(recommender, members: pd.DataFrame, names: pd.DataFrame, n: int) -> pd.DataFrame:
-    recs = recommender.recommend(members["user_id"].tolist(), n=n)
-    scored = members.merge(recs, on="user_id", how="inner").merge(names, on="merchant_id", how="left")
-    return scored[["segment", "user_id", "rank", "merchant_id", "merchant_name", "score"]]
+def recommend_all(recommender, user_ids: list, names: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Top-n merchants (with names and a short reason where the model gives one) for every user."""
+    recs = recommender.recommend(user_ids, n=n)
+    if "reason" not in recs.columns:
+        recs["reason"] = None
+    recs = recs.merge(names, on="merchant_id", how="left")
+    return recs[["user_id", "rank", "merchant_id", "merchant_name", "score", "reason"]]
 
 
-def publish(conn: psycopg.Connection, run_date: date, scored: pd.DataFrame, model_version: str) -> dict[str, int]:
-    """Replace run_date's rows in one transaction: readers see the old rows or the new ones, never a mix."""
-    conn.execute(CRM_SCHEMA_SQL)
-    with conn.transaction():
-        conn.execute("DELETE FROM crm.segment_members WHERE run_date = %s", (run_date,))
-        with conn.cursor() as cur:
-            with cur.copy(
-                "COPY crm.segment_members (run_date, segment, user_id, rank, merchant_id, merchant_name, score, model_version) "
-                "FROM STDIN"
-            ) as copy:
-                for row in scored.itertuples(index=False):
-                    copy.write_row(
-                        (run_date, row.segment, int(row.user_id), int(row.rank), int(row.merchant_id),
-                         row.merchant_name, float(row.score), model_version)
-                    )
-    counts = scored.groupby("segment")["user_id"].nunique().to_dict()
-    return {segment: int(count) for segment, count in counts.items()}
+def _copy_rows(conn: psycopg.Connection, table: str, columns: list[str], rows) -> None:
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+def replace_run(
+    conn: psycopg.Connection, run_date: date, recommendations: pd.DataFrame, members: pd.DataFrame,
+    segments: tuple[str, ...], model_version: str,
+) -> pd.DataFrame:
+    """Replace run_date's recommendations and scored segment members; call inside a transaction.
+
+    Returns the segment_members rows written (members of ``segments`` joined to their recommendations).
+    """
+    conn.execute("DELETE FROM crm.recommendations WHERE run_date = %s", (run_date,))
+    conn.execute("DELETE FROM crm.segment_members WHERE run_date = %s", (run_date,))
+    _copy_rows(
+        conn, "crm.recommendations",
+        ["run_date", "user_id", "rank", "merchant_id", "merchant_name", "score", "reason", "model_version"],
+        ((run_date, int(r.user_id), int(r.rank), int(r.merchant_id), r.merchant_name, float(r.score),
+          r.reason, model_version) for r in recommendations.itertuples(index=False)),
+    )
+    scored = members[members["segment"].isin(segments)].merge(recommendations, on="user_id", how="inner")
+    _copy_rows(
+        conn, "crm.segment_members",
+        ["run_date", "segment", "user_id", "rank", "merchant_id", "merchant_name", "score", "model_version"],
+        ((run_date, r.segment, int(r.user_id), int(r.rank), int(r.merchant_id), r.merchant_name, float(r.score),
+          model_version) for r in scored.itertuples(index=False)),
+    )
+    return scored
 
 
 def export_csv(conn: psycopg.Connection, run_date: date, exports_dir: Path) -> dict[str, Path]:

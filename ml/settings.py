@@ -45,6 +45,16 @@ class Settings:
     holdout_share: float = 0.10
     reactivation_window_days: int = 14
 
+    # CRM segments (ml/crm.py): thresholds and sizes
+    crm_affinity_threshold: float = 0.5
+    crm_top_k: int = 3
+    crm_lapsed_days: int = 14
+    crm_new_user_max_orders: int = 2
+    crm_superfans_per_merchant: int = 20
+    crm_reader_role: str = "rekindle_crm_reader"
+    # Empty: the role gets no password (fine for the embedded server's local trust auth).
+    crm_reader_password: str = ""
+
     # MLflow model names
     ranker_model_name: str = "rekindle-ranker"
     offer_model_name: str = "rekindle-offer"
