@@ -1,4 +1,4 @@
-{{ config(indexes=[{'columns': ['user_id']}, {'columns': ['merchant_id']}]) }}
+{{ config(unlogged=true) }}  {#- rebuilt from staging on every run: no WAL needed -#}
 -- One row per (user, merchant) pair with at least one order or page view before run_date.
 -- strength = sum over orders of decay * (1 + ln(1 + order_total))
 --          + interaction_view_weight * sum over views of decay,

@@ -1,5 +1,4 @@
-{{ config(materialized='table') }}
--- The clean event stream: typed, deduplicated, valid events strictly before run_date.
+-- The clean event stream: typed, deduplicated, valid events strictly before run_date 00:00 UTC.
 -- Everything dropped here is listed in stg_events_rejected with its reason.
 select
     event_id,
@@ -16,5 +15,5 @@ select
     campaign_id,
     source_file,
     loaded_at
-from {{ ref('stg_events_deduped') }}
-where duplicate_reason is null
+from {{ ref('stg_events_classified') }}
+where reason is null

@@ -1,0 +1,76 @@
+{{ config(materialized='table', unlogged=true) }}  {#- rebuilt from raw on every run: no WAL needed -#}
+-- Every raw.events row, typed, with `reason` = why staging drops it (NULL = kept).
+-- stg_events (reason IS NULL) and stg_events_rejected (reason IS NOT NULL) are views on this
+-- table, so the rules and the dedup sort run once per build and nothing disappears silently.
+-- Rules, in order: after_run_date, unknown_event_type, negative_order_total,
+-- missing_order_total / missing_merchant_id (checkouts), unknown_user, unknown_merchant; then,
+-- among the valid rows, later copies of the same (user_id, event_type, event_time, merchant_id,
+-- order_total) are duplicate_event_id (same event_id re-loaded) or duplicate_event (re-sent
+-- under another event_id). The earliest-loaded copy is kept.
+with source as (
+    select * from {{ source('raw', 'events') }}
+),
+
+users as (
+    select user_id from {{ ref('stg_users') }}
+),
+
+merchants as (
+    select merchant_id from {{ ref('stg_merchants') }}
+),
+
+checked as (
+    select
+        e.event_id::text                            as event_id,
+        e.user_id::bigint                           as user_id,
+        e.event_type::text                          as event_type,
+        e.event_time                                as event_time,
+        e.merchant_id::bigint                       as merchant_id,
+        nullif(trim(e.merchant_name), '')           as merchant_name,
+        e.order_total::numeric(12, 2)               as order_total,
+        nullif(lower(trim(e.platform)), '')         as platform,
+        nullif(trim(e.zone), '')                    as zone,
+        e.properties                                as properties,
+        nullif(e.properties ->> 'campaign_id', '')  as campaign_id,
+        e.source_file                               as source_file,
+        e.loaded_at                                 as loaded_at,
+        case
+            when e.event_time >= {{ run_cutoff() }} then 'after_run_date'
+            -- the contract's exact spelling: anything else is quarantined, not guessed at
+            when e.event_type not in {{ sql_list(event_types()) }} then 'unknown_event_type'
+            when e.order_total < 0 then 'negative_order_total'
+            when e.event_type = 'checkout_completed' and e.order_total is null then 'missing_order_total'
+            when e.event_type = 'checkout_completed' and e.merchant_id is null then 'missing_merchant_id'
+            when u.user_id is null then 'unknown_user'
+            when e.merchant_id is not null and m.merchant_id is null then 'unknown_merchant'
+        end                                         as invalid_reason
+    from source e
+    left join users u
+        on u.user_id = e.user_id
+    left join merchants m
+        on m.merchant_id = e.merchant_id
+),
+
+ranked as (
+    -- one sort over all rows; invalid rows sit in their own partitions (by invalid_reason)
+    select
+        checked.*,
+        row_number() over content_copies            as copy_number,
+        first_value(event_id) over content_copies   as kept_event_id
+    from checked
+    window content_copies as (
+        partition by invalid_reason, user_id, event_type, event_time, merchant_id, order_total
+        order by loaded_at, event_id, source_file
+    )
+)
+
+select
+    event_id, user_id, event_type, event_time, merchant_id, merchant_name, order_total,
+    platform, zone, properties, campaign_id, source_file, loaded_at,
+    case
+        when invalid_reason is not null then invalid_reason
+        when copy_number = 1 then null
+        when event_id = kept_event_id then 'duplicate_event_id'
+        else 'duplicate_event'
+    end as reason
+from ranked

@@ -1,0 +1,306 @@
+"""The seed's CRM segments as tables in ``crm``, materialised per run_date, and the read-only CRM role.
+
+Every segment table has the export fields ``user_id, segment, recommended_merchant_id,
+recommended_merchant_name, score``, the user's ``platform`` and ``home_zone`` (export filters),
+then the segment's own fields. The marts hold only the latest dbt build, so the rows are copied
+per run_date: a past date's export reads that day's rows, not today's marts.
+
+``score`` is normalised to (0, 1] so one threshold means the same thing every day, whatever the
+model's raw scale: for segments built from ``crm.recommendations`` it is the cume_dist of the raw
+score among all of run_date's recommendations (the share of that run's recommendations scored at
+or below this one; 1 = the run's best). ``crm_affinity_threshold`` = 0.5 therefore keeps the top
+half of the run's recommendations. For merchant superfans it is the cume_dist of the user's
+(order_count, order_value) among the merchant's customers (1 = the top fan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import psycopg
+from psycopg import sql
+
+from ml.settings import Settings
+
+RUN_PERCENTILE = (
+    "Normalised score in (0, 1]: cume_dist of the model's raw score among all recommendations of "
+    "run_date (share of that run's recommendations scored at or below this one; 1 = the run's best)."
+)
+FAN_PERCENTILE = (
+    "Normalised score in (0, 1]: cume_dist of (order_count, order_value) among the merchant's "
+    "customers (1 = the top fan)."
+)
+RANK = ("rank", "integer")  # position in the user's list in crm.recommendations, 1 = best
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A seed segment: its table, its own fields (after the common ones) and who belongs to it.
+
+    ``members_sql`` selects the user, the recommended merchant's id and name, the normalised score
+    and then ``fields``, in that order (columns are named by position). It can use the CTEs
+    ``scored`` (run_date's recommendations with the normalised score and the merchant's category)
+    and ``ordered`` (the merchants each user ordered from, with counts and category).
+    """
+
+    name: str
+    description: str
+    fields: tuple[tuple[str, str], ...]
+    members_sql: str
+    score_description: str = RUN_PERCENTILE
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.fields)
+
+
+HIGH_AFFINITY_PROSPECTS = Segment(
+    "high_affinity_prospects",
+    "Recommendations with a normalised score above crm_affinity_threshold for a merchant the user never ordered from.",
+    (RANK,),
+    """
+    SELECT s.user_id, s.merchant_id, s.merchant_name, s.score, s.rank
+    FROM scored s
+    WHERE s.score > %(affinity_threshold)s
+      AND NOT EXISTS (
+          SELECT 1 FROM ordered o WHERE o.user_id = s.user_id AND o.merchant_id = s.merchant_id
+      )
+    """,
+)
+
+LAPSED_PERSONALISED = Segment(
+    "lapsed_personalised",
+    "Users with no order in the last crm_lapsed_days days or more, with their top crm_top_k recommendations.",
+    (RANK, ("days_since_last_order", "integer")),
+    """
+    SELECT s.user_id, s.merchant_id, s.merchant_name, s.score, s.rank, u.days_since_last_order
+    FROM scored s
+    JOIN marts.user_features u ON u.user_id = s.user_id
+    WHERE u.days_since_last_order >= %(lapsed_days)s
+      AND s.rank <= %(top_k)s
+    """,
+)
+
+CATEGORY_EXPLORERS = Segment(
+    "category_explorers",
+    "Users who have ordered, with their best crm_top_k recommendations in a category they never ordered from.",
+    (RANK, ("category", "text")),
+    """
+    SELECT user_id, merchant_id, merchant_name, score, rank, category
+    FROM (
+        SELECT s.*, row_number() OVER (PARTITION BY s.user_id ORDER BY s.rank) AS pick
+        FROM scored s
+        WHERE s.category IS NOT NULL
+          AND s.user_id IN (SELECT user_id FROM ordered)
+          AND NOT EXISTS (
+              SELECT 1 FROM ordered o WHERE o.user_id = s.user_id AND o.category = s.category
+          )
+    ) untried
+    WHERE pick <= %(top_k)s
+    """,
+)
+
+MERCHANT_SUPERFANS = Segment(
+    "merchant_superfans",
+    "For each merchant, its crm_superfans_per_merchant customers with the most orders (then the most spent).",
+    (("fan_rank", "integer"), ("order_count", "bigint"), ("total_spent", "numeric(14, 2)")),
+    """
+    SELECT user_id, merchant_id, merchant_name, score, fan_rank, order_count, order_value
+    FROM (
+        SELECT o.*,
+               cume_dist() OVER (PARTITION BY o.merchant_id ORDER BY o.order_count, o.order_value) AS score,
+               row_number() OVER (
+                   PARTITION BY o.merchant_id ORDER BY o.order_count DESC, o.order_value DESC, o.user_id
+               ) AS fan_rank
+        FROM ordered o
+    ) fans
+    WHERE fan_rank <= %(superfans_per_merchant)s
+    """,
+    FAN_PERCENTILE,
+)
+
+CROSS_SELL_TARGETS = Segment(
+    "cross_sell_targets",
+    "Users whose most-ordered merchant is A, with their best crm_top_k recommendations B of another category "
+    "and a normalised score above crm_affinity_threshold.",
+    (
+        RANK,
+        ("ordered_merchant_id", "bigint"),
+        ("ordered_merchant_name", "text"),
+        ("ordered_category", "text"),
+        ("recommended_category", "text"),
+    ),
+    """
+    SELECT user_id, merchant_id, merchant_name, score, rank,
+           ordered_merchant_id, ordered_merchant_name, ordered_category, recommended_category
+    FROM (
+        SELECT s.user_id, s.merchant_id, s.merchant_name, s.score, s.rank,
+               a.merchant_id   AS ordered_merchant_id,
+               a.merchant_name AS ordered_merchant_name,
+               a.category      AS ordered_category,
+               s.category      AS recommended_category,
+               row_number() OVER (PARTITION BY s.user_id ORDER BY s.rank) AS pick
+        FROM scored s
+        JOIN (
+            SELECT DISTINCT ON (user_id) user_id, merchant_id, merchant_name, category
+            FROM ordered
+            ORDER BY user_id, order_count DESC, order_value DESC, last_order_at DESC, merchant_id
+        ) a ON a.user_id = s.user_id
+        WHERE s.score > %(affinity_threshold)s
+          AND s.category <> a.category
+    ) cross_sell
+    WHERE pick <= %(top_k)s
+    """,
+)
+
+NEW_USER_ONBOARDING = Segment(
+    "new_user_onboarding",
+    "Users with fewer than crm_new_user_max_orders orders, with their top crm_top_k recommendations.",
+    (RANK, ("order_count", "bigint"), ("tenure_days", "integer")),
+    """
+    SELECT s.user_id, s.merchant_id, s.merchant_name, s.score, s.rank, u.order_count, u.tenure_days
+    FROM scored s
+    JOIN marts.user_features u ON u.user_id = s.user_id
+    WHERE u.order_count < %(new_user_max_orders)s
+      AND s.rank <= %(top_k)s
+    """,
+)
+
+SEGMENTS: dict[str, Segment] = {
+    segment.name: segment
+    for segment in (
+        HIGH_AFFINITY_PROSPECTS, LAPSED_PERSONALISED, CATEGORY_EXPLORERS,
+        MERCHANT_SUPERFANS, CROSS_SELL_TARGETS, NEW_USER_ONBOARDING,
+    )
+}
+COMMON_COLUMNS = ("run_date", "segment", "user_id", "recommended_merchant_id", "recommended_merchant_name", "score",
+                  "platform", "home_zone")
+
+
+def _table_sql(segment: Segment) -> str:
+    own = "".join(f"\n    {name:<25} {type_}," for name, type_ in segment.fields)
+    table = f"crm.{segment.name}"
+    return f"""
+CREATE TABLE IF NOT EXISTS {table} (
+    run_date                  date   NOT NULL,
+    segment                   text   NOT NULL,
+    user_id                   bigint NOT NULL,
+    recommended_merchant_id   bigint NOT NULL,
+    recommended_merchant_name text,
+    score                     double precision NOT NULL,
+    platform                  text,
+    home_zone                 text,{own}
+    PRIMARY KEY (run_date, user_id, recommended_merchant_id)
+);
+COMMENT ON TABLE {table} IS {sql.Literal(segment.description).as_string()};
+COMMENT ON COLUMN {table}.score IS {sql.Literal(segment.score_description).as_string()};"""
+
+
+CRM_SEGMENTS_SQL = "CREATE SCHEMA IF NOT EXISTS crm;" + "".join(_table_sql(s) for s in SEGMENTS.values()) + "\n"
+
+# Shared by every segment's members_sql; an unreferenced CTE is never evaluated.
+_SOURCES_SQL = """
+WITH scored AS (
+    SELECT r.user_id, r.rank, r.merchant_id, r.merchant_name, m.category,
+           cume_dist() OVER (ORDER BY r.score) AS score
+    FROM crm.recommendations r
+    LEFT JOIN marts.merchant_features m ON m.merchant_id = r.merchant_id
+    WHERE r.run_date = %(run_date)s
+),
+ordered AS (
+    -- page views alone do not make a merchant "ordered from"
+    SELECT i.user_id, i.merchant_id, m.merchant_name, m.category, i.order_count, i.order_value, i.last_order_at
+    FROM intermediate.int_user_merchant_interactions i
+    LEFT JOIN marts.merchant_features m ON m.merchant_id = i.merchant_id
+    WHERE i.order_count > 0
+)
+"""
+
+
+def ensure_tables(conn: psycopg.Connection) -> None:
+    conn.execute(CRM_SEGMENTS_SQL)
+
+
+def refresh_segments(conn: psycopg.Connection, run_date: date, settings: Settings) -> dict[str, int]:
+    """Replace run_date's rows in every segment table from ``crm.recommendations`` and the marts.
+
+    Call inside the caller's transaction (it does not commit), after run_date's recommendations are
+    written. Returns the rows written per segment.
+    """
+    ensure_tables(conn)
+    params = {
+        "run_date": run_date,
+        "affinity_threshold": settings.crm_affinity_threshold,
+        "top_k": settings.crm_top_k,
+        "lapsed_days": settings.crm_lapsed_days,
+        "new_user_max_orders": settings.crm_new_user_max_orders,
+        "superfans_per_merchant": settings.crm_superfans_per_merchant,
+    }
+    return {name: _replace_segment(conn, segment, params) for name, segment in SEGMENTS.items()}
+
+
+def _replace_segment(conn: psycopg.Connection, segment: Segment, params: dict) -> int:
+    table = sql.Identifier("crm", segment.name)
+    conn.execute(sql.SQL("DELETE FROM {} WHERE run_date = %(run_date)s").format(table), params)
+    inserted = conn.execute(_insert_sql(segment), {**params, "segment": segment.name})
+    return inserted.rowcount
+
+
+def _insert_sql(segment: Segment) -> sql.Composed:
+    fields = [sql.Identifier(name) for name in segment.field_names]
+    return sql.SQL(
+        """INSERT INTO {table} ({columns})
+        {sources}
+        SELECT %(run_date)s, %(segment)s, m.user_id, m.merchant_id, m.merchant_name, m.score,
+               u.platform, u.home_zone, {member_fields}
+        FROM ({members}) AS m (user_id, merchant_id, merchant_name, score, {fields})
+        LEFT JOIN marts.user_features u ON u.user_id = m.user_id"""
+    ).format(
+        table=sql.Identifier("crm", segment.name),
+        columns=sql.SQL(", ").join([sql.Identifier(c) for c in COMMON_COLUMNS] + fields),
+        sources=sql.SQL(_SOURCES_SQL),
+        member_fields=sql.SQL(", ").join(sql.SQL("m.{}").format(f) for f in fields),
+        members=sql.SQL(segment.members_sql),
+        fields=sql.SQL(", ").join(fields),
+    )
+
+
+def ensure_reader_role(conn: psycopg.Connection, settings: Settings) -> None:
+    """The CRM's login role: reads every table and view in ``crm`` (also later ones) and nothing else.
+
+    Idempotent, and safe to call from every database of a cluster (the role is cluster-wide, the
+    grants are per database). Needs CREATEROLE. Tables created later in ``crm`` are readable when
+    the role running this creates them (ALTER DEFAULT PRIVILEGES covers the current user).
+    """
+    role = sql.Identifier(settings.crm_reader_role)
+    _ensure_login_role(conn, settings.crm_reader_role, settings.crm_reader_password)
+    statements = [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS crm"),
+        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), role),
+        # Postgres < 15 lets everyone create objects in public; the reader must not write anywhere.
+        sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
+        sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(role),
+        # Start from nothing so a grant made by hand cannot survive, then give exactly read access.
+        sql.SQL("REVOKE ALL ON SCHEMA crm FROM {}").format(role),
+        sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA crm FROM {}").format(role),
+        sql.SQL("GRANT USAGE ON SCHEMA crm TO {}").format(role),
+        sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA crm TO {}").format(role),
+        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA crm GRANT SELECT ON TABLES TO {}").format(role),
+    ]
+    for statement in statements:
+        conn.execute(statement)
+
+
+def _ensure_login_role(conn: psycopg.Connection, role: str, password: str) -> None:
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    conn.execute(
+        sql.SQL(
+            "{action} ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
+            "PASSWORD {password}"
+        ).format(
+            action=sql.SQL("ALTER" if exists else "CREATE"),
+            role=sql.Identifier(role),
+            password=sql.Literal(password) if password else sql.SQL("NULL"),
+        )
+    )

@@ -1,0 +1,1 @@
+"""Offer model: multi-arm uplift learners, the offer policy and its evaluation."""

@@ -1,0 +1,77 @@
+"""What every recommender shares: score a batch of users densely, then take the top n."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+# Rows scored at once in ``recommend``: bounds memory at about batch x items floats.
+BATCH_USERS = 1024
+
+
+def as_user_items(user_items: sp.spmatrix) -> sp.csr_matrix:
+    """The users x items matrix as float32 CSR with sorted indices."""
+    csr = sp.csr_matrix(user_items, dtype=np.float32)
+    csr.sort_indices()
+    return csr
+
+
+def binarise(user_items: sp.csr_matrix) -> sp.csr_matrix:
+    binary = user_items.copy()
+    binary.eliminate_zeros()
+    binary.data = np.ones_like(binary.data)
+    return binary
+
+
+def top_n(scores: np.ndarray, n: int, exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the n highest-scoring columns, best first, skipping the non-zeros of ``exclude``.
+
+    Rows with fewer than n eligible columns are padded with index -1 and score -inf.
+    """
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    n_rows, n_cols = scores.shape
+    if exclude is not None:
+        rows = np.repeat(np.arange(n_rows), np.diff(exclude.indptr))
+        scores[rows, exclude.indices] = -np.inf
+    n_keep = min(n, n_cols)
+    if n_keep < n_cols:
+        candidates = np.argpartition(-scores, n_keep - 1, axis=1)[:, :n_keep]
+    else:
+        candidates = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
+    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
+    # Ties break on the lower column index so results do not depend on argpartition's internals.
+    order = np.lexsort((candidates, -candidate_scores), axis=1)
+    items = np.full((n_rows, n), -1, dtype=np.int64)
+    best = np.full((n_rows, n), -np.inf, dtype=np.float32)
+    items[:, :n_keep] = np.take_along_axis(candidates, order, axis=1)
+    best[:, :n_keep] = np.take_along_axis(candidate_scores, order, axis=1)
+    items[~np.isfinite(best)] = -1
+    return items, best
+
+
+class Recommender:
+    """Fit on a users x items CSR matrix; ``score`` and ``recommend`` take row indices of that matrix."""
+
+    user_items: sp.csr_matrix
+
+    def fit(self, user_items: sp.spmatrix) -> Recommender:
+        raise NotImplementedError
+
+    def score(self, user_indices: np.ndarray) -> np.ndarray:
+        """Dense [len(user_indices), n_items] float32 scores, higher is better."""
+        raise NotImplementedError
+
+    def recommend(
+        self, user_indices: np.ndarray, n: int = 10, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n item indices and their scores, each [len(user_indices), n]; padding is -1 / -inf."""
+        user_indices = np.asarray(user_indices, dtype=np.int64).reshape(-1)
+        items = np.full((len(user_indices), n), -1, dtype=np.int64)
+        scores = np.full((len(user_indices), n), -np.inf, dtype=np.float32)
+        for start in range(0, len(user_indices), BATCH_USERS):
+            batch = user_indices[start : start + BATCH_USERS]
+            exclude = self.user_items[batch] if exclude_seen else None
+            items[start : start + len(batch)], scores[start : start + len(batch)] = top_n(
+                self.score(batch), n, exclude
+            )
+        return items, scores

@@ -1,0 +1,468 @@
+"""Two-stage recommender: the union of the generators' top candidates, re-scored by LightGBM LambdaRank.
+
+Training is temporal inside the data given to ``fit``: each user's last ``label_share`` of
+interactions are the labels, the generators and features see only the interactions before them.
+For serving, the generators are refitted on everything and the same features are rebuilt.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ml.recommend.base import Recommender, top_n
+from ml.recommend.content import CategoryAffinityRecommender
+from ml.recommend.cosine import cosine_similarity, keep_top_per_row
+from ml.recommend.matrix import InteractionMatrix
+from ml.recommend.popularity import PopularityRecommender
+from ml.recommend.rerank import add_exploration_slot, mmr_rerank
+from ml.recommend.split import temporal_split, unix_seconds
+
+DAY = 86400.0
+# Users whose candidates are scored at once; bounds memory at about batch x items floats per generator.
+_BATCH_USERS = 512
+
+DEFAULT_LGBM_PARAMS = {
+    "objective": "lambdarank",
+    "metric": "ndcg",
+    "eval_at": [10],
+    "lambdarank_truncation_level": 20,
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 50,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "deterministic": True,
+    "force_row_wise": True,
+    "verbose": -1,
+}
+
+REASONS = {
+    "repeat": "you ordered from {item} before",
+    "similar": "you ordered from similar merchant {item}",
+    "category": "matches your favourite category {category}",
+    "zone": "popular in your zone",
+    "popular": "popular right now",
+}
+
+
+@dataclass
+class History:
+    """What the features may look at: interactions up to a point in time, as index arrays."""
+
+    user_items: sp.csr_matrix  # interaction counts
+    recent_user_items: dict[float, sp.csr_matrix]  # half-life h -> 0.5 ** (later events / h), summed per item
+    last_seen: sp.csr_matrix  # per (user, item): last interaction time - time_origin + 1
+    time_origin: float
+    reference_time: float
+    user_first: np.ndarray
+    user_last: np.ndarray
+    item_first: np.ndarray
+    item_last: np.ndarray
+    item_users: np.ndarray
+    events_by_item: np.ndarray  # item * _TIME_SPAN + (time - time_origin), sorted
+    event_times: np.ndarray  # sorted
+
+    @classmethod
+    def from_indices(
+        cls, users: np.ndarray, items: np.ndarray, times: np.ndarray, shape: tuple[int, int], half_lives: Sequence[float]
+    ) -> History:
+        n_users, n_items = shape
+        order = np.lexsort((items, times, users))
+        events_after = np.empty(len(users), dtype=np.float64)
+        user_sizes = np.bincount(users, minlength=n_users)
+        ends = np.cumsum(user_sizes)[users[order]]
+        events_after[order] = ends - np.arange(len(order)) - 1
+        recent = {
+            half_life: sp.csr_matrix((0.5 ** (events_after / half_life), (users, items)), shape=shape, dtype=np.float32)
+            for half_life in half_lives
+        }
+        origin = float(times.min()) if len(times) else 0.0
+        ones = np.ones(len(users), dtype=np.float32)
+        counts = sp.csr_matrix((ones, (users, items)), shape=shape)
+        counts.sum_duplicates()
+        pairs = pd.DataFrame({"u": users, "i": items, "t": times - origin + 1.0}).groupby(["u", "i"])["t"].max()
+        last_seen = sp.csr_matrix(
+            (pairs.to_numpy(), (pairs.index.get_level_values(0), pairs.index.get_level_values(1))), shape=shape
+        )
+
+        def extreme(index: np.ndarray, size: int, ufunc: np.ufunc, empty: float) -> np.ndarray:
+            out = np.full(size, empty)
+            ufunc.at(out, index, times)
+            return np.where(np.isinf(out), np.nan, out)
+
+        binary = counts.copy()
+        binary.data[:] = 1.0
+        return cls(
+            user_items=counts,
+            recent_user_items=recent,
+            last_seen=last_seen,
+            time_origin=origin,
+            reference_time=float(times.max()) if len(times) else 0.0,
+            user_first=extreme(users, n_users, np.minimum, np.inf),
+            user_last=extreme(users, n_users, np.maximum, -np.inf),
+            item_first=extreme(items, n_items, np.minimum, np.inf),
+            item_last=extreme(items, n_items, np.maximum, -np.inf),
+            item_users=np.asarray(binary.sum(axis=0)).ravel(),
+            events_by_item=np.sort(items.astype(np.float64) * _time_span(times) + (times - origin)),
+            event_times=np.sort(times),
+        )
+
+    def item_events_between(self, items: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Interactions with each item in the window [start, end]."""
+        span = _time_span(self.event_times)
+        base = items.astype(np.float64) * span - self.time_origin
+        low = np.searchsorted(self.events_by_item, base + np.clip(start, self.time_origin, None), side="left")
+        high = np.searchsorted(self.events_by_item, base + np.clip(end, self.time_origin, None), side="right")
+        return np.maximum(high - low, 0)
+
+    def events_between(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.event_times, end, side="right") - np.searchsorted(self.event_times, start)
+
+
+def _time_span(times: np.ndarray) -> float:
+    """A stride larger than any time offset, so (item, time) pairs sort as one float key."""
+    return float(np.ptp(times)) + 2.0 if len(times) else 2.0
+
+
+def _pair_lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    return np.asarray(matrix[rows, cols]).ravel()
+
+
+@dataclass
+class _Stage:
+    """Generators fitted on one history, plus that history."""
+
+    generators: dict[str, Recommender]
+    history: History
+    affinity: CategoryAffinityRecommender | None
+    similarity: sp.csr_matrix
+
+
+class RankerRecommender(Recommender):
+    """LightGBM LambdaRank over the union of the generators' top ``candidates_per_generator`` items.
+
+    ``generators`` are unfitted prototypes (copied, never mutated). Generators that hold per-item or
+    per-user arrays must be aligned with the ``users`` / ``items`` order passed to ``fit``.
+    ``item_categories`` (item id -> category), ``user_features`` (indexed by user id) and
+    ``item_features`` (indexed by item id) add features; their numeric columns are used as they are.
+    ``diversity_lambda`` < 1 re-ranks each list by MMR over categories; ``exploration_rate`` > 0
+    sometimes puts an unlisted candidate into the last slot.
+    """
+
+    def __init__(
+        self,
+        generators: Mapping[str, Recommender],
+        item_categories: pd.Series | None = None,
+        user_features: pd.DataFrame | None = None,
+        item_features: pd.DataFrame | None = None,
+        item_names: Mapping | None = None,
+        candidates_per_generator: int = 100,
+        label_share: float = 0.2,
+        training_windows: int = 2,
+        validation_share: float = 0.2,
+        recent_days: float = 14.0,
+        recency_half_lives: Sequence[float] = (1.0, 4.0, 16.0),
+        include_repeats: bool = False,
+        max_train_users: int | None = 50_000,
+        lgbm_params: Mapping | None = None,
+        num_boost_round: int = 1000,
+        early_stopping_rounds: int = 50,
+        diversity_lambda: float = 1.0,
+        exploration_rate: float = 0.0,
+        num_threads: int = 2,
+        seed: int = 0,
+    ):
+        self.generators = dict(generators)
+        self.item_categories = item_categories
+        self.user_features = user_features
+        self.item_features = item_features
+        self.item_names = item_names
+        self.candidates_per_generator = candidates_per_generator
+        self.label_share = label_share
+        self.training_windows = training_windows
+        self.validation_share = validation_share
+        self.recent_days = recent_days
+        self.recency_half_lives = tuple(recency_half_lives)
+        self.include_repeats = include_repeats
+        self.max_train_users = max_train_users
+        self.lgbm_params = {**DEFAULT_LGBM_PARAMS, **(lgbm_params or {})}
+        self.num_boost_round = num_boost_round
+        self.early_stopping_rounds = early_stopping_rounds
+        self.diversity_lambda = diversity_lambda
+        self.exploration_rate = exploration_rate
+        self.num_threads = num_threads
+        self.seed = seed
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(
+        self,
+        interactions: pd.DataFrame,
+        users: Sequence | None = None,
+        items: Sequence | None = None,
+        user_col: str = "user_id",
+        item_col: str = "item_id",
+        time_col: str = "event_time",
+    ) -> RankerRecommender:
+        """Learn from interactions with a user, an item and a time (unix seconds or ISO) column."""
+        frame = pd.DataFrame(
+            {"user_id": interactions[user_col], "item_id": interactions[item_col], "event_time": unix_seconds(interactions[time_col])}
+        )
+        self.matrix = InteractionMatrix.from_frame(frame, users=users, items=items)
+        self.user_items = self.matrix.csr
+        frame = frame.assign(u=self.matrix.user_indices(frame["user_id"]), i=self.matrix.item_indices(frame["item_id"]))
+        frame = frame[(frame["u"] >= 0) & (frame["i"] >= 0)]
+        self._item_code = self._align_categories()
+
+        rng = np.random.default_rng(self.seed)
+        all_users = rng.permutation(self.matrix.shape[0])
+        if self.max_train_users is not None:
+            all_users = all_users[: self.max_train_users]
+        n_valid = int(round(self.validation_share * len(all_users)))
+        user_sets = {"train": np.sort(all_users[n_valid:]), "valid": np.sort(all_users[:n_valid])}
+        parts: dict[str, list] = {"train": [], "valid": []}
+        # Each window moves the cut one label share further back, adding training groups from older data.
+        current = frame
+        for _ in range(self.training_windows):
+            past, future = temporal_split(current, 1.0 - self.label_share)
+            stage = self._fit_stage(past)
+            positives = self._positives(stage, future)
+            for part, part_users in user_sets.items():
+                parts[part].append(self._training_rows(stage, part_users, positives))
+            current = past
+        train = _concat_rows(parts["train"])
+        valid = _concat_rows(parts["valid"])
+
+        params = {**self.lgbm_params, "num_threads": self.num_threads, "seed": self.seed}
+        train_set = lgb.Dataset(train[0], train[1], group=train[2], free_raw_data=True)
+        callbacks = []
+        valid_sets = []
+        if len(valid[2]):
+            valid_sets = [lgb.Dataset(valid[0], valid[1], group=valid[2], reference=train_set)]
+            callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
+        self.booster = lgb.train(
+            params, train_set, num_boost_round=self.num_boost_round, valid_sets=valid_sets, callbacks=callbacks
+        )
+        self.feature_names = list(train[0].columns)
+        self.stage = self._fit_stage(frame)
+        return self
+
+    def _align_categories(self) -> np.ndarray | None:
+        if self.item_categories is None:
+            return None
+        return self.item_categories.reindex(self.matrix.item_ids).to_numpy(dtype=object)
+
+    def _fit_stage(self, frame: pd.DataFrame) -> _Stage:
+        users, items = frame["u"].to_numpy(), frame["i"].to_numpy()
+        history = History.from_indices(users, items, frame["event_time"].to_numpy(np.float64), self.matrix.shape, self.recency_half_lives
+        )
+        generators = {name: copy.deepcopy(prototype).fit(history.user_items) for name, prototype in self.generators.items()}
+        affinity = None
+        if self._item_code is not None:
+            affinity = CategoryAffinityRecommender(self._item_code).fit(history.user_items)
+        similarity = keep_top_per_row(cosine_similarity(history.user_items), 100)
+        return _Stage(generators=generators, history=history, affinity=affinity, similarity=similarity)
+
+    def _positives(self, stage: _Stage, future: pd.DataFrame) -> sp.csr_matrix:
+        labels = future[["u", "i"]].drop_duplicates()
+        if not self.include_repeats:
+            labels = labels[_pair_lookup(stage.history.user_items, labels["u"].to_numpy(), labels["i"].to_numpy()) == 0]
+        return sp.csr_matrix((np.ones(len(labels), np.float32), (labels["u"], labels["i"])), shape=self.matrix.shape)
+
+    def _training_rows(
+        self, stage: _Stage, users: np.ndarray, positives: sp.csr_matrix
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """Features, labels and per-user group sizes, keeping users with a positive among their candidates."""
+        users = users[np.diff(positives.indptr)[users] > 0]
+        parts = []
+        for start in range(0, len(users), _BATCH_USERS):
+            batch = users[start : start + _BATCH_USERS]
+            local_rows, cols, features = self._candidates(stage, batch, not self.include_repeats)
+            label = _pair_lookup(positives, batch[local_rows], cols)
+            keep = (np.bincount(local_rows, label, minlength=len(batch)) > 0)[local_rows]
+            sizes = np.bincount(local_rows[keep], minlength=len(batch))
+            parts.append((features[keep], label[keep], sizes[sizes > 0]))
+        return _concat_rows(parts)
+
+    # ------------------------------------------------------------------ features
+
+    def _candidates(
+        self, stage: _Stage, users: np.ndarray, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """Candidate pairs as (position in ``users``, item index), grouped by user, and their features."""
+        seen = stage.history.user_items[users]
+        n_items = self.matrix.shape[1]
+        depth = min(self.candidates_per_generator, n_items)
+        scores, ranks = {}, {}
+        listed = np.zeros((len(users), n_items), dtype=bool)
+        for name, generator in stage.generators.items():
+            dense = generator.score(users)
+            top, top_scores = top_n(dense, depth, seen if exclude_seen else None)
+            rank = np.full((len(users), n_items), depth + 1, dtype=np.float32)
+            row_index = np.repeat(np.arange(len(users)), depth).reshape(len(users), depth)
+            valid = top >= 0
+            rank[row_index[valid], top[valid]] = (np.nonzero(valid)[1] + 1).astype(np.float32)
+            listed[row_index[valid], top[valid]] = True
+            best = np.where(np.isfinite(top_scores[:, 0]), top_scores[:, 0], 0.0)
+            scores[name] = (dense, np.abs(best) + 1e-9)
+            ranks[name] = rank
+        local_rows, cols = np.nonzero(listed)
+        rows = users[local_rows]
+
+        columns: dict[str, np.ndarray] = {}
+        for name, (dense, best) in scores.items():
+            value = dense[local_rows, cols]
+            columns[f"{name}_score"] = value
+            columns[f"{name}_share_of_best"] = value / best[local_rows]
+            columns[f"{name}_rank"] = ranks[name][local_rows, cols]
+        columns["generators_listing"] = sum((ranks[name][local_rows, cols] <= depth).astype(np.float32) for name in ranks)
+        for half_life, recent in stage.history.recent_user_items.items():
+            similarity = np.asarray((recent[users] @ stage.similarity).todense())
+            columns[f"similarity_to_recent_items_hl{half_life:g}"] = similarity[local_rows, cols]
+        columns.update(self._history_features(stage, rows, cols))
+        features = pd.DataFrame(columns)
+        features = self._join_external(features, rows, cols)
+        return local_rows, cols, features
+
+    def _history_features(self, stage: _Stage, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+        history = stage.history
+        window = self.recent_days * DAY
+        user_time = history.user_last[rows]
+        # Users without history are placed at the end of the history.
+        user_time = np.where(np.isnan(user_time), history.reference_time, user_time)
+        user_n = np.asarray(history.user_items.sum(axis=1)).ravel()
+        near = history.item_events_between(cols, user_time - window, user_time).astype(np.float32)
+        near_total = history.events_between(user_time - window, user_time).astype(np.float32)
+        recent = history.item_events_between(
+            cols, np.full(len(cols), history.reference_time - window), np.full(len(cols), history.reference_time)
+        ).astype(np.float32)
+        last_seen = _pair_lookup(history.last_seen, rows, cols)
+        features = {
+            "item_users": history.item_users[cols].astype(np.float32),
+            "item_recent_events": recent,
+            "item_events_near_user_time": near,
+            "item_share_near_user_time": near / np.maximum(near_total, 1.0),
+            "item_age_at_user_time_days": (user_time - history.item_first[cols]) / DAY,
+            "item_last_event_before_user_days": (user_time - history.item_last[cols]) / DAY,
+            "user_interactions": user_n[rows].astype(np.float32),
+            "user_span_days": (user_time - history.user_first[rows]) / DAY,
+            "user_idle_days": (history.reference_time - user_time) / DAY,
+            "user_item_interactions": _pair_lookup(history.user_items, rows, cols),
+            "user_item_days_since": np.where(
+                last_seen > 0, (user_time - (last_seen - 1.0 + history.time_origin)) / DAY, np.nan
+            ),
+        }
+        if stage.affinity is not None:
+            affinity = stage.affinity
+            codes = affinity.item_codes[cols]
+            counts = affinity.user_category_counts[rows, codes]
+            features["category_affinity"] = affinity.category_affinity(rows)[np.arange(len(rows)), codes] if len(rows) else np.empty(0)
+            features["category_user_share"] = counts / np.maximum(user_n[rows], 1.0)
+            features["category_user_count"] = counts
+            features["item_share_in_category"] = affinity.item_share_in_category[cols]
+        return features
+
+    def _join_external(self, features: pd.DataFrame, rows: np.ndarray, cols: np.ndarray) -> pd.DataFrame:
+        for prefix, table, ids in (
+            ("user_", self.user_features, self.matrix.user_ids[rows]),
+            ("item_", self.item_features, self.matrix.item_ids[cols]),
+        ):
+            if table is None:
+                continue
+            numeric = table.select_dtypes("number").add_prefix(prefix).reindex(ids)
+            features = pd.concat([features, numeric.reset_index(drop=True)], axis=1)
+        return features
+
+    # ------------------------------------------------------------------ serving
+
+    def score(self, user_indices: np.ndarray, exclude_seen: bool = True) -> np.ndarray:
+        """Ranker scores on each user's candidates, -inf for items that are not candidates."""
+        users = np.asarray(user_indices, dtype=np.int64).reshape(-1)
+        local_rows, cols, features = self._candidates(self.stage, users, exclude_seen)
+        dense = np.full((len(users), self.matrix.shape[1]), -np.inf, dtype=np.float32)
+        if len(cols):
+            dense[local_rows, cols] = self.booster.predict(features[self.feature_names], num_threads=self.num_threads)
+        return dense
+
+    def recommend(
+        self, user_indices: np.ndarray, n: int = 10, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        users = np.asarray(user_indices, dtype=np.int64).reshape(-1)
+        reranking = self.diversity_lambda < 1.0 or self.exploration_rate > 0.0
+        depth = 3 * n if reranking else n
+        items = np.full((len(users), n), -1, dtype=np.int64)
+        scores = np.full((len(users), n), -np.inf, dtype=np.float32)
+        for start in range(0, len(users), _BATCH_USERS):
+            batch = users[start : start + _BATCH_USERS]
+            top, top_scores = top_n(self.score(batch, exclude_seen), depth)
+            for offset, (user, row, row_scores) in enumerate(zip(batch, top, top_scores)):
+                kept = row >= 0
+                row, row_scores = row[kept], row_scores[kept]
+                if self.diversity_lambda < 1.0 and self._item_code is not None:
+                    row, row_scores = mmr_rerank(row, row_scores, self._item_code, self.diversity_lambda)
+                if self.exploration_rate > 0.0:
+                    rng = np.random.default_rng([self.seed, int(user)])
+                    score_of = dict(zip(row.tolist(), row_scores.tolist()))
+                    row = add_exploration_slot(row[:n], row[n:], rng, self.exploration_rate)
+                    row_scores = np.array([score_of[item] for item in row.tolist()], dtype=np.float32)
+                count = min(n, len(row))
+                items[start + offset, :count] = row[:count]
+                scores[start + offset, :count] = row_scores[:count]
+        return items, scores
+
+    def feature_importance(self, importance_type: str = "gain") -> pd.Series:
+        return pd.Series(
+            self.booster.feature_importance(importance_type=importance_type), index=self.feature_names
+        ).sort_values(ascending=False)
+
+    def explain(self, user_indices: np.ndarray, item_indices: np.ndarray) -> list[list[str]]:
+        """A short reason per recommended item; ``item_indices`` is [users, n] as from ``recommend``."""
+        history = self.stage.history
+        zone_popularity = any(
+            isinstance(g, PopularityRecommender) and g.user_groups is not None for g in self.generators.values()
+        )
+        explanations = []
+        for user, row in zip(np.asarray(user_indices), np.asarray(item_indices)):
+            past = history.user_items[user].indices
+            favourite = None
+            if self.stage.affinity is not None and len(past):
+                favourite = int(np.argmax(self.stage.affinity.user_category_counts[user]))
+            reasons = []
+            for item in row[row >= 0]:
+                reasons.append(self._reason(int(item), past, favourite, zone_popularity, history))
+            explanations.append(reasons)
+        return explanations
+
+    def _reason(self, item: int, past: np.ndarray, favourite: int | None, zone_popularity: bool, history: History) -> str:
+        if item in past:
+            return REASONS["repeat"].format(item=self._item_name(item))
+        if len(past):
+            similarities = np.asarray(self.stage.similarity[past, item].todense()).ravel()
+            if similarities.max() >= 0.1:
+                return REASONS["similar"].format(item=self._item_name(int(past[np.argmax(similarities)])))
+        if favourite is not None and self.stage.affinity.item_codes[item] == favourite:
+            return REASONS["category"].format(category=self.stage.affinity.categories[favourite])
+        return REASONS["zone" if zone_popularity else "popular"]
+
+    def _item_name(self, item: int) -> str:
+        item_id = self.matrix.item_ids[item]
+        return str(self.item_names.get(item_id, item_id)) if self.item_names is not None else str(item_id)
+
+
+def _concat_rows(parts: list[tuple[pd.DataFrame, np.ndarray, np.ndarray]]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    if not parts:
+        return pd.DataFrame(), np.empty(0, np.float32), np.empty(0, np.int64)
+    return (
+        pd.concat([part[0] for part in parts], ignore_index=True),
+        np.concatenate([part[1] for part in parts]),
+        np.concatenate([part[2] for part in parts]),
+    )

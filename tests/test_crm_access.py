@@ -1,0 +1,109 @@
+"""The CRM reader role, connecting as it to the real embedded Postgres: reads crm, nothing else, writes nothing.
+
+Roles are cluster-wide and every test database lives on the same server, so these tests also show that
+``ensure_reader_role`` can be called again, and from another database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from ml import crm, publish
+
+OTHER_SCHEMAS = ("raw", "staging", "intermediate", "marts", "mlflow", "ops")
+
+
+@pytest.fixture
+def warehouse(warehouse_url, settings) -> str:
+    """crm tables with a row, and one table with a row in each of the schemas the reader must not see."""
+    with psycopg.connect(warehouse_url) as conn:
+        for schema in OTHER_SCHEMAS:
+            conn.execute(f"CREATE SCHEMA {schema}")
+            conn.execute(f"CREATE TABLE {schema}.secrets AS SELECT 1 AS id")
+        conn.execute("CREATE TABLE public.secrets AS SELECT 1 AS id")
+        conn.execute(publish.CRM_SCHEMA_SQL)
+        crm.ensure_tables(conn)
+        conn.execute(
+            "INSERT INTO crm.recommendations VALUES ('2026-11-01', 1, 1, 10, 'Pizza Place', 0.9, NULL, '1')"
+        )
+        crm.ensure_reader_role(conn, settings)
+    return warehouse_url
+
+
+def _as_reader(url: str, settings) -> psycopg.Connection:
+    return psycopg.connect(url, user=settings.crm_reader_role, autocommit=True)
+
+
+def test_reader_can_select_every_crm_table(warehouse, settings):
+    with _as_reader(warehouse, settings) as reader:
+        assert reader.execute("SELECT user_id, merchant_name FROM crm.recommendations").fetchall() == [(1, "Pizza Place")]
+        for table in ["segment_members", *crm.SEGMENTS]:
+            assert reader.execute(f"SELECT count(*) FROM crm.{table}").fetchone() == (0,)
+
+
+def test_reader_can_select_crm_tables_created_later(warehouse, settings):
+    with psycopg.connect(warehouse) as owner:
+        owner.execute("CREATE TABLE crm.inactive_user_offers AS SELECT 7 AS user_id")
+
+    with _as_reader(warehouse, settings) as reader:
+        assert reader.execute("SELECT user_id FROM crm.inactive_user_offers").fetchall() == [(7,)]
+
+
+@pytest.mark.parametrize("schema", [*OTHER_SCHEMAS, "public"])
+def test_reader_cannot_read_outside_crm(warehouse, settings, schema):
+    with _as_reader(warehouse, settings) as reader, pytest.raises(errors.InsufficientPrivilege):
+        reader.execute(f"SELECT * FROM {schema}.secrets")
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO crm.recommendations VALUES ('2026-11-02', 2, 1, 10, 'Pizza Place', 0.5, NULL, '1')",
+    "UPDATE crm.recommendations SET score = 0",
+    "DELETE FROM crm.recommendations",
+    "TRUNCATE crm.lapsed_personalised",
+    "CREATE TABLE crm.mine (id int)",
+    "CREATE TABLE public.mine (id int)",
+    "DROP TABLE crm.recommendations",
+])
+def test_reader_cannot_change_anything(warehouse, settings, statement):
+    with _as_reader(warehouse, settings) as reader, pytest.raises(errors.InsufficientPrivilege):
+        reader.execute(statement)
+
+
+def test_role_is_a_plain_login_role_and_setup_is_idempotent(warehouse, settings, postgres_server_url):
+    other_database = f"{settings.crm_reader_role}_other"
+    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{other_database}"')
+        admin.execute(f'CREATE DATABASE "{other_database}"')
+    with psycopg.connect(warehouse) as conn:
+        crm.ensure_reader_role(conn, settings)
+    with psycopg.connect(postgres_server_url, dbname=other_database) as conn:
+        crm.ensure_reader_role(conn, settings)
+
+    with psycopg.connect(warehouse) as conn:
+        attributes = conn.execute(
+            "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls "
+            "FROM pg_roles WHERE rolname = %s",
+            (settings.crm_reader_role,),
+        ).fetchall()
+    assert attributes == [(True, False, False, False, False, False)]
+    with _as_reader(warehouse, settings) as reader:
+        assert reader.execute("SELECT count(*) FROM crm.recommendations").fetchone() == (1,)
+
+
+def test_password_is_set_when_configured_and_removed_when_empty(warehouse_url, settings):
+    with_password = dataclasses.replace(settings, crm_reader_role="rekindle_crm_reader_pw", crm_reader_password="s3cret")
+
+    def password_hash(conn: psycopg.Connection):
+        return conn.execute(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (with_password.crm_reader_role,)
+        ).fetchone()[0]
+
+    with psycopg.connect(warehouse_url) as conn:
+        crm.ensure_reader_role(conn, with_password)
+        assert password_hash(conn).startswith("SCRAM-SHA-256$")
+        crm.ensure_reader_role(conn, dataclasses.replace(with_password, crm_reader_password=""))
+        assert password_hash(conn) is None

@@ -1,0 +1,223 @@
+"""CRM segment tables on a hand-made marketplace whose members are known, on the real embedded Postgres.
+
+Sixteen recommendations with raw scores 1..16, so a recommendation's normalised score (its cume_dist
+in the run) is raw / 16 and "above 0.5" means a raw score of 9 or more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from ml import crm, publish
+
+RUN_DATE = date(2026, 11, 1)
+NEXT_DATE = date(2026, 11, 2)
+
+# The columns crm.py reads, with the types dbt gives them (marts/user_features.sql, merchant_features.sql,
+# intermediate/int_user_merchant_interactions.sql).
+MARTS_SQL = """
+CREATE SCHEMA marts;
+CREATE SCHEMA intermediate;
+CREATE TABLE marts.user_features (
+    user_id bigint, platform text, home_zone text, tenure_days integer, order_count bigint,
+    order_value numeric(14, 2), days_since_last_order integer
+);
+CREATE TABLE marts.merchant_features (merchant_id bigint, merchant_name text, category text, zone text);
+CREATE TABLE intermediate.int_user_merchant_interactions (
+    user_id bigint, merchant_id bigint, order_count bigint, order_value numeric(14, 2),
+    view_count bigint, last_order_at timestamptz
+);
+"""
+MERCHANTS = [
+    (10, "Pizza Place", "pizza", "west"),
+    (11, "Pizza Two", "pizza", "east"),
+    (20, "Sushi Bar", "sushi", "west"),
+    (21, "Sushi Two", "sushi", "east"),
+    (30, "Burger Joint", "burgers", "west"),
+]
+# user_id, platform, home_zone, tenure_days, order_count, order_value, days_since_last_order
+USERS = [
+    (1, "ios", "west", 200, 5, 150, 20),       # lapsed; ordered pizza 10 (x4) and sushi 20 (x1)
+    (2, "android", "east", 90, 3, 90, 2),      # active; ordered pizza 10 (x3), only viewed sushi 20
+    (3, "web", "west", 3, 0, 0, None),         # never ordered
+    (4, "ios", "east", 30, 1, 25, 14),         # exactly crm_lapsed_days; one order, at burgers 30
+    (5, "web", "east", 60, 3, 60, 5),          # ordered pizza 10 (x3, less than user 2 spent); no recommendations
+]
+# user_id, merchant_id, order_count, order_value, view_count, last_order_at
+INTERACTIONS = [
+    (1, 10, 4, 120, 6, "2026-10-10"),
+    (1, 20, 1, 30, 1, "2026-10-12"),
+    (2, 10, 3, 90, 2, "2026-10-30"),
+    (2, 20, 0, 0, 3, None),
+    (4, 30, 1, 25, 0, "2026-10-18"),
+    (5, 10, 3, 60, 0, "2026-10-27"),
+]
+# user_id: [(merchant_id, raw score)] best first
+RECOMMENDED = {
+    1: [(20, 16), (11, 15), (21, 6), (30, 5)],
+    2: [(20, 14), (11, 13), (30, 4), (21, 3)],
+    3: [(10, 12), (20, 11), (30, 2), (11, 1)],
+    4: [(10, 10), (30, 9), (20, 8), (21, 7)],
+}
+EXPECTED = {
+    # not ordered there and raw score >= 9 (user 4's merchant 20 scores exactly 0.5: not above)
+    "high_affinity_prospects": {(1, 11), (2, 20), (2, 11), (3, 10), (3, 20), (4, 10)},
+    # 14+ days since the last order (user 3 never ordered), top 2
+    "lapsed_personalised": {(1, 20), (1, 11), (4, 10), (4, 30)},
+    # users who ordered, best 2 recommendations in categories they never ordered
+    "category_explorers": {(1, 30), (2, 20), (2, 30), (4, 10), (4, 20)},
+    # two customers with the most orders per merchant; user 2 beats user 5 on money spent
+    "merchant_superfans": {(1, 10), (2, 10), (1, 20), (4, 30)},
+    # A = most-ordered merchant; B above the threshold in another category than A
+    "cross_sell_targets": {(1, 20), (2, 20), (4, 10)},
+    # fewer than 2 orders, top 2
+    "new_user_onboarding": {(3, 10), (3, 20), (4, 10), (4, 30)},
+}
+
+
+@pytest.fixture
+def crm_settings(settings):
+    return dataclasses.replace(settings, crm_top_k=2, crm_superfans_per_merchant=2)
+
+
+@pytest.fixture
+def marketplace(warehouse_url) -> str:
+    with psycopg.connect(warehouse_url) as conn:
+        conn.execute(MARTS_SQL)
+        conn.execute(publish.CRM_SCHEMA_SQL)
+        _insert(conn, "marts.merchant_features", MERCHANTS)
+        _insert(conn, "marts.user_features", USERS)
+        _insert(conn, "intermediate.int_user_merchant_interactions", INTERACTIONS)
+        _insert_recommendations(conn, RUN_DATE, RECOMMENDED)
+    return warehouse_url
+
+
+def _insert(conn: psycopg.Connection, table: str, rows: list[tuple]) -> None:
+    placeholders = ", ".join(["%s"] * len(rows[0]))
+    conn.cursor().executemany(f"INSERT INTO {table} VALUES ({placeholders})", rows)
+
+
+def _insert_recommendations(conn: psycopg.Connection, run_date: date, recommended: dict) -> None:
+    names = {merchant_id: name for merchant_id, name, _, _ in MERCHANTS}
+    _insert(conn, "crm.recommendations", [
+        (run_date, user_id, rank, merchant_id, names[merchant_id], float(score), None, "3")
+        for user_id, merchants in recommended.items()
+        for rank, (merchant_id, score) in enumerate(merchants, start=1)
+    ])
+
+
+def _refresh(url: str, run_date: date, settings) -> dict[str, int]:
+    with psycopg.connect(url) as conn, conn.transaction():
+        return crm.refresh_segments(conn, run_date, settings)
+
+
+def _rows(url: str, segment: str, run_date: date = RUN_DATE) -> list[dict]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return conn.execute(
+            f"SELECT * FROM crm.{segment} WHERE run_date = %s ORDER BY user_id, recommended_merchant_id", (run_date,)
+        ).fetchall()
+
+
+def _members(url: str, segment: str, run_date: date = RUN_DATE) -> set[tuple[int, int]]:
+    return {(row["user_id"], row["recommended_merchant_id"]) for row in _rows(url, segment, run_date)}
+
+
+def test_each_segment_has_exactly_the_expected_members(marketplace, crm_settings):
+    counts = _refresh(marketplace, RUN_DATE, crm_settings)
+
+    assert {segment: _members(marketplace, segment) for segment in crm.SEGMENTS} == EXPECTED
+    assert counts == {segment: len(members) for segment, members in EXPECTED.items()}
+
+
+def test_rows_carry_the_export_fields_and_the_normalised_score(marketplace, crm_settings):
+    _refresh(marketplace, RUN_DATE, crm_settings)
+
+    prospect = next(r for r in _rows(marketplace, "high_affinity_prospects") if r["user_id"] == 1)
+    assert prospect == {
+        "run_date": RUN_DATE, "segment": "high_affinity_prospects", "user_id": 1,
+        "recommended_merchant_id": 11, "recommended_merchant_name": "Pizza Two", "score": 15 / 16,
+        "platform": "ios", "home_zone": "west", "rank": 2,
+    }
+    lapsed = {r["recommended_merchant_id"]: r for r in _rows(marketplace, "lapsed_personalised") if r["user_id"] == 4}
+    assert lapsed[30]["days_since_last_order"] == 14 and lapsed[30]["rank"] == 2
+    assert {r["category"] for r in _rows(marketplace, "category_explorers") if r["user_id"] == 2} == {"sushi", "burgers"}
+    onboarding = [r for r in _rows(marketplace, "new_user_onboarding") if r["user_id"] == 3]
+    assert [(r["order_count"], r["tenure_days"], r["rank"]) for r in onboarding] == [(0, 3, 1), (0, 3, 2)]
+
+
+def test_superfans_have_order_count_total_spent_and_a_rank_per_merchant(marketplace, crm_settings):
+    _refresh(marketplace, RUN_DATE, crm_settings)
+
+    fans = {
+        (r["recommended_merchant_id"], r["user_id"]): (r["fan_rank"], r["order_count"], float(r["total_spent"]), r["score"])
+        for r in _rows(marketplace, "merchant_superfans")
+    }
+    assert fans == {
+        (10, 1): (1, 4, 120.0, 1.0),
+        (10, 2): (2, 3, 90.0, pytest.approx(2 / 3)),  # user 5 (3 orders, 60 spent) is third of three
+        (20, 1): (1, 1, 30.0, 1.0),
+        (30, 4): (1, 1, 25.0, 1.0),
+    }
+
+
+def test_cross_sell_names_the_most_ordered_merchant_and_both_categories(marketplace, crm_settings):
+    _refresh(marketplace, RUN_DATE, crm_settings)
+
+    targets = {
+        r["user_id"]: (r["ordered_merchant_id"], r["ordered_merchant_name"], r["ordered_category"],
+                       r["recommended_merchant_id"], r["recommended_category"])
+        for r in _rows(marketplace, "cross_sell_targets")
+    }
+    assert targets == {
+        1: (10, "Pizza Place", "pizza", 20, "sushi"),
+        2: (10, "Pizza Place", "pizza", 20, "sushi"),
+        4: (30, "Burger Joint", "burgers", 10, "pizza"),
+    }
+
+
+def test_thresholds_come_from_settings(marketplace, crm_settings):
+    stricter = dataclasses.replace(crm_settings, crm_affinity_threshold=0.8, crm_lapsed_days=15, crm_new_user_max_orders=1)
+    _refresh(marketplace, RUN_DATE, stricter)
+
+    assert _members(marketplace, "high_affinity_prospects") == {(1, 11), (2, 20), (2, 11)}  # raw score >= 13
+    assert _members(marketplace, "lapsed_personalised") == {(1, 20), (1, 11)}
+    assert _members(marketplace, "new_user_onboarding") == {(3, 10), (3, 20)}
+
+
+def test_refreshing_again_replaces_the_rows_without_duplicates(marketplace, crm_settings):
+    first = _refresh(marketplace, RUN_DATE, crm_settings)
+    before = {segment: _rows(marketplace, segment) for segment in crm.SEGMENTS}
+
+    again = _refresh(marketplace, RUN_DATE, crm_settings)
+
+    assert again == first
+    assert {segment: _rows(marketplace, segment) for segment in crm.SEGMENTS} == before
+
+
+def test_a_new_run_date_leaves_earlier_dates_untouched(marketplace, crm_settings):
+    _refresh(marketplace, RUN_DATE, crm_settings)
+    before = {segment: _rows(marketplace, segment) for segment in crm.SEGMENTS}
+    with psycopg.connect(marketplace) as conn:
+        _insert_recommendations(conn, NEXT_DATE, {3: [(10, 2), (20, 1)]})
+
+    counts = _refresh(marketplace, NEXT_DATE, crm_settings)
+
+    assert {segment: _rows(marketplace, segment) for segment in crm.SEGMENTS} == before
+    assert _members(marketplace, "new_user_onboarding", NEXT_DATE) == {(3, 10), (3, 20)}
+    assert counts["new_user_onboarding"] == 2
+
+
+def test_a_failed_refresh_rolls_back_with_the_callers_transaction(marketplace, crm_settings):
+    _refresh(marketplace, RUN_DATE, crm_settings)
+    before = _rows(marketplace, "lapsed_personalised")
+
+    with pytest.raises(RuntimeError), psycopg.connect(marketplace) as conn, conn.transaction():
+        crm.refresh_segments(conn, RUN_DATE, dataclasses.replace(crm_settings, crm_top_k=1))
+        raise RuntimeError("publishing failed after the refresh")
+
+    assert _rows(marketplace, "lapsed_personalised") == before

@@ -1,0 +1,157 @@
+"""CSV exports of the CRM segment tables and ``rekindle export``, on the real embedded Postgres."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from datetime import date
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ml import crm, export, publish
+
+RUN_DATE = date(2026, 11, 1)
+EARLIER = date(2026, 10, 31)
+LAPSED_HEADER = [
+    "user_id", "segment", "recommended_merchant_id", "recommended_merchant_name", "score", "export_date",
+    "rank", "days_since_last_order",
+]
+# user_id, platform, home_zone, merchant_id, merchant_name, score, rank, days_since_last_order
+LAPSED = [
+    (1, "ios", "west", 10, "Pizza Place", 0.9, 1, 20),
+    (1, "ios", "west", 20, "Sushi, Bar", 0.4, 2, 20),
+    (2, "android", "west", 10, "Pizza Place", 0.7, 1, 31),
+    (3, "ios", "east", 30, "Burger Joint", 0.6, 1, 15),
+]
+
+
+@pytest.fixture
+def published(warehouse_url) -> str:
+    """lapsed_personalised rows for RUN_DATE and one for EARLIER; recommendations mark both runs as published."""
+    with psycopg.connect(warehouse_url) as conn:
+        conn.execute(publish.CRM_SCHEMA_SQL)
+        crm.ensure_tables(conn)
+        rows = [(RUN_DATE, *row) for row in LAPSED] + [(EARLIER, 9, "web", "east", 10, "Pizza Place", 0.8, 1, 40)]
+        conn.cursor().executemany(
+            "INSERT INTO crm.lapsed_personalised (run_date, segment, user_id, platform, home_zone, "
+            "recommended_merchant_id, recommended_merchant_name, score, rank, days_since_last_order) "
+            "VALUES (%s, 'lapsed_personalised', %s, %s, %s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+        conn.cursor().executemany(
+            "INSERT INTO crm.recommendations VALUES (%s, 1, 1, 10, 'Pizza Place', 1.0, NULL, '1')",
+            [(RUN_DATE,), (EARLIER,)],
+        )
+    return warehouse_url
+
+
+def _read(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _export(url: str, out: Path, segment: str = "lapsed_personalised", run_date: date = RUN_DATE, **filters) -> Path:
+    with psycopg.connect(url) as conn:
+        return export.export_segment(conn, segment, run_date, out, **filters)
+
+
+def test_file_name_header_and_rows_of_one_run_date(published, tmp_path):
+    path = _export(published, tmp_path / "exports")
+
+    assert path == tmp_path / "exports" / "lapsed_personalised_2026-11-01.csv"
+    with path.open(newline="") as f:
+        assert next(csv.reader(f)) == LAPSED_HEADER
+    rows = _read(path)
+    assert [(r["user_id"], r["recommended_merchant_id"]) for r in rows] == [("1", "10"), ("1", "20"), ("2", "10"), ("3", "30")]
+    assert rows[1] == {
+        "user_id": "1", "segment": "lapsed_personalised", "recommended_merchant_id": "20",
+        "recommended_merchant_name": "Sushi, Bar", "score": "0.4", "export_date": "2026-11-01",
+        "rank": "2", "days_since_last_order": "20",
+    }
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left behind
+
+
+@pytest.mark.parametrize(("filters", "expected_users"), [
+    ({"min_score": 0.7}, ["1", "2"]),
+    ({"platform": "ios"}, ["1", "1", "3"]),
+    ({"zone": "west"}, ["1", "1", "2"]),
+    ({"min_score": 0.5, "platform": "ios", "zone": "west"}, ["1"]),
+    ({"platform": "desktop"}, []),
+])
+def test_filters_by_min_score_platform_and_zone(published, tmp_path, filters, expected_users):
+    rows = _read(_export(published, tmp_path, **filters))
+
+    assert [r["user_id"] for r in rows] == expected_users
+
+
+def test_exporting_again_replaces_the_file(published, tmp_path):
+    _export(published, tmp_path)
+    path = _export(published, tmp_path, min_score=0.85)
+
+    assert [r["recommended_merchant_id"] for r in _read(path)] == ["10"]
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_export_all_writes_every_segment_even_empty_ones(published, settings):
+    with psycopg.connect(published) as conn:
+        paths = export.export_all(conn, RUN_DATE, settings)
+
+    assert paths == {name: settings.exports_dir / f"{name}_2026-11-01.csv" for name in crm.SEGMENTS}
+    assert len(_read(paths["lapsed_personalised"])) == 4
+    with paths["merchant_superfans"].open(newline="") as f:
+        assert list(csv.reader(f)) == [[
+            "user_id", "segment", "recommended_merchant_id", "recommended_merchant_name", "score", "export_date",
+            "fan_rank", "order_count", "total_spent",
+        ]]
+
+
+def test_unknown_segment_is_refused_with_the_valid_names(published, tmp_path):
+    with pytest.raises(ValueError, match="valid segments: high_affinity_prospects, lapsed_personalised"):
+        _export(published, tmp_path, segment="lapsed")
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    export.add_arguments(parser)
+    return export.run(parser.parse_args(argv))
+
+
+@pytest.fixture
+def environment(published, settings, monkeypatch):
+    monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
+    monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", published)
+    return settings
+
+
+def test_cli_exports_the_latest_run_to_the_exports_folder(environment, capsys):
+    assert _cli(["lapsed_personalised"]) == 0
+
+    path = environment.exports_dir / "lapsed_personalised_2026-11-01.csv"
+    assert len(_read(path)) == 4
+    assert str(path) in capsys.readouterr().out
+
+
+def test_cli_date_filters_and_out_folder(environment, tmp_path):
+    out = tmp_path / "elsewhere"
+
+    assert _cli(["lapsed_personalised", "--date", "2026-10-31", "--min-score", "0.5", "--platform", "web",
+                 "--zone", "east", "--out", str(out)]) == 0
+    assert [r["user_id"] for r in _read(out / "lapsed_personalised_2026-10-31.csv")] == ["9"]
+
+
+def test_cli_unknown_segment_exits_2_listing_the_segments(environment, capsys):
+    assert _cli(["superfans"]) == 2
+
+    error = capsys.readouterr().err
+    assert "unknown segment 'superfans'" in error
+    assert all(name in error for name in crm.SEGMENTS)
+
+
+def test_cli_without_any_published_run_says_so(settings, monkeypatch, capsys):
+    monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
+    monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
+
+    assert _cli(["lapsed_personalised"]) == 1
+    assert "nothing published" in capsys.readouterr().err
