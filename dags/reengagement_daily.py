@@ -1,4 +1,5 @@
-"""Daily re-engagement: load events, gate raw data, build dbt marts, gate marts, train, publish to the CRM."""
+"""Daily re-engagement: load events, gate raw data, build dbt marts, gate marts, train the recommender and
+the offer model, publish recommendations, offers and CRM segments."""
 
 from __future__ import annotations
 
@@ -46,19 +47,16 @@ def reengagement_daily():
         return pipeline.train_ranker(Settings.from_env(), _run_date(ds))
 
     @task
+    def train_offer_model(ds: str | None = None) -> dict:
+        return pipeline.train_offer_model(Settings.from_env(), _run_date(ds))
+
+    @task
     def publish_segments(ds: str | None = None) -> dict:
         return pipeline.publish_segments(Settings.from_env(), _run_date(ds))
 
     dbt = dbt_task_group(Settings.from_env())
-    (
-        prepare_warehouse()
-        >> load_events()
-        >> check_raw_quality()
-        >> dbt
-        >> check_mart_quality()
-        >> train_ranker()
-        >> publish_segments()
-    )
+    marts_ready = prepare_warehouse() >> load_events() >> check_raw_quality() >> dbt >> check_mart_quality()
+    marts_ready >> [train_ranker(), train_offer_model()] >> publish_segments()
 
 
 reengagement_daily()

@@ -16,7 +16,8 @@ from typing import Iterator
 import pandas as pd
 import psycopg
 
-from ml import ingest, publish, quality, registry, warehouse
+from ml import campaigns, crm, export, ingest, publish, quality, registry, warehouse
+from ml.experiments import campaign_id_for
 from ml.recommendation import MerchantRecommender, ModelSpec, TemporalSplit, evaluate_spec
 from ml.settings import Settings, redact
 
@@ -180,6 +181,60 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
     return summary
 
 
+def train_offer_model(settings: Settings, run_date: date) -> dict:
+    """Learn offer responses from randomised past campaigns; judge the policy on held-out users; gate."""
+    import mlflow
+
+    from ml.offers.evaluation import qini_curve, qini_plot
+
+    url = warehouse.start(settings)
+    with recorded_step(url, run_date, "train_offer_model") as summary:
+        with psycopg.connect(url) as conn:
+            history = campaigns.load_history(conn)
+            users = campaigns.load_inactive_users(conn)
+        if history.empty or not (history["event_type"] == campaigns.CONTROL).any():
+            summary["skipped"] = "no randomised campaign with an observed outcome window and a holdout yet"
+            return summary
+        train, test = campaigns.split_by_user(history, settings.offer_test_share, settings.seed)
+        registry.configure(settings, url)
+        with mlflow.start_run(
+            experiment_id=registry.experiment_id(settings, settings.offer_model_name), run_name=f"offers-{run_date}"
+        ):
+            model = campaigns.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(train)
+            evaluation = campaigns.evaluate(model, test, settings.order_margin_rate)
+            final = campaigns.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(history)
+            truth = settings.input_dir / "ground_truth" / "offer_truth.parquet"
+            if truth.exists() and not users.empty:
+                evaluation.extra.update(campaigns.truth_agreement(final, users, truth))
+            metrics = evaluation.metrics()
+            champion_value = _champion_offer_value(settings, train, test)
+            mlflow.log_params({"learner": "s_learner_lightgbm", "margin_rate": settings.order_margin_rate,
+                               "train_rows": len(train), "test_rows": len(test), "run_date": run_date.isoformat()})
+            mlflow.log_metrics(metrics)
+            mlflow.log_metrics({f"uniform_{arm.replace(':', '_')}": v for arm, v in evaluation.uniform_values.items()})
+            p, _, _ = model.gain_and_cost(test)
+            uplift = p.drop(columns=campaigns.CONTROL).max(axis=1) - p[campaigns.CONTROL]
+            curve = qini_curve(uplift.to_numpy(), (test["event_type"] != campaigns.CONTROL).to_numpy(),
+                               test["reactivated"].astype(float).to_numpy())
+            mlflow.log_figure(qini_plot({"s-learner": curve}), "qini.png")
+            version = registry.log_model(registry.OfferPyfunc(final), settings.offer_model_name, signature=None)
+            decision = registry.gate(settings.offer_model_name, version, "policy_value", metrics["policy_value"],
+                                     champion_value, settings.promotion_margin)
+            mlflow.set_tags({"gate": decision.reason, "promoted": str(decision.promoted)})
+        summary.update(metrics=_rounded(metrics), version=version, champion_version=decision.champion_version,
+                       promoted=decision.promoted, gate=decision.reason)
+    return summary
+
+
+def _champion_offer_value(settings: Settings, train: pd.DataFrame, test: pd.DataFrame) -> float | None:
+    """Refit the champion's configuration on today's training users and value it on the same held-out users."""
+    if registry.alias_version(settings.offer_model_name, registry.CHAMPION) is None:
+        return None
+    champion = registry.load_alias(settings.offer_model_name).model
+    refit = campaigns.OfferResponseModel(champion.margin_rate, champion.config, champion.seed).fit(train)
+    return campaigns.evaluate(refit, test, settings.order_margin_rate).policy_value
+
+
 def _champion_metric(settings: Settings, split: TemporalSplit, catalog_size: int) -> float | None:
     """Refit the champion's spec on today's training window, so both are judged on the same window."""
     if registry.alias_version(settings.ranker_model_name, registry.CHAMPION) is None:
@@ -212,19 +267,39 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             recommendations = publish.recommend_all(
                 recommender, members["user_id"].tolist(), publish.merchant_names(conn), settings.top_n
             )
+            offers, offer_version = _todays_offers(settings, conn, run_date)
+            crm.ensure_tables(conn)
             with conn.transaction():
                 scored = publish.replace_run(
                     conn, run_date, recommendations, members, settings.score_segments, version
                 )
+                if offers is not None:
+                    campaigns.replace_offers(conn, run_date, campaign_id_for(run_date), offers, offer_version)
+                segment_rows = crm.refresh_segments(conn, run_date, settings)
+            crm.ensure_reader_role(conn, settings)
             exports = publish.export_csv(conn, run_date, settings.exports_dir)
+            exports.update(export.export_all(conn, run_date, settings))
         summary.update(
             model_version=version,
             users_per_segment={k: int(v) for k, v in scored.groupby("segment")["user_id"].nunique().items()},
             rows_per_segment={k: int(v) for k, v in scored.groupby("segment").size().items()},
             recommendations=len(recommendations),
+            crm_segments=segment_rows,
+            offers=None if offers is None else {"model_version": offer_version, **campaigns.offer_summary(offers, settings.campaign_budget)},
             exports={segment: str(path) for segment, path in exports.items()},
         )
     return summary
+
+
+def _todays_offers(settings: Settings, conn: psycopg.Connection, run_date: date):
+    """Offers for today's inactive users from the ``@champion`` offer model, or (None, None) without one."""
+    version = registry.alias_version(settings.offer_model_name, registry.CHAMPION)
+    if version is None:
+        log.warning("no @%s %s yet: publishing recommendations without offers", registry.CHAMPION, settings.offer_model_name)
+        return None, None
+    model = registry.load_alias(settings.offer_model_name).model
+    users = campaigns.load_inactive_users(conn)
+    return campaigns.decide_offers(model, users, campaign_id_for(run_date), settings), version
 
 
 def step_summaries(settings: Settings, run_date: date) -> list[dict]:

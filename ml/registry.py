@@ -67,10 +67,20 @@ SIGNATURE = ModelSignature(
 )
 
 
-def log_model(python_model, registered_name: str) -> str:
+class OfferPyfunc(mlflow.pyfunc.PythonModel):
+    """A fitted OfferResponseModel: ``predict`` takes user features, returns P(reactivate) per offer arm."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return self.model.predict(model_input)[0]
+
+
+def log_model(python_model, registered_name: str, signature: ModelSignature | None = SIGNATURE) -> str:
     """Log the pyfunc in the active run and register it; returns the new version number."""
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=python_model, registered_model_name=registered_name, signature=SIGNATURE
+        name="model", python_model=python_model, registered_model_name=registered_name, signature=signature
     )
     return str(info.registered_model_version)
 

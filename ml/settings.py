@@ -40,9 +40,15 @@ class Settings:
     promotion_margin: float = 0.0
     score_segments: tuple[str, ...] = ("lapsed", "dormant")
 
-    # Offers
+    # Offers (ml/campaigns.py): budget is the total expected reward cost of one day's campaign (QAR)
     campaign_budget: float = 20000.0
+    offer_segment_budget_share: float = 0.5
     holdout_share: float = 0.10
+    personalised_share: float = 0.45
+    default_offer_event_type: str = "free_delivery"
+    default_offer_reward: float = 10.0
+    order_margin_rate: float = 0.30
+    offer_test_share: float = 0.3
     reactivation_window_days: int = 14
 
     # CRM segments (ml/crm.py): thresholds and sizes

@@ -49,6 +49,23 @@ def render(steps: dict[str, dict], tasks: list) -> str:
             f"registered version {train['version']}; champion is v{train['champion_version']} ({train['gate']})",
             "",
         ]
+    offers_model = steps.get("train_offer_model", {})
+    if offers_model.get("skipped"):
+        out += [f"Offer model: skipped ({offers_model['skipped']})", ""]
+    elif offers_model:
+        m = offers_model["metrics"]
+        rows = [["offer policy (model)", m["policy_value"]], ["best uniform offer", m["best_uniform_value"]],
+                ["random offer", m["random_value"]], ["no offer", m["no_offer_value"]]]
+        out += [
+            f"Offer policy value on held-out randomised exposures (IPW margin per user, QAR; {int(m['test_rows'])} rows)",
+            _table(["policy", "value"], rows),
+            f"uplift@30% = {m['uplift_at_30']:.2f}x random targeting; qini {m['qini']:.4f}"
+            + (f"; ground truth: chosen offer = true best for {m['truth_best_offer_share']:.0%} of inactive users, "
+               f"regret {m['truth_regret_qar']:.2f} QAR/user" if "truth_best_offer_share" in m else ""),
+            f"registered rekindle-offer v{offers_model['version']}; champion is v{offers_model['champion_version']} "
+            f"({offers_model['gate']})",
+            "",
+        ]
     published = steps.get("publish_segments", {})
     if published:
         rows = [
@@ -58,9 +75,21 @@ def render(steps: dict[str, dict], tasks: list) -> str:
         out += [
             f"Published to crm.segment_members with model v{published['model_version']}",
             _table(["segment", "users", "rows"], rows),
-            "CSV exports: " + ", ".join(published.get("exports", {}).values()),
-            "",
         ]
+        offers = published.get("offers")
+        if offers:
+            targeted = ", ".join(f"{k} {v:,}" for k, v in offers["users_targeted_per_segment"].items())
+            arms = ", ".join(f"{k} {v:,}" for k, v in offers["users_per_arm"].items())
+            out += [
+                f"Offers (crm.inactive_user_offers, model v{offers['model_version']}): arms {arms}",
+                f"  users targeted per segment: {targeted}",
+                f"  expected reward cost {offers['expected_cost_total']:,.0f} QAR of which personalised "
+                f"{offers['expected_cost_personalised']:,.0f} (budget {offers['budget']:,.0f}); "
+                f"expected incremental orders {offers['expected_incremental_orders']:,.1f}",
+            ]
+        if published.get("crm_segments"):
+            out += ["CRM segments: " + ", ".join(f"{k} {v:,}" for k, v in published["crm_segments"].items())]
+        out += [f"CSV exports: {len(published.get('exports', {}))} files in the exports folder", ""]
     if tasks:
         rows = [[t.task_id, t.state, "" if t.seconds is None else f"{t.seconds:.1f}"] for t in tasks]
         out += ["Tasks", _table(["task", "state", "seconds"], rows)]

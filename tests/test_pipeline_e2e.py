@@ -75,9 +75,27 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
         assert len(export) == len(members)
         assert list(export["user_id"]) == list(members["user_id"])
 
+    with psycopg.connect(url) as conn:
+        offers = pd.DataFrame(
+            conn.execute(
+                "SELECT user_id, segment, arm, event_type, reward_size, expected_cost, is_holdout "
+                "FROM crm.inactive_user_offers WHERE run_date = %s", (RUN_DATE,)
+            ).fetchall(),
+            columns=["user_id", "segment", "arm", "event_type", "reward_size", "expected_cost", "is_holdout"],
+        )
+        inactive = {u for (u,) in conn.execute(
+            "SELECT user_id FROM marts.user_segments WHERE lifecycle_segment IN ('at_risk', 'lapsed', 'dormant', 'churned')"
+        ).fetchall()}
+    assert set(offers["user_id"]) == inactive
+    assert set(offers["arm"]) == {"personalised", "non_personalised", "holdout"}
+    holdout = offers[offers["is_holdout"]]
+    assert (holdout["event_type"] == "none").all() and (holdout["reward_size"] == 0).all()
+    assert offers.loc[offers["arm"] == "personalised", "expected_cost"].sum() <= pipeline_settings.campaign_budget
+
     print_summary(pipeline_settings, RUN_DATE, state, tasks, 0.0)
     summary = capsys.readouterr().out
-    for expected in ("Load (raw.*)", "Users per lifecycle segment", "popularity", "random", "champion is v1", "Published"):
+    for expected in ("Load (raw.*)", "Users per lifecycle segment", "popularity", "random", "champion is v1",
+                     "Published", "Offer policy value", "best uniform offer", "CRM segments"):
         assert expected in summary
 
     # The same day again: nothing new is loaded, the CRM rows are replaced by identical ones, not duplicated.
