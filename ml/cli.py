@@ -1,4 +1,4 @@
-"""``rekindle`` command line: generate, ingest, warehouse, run, ui, benchmark."""
+"""``rekindle`` command line: generate, ingest, warehouse, run, ui, export, simulate, readout, benchmark."""
 
 from __future__ import annotations
 
@@ -151,6 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--airflow-port", type=int, default=8080)
     ui.add_argument("--mlflow-port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
+
+    from ml import experiments, export, feedback
+
+    exp = sub.add_parser("export", help="write one CRM segment as CSV ({segment}_{date}.csv)")
+    export.add_arguments(exp)
+    exp.set_defaults(func=export.run)
+
+    sim = sub.add_parser("simulate", help="play the latest published campaign out in the synthetic world (into the drop folder)")
+    feedback.add_arguments(sim)
+    sim.set_defaults(func=feedback.run)
+
+    read = sub.add_parser("readout", help="measure a win-back campaign: arms vs holdout and vs non-personalised")
+    experiments.add_arguments(read)
+    read.set_defaults(func=experiments.run)
 
     bench = sub.add_parser("benchmark", help="model quality on real public data")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)

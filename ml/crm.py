@@ -5,12 +5,13 @@ recommended_merchant_name, score``, the user's ``platform`` and ``home_zone`` (e
 then the segment's own fields. The marts hold only the latest dbt build, so the rows are copied
 per run_date: a past date's export reads that day's rows, not today's marts.
 
-``score`` is normalised to (0, 1] so one threshold means the same thing every day, whatever the
-model's raw scale: for segments built from ``crm.recommendations`` it is the cume_dist of the raw
-score among all of run_date's recommendations (the share of that run's recommendations scored at
-or below this one; 1 = the run's best). ``crm_affinity_threshold`` = 0.5 therefore keeps the top
-half of the run's recommendations. For merchant superfans it is the cume_dist of the user's
-(order_count, order_value) among the merchant's customers (1 = the top fan).
+``score`` is normalised to [0, 1] per user, as a fraction of that user's best recommendation:
+raw / best, measured from zero, or from the list's lowest score when the model gives negative
+ones, so 1 = the user's top pick. Raw scores are only comparable within one user's list: users
+the model does not know get popularity counts (tens) while known users get cosine sums (below a
+few), and a LambdaRank score means nothing across users. ``crm_affinity_threshold`` = 0.5 thus
+keeps recommendations more than half as strong as the user's best. For merchant superfans the
+score is the user's order_count as a fraction of the merchant's top fan's.
 """
 
 from __future__ import annotations
@@ -23,14 +24,11 @@ from psycopg import sql
 
 from ml.settings import Settings
 
-RUN_PERCENTILE = (
-    "Normalised score in (0, 1]: cume_dist of the model's raw score among all recommendations of "
-    "run_date (share of that run's recommendations scored at or below this one; 1 = the run's best)."
+SHARE_OF_BEST = (
+    "Normalised score in [0, 1]: the model's raw score as a fraction of the user's best recommendation "
+    "of run_date (measured from zero, or from the list's lowest score if negative); 1 = the user's top pick."
 )
-FAN_PERCENTILE = (
-    "Normalised score in (0, 1]: cume_dist of (order_count, order_value) among the merchant's "
-    "customers (1 = the top fan)."
-)
+SHARE_OF_TOP_FAN = "Normalised score in (0, 1]: order_count as a fraction of the merchant's top fan's order_count."
 RANK = ("rank", "integer")  # position in the user's list in crm.recommendations, 1 = best
 
 
@@ -48,7 +46,7 @@ class Segment:
     description: str
     fields: tuple[tuple[str, str], ...]
     members_sql: str
-    score_description: str = RUN_PERCENTILE
+    score_description: str = SHARE_OF_BEST
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -109,7 +107,7 @@ MERCHANT_SUPERFANS = Segment(
     SELECT user_id, merchant_id, merchant_name, score, fan_rank, order_count, order_value
     FROM (
         SELECT o.*,
-               cume_dist() OVER (PARTITION BY o.merchant_id ORDER BY o.order_count, o.order_value) AS score,
+               o.order_count::double precision / max(o.order_count) OVER (PARTITION BY o.merchant_id) AS score,
                row_number() OVER (
                    PARTITION BY o.merchant_id ORDER BY o.order_count DESC, o.order_value DESC, o.user_id
                ) AS fan_rank
@@ -117,7 +115,7 @@ MERCHANT_SUPERFANS = Segment(
     ) fans
     WHERE fan_rank <= %(superfans_per_merchant)s
     """,
-    FAN_PERCENTILE,
+    SHARE_OF_TOP_FAN,
 )
 
 CROSS_SELL_TARGETS = Segment(
@@ -201,10 +199,17 @@ CRM_SEGMENTS_SQL = "CREATE SCHEMA IF NOT EXISTS crm;" + "".join(_table_sql(s) fo
 
 # Shared by every segment's members_sql; an unreferenced CTE is never evaluated.
 _SOURCES_SQL = """
-WITH scored AS (
+WITH score_ranges AS (
+    SELECT user_id, max(score) AS best, least(0, min(score)) AS zero
+    FROM crm.recommendations
+    WHERE run_date = %(run_date)s
+    GROUP BY user_id
+),
+scored AS (
     SELECT r.user_id, r.rank, r.merchant_id, r.merchant_name, m.category,
-           cume_dist() OVER (ORDER BY r.score) AS score
+           coalesce((r.score - g.zero) / nullif(g.best - g.zero, 0), 1) AS score
     FROM crm.recommendations r
+    JOIN score_ranges g ON g.user_id = r.user_id
     LEFT JOIN marts.merchant_features m ON m.merchant_id = r.merchant_id
     WHERE r.run_date = %(run_date)s
 ),

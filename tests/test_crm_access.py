@@ -7,20 +7,23 @@ Roles are cluster-wide and every test database lives on the same server, so thes
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import psycopg
 import pytest
 from psycopg import errors
 
 from ml import crm, publish
+from ml.settings import Settings
+from ml.warehouse import DATABASE
 
 OTHER_SCHEMAS = ("raw", "staging", "intermediate", "marts", "mlflow", "ops")
+READER = Settings().crm_reader_role
 
 
-@pytest.fixture
-def warehouse(warehouse_url, settings) -> str:
+def _build_warehouse(url: str, settings: Settings) -> str:
     """crm tables with a row, and one table with a row in each of the schemas the reader must not see."""
-    with psycopg.connect(warehouse_url) as conn:
+    with psycopg.connect(url) as conn:
         for schema in OTHER_SCHEMAS:
             conn.execute(f"CREATE SCHEMA {schema}")
             conn.execute(f"CREATE TABLE {schema}.secrets AS SELECT 1 AS id")
@@ -31,31 +34,36 @@ def warehouse(warehouse_url, settings) -> str:
             "INSERT INTO crm.recommendations VALUES ('2026-11-01', 1, 1, 10, 'Pizza Place', 0.9, NULL, '1')"
         )
         crm.ensure_reader_role(conn, settings)
-    return warehouse_url
+    return url
 
 
-def _as_reader(url: str, settings) -> psycopg.Connection:
-    return psycopg.connect(url, user=settings.crm_reader_role, autocommit=True)
+def _new_database(server_url: str, name: str) -> str:
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return server_url.replace(f"/{DATABASE}?", f"/{name}?")
 
 
-def test_reader_can_select_every_crm_table(warehouse, settings):
-    with _as_reader(warehouse, settings) as reader:
+@pytest.fixture(scope="module")
+def probed_warehouse(postgres_server_url) -> str:
+    """One database for the many probes that only read, or try (and fail) to change it."""
+    url = _new_database(postgres_server_url, f"crm_access_{os.getpid()}")
+    return _build_warehouse(url, Settings.from_env(environ={}))
+
+
+def _as_reader(url: str, role: str = READER) -> psycopg.Connection:
+    return psycopg.connect(url, user=role, autocommit=True)
+
+
+def test_reader_can_select_every_crm_table(probed_warehouse):
+    with _as_reader(probed_warehouse) as reader:
         assert reader.execute("SELECT user_id, merchant_name FROM crm.recommendations").fetchall() == [(1, "Pizza Place")]
         for table in ["segment_members", *crm.SEGMENTS]:
             assert reader.execute(f"SELECT count(*) FROM crm.{table}").fetchone() == (0,)
 
 
-def test_reader_can_select_crm_tables_created_later(warehouse, settings):
-    with psycopg.connect(warehouse) as owner:
-        owner.execute("CREATE TABLE crm.inactive_user_offers AS SELECT 7 AS user_id")
-
-    with _as_reader(warehouse, settings) as reader:
-        assert reader.execute("SELECT user_id FROM crm.inactive_user_offers").fetchall() == [(7,)]
-
-
 @pytest.mark.parametrize("schema", [*OTHER_SCHEMAS, "public"])
-def test_reader_cannot_read_outside_crm(warehouse, settings, schema):
-    with _as_reader(warehouse, settings) as reader, pytest.raises(errors.InsufficientPrivilege):
+def test_reader_cannot_read_outside_crm(probed_warehouse, schema):
+    with _as_reader(probed_warehouse) as reader, pytest.raises(errors.InsufficientPrivilege):
         reader.execute(f"SELECT * FROM {schema}.secrets")
 
 
@@ -68,29 +76,36 @@ def test_reader_cannot_read_outside_crm(warehouse, settings, schema):
     "CREATE TABLE public.mine (id int)",
     "DROP TABLE crm.recommendations",
 ])
-def test_reader_cannot_change_anything(warehouse, settings, statement):
-    with _as_reader(warehouse, settings) as reader, pytest.raises(errors.InsufficientPrivilege):
+def test_reader_cannot_change_anything(probed_warehouse, statement):
+    with _as_reader(probed_warehouse) as reader, pytest.raises(errors.InsufficientPrivilege):
         reader.execute(statement)
 
 
-def test_role_is_a_plain_login_role_and_setup_is_idempotent(warehouse, settings, postgres_server_url):
-    other_database = f"{settings.crm_reader_role}_other"
-    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{other_database}"')
-        admin.execute(f'CREATE DATABASE "{other_database}"')
-    with psycopg.connect(warehouse) as conn:
-        crm.ensure_reader_role(conn, settings)
-    with psycopg.connect(postgres_server_url, dbname=other_database) as conn:
-        crm.ensure_reader_role(conn, settings)
+def test_reader_can_select_crm_tables_created_later(warehouse_url, settings):
+    _build_warehouse(warehouse_url, settings)
+    with psycopg.connect(warehouse_url) as owner:
+        owner.execute("CREATE TABLE crm.inactive_user_offers AS SELECT 7 AS user_id")
 
-    with psycopg.connect(warehouse) as conn:
+    with _as_reader(warehouse_url) as reader:
+        assert reader.execute("SELECT user_id FROM crm.inactive_user_offers").fetchall() == [(7,)]
+
+
+def test_role_is_a_plain_login_role_and_setup_is_idempotent(warehouse_url, settings, postgres_server_url):
+    _build_warehouse(warehouse_url, settings)
+    other_database = _new_database(postgres_server_url, f"crm_access_other_{os.getpid()}")
+
+    for url in (warehouse_url, other_database, warehouse_url):
+        with psycopg.connect(url) as conn:
+            crm.ensure_reader_role(conn, settings)
+
+    with psycopg.connect(warehouse_url) as conn:
         attributes = conn.execute(
             "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls "
             "FROM pg_roles WHERE rolname = %s",
-            (settings.crm_reader_role,),
+            (READER,),
         ).fetchall()
     assert attributes == [(True, False, False, False, False, False)]
-    with _as_reader(warehouse, settings) as reader:
+    with _as_reader(warehouse_url) as reader:
         assert reader.execute("SELECT count(*) FROM crm.recommendations").fetchone() == (1,)
 
 

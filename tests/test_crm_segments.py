@@ -1,7 +1,7 @@
 """CRM segment tables on a hand-made marketplace whose members are known, on the real embedded Postgres.
 
-Sixteen recommendations with raw scores 1..16, so a recommendation's normalised score (its cume_dist
-in the run) is raw / 16 and "above 0.5" means a raw score of 9 or more.
+Each user's raw scores are chosen so the normalised score (a fraction of the user's best) is a round
+number; user 3 has popularity-sized scores and user 4 negative ones, as a LambdaRank model can give.
 """
 
 from __future__ import annotations
@@ -57,15 +57,15 @@ INTERACTIONS = [
     (4, 30, 1, 25, 0, "2026-10-18"),
     (5, 10, 3, 60, 0, "2026-10-27"),
 ]
-# user_id: [(merchant_id, raw score)] best first
+# user_id: [(merchant_id, raw score)] best first; the normalised scores are in the comments
 RECOMMENDED = {
-    1: [(20, 16), (11, 15), (21, 6), (30, 5)],
-    2: [(20, 14), (11, 13), (30, 4), (21, 3)],
-    3: [(10, 12), (20, 11), (30, 2), (11, 1)],
-    4: [(10, 10), (30, 9), (20, 8), (21, 7)],
+    1: [(20, 10.0), (11, 8.0), (21, 4.0), (30, 2.0)],       # 1, 0.8, 0.4, 0.2
+    2: [(20, 5.0), (11, 4.0), (30, 2.5), (21, 1.0)],        # 1, 0.8, 0.5, 0.2
+    3: [(10, 100.0), (20, 60.0), (30, 50.0), (11, 10.0)],   # 1, 0.6, 0.5, 0.1
+    4: [(10, 1.0), (30, 0.5), (20, -0.5), (21, -1.0)],      # from -1 to 1: 1, 0.75, 0.25, 0
 }
 EXPECTED = {
-    # not ordered there and raw score >= 9 (user 4's merchant 20 scores exactly 0.5: not above)
+    # not ordered there and normalised score above 0.5 (0.5 itself is not above)
     "high_affinity_prospects": {(1, 11), (2, 20), (2, 11), (3, 10), (3, 20), (4, 10)},
     # 14+ days since the last order (user 3 never ordered), top 2
     "lapsed_personalised": {(1, 20), (1, 11), (4, 10), (4, 30)},
@@ -105,7 +105,7 @@ def _insert(conn: psycopg.Connection, table: str, rows: list[tuple]) -> None:
 def _insert_recommendations(conn: psycopg.Connection, run_date: date, recommended: dict) -> None:
     names = {merchant_id: name for merchant_id, name, _, _ in MERCHANTS}
     _insert(conn, "crm.recommendations", [
-        (run_date, user_id, rank, merchant_id, names[merchant_id], float(score), None, "3")
+        (run_date, user_id, rank, merchant_id, names[merchant_id], score, None, "3")
         for user_id, merchants in recommended.items()
         for rank, (merchant_id, score) in enumerate(merchants, start=1)
     ])
@@ -140,10 +140,11 @@ def test_rows_carry_the_export_fields_and_the_normalised_score(marketplace, crm_
     prospect = next(r for r in _rows(marketplace, "high_affinity_prospects") if r["user_id"] == 1)
     assert prospect == {
         "run_date": RUN_DATE, "segment": "high_affinity_prospects", "user_id": 1,
-        "recommended_merchant_id": 11, "recommended_merchant_name": "Pizza Two", "score": 15 / 16,
+        "recommended_merchant_id": 11, "recommended_merchant_name": "Pizza Two", "score": 0.8,
         "platform": "ios", "home_zone": "west", "rank": 2,
     }
     lapsed = {r["recommended_merchant_id"]: r for r in _rows(marketplace, "lapsed_personalised") if r["user_id"] == 4}
+    assert {merchant: row["score"] for merchant, row in lapsed.items()} == {10: 1.0, 30: 0.75}
     assert lapsed[30]["days_since_last_order"] == 14 and lapsed[30]["rank"] == 2
     assert {r["category"] for r in _rows(marketplace, "category_explorers") if r["user_id"] == 2} == {"sushi", "burgers"}
     onboarding = [r for r in _rows(marketplace, "new_user_onboarding") if r["user_id"] == 3]
@@ -159,7 +160,7 @@ def test_superfans_have_order_count_total_spent_and_a_rank_per_merchant(marketpl
     }
     assert fans == {
         (10, 1): (1, 4, 120.0, 1.0),
-        (10, 2): (2, 3, 90.0, pytest.approx(2 / 3)),  # user 5 (3 orders, 60 spent) is third of three
+        (10, 2): (2, 3, 90.0, 0.75),  # ties user 5 on orders (3) but spent more
         (20, 1): (1, 1, 30.0, 1.0),
         (30, 4): (1, 1, 25.0, 1.0),
     }
@@ -181,10 +182,10 @@ def test_cross_sell_names_the_most_ordered_merchant_and_both_categories(marketpl
 
 
 def test_thresholds_come_from_settings(marketplace, crm_settings):
-    stricter = dataclasses.replace(crm_settings, crm_affinity_threshold=0.8, crm_lapsed_days=15, crm_new_user_max_orders=1)
+    stricter = dataclasses.replace(crm_settings, crm_affinity_threshold=0.7, crm_lapsed_days=15, crm_new_user_max_orders=1)
     _refresh(marketplace, RUN_DATE, stricter)
 
-    assert _members(marketplace, "high_affinity_prospects") == {(1, 11), (2, 20), (2, 11)}  # raw score >= 13
+    assert _members(marketplace, "high_affinity_prospects") == {(1, 11), (2, 20), (2, 11), (3, 10), (4, 10)}
     assert _members(marketplace, "lapsed_personalised") == {(1, 20), (1, 11)}
     assert _members(marketplace, "new_user_onboarding") == {(3, 10), (3, 20)}
 

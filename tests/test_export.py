@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 from datetime import date
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import psycopg
 import pytest
 
 from ml import crm, export, publish
+from ml.settings import Settings
+from ml.warehouse import DATABASE
 
 RUN_DATE = date(2026, 11, 1)
 EARLIER = date(2026, 10, 31)
@@ -27,10 +30,17 @@ LAPSED = [
 ]
 
 
-@pytest.fixture
-def published(warehouse_url) -> str:
-    """lapsed_personalised rows for RUN_DATE and one for EARLIER; recommendations mark both runs as published."""
-    with psycopg.connect(warehouse_url) as conn:
+@pytest.fixture(scope="module")
+def published(postgres_server_url) -> str:
+    """lapsed_personalised rows for RUN_DATE and one for EARLIER; recommendations mark both runs as published.
+
+    One database for the module: exports only read it.
+    """
+    name = f"crm_export_{os.getpid()}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = postgres_server_url.replace(f"/{DATABASE}?", f"/{name}?")
+    with psycopg.connect(url) as conn:
         conn.execute(publish.CRM_SCHEMA_SQL)
         crm.ensure_tables(conn)
         rows = [(RUN_DATE, *row) for row in LAPSED] + [(EARLIER, 9, "web", "east", 10, "Pizza Place", 0.8, 1, 40)]
@@ -44,7 +54,7 @@ def published(warehouse_url) -> str:
             "INSERT INTO crm.recommendations VALUES (%s, 1, 1, 10, 'Pizza Place', 1.0, NULL, '1')",
             [(RUN_DATE,), (EARLIER,)],
         )
-    return warehouse_url
+    return url
 
 
 def _read(path: Path) -> list[dict]:
@@ -94,7 +104,8 @@ def test_exporting_again_replaces_the_file(published, tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
 
 
-def test_export_all_writes_every_segment_even_empty_ones(published, settings):
+def test_export_all_writes_every_segment_even_empty_ones(published, tmp_path):
+    settings = Settings.from_env(environ={}, home=tmp_path, warehouse_url=published)
     with psycopg.connect(published) as conn:
         paths = export.export_all(conn, RUN_DATE, settings)
 
@@ -119,10 +130,10 @@ def _cli(argv: list[str]) -> int:
 
 
 @pytest.fixture
-def environment(published, settings, monkeypatch):
-    monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
+def environment(published, tmp_path, monkeypatch) -> Settings:
+    monkeypatch.setenv("REKINDLE_HOME", str(tmp_path))
     monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", published)
-    return settings
+    return Settings.from_env()
 
 
 def test_cli_exports_the_latest_run_to_the_exports_folder(environment, capsys):

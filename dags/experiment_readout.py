@@ -1,0 +1,47 @@
+"""Experiment readout: measure the win-back campaign whose reactivation window has just closed.
+
+The run for logical date D reads out ``winback-<D - reactivation_window_days>`` (arms against the
+holdout and against non-personalised offers), stores it in ``crm.experiment_results`` and logs it to
+MLflow (experiment ``rekindle-experiments``). It waits for the same day's ``reengagement_daily``
+load, which brings in the window's last events. Days with no such campaign finish with a note.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from airflow.providers.standard.sensors.external_task import ExternalTaskSensor
+from airflow.sdk import dag, task
+
+from ml import experiments
+from ml.settings import Settings
+
+
+@dag(
+    dag_id="experiment_readout",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["rekindle"],
+    doc_md=__doc__,
+)
+def experiment_readout():
+    @task
+    def read_out_campaign(ds: str | None = None) -> dict:
+        settings = Settings.from_env()
+        campaign_date = experiments.campaign_date_due(date.fromisoformat(ds), settings.reactivation_window_days)
+        return experiments.run_readout(settings, campaign_date)
+
+    window_loaded = ExternalTaskSensor(
+        task_id="wait_for_daily_load",
+        external_dag_id="reengagement_daily",
+        external_task_id="load_events",
+        mode="reschedule",
+        poke_interval=600,
+        timeout=12 * 3600,
+    )
+    window_loaded >> read_out_campaign()
+
+
+experiment_readout()

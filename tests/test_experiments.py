@@ -1,0 +1,292 @@
+"""Arm assignment, proportion statistics and the campaign readout on the real warehouse."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import date, datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from ml import experiments, feedback, ingest
+from ml.experiments import HOLDOUT, NON_PERSONALISED, PERSONALISED
+from ml.generate import generate_marketplace
+from ml.simulate import simulate_days
+
+# The lead's crm.inactive_user_offers, as far as the readout reads it.
+OFFERS_DDL = """
+CREATE SCHEMA IF NOT EXISTS crm;
+CREATE TABLE crm.inactive_user_offers (
+    run_date date NOT NULL, campaign_id text NOT NULL, user_id bigint NOT NULL, segment text, arm text NOT NULL,
+    event_type text NOT NULL, reward_size numeric NOT NULL, expected_uplift double precision,
+    expected_cost double precision, is_holdout boolean NOT NULL, model_version text
+)
+"""
+OFFER_COLUMNS = ["run_date", "campaign_id", "user_id", "arm", "event_type", "reward_size", "is_holdout"]
+
+
+def insert_offers(conn: psycopg.Connection, offers: pd.DataFrame) -> None:
+    rows = offers.assign(is_holdout=offers["arm"].eq(HOLDOUT))[OFFER_COLUMNS].astype(object).itertuples(index=False)
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO crm.inactive_user_offers ({', '.join(OFFER_COLUMNS)}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [tuple(row) for row in rows],
+        )
+
+
+# --------------------------------------------------------------------------- assignment
+
+
+def test_assignment_is_a_stable_hash_with_the_requested_shares():
+    users = range(1, 20_001)
+    arms = experiments.assign_arms("winback-2026-01-01", users)
+    assert arms.equals(experiments.assign_arms("winback-2026-01-01", reversed(users)).sort_index())
+    # Pinned, because changing the hash would silently reshuffle running experiments:
+    # `printf 'winback-2026-01-01:4' | sha256sum` starts 18495aaf8be7c8a8: top 53 bits / 2^53 = 0.0949, a holdout.
+    assert experiments.hash_unit("winback-2026-01-01", 4) == pytest.approx(0.0948692968921981)
+    assert experiments.assign_arms("winback-2026-01-01", [1, 2, 3, 4, 5]).tolist() == [
+        "non_personalised", "personalised", "personalised", "holdout", "personalised",
+    ]
+    shares = arms.value_counts(normalize=True)
+    # n = 20,000: the standard error of the 10% share is 0.2 points, of the 45% shares 0.35 points.
+    assert shares[HOLDOUT] == pytest.approx(0.10, abs=0.01)
+    assert shares[PERSONALISED] == pytest.approx(0.45, abs=0.015)
+    assert shares[NON_PERSONALISED] == pytest.approx(0.45, abs=0.015)
+
+
+def test_each_campaign_draws_its_own_holdout():
+    users = range(1, 20_001)
+    first = experiments.assign_arms("winback-2026-01-01", users).eq(HOLDOUT)
+    second = experiments.assign_arms("winback-2026-01-02", users).eq(HOLDOUT)
+    # Independent draws: about 10% of one day's holdout is in the next day's.
+    assert (first & second).sum() / first.sum() == pytest.approx(0.10, abs=0.03)
+
+
+def test_assignment_rejects_shares_above_one():
+    with pytest.raises(ValueError):
+        experiments.assign_arms("c", [1], holdout_share=0.6, personalised_share=0.5)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_statistics_match_a_hand_computed_case():
+    # 120 of 1,000 against 100 of 1,000; z(0.975) = 1.959964.
+    # z-test: pooled p = 220 / 2000 = 0.11, SE = sqrt(0.11 * 0.89 * (2 / 1000)) = 0.0139929,
+    #   z = 0.02 / 0.0139929 = 1.42930, p = 2 * (1 - Phi(1.42930)) = 0.15292.
+    test = experiments.two_proportion_z_test(120, 1000, 100, 1000)
+    assert test.z == pytest.approx(1.42930, abs=1e-5)
+    assert test.p_value == pytest.approx(0.15292, abs=1e-5)
+    # Wald: SE = sqrt(0.12 * 0.88 / 1000 + 0.10 * 0.90 / 1000) = 0.0139857, half width 0.027412.
+    wald = experiments.wald_difference_ci(120, 1000, 100, 1000)
+    assert (wald.low, wald.high) == pytest.approx((-0.007412, 0.047412), abs=1e-6)
+    # Wilson: 120/1000 -> (0.101299, 0.141609); 100/1000 -> (0.082909, 0.120152).
+    # Newcombe: 0.02 - sqrt((0.12 - 0.101299)^2 + (0.120152 - 0.10)^2) = -0.007492,
+    #           0.02 + sqrt((0.141609 - 0.12)^2 + (0.10 - 0.082909)^2) = 0.047551.
+    wilson = experiments.wilson_interval(120, 1000)
+    assert (wilson.low, wilson.high) == pytest.approx((0.101299, 0.141609), abs=1e-6)
+    newcombe = experiments.newcombe_difference_ci(120, 1000, 100, 1000)
+    assert (newcombe.low, newcombe.high) == pytest.approx((-0.007492, 0.047551), abs=1e-6)
+    # Relative lift 0.12 / 0.10 - 1 = 0.2; delta method on log 1.2 = 0.182322 with
+    # SE = sqrt(0.88 / 120 + 0.90 / 100) = 0.127802: exp(0.182322 -+ 0.250488) - 1 = (-0.065894, 0.541581).
+    comparison = experiments.compare_proportions(120, 1000, 100, 1000)
+    assert comparison.absolute_lift == pytest.approx(0.02)
+    assert comparison.relative_lift == pytest.approx(0.2)
+    assert (comparison.relative_ci.low, comparison.relative_ci.high) == pytest.approx((-0.065894, 0.541581), abs=1e-6)
+    assert comparison.absolute_ci == newcombe
+    assert comparison.p_value == test.p_value
+    assert experiments.meets_seed_criterion(comparison) is True
+    assert experiments.seed_criterion_significant(comparison) is False
+
+
+def test_statistics_at_the_edges():
+    assert experiments.two_proportion_z_test(0, 50, 0, 80) == experiments.ZTest(0.0, 1.0)
+    nobody = experiments.compare_proportions(5, 50, 0, 80)
+    assert math.isnan(nobody.relative_lift) and math.isnan(nobody.relative_ci.low)
+    assert experiments.meets_seed_criterion(nobody) is None
+    assert -1.0 <= nobody.absolute_ci.low < 0.1 < nobody.absolute_ci.high <= 1.0
+
+
+# --------------------------------------------------------------------------- readout
+
+
+CAMPAIGN_DATE = date(2025, 3, 10)
+CAMPAIGN = experiments.campaign_id_for(CAMPAIGN_DATE)
+START = datetime(2025, 3, 10, tzinfo=timezone.utc)
+END = START + timedelta(days=14)
+
+
+def hand_made_offers() -> pd.DataFrame:
+    arms = {**dict.fromkeys(range(1, 11), PERSONALISED), **dict.fromkeys(range(11, 21), NON_PERSONALISED),
+            **dict.fromkeys(range(21, 26), HOLDOUT)}
+    offers = pd.DataFrame({"user_id": list(arms), "arm": list(arms.values())})
+    offers["event_type"] = offers["arm"].map({PERSONALISED: "cashback", NON_PERSONALISED: "free_delivery", HOLDOUT: "none"})
+    offers["reward_size"] = offers["arm"].map({PERSONALISED: 5.0, NON_PERSONALISED: 10.0, HOLDOUT: 0.0})
+    this_campaign = offers.assign(run_date=CAMPAIGN_DATE, campaign_id=CAMPAIGN)
+    # The next day's campaign puts user 1 in its holdout; it must not leak into this readout.
+    next_day = CAMPAIGN_DATE + timedelta(days=1)
+    next_campaign = pd.DataFrame({
+        "run_date": [next_day], "campaign_id": [experiments.campaign_id_for(next_day)],
+        "user_id": [1], "arm": [HOLDOUT], "event_type": ["none"], "reward_size": [0.0],
+    })
+    return pd.concat([this_campaign, next_campaign], ignore_index=True)
+
+
+def hand_made_events() -> pd.DataFrame:
+    second = timedelta(seconds=1)
+    rows = [
+        # personalised: users 1-4 come back (revenue 80 + 40 + 20 + 10 = 150)
+        (1, "checkout_completed", START + timedelta(days=1), 50.0),
+        (1, "checkout_completed", START + timedelta(days=2), 30.0),
+        (2, "checkout_completed", START, 40.0),  # the window includes its first instant
+        (3, "checkout_completed", START + timedelta(days=5), 20.0),
+        (4, "checkout_completed", END - second, 10.0),
+        (5, "checkout_completed", END, 99.0),  # ... and excludes its end
+        (6, "checkout_completed", START - timedelta(hours=1), 99.0),  # before the campaign
+        (7, "app_opened", START + timedelta(days=1), None),  # not an order
+        # non-personalised: users 11 and 12 (25 + 35)
+        (11, "checkout_completed", START + timedelta(days=3), 25.0),
+        (12, "checkout_completed", START + timedelta(days=4), 35.0),
+        # holdout: user 21 (12)
+        (21, "checkout_completed", START + timedelta(days=6), 12.0),
+        (99, "checkout_completed", START + timedelta(days=1), 99.0),  # not in the campaign
+    ]
+    events = pd.DataFrame(rows, columns=["user_id", "event_type", "event_time", "order_total"])
+    events["event_id"] = [f"e{number}" for number in range(len(events))]
+    events["merchant_id"] = np.where(events["event_type"].eq("checkout_completed"), 1, None)
+    return events
+
+
+@pytest.fixture
+def campaign_conn(warehouse_url):
+    with psycopg.connect(warehouse_url) as conn:
+        ingest.ensure_raw_schema(conn)
+        conn.execute(OFFERS_DDL)
+        insert_offers(conn, hand_made_offers())
+        ingest.load_frame(conn, "events", hand_made_events(), "hand_made")
+        conn.commit()
+        yield conn
+
+
+def test_readout_counts_orders_in_the_window_per_arm(campaign_conn):
+    results = experiments.readout(campaign_conn, CAMPAIGN, window_days=14).set_index("arm")
+
+    assert results["users"].to_dict() == {PERSONALISED: 10, NON_PERSONALISED: 10, HOLDOUT: 5}
+    assert results["re_engaged_users"].to_dict() == {PERSONALISED: 4, NON_PERSONALISED: 2, HOLDOUT: 1}
+    assert results["re_engagement_rate"].to_dict() == {PERSONALISED: 0.4, NON_PERSONALISED: 0.2, HOLDOUT: 0.2}
+    assert results["revenue_per_user"].to_dict() == {PERSONALISED: 15.0, NON_PERSONALISED: 6.0, HOLDOUT: 2.4}
+    assert (results["window_start"] == START).all() and (results["window_end"] == END).all()
+
+    personalised = results.loc[PERSONALISED]
+    expected = experiments.compare_proportions(4, 10, 2, 10)
+    assert personalised["abs_lift_vs_non_personalised"] == pytest.approx(0.2)
+    assert personalised["rel_lift_vs_non_personalised"] == pytest.approx(1.0)
+    assert personalised["rel_lift_vs_non_personalised_ci_low"] == expected.relative_ci.low
+    assert personalised["abs_lift_vs_non_personalised_ci_high"] == expected.absolute_ci.high
+    assert personalised["p_value_vs_non_personalised"] == experiments.two_proportion_z_test(4, 10, 2, 10).p_value
+    assert personalised["p_value_vs_holdout"] == experiments.two_proportion_z_test(4, 10, 1, 5).p_value
+    # An arm is not compared with itself.
+    assert math.isnan(results.loc[HOLDOUT, "abs_lift_vs_holdout"])
+    # +100% clears the 15% bar, but 10 users per arm cannot show it significantly.
+    assert results["meets_seed_criterion"].all()
+    assert not results["seed_criterion_significant"].any()
+
+
+def test_readout_of_an_unknown_campaign_is_empty(campaign_conn):
+    assert experiments.readout(campaign_conn, "winback-1999-01-01", 14).empty
+
+
+def test_write_results_replaces_the_campaign_rows(campaign_conn):
+    results = experiments.readout(campaign_conn, CAMPAIGN, 14)
+    experiments.write_results(campaign_conn, results)
+    experiments.write_results(campaign_conn, results)
+    stored = campaign_conn.execute(
+        "SELECT arm, re_engaged_users, abs_lift_vs_holdout, meets_seed_criterion FROM crm.experiment_results "
+        "WHERE campaign_id = %s ORDER BY arm",
+        (CAMPAIGN,),
+    ).fetchall()
+    assert stored == [
+        (HOLDOUT, 1, None, True),
+        (NON_PERSONALISED, 2, pytest.approx(0.0), True),
+        (PERSONALISED, 4, pytest.approx(0.2), True),
+    ]
+
+
+def test_run_readout_stores_logs_and_judges_the_campaign(campaign_conn, settings):
+    import mlflow
+
+    summary = experiments.run_readout(settings, CAMPAIGN_DATE)
+
+    assert json.loads(json.dumps(summary, allow_nan=False)) == summary  # what Airflow's XCom stores
+    assert summary["campaign_id"] == CAMPAIGN and summary["window_complete"]
+    assert summary["arms"][PERSONALISED] == {
+        "users": 10, "re_engaged_users": 4, "re_engagement_rate": 0.4, "revenue_per_user": 15.0,
+    }
+    assert summary["meets_seed_criterion"] is True and summary["seed_criterion_significant"] is False
+    assert "not significantly" in summary["verdict"]
+    run = mlflow.get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["personalised.re_engagement_rate"] == 0.4
+    assert run.data.params["campaign_id"] == CAMPAIGN
+    count = campaign_conn.execute("SELECT count(*) FROM crm.experiment_results WHERE campaign_id = %s", (CAMPAIGN,))
+    assert count.fetchone()[0] == 3
+
+
+def test_run_readout_without_a_campaign_says_so(settings):
+    summary = experiments.run_readout(settings, date(2025, 1, 1))
+    assert summary == {"campaign_id": "winback-2025-01-01", "status": "no published offers for this campaign"}
+
+
+def test_the_dag_reads_out_the_campaign_whose_window_just_closed():
+    assert experiments.campaign_date_due(date(2025, 3, 24), 14) == CAMPAIGN_DATE
+
+
+# --------------------------------------------------------------------------- against the simulated truth
+
+
+def simulated_campaign(end_date: date, seed: int):
+    """A generated world and a three-arm campaign on its inactive users at ``end_date``: personalised
+    users get their truly best offer (often none), non-personalised free delivery for 10 QAR."""
+    marketplace = generate_marketplace(n_users=3_000, n_merchants=80, seed=seed, end_date=end_date)
+    truth = marketplace.user_truth
+    inactive = truth.loc[truth["days_since_last_order"] >= 7, "user_id"]
+    campaign_id = experiments.campaign_id_for(end_date)
+    arms = experiments.assign_arms(campaign_id, inactive)
+    best = marketplace.offer_truth[marketplace.offer_truth["is_best"]].set_index("user_id").reindex(arms.index)
+    personalised, non_personalised = arms.eq(PERSONALISED).to_numpy(), arms.eq(NON_PERSONALISED).to_numpy()
+    offers = pd.DataFrame({
+        "run_date": end_date, "campaign_id": campaign_id, "user_id": arms.index, "arm": arms.to_numpy(),
+        "event_type": np.where(personalised, best["event_type"], np.where(non_personalised, "free_delivery", "none")),
+        "reward_size": np.where(personalised, best["reward_size"], np.where(non_personalised, 10.0, 0.0)),
+    })
+    return marketplace, offers
+
+
+def test_measured_lift_covers_the_true_lift(warehouse_url):
+    end_date = date(2025, 6, 1)
+    marketplace, offers = simulated_campaign(end_date, seed=11)
+    sent = feedback.simulation_offers(offers)
+    events, _ = simulate_days(marketplace, end_date, 14, sent, seed=11)
+    true_rates = feedback.true_re_engagement_by_arm(offers, feedback.true_response_probability(marketplace, sent, end_date))
+
+    with psycopg.connect(warehouse_url) as conn:
+        ingest.ensure_raw_schema(conn)
+        conn.execute(OFFERS_DDL)
+        insert_offers(conn, offers)
+        loaded = ingest.load_frame(conn, "events", events, "simulated")
+        assert loaded.rows_quarantined == 0
+        results = experiments.readout(conn, experiments.campaign_id_for(end_date), 14).set_index("arm")
+
+    for arm, baseline in ((PERSONALISED, HOLDOUT), (NON_PERSONALISED, HOLDOUT), (PERSONALISED, NON_PERSONALISED)):
+        row = results.loc[arm]
+        true_absolute = true_rates[arm] - true_rates[baseline]
+        true_relative = true_rates[arm] / true_rates[baseline] - 1.0
+        assert row[f"abs_lift_vs_{baseline}_ci_low"] <= true_absolute <= row[f"abs_lift_vs_{baseline}_ci_high"]
+        assert row[f"rel_lift_vs_{baseline}_ci_low"] <= true_relative <= row[f"rel_lift_vs_{baseline}_ci_high"]
+    for arm, rate in true_rates.items():
+        wilson = experiments.wilson_interval(int(results.at[arm, "re_engaged_users"]), int(results.at[arm, "users"]))
+        assert wilson.low <= rate <= wilson.high
+    # Offers move people in this world: free delivery beats doing nothing, clearly.
+    assert results.at[NON_PERSONALISED, "p_value_vs_holdout"] < 0.05

@@ -1,0 +1,162 @@
+"""Closing the loop: the latest published campaign played out in the synthetic world and fed back to raw."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from ml import experiments, feedback, ingest
+from ml.experiments import HOLDOUT, NON_PERSONALISED, PERSONALISED
+from ml.generate import generate_marketplace
+
+# The lead's crm.inactive_user_offers, as far as simulate_campaign reads it.
+OFFERS_DDL = """
+CREATE SCHEMA IF NOT EXISTS crm;
+CREATE TABLE crm.inactive_user_offers (
+    run_date date NOT NULL, campaign_id text NOT NULL, user_id bigint NOT NULL, segment text, arm text NOT NULL,
+    event_type text NOT NULL, reward_size numeric NOT NULL, expected_uplift double precision,
+    expected_cost double precision, is_holdout boolean NOT NULL, model_version text
+)
+"""
+OFFER_COLUMNS = ["run_date", "campaign_id", "user_id", "arm", "event_type", "reward_size", "is_holdout"]
+RUN_DATE = date(2025, 4, 1)
+CAMPAIGN = experiments.campaign_id_for(RUN_DATE)
+
+
+def published_offers(user_ids: pd.Series, run_date: date) -> pd.DataFrame:
+    """Arms by hash; personalised users alternate between cashback and no offer at all."""
+    campaign_id = experiments.campaign_id_for(run_date)
+    arms = experiments.assign_arms(campaign_id, user_ids)
+    personalised = arms.eq(PERSONALISED).to_numpy()
+    alternate = np.arange(len(arms)) % 2 == 0
+    event_type = np.where(
+        personalised, np.where(alternate, "cashback", "none"), np.where(arms.eq(NON_PERSONALISED), "free_delivery", "none")
+    )
+    reward_size = np.select([event_type == "cashback", event_type == "free_delivery"], [8.0, 10.0], 0.0)
+    return pd.DataFrame({
+        "run_date": run_date, "campaign_id": campaign_id, "user_id": arms.index, "arm": arms.to_numpy(),
+        "event_type": event_type, "reward_size": reward_size, "is_holdout": arms.eq(HOLDOUT).to_numpy(),
+    })
+
+
+@pytest.fixture
+def published_campaign(settings) -> pd.DataFrame:
+    """A generated world in the drop folder and two days of published offers; returns the latest day's."""
+    marketplace = generate_marketplace(n_users=1_500, n_merchants=60, seed=5, end_date=RUN_DATE)
+    marketplace.write(settings.input_dir)
+    inactive = marketplace.user_truth.loc[marketplace.user_truth["days_since_last_order"] >= 7, "user_id"]
+    earlier = published_offers(inactive.iloc[:50], date(2025, 3, 31))
+    latest = published_offers(inactive, RUN_DATE)
+    with psycopg.connect(settings.warehouse_url) as conn:
+        conn.execute(OFFERS_DDL)
+        with conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO crm.inactive_user_offers ({', '.join(OFFER_COLUMNS)}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [tuple(row) for row in pd.concat([earlier, latest])[OFFER_COLUMNS].astype(object).itertuples(index=False)],
+            )
+    return latest
+
+
+def test_simulated_exposures_match_the_published_offers(settings, published_campaign):
+    result = feedback.simulate_campaign(settings, days=14, seed=3)
+
+    assert result["campaign_ids"] == [CAMPAIGN] and result["start"] == "2025-04-01"
+    assert sorted(path.split("/")[-1] for path in result["files"].values()) == [
+        "campaign_exposures_sim_2025-04-01_14d.parquet", "events_sim_2025-04-01_14d.parquet",
+    ]
+    exposures = pd.read_parquet(result["files"]["campaign_exposures"])
+    offers = published_campaign.set_index("user_id")
+    assert (exposures["campaign_id"] == CAMPAIGN).all()
+    assert sorted(exposures["user_id"]) == sorted(offers.index)
+    arm = offers["arm"].reindex(exposures["user_id"]).to_numpy()
+    assert (exposures["assignment"].eq("holdout").to_numpy() == (arm == HOLDOUT)).all()
+    # Treated users carry their offer; a personalised "none" goes out as no reward.
+    sent = offers.reindex(exposures["user_id"])
+    treated = exposures["assignment"].eq("treatment").to_numpy()
+    assert (exposures["event_type"].to_numpy()[treated] == sent["event_type"].to_numpy()[treated]).all()
+    assert (exposures["reward_size"].to_numpy()[treated] == sent["reward_size"].to_numpy()[treated]).all()
+    assert exposures.loc[~treated, "event_type"].eq("none").all()
+
+    events = pd.read_parquet(result["files"]["events"])
+    start = pd.Timestamp(RUN_DATE, tz="UTC")
+    assert len(events) == result["events"] > 0
+    assert events["event_time"].min() >= start
+    assert events["event_time"].max() < start + pd.Timedelta(days=14)
+
+    assert result["users_per_arm"] == published_campaign["arm"].value_counts().to_dict()
+    rates = result["true_re_engagement"]
+    assert set(rates) == {PERSONALISED, NON_PERSONALISED, HOLDOUT}
+    assert rates[NON_PERSONALISED] > rates[HOLDOUT]
+    assert feedback.load_campaign_truth(settings, CAMPAIGN)["true_re_engagement"] == rates
+
+
+def test_the_next_load_brings_the_campaign_into_raw(settings, published_campaign):
+    result = feedback.simulate_campaign(settings, days=14, seed=3)
+
+    loaded = ingest.ingest_path(settings.warehouse_url, result["files"]["campaign_exposures"])
+    loaded += ingest.ingest_path(settings.warehouse_url, result["files"]["events"])
+
+    assert [r.rows_quarantined for r in loaded] == [0, 0]
+    with psycopg.connect(settings.warehouse_url) as conn:
+        exposures = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE assignment = 'holdout') FROM raw.campaign_exposures "
+            "WHERE campaign_id = %s",
+            (CAMPAIGN,),
+        ).fetchone()
+        orders = conn.execute(
+            "SELECT count(*) FROM raw.events WHERE event_type = 'checkout_completed' AND event_time >= %s",
+            (pd.Timestamp(RUN_DATE, tz="UTC"),),
+        ).fetchone()[0]
+    assert exposures == (len(published_campaign), int(published_campaign["is_holdout"].sum()))
+    assert orders == result["orders"] > 0
+
+
+def test_simulating_again_writes_the_same_files(settings, published_campaign):
+    first = feedback.simulate_campaign(settings, days=3, seed=3)
+    events = pd.read_parquet(first["files"]["events"])
+    second = feedback.simulate_campaign(settings, days=3, seed=3)
+    # Same event ids, so re-ingesting a re-simulation loads nothing twice.
+    pd.testing.assert_frame_equal(pd.read_parquet(second["files"]["events"]), events)
+
+
+def test_the_command_reports_the_truth(settings, published_campaign, monkeypatch, capsys):
+    monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
+    monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
+    parser = argparse.ArgumentParser()
+    feedback.add_arguments(parser)
+
+    assert feedback.run(parser.parse_args(["--days", "2", "--seed", "1"])) == 0
+    output = capsys.readouterr().out
+    assert CAMPAIGN in output and "true re-engagement" in output
+
+
+def test_the_command_explains_when_nothing_is_published(settings, monkeypatch, capsys):
+    monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
+    monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
+    with psycopg.connect(settings.warehouse_url) as conn:
+        conn.execute(OFFERS_DDL)
+    parser = argparse.ArgumentParser()
+    feedback.add_arguments(parser)
+
+    assert feedback.run(parser.parse_args([])) == 2
+    assert "run the daily pipeline first" in capsys.readouterr().err
+
+
+def test_the_readout_command_prints_the_truth_beside_the_measurement(settings, published_campaign, monkeypatch, capsys):
+    monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
+    monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
+    result = feedback.simulate_campaign(settings, days=14, seed=3)
+    ingest.ingest_path(settings.warehouse_url, settings.input_dir)  # what the next daily load does
+    parser = argparse.ArgumentParser()
+    experiments.add_arguments(parser)
+
+    assert experiments.run(parser.parse_args(["--date", RUN_DATE.isoformat()])) == 0
+    output = capsys.readouterr().out
+    for arm, rate in result["true_re_engagement"].items():
+        assert f"{rate:.2%}" in next(line for line in output.splitlines() if line.startswith(arm + " "))
+    assert "relative to non-personalised" in output
