@@ -8,12 +8,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.evaluation import ndcg_at_k
+from ml.evaluation import intra_list_diversity, ndcg_at_k
 from ml.recommend import (
+    ALSRecommender,
+    CategoryAffinityRecommender,
+    EASERecommender,
     InteractionMatrix,
     ItemCosineRecommender,
     PopularityRecommender,
     RandomRecommender,
+    RankerRecommender,
+    add_exploration_slot,
+    mmr_rerank,
+    temporal_split,
     top_n,
 )
 
@@ -34,17 +41,30 @@ def planted_interactions(seed: int = 0, per_user: int = 15, noise: float = 0.05)
         items = rng.choice(N_ITEMS, size=per_user, replace=False, p=affinity / affinity.sum())
         times = np.sort(rng.uniform(0, 30 * 86400, size=per_user)).astype(np.int64)
         rows += [(user, int(item), int(t)) for item, t in zip(items, times)]
-    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "event_time"])
-    frame["category"] = "c" + (frame["item_id"] % N_CLUSTERS).astype(str)
-    return frame
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "event_time"])
 
 
-def temporal_split(frame: pd.DataFrame, train_share: float = 0.8) -> tuple[pd.DataFrame, pd.DataFrame]:
-    frame = frame.sort_values(["user_id", "event_time", "item_id"])
-    position = frame.groupby("user_id").cumcount()
-    size = frame.groupby("user_id")["item_id"].transform("size")
-    in_train = position < np.ceil(train_share * size)
-    return frame[in_train], frame[~in_train]
+def drifting_interactions(seed: int = 0, n_users: int = 300, per_user: int = 20, noise: float = 0.05) -> pd.DataFrame:
+    """Each user's taste moves from one cluster to another halfway through their history."""
+    rng = np.random.default_rng(seed)
+    item_cluster = np.arange(N_ITEMS) % N_CLUSTERS
+    item_weight = 1.0 / (1.0 + rng.permutation(N_ITEMS) % (N_ITEMS // N_CLUSTERS))
+    rows = []
+    for user in range(n_users):
+        first = user % N_CLUSTERS
+        later = (first + 1 + (user // N_CLUSTERS) % (N_CLUSTERS - 1)) % N_CLUSTERS
+        chosen: list[int] = []
+        for step in range(per_user):
+            cluster = first if step < per_user // 2 else later
+            affinity = np.where(item_cluster == cluster, 1.0, noise) * item_weight
+            affinity[chosen] = 0.0
+            chosen.append(int(rng.choice(N_ITEMS, p=affinity / affinity.sum())))
+            rows.append((user, chosen[-1], step * 3600 + user * 60))
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "event_time"])
+
+
+COLD_USER = 10_000
+ITEM_CATEGORIES = pd.Series(["c" + str(item % N_CLUSTERS) for item in range(N_ITEMS)], index=range(N_ITEMS))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +78,8 @@ def planted():
 def mean_ndcg(recommender, matrix: InteractionMatrix, relevant: dict, k: int = 10) -> float:
     users = sorted(relevant)
     items, _ = recommender.recommend(matrix.user_indices(users), k)
-    return float(np.mean([ndcg_at_k(list(matrix.item_ids[row[row >= 0]]), relevant[u], k) for u, row in zip(users, items)]))
+    lists = [list(matrix.item_ids[row[row >= 0]]) for row in items]
+    return float(np.mean([ndcg_at_k(listed, relevant[user], k) for user, listed in zip(users, lists)]))
 
 
 def test_interaction_matrix_sums_duplicates_and_maps_ids():
@@ -98,8 +119,14 @@ def test_cosine_similarity_is_the_seed_formula():
 
 @pytest.mark.parametrize(
     "recommender",
-    [ItemCosineRecommender(neighbours=30), ItemCosineRecommender(neighbours=30, shrinkage=5.0)],
-    ids=["cosine", "cosine-shrunk"],
+    [
+        ItemCosineRecommender(neighbours=30),
+        ItemCosineRecommender(neighbours=30, shrinkage=5.0),
+        ALSRecommender(factors=16, regularization=0.1, iterations=10, num_threads=1),
+        EASERecommender(l2=50.0),
+        CategoryAffinityRecommender(ITEM_CATEGORIES.to_numpy()),
+    ],
+    ids=["cosine", "cosine-shrunk", "als", "ease", "category"],
 )
 def test_generator_recovers_planted_structure_better_than_popularity(planted, recommender):
     matrix, relevant, _, _ = planted
@@ -107,9 +134,14 @@ def test_generator_recovers_planted_structure_better_than_popularity(planted, re
     assert mean_ndcg(recommender.fit(matrix.csr), matrix, relevant) > 1.2 * popularity
 
 
-def test_recommend_excludes_seen_items_and_is_picklable(planted):
-    matrix, relevant, _, _ = planted
-    model = pickle.loads(pickle.dumps(ItemCosineRecommender(neighbours=20).fit(matrix.csr)))
+@pytest.mark.parametrize(
+    "recommender",
+    [ItemCosineRecommender(neighbours=20), ALSRecommender(factors=8, iterations=3, num_threads=1), EASERecommender()],
+    ids=["cosine", "als", "ease"],
+)
+def test_recommend_excludes_seen_items_and_is_picklable(planted, recommender):
+    matrix, _, _, _ = planted
+    model = pickle.loads(pickle.dumps(recommender.fit(matrix.csr)))
     users = np.arange(10)
     items, scores = model.recommend(users, n=15)
     assert items.shape == scores.shape == (10, 15)
@@ -127,6 +159,95 @@ def test_popularity_by_group_and_random_baseline(planted):
     # Here the zone is the taste cluster, so popularity inside it is far better than overall popularity.
     assert mean_ndcg(by_zone, matrix, relevant) > 1.5 * mean_ndcg(overall, matrix, relevant)
     random = RandomRecommender(seed=3).fit(matrix.csr)
-    assert np.array_equal(random.recommend([5, 6], 5)[0], RandomRecommender(seed=3).fit(matrix.csr).recommend([5, 6], 5)[0])
+    again = RandomRecommender(seed=3).fit(matrix.csr)
+    assert np.array_equal(random.recommend([5, 6], 5)[0], again.recommend([5, 6], 5)[0])
     assert mean_ndcg(random, matrix, relevant) < mean_ndcg(overall, matrix, relevant)
     pickle.loads(pickle.dumps(by_zone))
+
+
+def test_category_affinity_serves_cold_users_and_new_items():
+    # Category a: items 0-2 (item 2 just opened, no interactions yet); category b: items 3-5.
+    frame = pd.DataFrame({"user_id": [0, 1, 1, 2, 2, 3], "item_id": [0, 0, 1, 3, 4, 5]})
+    matrix = InteractionMatrix.from_frame(frame, users=[0, 1, 2, 3, 9], items=range(6))
+    categories = np.array(["a", "a", "a", "b", "b", "b"])
+    new_items = np.array([False, False, True, False, False, False])
+    model = CategoryAffinityRecommender(categories, new_items=new_items).fit(matrix.csr)
+    one_interaction, no_interaction = matrix.user_indices([0, 9])
+    items, _ = model.recommend([one_interaction, no_interaction], n=3)
+    # The user who tried one "a" item gets the other "a" items first, the new one included.
+    assert set(items[0, :2]) == {1, 2}
+    assert (items[1] >= 0).all()
+    assert model.category_affinity([one_interaction])[0].argmax() == list(model.categories).index("a")
+
+
+def test_mmr_increases_diversity_and_lambda_one_keeps_order():
+    items = np.array([10, 11, 12, 13, 14, 15])
+    scores = np.array([1.0, 0.95, 0.9, 0.85, 0.5, 0.4])
+    categories = {10: "pizza", 11: "pizza", 12: "pizza", 13: "pizza", 14: "sushi", 15: "burger"}
+    reranked, reranked_scores = mmr_rerank(items, scores, categories, lam=0.5, n=4)
+    assert reranked[0] == 10
+    assert intra_list_diversity(list(reranked), categories) > intra_list_diversity(list(items[:4]), categories)
+    assert set(reranked_scores) <= set(scores)
+    assert list(mmr_rerank(items, scores, categories, lam=1.0)[0]) == list(items)
+
+
+def test_exploration_slot_replaces_only_the_last_item():
+    listed = np.array([1, 2, 3])
+    explored = add_exploration_slot(listed, [2, 7, 8], np.random.default_rng(0), rate=1.0)
+    assert list(explored[:2]) == [1, 2] and explored[2] in (7, 8)
+    assert list(add_exploration_slot(listed, [7], np.random.default_rng(0), rate=0.0)) == [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def drifting_ranker():
+    train, held_out = temporal_split(drifting_interactions())
+    users = sorted(set(train["user_id"])) + [COLD_USER]
+    generators = {
+        "cosine": ItemCosineRecommender(neighbours=30),
+        "ease": EASERecommender(l2=50.0),
+        "popularity": PopularityRecommender(),
+    }
+    ranker = RankerRecommender(
+        generators,
+        item_categories=ITEM_CATEGORIES,
+        candidates_per_generator=30,
+        num_boost_round=200,
+        lgbm_params={"min_data_in_leaf": 20},
+        num_threads=1,
+    ).fit(train, users=users, items=range(N_ITEMS))
+    relevant = held_out.groupby("user_id")["item_id"].apply(set).to_dict()
+    return ranker, generators, train, relevant
+
+
+def test_ranker_beats_its_best_input_on_a_held_out_window(drifting_ranker):
+    ranker, generators, train, relevant = drifting_ranker
+    matrix = ranker.matrix
+    best_input = max(mean_ndcg(g.fit(matrix.csr), matrix, relevant) for g in generators.values())
+    assert mean_ndcg(ranker, matrix, relevant) > 1.15 * best_input
+    importance = ranker.feature_importance()
+    assert importance.index[0] and (importance >= 0).all()
+
+
+def test_ranker_explains_pickles_and_reranks(drifting_ranker):
+    ranker, _, _, _ = drifting_ranker
+    users = np.arange(5)
+    items, scores = ranker.recommend(users, n=5)
+    assert items.shape == (5, 5) and (items >= 0).all()
+    reasons = ranker.explain(users, items)
+    assert [len(row) for row in reasons] == [5] * 5
+    assert all(isinstance(reason, str) and reason for row in reasons for reason in row)
+    assert any("similar merchant" in reason or "favourite category" in reason for row in reasons for reason in row)
+    cold = ranker.matrix.user_indices([COLD_USER])
+    cold_items, _ = ranker.recommend(cold, n=5)
+    assert (cold_items >= 0).all()
+    assert ranker.explain(cold, cold_items) == [["popular right now"] * 5]
+    restored = pickle.loads(pickle.dumps(ranker))
+    assert np.array_equal(restored.recommend(users, n=5)[0], items)
+
+    categories = ITEM_CATEGORIES.to_numpy()
+    diverse = pickle.loads(pickle.dumps(ranker))
+    diverse.diversity_lambda = 0.3
+    diverse_items, _ = diverse.recommend(users, n=5)
+    assert np.mean([intra_list_diversity(list(row), dict(enumerate(categories))) for row in diverse_items]) > np.mean(
+        [intra_list_diversity(list(row), dict(enumerate(categories))) for row in items]
+    )

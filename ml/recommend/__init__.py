@@ -1,15 +1,29 @@
 """Candidate generators and the ranker; each fits on a users x items CSR matrix."""
 
+from ml.recommend.als import ALSRecommender
 from ml.recommend.base import Recommender, top_n
+from ml.recommend.content import CategoryAffinityRecommender
 from ml.recommend.cosine import ItemCosineRecommender
+from ml.recommend.ease import EASERecommender
 from ml.recommend.matrix import InteractionMatrix
 from ml.recommend.popularity import PopularityRecommender, RandomRecommender
+from ml.recommend.ranker import RankerRecommender
+from ml.recommend.rerank import add_exploration_slot, mmr_rerank
+from ml.recommend.split import temporal_split, unix_seconds
 
 __all__ = [
+    "ALSRecommender",
+    "CategoryAffinityRecommender",
+    "EASERecommender",
     "InteractionMatrix",
     "ItemCosineRecommender",
     "PopularityRecommender",
     "RandomRecommender",
+    "RankerRecommender",
     "Recommender",
+    "add_exploration_slot",
+    "mmr_rerank",
+    "temporal_split",
     "top_n",
+    "unix_seconds",
 ]

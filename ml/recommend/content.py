@@ -38,7 +38,9 @@ class CategoryAffinityRecommender(Recommender):
         self.item_codes = codes.astype(np.int64)
         self.categories = pd.Index(categories)
         n_items, n_categories = len(codes), len(categories)
-        item_category = sp.csr_matrix((np.ones(n_items, np.float32), (np.arange(n_items), codes)), (n_items, n_categories))
+        item_category = sp.csr_matrix(
+            (np.ones(n_items, np.float32), (np.arange(n_items), codes)), shape=(n_items, n_categories)
+        )
         binary = binarise(self.user_items)
         self.user_category_counts = np.asarray((binary @ item_category).toarray(), dtype=np.float32)
         totals = self.user_category_counts.sum(axis=0)

@@ -54,6 +54,5 @@ class RandomRecommender(Recommender):
 
     def score(self, user_indices: np.ndarray) -> np.ndarray:
         n_items = self.user_items.shape[1]
-        return np.stack(
-            [np.random.default_rng([self.seed, int(user)]).random(n_items, dtype=np.float32) for user in user_indices]
-        ).reshape(len(user_indices), n_items)
+        rows = [np.random.default_rng([self.seed, int(user)]).random(n_items, dtype=np.float32) for user in user_indices]
+        return np.array(rows, dtype=np.float32).reshape(len(rows), n_items)

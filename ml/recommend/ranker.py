@@ -27,6 +27,8 @@ from ml.recommend.split import temporal_split, unix_seconds
 DAY = 86400.0
 # Users whose candidates are scored at once; bounds memory at about batch x items floats per generator.
 _BATCH_USERS = 512
+# Below this cosine similarity a past item is too weak a link to name as the reason.
+_SIMILAR_REASON_MIN = 0.1
 
 DEFAULT_LGBM_PARAMS = {
     "objective": "lambdarank",
@@ -34,12 +36,12 @@ DEFAULT_LGBM_PARAMS = {
     "eval_at": [10],
     "lambdarank_truncation_level": 20,
     "learning_rate": 0.05,
-    "num_leaves": 31,
-    "min_data_in_leaf": 50,
-    "feature_fraction": 0.8,
+    "num_leaves": 15,
+    "min_data_in_leaf": 200,
+    "feature_fraction": 0.5,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
-    "lambda_l2": 1.0,
+    "lambda_l2": 10.0,
     "deterministic": True,
     "force_row_wise": True,
     "verbose": -1,
@@ -68,12 +70,17 @@ class History:
     item_first: np.ndarray
     item_last: np.ndarray
     item_users: np.ndarray
-    events_by_item: np.ndarray  # item * _TIME_SPAN + (time - time_origin), sorted
+    events_by_item: np.ndarray  # item * _time_span(times) + (time - time_origin), sorted
     event_times: np.ndarray  # sorted
 
     @classmethod
     def from_indices(
-        cls, users: np.ndarray, items: np.ndarray, times: np.ndarray, shape: tuple[int, int], half_lives: Sequence[float]
+        cls,
+        users: np.ndarray,
+        items: np.ndarray,
+        times: np.ndarray,
+        shape: tuple[int, int],
+        half_lives: Sequence[float],
     ) -> History:
         n_users, n_items = shape
         order = np.lexsort((items, times, users))
@@ -120,8 +127,11 @@ class History:
         """Interactions with each item in the window [start, end]."""
         span = _time_span(self.event_times)
         base = items.astype(np.float64) * span - self.time_origin
-        low = np.searchsorted(self.events_by_item, base + np.clip(start, self.time_origin, None), side="left")
-        high = np.searchsorted(self.events_by_item, base + np.clip(end, self.time_origin, None), side="right")
+        # Clipping to the history keeps each key inside its own item's stretch of the sorted keys.
+        start = np.clip(start, self.time_origin, self.reference_time)
+        end = np.clip(end, self.time_origin, self.reference_time)
+        low = np.searchsorted(self.events_by_item, base + start, side="left")
+        high = np.searchsorted(self.events_by_item, base + end, side="right")
         return np.maximum(high - low, 0)
 
     def events_between(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -154,8 +164,9 @@ class RankerRecommender(Recommender):
     per-user arrays must be aligned with the ``users`` / ``items`` order passed to ``fit``.
     ``item_categories`` (item id -> category), ``user_features`` (indexed by user id) and
     ``item_features`` (indexed by item id) add features; their numeric columns are used as they are.
-    ``diversity_lambda`` < 1 re-ranks each list by MMR over categories; ``exploration_rate`` > 0
-    sometimes puts an unlisted candidate into the last slot.
+    ``max_train_users`` caps the users sampled for training (rows are about users x windows x
+    candidates). ``diversity_lambda`` < 1 re-ranks each list by MMR over categories;
+    ``exploration_rate`` > 0 sometimes puts an unlisted candidate into the last slot.
     """
 
     def __init__(
@@ -172,10 +183,10 @@ class RankerRecommender(Recommender):
         recent_days: float = 14.0,
         recency_half_lives: Sequence[float] = (1.0, 4.0, 16.0),
         include_repeats: bool = False,
-        max_train_users: int | None = 50_000,
+        max_train_users: int | None = 20_000,
         lgbm_params: Mapping | None = None,
         num_boost_round: int = 1000,
-        early_stopping_rounds: int = 50,
+        early_stopping_rounds: int = 100,
         diversity_lambda: float = 1.0,
         exploration_rate: float = 0.0,
         num_threads: int = 2,
@@ -202,7 +213,6 @@ class RankerRecommender(Recommender):
         self.num_threads = num_threads
         self.seed = seed
 
-    # ------------------------------------------------------------------ fitting
 
     def fit(
         self,
@@ -215,7 +225,11 @@ class RankerRecommender(Recommender):
     ) -> RankerRecommender:
         """Learn from interactions with a user, an item and a time (unix seconds or ISO) column."""
         frame = pd.DataFrame(
-            {"user_id": interactions[user_col], "item_id": interactions[item_col], "event_time": unix_seconds(interactions[time_col])}
+            {
+                "user_id": interactions[user_col],
+                "item_id": interactions[item_col],
+                "event_time": unix_seconds(interactions[time_col]),
+            }
         )
         self.matrix = InteractionMatrix.from_frame(frame, users=users, items=items)
         self.user_items = self.matrix.csr
@@ -263,9 +277,9 @@ class RankerRecommender(Recommender):
 
     def _fit_stage(self, frame: pd.DataFrame) -> _Stage:
         users, items = frame["u"].to_numpy(), frame["i"].to_numpy()
-        history = History.from_indices(users, items, frame["event_time"].to_numpy(np.float64), self.matrix.shape, self.recency_half_lives
-        )
-        generators = {name: copy.deepcopy(prototype).fit(history.user_items) for name, prototype in self.generators.items()}
+        times = frame["event_time"].to_numpy(np.float64)
+        history = History.from_indices(users, items, times, self.matrix.shape, self.recency_half_lives)
+        generators = {name: copy.deepcopy(g).fit(history.user_items) for name, g in self.generators.items()}
         affinity = None
         if self._item_code is not None:
             affinity = CategoryAffinityRecommender(self._item_code).fit(history.user_items)
@@ -275,7 +289,8 @@ class RankerRecommender(Recommender):
     def _positives(self, stage: _Stage, future: pd.DataFrame) -> sp.csr_matrix:
         labels = future[["u", "i"]].drop_duplicates()
         if not self.include_repeats:
-            labels = labels[_pair_lookup(stage.history.user_items, labels["u"].to_numpy(), labels["i"].to_numpy()) == 0]
+            seen = _pair_lookup(stage.history.user_items, labels["u"].to_numpy(), labels["i"].to_numpy())
+            labels = labels[seen == 0]
         return sp.csr_matrix((np.ones(len(labels), np.float32), (labels["u"], labels["i"])), shape=self.matrix.shape)
 
     def _training_rows(
@@ -293,7 +308,6 @@ class RankerRecommender(Recommender):
             parts.append((features[keep], label[keep], sizes[sizes > 0]))
         return _concat_rows(parts)
 
-    # ------------------------------------------------------------------ features
 
     def _candidates(
         self, stage: _Stage, users: np.ndarray, exclude_seen: bool
@@ -324,13 +338,14 @@ class RankerRecommender(Recommender):
             columns[f"{name}_score"] = value
             columns[f"{name}_share_of_best"] = value / best[local_rows]
             columns[f"{name}_rank"] = ranks[name][local_rows, cols]
-        columns["generators_listing"] = sum((ranks[name][local_rows, cols] <= depth).astype(np.float32) for name in ranks)
+        columns["generators_listing"] = sum(
+            (rank[local_rows, cols] <= depth).astype(np.float32) for rank in ranks.values()
+        )
         for half_life, recent in stage.history.recent_user_items.items():
             similarity = np.asarray((recent[users] @ stage.similarity).todense())
             columns[f"similarity_to_recent_items_hl{half_life:g}"] = similarity[local_rows, cols]
         columns.update(self._history_features(stage, rows, cols))
-        features = pd.DataFrame(columns)
-        features = self._join_external(features, rows, cols)
+        features = self._join_external(pd.DataFrame(columns), rows, cols).astype(np.float32)
         return local_rows, cols, features
 
     def _history_features(self, stage: _Stage, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
@@ -365,7 +380,7 @@ class RankerRecommender(Recommender):
             affinity = stage.affinity
             codes = affinity.item_codes[cols]
             counts = affinity.user_category_counts[rows, codes]
-            features["category_affinity"] = affinity.category_affinity(rows)[np.arange(len(rows)), codes] if len(rows) else np.empty(0)
+            features["category_affinity"] = affinity.category_affinity(rows)[np.arange(len(rows)), codes]
             features["category_user_share"] = counts / np.maximum(user_n[rows], 1.0)
             features["category_user_count"] = counts
             features["item_share_in_category"] = affinity.item_share_in_category[cols]
@@ -382,7 +397,6 @@ class RankerRecommender(Recommender):
             features = pd.concat([features, numeric.reset_index(drop=True)], axis=1)
         return features
 
-    # ------------------------------------------------------------------ serving
 
     def score(self, user_indices: np.ndarray, exclude_seen: bool = True) -> np.ndarray:
         """Ranker scores on each user's candidates, -inf for items that are not candidates."""
@@ -438,16 +452,16 @@ class RankerRecommender(Recommender):
                 favourite = int(np.argmax(self.stage.affinity.user_category_counts[user]))
             reasons = []
             for item in row[row >= 0]:
-                reasons.append(self._reason(int(item), past, favourite, zone_popularity, history))
+                reasons.append(self._reason(int(item), past, favourite, zone_popularity))
             explanations.append(reasons)
         return explanations
 
-    def _reason(self, item: int, past: np.ndarray, favourite: int | None, zone_popularity: bool, history: History) -> str:
+    def _reason(self, item: int, past: np.ndarray, favourite: int | None, zone_popularity: bool) -> str:
         if item in past:
             return REASONS["repeat"].format(item=self._item_name(item))
         if len(past):
             similarities = np.asarray(self.stage.similarity[past, item].todense()).ravel()
-            if similarities.max() >= 0.1:
+            if similarities.max() >= _SIMILAR_REASON_MIN:
                 return REASONS["similar"].format(item=self._item_name(int(past[np.argmax(similarities)])))
         if favourite is not None and self.stage.affinity.item_codes[item] == favourite:
             return REASONS["category"].format(category=self.stage.affinity.categories[favourite])
@@ -458,7 +472,9 @@ class RankerRecommender(Recommender):
         return str(self.item_names.get(item_id, item_id)) if self.item_names is not None else str(item_id)
 
 
-def _concat_rows(parts: list[tuple[pd.DataFrame, np.ndarray, np.ndarray]]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def _concat_rows(
+    parts: list[tuple[pd.DataFrame, np.ndarray, np.ndarray]],
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     if not parts:
         return pd.DataFrame(), np.empty(0, np.float32), np.empty(0, np.int64)
     return (

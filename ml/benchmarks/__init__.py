@@ -1,0 +1,1 @@
+"""Benchmarks on public data sets: ``rekindle benchmark ranking|offers``."""
