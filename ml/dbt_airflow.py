@@ -19,7 +19,7 @@ def dbt_task_group(settings: Settings, group_id: str = "dbt_build"):
     from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
     from cosmos.constants import InvocationMode, LoadMode, TestBehavior
 
-    from ml.transform import dbt_vars, write_profile
+    from ml.transform import DBT_SESSION_OPTIONS, dbt_vars, write_profile
 
     profiles = settings.dbt_profiles_dir / "profiles.yml"
     if not profiles.exists():
@@ -31,6 +31,8 @@ def dbt_task_group(settings: Settings, group_id: str = "dbt_build"):
         project_config=ProjectConfig(dbt_project_path=settings.dbt_project_dir, manifest_path=None),
         profile_config=ProfileConfig(profile_name=PROFILE_NAME, target_name=TARGET_NAME, profiles_yml_filepath=profiles),
         execution_config=ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER),
-        render_config=RenderConfig(load_method=LoadMode.CUSTOM, test_behavior=TestBehavior.AFTER_EACH),
-        operator_args={"vars": vars_, "install_deps": False},
+        render_config=RenderConfig(
+            load_method=LoadMode.DBT_LS, test_behavior=TestBehavior.AFTER_EACH, invocation_mode=InvocationMode.DBT_RUNNER
+        ),
+        operator_args={"vars": vars_, "install_deps": False, "env": {"PGOPTIONS": DBT_SESSION_OPTIONS}},
     )

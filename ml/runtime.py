@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from ml.settings import PROJECT_ROOT, Settings
 
@@ -38,6 +40,10 @@ def configure(settings: Settings, warehouse_url: str | None = None) -> None:
     for name, value in {**NO_TELEMETRY, **airflow_environment(settings)}.items():
         os.environ.setdefault(name, value)
     os.environ["REKINDLE_HOME"] = str(settings.home)
+    # Cosmos looks dbt up on PATH: make it this interpreter's, even when the venv is not activated.
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     if warehouse_url:
         # Airflow tasks (in-process or in the scheduler) re-read settings: hand them the live warehouse.
         os.environ["REKINDLE_WAREHOUSE_URL"] = warehouse_url

@@ -32,6 +32,9 @@ class Settings:
     lapsed_max_days: int = 29
     dormant_max_days: int = 59
 
+    # Interaction strength: signals halve every this many days (dbt marts and the recommender)
+    recency_half_life_days: float = 14.0
+
     # Recommendation / evaluation
     top_n: int = 10
     eval_test_days: int = 7

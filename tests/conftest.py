@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,6 +44,12 @@ def warehouse_url(postgres_server_url) -> str:
 def settings(tmp_path, warehouse_url) -> Settings:
     """Settings whose home is a temporary folder and whose warehouse is a fresh database."""
     return Settings.from_env(environ={}, home=tmp_path / "home", warehouse_url=warehouse_url)
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """Airflow's SQLite metadata database in the session's throw-away home (Cosmos caches ``dbt ls`` there)."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from ml.settings import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
-def dagbag():
+def dagbag(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
@@ -33,5 +33,6 @@ def test_daily_dag_order_gates_before_publishing(dagbag):
         assert gate in upstream
     # Cosmos turned the dbt project into one task per model (plus its tests), all before the mart gate.
     dbt_tasks = [t for t in dag.task_ids if t.startswith("dbt_build.")]
-    assert any("user_segments" in t for t in dbt_tasks)
+    assert "dbt_build.user_segments.run" in dbt_tasks
+    assert "dbt_build.user_segments.test" in dbt_tasks
     assert set(dbt_tasks) <= dag.get_task("check_mart_quality").get_flat_relative_ids(upstream=True)

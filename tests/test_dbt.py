@@ -436,3 +436,13 @@ def test_dbt_vars_come_from_settings(tmp_path):
     assert v["active_max_days"] == 3 and v["reactivation_window_days"] == 7
     assert (v["new_user_days"], v["at_risk_max_days"], v["lapsed_max_days"], v["dormant_max_days"]) == (14, 13, 29, 59)
     assert v["recency_half_life_days"] == 14
+
+
+def test_profile_keeps_jinja_like_passwords_literal(tmp_path):
+    from dbt.clients.jinja import get_rendered
+
+    settings = Settings.from_env(environ={}, home=tmp_path)
+    write_profile(settings, "postgresql://etl:p%7B%7Bw%7D%7D@db:5432/w")
+    text = (settings.dbt_profiles_dir / "profiles.yml").read_text()
+    raw = json.loads("".join(line for line in text.splitlines() if not line.startswith("#")))
+    assert get_rendered(raw["rekindle"]["outputs"]["dev"]["password"], {}) == "p{{w}}"

@@ -3,8 +3,6 @@ real GX checkpoints, a real MLflow registry, published CRM rows; re-runs and bad
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import date, timedelta
 
 import pandas as pd
@@ -17,11 +15,6 @@ from ml.summary import print_summary
 
 RUN_DATE = date(2026, 11, 1)
 DAG_ID = "reengagement_daily"
-
-
-@pytest.fixture(scope="session")
-def airflow_db():
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
 
 
 @pytest.fixture

@@ -42,7 +42,8 @@ class BoosterConfig:
     bagging_fraction: float = 0.8
     lambda_l2: float = 10.0
     n_seeds: int = 1
-    n_threads: int = 2
+    # Small data: one thread is faster than OpenMP workers fighting over a busy machine.
+    n_threads: int = 1
 
     def lightgbm_params(self, objective: str, seed: int) -> dict:
         return {
@@ -82,9 +83,9 @@ class FeatureEncoder:
         for column in self.columns_:
             values = X[column] if column in X.columns else pd.Series(np.nan, index=X.index)
             if column in self.categories_:
-                text = values.astype(object).where(values.notna(), None)
-                text = text.map(lambda v: None if v is None else str(v))
-                encoded[column] = pd.Categorical(text, categories=self.categories_[column])
+                text = values.astype(object).map(lambda v: str(v) if pd.notna(v) else None)
+                known = text.where(text.isin(self.categories_[column]), None)
+                encoded[column] = pd.Categorical(known, categories=self.categories_[column])
             else:
                 encoded[column] = pd.to_numeric(values, errors="coerce").astype(float).to_numpy()
         return pd.DataFrame(encoded, index=X.index)
@@ -176,8 +177,8 @@ class TLearner(_UpliftFromOutcomes):
 
 
 class _CrossFittedOutcomes:
-    """Per-arm outcome models fitted on K-1 folds; out-of-fold predictions for training rows and the
-    average of the K fold models for new rows (which doubles as bagging)."""
+    """Per-arm outcome models fitted on K-1 folds: out-of-fold predictions for the training rows and,
+    for new rows, the mean of the K fold models (which doubles as bagging)."""
 
     def __init__(self, arms: tuple, config: BoosterConfig, n_folds: int, seed: int):
         self.arms = arms
@@ -193,137 +194,23 @@ class _CrossFittedOutcomes:
             held_out = folds == fold
             for i, a in enumerate(self.arms):
                 rows = ~held_out & (arm == a)
-                model = BoostedRegressor(self.config, seed=self.seed + 100 * fold + i)
-                model.fit(features[rows], y[rows])
+                model = BoostedRegressor(self.config, seed=self.seed + 100 * fold + i).fit(features[rows], y[rows])
                 self.models_[a].append(model)
                 out_of_fold.loc[held_out, a] = model.predict(features[held_out])
         return out_of_fold
 
-    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(
-            {a: np.mean([m.predict(features) for m in self.models_[a]], axis=0) for a in self.arms},
-            index=features.index,
-        )
+    def predict(self, features: pd.DataFrame, arm: Hashable) -> np.ndarray:
+        return np.mean([model.predict(features) for model in self.models_[arm]], axis=0)
 
 
-def _clip_to_outcome_range(outcomes: pd.DataFrame, y: np.ndarray) -> pd.DataFrame:
-    return outcomes.clip(lower=float(np.min(y)), upper=float(np.max(y)))
+class _TwoStageLearner(_UpliftFromOutcomes):
+    """Shared frame of the meta-learners that model the uplift directly.
 
-
-class DRLearner(_UpliftFromOutcomes):
-    """Doubly robust learner with cross-fitting.
-
-    Cross-fitted outcome models give, for every training row and treated arm ``a``, the
-    pseudo-outcome mu_a - mu_c + 1[arm=a](y - mu_a)/e_a - 1[arm=c](y - mu_c)/e_c, whose mean given X
-    is the uplift; a strongly regularised booster regresses it on X. Its noise is large, so the
-    final stage wants few, wide leaves and several seeds.
-    """
-
-    def __init__(
-        self,
-        control: Hashable,
-        outcome_config: BoosterConfig = BoosterConfig(),
-        effect_config: BoosterConfig = BoosterConfig(num_leaves=4, min_child_samples=1000, n_seeds=3),
-        n_folds: int = 3,
-        propensities: Mapping[Hashable, float] | None = None,
-        seed: int = 0,
-    ):
-        self.control = control
-        self.outcome_config = outcome_config
-        self.effect_config = effect_config
-        self.n_folds = n_folds
-        self.propensities = propensities
-        self.seed = seed
-
-    def fit(self, X: pd.DataFrame, arm: Sequence, y: Sequence[float]) -> DRLearner:
-        arm, y = np.asarray(arm, dtype=object), np.asarray(y, dtype=float)
-        self.arms_ = _arms_in(arm, self.control)
-        self.encoder_ = FeatureEncoder().fit(X)
-        features = self.encoder_.transform(X)
-        propensity = _propensities(arm, self.arms_, self.propensities)
-        self.outcomes_ = _CrossFittedOutcomes(self.arms_, self.outcome_config, self.n_folds, self.seed)
-        mu = self.outcomes_.fit_predict(features, arm, y)
-        control_residual = np.where(arm == self.control, (y - mu[self.control]) / propensity[self.control], 0.0)
-        self.effects_ = {}
-        for i, a in enumerate(self.treated_arms_):
-            treated_residual = np.where(arm == a, (y - mu[a]) / propensity[a], 0.0)
-            pseudo_outcome = mu[a] - mu[self.control] + treated_residual - control_residual
-            self.effects_[a] = BoostedRegressor(self.effect_config, objective="regression", seed=self.seed + 7 + i)
-            self.effects_[a].fit(features, pseudo_outcome.to_numpy())
-        self.y_range_ = np.array([y.min(), y.max()])
-        return self
-
-    def predict_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
-        features = self.encoder_.transform(X)
-        control = self.outcomes_.predict(features)[self.control]
-        outcomes = {self.control: control}
-        for a, model in self.effects_.items():
-            outcomes[a] = control + model.predict(features)
-        return _clip_to_outcome_range(pd.DataFrame(outcomes, index=X.index), self.y_range_)
-
-
-class XLearner(_UpliftFromOutcomes):
-    """X-learner (Künzel et al. 2019) for several arms, with cross-fitted first-stage imputations.
-
-    Treated rows of arm ``a`` impute y - mu_c(x), control rows mu_a(x) - y; one effect model per
-    side, blended by the arm's share of the (a, control) pair.
-    """
-
-    def __init__(
-        self,
-        control: Hashable,
-        outcome_config: BoosterConfig = BoosterConfig(),
-        effect_config: BoosterConfig = BoosterConfig(num_leaves=4, min_child_samples=500, n_seeds=3),
-        n_folds: int = 3,
-        propensities: Mapping[Hashable, float] | None = None,
-        seed: int = 0,
-    ):
-        self.control = control
-        self.outcome_config = outcome_config
-        self.effect_config = effect_config
-        self.n_folds = n_folds
-        self.propensities = propensities
-        self.seed = seed
-
-    def fit(self, X: pd.DataFrame, arm: Sequence, y: Sequence[float]) -> XLearner:
-        arm, y = np.asarray(arm, dtype=object), np.asarray(y, dtype=float)
-        self.arms_ = _arms_in(arm, self.control)
-        self.encoder_ = FeatureEncoder().fit(X)
-        features = self.encoder_.transform(X)
-        propensity = _propensities(arm, self.arms_, self.propensities)
-        self.outcomes_ = _CrossFittedOutcomes(self.arms_, self.outcome_config, self.n_folds, self.seed)
-        mu = self.outcomes_.fit_predict(features, arm, y)
-        is_control = arm == self.control
-        self.effects_ = {}
-        for i, a in enumerate(self.treated_arms_):
-            is_treated = arm == a
-            on_treated = BoostedRegressor(self.effect_config, objective="regression", seed=self.seed + 11 + i)
-            on_treated.fit(features[is_treated], y[is_treated] - mu[self.control][is_treated])
-            on_control = BoostedRegressor(self.effect_config, objective="regression", seed=self.seed + 31 + i)
-            on_control.fit(features[is_control], mu[a][is_control] - y[is_control])
-            treated_share = propensity[a] / (propensity[a] + propensity[self.control])
-            self.effects_[a] = (on_treated, on_control, treated_share)
-        self.y_range_ = np.array([y.min(), y.max()])
-        return self
-
-    def predict_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
-        features = self.encoder_.transform(X)
-        control = self.outcomes_.predict(features)[self.control]
-        outcomes = {self.control: control}
-        for a, (on_treated, on_control, treated_share) in self.effects_.items():
-            # The effect model fitted on the larger side is the more reliable; weight it by the other side's share.
-            effect = treated_share * on_control.predict(features) + (1 - treated_share) * on_treated.predict(features)
-            outcomes[a] = control + effect
-        return _clip_to_outcome_range(pd.DataFrame(outcomes, index=X.index), self.y_range_)
-
-
-class RLearner(_UpliftFromOutcomes):
-    """R-learner (Nie & Wager 2021), one treated arm against the control at a time.
-
-    On the rows of arm ``a`` or the control, with t = 1[arm = a], e = P(a | a or control) and a
-    cross-fitted m(x) = E[y | x], uplift minimises sum ((y - m) - (t - e) tau(x))^2: a booster
-    regressing (y - m) / (t - e) with weights (t - e)^2. With randomised arms this pseudo-outcome is
-    less noisy than the doubly robust one because it never divides by a single arm's propensity.
+    Stage 1 cross-fits one outcome model per arm on all features; stage 2 (``_fit_effect``) fits the
+    uplift of each treated arm on ``effect_features`` only (default: all). Keeping the effect stage
+    to the few features that plausibly modify the response (the "X" of EconML, the rest being
+    controls) is the strongest regulariser on noisy outcomes. The outcome under a treated arm is the
+    control's predicted outcome plus that arm's predicted uplift, clipped to the observed range.
     """
 
     def __init__(
@@ -331,6 +218,7 @@ class RLearner(_UpliftFromOutcomes):
         control: Hashable,
         outcome_config: BoosterConfig = BoosterConfig(),
         effect_config: BoosterConfig = BoosterConfig(num_leaves=2, min_child_samples=2000, n_seeds=5),
+        effect_features: Sequence[str] | None = None,
         n_folds: int = 3,
         propensities: Mapping[Hashable, float] | None = None,
         seed: int = 0,
@@ -338,42 +226,113 @@ class RLearner(_UpliftFromOutcomes):
         self.control = control
         self.outcome_config = outcome_config
         self.effect_config = effect_config
+        self.effect_features = effect_features
         self.n_folds = n_folds
         self.propensities = propensities
         self.seed = seed
 
-    def fit(self, X: pd.DataFrame, arm: Sequence, y: Sequence[float]) -> RLearner:
+    def fit(self, X: pd.DataFrame, arm: Sequence, y: Sequence[float]):
         arm, y = np.asarray(arm, dtype=object), np.asarray(y, dtype=float)
         self.arms_ = _arms_in(arm, self.control)
         self.encoder_ = FeatureEncoder().fit(X)
         features = self.encoder_.transform(X)
+        self.effect_columns_ = list(self.effect_features) if self.effect_features is not None else list(X.columns)
         propensity = _propensities(arm, self.arms_, self.propensities)
-        folds = _fold_ids(len(y), self.n_folds, self.seed)
-        self.control_model_ = BoostedRegressor(self.outcome_config, seed=self.seed).fit(
-            features[arm == self.control], y[arm == self.control]
-        )
-        self.effects_ = {}
-        for i, a in enumerate(self.treated_arms_):
-            pair = np.isin(arm, [a, self.control])
-            treated = (arm[pair] == a).astype(float)
-            share = propensity[a] / (propensity[a] + propensity[self.control])
-            mean_outcome = np.empty(pair.sum())
-            for fold in range(self.n_folds):
-                held_out = folds[pair] == fold
-                model = BoostedRegressor(self.outcome_config, seed=self.seed + 100 * fold + i)
-                model.fit(features[pair][~held_out], y[pair][~held_out])
-                mean_outcome[held_out] = model.predict(features[pair][held_out])
-            residual = treated - share
-            effect = BoostedRegressor(self.effect_config, objective="regression", seed=self.seed + 7 + i)
-            effect.fit(features[pair], (y[pair] - mean_outcome) / residual, sample_weight=residual**2)
-            self.effects_[a] = effect
-        self.y_range_ = np.array([y.min(), y.max()])
+        self.outcomes_ = _CrossFittedOutcomes(self.arms_, self.outcome_config, self.n_folds, self.seed)
+        mu = self.outcomes_.fit_predict(features, arm, y)
+        self.effects_ = {
+            a: self._fit_effect(a, features[self.effect_columns_], arm, y, mu, propensity, self.seed + 10 * (i + 1))
+            for i, a in enumerate(self.treated_arms_)
+        }
+        self.y_range_ = (float(y.min()), float(y.max()))
         return self
+
+    def _effect_model(self, seed: int) -> BoostedRegressor:
+        return BoostedRegressor(self.effect_config, objective="regression", seed=seed)
 
     def predict_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
         features = self.encoder_.transform(X)
-        control = self.control_model_.predict(features)
+        control = self.outcomes_.predict(features, self.control)
         outcomes = {self.control: control}
-        for a, model in self.effects_.items():
-            outcomes[a] = control + model.predict(features)
-        return _clip_to_outcome_range(pd.DataFrame(outcomes, index=X.index), self.y_range_)
+        for a, effect in self.effects_.items():
+            outcomes[a] = control + effect.predict(features[self.effect_columns_])
+        return pd.DataFrame(outcomes, index=X.index).clip(*self.y_range_)
+
+
+class RLearner(_TwoStageLearner):
+    """R-learner (Nie & Wager 2021), each treated arm against the control.
+
+    On the rows of arm ``a`` or the control, with t = 1[arm = a], e = P(a | a or control) and the
+    cross-fitted m(x) = e mu_a(x) + (1 - e) mu_c(x), the uplift minimises
+    sum ((y - m) - (t - e) tau(x))^2: a booster regressing (y - m) / (t - e) with weights (t - e)^2.
+    Unlike the doubly robust pseudo-outcome it never divides by one arm's propensity alone, so it
+    is the least noisy of the direct learners under randomisation.
+    """
+
+    def _fit_effect(self, a, features, arm, y, mu, propensity, seed):
+        pair = np.isin(arm, [a, self.control])
+        share = propensity[a] / (propensity[a] + propensity[self.control])
+        mean_outcome = share * mu[a].to_numpy() + (1 - share) * mu[self.control].to_numpy()
+        residual = (arm == a).astype(float) - share
+        return self._effect_model(seed).fit(
+            features[pair], ((y - mean_outcome) / residual)[pair], sample_weight=(residual**2)[pair]
+        )
+
+
+class DRLearner(_TwoStageLearner):
+    """Doubly robust learner (Kennedy 2023): regress, on all rows, the pseudo-outcome
+    mu_a - mu_c + 1[arm = a](y - mu_a)/e_a - 1[arm = c](y - mu_c)/e_c, whose mean given X is the uplift."""
+
+    def _fit_effect(self, a, features, arm, y, mu, propensity, seed):
+        mu_a, mu_c = mu[a].to_numpy(), mu[self.control].to_numpy()
+        pseudo_outcome = (
+            mu_a
+            - mu_c
+            + np.where(arm == a, (y - mu_a) / propensity[a], 0.0)
+            - np.where(arm == self.control, (y - mu_c) / propensity[self.control], 0.0)
+        )
+        return self._effect_model(seed).fit(features, pseudo_outcome)
+
+
+class XLearner(_TwoStageLearner):
+    """X-learner (Künzel et al. 2019): treated rows impute y - mu_c(x), control rows mu_a(x) - y;
+    one effect model per side, blended with weight e = P(a | a or control) on the control side's
+    model, whose imputations lean on mu_a and so improve as arm ``a`` grows."""
+
+    def _fit_effect(self, a, features, arm, y, mu, propensity, seed):
+        treated, control = arm == a, arm == self.control
+        on_treated = self._effect_model(seed).fit(features[treated], (y - mu[self.control].to_numpy())[treated])
+        on_control = self._effect_model(seed + 1).fit(features[control], (mu[a].to_numpy() - y)[control])
+        share = propensity[a] / (propensity[a] + propensity[self.control])
+        return _BlendedEffect(on_treated, on_control, share)
+
+
+class _BlendedEffect:
+    def __init__(self, on_treated: BoostedRegressor, on_control: BoostedRegressor, treated_share: float):
+        self.on_treated = on_treated
+        self.on_control = on_control
+        self.treated_share = treated_share
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        return self.treated_share * self.on_control.predict(features) + (1 - self.treated_share) * self.on_treated.predict(
+            features
+        )
+
+
+def shrink_uplift(
+    outcomes: pd.DataFrame, control: Hashable, strength: float, centre: Mapping[Hashable, float]
+) -> pd.DataFrame:
+    """Pull every treated arm's predicted uplift toward ``centre`` (e.g. its mean over a validation
+    set): ``strength`` 1 keeps the model, 0 gives every user the same uplift per arm, so a policy
+    on the result only deviates from the best uniform arm where the predicted difference is large."""
+    shrunk = outcomes.copy()
+    for a in outcomes.columns:
+        if a != control:
+            uplift = outcomes[a] - outcomes[control]
+            shrunk[a] = outcomes[control] + centre[a] + strength * (uplift - centre[a])
+    return shrunk
+
+
+def mean_uplift(outcomes: pd.DataFrame, control: Hashable) -> dict:
+    """Mean predicted uplift of every treated arm over the rows of ``outcomes``."""
+    return {a: float((outcomes[a] - outcomes[control]).mean()) for a in outcomes.columns if a != control}

@@ -52,14 +52,15 @@ checked as (
 ),
 
 ranked as (
-    -- one sort over all rows; invalid rows sit in their own partitions (by invalid_reason)
+    -- one sort over all rows; invalid rows sit in their own partitions (by invalid_reason).
+    -- Cheap, selective keys first (bigint, timestamptz) so text comparisons are rarely needed.
     select
         checked.*,
         row_number() over content_copies            as copy_number,
         first_value(event_id) over content_copies   as kept_event_id
     from checked
     window content_copies as (
-        partition by invalid_reason, user_id, event_type, event_time, merchant_id, order_total
+        partition by user_id, event_time, merchant_id, order_total, event_type, invalid_reason
         order by loaded_at, event_id, source_file
     )
 )
