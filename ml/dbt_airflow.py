@@ -17,7 +17,7 @@ def dbt_task_group(settings: Settings, group_id: str = "dbt_build"):
     needs the path when parsing, so a placeholder is written when it does not exist yet.
     """
     from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-    from cosmos.constants import InvocationMode, LoadMode, TestBehavior
+    from cosmos.constants import InvocationMode, LoadMode, TestBehavior, TestIndirectSelection
 
     from ml.transform import DBT_SESSION_OPTIONS, dbt_vars, write_profile
 
@@ -30,9 +30,16 @@ def dbt_task_group(settings: Settings, group_id: str = "dbt_build"):
         group_id=group_id,
         project_config=ProjectConfig(dbt_project_path=settings.dbt_project_dir, manifest_path=None),
         profile_config=ProfileConfig(profile_name=PROFILE_NAME, target_name=TARGET_NAME, profiles_yml_filepath=profiles),
-        execution_config=ExecutionConfig(invocation_mode=InvocationMode.DBT_RUNNER),
+        # Each model's test task runs only the tests on that model; relationship tests (two parents) get
+        # their own tasks after both models are built.
+        execution_config=ExecutionConfig(
+            invocation_mode=InvocationMode.DBT_RUNNER, test_indirect_selection=TestIndirectSelection.CAUTIOUS
+        ),
         render_config=RenderConfig(
-            load_method=LoadMode.DBT_LS, test_behavior=TestBehavior.AFTER_EACH, invocation_mode=InvocationMode.DBT_RUNNER
+            load_method=LoadMode.DBT_LS,
+            test_behavior=TestBehavior.AFTER_EACH,
+            invocation_mode=InvocationMode.DBT_RUNNER,
+            should_detach_multiple_parents_tests=True,
         ),
         operator_args={"vars": vars_, "install_deps": False, "env": {"PGOPTIONS": DBT_SESSION_OPTIONS}},
     )
