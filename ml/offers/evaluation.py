@@ -37,7 +37,9 @@ def uplift_at_k(uplift_score: Sequence[float], treated: Sequence[bool], y: Seque
     return observed_uplift(treated[top], y[top])
 
 
-def uplift_at_k_ratio(uplift_score: Sequence[float], treated: Sequence[bool], y: Sequence[float], k: float = 0.3) -> float:
+def uplift_at_k_ratio(
+    uplift_score: Sequence[float], treated: Sequence[bool], y: Sequence[float], k: float = 0.3
+) -> float:
     """uplift@k as a multiple of the uplift of random targeting (all rows); 1.0 means no better than random."""
     return uplift_at_k(uplift_score, treated, y, k) / observed_uplift(treated, y)
 

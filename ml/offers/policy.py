@@ -159,7 +159,7 @@ class OfferPolicy:
     ) -> pd.DataFrame:
         """One row per user (same order as the inputs): user_id, segment, holdout, arm,
         expected_gain, expected_cost. Holdout users always get the control and cost nothing."""
-        segment = np.full(len(p_reactivate), None, dtype=object) if segment is None else np.asarray(segment, dtype=object)
+        segment = np.asarray([None] * len(p_reactivate) if segment is None else segment, dtype=object)
         holdout = holdout_mask(self.campaign_id, user_id, self.holdout_share)
         gain = expected_incremental_margin(p_reactivate, order_value, self.reward_size, self.control, self.margin_rate)
         cost = expected_cost(p_reactivate, self.reward_size, self.control)
@@ -184,15 +184,16 @@ def tune_shrinkage(
     """Shrinkage strength (see :func:`ml.offers.uplift.shrink_uplift`) for a policy, chosen on
     held-out randomised rows.
 
-    Strength 0 is the best uniform arm; a larger strength is taken only if its IPW value beats
-    strength 0 by more than ``z`` standard errors of the paired difference, and among those the one
-    with the largest gain. ``choose_arms`` maps predicted outcomes to one arm per row.
+    Strength 0 ignores the model's heterogeneity (with free offers: the best uniform arm); a larger
+    strength is taken only if its IPW value of ``realised_value`` beats strength 0 by more than ``z``
+    standard errors of the paired difference, and among those the one with the largest gain.
+    ``choose_arms`` maps predicted outcomes to one arm per row.
     """
     centre = mean_uplift(outcomes, control)
-    contributions = {
-        s: ipw_contributions(choose_arms(shrink_uplift(outcomes, control, s, centre)), logged_arm, realised_value, propensity)
-        for s in strengths
-    }
+    contributions = {}
+    for strength in strengths:
+        chosen = choose_arms(shrink_uplift(outcomes, control, strength, centre))
+        contributions[strength] = ipw_contributions(chosen, logged_arm, realised_value, propensity)
     baseline = contributions[min(strengths)]
     best, best_gain = min(strengths), 0.0
     for strength, values in contributions.items():

@@ -10,7 +10,7 @@ over the control (``predict_uplift``). Arms are plain labels, so a campaign's
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import lightgbm as lgb
 import numpy as np
@@ -74,7 +74,7 @@ class FeatureEncoder:
         self.categories_ = {
             column: pd.Index(sorted(X[column].dropna().astype(str).unique()))
             for column in X.columns
-            if not (pd.api.types.is_numeric_dtype(X[column]) or pd.api.types.is_bool_dtype(X[column]))
+            if not pd.api.types.is_numeric_dtype(X[column])
         }
         return self
 
@@ -269,7 +269,16 @@ class RLearner(_TwoStageLearner):
     is the least noisy of the direct learners under randomisation.
     """
 
-    def _fit_effect(self, a, features, arm, y, mu, propensity, seed):
+    def _fit_effect(
+        self,
+        a: Hashable,
+        features: pd.DataFrame,
+        arm: np.ndarray,
+        y: np.ndarray,
+        mu: pd.DataFrame,
+        propensity: dict,
+        seed: int,
+    ) -> BoostedRegressor:
         pair = np.isin(arm, [a, self.control])
         share = propensity[a] / (propensity[a] + propensity[self.control])
         mean_outcome = share * mu[a].to_numpy() + (1 - share) * mu[self.control].to_numpy()
@@ -283,7 +292,16 @@ class DRLearner(_TwoStageLearner):
     """Doubly robust learner (Kennedy 2023): regress, on all rows, the pseudo-outcome
     mu_a - mu_c + 1[arm = a](y - mu_a)/e_a - 1[arm = c](y - mu_c)/e_c, whose mean given X is the uplift."""
 
-    def _fit_effect(self, a, features, arm, y, mu, propensity, seed):
+    def _fit_effect(
+        self,
+        a: Hashable,
+        features: pd.DataFrame,
+        arm: np.ndarray,
+        y: np.ndarray,
+        mu: pd.DataFrame,
+        propensity: dict,
+        seed: int,
+    ) -> BoostedRegressor:
         mu_a, mu_c = mu[a].to_numpy(), mu[self.control].to_numpy()
         pseudo_outcome = (
             mu_a
@@ -299,7 +317,16 @@ class XLearner(_TwoStageLearner):
     one effect model per side, blended with weight e = P(a | a or control) on the control side's
     model, whose imputations lean on mu_a and so improve as arm ``a`` grows."""
 
-    def _fit_effect(self, a, features, arm, y, mu, propensity, seed):
+    def _fit_effect(
+        self,
+        a: Hashable,
+        features: pd.DataFrame,
+        arm: np.ndarray,
+        y: np.ndarray,
+        mu: pd.DataFrame,
+        propensity: dict,
+        seed: int,
+    ) -> _BlendedEffect:
         treated, control = arm == a, arm == self.control
         on_treated = self._effect_model(seed).fit(features[treated], (y - mu[self.control].to_numpy())[treated])
         on_control = self._effect_model(seed + 1).fit(features[control], (mu[a].to_numpy() - y)[control])
@@ -308,15 +335,16 @@ class XLearner(_TwoStageLearner):
 
 
 class _BlendedEffect:
+    """The X-learner's two effect models for one arm, blended."""
+
     def __init__(self, on_treated: BoostedRegressor, on_control: BoostedRegressor, treated_share: float):
         self.on_treated = on_treated
         self.on_control = on_control
         self.treated_share = treated_share
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
-        return self.treated_share * self.on_control.predict(features) + (1 - self.treated_share) * self.on_treated.predict(
-            features
-        )
+        on_control, on_treated = self.on_control.predict(features), self.on_treated.predict(features)
+        return self.treated_share * on_control + (1 - self.treated_share) * on_treated
 
 
 def shrink_uplift(

@@ -1,0 +1,310 @@
+"""Offer model: uplift learners, metrics on hand-computed cases, the policy's budget and holdout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from ml.offers.evaluation import (
+    ipw_policy_value,
+    observed_uplift,
+    qini_coefficient,
+    qini_curve,
+    qini_plot,
+    random_policy_value,
+    uniform_policy_values,
+    uplift_at_k,
+    uplift_at_k_ratio,
+)
+from ml.offers.policy import (
+    BudgetLimits,
+    OfferPolicy,
+    allocate_offers,
+    best_offers,
+    expected_incremental_margin,
+    holdout_mask,
+    holdout_score,
+    tune_shrinkage,
+)
+from ml.offers.uplift import (
+    BoosterConfig,
+    DRLearner,
+    RLearner,
+    TLearner,
+    XLearner,
+    arm_label,
+    arm_labels,
+    mean_uplift,
+    shrink_uplift,
+)
+
+CONTROL = "none"
+SMALL_EFFECT = BoosterConfig(num_leaves=4, min_child_samples=100, n_seeds=2)
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def test_observed_uplift_and_uplift_at_k_on_a_hand_computed_case():
+    score = [4, 3, 2, 1]
+    treated = [True, False, True, False]
+    y = [1, 0, 0, 0]
+    assert observed_uplift(treated, y) == pytest.approx(0.5)
+    assert uplift_at_k(score, treated, y, k=0.5) == pytest.approx(1.0)
+    assert uplift_at_k_ratio(score, treated, y, k=0.5) == pytest.approx(2.0)
+    assert np.isnan(observed_uplift([True, True], [1, 0]))
+
+
+def test_qini_curve_and_coefficient_on_a_hand_computed_case():
+    curve = qini_curve([4, 3, 2, 1], [True, False, True, False], [1, 0, 1, 1])
+    np.testing.assert_allclose(curve["fraction"], [0, 0.25, 0.5, 0.75, 1.0])
+    # cumulative: Y_T 1,1,2,2; Y_C 0,0,0,1; N_T/N_C 0,1,2,1 -> gains 1,1,2,1 over 4 customers
+    np.testing.assert_allclose(curve["qini"], [0, 0.25, 0.25, 0.5, 0.25])
+    np.testing.assert_allclose(curve["random"], [0, 0.0625, 0.125, 0.1875, 0.25])
+    assert qini_coefficient([4, 3, 2, 1], [True, False, True, False], [1, 0, 1, 1]) == pytest.approx(0.15625)
+
+
+def test_perfect_ranking_has_a_larger_qini_than_the_reverse():
+    rng = np.random.default_rng(0)
+    effect = rng.random(4000)
+    treated = rng.random(4000) < 0.5
+    y = (rng.random(4000) < 0.1 + 0.5 * effect * treated).astype(float)
+    assert qini_coefficient(effect, treated, y) > 0 > qini_coefficient(-effect, treated, y)
+    assert uplift_at_k_ratio(effect, treated, y, 0.3) > 1.2
+
+
+def test_qini_plot_returns_a_figure_with_one_line_per_model_and_random():
+    curve = qini_curve([3, 2, 1], [True, False, True], [1, 0, 0])
+    figure = qini_plot({"model": curve, "other": curve})
+    assert isinstance(figure, Figure)
+    assert len(figure.axes[0].lines) == 3
+
+
+def test_ipw_policy_values_on_a_hand_computed_case():
+    logged = ["a", "b", "a", "b"]
+    y = [1.0, 2.0, 3.0, 4.0]
+    assert ipw_policy_value(["a", "a", "b", "b"], logged, y, 0.5) == pytest.approx((1 / 0.5 + 4 / 0.5) / 4)
+    assert ipw_policy_value(["a", "a", "b", "b"], logged, y, {"a": 0.25, "b": 0.75}) == pytest.approx(
+        (1 / 0.25 + 4 / 0.75) / 4
+    )
+    assert uniform_policy_values(["a", "b"], logged, y, 0.5) == pytest.approx({"a": 2.0, "b": 3.0})
+    assert random_policy_value(["a", "b"], logged, y, 0.5) == pytest.approx(2.5)
+
+
+# --- policy --------------------------------------------------------------------------------------
+
+
+def test_expected_incremental_margin_pays_the_reward_only_on_redemption():
+    p = pd.DataFrame({CONTROL: [0.1], "fd:10": [0.2]})
+    value = pd.DataFrame({CONTROL: [100.0], "fd:10": [90.0]})
+    margin = expected_incremental_margin(p, value, {"fd:10": 10.0}, CONTROL, margin_rate=0.3)
+    assert list(margin.columns) == ["fd:10"]
+    assert margin.iloc[0, 0] == pytest.approx(0.3 * (0.2 * 90 - 0.1 * 100) - 10 * 0.2)
+
+
+def test_best_offers_gives_no_offer_when_nothing_is_positive_or_predictions_are_missing():
+    gain = pd.DataFrame({"a": [1.0, -1.0, np.nan], "b": [2.0, -0.5, np.nan]})
+    cost = pd.DataFrame({"a": [1.0, 1.0, 1.0], "b": [5.0, 1.0, 1.0]})
+    offers = best_offers(gain, cost, CONTROL)
+    assert offers["arm"].tolist() == ["b", CONTROL, CONTROL]
+    assert offers["expected_cost"].tolist() == [5.0, 0.0, 0.0]
+
+
+def _random_predictions(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    arms = [CONTROL, "free_delivery:10", "percent_discount:20", "cashback:15"]
+    p = pd.DataFrame(rng.uniform(0.05, 0.4, (n, len(arms))), columns=arms)
+    value = pd.DataFrame(rng.uniform(40, 160, (n, len(arms))), columns=arms)
+    return p, value
+
+
+REWARDS = {"free_delivery:10": 10.0, "percent_discount:20": 20.0, "cashback:15": 15.0}
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        BudgetLimits(total_budget=300.0),
+        BudgetLimits(segment_budgets={"lapsed": 50.0, "dormant": 120.0}),
+        BudgetLimits(total_budget=400.0, segment_budgets={"lapsed": 80.0}, segment_max_offers={"dormant": 25}),
+    ],
+)
+def test_budget_and_segment_caps_are_never_exceeded(limits):
+    p, value = _random_predictions(3000, seed=1)
+    segment = np.random.default_rng(2).choice(["lapsed", "dormant", "churned"], 3000)
+    policy = OfferPolicy("c-1", REWARDS, margin_rate=0.3, limits=limits)
+    offers = policy.decide([f"u{i}" for i in range(3000)], p, value, segment)
+    offered = offers[offers["arm"] != CONTROL]
+    assert len(offered) > 0
+    if limits.total_budget is not None:
+        assert offers["expected_cost"].sum() <= limits.total_budget + 1e-9
+    for group, budget in limits.segment_budgets.items():
+        assert offers.loc[offers["segment"] == group, "expected_cost"].sum() <= budget + 1e-9
+    for group, cap in limits.segment_max_offers.items():
+        assert (offered["segment"] == group).sum() <= cap
+    assert (offered["expected_gain"] > 0).all()
+
+
+def test_unconstrained_allocation_takes_every_users_best_positive_arm():
+    p, value = _random_predictions(500, seed=3)
+    gain = expected_incremental_margin(p, value, REWARDS, CONTROL, 0.3)
+    cost = p[list(REWARDS)] * pd.Series(REWARDS)
+    offers = allocate_offers(gain, cost, np.full(500, "all"), BudgetLimits(), CONTROL)
+    expected = np.where(gain.max(axis=1) > 0, gain.idxmax(axis=1), CONTROL)
+    assert offers["arm"].tolist() == expected.tolist()
+
+
+def test_a_tight_budget_goes_to_the_most_efficient_users_first():
+    gain = pd.DataFrame({"a": [1.0, 3.0, 2.0]})
+    cost = pd.DataFrame({"a": [1.0, 1.0, 4.0]})
+    offers = allocate_offers(gain, cost, ["s", "s", "s"], BudgetLimits(total_budget=2.0), CONTROL)
+    assert offers["arm"].tolist() == ["a", "a", CONTROL]
+
+
+def test_holdout_users_never_get_an_offer_and_the_share_is_about_ten_percent():
+    p, value = _random_predictions(20000, seed=4)
+    users = [f"user-{i}" for i in range(20000)]
+    offers = OfferPolicy("winback-2026-01", REWARDS, margin_rate=0.5).decide(users, p, value)
+    assert 0.09 < offers["holdout"].mean() < 0.11
+    assert (offers.loc[offers["holdout"], "arm"] == CONTROL).all()
+    assert (offers.loc[offers["holdout"], "expected_cost"] == 0).all()
+    assert (offers.loc[~offers["holdout"], "arm"] != CONTROL).any()
+
+
+def test_holdout_hash_is_stable_across_runs_and_depends_on_the_campaign():
+    # Fixed values: a change here would silently move users between holdout and treatment.
+    assert holdout_score("winback-2026-01", "user-42") == pytest.approx(0.6438580232359685, abs=0)
+    assert holdout_score("winback-2026-01", 42) == holdout_score("winback-2026-01", "42")
+    users = [f"user-{i}" for i in range(5000)]
+    assert np.array_equal(holdout_mask("c-1", users), holdout_mask("c-1", users))
+    assert not np.array_equal(holdout_mask("c-1", users), holdout_mask("c-2", users))
+
+
+def test_shrinkage_zero_means_one_arm_for_everyone():
+    outcomes = pd.DataFrame({CONTROL: [0.1, 0.2, 0.3], "a": [0.3, 0.2, 0.3], "b": [0.1, 0.5, 0.3]})
+    centre = mean_uplift(outcomes, CONTROL)
+    assert centre == pytest.approx({"a": 0.2 / 3, "b": 0.1})
+    flat = shrink_uplift(outcomes, CONTROL, 0.0, centre)
+    np.testing.assert_allclose(flat["b"] - flat[CONTROL], 0.1)
+    pd.testing.assert_frame_equal(shrink_uplift(outcomes, CONTROL, 1.0, centre), outcomes)
+
+
+def test_arm_labels_pair_event_type_and_reward_size():
+    assert arm_label("none", 0) == CONTROL
+    assert arm_labels(["free_delivery", "cashback"], [10, 7.5]).tolist() == ["free_delivery:10", "cashback:7.5"]
+
+
+# --- learners on a synthetic RCT with a planted best arm per user ---------------------------------
+
+
+def synthetic_rct(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """Three arms with probability 1/3 each. The true best arm: "a" where x1 > 0, else "b" where
+    x2 > 0, else no offer (both offers hurt)."""
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(
+        {
+            "x1": rng.normal(size=n),
+            "x2": rng.normal(size=n),
+            "x3": rng.normal(size=n),
+            "platform": rng.choice(["ios", "android", "web"], n),
+        }
+    )
+    arm = rng.choice([CONTROL, "a", "b"], n)
+    base = 0.25 + 0.05 * np.tanh(X["x3"].to_numpy())
+    effect = {
+        CONTROL: np.zeros(n),
+        "a": np.where(X["x1"] > 0, 0.25, -0.10),
+        "b": np.where((X["x1"] <= 0) & (X["x2"] > 0), 0.25, -0.10),
+    }
+    true_best = np.where(X["x1"] > 0, "a", np.where(X["x2"] > 0, "b", CONTROL))
+    p = base + np.select([arm == a for a in effect], [effect[a] for a in effect])
+    y = (rng.random(n) < p).astype(float)
+    return X, arm, y, true_best
+
+
+def _choose(outcomes: pd.DataFrame) -> np.ndarray:
+    policy = OfferPolicy("test", {"a": 0.0, "b": 0.0}, margin_rate=1.0, control=CONTROL, holdout_share=0.0)
+    return policy.decide(outcomes.index.to_numpy(), outcomes, pd.DataFrame(1.0, outcomes.index, outcomes.columns))[
+        "arm"
+    ].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def rct():
+    X, arm, y, true_best = synthetic_rct(9000, seed=7)
+    train = np.arange(len(y)) < 6000
+    return X, arm, y, true_best, train
+
+
+@pytest.mark.parametrize(
+    "learner",
+    [
+        RLearner(CONTROL, effect_config=SMALL_EFFECT, seed=1),
+        DRLearner(CONTROL, effect_config=SMALL_EFFECT, seed=1),
+        XLearner(CONTROL, effect_config=SMALL_EFFECT, seed=1),
+        TLearner(CONTROL, BoosterConfig(min_child_samples=100), seed=1),
+    ],
+    ids=["r", "dr", "x", "t"],
+)
+def test_learned_policy_beats_uniform_and_random_and_finds_the_planted_best_arm(rct, learner):
+    X, arm, y, true_best, train = rct
+    learner.fit(X[train], arm[train], y[train])
+    outcomes = learner.predict_outcomes(X[~train])
+    assert list(outcomes.columns) == [CONTROL, "a", "b"]
+    assert list(learner.predict_uplift(X[~train]).columns) == ["a", "b"]
+
+    chosen = _choose(outcomes)
+    value = ipw_policy_value(chosen, arm[~train], y[~train], 1 / 3)
+    uniform = uniform_policy_values([CONTROL, "a", "b"], arm[~train], y[~train], 1 / 3)
+    assert value > max(uniform.values()) + 0.03
+    assert value > random_policy_value([CONTROL, "a", "b"], arm[~train], y[~train], 1 / 3) + 0.05
+    assert np.mean(chosen == true_best[~train]) > 0.75
+
+
+def test_effect_features_limit_what_the_uplift_can_depend_on(rct):
+    X, arm, y, _, train = rct
+    learner = RLearner(CONTROL, effect_config=SMALL_EFFECT, effect_features=["x1"], seed=1)
+    uplift = learner.fit(X[train], arm[train], y[train]).predict_uplift(X[~train])
+    rows_with_same_x1 = X[~train].assign(x2=0.0, x3=0.0, platform="web")
+    # Outcomes clipped to [0, 1] are the one place where other features can still move the uplift.
+    unclipped = (learner.predict_outcomes(X[~train]) % 1 > 0) & (learner.predict_outcomes(rows_with_same_x1) % 1 > 0)
+    inside = unclipped.all(axis=1)
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(learner.predict_uplift(rows_with_same_x1)[inside], uplift[inside], atol=1e-12)
+
+
+def test_tuned_shrinkage_keeps_real_heterogeneity(rct):
+    X, arm, y, _, train = rct
+    learner = RLearner(CONTROL, effect_config=SMALL_EFFECT, seed=1).fit(X[train], arm[train], y[train])
+    outcomes = learner.predict_outcomes(X[~train])
+    assert tune_shrinkage(outcomes, CONTROL, _choose, arm[~train], y[~train], 1 / 3) > 0
+
+
+def test_users_without_history_get_a_prediction_and_a_sensible_offer(rct):
+    X, arm, y, _, train = rct
+    learner = RLearner(CONTROL, effect_config=SMALL_EFFECT, seed=1).fit(X[train], arm[train], y[train])
+    newcomers = pd.DataFrame(
+        {"x1": [np.nan, np.nan], "x2": [np.nan, 1.0], "x3": [np.nan, np.nan], "platform": [None, "tv"]}
+    )
+    outcomes = learner.predict_outcomes(newcomers)
+    assert np.isfinite(outcomes.to_numpy()).all()
+    assert ((outcomes >= 0) & (outcomes <= 1)).all().all()
+    offers = OfferPolicy("c", {"a": 0.0, "b": 0.0}, margin_rate=1.0, holdout_share=0.0).decide(
+        ["new-1", "new-2"], outcomes, pd.DataFrame(1.0, outcomes.index, outcomes.columns)
+    )
+    assert set(offers["arm"]) <= {CONTROL, "a", "b"}
+
+
+def test_a_missing_prediction_means_no_offer():
+    p = pd.DataFrame({CONTROL: [0.1, np.nan], "a": [0.3, np.nan]})
+    value = pd.DataFrame({CONTROL: [50.0, 50.0], "a": [50.0, 50.0]})
+    offers = OfferPolicy("c", {"a": 5.0}, margin_rate=0.5, holdout_share=0.0).decide(["u1", "u2"], p, value)
+    assert offers["arm"].tolist() == ["a", CONTROL]
+
+
+def test_learners_are_reproducible_with_a_fixed_seed(rct):
+    X, arm, y, _, train = rct
+    first = RLearner(CONTROL, effect_config=SMALL_EFFECT, seed=3).fit(X[train], arm[train], y[train])
+    second = RLearner(CONTROL, effect_config=SMALL_EFFECT, seed=3).fit(X[train], arm[train], y[train])
+    pd.testing.assert_frame_equal(first.predict_outcomes(X[~train]), second.predict_outcomes(X[~train]))
