@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import subprocess
@@ -168,11 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("benchmark", help="model quality on real public data")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
-    for name, module in (("ranking", "ml.benchmarks.ranking"), ("offers", "ml.benchmarks.offers")):
-        try:
-            mod = __import__(module, fromlist=["add_arguments", "run"])
-        except ImportError:
-            continue
+    for name in ("ranking", "offers", "synthetic"):
+        mod = importlib.import_module(f"ml.benchmarks.{name}")
         bench_parser = bench_sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else None)
         mod.add_arguments(bench_parser)
         bench_parser.set_defaults(func=cmd_benchmark, benchmark_run=mod.run)

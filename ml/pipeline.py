@@ -18,7 +18,17 @@ import psycopg
 
 from ml import campaigns, crm, export, ingest, publish, quality, registry, warehouse
 from ml.experiments import campaign_id_for
-from ml.recommendation import MerchantRecommender, ModelSpec, TemporalSplit, evaluate_spec
+from ml.recommendation import (
+    DEFAULT_GENERATORS,
+    MODES,
+    Judge,
+    LifecycleRule,
+    MarketContext,
+    ModelSpec,
+    RankerRecipe,
+    TemporalSplit,
+    evaluate_spec,
+)
 from ml.settings import Settings, redact
 
 log = logging.getLogger(__name__)
@@ -34,7 +44,6 @@ CREATE TABLE IF NOT EXISTS ops.pipeline_steps (
     PRIMARY KEY (run_date, step)
 );
 """
-BASELINES = ("popularity", "random")
 GATE_METRIC = "ndcg@10"
 
 
@@ -130,55 +139,162 @@ def load_orders(conn: psycopg.Connection) -> pd.DataFrame:
     return orders
 
 
+CURVE_KS = tuple(range(1, 11))
+SUMMARY_KS = ("@5", "@10")
+
+
 def candidate_spec(settings: Settings) -> ModelSpec:
-    return ModelSpec("item_cosine", {"neighbours": settings.cosine_neighbours, "shrinkage": settings.cosine_shrinkage})
+    """The production recipe: the two-stage ranker over cosine, ALS, EASE, zone popularity and category affinity."""
+    generators = {
+        **DEFAULT_GENERATORS,
+        "item_cosine": {"neighbours": settings.cosine_neighbours, "shrinkage": settings.cosine_shrinkage},
+    }
+    return ModelSpec(
+        "ranker",
+        {
+            "generators": generators,
+            "candidates_per_generator": settings.ranker_candidates,
+            "max_train_users": settings.ranker_train_users,
+            "diversity_lambda": settings.diversity_lambda,
+            "exploration_rate": settings.exploration_rate,
+            "num_threads": settings.model_threads,
+            "seed": settings.seed,
+        },
+    )
+
+
+def comparison_specs(settings: Settings, spec: ModelSpec) -> dict[str, ModelSpec]:
+    """The candidate beside each of its generators alone and the popularity and random baselines."""
+    return {
+        "ranker": spec,
+        **RankerRecipe(**spec.params).generator_specs(),
+        "popularity": ModelSpec("popularity"),
+        "random": ModelSpec("random", {"seed": settings.seed}),
+    }
+
+
+def load_market_context(conn: psycopg.Connection) -> MarketContext:
+    merchants = pd.read_sql_query(
+        "SELECT merchant_id, merchant_name, category, zone, price_level, opened_at FROM marts.merchant_features", conn
+    )
+    users = pd.read_sql_query("SELECT user_id, home_zone, signup_at FROM marts.user_features", conn)
+    return MarketContext(merchants=merchants.set_index("merchant_id"), users=users.set_index("user_id"))
 
 
 def train_ranker(settings: Settings, run_date: date) -> dict:
-    """Evaluate on the last ``eval_test_days`` beside baselines, register a refit on all data, run the gate."""
+    """Judge the ranker beside its generators and the baselines on the last ``eval_test_days`` (discovery and
+    repeat-inclusive, per lifecycle segment), register a refit on all data, run the gate."""
     import mlflow
 
     url = warehouse.start(settings)
     with recorded_step(url, run_date, "train_ranker") as summary:
         with psycopg.connect(url) as conn:
             orders = load_orders(conn)
-            catalog_size = conn.execute("SELECT count(*) FROM marts.merchant_features").fetchone()[0]
+            context = load_market_context(conn)
         if orders.empty:
             raise ValueError(f"no orders before {run_date}: nothing to train on")
         split = TemporalSplit.last_days(orders, as_of(run_date), settings.eval_test_days)
+        rule = LifecycleRule(settings.new_user_days, settings.active_max_days, settings.at_risk_max_days,
+                             settings.lapsed_max_days, settings.dormant_max_days)
+        judge = Judge(split, len(context.merchants), context.merchants["category"].to_dict(),
+                      rule.segments(split.train, context.users["signup_at"], split.cut), ks=CURVE_KS)
         spec = candidate_spec(settings)
         registry.configure(settings, url)
         with mlflow.start_run(
             experiment_id=registry.experiment_id(settings, settings.ranker_model_name), run_name=f"ranker-{run_date}"
         ):
-            metrics = evaluate_spec(spec, split, catalog_size)
-            baselines = {
-                name: evaluate_spec(ModelSpec(name, {"seed": settings.seed} if name == "random" else {}), split, catalog_size)
-                for name in BASELINES
-            }
-            champion_metric = _champion_metric(settings, split, catalog_size)
-            mlflow.log_params({"model": spec.kind, **spec.params, "run_date": run_date.isoformat(),
-                               "cut": split.cut.isoformat(), "test_users": len(split.relevant)})
-            mlflow.log_metrics({_metric_key(k): v for k, v in metrics.items()})
-            for name, values in baselines.items():
-                mlflow.log_metrics({f"{name}_{_metric_key(k)}": v for k, v in values.items()})
-            final = MerchantRecommender(spec).fit(orders, as_of(run_date))
+            scorecards, fitted = {}, {}
+            for name, model_spec in comparison_specs(settings, spec).items():
+                fitted[name] = model_spec.recommender().fit(split.train, split.cut, context)
+                scorecards[name] = judge.scorecard(fitted[name])
+            metrics = scorecards["ranker"]["discovery"].overall
+            champion_metric = _champion_metric(settings, split, context, spec, metrics[GATE_METRIC])
+            importance = fitted["ranker"].feature_importance()
+            _log_comparison(spec, split, scorecards, importance, run_date)
+            final = spec.recommender().fit(orders, as_of(run_date), context)
             version = registry.log_model(registry.RecommenderPyfunc(final), settings.ranker_model_name)
             decision = registry.gate(
                 settings.ranker_model_name, version, GATE_METRIC, metrics[GATE_METRIC], champion_metric,
                 settings.promotion_margin,
             )
             mlflow.set_tags({"gate": decision.reason, "promoted": str(decision.promoted)})
+        discovery = {name: _summary_metrics(card["discovery"].overall) for name, card in scorecards.items()}
         summary.update(
             model=spec.kind,
-            metrics=_rounded(metrics),
-            baselines={name: _rounded(values) for name, values in baselines.items()},
+            metrics=discovery.pop("ranker"),
+            baselines=discovery,
+            repeat_inclusive={name: _summary_metrics(card["repeat"].overall) for name, card in scorecards.items()},
+            ndcg_at_10_by_segment={
+                segment: {name: round(card["discovery"].by_segment[segment][GATE_METRIC], 4) for name, card in scorecards.items()}
+                for segment in scorecards["ranker"]["discovery"].by_segment
+            },
+            feature_importance={name: round(float(share), 4) for name, share in (importance / importance.sum()).head(10).items()},
             version=version,
             champion_version=decision.champion_version,
             promoted=decision.promoted,
             gate=decision.reason,
         )
     return summary
+
+
+def _summary_metrics(report: dict) -> dict:
+    """The @5 / @10 metrics, coverage, diversity, novelty and user count of a K = 1..10 report, rounded."""
+    return _rounded({k: v for k, v in report.items() if "@" not in k or k.endswith(SUMMARY_KS)})
+
+
+def _log_comparison(spec: ModelSpec, split: TemporalSplit, scorecards: dict, importance: pd.Series, run_date: date) -> None:
+    """Params, every model's metrics in both modes and per segment, and the plots, into the active MLflow run."""
+    import mlflow
+
+    recipe = RankerRecipe(**spec.params)
+    params = {key: value for key, value in vars(recipe).items() if key != "generators"}
+    params.update({f"{kind}.{key}": value for kind, values in recipe.generators.items() for key, value in values.items()})
+    mlflow.log_params({"model": spec.kind, "generators": ",".join(recipe.generators), **params,
+                       "run_date": run_date.isoformat(), "cut": split.cut.isoformat(), "test_users": len(split.relevant)})
+    for name, card in scorecards.items():
+        for mode, result in card.items():
+            prefix = "" if (name, mode) == ("ranker", "discovery") else f"{name}_" if mode == "discovery" else f"{mode}_{name}_"
+            mlflow.log_metrics({prefix + _metric_key(k): v for k, v in _summary_metrics(result.overall).items()})
+            mlflow.log_metrics({f"{mode}_{name}_{segment}_{_metric_key(GATE_METRIC)}": report[GATE_METRIC]
+                                for segment, report in result.by_segment.items()})
+    for mode in MODES:
+        results = {name: card[mode] for name, card in scorecards.items()}
+        mlflow.log_figure(_curves_figure(results, mode), f"metric_at_k_{mode}.png")
+        mlflow.log_figure(_segments_figure(results, mode), f"ndcg_at_10_by_segment_{mode}.png")
+    mlflow.log_dict({name: float(gain) for name, gain in importance.items()}, "feature_importance.json")
+
+
+def _curves_figure(results: dict, mode: str):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 3.2))
+    for axes, metric in zip(figure.subplots(1, 4), ("precision", "recall", "hit_rate", "ndcg")):
+        for name, result in results.items():
+            axes.plot(CURVE_KS, [result.overall[f"{metric}@{k}"] for k in CURVE_KS], marker=".", label=name)
+        axes.set_xlabel("K")
+        axes.set_title(f"{metric}@K ({mode})")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def _segments_figure(results: dict, mode: str):
+    from matplotlib.figure import Figure
+
+    segments = list(next(iter(results.values())).by_segment)
+    figure = Figure(figsize=(9, 3.5))
+    axes = figure.subplots()
+    width = 0.8 / max(len(results), 1)
+    for offset, (name, result) in enumerate(results.items()):
+        values = [result.by_segment[segment][GATE_METRIC] for segment in segments]
+        axes.bar([i + offset * width for i in range(len(segments))], values, width, label=name)
+    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(segments))],
+                    [f"{s}\n({int(next(iter(results.values())).by_segment[s]['users'])} users)" for s in segments])
+    axes.set_ylabel(GATE_METRIC)
+    axes.set_title(f"{GATE_METRIC} by lifecycle segment at the cut ({mode})")
+    axes.legend(fontsize="small", ncol=2)
+    figure.tight_layout()
+    return figure
 
 
 def train_offer_model(settings: Settings, run_date: date) -> dict:
@@ -235,12 +351,20 @@ def _champion_offer_value(settings: Settings, train: pd.DataFrame, test: pd.Data
     return campaigns.evaluate(refit, test, settings.order_margin_rate).policy_value
 
 
-def _champion_metric(settings: Settings, split: TemporalSplit, catalog_size: int) -> float | None:
-    """Refit the champion's spec on today's training window, so both are judged on the same window."""
+def _champion_metric(
+    settings: Settings, split: TemporalSplit, context: MarketContext, spec: ModelSpec, challenger_value: float
+) -> float | None:
+    """Refit the champion's spec on today's training window, so both are judged on the same window.
+
+    Fitting is seeded and deterministic, so a champion with the challenger's own recipe scores exactly the
+    challenger's value: reusing it saves a second ranker fit.
+    """
     if registry.alias_version(settings.ranker_model_name, registry.CHAMPION) is None:
         return None
     champion = registry.load_alias(settings.ranker_model_name).recommender
-    return evaluate_spec(champion.spec, split, catalog_size)[GATE_METRIC]
+    if champion.spec == spec:
+        return challenger_value
+    return evaluate_spec(champion.spec, split, len(context.merchants), context)[GATE_METRIC]
 
 
 def _metric_key(name: str) -> str:

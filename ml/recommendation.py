@@ -1,17 +1,106 @@
-"""Merchant recommendations by user id: interaction weighting, a fitted generator, evaluation on a temporal split."""
+"""Merchant recommendations by user id: what to build (``ModelSpec``), fitting it on orders as of a date,
+and judging it on a temporal split in discovery and repeat-inclusive mode.
+
+Two recommenders share one interface, ``fit(orders, as_of, context=None)`` and
+``recommend(user_ids, n, exclude_seen=True) -> DataFrame[user_id, rank, merchant_id, score, reason]``:
+``MerchantRecommender`` (one generator) and ``RankedMerchantRecommender`` (generators + LightGBM ranker).
+Users without orders get the popular merchants of their home zone.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
 from ml.evaluation import ranking_report
-from ml.recommend import InteractionMatrix, ItemCosineRecommender, PopularityRecommender, RandomRecommender
+from ml.recommend import (
+    ALSRecommender,
+    CategoryAffinityRecommender,
+    EASERecommender,
+    InteractionMatrix,
+    ItemCosineRecommender,
+    PopularityRecommender,
+    RandomRecommender,
+    RankerRecommender,
+    top_n,
+)
+from ml.recommend.ranker import REASONS
 
 HALF_LIFE_DAYS = 14.0
+NEW_MERCHANT_DAYS = 14
+UNKNOWN_CATEGORY = "unknown"
+RECOMMENDATION_COLUMNS = ["user_id", "rank", "merchant_id", "score", "reason"]
+# Evaluation modes: name -> exclude_seen (discovery never re-recommends a merchant the user ordered from).
+MODES = {"discovery": True, "repeat": False}
+
+
+@dataclass(frozen=True)
+class MarketContext:
+    """What the marts know besides orders.
+
+    ``merchants`` is indexed by merchant_id with columns category, zone, merchant_name, price_level,
+    opened_at; ``users`` is indexed by user_id with columns home_zone, signup_at.
+    """
+
+    merchants: pd.DataFrame
+    users: pd.DataFrame
+
+    @classmethod
+    def from_marketplace(cls, marketplace) -> MarketContext:
+        """From ``ml.generate.Marketplace`` raw tables (benchmarks and tests)."""
+        return cls(
+            merchants=marketplace.merchants.set_index("merchant_id")[
+                ["category", "zone", "merchant_name", "price_level", "opened_at"]
+            ],
+            users=marketplace.users.set_index("user_id")[["home_zone", "signup_at"]],
+        )
+
+
+@dataclass(frozen=True)
+class MarketAxes:
+    """Row (user) and column (merchant) order of the interaction matrix, with per-row / per-column facts."""
+
+    user_ids: pd.Index
+    merchant_ids: pd.Index
+    user_zones: np.ndarray  # zone code per row; -1 when unknown
+    merchant_categories: np.ndarray  # category per column (object)
+    new_merchants: np.ndarray  # opened within NEW_MERCHANT_DAYS before as_of, per column
+
+    @classmethod
+    def build(cls, orders: pd.DataFrame, as_of: datetime, context: MarketContext | None) -> MarketAxes:
+        """Users who ordered or signed up before ``as_of``; merchants ordered from or open before it."""
+        as_of = pd.Timestamp(as_of)
+        user_ids = set(orders["user_id"])
+        merchant_ids = set(orders["merchant_id"])
+        if context is not None:
+            signup = pd.to_datetime(context.users["signup_at"], utc=True)
+            user_ids |= set(context.users.index[signup.isna() | (signup < as_of)])
+            opened = pd.to_datetime(context.merchants["opened_at"], utc=True)
+            merchant_ids |= set(context.merchants.index[opened.isna() | (opened < as_of)])
+        users = pd.Index(sorted(user_ids), name="user_id")
+        merchants = pd.Index(sorted(merchant_ids), name="merchant_id")
+        if context is None:
+            return cls(
+                user_ids=users,
+                merchant_ids=merchants,
+                user_zones=np.full(len(users), -1),
+                merchant_categories=np.full(len(merchants), UNKNOWN_CATEGORY, dtype=object),
+                new_merchants=np.zeros(len(merchants), dtype=bool),
+            )
+        zones, _ = pd.factorize(context.users["home_zone"].reindex(users))
+        opened = pd.to_datetime(context.merchants["opened_at"], utc=True).reindex(merchants)
+        return cls(
+            user_ids=users,
+            merchant_ids=merchants,
+            user_zones=zones,
+            merchant_categories=context.merchants["category"].reindex(merchants).fillna(UNKNOWN_CATEGORY).to_numpy(object),
+            new_merchants=(opened >= as_of - pd.Timedelta(days=NEW_MERCHANT_DAYS)).to_numpy(bool),
+        )
 
 
 def interaction_weights(orders: pd.DataFrame, as_of: datetime, half_life_days: float = HALF_LIFE_DAYS) -> pd.DataFrame:
@@ -23,100 +112,403 @@ def interaction_weights(orders: pd.DataFrame, as_of: datetime, half_life_days: f
     return weighted.groupby(["user_id", "merchant_id"], as_index=False)["weight"].sum()
 
 
+_GENERATORS = {
+    "item_cosine": lambda axes, params: ItemCosineRecommender(**params),
+    "als": lambda axes, params: ALSRecommender(**params),
+    "ease": lambda axes, params: EASERecommender(**params),
+    "popularity": lambda axes, params: PopularityRecommender(),
+    "zone_popularity": lambda axes, params: PopularityRecommender(user_groups=axes.user_zones),
+    "category": lambda axes, params: CategoryAffinityRecommender(axes.merchant_categories, axes.new_merchants, **params),
+    "random": lambda axes, params: RandomRecommender(**params),
+}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to build: a generator kind and its hyperparameters (enough to refit on another window)."""
+    """What to build: a kind and its hyperparameters (enough to refit on another window).
+
+    Kinds: the generators in ``_GENERATORS`` and ``ranker`` (params: see ``RankerRecipe``).
+    """
 
     kind: str
     params: dict = field(default_factory=dict)
 
-    def build(self):
-        builders = {
-            "item_cosine": ItemCosineRecommender,
-            "popularity": PopularityRecommender,
-            "random": RandomRecommender,
-        }
-        if self.kind not in builders:
-            raise ValueError(f"unknown model kind {self.kind!r}; known: {', '.join(builders)}")
-        return builders[self.kind](**self.params)
+    def build(self, axes: MarketAxes):
+        """The unfitted generator, aligned with ``axes``."""
+        if self.kind not in _GENERATORS:
+            raise ValueError(f"unknown generator kind {self.kind!r}; known: {', '.join(_GENERATORS)}")
+        return _GENERATORS[self.kind](axes, self.params)
+
+    def recommender(self, half_life_days: float = HALF_LIFE_DAYS):
+        if self.kind == "ranker":
+            return RankedMerchantRecommender(self)
+        return MerchantRecommender(self, half_life_days)
+
+
+DEFAULT_GENERATORS = {
+    "item_cosine": {"neighbours": 100, "shrinkage": 0.0},
+    "als": {"factors": 32, "regularization": 0.05, "alpha": 2.0, "iterations": 15},
+    "ease": {"l2": 250.0},
+    "zone_popularity": {},
+    "category": {},
+}
+
+
+@dataclass(frozen=True)
+class RankerRecipe:
+    """A ``ModelSpec("ranker", params)``'s params with their defaults."""
+
+    generators: Mapping[str, dict] = field(default_factory=lambda: dict(DEFAULT_GENERATORS))
+    candidates_per_generator: int = 50
+    label_share: float = 0.5
+    training_windows: int = 2
+    max_train_users: int = 5_000
+    num_boost_round: int = 300
+    # Fewer rows per leaf than the ranker's default: a day's marketplace yields few labelled users.
+    lgbm_params: Mapping = field(default_factory=lambda: {"min_data_in_leaf": 50})
+    diversity_lambda: float = 0.9
+    exploration_rate: float = 0.05
+    num_threads: int = 1
+    seed: int = 0
+
+    def generator_specs(self) -> dict[str, ModelSpec]:
+        """ALS gets the recipe's seed and threads, so one knob sets them for every model."""
+        specs = {}
+        for kind, params in self.generators.items():
+            if kind == "als":
+                params = {"random_state": self.seed, "num_threads": self.num_threads, **params}
+            specs[kind] = ModelSpec(kind, params)
+        return specs
+
+
+class ColdStart:
+    """Lists for users without orders: the most-ordered merchants of their home zone, else overall."""
+
+    def fit(self, axes: MarketAxes, user_items) -> ColdStart:
+        self.axes = axes
+        self.popularity = PopularityRecommender(user_groups=axes.user_zones).fit(user_items)
+        return self
+
+    def recommend(self, user_ids: pd.Index, n: int) -> pd.DataFrame:
+        rows = self.axes.user_ids.get_indexer(user_ids)
+        zones = np.where(rows >= 0, self.axes.user_zones[np.maximum(rows, 0)], -1)
+        frames = []
+        for zone in np.unique(zones):
+            # Any row of the zone (or the global scores for -1) yields the zone's list.
+            members = user_ids[zones == zone]
+            scores = self.popularity.group_scores.get(zone, self.popularity.item_users)[None, :]
+            items, best = top_n(scores, n)
+            reason = REASONS["zone" if zone >= 0 else "popular"]
+            frames.append(
+                _frame(members, np.repeat(items, len(members), 0), np.repeat(best, len(members), 0),
+                       self.axes.merchant_ids, np.full((len(members), n), reason, dtype=object))
+            )
+        return pd.concat(frames, ignore_index=True)
 
 
 class MerchantRecommender:
-    """Fits a generator on orders and recommends merchant ids for user ids; unknown users get popular merchants."""
+    """One generator on recency-decayed, value-weighted orders; users without orders go to ``ColdStart``."""
 
     def __init__(self, spec: ModelSpec, half_life_days: float = HALF_LIFE_DAYS):
         self.spec = spec
         self.half_life_days = half_life_days
 
-    def fit(self, orders: pd.DataFrame, as_of: datetime) -> MerchantRecommender:
+    def fit(self, orders: pd.DataFrame, as_of: datetime, context: MarketContext | None = None) -> MerchantRecommender:
+        self.axes = MarketAxes.build(orders, as_of, context)
         weights = interaction_weights(orders, as_of, self.half_life_days)
-        self.matrix = InteractionMatrix.from_frame(weights, item_col="merchant_id", weight_col="weight")
-        self.model = self.spec.build().fit(self.matrix.csr)
-        self.fallback = PopularityRecommender().fit(self.matrix.csr)
+        self.matrix = InteractionMatrix.from_frame(
+            weights, item_col="merchant_id", weight_col="weight", users=self.axes.user_ids, items=self.axes.merchant_ids
+        )
+        self.model = self.spec.build(self.axes).fit(self.matrix.csr)
+        self.cold_start = ColdStart().fit(self.axes, self.matrix.csr)
         self.trained_until = pd.Timestamp(as_of)
         return self
 
-    def recommend(self, user_ids, n: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
-        """Columns user_id, rank (1 = best), merchant_id, score; known users first by the model, then popularity."""
-        user_ids = pd.Index(pd.unique(np.asarray(list(user_ids))))
+    def recommend(self, user_ids: Iterable, n: int = 10, exclude_seen: bool = True, explain: bool = True) -> pd.DataFrame:
+        """Columns user_id, rank (1 = best), merchant_id, score, reason (set for cold-start rows only)."""
+        user_ids = _unique(user_ids)
         rows = self.matrix.user_indices(user_ids)
+        warm = _has_orders(self.matrix, rows)
         frames = []
-        known = rows >= 0
-        if known.any():
-            items, scores = self.model.recommend(rows[known], n, exclude_seen=exclude_seen)
-            frames.append(self._frame(user_ids[known], items, scores))
-        if (~known).any():
-            popular, scores = self.fallback.recommend(np.zeros(1, dtype=np.int64), n, exclude_seen=False)
-            count = int((~known).sum())
-            frames.append(self._frame(user_ids[~known], np.repeat(popular, count, 0), np.repeat(scores, count, 0)))
-        if not frames:
-            return pd.DataFrame(columns=["user_id", "rank", "merchant_id", "score"])
-        return pd.concat(frames, ignore_index=True)
+        if warm.any():
+            items, scores = self.model.recommend(rows[warm], n, exclude_seen=exclude_seen)
+            frames.append(_frame(user_ids[warm], items, scores, self.matrix.item_ids))
+        if (~warm).any():
+            frames.append(self.cold_start.recommend(user_ids[~warm], n))
+        return _concat(frames)
 
-    def _frame(self, user_ids: pd.Index, items: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-        n = items.shape[1]
-        frame = pd.DataFrame(
-            {
-                "user_id": np.repeat(np.asarray(user_ids), n),
-                "rank": np.tile(np.arange(1, n + 1), len(user_ids)),
-                "item": items.ravel(),
-                "score": scores.ravel().astype(float),
-            }
+
+class RankedMerchantRecommender:
+    """Cosine, ALS, EASE, zone popularity and category affinity candidates re-scored by LightGBM LambdaRank,
+    diversified by MMR over categories, with an exploration slot that shows users a new merchant.
+
+    Features and labels come from the orders alone (the marts' as-of-run-date aggregates would leak the
+    label window into training); the context adds categories, zones, names and price levels.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+
+    def fit(
+        self, orders: pd.DataFrame, as_of: datetime, context: MarketContext | None = None
+    ) -> RankedMerchantRecommender:
+        recipe = RankerRecipe(**self.spec.params)
+        self.axes = MarketAxes.build(orders, as_of, context)
+        generators = {kind: spec.build(self.axes) for kind, spec in recipe.generator_specs().items()}
+        categories = pd.Series(self.axes.merchant_categories, index=self.axes.merchant_ids)
+        names = None if context is None else context.merchants["merchant_name"].to_dict()
+        item_features = None if context is None else context.merchants[["price_level"]]
+        self.ranker = RankerRecommender(
+            generators,
+            item_categories=categories,
+            item_features=item_features,
+            item_names=names,
+            candidates_per_generator=recipe.candidates_per_generator,
+            label_share=recipe.label_share,
+            training_windows=recipe.training_windows,
+            max_train_users=recipe.max_train_users,
+            num_boost_round=recipe.num_boost_round,
+            lgbm_params=recipe.lgbm_params,
+            early_stopping_rounds=max(recipe.num_boost_round // 5, 10),
+            diversity_lambda=recipe.diversity_lambda,
+            num_threads=recipe.num_threads,
+            seed=recipe.seed,
+        ).fit(orders, users=self.axes.user_ids, items=self.axes.merchant_ids, item_col="merchant_id")
+        self.matrix = self.ranker.matrix
+        self.cold_start = ColdStart().fit(self.axes, self.matrix.csr)
+        self.exploration = NewMerchantSlot(recipe.exploration_rate, [recipe.seed, pd.Timestamp(as_of).toordinal()]).fit(
+            self.axes, self.matrix.csr
         )
-        frame = frame[frame["item"] >= 0]
-        frame["merchant_id"] = self.matrix.item_ids[frame["item"].to_numpy()].to_numpy()
-        return frame.drop(columns="item").reset_index(drop=True)
+        self.trained_until = pd.Timestamp(as_of)
+        return self
+
+    def recommend(self, user_ids: Iterable, n: int = 10, exclude_seen: bool = True, explain: bool = True) -> pd.DataFrame:
+        user_ids = _unique(user_ids)
+        rows = self.matrix.user_indices(user_ids)
+        warm = _has_orders(self.matrix, rows)
+        frames = []
+        if warm.any():
+            warm_rows = rows[warm]
+            items, scores = self.ranker.recommend(warm_rows, n, exclude_seen=exclude_seen)
+            reasons = _pad(self.ranker.explain(warm_rows, items), n) if explain else None
+            items, scores, reasons = self.exploration.apply(user_ids[warm], warm_rows, items, scores, reasons, exclude_seen)
+            frames.append(_frame(user_ids[warm], items, scores, self.matrix.item_ids, reasons))
+        if (~warm).any():
+            frames.append(self.cold_start.recommend(user_ids[~warm], n))
+        return _concat(frames)
+
+    def feature_importance(self) -> pd.Series:
+        return self.ranker.feature_importance()
+
+
+class NewMerchantSlot:
+    """With probability ``rate`` per user and day, the last slot shows the new merchant the user's
+    category taste scores highest (merchants without orders never reach the ranker's top otherwise)."""
+
+    def __init__(self, rate: float, seed: list[int]):
+        self.rate = rate
+        self.seed = seed
+
+    def fit(self, axes: MarketAxes, user_items) -> NewMerchantSlot:
+        self.axes = axes
+        self.new_columns = np.flatnonzero(axes.new_merchants)
+        self.affinity = CategoryAffinityRecommender(axes.merchant_categories, axes.new_merchants).fit(user_items)
+        return self
+
+    def apply(self, user_ids, rows, items, scores, reasons, exclude_seen: bool):
+        if self.rate <= 0 or not len(self.new_columns):
+            return items, scores, reasons
+        draws = np.array([np.random.default_rng([*self.seed, int(user)]).random() for user in user_ids])
+        exploring = np.flatnonzero(draws < self.rate)
+        if not len(exploring):
+            return items, scores, reasons
+        items, scores = items.copy(), scores.copy()
+        taste = self.affinity.score(rows[exploring])[:, self.new_columns]
+        if exclude_seen:
+            taste[self.affinity.user_items[rows[exploring]][:, self.new_columns].toarray() > 0] = -np.inf
+        for position, row in enumerate(exploring):
+            listed = np.flatnonzero(items[row] >= 0)
+            taste[position, np.isin(self.new_columns, items[row])] = -np.inf
+            if not len(listed) or not np.isfinite(taste[position]).any():
+                continue
+            slot = listed[-1]
+            items[row, slot] = self.new_columns[int(np.argmax(taste[position]))]
+            # The slot keeps the list's lowest score so scores still fall with rank.
+            scores[row, slot] = scores[row, listed].min()
+            if reasons is not None:
+                reasons[row, slot] = f"new {self.axes.merchant_categories[items[row, slot]]} merchant to try"
+        return items, scores, reasons
+
+
+def _unique(user_ids: Iterable) -> pd.Index:
+    return pd.Index(pd.unique(np.asarray(list(user_ids))))
+
+
+def _has_orders(matrix: InteractionMatrix, rows: np.ndarray) -> np.ndarray:
+    counts = np.diff(matrix.csr.indptr)
+    return (rows >= 0) & (counts[np.maximum(rows, 0)] > 0)
+
+
+def _pad(reasons: list[list[str]], n: int) -> np.ndarray:
+    out = np.full((len(reasons), n), None, dtype=object)
+    for row, values in enumerate(reasons):
+        out[row, : len(values)] = values
+    return out
+
+
+def _frame(user_ids, items: np.ndarray, scores: np.ndarray, merchant_ids: pd.Index, reasons: np.ndarray | None = None) -> pd.DataFrame:
+    n = items.shape[1]
+    frame = pd.DataFrame(
+        {
+            "user_id": np.repeat(np.asarray(user_ids), n),
+            "rank": np.tile(np.arange(1, n + 1), len(user_ids)),
+            "item": items.ravel(),
+            "score": scores.ravel().astype(float),
+            "reason": None if reasons is None else reasons.ravel(),
+        }
+    )
+    frame = frame[frame["item"] >= 0]
+    frame.insert(2, "merchant_id", merchant_ids[frame["item"].to_numpy()].to_numpy())
+    return frame.drop(columns="item").reset_index(drop=True)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame(columns=RECOMMENDATION_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[RECOMMENDATION_COLUMNS]
 
 
 @dataclass(frozen=True)
 class TemporalSplit:
+    """Train before ``cut``; the truth is what each train user ordered from in [cut, as_of).
+
+    ``relevant`` holds only merchants new to the user (discovery); ``relevant_with_repeats`` all of them.
+    """
+
     cut: datetime
     train: pd.DataFrame
     relevant: dict
+    relevant_with_repeats: dict
 
     @classmethod
     def last_days(cls, orders: pd.DataFrame, as_of: datetime, test_days: int) -> TemporalSplit:
-        """Train on orders before ``as_of - test_days``; the test truth is each train user's new merchants after it."""
         cut = pd.Timestamp(as_of) - timedelta(days=test_days)
         train = orders[orders["event_time"] < cut]
         test = orders[(orders["event_time"] >= cut) & (orders["event_time"] < pd.Timestamp(as_of))]
+        test = test[test["user_id"].isin(set(train["user_id"]))]
         seen = set(zip(train["user_id"], train["merchant_id"]))
         new_pairs = test[[(u, m) not in seen for u, m in zip(test["user_id"], test["merchant_id"])]]
-        new_pairs = new_pairs[new_pairs["user_id"].isin(set(train["user_id"]))]
-        relevant = new_pairs.groupby("user_id")["merchant_id"].agg(set).to_dict()
-        return cls(cut=cut.to_pydatetime(), train=train, relevant=relevant)
+        return cls(
+            cut=cut.to_pydatetime(),
+            train=train,
+            relevant=new_pairs.groupby("user_id")["merchant_id"].agg(set).to_dict(),
+            relevant_with_repeats=test.groupby("user_id")["merchant_id"].agg(set).to_dict(),
+        )
+
+    def truth(self, mode: str) -> dict:
+        return self.relevant if MODES[mode] else self.relevant_with_repeats
 
 
-def evaluate(recommender: MerchantRecommender, split: TemporalSplit, catalog_size: int, k: int = 10) -> dict[str, float]:
+@dataclass(frozen=True)
+class LifecycleRule:
+    """marts.user_segments' lifecycle rule, applicable at any date (thresholds in days, from Settings)."""
+
+    new_user_days: int = 14
+    active_max_days: int = 6
+    at_risk_max_days: int = 13
+    lapsed_max_days: int = 29
+    dormant_max_days: int = 59
+
+    def segments(self, orders: pd.DataFrame, signup_at: pd.Series, at: datetime) -> pd.Series:
+        """Segment per user of ``signup_at`` (indexed by user_id) as of ``at``, from orders before it.
+
+        The pipeline's evaluation needs segments at the split's cut: as of the run date every test
+        user has just ordered, so the marts' own column would put them all in new / active.
+        """
+        day = pd.Timestamp(at).normalize()
+        before = orders[orders["event_time"] < pd.Timestamp(at)]
+        last_order = before.groupby("user_id")["event_time"].max().reindex(signup_at.index)
+        order_count = before.groupby("user_id").size().reindex(signup_at.index, fill_value=0)
+        tenure = (day - pd.to_datetime(signup_at, utc=True).dt.normalize()).dt.days
+        since_last = (day - last_order.dt.normalize()).dt.days
+        inactive = since_last.fillna(tenure)
+        labels = np.select(
+            [
+                (tenure <= self.new_user_days) & (order_count < 2),
+                inactive <= self.active_max_days,
+                inactive <= self.at_risk_max_days,
+                inactive <= self.lapsed_max_days,
+                inactive <= self.dormant_max_days,
+            ],
+            ["new", "active", "at_risk", "lapsed", "dormant"],
+            default="churned",
+        )
+        return pd.Series(labels, index=signup_at.index, name="lifecycle_segment")
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    overall: dict[str, float]
+    by_segment: dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Scores fitted recommenders on one split: both modes, optionally per user segment."""
+
+    split: TemporalSplit
+    catalog_size: int
+    merchant_categories: Mapping | None = None
+    segments: pd.Series | None = None  # user_id -> segment
+    ks: tuple[int, ...] = (5, 10)
+
+    @cached_property
+    def merchant_popularity(self) -> dict:
+        """Share of train users who ordered from each merchant (novelty's p)."""
+        train = self.split.train
+        return (train.groupby("merchant_id")["user_id"].nunique() / train["user_id"].nunique()).to_dict()
+
+    def scorecard(self, recommender) -> dict[str, ModeResult]:
+        """Per mode (discovery, repeat): the report over all test users and per segment."""
+        results = {}
+        for mode in MODES:
+            recommended = self.lists(recommender, mode)
+            results[mode] = ModeResult(self.report(recommended, mode), self.by_segment(recommended, mode))
+        return results
+
+    def lists(self, recommender, mode: str) -> dict:
+        users = list(self.split.truth(mode))
+        recs = recommender.recommend(users, n=max(self.ks), exclude_seen=MODES[mode], explain=False)
+        return recs.sort_values(["user_id", "rank"]).groupby("user_id")["merchant_id"].agg(list).to_dict()
+
+    def report(self, recommended: dict, mode: str, users: Iterable | None = None) -> dict[str, float]:
+        truth = self.split.truth(mode)
+        if users is not None:
+            truth = {user: truth[user] for user in users if user in truth}
+        return ranking_report(
+            recommended, truth, self.catalog_size, ks=self.ks,
+            item_categories=self.merchant_categories, item_popularity=self.merchant_popularity,
+        )
+
+    def by_segment(self, recommended: dict, mode: str) -> dict[str, dict[str, float]]:
+        if self.segments is None:
+            return {}
+        truth_users = pd.Index(list(self.split.truth(mode)))
+        segment_of = self.segments.reindex(truth_users).fillna("unknown")
+        return {segment: self.report(recommended, mode, members.index) for segment, members in segment_of.groupby(segment_of)}
+
+def evaluate(recommender, split: TemporalSplit, catalog_size: int, k: int = 10) -> dict[str, float]:
     """Discovery-mode metrics (merchants already ordered from are excluded) on the split's test users."""
-    users = list(split.relevant)
-    recs = recommender.recommend(users, n=k, exclude_seen=True)
-    recommended = recs.sort_values(["user_id", "rank"]).groupby("user_id")["merchant_id"].agg(list).to_dict()
-    return ranking_report(recommended, split.relevant, catalog_size=catalog_size, ks=(5, 10))
+    judge = Judge(split, catalog_size, ks=(5, k))
+    return judge.report(judge.lists(recommender, "discovery"), "discovery")
 
 
 def evaluate_spec(
-    spec: ModelSpec, split: TemporalSplit, catalog_size: int, half_life_days: float = HALF_LIFE_DAYS
+    spec: ModelSpec,
+    split: TemporalSplit,
+    catalog_size: int,
+    context: MarketContext | None = None,
+    half_life_days: float = HALF_LIFE_DAYS,
 ) -> dict[str, float]:
-    recommender = MerchantRecommender(spec, half_life_days).fit(split.train, split.cut)
+    recommender = spec.recommender(half_life_days).fit(split.train, split.cut, context)
     return evaluate(recommender, split, catalog_size)

@@ -61,7 +61,13 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("long", "user_id")]),
     outputs=Schema(
-        [ColSpec("long", "user_id"), ColSpec("long", "rank"), ColSpec("long", "merchant_id"), ColSpec("double", "score")]
+        [
+            ColSpec("long", "user_id"),
+            ColSpec("long", "rank"),
+            ColSpec("long", "merchant_id"),
+            ColSpec("double", "score"),
+            ColSpec("string", "reason", required=False),
+        ]
     ),
     params=ParamSchema([ParamSpec("n", "long", 10)]),
 )

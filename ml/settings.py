@@ -40,6 +40,11 @@ class Settings:
     eval_test_days: int = 7
     cosine_neighbours: int = 100
     cosine_shrinkage: float = 0.0
+    ranker_candidates: int = 50
+    ranker_train_users: int = 5000
+    diversity_lambda: float = 0.9
+    exploration_rate: float = 0.05
+    model_threads: int = 1
     promotion_margin: float = 0.0
     score_segments: tuple[str, ...] = ("lapsed", "dormant")
 
