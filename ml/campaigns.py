@@ -13,8 +13,14 @@ import pandas as pd
 import psycopg
 
 from ml.offers.evaluation import ipw_policy_value, qini_coefficient, uniform_policy_values, uplift_at_k_ratio
-from ml.offers.policy import BudgetLimits, expected_cost, expected_incremental_margin, allocate_offers
-from ml.offers.uplift import BoostedRegressor, BoosterConfig, FeatureEncoder, arm_label
+from ml.offers.policy import (
+    BudgetLimits,
+    allocate_offers,
+    expected_cost,
+    expected_incremental_margin,
+    tune_shrinkage,
+)
+from ml.offers.uplift import BoostedRegressor, BoosterConfig, FeatureEncoder, arm_label, mean_uplift, shrink_uplift
 
 CONTROL = "none"
 INACTIVE_SEGMENTS = ("at_risk", "lapsed", "dormant", "churned")
@@ -23,6 +29,7 @@ USER_FEATURES = [
     "tenure_days", "platform", "home_zone", "favourite_category_before",
 ]
 OFFER_FEATURES = ["event_type", "reward_size"]
+VALIDATION_SHARE = 0.3
 OFFERS_SQL = """
 CREATE SCHEMA IF NOT EXISTS crm;
 CREATE TABLE IF NOT EXISTS crm.inactive_user_offers (
@@ -84,6 +91,30 @@ class OfferResponseModel:
         self.seed = seed
 
     def fit(self, history: pd.DataFrame) -> OfferResponseModel:
+        """Fit the boosters, then choose on held-out users how much per-user heterogeneity to trust:
+        the predicted uplifts are shrunk toward each arm's mean unless trusting them pays on validation."""
+        fit_part, validation = split_by_user(history, VALIDATION_SHARE, self.seed + 7)
+        self._fit_boosters(fit_part)
+        self.shrinkage_, self.centre_ = 1.0, None
+        p, _ = self.predict(validation)
+        logged = np.array([arm_label(e, r) for e, r in zip(validation["event_type"], validation["reward_size"])], dtype=object)
+        propensity = {arm: float(np.mean(logged == arm)) for arm in np.unique(logged)}
+        strength = tune_shrinkage(
+            p, CONTROL, lambda outcomes: self._choose(validation, outcomes), logged,
+            realised_margin(validation, self.margin_rate), propensity,
+        )
+        self._fit_boosters(history)
+        p, _ = self.predict(history)
+        self.shrinkage_, self.centre_ = strength, mean_uplift(p, CONTROL)
+        return self
+
+    def _choose(self, users: pd.DataFrame, p: pd.DataFrame) -> np.ndarray:
+        _, value = self.predict(users)
+        gain = expected_incremental_margin(p, value, self.reward_size_, CONTROL, self.margin_rate)
+        cost = expected_cost(p, self.reward_size_, CONTROL)
+        return allocate_offers(gain, cost, np.zeros(len(users)), BudgetLimits(), CONTROL)["arm"].to_numpy()
+
+    def _fit_boosters(self, history: pd.DataFrame) -> None:
         X = history[USER_FEATURES + OFFER_FEATURES]
         self.encoder_ = FeatureEncoder().fit(X)
         features = self.encoder_.transform(X)
@@ -97,7 +128,6 @@ class OfferResponseModel:
             arm_label(e, r): float(r) for e, r in zip(arms["event_type"], arms["reward_size"]) if e != CONTROL
         }
         self.arms_ = (CONTROL, *sorted(self.reward_size_))
-        return self
 
     def _per_arm(self, users: pd.DataFrame, model: BoostedRegressor) -> pd.DataFrame:
         columns = {}
@@ -109,7 +139,10 @@ class OfferResponseModel:
 
     def predict(self, users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """P(reactivate) and expected order value per user (rows) and arm (columns, control first)."""
-        return self._per_arm(users, self.reactivation_), self._per_arm(users, self.value_).clip(lower=0)
+        p = self._per_arm(users, self.reactivation_)
+        if self.centre_ is not None:
+            p = shrink_uplift(p, CONTROL, self.shrinkage_, self.centre_).clip(0.0, 1.0)
+        return p, self._per_arm(users, self.value_).clip(lower=0)
 
     def gain_and_cost(self, users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         p, value = self.predict(users)
