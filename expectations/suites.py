@@ -8,14 +8,8 @@ from typing import Callable
 import great_expectations as gx
 from great_expectations import expectations as gxe
 
-EVENT_TYPES = [
-    "checkout_completed",
-    "merchant_page_viewed",
-    "product_page_viewed",
-    "app_opened",
-    "campaign_opened",
-    "reward_redeemed",
-]
+from ml.ingest import EVENT_TYPES
+
 LIFECYCLE_SEGMENTS = ["new", "active", "at_risk", "lapsed", "dormant", "churned"]
 VALUE_TIERS = ["high", "medium", "low"]
 
@@ -33,7 +27,7 @@ def raw_events() -> list:
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         gxe.ExpectColumnValuesToBeUnique(column="event_id"),
         *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("event_id", "user_id", "event_type", "event_time")],
-        gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=EVENT_TYPES),
+        gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),
         gxe.ExpectColumnValuesToBeBetween(column="order_total", min_value=0),
         gxe.ExpectColumnValuesToBeInTypeList(column="user_id", type_list=["BIGINT", "INTEGER"]),
         gxe.ExpectColumnValuesToBeInTypeList(column="event_time", type_list=["TIMESTAMP", "TIMESTAMP WITH TIME ZONE"]),

