@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end-date", type=dt.date.fromisoformat, default=DEFAULT_END_DATE)
     parser.add_argument("--test-days", type=int, default=7, help="the held-out window (the pipeline's eval_test_days)")
     parser.add_argument("--threads", type=int, default=2, help="threads for ALS and LightGBM (at most the cores)")
+    parser.add_argument(
+        "--mmr-lambdas", type=lambda text: [float(v) for v in text.split(",")], default=[1.0, 0.9, 0.7, 0.5, 0.3],
+        help="MMR lambdas for the accuracy/diversity trade-off table (comma-separated)",
+    )
 
 
 class StageClock:
@@ -130,6 +134,16 @@ def run(args: argparse.Namespace) -> int:
         by_segment = cards["ranker"][mode].by_segment
         print("ranker NDCG@10 by lifecycle segment at the cut: " + ", ".join(
             f"{segment} {report['ndcg@10']:.3f} ({int(report['users'])})" for segment, report in by_segment.items()))
+
+    print("\naccuracy / diversity trade-off of the ranker's MMR re-ranking (discovery; 1.0 = no re-ranking)")
+    print(f"{'lambda':>6} {'NDCG@10':>8} {'P@5':>7} {'coverage':>9} {'diversity':>9}")
+    trained_lambda = fitted["ranker"].ranker.diversity_lambda
+    for lam in args.mmr_lambdas:
+        # MMR only re-orders the fitted ranker's lists, so one fit serves every lambda.
+        fitted["ranker"].ranker.diversity_lambda = lam
+        report = judge.scorecard(fitted["ranker"])["discovery"].overall
+        print(f"{lam:>6.2f} {report['ndcg@10']:>8.4f} {report['precision@5']:>7.4f} {report['coverage']:>9.4f} {report['diversity']:>9.4f}")
+    fitted["ranker"].ranker.diversity_lambda = trained_lambda
 
     print("\ntop ranker features (gain share): " + ", ".join(
         f"{name} {share:.2f}" for name, share in (lambda g: (g / g.sum()).head(6))(fitted["ranker"].feature_importance()).items()))
