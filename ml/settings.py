@@ -99,10 +99,6 @@ class Settings:
         return self.home / "exports"
 
     @property
-    def data_docs_dir(self) -> Path:
-        return self.home / "data_docs"
-
-    @property
     def dbt_project_dir(self) -> Path:
         return PROJECT_ROOT / "dbt"
 

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-from urllib.parse import parse_qs, urlparse
 
 import psycopg
 
 from ml.settings import Settings
 
 DATABASE = "rekindle"
-log = logging.getLogger(__name__)
 
 
 def _embedded_server(pgdata: Path):
@@ -64,12 +59,6 @@ def _is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-@contextmanager
-def connect(url: str, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(url, autocommit=autocommit) as conn:
-        yield conn
-
-
 def sqlalchemy_url(url: str) -> str:
     """The same database as a SQLAlchemy URL with the psycopg 3 driver (MLflow, Great Expectations)."""
     if url.startswith("postgresql://"):
@@ -77,20 +66,6 @@ def sqlalchemy_url(url: str) -> str:
     if url.startswith("postgres://"):
         return "postgresql+psycopg://" + url[len("postgres://") :]
     return url
-
-
-def connection_parts(url: str) -> dict[str, str | int]:
-    """host/port/user/password/dbname of a libpq URL; a unix-socket directory comes through as host."""
-    parsed = urlparse(url)
-    query = parse_qs(parsed.query)
-    host = query.get("host", [parsed.hostname or "localhost"])[0]
-    return {
-        "host": host,
-        "port": parsed.port or 5432,
-        "user": parsed.username or "postgres",
-        "password": parsed.password or "",
-        "dbname": (parsed.path or "/postgres").lstrip("/") or "postgres",
-    }
 
 
 def psql(url: str) -> int:
