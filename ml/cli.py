@@ -13,7 +13,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 from ml import runtime, warehouse
-from ml.settings import PROJECT_ROOT, Settings, redact
+from ml.settings import Settings, redact
 
 DAG_ID = "reengagement_daily"
 

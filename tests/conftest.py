@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import psycopg
 import pytest
 
@@ -53,6 +54,21 @@ def settings(tmp_path, warehouse_url) -> Settings:
 def airflow_db():
     """Airflow's SQLite metadata database in the session's throw-away home (Cosmos caches ``dbt ls`` there)."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+
+def publish_offers(conn: psycopg.Connection, offers: pd.DataFrame) -> None:
+    """Write offers (run_date, campaign_id, user_id, arm, event_type, reward_size) through the pipeline's own
+    writer, filling the model-only columns; one replace per run_date, as the daily DAG does."""
+    from ml.campaigns import OFFERS_SQL, replace_offers
+    from ml.experiments import HOLDOUT
+
+    conn.execute(OFFERS_SQL)
+    filled = offers.assign(
+        segment=offers.get("segment", "lapsed"), expected_uplift=0.0, expected_cost=0.0,
+        is_holdout=offers["arm"].eq(HOLDOUT),
+    )
+    for (run_date, campaign_id), day in filled.groupby(["run_date", "campaign_id"]):
+        replace_offers(conn, run_date, campaign_id, day, model_version="test")
 
 
 @pytest.fixture

@@ -13,28 +13,10 @@ import pytest
 
 from ml import experiments, feedback, ingest
 from ml.experiments import HOLDOUT, NON_PERSONALISED, PERSONALISED
+from conftest import publish_offers
 from ml.generate import generate_marketplace
 from ml.simulate import simulate_days
 
-# The lead's crm.inactive_user_offers, as far as the readout reads it.
-OFFERS_DDL = """
-CREATE SCHEMA IF NOT EXISTS crm;
-CREATE TABLE crm.inactive_user_offers (
-    run_date date NOT NULL, campaign_id text NOT NULL, user_id bigint NOT NULL, segment text, arm text NOT NULL,
-    event_type text NOT NULL, reward_size numeric NOT NULL, expected_uplift double precision,
-    expected_cost double precision, is_holdout boolean NOT NULL, model_version text
-)
-"""
-OFFER_COLUMNS = ["run_date", "campaign_id", "user_id", "arm", "event_type", "reward_size", "is_holdout"]
-
-
-def insert_offers(conn: psycopg.Connection, offers: pd.DataFrame) -> None:
-    rows = offers.assign(is_holdout=offers["arm"].eq(HOLDOUT))[OFFER_COLUMNS].astype(object).itertuples(index=False)
-    with conn.cursor() as cur:
-        cur.executemany(
-            f"INSERT INTO crm.inactive_user_offers ({', '.join(OFFER_COLUMNS)}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            [tuple(row) for row in rows],
-        )
 
 
 # --------------------------------------------------------------------------- assignment
@@ -164,8 +146,7 @@ def hand_made_events() -> pd.DataFrame:
 def campaign_conn(warehouse_url):
     with psycopg.connect(warehouse_url) as conn:
         ingest.ensure_raw_schema(conn)
-        conn.execute(OFFERS_DDL)
-        insert_offers(conn, hand_made_offers())
+        publish_offers(conn, hand_made_offers())
         ingest.load_frame(conn, "events", hand_made_events(), "hand_made")
         conn.commit()
         yield conn
@@ -273,8 +254,7 @@ def test_measured_lift_covers_the_true_lift(warehouse_url):
 
     with psycopg.connect(warehouse_url) as conn:
         ingest.ensure_raw_schema(conn)
-        conn.execute(OFFERS_DDL)
-        insert_offers(conn, offers)
+        publish_offers(conn, offers)
         loaded = ingest.load_frame(conn, "events", events, "simulated")
         assert loaded.rows_quarantined == 0
         results = experiments.readout(conn, experiments.campaign_id_for(end_date), 14).set_index("arm")

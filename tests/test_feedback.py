@@ -11,19 +11,11 @@ import psycopg
 import pytest
 
 from ml import experiments, feedback, ingest
+from ml.campaigns import OFFERS_SQL
 from ml.experiments import HOLDOUT, NON_PERSONALISED, PERSONALISED
+from conftest import publish_offers
 from ml.generate import generate_marketplace
 
-# The lead's crm.inactive_user_offers, as far as simulate_campaign reads it.
-OFFERS_DDL = """
-CREATE SCHEMA IF NOT EXISTS crm;
-CREATE TABLE crm.inactive_user_offers (
-    run_date date NOT NULL, campaign_id text NOT NULL, user_id bigint NOT NULL, segment text, arm text NOT NULL,
-    event_type text NOT NULL, reward_size numeric NOT NULL, expected_uplift double precision,
-    expected_cost double precision, is_holdout boolean NOT NULL, model_version text
-)
-"""
-OFFER_COLUMNS = ["run_date", "campaign_id", "user_id", "arm", "event_type", "reward_size", "is_holdout"]
 RUN_DATE = date(2025, 4, 1)
 CAMPAIGN = experiments.campaign_id_for(RUN_DATE)
 
@@ -53,12 +45,7 @@ def published_campaign(settings) -> pd.DataFrame:
     earlier = published_offers(inactive.iloc[:50], date(2025, 3, 31))
     latest = published_offers(inactive, RUN_DATE)
     with psycopg.connect(settings.warehouse_url) as conn:
-        conn.execute(OFFERS_DDL)
-        with conn.cursor() as cur:
-            cur.executemany(
-                f"INSERT INTO crm.inactive_user_offers ({', '.join(OFFER_COLUMNS)}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                [tuple(row) for row in pd.concat([earlier, latest])[OFFER_COLUMNS].astype(object).itertuples(index=False)],
-            )
+        publish_offers(conn, pd.concat([earlier, latest]))
     return latest
 
 
@@ -139,7 +126,7 @@ def test_the_command_explains_when_nothing_is_published(settings, monkeypatch, c
     monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
     monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
     with psycopg.connect(settings.warehouse_url) as conn:
-        conn.execute(OFFERS_DDL)
+        conn.execute(OFFERS_SQL)
     parser = argparse.ArgumentParser()
     feedback.add_arguments(parser)
 
