@@ -112,7 +112,7 @@ def build_marts(settings: Settings, run_date: date) -> dict:
     url = warehouse.start(settings)
     with recorded_step(url, run_date, "build_marts") as summary:
         result = run_dbt(settings, url, ["build"], run_date)
-        summary["dbt"] = getattr(result, "counts", str(result))
+        summary["dbt"] = result.counts
     return summary
 
 
