@@ -317,11 +317,11 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
             experiment_id=registry.experiment_id(settings, settings.offer_model_name), run_name=f"offers-{run_date}"
         ):
             model = campaigns.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(train)
-            evaluation = campaigns.evaluate(model, test, settings.order_margin_rate)
+            evaluation = campaigns.evaluate(model, train, test, settings.order_margin_rate)
             final = campaigns.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(history)
             truth = settings.input_dir / "ground_truth" / "offer_truth.parquet"
             if truth.exists() and not users.empty:
-                evaluation.extra.update(campaigns.truth_agreement(final, users, truth))
+                evaluation.extra.update(campaigns.truth_values(final, users, truth))
             metrics = evaluation.metrics()
             champion_value = _champion_offer_value(settings, train, test)
             mlflow.log_params({"learner": "s_learner_lightgbm", "margin_rate": settings.order_margin_rate,
@@ -337,7 +337,8 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
             decision = registry.gate(settings.offer_model_name, version, "policy_value", metrics["policy_value"],
                                      champion_value, settings.promotion_margin)
             mlflow.set_tags({"gate": decision.reason, "promoted": str(decision.promoted)})
-        summary.update(metrics=_rounded(metrics), version=version, champion_version=decision.champion_version,
+        summary.update(metrics=_rounded(metrics), best_uniform_arm=evaluation.trained_uniform_arm, version=version,
+                       champion_version=decision.champion_version,
                        promoted=decision.promoted, gate=decision.reason)
     return summary
 
@@ -348,7 +349,7 @@ def _champion_offer_value(settings: Settings, train: pd.DataFrame, test: pd.Data
         return None
     champion = registry.load_alias(settings.offer_model_name).model
     refit = campaigns.OfferResponseModel(champion.margin_rate, champion.config, champion.seed).fit(train)
-    return campaigns.evaluate(refit, test, settings.order_margin_rate).policy_value
+    return campaigns.evaluate(refit, train, test, settings.order_margin_rate).policy_value
 
 
 def _champion_metric(

@@ -54,14 +54,27 @@ def render(steps: dict[str, dict], tasks: list) -> str:
         out += [f"Offer model: skipped ({offers_model['skipped']})", ""]
     elif offers_model:
         m = offers_model["metrics"]
-        rows = [["offer policy (model)", m["policy_value"]], ["best uniform offer", m["best_uniform_value"]],
+        rows = [["offer policy (model)", m["policy_value"]],
+                [f"best uniform offer ({offers_model['best_uniform_arm']}, chosen on training users)",
+                 m["best_uniform_value"]],
+                ["best uniform offer in hindsight (max over test estimates, biased up)", m["hindsight_best_uniform_value"]],
                 ["random offer", m["random_value"]], ["no offer", m["no_offer_value"]]]
         out += [
             f"Offer policy value on held-out randomised exposures (IPW margin per user, QAR; {int(m['test_rows'])} rows)",
             _table(["policy", "value"], rows),
-            f"uplift@30% = {m['uplift_at_30']:.2f}x random targeting; qini {m['qini']:.4f}"
-            + (f"; ground truth: chosen offer = true best for {m['truth_best_offer_share']:.0%} of inactive users, "
-               f"regret {m['truth_regret_qar']:.2f} QAR/user" if "truth_best_offer_share" in m else ""),
+            f"uplift@30% = {m['uplift_at_30']:.2f}x random targeting; qini {m['qini']:.4f}",
+        ]
+        if "truth_policy_value" in m:
+            truth_rows = [["offer policy (model)", m["truth_policy_value"]], ["oracle (true best per user)", m["truth_oracle_value"]],
+                          ["best uniform offer", m["truth_best_uniform_value"]], ["random offer", m["truth_random_value"]],
+                          ["no offer", 0.0]]
+            out += [
+                "Ground truth of the synthetic world on today's inactive users (true expected margin per user, QAR)",
+                _table(["policy", "value"], truth_rows),
+                f"chosen offer = true best for {m['truth_best_offer_share']:.0%} of users; "
+                f"regret {m['truth_regret_qar']:.2f} QAR/user",
+            ]
+        out += [
             f"registered rekindle-offer v{offers_model['version']}; champion is v{offers_model['champion_version']} "
             f"({offers_model['gate']})",
             "",

@@ -52,6 +52,10 @@ REFERENCE_T_CONFIG = BoosterConfig(
     bagging_fraction=1.0,
     lambda_l2=0.0,
 )
+# The effect stage: 25 boosted stumps, bagged over 10 seeds. Chosen on 20 extra splits (seeds 5-24, never the
+# reported ones): fewer, more heavily averaged trees ranked uplift better than 50 or 100 (uplift@30% 1.22
+# against 1.19 and 1.15), because the one strong effect modifier is a single split and the rest is noise.
+EFFECT_CONFIG = BoosterConfig(n_trees=25, num_leaves=2, min_child_samples=2000, n_seeds=10)
 LEARNER_NAMES = {"r": "R-learner", "dr": "DR-learner", "x": "X-learner", "t": "T-learner"}
 TWO_STAGE_LEARNERS = {"r": RLearner, "dr": DRLearner, "x": XLearner}
 
@@ -60,7 +64,9 @@ def make_learner(name: str, seed: int) -> RLearner | DRLearner | XLearner | TLea
     if name == "t":
         return TLearner(CONTROL, REFERENCE_T_CONFIG, seed=seed)
     propensities = dict.fromkeys(ARMS, PROPENSITY)
-    return TWO_STAGE_LEARNERS[name](CONTROL, effect_features=EFFECT_FEATURES, propensities=propensities, seed=seed)
+    return TWO_STAGE_LEARNERS[name](
+        CONTROL, effect_config=EFFECT_CONFIG, effect_features=EFFECT_FEATURES, propensities=propensities, seed=seed
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
