@@ -89,6 +89,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     runtime.configure(settings, url)
     settings = Settings.from_env()
     print(f"warehouse: {redact(url)}", flush=True)
+    if _nothing_to_load(settings, url):
+        print(
+            f"nothing to run on: the drop folder {settings.input_dir} has no event files and raw.events is empty.\n"
+            "Generate demo data first (`rekindle generate`, or `make run`), or drop CSV / Parquet / JSON-lines "
+            "files there.",
+            file=sys.stderr,
+        )
+        return 2
     _migrate_airflow_db()
     from ml.orchestration import run_dag_in_process
 
@@ -99,6 +107,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     print_summary(settings, run_date, state, tasks, time.perf_counter() - started)
     return 0 if state == "success" else 1
+
+
+def _nothing_to_load(settings: Settings, url: str) -> bool:
+    """True on a first run with an empty drop folder: the raw gate would fail on zero events."""
+    import psycopg
+
+    from ml.ingest import discover_files
+
+    if settings.input_dir.is_dir() and discover_files(settings.input_dir):
+        return False
+    with psycopg.connect(url) as conn:
+        exists = conn.execute("SELECT to_regclass('raw.events') IS NOT NULL").fetchone()[0]
+        return not exists or conn.execute("SELECT NOT EXISTS (SELECT 1 FROM raw.events)").fetchone()[0]
 
 
 def _migrate_airflow_db() -> None:
