@@ -29,6 +29,7 @@ from ml.simulate import (
     MarketSimulator,
     MerchantChooser,
     Population,
+    expected_orders_per_reactivation,
     UserState,
     sample_rows,
     timestamps,
@@ -81,7 +82,10 @@ NEVER_ORDERED_SHARE_OF_DORMANT = 0.20
 UNRESPONSIVE_SHARE = 0.25  # users no offer moves
 FRAGILE_SHARE = 0.35  # users with a high churn hazard
 
-CAMPAIGN_DAY_FRACTIONS = (5 / 30, 12 / 30, 16 / 30)  # days 5, 12 and 16 of a 30-day window
+# Win-back campaigns: the first after two weeks of event history, so the features of its exposures (orders,
+# recency, browsing before sending) mean what they mean on the run date; then every 8 days.
+FIRST_CAMPAIGN_DAY = 14
+CAMPAIGN_EVERY_DAYS = 8
 WINBACK_MIN_INACTIVE_DAYS = 7
 HOLDOUT_SHARE = 0.15
 OFFER_ARMS = tuple(product(EVENT_TYPES, REWARD_SIZES))
@@ -172,7 +176,11 @@ def generate_marketplace(
 
 def offer_truth(user_truth: pd.DataFrame, margin_rate: float) -> pd.DataFrame:
     """One row per user x arm (no offer, then every event type x reward size) with the true
-    reactivation probability, incremental margin against no offer, and the single best arm."""
+    reactivation probability, incremental margin against no offer over the reactivation window, and
+    the single best arm.
+
+    A user who comes back keeps ordering for the rest of the window, so an extra reactivation is worth
+    ``orders_per_reactivation`` orders; the reward is paid once, on the redeemed first order."""
     arms = [(NO_OFFER, 0.0), *OFFER_ARMS]
     arm_types = np.array([event_type for event_type, _ in arms], dtype=object)
     arm_rewards = np.array([reward for _, reward in arms])
@@ -180,8 +188,10 @@ def offer_truth(user_truth: pd.DataFrame, margin_rate: float) -> pd.DataFrame:
         true_reactivation_probability(user_truth, event_type, reward) for event_type, reward in arms
     ])
     order_value = user_truth["expected_order_value"].to_numpy(float)
+    orders = expected_orders_per_reactivation(user_truth)
     # The reward is paid on every redeemed order, including those that would have happened anyway.
-    margin = margin_rate * order_value[:, None] * (p_reactivate - p_reactivate[:, [0]]) - arm_rewards * p_reactivate
+    window_value = margin_rate * order_value * orders
+    margin = window_value[:, None] * (p_reactivate - p_reactivate[:, [0]]) - arm_rewards * p_reactivate
     best_offer = margin[:, 1:].argmax(axis=1) + 1
     best = np.where(margin[:, 1:].max(axis=1) > 0, best_offer, 0)
     n_users, n_arms = margin.shape
@@ -191,6 +201,7 @@ def offer_truth(user_truth: pd.DataFrame, margin_rate: float) -> pd.DataFrame:
         "reward_size": np.tile(arm_rewards, n_users),
         "p_reactivate": p_reactivate.ravel(),
         "expected_order_value": np.repeat(order_value, n_arms),
+        "orders_per_reactivation": np.repeat(orders, n_arms),
         "expected_incremental_margin": margin.ravel(),
         "is_best": (np.arange(n_arms)[None, :] == best[:, None]).ravel(),
     })
@@ -333,7 +344,9 @@ def _history_before_window(population: Population, catalog: Catalog, rng: np.ran
 
 
 def _campaign_days(days: int) -> set[int]:
-    return {day for day in (round(days * fraction) for fraction in CAMPAIGN_DAY_FRACTIONS) if 1 <= day < days}
+    """Days 14, 22, 30, ... inside the window; a window shorter than four weeks starts at its midpoint."""
+    first = max(1, min(FIRST_CAMPAIGN_DAY, days // 2))
+    return set(range(first, days, CAMPAIGN_EVERY_DAYS))
 
 
 def _send_winback_campaign(simulator: MarketSimulator, day: int, rng: np.random.Generator) -> None:

@@ -23,7 +23,7 @@ class Settings:
     warehouse_url: str = ""
     seed: int = 42
     scale: str = "demo"
-    days: int = 30
+    days: int = 45
 
     # Lifecycle thresholds in days since the last order (DESIGN.md: user_segments).
     new_user_days: int = 14

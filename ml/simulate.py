@@ -96,6 +96,21 @@ def baseline_reactivation_probability(user_truth: pd.DataFrame) -> np.ndarray:
     return np.where(user_truth["churned"].to_numpy(bool), returns, active)
 
 
+def expected_orders_per_reactivation(user_truth: pd.DataFrame) -> np.ndarray:
+    """Orders in the reactivation window of a user who comes back: the first, then organic orders at their
+    activity rate for the rest of the window (coming back un-churns them) until they churn again.
+
+    The first order's delay is taken at its mean; ``user_truth`` needs activity_rate and churn_hazard.
+    """
+    span_s = REACTIVATION_WINDOW_S - MIN_RESPONSE_DELAY_S - 60
+    ratio = span_s / MEAN_RESPONSE_DELAY_S
+    mean_delay_s = MIN_RESPONSE_DELAY_S + MEAN_RESPONSE_DELAY_S * (1.0 - ratio * np.exp(-ratio) / -np.expm1(-ratio))
+    remaining_days = (REACTIVATION_WINDOW_S - mean_delay_s) / SECONDS_PER_DAY
+    hazard = user_truth["churn_hazard"].to_numpy(float)
+    still_active_days = -np.expm1(-hazard * remaining_days) / hazard
+    return 1.0 + user_truth["activity_rate"].to_numpy(float) * still_active_days
+
+
 def _spontaneous_return_rate(days_since_last_order: np.ndarray) -> np.ndarray:
     """Daily chance that a churned user comes back on their own; fades the longer they have been away."""
     return 0.004 * np.exp(-days_since_last_order / 45.0)

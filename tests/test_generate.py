@@ -181,6 +181,12 @@ def test_campaigns_are_randomised_and_holdout_gets_no_offer(market):
     assert not exposures.duplicated(["campaign_id", "user_id"]).any()
 
 
+def test_campaigns_start_after_two_weeks_of_history_so_their_features_are_informative(market):
+    first_sent = market.campaign_exposures["sent_at"].min()
+    assert first_sent >= WINDOW_START + pd.Timedelta(days=14)
+    assert market.campaign_exposures["sent_at"].max() < WINDOW_END
+
+
 def test_campaigns_target_users_without_an_order_in_the_previous_week(market):
     exposures = market.campaign_exposures
     joined = exposures.reset_index(names="exposure").merge(
@@ -217,6 +223,22 @@ def test_treated_users_reactivate_more_than_holdout(large_market):
 # --------------------------------------------------------------------------- ground truth
 
 
+def test_orders_per_reactivation_matches_what_returning_users_order_in_the_window(large_market):
+    """The truth's window value of a comeback (first order plus follow-on organic orders) against the
+    generated data: orders in the window of exposed users who came back."""
+    exposures = large_market.campaign_exposures
+    observed = exposures[exposures["sent_at"] + REACTIVATION_WINDOW <= WINDOW_END]
+    joined = observed.merge(orders(large_market.events)[["user_id", "event_time"]], on="user_id")
+    in_window = joined[(joined["event_time"] >= joined["sent_at"])
+                       & (joined["event_time"] < joined["sent_at"] + REACTIVATION_WINDOW)]
+    per_return = in_window.groupby(["campaign_id", "user_id"]).size()
+    truth = large_market.offer_truth.groupby("user_id")["orders_per_reactivation"].first()
+    predicted = truth.loc[per_return.index.get_level_values("user_id")].to_numpy()
+    assert (truth >= 1).all()
+    assert per_return.mean() == pytest.approx(predicted.mean(), rel=0.15)
+    assert per_return.mean() > 1.3, "follow-on orders are a large part of a comeback's value"
+
+
 def test_offer_truth_has_every_arm_and_exactly_one_best_per_user(market):
     offers = market.offer_truth
     arms = offers.groupby("user_id").size()
@@ -233,7 +255,7 @@ def test_offer_truth_margin_follows_its_formula(market):
     offers = market.offer_truth
     p_none = offers[offers["event_type"] == "none"].set_index("user_id")["p_reactivate"]
     p_none = p_none.loc[offers["user_id"]].to_numpy()
-    expected = (0.30 * offers["expected_order_value"] * (offers["p_reactivate"] - p_none)
+    expected = (0.30 * offers["expected_order_value"] * offers["orders_per_reactivation"] * (offers["p_reactivate"] - p_none)
                 - offers["reward_size"] * offers["p_reactivate"])
     np.testing.assert_allclose(offers["expected_incremental_margin"], expected)
     assert offers["p_reactivate"].between(0, 1).all()
