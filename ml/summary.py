@@ -65,14 +65,17 @@ def render(steps: dict[str, dict], tasks: list) -> str:
             f"uplift@30% = {m['uplift_at_30']:.2f}x random targeting; qini {m['qini']:.4f}",
         ]
         if "truth_policy_value" in m:
-            truth_rows = [["offer policy (model)", m["truth_policy_value"]], ["oracle (true best per user)", m["truth_oracle_value"]],
+            truth_rows = [["offer policy (model)", m["truth_policy_value"]],
+                          ["oracle (true best per user)", m["truth_oracle_value"]],
+                          ["oracle on the model's features (regression fitted to the truth)",
+                           m["truth_observable_oracle_value"]],
                           ["best uniform offer", m["truth_best_uniform_value"]], ["random offer", m["truth_random_value"]],
                           ["no offer", 0.0]]
             out += [
                 "Ground truth of the synthetic world on today's inactive users (true expected margin per user, QAR)",
                 _table(["policy", "value"], truth_rows),
-                f"chosen offer = true best for {m['truth_best_offer_share']:.0%} of users; "
-                f"regret {m['truth_regret_qar']:.2f} QAR/user",
+                f"chosen offer = true best for {m['truth_best_offer_share']:.0%} of users (oracle on the model's "
+                f"features: {m['truth_observable_oracle_best_offer_share']:.0%}); regret {m['truth_regret_qar']:.2f} QAR/user",
             ]
         out += [
             f"registered rekindle-offer v{offers_model['version']}; champion is v{offers_model['champion_version']} "

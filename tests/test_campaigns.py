@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from ml.campaigns import best_uniform_offer, truth_scorecard
+from ml.campaigns import USER_FEATURES, best_uniform_offer, observable_oracle, truth_scorecard
 
 
 def _history(rows: list[tuple[str, float, bool, float]]) -> pd.DataFrame:
@@ -39,3 +40,26 @@ def test_truth_scorecard_on_a_hand_computed_case():
     assert card["truth_random_value"] == pytest.approx((2.0 - 1.0 - 3.0 - 1.0 + 1.0 + 4.0) / 9)
     assert card["truth_best_offer_share"] == pytest.approx(1 / 3)
     assert card["truth_regret_qar"] == pytest.approx((0.0 + 1.0 + 4.0) / 3)
+
+
+def test_the_observable_oracle_recovers_a_best_offer_that_the_features_determine():
+    rng = np.random.default_rng(0)
+    n = 600
+    users = pd.DataFrame({
+        "user_id": np.arange(n),
+        "segment": rng.choice(["lapsed", "churned"], n),
+        **{column: rng.random(n) for column in USER_FEATURES},
+    })
+    recent = users["recency_days"].to_numpy() < 0.5
+    truth = pd.DataFrame({
+        "user_id": np.repeat(users["user_id"], 3),
+        "event_type": np.tile(["none", "free_delivery", "cashback"], n),
+        "reward_size": np.tile([0.0, 5.0, 5.0], n),
+        "expected_incremental_margin": np.column_stack(
+            [np.zeros(n), np.where(recent, 2.0, -1.0), np.where(recent, -1.0, 3.0)]
+        ).ravel(),
+    })
+    chosen = observable_oracle(users, truth, seed=0)
+    expected = np.where(recent, "free_delivery:5", "cashback:5")
+    assert (chosen.loc[users["user_id"]].to_numpy() == expected).mean() > 0.9
+    assert truth_scorecard(chosen, truth)["truth_policy_value"] > 2.0
