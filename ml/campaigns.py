@@ -24,12 +24,13 @@ from ml.offers.uplift import BoostedRegressor, BoosterConfig, FeatureEncoder, ar
 
 CONTROL = "none"
 INACTIVE_SEGMENTS = ("at_risk", "lapsed", "dormant", "churned")
+ENGAGEMENT_FEATURES = ["sessions_14d", "days_since_session", "offers_received", "campaign_opens", "offers_redeemed"]
 USER_FEATURES = [
     "recency_days", "order_count_before", "order_value_before", "avg_order_value_before",
-    "tenure_days", "platform", "home_zone", "favourite_category_before",
+    "tenure_days", "platform", "home_zone", "favourite_category_before", *ENGAGEMENT_FEATURES,
 ]
 OFFER_FEATURES = ["event_type", "reward_size"]
-VALIDATION_SHARE = 0.3
+SHRINKAGE_FOLDS = 3
 OFFERS_SQL = """
 CREATE SCHEMA IF NOT EXISTS crm;
 CREATE TABLE IF NOT EXISTS crm.inactive_user_offers (
@@ -66,8 +67,9 @@ def load_history(conn: psycopg.Connection) -> pd.DataFrame:
 def load_inactive_users(conn: psycopg.Connection) -> pd.DataFrame:
     """Today's inactive users with the same features the model was trained on (as of run_date)."""
     rows = conn.execute(
-        """SELECT s.user_id, s.lifecycle_segment, f.days_since_last_order, f.order_count, f.order_value,
-                  f.avg_order_value, f.tenure_days, f.platform, f.home_zone, f.favourite_category
+        f"""SELECT s.user_id, s.lifecycle_segment, f.days_since_last_order, f.order_count, f.order_value,
+                  f.avg_order_value, f.tenure_days, f.platform, f.home_zone, f.favourite_category,
+                  {', '.join(f'f.{column}' for column in ENGAGEMENT_FEATURES)}
            FROM marts.user_segments s JOIN marts.user_features f USING (user_id)
            WHERE s.lifecycle_segment = ANY(%s) ORDER BY s.user_id""",
         (list(INACTIVE_SEGMENTS),),
@@ -92,28 +94,42 @@ class OfferResponseModel:
         self.seed = seed
 
     def fit(self, history: pd.DataFrame) -> OfferResponseModel:
-        """Fit the boosters, then choose on held-out users how much per-user heterogeneity to trust:
-        the predicted uplifts are shrunk toward each arm's mean unless trusting them pays on validation."""
-        fit_part, validation = split_by_user(history, VALIDATION_SHARE, self.seed + 7)
-        self._fit_boosters(fit_part)
+        """Fit the boosters, then choose how much per-user heterogeneity to trust: the predicted uplifts are
+        shrunk toward each arm's mean unless trusting them pays on held-out users. Held out by cross-fitting,
+        so the choice is judged on every exposure rather than on a validation slice."""
+        self._set_arms(history)
+        folds = user_folds(history, SHRINKAGE_FOLDS, self.seed + 7)
         self.shrinkage_, self.centre_ = 1.0, None
-        p, _ = self.predict(validation)
-        logged = np.array([arm_label(e, r) for e, r in zip(validation["event_type"], validation["reward_size"])], dtype=object)
-        propensity = {arm: float(np.mean(logged == arm)) for arm in np.unique(logged)}
+        p, value = pd.DataFrame(), pd.DataFrame()
+        for fold in range(SHRINKAGE_FOLDS):
+            self._fit_boosters(history[folds != fold])
+            fold_p, fold_value = self.predict(history[folds == fold])
+            p, value = pd.concat([p, fold_p]), pd.concat([value, fold_value])
+        p, value = p.loc[history.index], value.loc[history.index]
+        logged, propensity = _logged_arms(history)
+        # z=0: the strength with the best held-out value. With 13 arms the IPW difference between two strengths
+        # is so noisy that demanding significance (Hillstrom's z=1.645) nearly always fell back to no
+        # heterogeneity, even where it was large and real (tests/test_campaigns.py: planted campaigns).
         strength = tune_shrinkage(
-            p, CONTROL, lambda outcomes: self._choose(validation, outcomes), logged,
-            realised_margin(validation, self.margin_rate), propensity,
+            p, CONTROL, lambda outcomes: self._choose(outcomes, value), logged,
+            realised_margin(history, self.margin_rate), propensity, z=0.0,
         )
         self._fit_boosters(history)
         p, _ = self.predict(history)
         self.shrinkage_, self.centre_ = strength, mean_uplift(p, CONTROL)
         return self
 
-    def _choose(self, users: pd.DataFrame, p: pd.DataFrame) -> np.ndarray:
-        _, value = self.predict(users)
+    def _choose(self, p: pd.DataFrame, value: pd.DataFrame) -> np.ndarray:
         gain = expected_incremental_margin(p, value, self.reward_size_, CONTROL, self.margin_rate)
         cost = expected_cost(p, self.reward_size_, CONTROL)
-        return allocate_offers(gain, cost, np.zeros(len(users)), BudgetLimits(), CONTROL)["arm"].to_numpy()
+        return allocate_offers(gain, cost, np.zeros(len(p)), BudgetLimits(), CONTROL)["arm"].to_numpy()
+
+    def _set_arms(self, history: pd.DataFrame) -> None:
+        arms = history[["event_type", "reward_size"]].drop_duplicates()
+        self.reward_size_ = {
+            arm_label(e, r): float(r) for e, r in zip(arms["event_type"], arms["reward_size"]) if e != CONTROL
+        }
+        self.arms_ = (CONTROL, *sorted(self.reward_size_))
 
     def _fit_boosters(self, history: pd.DataFrame) -> None:
         X = history[USER_FEATURES + OFFER_FEATURES]
@@ -124,11 +140,6 @@ class OfferResponseModel:
         self.value_ = BoostedRegressor(self.config, objective="regression", seed=self.seed + 1).fit(
             features[came_back], history.loc[came_back, "order_value_in_window"].to_numpy()
         )
-        arms = history[["event_type", "reward_size"]].drop_duplicates()
-        self.reward_size_ = {
-            arm_label(e, r): float(r) for e, r in zip(arms["event_type"], arms["reward_size"]) if e != CONTROL
-        }
-        self.arms_ = (CONTROL, *sorted(self.reward_size_))
 
     def _per_arm(self, users: pd.DataFrame, model: BoostedRegressor) -> pd.DataFrame:
         columns = {}
@@ -151,6 +162,10 @@ class OfferResponseModel:
         cost = expected_cost(p, self.reward_size_, CONTROL)
         return p, gain, cost
 
+    def best_arms(self, users: pd.DataFrame) -> np.ndarray:
+        """Each user's most profitable arm with no budget or cap ("none" when no offer pays)."""
+        return self._choose(*self.predict(users))
+
 
 def realised_margin(history: pd.DataFrame, margin_rate: float) -> np.ndarray:
     """What an exposure earned: margin on the orders in the window minus the reward paid on redemption."""
@@ -158,11 +173,22 @@ def realised_margin(history: pd.DataFrame, margin_rate: float) -> np.ndarray:
     return margin_rate * history["order_value_in_window"].to_numpy() - paid
 
 
+def _user_score(history: pd.DataFrame, seed: int) -> np.ndarray:
+    """A seeded hash of each row's user in [0, 1): the same user always lands on the same side of a split."""
+    return history["user_id"].map(
+        lambda u: int(hashlib.sha256(f"{seed}:{u}".encode()).hexdigest()[:8], 16) / 16**8
+    ).to_numpy()
+
+
 def split_by_user(history: pd.DataFrame, test_share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Held-out users (by a seeded hash) so no user's exposures sit on both sides."""
-    score = history["user_id"].map(lambda u: int(hashlib.sha256(f"{seed}:{u}".encode()).hexdigest()[:8], 16) / 16**8)
-    test = score < test_share
+    test = _user_score(history, seed) < test_share
     return history[~test], history[test]
+
+
+def user_folds(history: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
+    """Fold 0..n_folds-1 of each row, by a seeded hash of its user."""
+    return np.minimum((_user_score(history, seed) * n_folds).astype(int), n_folds - 1)
 
 
 @dataclass
@@ -212,8 +238,8 @@ def evaluate(model: OfferResponseModel, train: pd.DataFrame, test: pd.DataFrame,
     """Policy value (margin per exposed user, IPW with the logged arm shares) beside uniform, random and no offer."""
     logged, propensity = _logged_arms(test)
     y = realised_margin(test, margin_rate)
-    p, gain, cost = model.gain_and_cost(test)
-    chosen = allocate_offers(gain, cost, np.zeros(len(test)), BudgetLimits(), CONTROL)["arm"].to_numpy()
+    p, _, _ = model.gain_and_cost(test)
+    chosen = model.best_arms(test)
     arms = [a for a in model.arms_ if a in propensity]
     uniform = uniform_policy_values(arms, logged, y, propensity)
     predicted_uplift = p.drop(columns=CONTROL).max(axis=1).to_numpy() - p[CONTROL].to_numpy()
@@ -236,9 +262,7 @@ def truth_values(model: OfferResponseModel, users: pd.DataFrame, offer_truth_pat
     """On synthetic data: :func:`truth_scorecard` of the model's unconstrained choices for ``users``, and the
     value and best-offer share of :func:`observable_oracle`, the most any model of these features could get."""
     offer_truth = pd.read_parquet(offer_truth_path)
-    _, gain, cost = model.gain_and_cost(users)
-    chosen = allocate_offers(gain, cost, np.zeros(len(users)), BudgetLimits(), CONTROL)["arm"].to_numpy()
-    card = truth_scorecard(pd.Series(chosen, index=users["user_id"].to_numpy()), offer_truth)
+    card = truth_scorecard(pd.Series(model.best_arms(users), index=users["user_id"].to_numpy()), offer_truth)
     ceiling = truth_scorecard(observable_oracle(users, offer_truth, model.seed), offer_truth)
     card["truth_observable_oracle_value"] = ceiling["truth_policy_value"]
     card["truth_observable_oracle_best_offer_share"] = ceiling["truth_best_offer_share"]

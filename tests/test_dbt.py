@@ -6,7 +6,7 @@ run_date 2025-03-01 (cutoff 2025-03-01 00:00 UTC). Users and their expected life
   2 at_risk  last order 2025-02-20 (9 days); a negative-total checkout on 02-25 must not count
   3 lapsed   last order 2025-02-10 (19 days); a future-dated checkout on 03-03 must not count
   4 dormant  last order 2025-01-10 (50 days)
-  5 churned  last order 2024-12-05 (86 days)
+  5 churned  last order 2024-12-05 (86 days); app sessions before and after campaign c1, opens c1's message
   6 new      signed up 02-25, one order
   7 lapsed   never ordered, signed up 02-01 (28 days); views a merchant that opens after run_date
   8 new      never ordered, signed up 02-27
@@ -84,6 +84,10 @@ EVENTS = [
     # user 5: churned; redeems some other campaign
     ("e5a", 5, "checkout_completed", "2024-12-05 12:00", 1, 25, None, "2024-12-06 00:00"),
     ("e5r", 5, "reward_redeemed", "2025-02-07 12:00", None, None, {"campaign_id": "c-other"}, "2025-02-08 00:00"),
+    # ... and opens the app 11 days before c1, opens c1's message, and opens the app again later
+    ("e5o1", 5, "app_opened", "2025-01-25 12:00", None, None, None, "2025-01-26 00:00"),
+    ("e5c", 5, "campaign_opened", "2025-02-05 15:00", None, None, {"campaign_id": "c1"}, "2025-02-06 00:00"),
+    ("e5o2", 5, "app_opened", "2025-02-20 12:00", None, None, None, "2025-02-21 00:00"),
     # user 6: new with one order
     ("e6a", 6, "checkout_completed", "2025-02-26 12:00", 1, 45, None, "2025-02-27 00:00"),
     # user 7: never ordered; a view of a merchant that is not open yet (unknown_merchant)
@@ -308,7 +312,15 @@ def test_user_features(built):
     assert float(u3["dinner_order_share"]) == pytest.approx(1 / 3, abs=1e-4)
     assert float(u3["weekend_order_share"]) == pytest.approx(1 / 3, abs=1e-4)
     assert float(u3["avg_order_value"]) == pytest.approx(125 / 3, abs=0.01)
+    # engagement as of run_date: sessions in [02-15, 03-01), offers received (holdouts get none), opens, redemptions
+    u5 = f[5]
+    assert (u5["sessions_14d"], u5["days_since_session"]) == (1, 9)
+    assert (u5["offers_received"], u5["campaign_opens"], u5["offers_redeemed"]) == (1, 1, 1)
+    assert (f[3]["offers_received"], f[3]["offers_redeemed"], f[4]["offers_received"]) == (1, 1, 0)
+    assert (f[7]["sessions_14d"], f[7]["days_since_session"]) == (0, 19)  # the 02-10 session is older than 14 days
+    assert f[1]["offers_received"] == 0  # c3 is sent after run_date
     u8 = f[8]
+    assert u8["sessions_14d"] == 0 and u8["days_since_session"] is None
     assert u8["order_count"] == 0 and u8["days_since_last_order"] is None and u8["avg_order_value"] is None
     assert (u8["recency_score"], u8["frequency_score"], u8["monetary_score"]) == (1, 1, 1)
     assert f[6]["tenure_days"] == 4
@@ -349,6 +361,10 @@ def test_campaign_history(built):
 
     u5 = rows[("c1", 5)]  # redeemed another campaign only
     assert u5["recency_days"] == 62 and not u5["reactivated"] and not u5["redeemed"]
+    # engagement strictly before sent_at: the 01-25 session only; c1 itself, its opening and the later
+    # session and redemption are not features of this exposure
+    assert (u5["sessions_14d"], u5["days_since_session"]) == (1, 11)
+    assert (u5["offers_received"], u5["campaign_opens"], u5["offers_redeemed"]) == (0, 0, 0)
 
     u2 = rows[("c2", 2)]  # the 09:00 order is before the 10:00 send: a feature, not an outcome
     assert u2["order_count_before"] == 2 and u2["recency_days"] == 0

@@ -29,6 +29,7 @@ from ml.offers.policy import (
     tune_shrinkage,
 )
 from ml.offers.uplift import (
+    BoostedRegressor,
     BoosterConfig,
     DRLearner,
     RLearner,
@@ -272,6 +273,37 @@ def test_effect_features_limit_what_the_uplift_can_depend_on(rct):
     inside = unclipped.all(axis=1)
     assert inside.mean() > 0.9
     np.testing.assert_allclose(learner.predict_uplift(rows_with_same_x1)[inside], uplift[inside], atol=1e-12)
+
+
+def test_partial_pooling_mixes_each_arms_effect_with_the_any_offer_effect(rct):
+    X, arm, y, _, train = rct
+    uplift = {
+        w: RLearner(CONTROL, effect_config=SMALL_EFFECT, pooling=w, seed=1).fit(X[train], arm[train], y[train])
+        for w in (0.0, 0.5, 1.0)
+    }
+    outcomes = {w: learner.predict_outcomes(X[~train]) for w, learner in uplift.items()}
+    inside = np.logical_and.reduce([((o > 0) & (o < 1)).all(axis=1).to_numpy() for o in outcomes.values()])
+    assert inside.mean() > 0.9
+    effect = {w: learner.predict_uplift(X[~train])[inside] for w, learner in uplift.items()}
+    np.testing.assert_allclose(effect[1.0]["a"], effect[1.0]["b"])  # full pooling: one effect for every arm
+    np.testing.assert_allclose(effect[0.5], (effect[0.0] + effect[1.0]) / 2)
+    assert not np.allclose(effect[0.0]["a"], effect[0.0]["b"])  # no pooling: the planted arms differ
+    with pytest.raises(ValueError, match="pooling"):
+        RLearner(CONTROL, pooling=1.5)
+
+
+def test_monotone_constraints_hold_even_against_the_data():
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"x": rng.uniform(0, 1, 2000), "z": rng.uniform(0, 1, 2000)})
+    y = X["x"].to_numpy() + 0.1 * rng.normal(size=2000)  # rises with x
+    grid = pd.DataFrame({"x": np.linspace(0, 1, 50), "z": 0.5})
+    free = BoostedRegressor(BoosterConfig(min_child_samples=20), objective="regression").fit(X, y).predict(grid)
+    config = BoosterConfig(min_child_samples=20, monotone=(("x", -1),))
+    falling = BoostedRegressor(config, objective="regression").fit(X, y).predict(grid)
+    assert free[-1] - free[0] > 0.5
+    assert (np.diff(falling) <= 1e-12).all()
+    with pytest.raises(ValueError, match="monotone constraints name features"):
+        BoostedRegressor(BoosterConfig(monotone=(("missing", 1),))).fit(X, y)
 
 
 def test_tuned_shrinkage_keeps_real_heterogeneity(rct):

@@ -58,6 +58,18 @@ category_before as (
     order by campaign_id, user_id, n desc, last_at desc, category
 ),
 
+engagement as (
+    select
+        e.campaign_id,
+        e.user_id,
+        {{ engagement_features('e.sent_at') }}
+    from exposures e
+    inner join {{ ref('int_engagement_events') }} g
+        on g.user_id = e.user_id
+       and g.occurred_at < e.sent_at
+    group by e.campaign_id, e.user_id, e.sent_at
+),
+
 redemptions as (
     select
         campaign_id,
@@ -86,6 +98,7 @@ select
     u.platform,
     u.home_zone,
     c.favourite_category_before,
+    {{ engagement_columns('g') }},
     -- outcomes
     coalesce(h.orders_in_window, 0) > 0                                        as reactivated,
     coalesce(h.orders_in_window, 0)                                            as orders_in_window,
@@ -102,6 +115,9 @@ left join history h
 left join category_before c
     on c.campaign_id = e.campaign_id
    and c.user_id = e.user_id
+left join engagement g
+    on g.campaign_id = e.campaign_id
+   and g.user_id = e.user_id
 left join redemptions r
     on r.campaign_id = e.campaign_id
    and r.user_id = e.user_id

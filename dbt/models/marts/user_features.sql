@@ -61,6 +61,14 @@ recent_views as (
     group by user_id
 ),
 
+engagement as (
+    select
+        user_id,
+        {{ engagement_features(run_cutoff()) }}
+    from {{ ref('int_engagement_events') }}
+    group by user_id
+),
+
 joined as (
     select
         users.user_id,
@@ -86,7 +94,8 @@ joined as (
         round(s.afternoon_order_share, 4)                                 as afternoon_order_share,
         round(s.dinner_order_share, 4)                                    as dinner_order_share,
         round(s.late_night_order_share, 4)                                as late_night_order_share,
-        coalesce(v.view_count_30d, 0)                                     as view_count_30d
+        coalesce(v.view_count_30d, 0)                                     as view_count_30d,
+        {{ engagement_columns('g') }}
     from users
     left join order_stats s
         on s.user_id = users.user_id
@@ -94,6 +103,8 @@ joined as (
         on f.user_id = users.user_id
     left join recent_views v
         on v.user_id = users.user_id
+    left join engagement g
+        on g.user_id = users.user_id
 ),
 
 ordering_users_scored as (
@@ -133,6 +144,11 @@ select
     joined.dinner_order_share,
     joined.late_night_order_share,
     joined.view_count_30d,
+    joined.sessions_14d,
+    joined.days_since_session,
+    joined.offers_received,
+    joined.campaign_opens,
+    joined.offers_redeemed,
     coalesce(scored.recency_score, 1)    as recency_score,
     coalesce(scored.frequency_score, 1)  as frequency_score,
     coalesce(scored.monetary_score, 1)   as monetary_score
