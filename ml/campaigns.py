@@ -26,7 +26,7 @@ CONTROL = "none"
 INACTIVE_SEGMENTS = ("at_risk", "lapsed", "dormant", "churned")
 ENGAGEMENT_FEATURES = ["sessions_14d", "days_since_session", "offers_received", "campaign_opens", "offers_redeemed"]
 USER_FEATURES = [
-    "recency_days", "order_count_before", "order_value_before", "avg_order_value_before",
+    "recency_days", "order_count_before", "order_value_before", "avg_order_value_before", "avg_price_level_before",
     "tenure_days", "platform", "home_zone", "favourite_category_before", *ENGAGEMENT_FEATURES,
 ]
 OFFER_FEATURES = ["event_type", "reward_size"]
@@ -58,7 +58,8 @@ def load_history(conn: psycopg.Connection) -> pd.DataFrame:
         f"SELECT {', '.join(columns)} FROM marts.campaign_history WHERE outcome_observed ORDER BY campaign_id, user_id"
     ).fetchall()
     history = pd.DataFrame(rows, columns=columns)
-    for column in ("reward_size", "order_value_before", "avg_order_value_before", "order_value_in_window"):
+    for column in ("reward_size", "order_value_before", "avg_order_value_before", "avg_price_level_before",
+                   "order_value_in_window"):
         history[column] = history[column].astype(float)
     history["reactivated"] = history["reactivated"].astype(bool)
     return history
@@ -68,14 +69,14 @@ def load_inactive_users(conn: psycopg.Connection) -> pd.DataFrame:
     """Today's inactive users with the same features the model was trained on (as of run_date)."""
     rows = conn.execute(
         f"""SELECT s.user_id, s.lifecycle_segment, f.days_since_last_order, f.order_count, f.order_value,
-                  f.avg_order_value, f.tenure_days, f.platform, f.home_zone, f.favourite_category,
+                  f.avg_order_value, f.avg_price_level, f.tenure_days, f.platform, f.home_zone, f.favourite_category,
                   {', '.join(f'f.{column}' for column in ENGAGEMENT_FEATURES)}
            FROM marts.user_segments s JOIN marts.user_features f USING (user_id)
            WHERE s.lifecycle_segment = ANY(%s) ORDER BY s.user_id""",
         (list(INACTIVE_SEGMENTS),),
     ).fetchall()
     users = pd.DataFrame(rows, columns=["user_id", "segment", *USER_FEATURES])
-    for column in ("order_value_before", "avg_order_value_before"):
+    for column in ("order_value_before", "avg_order_value_before", "avg_price_level_before"):
         users[column] = users[column].astype(float)
     return users
 
@@ -300,7 +301,8 @@ def observable_oracle(users: pd.DataFrame, offer_truth: pd.DataFrame, seed: int)
 def truth_scorecard(chosen: pd.Series, offer_truth: pd.DataFrame) -> dict[str, float]:
     """The true expected margin per user (QAR) of ``chosen`` (arm per user id) beside the best uniform offer,
     random arms, no offer (0) and the oracle (each user's true best), plus the share of users whose chosen
-    arm is their true best and the mean regret. Noise-free, unlike any estimate from logged outcomes."""
+    arm is their true best (and whose chosen event type, or no offer, is the true best's) and the mean
+    regret. Noise-free, unlike any estimate from logged outcomes."""
     value = _true_values(offer_truth)
     chosen = chosen[chosen.index.isin(value.index)]
     value = value.loc[chosen.index]
@@ -312,8 +314,16 @@ def truth_scorecard(chosen: pd.Series, offer_truth: pd.DataFrame) -> dict[str, f
         "truth_random_value": float(value.to_numpy().mean()),
         "truth_oracle_value": float(best_value.mean()),
         "truth_best_offer_share": float((chosen.to_numpy() == value.idxmax(axis=1).to_numpy()).mean()),
+        "truth_best_event_type_share": float(
+            (_event_type(chosen.to_numpy()) == _event_type(value.idxmax(axis=1).to_numpy())).mean()
+        ),
         "truth_regret_qar": float((best_value - chosen_value).mean()),
     }
+
+
+def _event_type(arms: np.ndarray) -> np.ndarray:
+    """The event type of each arm label ("free_delivery:5" -> "free_delivery"; "none" stays "none")."""
+    return np.array([str(arm).split(":")[0] for arm in arms], dtype=object)
 
 
 def decide_offers(model: OfferResponseModel, users: pd.DataFrame, campaign_id: str, settings) -> pd.DataFrame:

@@ -75,7 +75,8 @@ def render(steps: dict[str, dict], tasks: list) -> str:
                 "Ground truth of the synthetic world on today's inactive users (true expected margin per user, QAR)",
                 _table(["policy", "value"], truth_rows),
                 f"chosen offer = true best for {m['truth_best_offer_share']:.0%} of users (oracle on the model's "
-                f"features: {m['truth_observable_oracle_best_offer_share']:.0%}); regret {m['truth_regret_qar']:.2f} QAR/user",
+                f"features: {m['truth_observable_oracle_best_offer_share']:.0%}); right event type or no offer for "
+                f"{m['truth_best_event_type_share']:.0%}; regret {m['truth_regret_qar']:.2f} QAR/user",
             ]
         out += [
             f"registered rekindle-offer v{offers_model['version']}; champion is v{offers_model['champion_version']} "

@@ -49,7 +49,15 @@ def test_truth_scorecard_on_a_hand_computed_case():
     assert card["truth_best_uniform_value"] == pytest.approx(2.0 / 3)  # cashback: (-1 - 1 + 4) / 3
     assert card["truth_random_value"] == pytest.approx((2.0 - 1.0 - 3.0 - 1.0 + 1.0 + 4.0) / 9)
     assert card["truth_best_offer_share"] == pytest.approx(1 / 3)
+    assert card["truth_best_event_type_share"] == pytest.approx(1 / 3)
     assert card["truth_regret_qar"] == pytest.approx((0.0 + 1.0 + 4.0) / 3)
+
+    sizes = pd.DataFrame(
+        [(1, "none", 0.0, 0.0), (1, "cashback", 5.0, 1.0), (1, "cashback", 10.0, 1.5)],
+        columns=["user_id", "event_type", "reward_size", "expected_incremental_margin"],
+    )
+    wrong_size = truth_scorecard(pd.Series(["cashback:5"], index=[1]), sizes)
+    assert (wrong_size["truth_best_offer_share"], wrong_size["truth_best_event_type_share"]) == (0.0, 1.0)
 
 
 def test_the_observable_oracle_recovers_a_best_offer_that_the_features_determine():
@@ -93,6 +101,7 @@ def planted_campaigns(n_users: int, seed: int) -> tuple[pd.DataFrame, pd.DataFra
         "order_count_before": order_count,
         "order_value_before": order_count * avg_order_value,
         "avg_order_value_before": np.where(order_count > 0, avg_order_value, np.nan),
+        "avg_price_level_before": np.where(order_count > 0, rng.uniform(1.0, 4.0, n_users), np.nan),
         "tenure_days": rng.integers(30, 400, n_users),
         "platform": rng.choice(["ios", "android", "web"], n_users),
         "home_zone": rng.choice(["Al Wakrah", "West Bay", "Al Sadd"], n_users, p=[0.4, 0.3, 0.3]),
@@ -138,11 +147,15 @@ def planted_campaigns(n_users: int, seed: int) -> tuple[pd.DataFrame, pd.DataFra
     return history, truth
 
 
-def test_on_planted_campaigns_the_policy_beats_every_uniform_offer_and_finds_most_users_true_best():
+@pytest.fixture(scope="module")
+def planted():
     history, truth = planted_campaigns(26_000, seed=3)
     train, test = split_by_user(history, test_share=0.3, seed=0)
-    model = OfferResponseModel(MARGIN_RATE, seed=0).fit(train)
+    return train, test, truth, OfferResponseModel(MARGIN_RATE, seed=0).fit(train)
 
+
+def test_on_planted_campaigns_the_policy_beats_every_uniform_offer_and_finds_most_users_true_best(planted):
+    train, test, truth, model = planted
     evaluation = evaluate(model, train, test, MARGIN_RATE)
     assert evaluation.policy_value > max(evaluation.uniform_values.values())
     assert evaluation.policy_value > max(evaluation.random_value, evaluation.no_offer_value)
@@ -151,3 +164,13 @@ def test_on_planted_campaigns_the_policy_beats_every_uniform_offer_and_finds_mos
     assert card["truth_best_offer_share"] > 0.6
     assert card["truth_policy_value"] > card["truth_best_uniform_value"] + 1.0
     assert card["truth_policy_value"] > 0.8 * card["truth_oracle_value"]
+
+
+def test_a_user_with_no_history_gets_an_offer_or_none_never_a_crash(planted):
+    _, test, _, model = planted
+    newcomer = pd.DataFrame([{column: None for column in USER_FEATURES}]).assign(user_id=-1, home_zone="Mars")
+    p, gain, cost = model.gain_and_cost(newcomer)
+    assert np.isfinite(p.to_numpy()).all() and np.isfinite(gain.to_numpy()).all() and np.isfinite(cost.to_numpy()).all()
+    assert set(model.best_arms(newcomer)) <= set(model.arms_)
+    # an unknown zone is treated like a missing one, not as an error
+    assert model.best_arms(test.head(3).assign(home_zone="Mars")).shape == (3,)

@@ -312,6 +312,7 @@ def test_user_features(built):
     assert float(u3["dinner_order_share"]) == pytest.approx(1 / 3, abs=1e-4)
     assert float(u3["weekend_order_share"]) == pytest.approx(1 / 3, abs=1e-4)
     assert float(u3["avg_order_value"]) == pytest.approx(125 / 3, abs=0.01)
+    assert float(u3["avg_price_level"]) == pytest.approx(8 / 3, abs=1e-4)  # merchants 2, 2 and 1 (levels 3, 3, 2)
     # engagement as of run_date: sessions in [02-15, 03-01), offers received (holdouts get none), opens, redemptions
     u5 = f[5]
     assert (u5["sessions_14d"], u5["days_since_session"]) == (1, 9)
@@ -320,7 +321,7 @@ def test_user_features(built):
     assert (f[7]["sessions_14d"], f[7]["days_since_session"]) == (0, 19)  # the 02-10 session is older than 14 days
     assert f[1]["offers_received"] == 0  # c3 is sent after run_date
     u8 = f[8]
-    assert u8["sessions_14d"] == 0 and u8["days_since_session"] is None
+    assert u8["sessions_14d"] == 0 and u8["days_since_session"] is None and u8["avg_price_level"] is None
     assert u8["order_count"] == 0 and u8["days_since_last_order"] is None and u8["avg_order_value"] is None
     assert (u8["recency_score"], u8["frequency_score"], u8["monetary_score"]) == (1, 1, 1)
     assert f[6]["tenure_days"] == 4
@@ -350,6 +351,7 @@ def test_campaign_history(built):
     u3 = rows[("c1", 3)]  # reactivated by the campaign and redeemed it
     assert (u3["order_count_before"], float(u3["order_value_before"]), float(u3["avg_order_value_before"])) == (2, 65.0, 32.5)
     assert u3["recency_days"] == 11 and u3["tenure_days"] == 127
+    assert float(u3["avg_price_level_before"]) == 3.0  # the 02-10 order at a level-2 merchant comes after sending
     assert u3["favourite_category_before"] == "sushi" and u3["platform"] == "ios" and u3["home_zone"] == "Lusail"
     assert u3["reactivated"] and u3["orders_in_window"] == 1 and float(u3["order_value_in_window"]) == 60.0
     assert u3["redeemed"] and u3["outcome_observed"] and not u3["is_holdout"]

@@ -89,7 +89,8 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
     summary = capsys.readouterr().out
     for expected in ("Load (raw.*)", "Users per lifecycle segment", "popularity", "random", "champion is v1",
                      "Published", "Offer policy value", "best uniform offer", "chosen on training users",
-                     "Ground truth of the synthetic world", "oracle on the model's features", "CRM segments"):
+                     "Ground truth of the synthetic world", "oracle on the model's features", "right event type",
+                     "CRM segments"):
         assert expected in summary
 
     # The same day again: nothing new is loaded, the CRM rows are replaced by identical ones, not duplicated.

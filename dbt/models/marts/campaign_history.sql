@@ -12,7 +12,7 @@ users as (
 ),
 
 orders as (
-    select user_id, ordered_at, order_total, category from {{ ref('int_orders') }}
+    select user_id, ordered_at, order_total, category, price_level from {{ ref('int_orders') }}
 ),
 
 exposure_orders as (
@@ -23,6 +23,7 @@ exposure_orders as (
         o.ordered_at,
         o.order_total,
         o.category,
+        o.price_level,
         o.ordered_at < e.sent_at                                                        as is_before,
         o.ordered_at >= e.sent_at
             and o.ordered_at < e.sent_at + interval '{{ var("reactivation_window_days") | int }} days' as is_in_window
@@ -38,6 +39,7 @@ history as (
         count(*) filter (where is_before)               as order_count_before,
         sum(order_total) filter (where is_before)       as order_value_before,
         max(ordered_at) filter (where is_before)        as last_order_before_at,
+        avg(price_level) filter (where is_before)       as avg_price_level_before,
         count(*) filter (where is_in_window)            as orders_in_window,
         sum(order_total) filter (where is_in_window)    as order_value_in_window
     from exposure_orders
@@ -94,6 +96,7 @@ select
     coalesce(h.order_count_before, 0)                                          as order_count_before,
     coalesce(h.order_value_before, 0)::numeric(14, 2)                          as order_value_before,
     round(h.order_value_before / nullif(h.order_count_before, 0), 2)           as avg_order_value_before,
+    round(h.avg_price_level_before, 4)                                         as avg_price_level_before,
     {{ utc_date('e.sent_at') }} - u.signup_date                                as tenure_days,
     u.platform,
     u.home_zone,
