@@ -174,11 +174,17 @@ def comparison_specs(settings: Settings, spec: ModelSpec) -> dict[str, ModelSpec
 
 
 def load_market_context(conn: psycopg.Connection) -> MarketContext:
-    merchants = pd.read_sql_query(
-        "SELECT merchant_id, merchant_name, category, zone, price_level, opened_at FROM marts.merchant_features", conn
+    merchants = _frame(
+        conn, "SELECT merchant_id, merchant_name, category, zone, price_level, opened_at FROM marts.merchant_features"
     )
-    users = pd.read_sql_query("SELECT user_id, home_zone, signup_at FROM marts.user_features", conn)
+    users = _frame(conn, "SELECT user_id, home_zone, signup_at FROM marts.user_features")
     return MarketContext(merchants=merchants.set_index("merchant_id"), users=users.set_index("user_id"))
+
+
+def _frame(conn: psycopg.Connection, sql: str) -> pd.DataFrame:
+    """A query's rows with its column names (pandas' read_sql only supports SQLAlchemy or sqlite3 connections)."""
+    cursor = conn.execute(sql)
+    return pd.DataFrame(cursor.fetchall(), columns=[column.name for column in cursor.description])
 
 
 def train_ranker(settings: Settings, run_date: date) -> dict:
