@@ -239,7 +239,7 @@ def evaluate(model: OfferResponseModel, train: pd.DataFrame, test: pd.DataFrame,
     """Policy value (margin per exposed user, IPW with the logged arm shares) beside uniform, random and no offer."""
     logged, propensity = _logged_arms(test)
     y = realised_margin(test, margin_rate)
-    p, _, _ = model.gain_and_cost(test)
+    p, _ = model.predict(test)
     chosen = model.best_arms(test)
     arms = [a for a in model.arms_ if a in propensity]
     uniform = uniform_policy_values(arms, logged, y, propensity)

@@ -331,7 +331,8 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
             metrics = evaluation.metrics()
             champion_value = _champion_offer_value(settings, train, test)
             mlflow.log_params({"learner": "s_learner_lightgbm", "margin_rate": settings.order_margin_rate,
-                               "train_rows": len(train), "test_rows": len(test), "run_date": run_date.isoformat()})
+                               "train_rows": len(train), "test_rows": len(test), "run_date": run_date.isoformat(),
+                               "heterogeneity_trust": final.shrinkage_})
             mlflow.log_metrics(metrics)
             mlflow.log_metrics({f"uniform_{arm.replace(':', '_')}": v for arm, v in evaluation.uniform_values.items()})
             p, _, _ = model.gain_and_cost(test)
