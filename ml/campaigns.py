@@ -20,7 +20,15 @@ from ml.offers.policy import (
     expected_incremental_margin,
     tune_shrinkage,
 )
-from ml.offers.uplift import BoostedRegressor, BoosterConfig, FeatureEncoder, arm_label, mean_uplift, shrink_uplift
+from ml.offers.uplift import (
+    BoostedRegressor,
+    BoosterConfig,
+    FeatureEncoder,
+    arm_event_type,
+    arm_label,
+    mean_uplift,
+    shrink_uplift,
+)
 
 CONTROL = "none"
 INACTIVE_SEGMENTS = ("at_risk", "lapsed", "dormant", "churned")
@@ -145,7 +153,7 @@ class OfferResponseModel:
     def _per_arm(self, users: pd.DataFrame, model: BoostedRegressor) -> pd.DataFrame:
         columns = {}
         for arm in self.arms_:
-            event_type, reward = (CONTROL, 0.0) if arm == CONTROL else (arm.split(":")[0], self.reward_size_[arm])
+            event_type, reward = (CONTROL, 0.0) if arm == CONTROL else (arm_event_type(arm), self.reward_size_[arm])
             X = users[USER_FEATURES].assign(event_type=event_type, reward_size=reward)
             columns[arm] = model.predict(self.encoder_.transform(X))
         return pd.DataFrame(columns, index=users.index)
@@ -314,16 +322,11 @@ def truth_scorecard(chosen: pd.Series, offer_truth: pd.DataFrame) -> dict[str, f
         "truth_random_value": float(value.to_numpy().mean()),
         "truth_oracle_value": float(best_value.mean()),
         "truth_best_offer_share": float((chosen.to_numpy() == value.idxmax(axis=1).to_numpy()).mean()),
-        "truth_best_event_type_share": float(
-            (_event_type(chosen.to_numpy()) == _event_type(value.idxmax(axis=1).to_numpy())).mean()
-        ),
+        "truth_best_event_type_share": float(np.mean(
+            [arm_event_type(a) == arm_event_type(b) for a, b in zip(chosen, value.idxmax(axis=1), strict=True)]
+        )),
         "truth_regret_qar": float((best_value - chosen_value).mean()),
     }
-
-
-def _event_type(arms: np.ndarray) -> np.ndarray:
-    """The event type of each arm label ("free_delivery:5" -> "free_delivery"; "none" stays "none")."""
-    return np.array([str(arm).split(":")[0] for arm in arms], dtype=object)
 
 
 def decide_offers(model: OfferResponseModel, users: pd.DataFrame, campaign_id: str, settings) -> pd.DataFrame:
@@ -357,7 +360,7 @@ def decide_offers(model: OfferResponseModel, users: pd.DataFrame, campaign_id: s
             "user_id": users["user_id"],
             "segment": users["segment"],
             "arm": users["arm"],
-            "event_type": [a.split(":")[0] for a in chosen],
+            "event_type": [arm_event_type(a) for a in chosen],
             "reward_size": [reward_of[a] for a in chosen],
             "expected_uplift": np.where(chosen == CONTROL, 0.0, np.nan_to_num(p_chosen - p[CONTROL].to_numpy())),
             "expected_cost": np.where(chosen == CONTROL, 0.0, np.nan_to_num(p_chosen) * np.array([reward_of[a] for a in chosen])),

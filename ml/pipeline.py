@@ -174,17 +174,16 @@ def comparison_specs(settings: Settings, spec: ModelSpec) -> dict[str, ModelSpec
 
 
 def load_market_context(conn: psycopg.Connection) -> MarketContext:
-    merchants = _frame(
-        conn, "SELECT merchant_id, merchant_name, category, zone, price_level, opened_at FROM marts.merchant_features"
+    merchant_columns = ["merchant_id", "merchant_name", "category", "zone", "price_level", "opened_at"]
+    merchants = pd.DataFrame(
+        conn.execute(f"SELECT {', '.join(merchant_columns)} FROM marts.merchant_features").fetchall(),
+        columns=merchant_columns,
     )
-    users = _frame(conn, "SELECT user_id, home_zone, signup_at FROM marts.user_features")
+    users = pd.DataFrame(
+        conn.execute("SELECT user_id, home_zone, signup_at FROM marts.user_features").fetchall(),
+        columns=["user_id", "home_zone", "signup_at"],
+    )
     return MarketContext(merchants=merchants.set_index("merchant_id"), users=users.set_index("user_id"))
-
-
-def _frame(conn: psycopg.Connection, sql: str) -> pd.DataFrame:
-    """A query's rows with its column names (pandas' read_sql only supports SQLAlchemy or sqlite3 connections)."""
-    cursor = conn.execute(sql)
-    return pd.DataFrame(cursor.fetchall(), columns=[column.name for column in cursor.description])
 
 
 def train_ranker(settings: Settings, run_date: date) -> dict:
@@ -335,7 +334,7 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
                                "heterogeneity_trust": final.shrinkage_})
             mlflow.log_metrics(metrics)
             mlflow.log_metrics({f"uniform_{arm.replace(':', '_')}": v for arm, v in evaluation.uniform_values.items()})
-            p, _, _ = model.gain_and_cost(test)
+            p, _ = model.predict(test)
             uplift = p.drop(columns=campaigns.CONTROL).max(axis=1) - p[campaigns.CONTROL]
             curve = qini_curve(uplift.to_numpy(), (test["event_type"] != campaigns.CONTROL).to_numpy(),
                                test["reactivated"].astype(float).to_numpy())

@@ -26,6 +26,11 @@ def arm_label(event_type: str, reward_size: float) -> str:
     return f"{event_type}:{float(reward_size):g}"
 
 
+def arm_event_type(label: str) -> str:
+    """The event type of an arm label (``arm_label``'s inverse for the type): "cashback:5" -> "cashback"."""
+    return str(label).split(":")[0]
+
+
 def arm_labels(event_type: Sequence[str], reward_size: Sequence[float]) -> np.ndarray:
     return np.array([arm_label(e, r) for e, r in zip(event_type, reward_size, strict=True)], dtype=object)
 
@@ -249,16 +254,17 @@ class _TwoStageLearner(_UpliftFromOutcomes):
         propensity = _propensities(arm, self.arms_, self.propensities)
         self.outcomes_ = _CrossFittedOutcomes(self.arms_, self.outcome_config, self.n_folds, self.seed)
         mu = self.outcomes_.fit_predict(features, arm, y)
-        self.effects_ = {
+        effects = {
             a: self._fit_effect(a, features[self.effect_columns_], arm, y, mu, propensity, self.seed + 10 * (i + 1))
             for i, a in enumerate(self.treated_arms_)
         }
-        self._fit_shared_effect(features[self.effect_columns_], arm, y, mu, propensity)
+        self.effects_ = self._pool_effects(effects, features[self.effect_columns_], arm, y, mu, propensity)
         self.y_range_ = (float(y.min()), float(y.max()))
         return self
 
-    def _fit_shared_effect(self, features, arm, y, mu, propensity) -> None:
+    def _pool_effects(self, effects: dict, features, arm, y, mu, propensity) -> dict:
         """Learners that pool the arms' effects override this; the others keep each arm's own effect."""
+        return effects
 
     def _effect_model(self, seed: int) -> BoostedRegressor:
         return BoostedRegressor(self.effect_config, objective="regression", seed=seed)
@@ -268,11 +274,8 @@ class _TwoStageLearner(_UpliftFromOutcomes):
         control = self.outcomes_.predict(features, self.control)
         outcomes = {self.control: control}
         for a, effect in self.effects_.items():
-            outcomes[a] = control + self._effect(a, effect, features[self.effect_columns_])
+            outcomes[a] = control + effect.predict(features[self.effect_columns_])
         return pd.DataFrame(outcomes, index=X.index).clip(*self.y_range_)
-
-    def _effect(self, a: Hashable, effect, features: pd.DataFrame) -> np.ndarray:
-        return effect.predict(features)
 
 
 class RLearner(_TwoStageLearner):
@@ -296,23 +299,17 @@ class RLearner(_TwoStageLearner):
         super().__init__(control, **kwargs)
         self.pooling = pooling
 
-    def _fit_shared_effect(self, features, arm, y, mu, propensity) -> None:
-        self.shared_effect_ = None
-        if self.pooling > 0:
-            total = sum(propensity.values())
-            treated_share = 1.0 - propensity[self.control] / total
-            mean_outcome = sum(propensity[a] * mu[a].to_numpy() for a in self.arms_) / total
-            residual = (arm != self.control).astype(float) - treated_share
-            seed = self.seed + 10 * (len(self.arms_) + 1)
-            self.shared_effect_ = self._effect_model(seed).fit(
-                features, (y - mean_outcome) / residual, sample_weight=residual**2
-            )
-
-    def _effect(self, a: Hashable, effect, features: pd.DataFrame) -> np.ndarray:
-        own = effect.predict(features)
-        if self.shared_effect_ is None:
-            return own
-        return (1.0 - self.pooling) * own + self.pooling * self.shared_effect_.predict(features)
+    def _pool_effects(self, effects: dict, features, arm, y, mu, propensity) -> dict:
+        if self.pooling == 0:
+            return effects
+        total = sum(propensity.values())
+        treated_share = 1.0 - propensity[self.control] / total
+        mean_outcome = sum(propensity[a] * mu[a].to_numpy() for a in self.arms_) / total
+        residual = (arm != self.control).astype(float) - treated_share
+        shared = self._effect_model(self.seed + 10 * (len(self.arms_) + 1)).fit(
+            features, (y - mean_outcome) / residual, sample_weight=residual**2
+        )
+        return {a: _BlendedEffect(shared, own, self.pooling) for a, own in effects.items()}
 
     def _fit_effect(
         self,
@@ -376,20 +373,20 @@ class XLearner(_TwoStageLearner):
         on_treated = self._effect_model(seed).fit(features[treated], (y - mu[self.control].to_numpy())[treated])
         on_control = self._effect_model(seed + 1).fit(features[control], (mu[a].to_numpy() - y)[control])
         share = propensity[a] / (propensity[a] + propensity[self.control])
-        return _BlendedEffect(on_treated, on_control, share)
+        return _BlendedEffect(on_control, on_treated, share)
 
 
 class _BlendedEffect:
-    """The X-learner's two effect models for one arm, blended."""
+    """Two effect models for one arm, blended: ``weight`` on ``first``, the rest on ``second`` (the X-learner's
+    two sides; an arm's own effect and the pooled "any offer" effect in the R-learner)."""
 
-    def __init__(self, on_treated: BoostedRegressor, on_control: BoostedRegressor, treated_share: float):
-        self.on_treated = on_treated
-        self.on_control = on_control
-        self.treated_share = treated_share
+    def __init__(self, first, second, weight: float):
+        self.first = first
+        self.second = second
+        self.weight = weight
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
-        on_control, on_treated = self.on_control.predict(features), self.on_treated.predict(features)
-        return self.treated_share * on_control + (1 - self.treated_share) * on_treated
+        return self.weight * self.first.predict(features) + (1 - self.weight) * self.second.predict(features)
 
 
 def shrink_uplift(
