@@ -255,14 +255,9 @@ class RankedMerchantRecommender:
         recipe = RankerRecipe(**self.spec.params)
         self.axes = MarketAxes.build(orders, as_of, context)
         generators = {kind: spec.build(self.axes) for kind, spec in recipe.generator_specs().items()}
-        categories = pd.Series(self.axes.merchant_categories, index=self.axes.merchant_ids)
-        names = None if context is None else context.merchants["merchant_name"].to_dict()
-        item_features = None if context is None else context.merchants[["price_level"]]
         self.ranker = RankerRecommender(
             generators,
-            item_categories=categories,
-            item_features=item_features,
-            item_names=names,
+            **self._item_facts(context),
             candidates_per_generator=recipe.candidates_per_generator,
             label_share=recipe.label_share,
             training_windows=recipe.training_windows,
@@ -274,6 +269,32 @@ class RankedMerchantRecommender:
             num_threads=recipe.num_threads,
             seed=recipe.seed,
         ).fit(orders, users=self.axes.user_ids, items=self.axes.merchant_ids, item_col="merchant_id")
+        return self._ready(recipe, as_of)
+
+    def refit(self, orders: pd.DataFrame, as_of: datetime, context: MarketContext | None = None) -> RankedMerchantRecommender:
+        """The same learned ranker over candidates and features rebuilt from ``orders`` as of ``as_of``.
+
+        The daily pipeline judges the ranker fitted before its held-out window, then serves this refit on
+        all orders, so the booster is trained once a day.
+        """
+        refreshed = RankedMerchantRecommender(self.spec)
+        refreshed.axes = MarketAxes.build(orders, as_of, context)
+        recipe = RankerRecipe(**self.spec.params)
+        refreshed.ranker = self.ranker.refit(
+            orders, users=refreshed.axes.user_ids, items=refreshed.axes.merchant_ids, item_col="merchant_id",
+            generators={kind: spec.build(refreshed.axes) for kind, spec in recipe.generator_specs().items()},
+            **refreshed._item_facts(context),
+        )
+        return refreshed._ready(recipe, as_of)
+
+    def _item_facts(self, context: MarketContext | None) -> dict:
+        return {
+            "item_categories": pd.Series(self.axes.merchant_categories, index=self.axes.merchant_ids),
+            "item_names": None if context is None else context.merchants["merchant_name"].to_dict(),
+            "item_features": None if context is None else context.merchants[["price_level"]],
+        }
+
+    def _ready(self, recipe: RankerRecipe, as_of: datetime) -> RankedMerchantRecommender:
         self.matrix = self.ranker.matrix
         self.cold_start = ColdStart().fit(self.axes, self.matrix.csr)
         self.exploration = NewMerchantSlot(recipe.exploration_rate, [recipe.seed, pd.Timestamp(as_of).toordinal()]).fit(
@@ -407,6 +428,23 @@ class TemporalSplit:
 
     def truth(self, mode: str) -> dict:
         return self.relevant if MODES[mode] else self.relevant_with_repeats
+
+    def sample(self, max_users: int, seed: int) -> TemporalSplit:
+        """The same split judged on a seeded sample of at most ``max_users`` test users (both modes).
+
+        Every model of a day is judged on the same sample, so comparisons stay paired while the cost of
+        judging stops growing with the marketplace.
+        """
+        users = np.array(sorted(self.relevant_with_repeats))
+        if len(users) <= max_users:
+            return self
+        kept = set(np.random.default_rng(seed).choice(users, size=max_users, replace=False).tolist())
+        return TemporalSplit(
+            cut=self.cut,
+            train=self.train,
+            relevant={user: items for user, items in self.relevant.items() if user in kept},
+            relevant_with_repeats={user: items for user, items in self.relevant_with_repeats.items() if user in kept},
+        )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from ml.recommend import (
     PopularityRecommender,
     RandomRecommender,
     RankerRecommender,
-    add_exploration_slot,
     mmr_rerank,
     temporal_split,
     top_n,
@@ -189,13 +188,6 @@ def test_mmr_increases_diversity_and_lambda_one_keeps_order():
     assert intra_list_diversity(list(reranked), categories) > intra_list_diversity(list(items[:4]), categories)
     assert set(reranked_scores) <= set(scores)
     assert list(mmr_rerank(items, scores, categories, lam=1.0)[0]) == list(items)
-
-
-def test_exploration_slot_replaces_only_the_last_item():
-    listed = np.array([1, 2, 3])
-    explored = add_exploration_slot(listed, [2, 7, 8], np.random.default_rng(0), rate=1.0)
-    assert list(explored[:2]) == [1, 2] and explored[2] in (7, 8)
-    assert list(add_exploration_slot(listed, [7], np.random.default_rng(0), rate=0.0)) == [1, 2, 3]
 
 
 @pytest.fixture(scope="module")

@@ -129,3 +129,27 @@ def test_judge_scores_both_modes_and_segments(orders, context):
     assert card["repeat"].overall["users"] >= card["discovery"].overall["users"] > 0
     assert sum(r["users"] for r in card["discovery"].by_segment.values()) == card["discovery"].overall["users"]
     assert np.isfinite(card["discovery"].overall["novelty"])
+
+
+def test_refit_keeps_the_learned_ranker_and_serves_the_new_window(orders, context):
+    cut = AS_OF - pd.Timedelta(days=7)
+    judged = RANKER.recommender().fit(orders[orders["event_time"] < cut], cut, context)
+    served = judged.refit(orders, AS_OF, context)
+    assert served.ranker.booster is judged.ranker.booster
+    late_users = sorted(set(orders["user_id"]) - set(orders.loc[orders["event_time"] < cut, "user_id"]))
+    assert late_users, "the window should bring users who first ordered after the cut"
+    recs = served.recommend(late_users[:20], n=10)
+    # Users known only from the new window get personalised lists (not the cold-start zone list).
+    assert not recs["reason"].isin(["popular in your zone", "popular right now"]).all()
+    assert served.trained_until == AS_OF and judged.trained_until == cut
+    assert judged.recommend(late_users[:20], n=10)["reason"].isin(["popular in your zone", "popular right now"]).all()
+
+
+def test_sampled_split_judges_a_seeded_subset_in_both_modes(orders):
+    split = TemporalSplit.last_days(orders, AS_OF, 7)
+    sample = split.sample(100, seed=3)
+    assert len(sample.relevant_with_repeats) == 100
+    assert set(sample.relevant) <= set(sample.relevant_with_repeats)
+    assert sample.relevant == {u: split.relevant[u] for u in sample.relevant_with_repeats if u in split.relevant}
+    assert split.sample(100, seed=3).relevant_with_repeats == sample.relevant_with_repeats
+    assert split.sample(10**6, seed=3) is split

@@ -8,7 +8,7 @@ from ml.recommend.ease import EASERecommender
 from ml.recommend.matrix import InteractionMatrix
 from ml.recommend.popularity import PopularityRecommender, RandomRecommender
 from ml.recommend.ranker import RankerRecommender
-from ml.recommend.rerank import add_exploration_slot, mmr_rerank
+from ml.recommend.rerank import mmr_rerank, mmr_rerank_rows
 from ml.recommend.split import temporal_split, unix_seconds
 
 __all__ = [
@@ -21,8 +21,8 @@ __all__ = [
     "RandomRecommender",
     "RankerRecommender",
     "Recommender",
-    "add_exploration_slot",
     "mmr_rerank",
+    "mmr_rerank_rows",
     "temporal_split",
     "top_n",
     "unix_seconds",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg import blas, lapack
 
 from ml.recommend.base import Recommender, as_user_items, binarise
 
@@ -22,7 +23,7 @@ class EASERecommender(Recommender):
         binary = binarise(self.user_items)
         gram = (binary.T @ binary).toarray().astype(np.float64)
         gram[np.diag_indices_from(gram)] += self.l2
-        precision = np.linalg.inv(gram)
+        precision = _spd_inverse(gram)
         weights = -precision / np.diag(precision)
         weights[np.diag_indices_from(weights)] = 0.0
         self.weights = weights.astype(np.float32)
@@ -30,3 +31,16 @@ class EASERecommender(Recommender):
 
     def score(self, user_indices: np.ndarray) -> np.ndarray:
         return np.asarray(binarise(self.user_items[np.asarray(user_indices)]) @ self.weights, dtype=np.float32)
+
+
+def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive definite matrix through its Cholesky factor L:
+    A^-1 = L^-T L^-1, about twice as fast as a general inverse."""
+    factor, info = lapack.dpotrf(matrix, lower=1, clean=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"Gram matrix is not positive definite (potrf info {info})")
+    inverse_factor, info = lapack.dtrtri(factor, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"Cholesky factor is singular (trtri info {info})")
+    upper = blas.dsyrk(1.0, inverse_factor, trans=1, lower=0)
+    return np.triu(upper) + np.triu(upper, 1).T

@@ -21,7 +21,7 @@ from ml.recommend.content import CategoryAffinityRecommender
 from ml.recommend.cosine import cosine_similarity, keep_top_per_row
 from ml.recommend.matrix import InteractionMatrix
 from ml.recommend.popularity import PopularityRecommender
-from ml.recommend.rerank import add_exploration_slot, mmr_rerank
+from ml.recommend.rerank import mmr_rerank_rows
 from ml.recommend.split import temporal_split, unix_seconds
 
 DAY = 86400.0
@@ -154,7 +154,8 @@ class _Stage:
     generators: dict[str, Recommender]
     history: History
     affinity: CategoryAffinityRecommender | None
-    similarity: sp.csr_matrix
+    similarity: sp.csr_matrix  # item x its top neighbours
+    similarity_to: sp.csr_matrix  # the transpose: row i holds every item's similarity to item i
 
 
 class RankerRecommender(Recommender):
@@ -165,8 +166,7 @@ class RankerRecommender(Recommender):
     ``item_categories`` (item id -> category), ``user_features`` (indexed by user id) and
     ``item_features`` (indexed by item id) add features; their numeric columns are used as they are.
     ``max_train_users`` caps the users sampled for training (rows are about users x windows x
-    candidates). ``diversity_lambda`` < 1 re-ranks each list by MMR over categories;
-    ``exploration_rate`` > 0 sometimes puts an unlisted candidate into the last slot.
+    candidates). ``diversity_lambda`` < 1 re-ranks each list by MMR over categories.
     """
 
     def __init__(
@@ -188,7 +188,6 @@ class RankerRecommender(Recommender):
         num_boost_round: int = 1000,
         early_stopping_rounds: int = 100,
         diversity_lambda: float = 1.0,
-        exploration_rate: float = 0.0,
         num_threads: int = 2,
         seed: int = 0,
     ):
@@ -209,7 +208,6 @@ class RankerRecommender(Recommender):
         self.num_boost_round = num_boost_round
         self.early_stopping_rounds = early_stopping_rounds
         self.diversity_lambda = diversity_lambda
-        self.exploration_rate = exploration_rate
         self.num_threads = num_threads
         self.seed = seed
 
@@ -224,19 +222,7 @@ class RankerRecommender(Recommender):
         time_col: str = "event_time",
     ) -> RankerRecommender:
         """Learn from interactions with a user, an item and a time (unix seconds or ISO) column."""
-        frame = pd.DataFrame(
-            {
-                "user_id": interactions[user_col],
-                "item_id": interactions[item_col],
-                "event_time": unix_seconds(interactions[time_col]),
-            }
-        )
-        self.matrix = InteractionMatrix.from_frame(frame, users=users, items=items)
-        self.user_items = self.matrix.csr
-        frame = frame.assign(u=self.matrix.user_indices(frame["user_id"]), i=self.matrix.item_indices(frame["item_id"]))
-        frame = frame[(frame["u"] >= 0) & (frame["i"] >= 0)]
-        self._item_code = self._align_categories()
-
+        frame = self._index(interactions, users, items, user_col, item_col, time_col)
         rng = np.random.default_rng(self.seed)
         all_users = rng.permutation(self.matrix.shape[0])
         if self.max_train_users is not None:
@@ -270,10 +256,51 @@ class RankerRecommender(Recommender):
         self.stage = self._fit_stage(frame)
         return self
 
-    def _align_categories(self) -> np.ndarray | None:
-        if self.item_categories is None:
-            return None
-        return self.item_categories.reindex(self.matrix.item_ids).to_numpy(dtype=object)
+    def refit(
+        self,
+        interactions: pd.DataFrame,
+        users: Sequence | None = None,
+        items: Sequence | None = None,
+        generators: Mapping[str, Recommender] | None = None,
+        item_categories: pd.Series | None = None,
+        item_features: pd.DataFrame | None = None,
+        item_names: Mapping | None = None,
+        user_col: str = "user_id",
+        item_col: str = "item_id",
+        time_col: str = "event_time",
+    ) -> RankerRecommender:
+        """A copy that keeps the learned booster and rebuilds candidates and features on ``interactions``.
+
+        The booster scores features relative to each user's own history, so it carries over to a later
+        window; refitting only the generators costs one stage instead of training again. Pass new
+        ``generators`` prototypes when theirs hold arrays aligned with the old ``users`` / ``items``.
+        """
+        refreshed = copy.copy(self)
+        refreshed.generators = dict(generators) if generators is not None else self.generators
+        refreshed.item_categories = item_categories if item_categories is not None else self.item_categories
+        refreshed.item_features = item_features if item_features is not None else self.item_features
+        refreshed.item_names = item_names if item_names is not None else self.item_names
+        frame = refreshed._index(interactions, users, items, user_col, item_col, time_col)
+        refreshed.stage = refreshed._fit_stage(frame)
+        return refreshed
+
+    def _index(self, interactions, users, items, user_col: str, item_col: str, time_col: str) -> pd.DataFrame:
+        """Set the matrix axes and category codes; the interactions with row (u) and column (i) indices."""
+        frame = pd.DataFrame(
+            {
+                "user_id": interactions[user_col],
+                "item_id": interactions[item_col],
+                "event_time": unix_seconds(interactions[time_col]),
+            }
+        )
+        self.matrix = InteractionMatrix.from_frame(frame, users=users, items=items)
+        self.user_items = self.matrix.csr
+        frame = frame.assign(u=self.matrix.user_indices(frame["user_id"]), i=self.matrix.item_indices(frame["item_id"]))
+        self._item_code = None
+        if self.item_categories is not None:
+            self._item_code = self.item_categories.reindex(self.matrix.item_ids).to_numpy(dtype=object)
+            self._category_codes = pd.factorize(self._item_code, use_na_sentinel=False)[0]
+        return frame[(frame["u"] >= 0) & (frame["i"] >= 0)]
 
     def _fit_stage(self, frame: pd.DataFrame) -> _Stage:
         users, items = frame["u"].to_numpy(), frame["i"].to_numpy()
@@ -284,7 +311,8 @@ class RankerRecommender(Recommender):
         if self._item_code is not None:
             affinity = CategoryAffinityRecommender(self._item_code).fit(history.user_items)
         similarity = keep_top_per_row(cosine_similarity(history.user_items), 100)
-        return _Stage(generators=generators, history=history, affinity=affinity, similarity=similarity)
+        return _Stage(generators=generators, history=history, affinity=affinity, similarity=similarity,
+                      similarity_to=similarity.T.tocsr())
 
     def _positives(self, stage: _Stage, future: pd.DataFrame) -> sp.csr_matrix:
         labels = future[["u", "i"]].drop_duplicates()
@@ -411,26 +439,19 @@ class RankerRecommender(Recommender):
         self, user_indices: np.ndarray, n: int = 10, exclude_seen: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         users = np.asarray(user_indices, dtype=np.int64).reshape(-1)
-        reranking = self.diversity_lambda < 1.0 or self.exploration_rate > 0.0
+        reranking = self.diversity_lambda < 1.0 and self._item_code is not None
         depth = 3 * n if reranking else n
         items = np.full((len(users), n), -1, dtype=np.int64)
         scores = np.full((len(users), n), -np.inf, dtype=np.float32)
         for start in range(0, len(users), _BATCH_USERS):
-            batch = users[start : start + _BATCH_USERS]
-            top, top_scores = top_n(self.score(batch, exclude_seen), depth)
-            for offset, (user, row, row_scores) in enumerate(zip(batch, top, top_scores)):
-                kept = row >= 0
-                row, row_scores = row[kept], row_scores[kept]
-                if self.diversity_lambda < 1.0 and self._item_code is not None:
-                    row, row_scores = mmr_rerank(row, row_scores, self._item_code, self.diversity_lambda)
-                if self.exploration_rate > 0.0:
-                    rng = np.random.default_rng([self.seed, int(user)])
-                    score_of = dict(zip(row.tolist(), row_scores.tolist()))
-                    row = add_exploration_slot(row[:n], row[n:], rng, self.exploration_rate)
-                    row_scores = np.array([score_of[item] for item in row.tolist()], dtype=np.float32)
-                count = min(n, len(row))
-                items[start + offset, :count] = row[:count]
-                scores[start + offset, :count] = row_scores[:count]
+            batch = slice(start, start + _BATCH_USERS)
+            top, top_scores = top_n(self.score(users[batch], exclude_seen), depth)
+            if reranking:
+                picks = mmr_rerank_rows(top_scores, self._category_codes[np.maximum(top, 0)], self.diversity_lambda, n)
+                picked = picks >= 0
+                top = np.where(picked, np.take_along_axis(top, np.maximum(picks, 0), axis=1), -1)
+                top_scores = np.where(picked, np.take_along_axis(top_scores, np.maximum(picks, 0), axis=1), -np.inf)
+            items[batch], scores[batch] = top[:, :n], top_scores[:, :n]
         return items, scores
 
     def feature_importance(self, importance_type: str = "gain") -> pd.Series:
@@ -439,33 +460,44 @@ class RankerRecommender(Recommender):
         ).sort_values(ascending=False)
 
     def explain(self, user_indices: np.ndarray, item_indices: np.ndarray) -> list[list[str]]:
-        """A short reason per recommended item; ``item_indices`` is [users, n] as from ``recommend``."""
-        history = self.stage.history
-        zone_popularity = any(
-            isinstance(g, PopularityRecommender) and g.user_groups is not None for g in self.generators.values()
-        )
-        explanations = []
-        for user, row in zip(np.asarray(user_indices), np.asarray(item_indices)):
-            past = history.user_items[user].indices
-            favourite = None
-            if self.stage.affinity is not None and len(past):
-                favourite = int(np.argmax(self.stage.affinity.user_category_counts[user]))
-            reasons = []
-            for item in row[row >= 0]:
-                reasons.append(self._reason(int(item), past, favourite, zone_popularity))
-            explanations.append(reasons)
-        return explanations
+        """A short reason per recommended item; ``item_indices`` is [users, n] as from ``recommend``.
 
-    def _reason(self, item: int, past: np.ndarray, favourite: int | None, zone_popularity: bool) -> str:
-        if item in past:
-            return REASONS["repeat"].format(item=self._item_name(item))
-        if len(past):
-            similarities = np.asarray(self.stage.similarity[past, item].todense()).ravel()
-            if similarities.max() >= _SIMILAR_REASON_MIN:
-                return REASONS["similar"].format(item=self._item_name(int(past[np.argmax(similarities)])))
-        if favourite is not None and self.stage.affinity.item_codes[item] == favourite:
-            return REASONS["category"].format(category=self.stage.affinity.categories[favourite])
-        return REASONS["zone" if zone_popularity else "popular"]
+        In order: a past merchant, the most similar past merchant (similarity >= ``_SIMILAR_REASON_MIN``),
+        the user's favourite category, else popularity.
+        """
+        history = self.stage.history
+        item_indices = np.asarray(item_indices)
+        listed = item_indices >= 0
+        rows = np.repeat(np.asarray(user_indices), item_indices.shape[1])[listed.ravel()]
+        items = item_indices[listed]
+        past = history.user_items[rows]
+        past.data[:] = 1.0
+        similar = past.multiply(self.stage.similarity_to[items]).tocsr()
+        best_similarity = np.asarray(similar.max(axis=1).todense()).ravel()
+        most_similar = np.asarray(similar.argmax(axis=1)).ravel()
+        has_past = np.diff(past.indptr) > 0
+        fallback = REASONS["zone" if self._zone_popularity else "popular"]
+        if self.stage.affinity is not None:
+            favourite = self.stage.affinity.user_category_counts[rows].argmax(axis=1)
+            in_favourite = has_past & (self.stage.affinity.item_codes[items] == favourite)
+        else:
+            in_favourite = np.zeros(len(items), dtype=bool)
+        repeat = _pair_lookup(history.user_items, rows, items) > 0
+        reasons = [
+            REASONS["repeat"].format(item=self._item_name(item)) if is_repeat
+            else REASONS["similar"].format(item=self._item_name(other)) if similarity >= _SIMILAR_REASON_MIN
+            else REASONS["category"].format(category=self._item_code[item])
+            if favoured else fallback
+            for item, other, similarity, is_repeat, favoured in zip(
+                items.tolist(), most_similar.tolist(), best_similarity.tolist(), repeat.tolist(), in_favourite.tolist()
+            )
+        ]
+        bounds = np.concatenate([[0], np.cumsum(listed.sum(axis=1))])
+        return [reasons[begin:end] for begin, end in zip(bounds[:-1], bounds[1:])]
+
+    @property
+    def _zone_popularity(self) -> bool:
+        return any(isinstance(g, PopularityRecommender) and g.user_groups is not None for g in self.generators.values())
 
     def _item_name(self, item: int) -> str:
         item_id = self.matrix.item_ids[item]

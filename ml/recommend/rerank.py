@@ -1,10 +1,11 @@
-"""Post-processing of one ranked list: diversity by category (MMR) and an exploration slot."""
+"""Post-processing of ranked lists: diversity by category (maximal marginal relevance)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 
 def mmr_rerank(
@@ -14,42 +15,47 @@ def mmr_rerank(
     lam: float = 0.7,
     n: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Maximal marginal relevance with category equality as the similarity.
+    """Maximal marginal relevance with category equality as the similarity, for one list.
 
-    Greedily picks the item maximising ``lam * relevance - (1 - lam) * [its category is already in the
-    list]``, relevance being the score min-max scaled over ``items``. ``lam=1`` keeps the order.
     ``item_categories`` maps an item (or, for a sequence, an item index) to its category. Returns the
-    first ``n`` (default all) picks and their original scores.
+    first ``n`` (default all) picks and their original scores; see ``mmr_rerank_rows``.
     """
     items = np.asarray(items)
-    scores = np.asarray(scores, dtype=np.float64)
     n = len(items) if n is None else min(n, len(items))
-    spread = scores.max(initial=0.0) - scores.min(initial=0.0)
-    relevance = (scores - scores.min(initial=0.0)) / spread if spread > 0 else np.ones_like(scores)
-    categories = [item_categories[item] for item in items]
-    remaining = list(range(len(items)))
-    chosen: list[int] = []
-    seen_categories: set = set()
-    while remaining and len(chosen) < n:
-        gains = [lam * relevance[i] - (1.0 - lam) * (categories[i] in seen_categories) for i in remaining]
-        best = remaining.pop(int(np.argmax(gains)))
-        chosen.append(best)
-        seen_categories.add(categories[best])
-    return items[chosen], scores[chosen]
+    codes, _ = pd.factorize(pd.Series([item_categories[item] for item in items], dtype=object))
+    order = mmr_rerank_rows(np.asarray(scores, dtype=np.float64)[None, :], codes[None, :], lam, n)[0]
+    return items[order], np.asarray(scores, dtype=np.float64)[order]
 
 
-def add_exploration_slot(
-    items: np.ndarray, pool: Sequence, rng: np.random.Generator, rate: float = 0.1
-) -> np.ndarray:
-    """With probability ``rate``, replace the last slot with a uniform pick from ``pool`` not already listed.
+def mmr_rerank_rows(scores: np.ndarray, categories: np.ndarray, lam: float, n: int) -> np.ndarray:
+    """MMR over many lists at once: per row, the positions of the ``n`` picks in pick order.
 
-    The slot is the last one so exploration costs the least expected relevance.
+    Greedily picks the position maximising ``lam * relevance - (1 - lam) * [its category is already in the
+    list]``, relevance being the score min-max scaled over the row (with 0 inside the range); ties go to
+    the earlier position, so ``lam=1`` keeps the order. ``scores`` is [rows, depth] with -inf for empty
+    slots, ``categories`` the same shape of non-negative integer codes. Rows with fewer than ``n`` scored
+    slots are padded with -1.
     """
-    items = np.array(items, copy=True)
-    if len(items) == 0 or rng.random() >= rate:
-        return items
-    listed = set(items.tolist())
-    fresh = [item for item in pool if item not in listed]
-    if fresh:
-        items[-1] = fresh[rng.integers(len(fresh))]
-    return items
+    scores = np.asarray(scores, dtype=np.float64)
+    rows, depth = scores.shape
+    n = min(n, depth)
+    valid = np.isfinite(scores)
+    finite = np.where(valid, scores, np.nan)
+    low = np.minimum(np.nan_to_num(np.nanmin(finite, axis=1, initial=np.inf), posinf=0.0), 0.0)[:, None]
+    high = np.maximum(np.nan_to_num(np.nanmax(finite, axis=1, initial=-np.inf), neginf=0.0), 0.0)[:, None]
+    spread = high - low
+    relevance = np.where(spread > 0, (np.nan_to_num(finite) - low) / np.where(spread > 0, spread, 1.0), 1.0)
+    codes = np.asarray(categories, dtype=np.int64)
+    seen = np.zeros((rows, int(codes.max(initial=0)) + 1), dtype=bool)
+    available = valid.copy()
+    picks = np.full((rows, n), -1, dtype=np.int64)
+    row_index = np.arange(rows)
+    for step in range(n):
+        gains = lam * relevance - (1.0 - lam) * seen[row_index[:, None], codes]
+        gains[~available] = -np.inf
+        best = np.argmax(gains, axis=1)
+        picking = available[row_index, best]
+        picks[picking, step] = best[picking]
+        available[row_index[picking], best[picking]] = False
+        seen[row_index[picking], codes[row_index[picking], best[picking]]] = True
+    return picks
