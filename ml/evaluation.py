@@ -72,17 +72,21 @@ def intra_list_diversity(items: Sequence, item_categories: Mapping[Hashable, Has
     return sum(a != b for a, b in pairs) / len(pairs)
 
 
-def novelty(items: Sequence, item_popularity: Mapping[Hashable, float]) -> float:
+def novelty(items: Sequence, item_popularity: Mapping[Hashable, float], floor: float | None = None) -> float:
     """Mean self-information -log2(p) of the items, p = share of users who interacted with the item.
 
-    An item missing from ``item_popularity`` gets the smallest known popularity: it is at least as
-    novel as the rarest item seen.
+    An item missing from ``item_popularity`` gets ``floor``, by default the smallest known popularity:
+    it is at least as novel as the rarest item seen.
     """
     if not items or not item_popularity:
         return 0.0
-    floor = min(p for p in item_popularity.values() if p > 0)
+    floor = min_popularity(item_popularity) if floor is None else floor
     probabilities = np.array([max(item_popularity.get(item, floor), floor) for item in items], dtype=float)
     return float(np.mean(-np.log2(probabilities)))
+
+
+def min_popularity(item_popularity: Mapping[Hashable, float]) -> float:
+    return min(p for p in item_popularity.values() if p > 0)
 
 
 def ranking_report(
@@ -118,6 +122,7 @@ def ranking_report(
         values = [intra_list_diversity(items, item_categories) for items in lists.values() if len(items) > 1]
         report["diversity"] = float(np.mean(values)) if values else 0.0
     if item_popularity is not None:
-        values = [novelty(items, item_popularity) for items in lists.values() if items]
+        floor = min_popularity(item_popularity) if item_popularity else None
+        values = [novelty(items, item_popularity, floor) for items in lists.values() if items]
         report["novelty"] = float(np.mean(values)) if values else 0.0
     return report
