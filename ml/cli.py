@@ -98,11 +98,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 2
     _migrate_airflow_db()
-    from ml.orchestration import run_dag_in_process
+    from ml.orchestration import logs_to_file, run_dag_in_process
 
     started = time.perf_counter()
-    print(f"running DAG {DAG_ID} for {run_date} in-process ...", flush=True)
-    state, tasks = run_dag_in_process(DAG_ID, run_date)
+    log_path = settings.home / "logs" / f"{DAG_ID}_{run_date}.log"
+    print(f"running DAG {DAG_ID} for {run_date} in-process (full log: {log_path}) ...", flush=True)
+    with logs_to_file(log_path):
+        state, tasks = run_dag_in_process(DAG_ID, run_date)
     from ml.summary import print_summary
 
     print_summary(settings, run_date, state, tasks, time.perf_counter() - started)
@@ -190,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("benchmark", help="model quality on real public data")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
-    for name in ("ranking", "offers", "synthetic"):
+    for name in ("ranking", "offers", "synthetic", "daily"):
         mod = importlib.import_module(f"ml.benchmarks.{name}")
         bench_parser = bench_sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else None)
         mod.add_arguments(bench_parser)

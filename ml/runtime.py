@@ -8,6 +8,9 @@ from pathlib import Path
 
 from ml.settings import PROJECT_ROOT, Settings
 
+# Long steps log their progress (rows per second, users scored of total) here; `rekindle run` shows it.
+PROGRESS_LOGGER = "rekindle.progress"
+
 # Every tool's own switch for its phone-home; nothing may leave the machine by default.
 NO_TELEMETRY = {
     "DO_NOT_TRACK": "true",

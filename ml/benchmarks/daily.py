@@ -1,0 +1,164 @@
+"""Daily operation in steady state: the reengagement_daily DAG for the last N days, in order, on one warehouse.
+
+A synthetic window is generated once; the history before the first run date is in the drop folder from
+the start and each later day's events and campaign exposures arrive as their own files before the next
+day's run, as a daily export would. Prints seconds per task per day (all dbt tasks summed into one row),
+each task's peak resident memory, and the last day against day 2: no task may grow with the number of
+days already published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ml.generate import SCALES, TABLE_FILES
+from ml.settings import PROJECT_ROOT, Settings
+
+DAG_ID = "reengagement_daily"
+DBT_GROUP = "dbt_build"
+# Tables whose rows arrive day by day, with the column that dates them.
+DAILY_TABLES = {"events": "event_time", "campaign_exposures": "sent_at"}
+STEADY_STATE_LIMIT = 1.2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--days", type=int, default=14, help="run dates, ending with --end-date (at least 2)")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
+    parser.add_argument("--users", type=int, help="users instead of the scale's (merchants stay the scale's)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--window-days", type=int, default=45, help="days of synthetic history, ending with --end-date")
+    parser.add_argument("--end-date", type=dt.date.fromisoformat, help="the last run date (default: today, UTC)")
+    parser.add_argument(
+        "--home", type=Path, help="state for the benchmark, wiped first (default: .rekindle/benchmarks/daily-<scale>)"
+    )
+
+
+@dataclass
+class DayRun:
+    run_date: dt.date
+    state: str
+    seconds: float
+    task_seconds: dict[str, float] = field(default_factory=dict)
+    task_peak_mb: dict[str, float] = field(default_factory=dict)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.days < 2:
+        print("error: --days must be at least 2 (day 2 is the reference for steady state)", file=sys.stderr)
+        return 2
+    end = args.end_date or dt.datetime.now(dt.timezone.utc).date()
+    label = f"{args.scale}" if args.users is None else f"{args.users}-users"
+    home = (args.home or Settings.from_env().home / "benchmarks" / f"daily-{label}").resolve()
+    settings = _fresh_home(home, args.seed, args.scale)
+    url = _start(settings)
+    run_dates = [end - dt.timedelta(days=args.days - 1 - i) for i in range(args.days)]
+    daily_files = _stage_window(settings, args, run_dates[0], end)
+
+    from ml.orchestration import logs_to_file, run_dag_in_process
+    from ml.pipeline import step_summaries
+
+    days: list[DayRun] = []
+    for number, run_date in enumerate(run_dates, start=1):
+        for path in daily_files.get(run_date - dt.timedelta(days=1), []):
+            shutil.move(path, settings.input_dir / path.name)
+        print(f"day {number}/{len(run_dates)} {run_date}:", flush=True)
+        started = time.perf_counter()
+        with logs_to_file(settings.home / "logs" / f"{DAG_ID}_{run_date}.log"):
+            state, tasks = run_dag_in_process(DAG_ID, run_date)
+        day = DayRun(run_date, state, time.perf_counter() - started)
+        for task in tasks:
+            name = DBT_GROUP if task.task_id.startswith(f"{DBT_GROUP}.") else task.task_id
+            day.task_seconds[name] = day.task_seconds.get(name, 0.0) + (task.seconds or 0.0)
+        for step in step_summaries(Settings.from_env(home=home, warehouse_url=url), run_date):
+            day.task_peak_mb[step["step"]] = step["summary"].get("peak_rss_mb", float("nan"))
+        days.append(day)
+        print(f"day {number}/{len(run_dates)} {run_date}: {state} in {day.seconds:.1f}s\n", flush=True)
+        if state != "success":
+            print(f"error: the run for {run_date} ended {state}; log in {settings.home / 'logs'}",
+                  file=sys.stderr)
+            break
+    print()
+    print(format_days(days))
+    print()
+    print(f"home {home}; users {args.users or SCALES[args.scale][0]:,}, merchants {SCALES[args.scale][1]:,}, "
+          f"{args.window_days}-day window ending {end}")
+    return 0 if all(day.state == "success" for day in days) and len(days) == len(run_dates) else 1
+
+
+def _fresh_home(home: Path, seed: int, scale: str) -> Settings:
+    from ml import runtime, warehouse
+
+    settings = Settings.from_env(home=home, seed=seed, scale=scale, warehouse_url="")
+    if home.exists():
+        warehouse.stop(settings)
+        shutil.rmtree(home)
+    # The benchmark's own Airflow metadata too: the in-process DAG runs must start from nothing.
+    os.environ.update(runtime.airflow_environment(settings))
+    os.environ["REKINDLE_SEED"], os.environ["REKINDLE_SCALE"] = str(seed), scale
+    os.environ.pop("REKINDLE_WAREHOUSE_URL", None)
+    return settings
+
+
+def _start(settings: Settings) -> str:
+    import subprocess
+
+    from ml import runtime, warehouse
+
+    url = warehouse.start(settings)
+    runtime.configure(settings, url)
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL,
+                   cwd=PROJECT_ROOT)
+    return url
+
+
+def _stage_window(settings: Settings, args: argparse.Namespace, first: dt.date, end: dt.date) -> dict[dt.date, list[Path]]:
+    """Generate the window; put the history before ``first`` in the drop folder and return the later days'
+    files (staged beside it) by the day their rows happened."""
+    from ml.generate import generate_marketplace
+
+    print(f"generating {args.window_days} days ending {end} ({args.scale}, seed {args.seed}) ...", flush=True)
+    market = generate_marketplace(args.scale, seed=args.seed, days=args.window_days, end_date=end, n_users=args.users)
+    market.write(settings.input_dir)
+    staged = settings.data_dir / "later_days"
+    staged.mkdir(parents=True)
+    first_ts = pd.Timestamp(first, tz="UTC")
+    daily: dict[dt.date, list[Path]] = {}
+    for table, time_column in DAILY_TABLES.items():
+        path = settings.input_dir / TABLE_FILES[table]
+        rows = pd.read_parquet(path)
+        times = pd.to_datetime(rows[time_column], utc=True)
+        rows[times < first_ts].to_parquet(path, index=False)
+        later = rows[times >= first_ts]
+        for day, day_rows in later.groupby(times[times >= first_ts].dt.date):
+            day_path = staged / f"{table}_{day.isoformat()}.parquet"
+            day_rows.to_parquet(day_path, index=False)
+            daily.setdefault(day, []).append(day_path)
+    return daily
+
+
+def format_days(days: list[DayRun]) -> str:
+    """Seconds per task (rows) per day (columns), each task's largest peak memory, and last day / day 2."""
+    tasks = list(dict.fromkeys(name for day in days for name in day.task_seconds))
+    header = ["task"] + [f"day {i}" for i in range(1, len(days) + 1)] + ["peak MB", f"day {len(days)} / day 2"]
+    rows = []
+    for task in tasks + ["whole DAG"]:
+        seconds = [day.seconds if task == "whole DAG" else day.task_seconds.get(task, float("nan")) for day in days]
+        peak = max((day.task_peak_mb.get(task, float("nan")) for day in days), default=float("nan"))
+        ratio = seconds[-1] / seconds[1] if len(seconds) > 1 and seconds[1] > 0 else float("nan")
+        flag = " !" if ratio > STEADY_STATE_LIMIT and seconds[-1] - seconds[1] > 1.0 else ""
+        rows.append([task] + [f"{s:.1f}" for s in seconds] + [f"{peak:,.0f}", f"{ratio:.2f}{flag}"])
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in [header] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(f"(! = more than {STEADY_STATE_LIMIT}x day 2 and over a second slower; dbt_build sums its tasks)")
+    return "\n".join(lines)
