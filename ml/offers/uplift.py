@@ -97,12 +97,17 @@ class FeatureEncoder:
         for column in self.columns_:
             values = X[column] if column in X.columns else pd.Series(np.nan, index=X.index)
             if column in self.categories_:
-                text = values.astype(object).map(lambda v: str(v) if pd.notna(v) else None)
-                known = text.where(text.isin(self.categories_[column]), None)
-                encoded[column] = pd.Categorical(known, categories=self.categories_[column])
+                text = values.astype(str).where(values.notna())
+                encoded[column] = pd.Categorical(text, categories=self.categories_[column])
             else:
                 encoded[column] = pd.to_numeric(values, errors="coerce").astype(float).to_numpy()
         return pd.DataFrame(encoded, index=X.index)
+
+    def constant(self, column: str, value, rows: int):
+        """``rows`` copies of ``value`` encoded as ``transform`` encodes ``column``."""
+        if column in self.categories_:
+            return pd.Categorical(np.full(rows, str(value), dtype=object), categories=self.categories_[column])
+        return np.full(rows, float(value))
 
 
 def _is_binary(y: np.ndarray) -> bool:
