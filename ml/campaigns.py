@@ -29,6 +29,7 @@ from ml.offers.uplift import (
     mean_uplift,
     shrink_uplift,
 )
+from ml.publish import analyze
 
 CONTROL = "none"
 INACTIVE_SEGMENTS = ("at_risk", "lapsed", "dormant", "churned")
@@ -381,6 +382,7 @@ def replace_offers(conn: psycopg.Connection, run_date: date, campaign_id: str, o
                 copy.write_row((run_date, campaign_id, int(r.user_id), r.segment, r.arm, r.event_type,
                                 float(r.reward_size), float(r.expected_uplift), float(r.expected_cost),
                                 bool(r.is_holdout), model_version))
+    analyze(conn, "crm.inactive_user_offers")
 
 
 def offer_summary(offers: pd.DataFrame, budget: float) -> dict:

@@ -22,6 +22,7 @@ from datetime import date
 import psycopg
 from psycopg import sql
 
+from ml.publish import analyze
 from ml.settings import Settings
 
 SHARE_OF_BEST = (
@@ -231,10 +232,15 @@ def refresh_segments(conn: psycopg.Connection, run_date: date, settings: Setting
     """Replace run_date's rows in every segment table from ``crm.recommendations`` and the marts.
 
     Call inside the caller's transaction (it does not commit), after run_date's recommendations are
-    written. Returns the rows written per segment.
+    written and analysed. Returns the rows written per segment.
     """
     ensure_tables(conn)
-    params = {
+    params = _params(run_date, settings)
+    return {name: _replace_segment(conn, segment, params) for name, segment in SEGMENTS.items()}
+
+
+def _params(run_date: date, settings: Settings) -> dict:
+    return {
         "run_date": run_date,
         "affinity_threshold": settings.crm_affinity_threshold,
         "top_k": settings.crm_top_k,
@@ -242,13 +248,13 @@ def refresh_segments(conn: psycopg.Connection, run_date: date, settings: Setting
         "new_user_max_orders": settings.crm_new_user_max_orders,
         "superfans_per_merchant": settings.crm_superfans_per_merchant,
     }
-    return {name: _replace_segment(conn, segment, params) for name, segment in SEGMENTS.items()}
 
 
 def _replace_segment(conn: psycopg.Connection, segment: Segment, params: dict) -> int:
     table = sql.Identifier("crm", segment.name)
     conn.execute(sql.SQL("DELETE FROM {} WHERE run_date = %(run_date)s").format(table), params)
     inserted = conn.execute(_insert_sql(segment), {**params, "segment": segment.name})
+    analyze(conn, f"crm.{segment.name}")
     return inserted.rowcount
 
 

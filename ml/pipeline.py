@@ -401,6 +401,7 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             offers, offer_version = _todays_offers(settings, conn, run_date)
             crm.ensure_tables(conn)
             with conn.transaction():
+                expired = publish.drop_expired(conn, run_date, settings.crm_retention_days)
                 scored = publish.replace_run(
                     conn, run_date, recommendations, members, settings.score_segments, version
                 )
@@ -416,6 +417,7 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             rows_per_segment={k: int(v) for k, v in scored.groupby("segment").size().items()},
             recommendations=len(recommendations),
             crm_segments=segment_rows,
+            expired_rows=expired,
             offers=None if offers is None else {"model_version": offer_version, **campaigns.offer_summary(offers, settings.campaign_budget)},
             exports={segment: str(path) for segment, path in exports.items()},
         )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
 import psycopg
+from psycopg import sql
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,35 @@ def _copy_rows(conn: psycopg.Connection, table: str, columns: list[str], rows) -
                 copy.write_row(row)
 
 
+def analyze(conn: psycopg.Connection, *tables: str) -> None:
+    """Refresh the planner's statistics of ``tables`` (``schema.name``) right after a bulk write.
+
+    Run it inside the writing transaction, before anything reads the new rows: autovacuum sees them only
+    after the commit, and once a table holds weeks of history one day is below its 10% change threshold,
+    so the statistics would miss the newest run_date for days (its rows estimated at a handful, and
+    nested loops over them).
+    """
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(sql.Identifier(*t.split(".")) for t in tables)))
+
+
+def drop_expired(conn: psycopg.Connection, run_date: date, retention_days: int) -> dict[str, int]:
+    """Delete the rows with run_date before ``run_date - retention_days`` from every ``crm`` table that has a
+    run_date column; call inside the publishing transaction. Returns the rows deleted per table."""
+    cutoff = run_date - timedelta(days=retention_days)
+    tables = conn.execute(
+        """SELECT c.table_name FROM information_schema.columns c
+           JOIN information_schema.tables t USING (table_schema, table_name)
+           WHERE c.table_schema = 'crm' AND c.column_name = 'run_date' AND t.table_type = 'BASE TABLE'
+           ORDER BY c.table_name"""
+    ).fetchall()
+    return {
+        f"crm.{name}": conn.execute(
+            sql.SQL("DELETE FROM {} WHERE run_date < %s").format(sql.Identifier("crm", name)), (cutoff,)
+        ).rowcount
+        for (name,) in tables
+    }
+
+
 def replace_run(
     conn: psycopg.Connection, run_date: date, recommendations: pd.DataFrame, members: pd.DataFrame,
     segments: tuple[str, ...], model_version: str,
@@ -89,6 +119,7 @@ def replace_run(
         ((run_date, r.segment, int(r.user_id), int(r.rank), int(r.merchant_id), r.merchant_name, float(r.score),
           model_version) for r in scored.itertuples(index=False)),
     )
+    analyze(conn, "crm.recommendations", "crm.segment_members")
     return scored
 
 

@@ -65,6 +65,9 @@ class Settings:
     crm_lapsed_days: int = 14
     crm_new_user_max_orders: int = 2
     crm_superfans_per_merchant: int = 20
+    # Publishing run_date D deletes rows with run_date < D - this from every crm table that has a run_date.
+    # Keep it above reactivation_window_days: the experiment readout reads a campaign's offers after its window.
+    crm_retention_days: int = 90
     crm_reader_role: str = "rekindle_crm_reader"
     # Empty: the role gets no password (fine for the embedded server's local trust auth).
     crm_reader_password: str = ""
