@@ -152,11 +152,13 @@ class OfferResponseModel:
         )
 
     def _per_arm(self, users: pd.DataFrame, model: BoostedRegressor) -> pd.DataFrame:
+        encoded = self.encoder_.transform(users[USER_FEATURES].assign(event_type=CONTROL, reward_size=0.0))
         columns = {}
         for arm in self.arms_:
             event_type, reward = (CONTROL, 0.0) if arm == CONTROL else (arm_event_type(arm), self.reward_size_[arm])
-            X = users[USER_FEATURES].assign(event_type=event_type, reward_size=reward)
-            columns[arm] = model.predict(self.encoder_.transform(X))
+            X = encoded.assign(event_type=self.encoder_.constant("event_type", event_type, len(encoded)),
+                               reward_size=self.encoder_.constant("reward_size", reward, len(encoded)))
+            columns[arm] = model.predict(X)
         return pd.DataFrame(columns, index=users.index)
 
     def predict(self, users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

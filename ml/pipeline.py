@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
 from contextlib import contextmanager
 from datetime import date, datetime, time as dtime, timezone
@@ -29,9 +31,11 @@ from ml.recommendation import (
     TemporalSplit,
     evaluate_spec,
 )
+from ml.runtime import PROGRESS_LOGGER
 from ml.settings import Settings, redact
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 OPS_SQL = """
 CREATE SCHEMA IF NOT EXISTS ops;
@@ -56,8 +60,10 @@ def as_of(run_date: date) -> datetime:
 def recorded_step(url: str, run_date: date, step: str) -> Iterator[dict]:
     summary: dict = {}
     started = time.perf_counter()
-    yield summary
+    with PeakMemory() as memory:
+        yield summary
     seconds = time.perf_counter() - started
+    summary["peak_rss_mb"] = memory.peak_mb
     with psycopg.connect(url) as conn:
         conn.execute(OPS_SQL)
         conn.execute(
@@ -67,6 +73,39 @@ def recorded_step(url: str, run_date: date, step: str) -> Iterator[dict]:
             (run_date, step, seconds, json.dumps(summary, default=str)),
         )
     log.info("%s finished in %.1fs: %s", step, seconds, summary)
+
+
+class PeakMemory:
+    """The process's peak resident memory while the block runs, sampled a few times a second (the
+    kernel's own high-water mark covers the process's whole life, not one step of it)."""
+
+    def __init__(self, interval_seconds: float = 0.2):
+        self.interval_seconds = interval_seconds
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        self._sample()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            self._sample()
+
+    def _sample(self) -> None:
+        with open("/proc/self/statm") as statm:
+            resident_pages = int(statm.read().split()[1])
+        self.peak_mb = max(self.peak_mb, round(resident_pages * _PAGE_BYTES / 2**20, 1))
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def prepare_warehouse(settings: Settings, run_date: date) -> dict:
@@ -188,7 +227,8 @@ def load_market_context(conn: psycopg.Connection) -> MarketContext:
 
 def train_ranker(settings: Settings, run_date: date) -> dict:
     """Judge the ranker beside its generators and the baselines on the last ``eval_test_days`` (discovery and
-    repeat-inclusive, per lifecycle segment), register a refit on all data, run the gate."""
+    repeat-inclusive, per lifecycle segment, on at most ``eval_users`` test users), register the judged ranker
+    refitted on all orders, run the gate."""
     import mlflow
 
     url = warehouse.start(settings)
@@ -198,7 +238,9 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
             context = load_market_context(conn)
         if orders.empty:
             raise ValueError(f"no orders before {run_date}: nothing to train on")
-        split = TemporalSplit.last_days(orders, as_of(run_date), settings.eval_test_days)
+        split = TemporalSplit.last_days(orders, as_of(run_date), settings.eval_test_days).sample(
+            settings.eval_users, settings.seed
+        )
         rule = LifecycleRule(settings.new_user_days, settings.active_max_days, settings.at_risk_max_days,
                              settings.lapsed_max_days, settings.dormant_max_days)
         judge = Judge(split, len(context.merchants), context.merchants["category"].to_dict(),
@@ -210,13 +252,18 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
         ):
             scorecards, fitted = {}, {}
             for name, model_spec in comparison_specs(settings, spec).items():
+                started = time.perf_counter()
                 fitted[name] = model_spec.recommender().fit(split.train, split.cut, context)
                 scorecards[name] = judge.scorecard(fitted[name])
+                progress.info("judged %s on %d test users: ndcg@10 %.4f (%.1fs)", name, len(split.relevant_with_repeats),
+                              scorecards[name]["discovery"].overall[GATE_METRIC], time.perf_counter() - started)
             metrics = scorecards["ranker"]["discovery"].overall
             champion_metric = _champion_metric(settings, split, context, spec, metrics[GATE_METRIC])
             importance = fitted["ranker"].feature_importance()
             _log_comparison(spec, split, scorecards, importance, run_date)
-            final = spec.recommender().fit(orders, as_of(run_date), context)
+            started = time.perf_counter()
+            final = fitted["ranker"].refit(orders, as_of(run_date), context)
+            progress.info("refitted the ranker's candidates on %d orders (%.1fs)", len(orders), time.perf_counter() - started)
             version = registry.log_model(registry.RecommenderPyfunc(final), settings.ranker_model_name)
             decision = registry.gate(
                 settings.ranker_model_name, version, GATE_METRIC, metrics[GATE_METRIC], champion_metric,
@@ -328,7 +375,7 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
             if truth.exists() and not users.empty:
                 evaluation.extra.update(campaigns.truth_values(final, users, truth))
             metrics = evaluation.metrics()
-            champion_value = _champion_offer_value(settings, train, test)
+            champion_value = _champion_offer_value(settings, model, train, test, metrics["policy_value"])
             mlflow.log_params({"learner": "s_learner_lightgbm", "margin_rate": settings.order_margin_rate,
                                "train_rows": len(train), "test_rows": len(test), "run_date": run_date.isoformat(),
                                "heterogeneity_trust": final.shrinkage_})
@@ -349,12 +396,22 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
     return summary
 
 
-def _champion_offer_value(settings: Settings, train: pd.DataFrame, test: pd.DataFrame) -> float | None:
-    """Refit the champion's configuration on today's training users and value it on the same held-out users."""
+def _champion_offer_value(
+    settings: Settings, challenger: campaigns.OfferResponseModel, train: pd.DataFrame, test: pd.DataFrame,
+    challenger_value: float,
+) -> float | None:
+    """Refit the champion's configuration on today's training users and value it on the same held-out users.
+
+    Fitting is seeded and deterministic, so a champion with the challenger's own configuration scores exactly
+    the challenger's value: reusing it saves a refit.
+    """
     if registry.alias_version(settings.offer_model_name, registry.CHAMPION) is None:
         return None
     champion = registry.load_alias(settings.offer_model_name).model
-    refit = campaigns.OfferResponseModel(champion.margin_rate, champion.config, champion.seed).fit(train)
+    recipe = (champion.margin_rate, champion.config, champion.seed)
+    if recipe == (challenger.margin_rate, challenger.config, challenger.seed):
+        return challenger_value
+    refit = campaigns.OfferResponseModel(*recipe).fit(train)
     return campaigns.evaluate(refit, train, test, settings.order_margin_rate).policy_value
 
 

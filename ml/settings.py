@@ -38,6 +38,8 @@ class Settings:
     # Recommendation / evaluation
     top_n: int = 10
     eval_test_days: int = 7
+    # Test users every model of a day is judged on (a seeded sample when there are more)
+    eval_users: int = 6000
     cosine_neighbours: int = 100
     cosine_shrinkage: float = 0.0
     ranker_candidates: int = 50
