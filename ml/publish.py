@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -10,7 +11,10 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
+from ml.runtime import PROGRESS_LOGGER
+
 log = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 CRM_SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS crm;
@@ -51,9 +55,17 @@ def merchant_names(conn: psycopg.Connection) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["merchant_id", "merchant_name"])
 
 
-def recommend_all(recommender, user_ids: list, names: pd.DataFrame, n: int) -> pd.DataFrame:
-    """Top-n merchants (with names and a short reason where the model gives one) for every user."""
-    recs = recommender.recommend(user_ids, n=n)
+def recommend_all(recommender, user_ids: list, names: pd.DataFrame, n: int, batch_users: int = 10_000) -> pd.DataFrame:
+    """Top-n merchants (with names and a short reason where the model gives one) for every user, scored in
+    batches with progress in the log."""
+    started = time.perf_counter()
+    batches = []
+    for start in range(0, len(user_ids), batch_users):
+        batches.append(recommender.recommend(user_ids[start : start + batch_users], n=n))
+        done = min(start + batch_users, len(user_ids))
+        progress.info("scored %s / %s users (%s users/s)", f"{done:,}", f"{len(user_ids):,}",
+                      f"{done / max(time.perf_counter() - started, 1e-9):,.0f}")
+    recs = pd.concat(batches, ignore_index=True) if batches else recommender.recommend([], n=n)
     if "reason" not in recs.columns:
         recs["reason"] = None
     recs = recs.merge(names, on="merchant_id", how="left")
