@@ -13,7 +13,6 @@ from datetime import date, datetime
 from airflow.providers.standard.sensors.external_task import ExternalTaskSensor
 from airflow.sdk import dag, task
 
-from ml import experiments
 from ml.settings import Settings
 
 
@@ -27,8 +26,11 @@ from ml.settings import Settings
     doc_md=__doc__,
 )
 def experiment_readout():
+    # ml.experiments (MLflow, SciPy) is imported inside the task so that parsing this file stays light.
     @task
     def read_out_campaign(ds: str | None = None) -> dict:
+        from ml import experiments
+
         settings = Settings.from_env()
         campaign_date = experiments.campaign_date_due(date.fromisoformat(ds), settings.reactivation_window_days)
         return experiments.run_readout(settings, campaign_date)

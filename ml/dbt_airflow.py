@@ -2,34 +2,60 @@
 
 from __future__ import annotations
 
-from datetime import date
+from functools import cached_property
+from typing import Any
+
+from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos.constants import InvocationMode, LoadMode, TestBehavior, TestIndirectSelection
+from cosmos.profiles.base import BaseProfileMapping
 
 from ml.settings import Settings
-
-PROFILE_NAME = "rekindle"
-TARGET_NAME = "dev"
+from ml.transform import DBT_SESSION_OPTIONS, PROFILE_NAME, TARGET_NAME, connection_params, profile_target, settings_vars
 
 
-def dbt_task_group(settings: Settings, group_id: str = "dbt_build"):
-    """A Cosmos DbtTaskGroup for the project; call inside a DAG context.
+class WarehouseProfileMapping(BaseProfileMapping):
+    """dbt's target for the live warehouse (``REKINDLE_WAREHOUSE_URL`` or the embedded server), resolved only when a
+    dbt task runs.
 
-    The profile file is written by the ``prepare_warehouse`` task from the live warehouse URL; Cosmos only
-    needs the path when parsing, so a placeholder is written when it does not exist yet.
+    Parsing renders :attr:`mock_profile` for ``dbt ls``, so it needs neither a running warehouse nor a profiles.yml.
+    The password reaches dbt through an environment variable, never the profile Cosmos writes. No Airflow connection
+    is involved: ``conn_id`` only names the mapping.
     """
-    from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-    from cosmos.constants import InvocationMode, LoadMode, TestBehavior, TestIndirectSelection
 
-    from ml.transform import DBT_SESSION_OPTIONS, dbt_vars, write_profile
+    airflow_connection_type = "postgres"
+    dbt_profile_type = "postgres"
 
-    profiles = settings.dbt_profiles_dir / "profiles.yml"
-    if not profiles.exists():
-        write_profile(settings, settings.warehouse_url or f"postgresql://postgres@/rekindle?host={settings.warehouse_dir}")
-    # run_date is templated so each DAG run (and backfill) builds the marts as of its own logical date.
-    vars_ = {**dbt_vars(settings, date.today()), "run_date": "{{ ds }}"}
+    def __init__(self, settings: Settings):
+        super().__init__(conn_id="rekindle_warehouse")
+        self.settings = settings
+
+    @cached_property
+    def _url(self) -> str:
+        from ml import warehouse
+
+        return warehouse.start(self.settings)
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return {**profile_target(self._url), "password": self.get_env_var_format("password")}
+
+    @property
+    def mock_profile(self) -> dict[str, Any]:
+        return profile_target("postgresql://mock@mock/mock")
+
+    @property
+    def env_vars(self) -> dict[str, str]:
+        return {self.get_env_var_name("password"): connection_params(self._url)["password"]}
+
+
+def dbt_task_group(settings: Settings, group_id: str = "dbt_build") -> DbtTaskGroup:
+    """A Cosmos DbtTaskGroup for the project; call inside a DAG context. Nothing is written or connected to here."""
     return DbtTaskGroup(
         group_id=group_id,
         project_config=ProjectConfig(dbt_project_path=settings.dbt_project_dir, manifest_path=None),
-        profile_config=ProfileConfig(profile_name=PROFILE_NAME, target_name=TARGET_NAME, profiles_yml_filepath=profiles),
+        profile_config=ProfileConfig(
+            profile_name=PROFILE_NAME, target_name=TARGET_NAME, profile_mapping=WarehouseProfileMapping(settings)
+        ),
         # Each model's test task runs only the tests on that model; relationship tests (two parents) get
         # their own tasks after both models are built.
         execution_config=ExecutionConfig(
@@ -41,5 +67,10 @@ def dbt_task_group(settings: Settings, group_id: str = "dbt_build"):
             invocation_mode=InvocationMode.DBT_RUNNER,
             should_detach_multiple_parents_tests=True,
         ),
-        operator_args={"vars": vars_, "install_deps": False, "env": {"PGOPTIONS": DBT_SESSION_OPTIONS}},
+        # run_date is templated so each DAG run (and backfill) builds the marts as of its own logical date.
+        operator_args={
+            "vars": {**settings_vars(settings), "run_date": "{{ ds }}"},
+            "install_deps": False,
+            "env": {"PGOPTIONS": DBT_SESSION_OPTIONS},
+        },
     )

@@ -109,12 +109,8 @@ def _jinja_literal(value: Any) -> Any:
     return value
 
 
-def write_profile(settings: Settings, url: str) -> Path:
-    """Generate ``profiles.yml`` (profile ``rekindle``, target ``dev``) from the URL; returns the directory.
-
-    The file is generated on every run and never hand-edited. It can hold the warehouse password, so it
-    is written owner-read/write only under ``settings.home``.
-    """
+def profile_target(url: str) -> dict[str, Any]:
+    """The dbt ``postgres`` target of the warehouse URL, every value literal to dbt's Jinja rendering."""
     params = connection_params(url)
     target: dict[str, Any] = {
         "type": "postgres",
@@ -130,8 +126,16 @@ def write_profile(settings: Settings, url: str) -> Path:
     }
     if "sslmode" in params:
         target["sslmode"] = params["sslmode"]
-    target = {key: _jinja_literal(value) for key, value in target.items()}
-    profile = {PROFILE_NAME: {"target": TARGET_NAME, "outputs": {TARGET_NAME: target}}}
+    return {key: _jinja_literal(value) for key, value in target.items()}
+
+
+def write_profile(settings: Settings, url: str) -> Path:
+    """Generate ``profiles.yml`` (profile ``rekindle``, target ``dev``) from the URL; returns the directory.
+
+    The file is generated on every run and never hand-edited. It can hold the warehouse password, so it
+    is written owner-read/write only under ``settings.home``.
+    """
+    profile = {PROFILE_NAME: {"target": TARGET_NAME, "outputs": {TARGET_NAME: profile_target(url)}}}
 
     profiles_dir = Path(settings.dbt_profiles_dir)
     profiles_dir.mkdir(parents=True, exist_ok=True)
@@ -152,8 +156,12 @@ def dbt_vars(settings: Settings, run_date: datetime.date) -> dict:
         run_date = run_date.date()
     if not isinstance(run_date, datetime.date):
         run_date = datetime.date.fromisoformat(str(run_date))
+    return {"run_date": run_date.isoformat(), **settings_vars(settings)}
+
+
+def settings_vars(settings: Settings) -> dict:
+    """Every dbt var but run_date: lifecycle thresholds and campaign/recency windows."""
     return {
-        "run_date": run_date.isoformat(),
         "new_user_days": int(settings.new_user_days),
         "active_max_days": int(settings.active_max_days),
         "at_risk_max_days": int(settings.at_risk_max_days),

@@ -1,6 +1,11 @@
-"""Every DAG file imports without errors, has no cycles, and its tasks call into ml/."""
+"""Every DAG file imports without errors and cheaply, has no cycles, and its tasks call into ml/."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +41,31 @@ def test_daily_dag_order_gates_before_publishing(dagbag):
     assert "dbt_build.user_segments.run" in dbt_tasks
     assert "dbt_build.user_segments.test" in dbt_tasks
     assert set(dbt_tasks) <= dag.get_task("check_mart_quality").get_flat_relative_ids(upstream=True)
+
+
+HEAVY_MODULES = {"mlflow", "lightgbm", "implicit", "great_expectations", "sklearn", "scipy", "matplotlib"}
+PARSE_SCRIPT = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+
+bag = DagBag(dag_folder=sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+print(json.dumps(sorted({name.partition(".")[0] for name in sys.modules})))
+"""
+
+
+@pytest.mark.parametrize("dag_file", sorted((PROJECT_ROOT / "dags").glob("*.py")), ids=lambda path: path.name)
+def test_parsing_a_dag_file_imports_nothing_heavy_and_writes_nothing(dag_file, airflow_db, tmp_path):
+    """What the dag-processor pays at every parse: no ML libraries, no files in the Rekindle home (no dbt profile)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    parsed = subprocess.run(
+        [sys.executable, "-c", PARSE_SCRIPT, str(dag_file)],
+        env={**os.environ, "REKINDLE_HOME": str(home)},
+        capture_output=True,
+        text=True,
+    )
+    assert parsed.returncode == 0, parsed.stderr[-3000:]
+    imported = set(json.loads(parsed.stdout.splitlines()[-1]))
+    assert imported & HEAVY_MODULES == set()
+    assert list(home.rglob("*")) == []
