@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("benchmark", help="model quality on real public data")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
-    for name in ("ranking", "offers", "synthetic", "daily"):
+    for name in ("ranking", "offers", "synthetic", "daily", "growth"):
         mod = importlib.import_module(f"ml.benchmarks.{name}")
         bench_parser = bench_sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else None)
         mod.add_arguments(bench_parser)

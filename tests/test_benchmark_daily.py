@@ -90,3 +90,18 @@ def test_daily_benchmark_runs_consecutive_days_on_one_warehouse(tmp_path):
     finally:
         subprocess.run([sys.executable, "-m", "ml.cli", "warehouse", "stop"], cwd=PROJECT_ROOT,
                        env={**env, "REKINDLE_HOME": str(home)}, capture_output=True)
+
+
+def test_format_growth_reports_each_size_and_the_growth_between_the_two_largest():
+    from ml.benchmarks.growth import format_growth
+
+    def day(scale: float) -> dict:
+        return {"seconds": 100.0 * scale, "task_seconds": {"load_events": 10.0 * scale, "train_ranker": 50.0 * scale},
+                "task_peak_mb": {"load_events": 500.0 * scale, "train_ranker": 900.0 * scale}}
+
+    table = format_growth({5_500: day(0.2), 55_000: day(1.0), 550_000: day(11.0)})
+    rows = {line.split()[0]: line for line in table.splitlines()}
+    assert "550,000 users" in table.splitlines()[0]
+    assert rows["train_ranker"].split()[-1] == "11.0"
+    assert "550.0 / 9,900" in rows["train_ranker"]
+    assert rows["whole"].split()[-1] == "11.0"

@@ -10,7 +10,9 @@ days already published.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import json
 import os
 import shutil
 import sys
@@ -31,7 +33,7 @@ STEADY_STATE_LIMIT = 1.2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--days", type=int, default=14, help="run dates, ending with --end-date (at least 2)")
+    parser.add_argument("--days", type=int, default=14, help="run dates, ending with --end-date")
     parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
     parser.add_argument("--users", type=int, help="users instead of the scale's (merchants stay the scale's)")
     parser.add_argument("--seed", type=int, default=42)
@@ -40,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--home", type=Path, help="state for the benchmark, wiped first (default: .rekindle/benchmarks/daily-<scale>)"
     )
+    parser.add_argument("--json", type=Path, help="also write the per-day results to this file")
 
 
 @dataclass
@@ -52,8 +55,8 @@ class DayRun:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.days < 2:
-        print("error: --days must be at least 2 (day 2 is the reference for steady state)", file=sys.stderr)
+    if args.days < 1:
+        print("error: --days must be at least 1", file=sys.stderr)
         return 2
     end = args.end_date or dt.datetime.now(dt.timezone.utc).date()
     label = f"{args.scale}" if args.users is None else f"{args.users}-users"
@@ -86,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: the run for {run_date} ended {state}; log in {settings.home / 'logs'}",
                   file=sys.stderr)
             break
+    if args.json:
+        args.json.write_text(json.dumps([dataclasses.asdict(day) for day in days], default=str, indent=1))
     print()
     print(format_days(days))
     print()
@@ -156,9 +161,14 @@ def format_days(days: list[DayRun]) -> str:
         ratio = seconds[-1] / seconds[1] if len(seconds) > 1 and seconds[1] > 0 else float("nan")
         flag = " !" if ratio > STEADY_STATE_LIMIT and seconds[-1] - seconds[1] > 1.0 else ""
         rows.append([task] + [f"{s:.1f}" for s in seconds] + [f"{peak:,.0f}", f"{ratio:.2f}{flag}"])
+    return text_table(header, rows) + (
+        f"\n(! = more than {STEADY_STATE_LIMIT}x day 2 and over a second slower; dbt_build sums its tasks)"
+    )
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in [header] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"(! = more than {STEADY_STATE_LIMIT}x day 2 and over a second slower; dbt_build sums its tasks)")
     return "\n".join(lines)
