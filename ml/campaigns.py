@@ -29,7 +29,7 @@ from ml.offers.uplift import (
     mean_uplift,
     shrink_uplift,
 )
-from ml.publish import analyze
+from ml.publish import MARKETABLE_USERS_SQL, analyze
 
 CONTROL = "none"
 INACTIVE_SEGMENTS = ("at_risk", "lapsed", "dormant", "churned")
@@ -75,13 +75,15 @@ def load_history(conn: psycopg.Connection) -> pd.DataFrame:
 
 
 def load_inactive_users(conn: psycopg.Connection) -> pd.DataFrame:
-    """Today's inactive users with the same features the model was trained on (as of run_date)."""
+    """Today's inactive users whom marketing may reach, with the same features the model was trained on (as of
+    run_date). Users who did not opt in are left out here, before any experiment arm is drawn: they get no row
+    in crm.inactive_user_offers, and the arms (a hash per user) stay balanced."""
     rows = conn.execute(
         f"""SELECT s.user_id, s.lifecycle_segment, f.days_since_last_order, f.order_count, f.order_value,
                   f.avg_order_value, f.avg_price_level, f.tenure_days, f.platform, f.home_zone, f.favourite_category,
                   {', '.join(f'f.{column}' for column in ENGAGEMENT_FEATURES)}
            FROM marts.user_segments s JOIN marts.user_features f USING (user_id)
-           WHERE s.lifecycle_segment = ANY(%s) ORDER BY s.user_id""",
+           WHERE s.lifecycle_segment = ANY(%s) AND s.user_id IN ({MARKETABLE_USERS_SQL}) ORDER BY s.user_id""",
         (list(INACTIVE_SEGMENTS),),
     ).fetchall()
     users = pd.DataFrame(rows, columns=["user_id", "segment", *USER_FEATURES])

@@ -3,7 +3,9 @@
 Every segment table has the export fields ``user_id, segment, recommended_merchant_id,
 recommended_merchant_name, score``, the user's ``platform`` and ``home_zone`` (export filters),
 then the segment's own fields. The marts hold only the latest dbt build, so the rows are copied
-per run_date: a past date's export reads that day's rows, not today's marts.
+per run_date: a past date's export reads that day's rows, not today's marts (only the marketing
+consent is today's). Every segment keeps only the users marketing may reach
+(``publish.MARKETABLE_USERS_SQL``: opted in to marketing).
 
 ``score`` is normalised to [0, 1] per user, as a fraction of that user's best recommendation:
 raw / best, measured from zero, or from the list's lowest score when the model gives negative
@@ -22,7 +24,7 @@ from datetime import date
 import psycopg
 from psycopg import sql
 
-from ml.publish import analyze
+from ml.publish import MARKETABLE_USERS_SQL, analyze
 from ml.settings import Settings
 
 SHARE_OF_BEST = (
@@ -229,7 +231,8 @@ def ensure_tables(conn: psycopg.Connection) -> None:
 
 
 def refresh_segments(conn: psycopg.Connection, run_date: date, settings: Settings) -> dict[str, int]:
-    """Replace run_date's rows in every segment table from ``crm.recommendations`` and the marts.
+    """Replace run_date's rows in every segment table from ``crm.recommendations`` and the marts, for the
+    users marketing may reach.
 
     Call inside the caller's transaction (it does not commit), after run_date's recommendations are
     written and analysed. Returns the rows written per segment.
@@ -266,7 +269,8 @@ def _insert_sql(segment: Segment) -> sql.Composed:
         SELECT %(run_date)s, %(segment)s, m.user_id, m.merchant_id, m.merchant_name, m.score,
                u.platform, u.home_zone, {member_fields}
         FROM ({members}) AS m (user_id, merchant_id, merchant_name, score, {fields})
-        LEFT JOIN marts.user_features u ON u.user_id = m.user_id"""
+        LEFT JOIN marts.user_features u ON u.user_id = m.user_id
+        WHERE m.user_id IN ({marketable})"""
     ).format(
         table=sql.Identifier("crm", segment.name),
         columns=sql.SQL(", ").join([sql.Identifier(c) for c in COMMON_COLUMNS] + fields),
@@ -274,6 +278,7 @@ def _insert_sql(segment: Segment) -> sql.Composed:
         member_fields=sql.SQL(", ").join(sql.SQL("m.{}").format(f) for f in fields),
         members=sql.SQL(segment.members_sql),
         fields=sql.SQL(", ").join(fields),
+        marketable=sql.SQL(MARKETABLE_USERS_SQL),
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from ml import crm, warehouse
+from ml import crm, publish, warehouse
 from ml.settings import Settings
 
 # The seed's export format: these, then export_date (the run_date), then the segment's own fields.
@@ -31,7 +31,8 @@ def export_segment(
     conn: psycopg.Connection, segment: str, run_date: date, exports_dir: Path,
     min_score: float | None = None, platform: str | None = None, zone: str | None = None,
 ) -> Path:
-    """Write run_date's rows of one segment, optionally only score >= min_score and the user's platform / zone.
+    """Write run_date's rows of one segment for the users marketing may reach as of now
+    (``publish.MARKETABLE_USERS_SQL``), optionally only score >= min_score and the user's platform / zone.
 
     The file is written beside its final name and renamed into place, so a reader never sees half of it.
     """
@@ -60,7 +61,10 @@ def _copy_sql(
         *(sql.Identifier(name) for name in segment.field_names),
     ]
     # COPY takes no bind parameters: values are quoted client-side as literals.
-    filters = [sql.SQL("run_date = {}").format(sql.Literal(run_date))]
+    filters = [
+        sql.SQL("run_date = {}").format(sql.Literal(run_date)),
+        sql.SQL("user_id IN ({})").format(sql.SQL(publish.MARKETABLE_USERS_SQL)),
+    ]
     if min_score is not None:
         filters.append(sql.SQL("score >= {}").format(sql.Literal(min_score)))
     if platform is not None:

@@ -43,6 +43,12 @@ CREATE TABLE IF NOT EXISTS crm.segment_members (
 );
 """
 EXPORT_COLUMNS = ["user_id", "segment", "rank", "merchant_id", "merchant_name", "score", "run_date", "model_version"]
+# Who marketing may reach: the users marts.user_features marks as opted in (no answer counts as no). Every
+# marketing output keeps only them, through this query: crm.segment_members, the crm segment tables
+# (ml/crm.py), the win-back offers and their experiment arms (ml/campaigns.py) and every CSV export, which
+# reads consent when it is written so a user who has opted out since is left out of an earlier day's file.
+# crm.recommendations keeps every user: it feeds the in-app recommendations, which are not marketing.
+MARKETABLE_USERS_SQL = "SELECT user_id FROM marts.user_features WHERE marketing_opt_in"
 
 
 def lifecycle_members(conn: psycopg.Connection) -> pd.DataFrame:
@@ -112,9 +118,11 @@ def replace_run(
     conn: psycopg.Connection, run_date: date, recommendations: pd.DataFrame, members: pd.DataFrame,
     segments: tuple[str, ...], model_version: str,
 ) -> pd.DataFrame:
-    """Replace run_date's recommendations and scored segment members; call inside a transaction.
+    """Replace run_date's recommendations (every user's) and scored segment members (only users marketing may
+    reach, see ``MARKETABLE_USERS_SQL``); call inside a transaction.
 
-    Returns the segment_members rows written (members of ``segments`` joined to their recommendations).
+    Returns the segment_members rows written (marketable members of ``segments`` joined to their
+    recommendations).
     """
     conn.execute("DELETE FROM crm.recommendations WHERE run_date = %s", (run_date,))
     conn.execute("DELETE FROM crm.segment_members WHERE run_date = %s", (run_date,))
@@ -124,7 +132,10 @@ def replace_run(
         ((run_date, int(r.user_id), int(r.rank), int(r.merchant_id), r.merchant_name, float(r.score),
           r.reason, model_version) for r in recommendations.itertuples(index=False)),
     )
-    scored = members[members["segment"].isin(segments)].merge(recommendations, on="user_id", how="inner")
+    marketable = [user_id for (user_id,) in conn.execute(MARKETABLE_USERS_SQL)]
+    scored = members[members["segment"].isin(segments) & members["user_id"].isin(marketable)].merge(
+        recommendations, on="user_id", how="inner"
+    )
     _copy_rows(
         conn, "crm.segment_members",
         ["run_date", "segment", "user_id", "rank", "merchant_id", "merchant_name", "score", "model_version"],
@@ -136,11 +147,12 @@ def replace_run(
 
 
 def export_csv(conn: psycopg.Connection, run_date: date, exports_dir: Path) -> dict[str, Path]:
-    """One CSV per segment, ``{segment}_{run_date}.csv``, from what was published (not from memory)."""
+    """One CSV per segment, ``{segment}_{run_date}.csv``, from what was published (not from memory), of the
+    users marketing may reach."""
     exports_dir.mkdir(parents=True, exist_ok=True)
     rows = conn.execute(
-        f"SELECT {', '.join(EXPORT_COLUMNS)} FROM crm.segment_members WHERE run_date = %s "
-        "ORDER BY segment, user_id, rank",
+        f"SELECT {', '.join(EXPORT_COLUMNS)} FROM crm.segment_members "
+        f"WHERE run_date = %s AND user_id IN ({MARKETABLE_USERS_SQL}) ORDER BY segment, user_id, rank",
         (run_date,),
     ).fetchall()
     frame = pd.DataFrame(rows, columns=EXPORT_COLUMNS)

@@ -25,7 +25,7 @@ CREATE SCHEMA marts;
 CREATE SCHEMA intermediate;
 CREATE TABLE marts.user_features (
     user_id bigint, platform text, home_zone text, tenure_days integer, order_count bigint,
-    order_value numeric(14, 2), days_since_last_order integer
+    order_value numeric(14, 2), days_since_last_order integer, marketing_opt_in boolean NOT NULL DEFAULT true
 );
 CREATE TABLE marts.merchant_features (merchant_id bigint, merchant_name text, category text, zone text);
 CREATE TABLE intermediate.int_user_merchant_interactions (
@@ -40,7 +40,8 @@ MERCHANTS = [
     (21, "Sushi Two", "sushi", "east"),
     (30, "Burger Joint", "burgers", "west"),
 ]
-# user_id, platform, home_zone, tenure_days, order_count, order_value, days_since_last_order
+# user_id, platform, home_zone, tenure_days, order_count, order_value, days_since_last_order (all opted in to
+# marketing; tests/test_marketing_opt_in.py has users who are not)
 USERS = [
     (1, "ios", "west", 200, 5, 150, 20),       # lapsed; ordered pizza 10 (x4) and sushi 20 (x1)
     (2, "android", "east", 90, 3, 90, 2),      # active; ordered pizza 10 (x3), only viewed sushi 20

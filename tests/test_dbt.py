@@ -12,6 +12,8 @@ run_date 2025-03-01 (cutoff 2025-03-01 00:00 UTC). Users and their expected life
   8 new      never ordered, signed up 02-27
   9 at_risk  signed up 02-20 but two orders (not new), last 02-22 (7 days: first at_risk day)
  10 -        signs up after run_date: invisible
+
+Users 4 (no) and 8 (no answer) did not opt in to marketing; the others did.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ USERS = [
     (9, "2025-02-20 08:00", "web", "Lusail"),
     (10, "2025-03-05 08:00", "ios", "West Bay"),
 ]
+MARKETING_OPT_IN = {4: False, 8: None}  # everyone else True
 
 MERCHANTS = [
     # merchant_id, name, category, zone, price_level, opened_at
@@ -142,8 +145,8 @@ def load_raw(url: str, events=EVENTS, exposures=EXPOSURES) -> None:
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO raw.users (user_id, signup_at, platform, home_zone, marketing_opt_in, source_file)"
-                " VALUES (%s, %s, %s, %s, true, 'test')",
-                [(u, ts(s), p, z) for u, s, p, z in USERS],
+                " VALUES (%s, %s, %s, %s, %s, 'test')",
+                [(u, ts(s), p, z, MARKETING_OPT_IN.get(u, True)) for u, s, p, z in USERS],
             )
             cur.executemany(
                 "INSERT INTO raw.merchants (merchant_id, merchant_name, category, zone, lat, lng, price_level, opened_at, source_file)"
@@ -324,6 +327,8 @@ def test_user_features(built):
     assert u8["sessions_14d"] == 0 and u8["days_since_session"] is None and u8["avg_price_level"] is None
     assert u8["order_count"] == 0 and u8["days_since_last_order"] is None and u8["avg_order_value"] is None
     assert (u8["recency_score"], u8["frequency_score"], u8["monetary_score"]) == (1, 1, 1)
+    # no answer is no consent
+    assert {u: row["marketing_opt_in"] for u, row in f.items()} == {u: u not in (4, 8) for u in EXPECTED_SEGMENTS}
     assert f[6]["tenure_days"] == 4
     # 1-5 quintile scores follow the last order date among the 7 users who ordered (5 = most recent)
     ordered = sorted((r for r in f.values() if r["order_count"]), key=lambda r: r["last_order_at"])

@@ -27,12 +27,15 @@ LAPSED = [
     (1, "ios", "west", 20, "Sushi, Bar", 0.4, 2, 20),
     (2, "android", "west", 10, "Pizza Place", 0.7, 1, 31),
     (3, "ios", "east", 30, "Burger Joint", 0.6, 1, 15),
+    (4, "ios", "west", 10, "Pizza Place", 0.95, 1, 22),  # not opted in to marketing: never exported
 ]
+OPTED_IN = {1: True, 2: True, 3: True, 4: False, 9: True}
 
 
 @pytest.fixture(scope="module")
 def published(postgres_server_url) -> str:
-    """lapsed_personalised rows for RUN_DATE and one for EARLIER; recommendations mark both runs as published.
+    """lapsed_personalised rows for RUN_DATE and one for EARLIER; recommendations mark both runs as published;
+    the users' marketing consent in marts.user_features.
 
     One database for the module: exports only read it.
     """
@@ -54,6 +57,8 @@ def published(postgres_server_url) -> str:
             "INSERT INTO crm.recommendations VALUES (%s, 1, 1, 10, 'Pizza Place', 1.0, NULL, '1')",
             [(RUN_DATE,), (EARLIER,)],
         )
+        conn.execute("CREATE SCHEMA marts; CREATE TABLE marts.user_features (user_id bigint, marketing_opt_in boolean)")
+        conn.cursor().executemany("INSERT INTO marts.user_features VALUES (%s, %s)", list(OPTED_IN.items()))
     return url
 
 

@@ -52,8 +52,8 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
     with psycopg.connect(url) as conn:
         expected_members = dict(
             conn.execute(
-                "SELECT lifecycle_segment, count(*) FROM marts.user_segments "
-                "WHERE lifecycle_segment IN ('lapsed', 'dormant') GROUP BY 1"
+                "SELECT lifecycle_segment, count(*) FROM marts.user_segments JOIN marts.user_features USING (user_id) "
+                "WHERE lifecycle_segment IN ('lapsed', 'dormant') AND marketing_opt_in GROUP BY 1"
             ).fetchall()
         )
         merchants = {m for (m,) in conn.execute("SELECT merchant_id FROM raw.merchants").fetchall()}
@@ -77,7 +77,8 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
             columns=["user_id", "segment", "arm", "event_type", "reward_size", "expected_cost", "is_holdout"],
         )
         inactive = {u for (u,) in conn.execute(
-            "SELECT user_id FROM marts.user_segments WHERE lifecycle_segment IN ('at_risk', 'lapsed', 'dormant', 'churned')"
+            "SELECT user_id FROM marts.user_segments JOIN marts.user_features USING (user_id) "
+            "WHERE lifecycle_segment IN ('at_risk', 'lapsed', 'dormant', 'churned') AND marketing_opt_in"
         ).fetchall()}
     assert set(offers["user_id"]) == inactive
     assert set(offers["arm"]) == {"personalised", "non_personalised", "holdout"}

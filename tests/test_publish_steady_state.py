@@ -1,5 +1,5 @@
 """Publishing day after day on one warehouse, through ``pipeline.publish_segments`` on the embedded Postgres:
-the planner knows the day just written (no nested loops over crm.recommendations on day 2), and rows
+the planner knows the day just written (no nested loop rescans crm.recommendations' day on day 2), and rows
 older than ``crm_retention_days`` leave every crm table.
 
 The marts are built by hand at demo scale (5,000 users x 10 recommendations: a day's 50,000 rows); only
@@ -32,7 +32,8 @@ SELECT m::bigint AS merchant_id, 'Merchant ' || m AS merchant_name, 'category_' 
 FROM generate_series(1, {MERCHANTS}) m;
 CREATE UNIQUE INDEX ON marts.merchant_features (merchant_id);
 CREATE TABLE marts.user_features AS
-SELECT u::bigint AS user_id, (ARRAY['ios', 'android', 'web'])[1 + u % 3] AS platform, 'zone_' || u % 5 AS home_zone,
+SELECT u::bigint AS user_id, u % 5 <> 1 AS marketing_opt_in,
+       (ARRAY['ios', 'android', 'web'])[1 + u % 3] AS platform, 'zone_' || u % 5 AS home_zone,
        10 + u % 300 AS tenure_days, CASE WHEN u % 5 = 0 THEN 0 ELSE 1 + u % 7 END::bigint AS order_count,
        CASE WHEN u % 5 = 0 THEN NULL ELSE u % 90 END AS days_since_last_order
 FROM generate_series(1, {USERS}) u;
@@ -180,8 +181,9 @@ def test_the_second_day_is_planned_with_statistics_that_know_it(publishing):
     for name, plan in plans.items():
         for scan in _recommendation_scans(plan):
             assert scan["Actual Rows"] / 2 <= scan["Plan Rows"] <= 2 * scan["Actual Rows"], (name, scan["Node Type"])
-        nested = [node for node in _plan_nodes(plan) if node["Node Type"] == "Nested Loop"]
-        assert not any(_recommendation_scans(node) for node in nested), name
+            # Read the day at most once: nested loops that rescan it per row took minutes per segment. A
+            # nested loop looking each user's list up by the primary key reads a few rows per loop and is fine.
+            assert scan["Actual Rows"] * scan["Actual Loops"] <= USERS * publishing.top_n, (name, scan["Node Type"])
 
 
 def test_rows_older_than_the_retention_leave_every_crm_table(publishing):

@@ -1,5 +1,5 @@
 {{ config(indexes=[{'columns': ['user_id'], 'unique': true}]) }}
--- One row per user in stg_users: RFM, tenure, trend, category / day-part / weekday habits.
+-- One row per user in stg_users: RFM, tenure, trend, category / day-part / weekday habits, marketing consent.
 -- Order-derived shares and averages are NULL for users who never ordered; counts are 0.
 with users as (
     select * from {{ ref('stg_users') }}
@@ -76,6 +76,7 @@ joined as (
         users.platform,
         users.home_zone,
         users.signup_at,
+        coalesce(users.marketing_opt_in, false)                           as marketing_opt_in,
         {{ days_before_run_date('users.signup_at') }}                     as tenure_days,
         coalesce(s.order_count, 0)                                        as order_count,
         coalesce(s.order_value, 0)::numeric(14, 2)                        as order_value,
@@ -125,6 +126,7 @@ select
     joined.platform,
     joined.home_zone,
     joined.signup_at,
+    joined.marketing_opt_in,
     joined.tenure_days,
     joined.order_count,
     joined.order_value,

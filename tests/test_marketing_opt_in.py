@@ -1,0 +1,209 @@
+"""Marketing reaches only users who opted in (marts.user_features.marketing_opt_in): publishing through
+``pipeline.publish_segments`` on the embedded Postgres leaves no other user in the offers, the scored segment
+members, the six CRM segment tables or any CSV export, and removes nothing else. crm.recommendations, the
+source of the in-app recommendations (not marketing), keeps everyone.
+
+The marts are built by hand; the model registry is stood in for by a deterministic recommender and an offer
+model under which every offer pays, so the real offer path (load_inactive_users, decide_offers) runs.
+"""
+
+from __future__ import annotations
+
+import csv
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from ml import crm, experiments, export, pipeline, publish, registry
+from ml.campaigns import CONTROL
+from ml.experiments import ARMS, campaign_id_for
+
+DAY = date(2026, 11, 1)
+USERS = 240
+MERCHANTS = 40
+# Every third user did not opt in.
+MARTS_SQL = f"""
+CREATE SCHEMA marts;
+CREATE SCHEMA intermediate;
+CREATE TABLE marts.merchant_features AS
+SELECT m::bigint AS merchant_id, 'Merchant ' || m AS merchant_name, 'category_' || m % 8 AS category
+FROM generate_series(1, {MERCHANTS}) m;
+CREATE TABLE marts.user_features AS
+SELECT u::bigint AS user_id, u % 3 <> 0 AS marketing_opt_in,
+       (ARRAY['ios', 'android', 'web'])[1 + u % 3] AS platform, 'zone_' || u % 5 AS home_zone,
+       10 + u % 300 AS tenure_days, CASE WHEN u % 5 = 0 THEN 0 ELSE 1 + u % 7 END::bigint AS order_count,
+       CASE WHEN u % 5 = 0 THEN NULL ELSE u % 90 END AS days_since_last_order,
+       (20 * (1 + u % 7))::numeric(14, 2) AS order_value, 20.0 AS avg_order_value, 2.0 AS avg_price_level,
+       'category_' || u % 8 AS favourite_category, u % 4 AS sessions_14d, u % 20 AS days_since_session,
+       u % 2 AS offers_received, 0 AS campaign_opens, 0 AS offers_redeemed
+FROM generate_series(1, {USERS}) u;
+CREATE TABLE marts.user_segments AS
+SELECT user_id, CASE
+           WHEN days_since_last_order IS NULL THEN 'new'
+           WHEN days_since_last_order <= 6 THEN 'active'
+           WHEN days_since_last_order <= 13 THEN 'at_risk'
+           WHEN days_since_last_order <= 29 THEN 'lapsed'
+           WHEN days_since_last_order <= 59 THEN 'dormant'
+           ELSE 'churned'
+       END AS lifecycle_segment
+FROM marts.user_features;
+-- three merchants ordered from and one only viewed per user who ordered
+CREATE TABLE intermediate.int_user_merchant_interactions AS
+SELECT u.user_id, (u.user_id * 13 + j * 29) % {MERCHANTS} + 1 AS merchant_id,
+       CASE WHEN j < 3 THEN 1 + (u.user_id + j) % 4 ELSE 0 END::bigint AS order_count,
+       CASE WHEN j < 3 THEN 20 * (1 + (u.user_id + j) % 4) ELSE 0 END::numeric(14, 2) AS order_value,
+       CASE WHEN j < 3 THEN timestamptz '2026-10-01' + j * interval '1 day' END AS last_order_at
+FROM marts.user_features u, generate_series(0, 3) j
+WHERE u.order_count > 0;
+"""
+OPTED_OUT = {u for u in range(1, USERS + 1) if u % 3 == 0}
+OPTED_IN = set(range(1, USERS + 1)) - OPTED_OUT
+MARKETING_TABLES = ("crm.inactive_user_offers", "crm.segment_members", *(f"crm.{name}" for name in crm.SEGMENTS))
+USER_ID = 2  # the user_id's position in every marketing table's rows
+
+
+class Recommender:
+    """Ten distinct merchants per user, best first."""
+
+    def recommend(self, user_ids: list, n: int) -> pd.DataFrame:
+        users = np.repeat(np.asarray(user_ids, dtype=np.int64), n)
+        ranks = np.tile(np.arange(1, n + 1), len(user_ids))
+        return pd.DataFrame({
+            "user_id": users, "rank": ranks, "merchant_id": (users * 7 + ranks * 3) % MERCHANTS + 1,
+            "score": (n + 1 - ranks) / n,
+        })
+
+
+class OfferModel:
+    """Every user would come back more often with free delivery, at a cost far below the budget."""
+
+    reward_size_ = {"free_delivery:5": 5.0}
+
+    def gain_and_cost(self, users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        def frame(none: float, offer: float) -> pd.DataFrame:
+            return pd.DataFrame({CONTROL: none, "free_delivery:5": offer}, index=users.index)
+
+        return frame(0.1, 0.2), frame(0.0, 1.0), frame(0.0, 1.0)
+
+
+@pytest.fixture
+def world(settings, monkeypatch):
+    with psycopg.connect(settings.warehouse_url) as conn:
+        conn.execute(MARTS_SQL)
+    champion = type("Champion", (), {"recommender": Recommender(), "model": OfferModel()})
+    monkeypatch.setattr(registry, "configure", lambda settings, url: None)
+    monkeypatch.setattr(registry, "alias_version", lambda name, alias: "1")
+    monkeypatch.setattr(registry, "load_alias", lambda name: champion)
+    return settings
+
+
+def _users(url: str, table: str) -> set[int]:
+    with psycopg.connect(url) as conn:
+        return {u for (u,) in conn.execute(f"SELECT DISTINCT user_id FROM {table} WHERE run_date = %s", (DAY,))}
+
+
+def _without_published_at(table: str, rows: set[tuple]) -> set[tuple]:
+    return {row[:-1] for row in rows} if table == "crm.segment_members" else rows
+
+
+def _rows(url: str, table: str) -> set[tuple]:
+    with psycopg.connect(url) as conn:
+        return set(conn.execute(f"SELECT * FROM {table} WHERE run_date = %s", (DAY,)).fetchall())
+
+
+def _marts_users(url: str, where: str) -> set[int]:
+    with psycopg.connect(url) as conn:
+        return {u for (u,) in conn.execute(
+            f"SELECT user_id FROM marts.user_segments JOIN marts.user_features USING (user_id) WHERE {where}"
+        )}
+
+
+def _csv_users(settings) -> dict[str, set[int]]:
+    files = sorted(settings.exports_dir.glob(f"*_{DAY.isoformat()}.csv"))
+    users = {}
+    for path in files:
+        with path.open(newline="") as f:
+            users[path.name] = {int(row["user_id"]) for row in csv.DictReader(f)}
+    return users
+
+
+def test_no_marketing_output_holds_a_user_who_did_not_opt_in(world):
+    url = world.warehouse_url
+
+    summary = pipeline.publish_segments(world, DAY)
+
+    for table in MARKETING_TABLES:
+        users = _users(url, table)
+        assert not users & OPTED_OUT, table
+        assert users & OPTED_IN, table
+    assert _users(url, "crm.inactive_user_offers") == _marts_users(
+        url, "marketing_opt_in AND lifecycle_segment IN ('at_risk', 'lapsed', 'dormant', 'churned')"
+    )
+    assert _users(url, "crm.segment_members") == _marts_users(
+        url, "marketing_opt_in AND lifecycle_segment IN ('lapsed', 'dormant')"
+    )
+    exported = _csv_users(world)
+    assert set(exported) == {f"{name}_{DAY.isoformat()}.csv" for name in (*world.score_segments, *crm.SEGMENTS)}
+    for name, users in exported.items():
+        assert not users & OPTED_OUT, name
+        assert users & OPTED_IN, name
+    assert summary["offers"]["users_per_arm"].keys() == set(ARMS)
+    # In-app recommendations are not marketing: every user keeps theirs.
+    assert _users(url, "crm.recommendations") == OPTED_IN | OPTED_OUT
+
+
+def test_the_rule_removes_the_opted_out_users_rows_and_nothing_else(world):
+    """Everyone else keeps the same rows, offers and experiment arms included: the arms are drawn after the
+    opted-out users are left out, by a hash per user, so leaving them out shifts no one's arm."""
+    url = world.warehouse_url
+    pipeline.publish_segments(world, DAY)
+    published = {table: _rows(url, table) for table in MARKETING_TABLES}
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE marts.user_features SET marketing_opt_in = true")
+
+    pipeline.publish_segments(world, DAY)
+
+    for table in MARKETING_TABLES:
+        opted_in_rows = {row for row in _rows(url, table) if row[USER_ID] not in OPTED_OUT}
+        assert _without_published_at(table, opted_in_rows) == _without_published_at(table, published[table]), table
+
+
+def test_the_readout_counts_the_offered_users_in_their_arms(world):
+    url = world.warehouse_url
+    pipeline.publish_segments(world, DAY)
+    offered = _users(url, "crm.inactive_user_offers")
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "CREATE SCHEMA raw; CREATE TABLE raw.events (user_id bigint, event_type text, event_time timestamptz,"
+            " order_total numeric(12, 2))"
+        )
+        conn.execute(
+            "INSERT INTO raw.events SELECT user_id, 'checkout_completed', %s, 30 FROM crm.inactive_user_offers"
+            " WHERE user_id %% 2 = 0",
+            (experiments.campaign_start(DAY) + timedelta(days=1),),
+        )
+
+        results = experiments.readout(conn, campaign_id_for(DAY), world.reactivation_window_days)
+
+    assert set(results["arm"]) == set(ARMS)
+    assert results["users"].sum() == len(offered)
+    assert results["re_engaged_users"].sum() == len({u for u in offered if u % 2 == 0})
+
+
+def test_exports_read_consent_when_written(world):
+    """A user who opts out after the day was published is left out of that day's files written from then on."""
+    url = world.warehouse_url
+    pipeline.publish_segments(world, DAY)
+    lapsed = _users(url, "crm.lapsed_personalised")
+    leaving = min(lapsed)
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE marts.user_features SET marketing_opt_in = false WHERE user_id = %s", (leaving,))
+        publish.export_csv(conn, DAY, world.exports_dir)
+        export.export_all(conn, DAY, world)
+
+    exported = _csv_users(world)
+    assert exported[f"lapsed_personalised_{DAY.isoformat()}.csv"] == lapsed - {leaving}
+    assert all(leaving not in users for users in exported.values())
