@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
@@ -128,3 +130,97 @@ def test_file_names_map_to_tables():
     assert ingest.table_for_file(Path("campaign_exposures.parquet")) == "campaign_exposures"
     with pytest.raises(ValueError, match="cannot tell which raw table"):
         ingest.table_for_file(Path("orders.csv"))
+
+
+def test_duplicates_within_a_file_and_across_files_load_once_first_copy_wins(warehouse_url, tmp_path):
+    header = "event_id,user_id,event_type,event_time,merchant_id,merchant_name,order_total,platform,zone,properties\n"
+    first = tmp_path / "events_2026-11-20.csv"
+    first.write_text(
+        header
+        + "k2,1,app_opened,2026-11-20T10:00:00.123456Z,,,,ios,Z1,\n"
+        + "k1,1,checkout_completed,2026-11-20T11:00:00Z,5,Foo,10,ios,Z1,\n"
+        + "k1,1,checkout_completed,2026-11-20T11:00:00Z,5,Foo,99,ios,Z1,\n"
+    )
+    second = tmp_path / "events_2026-11-21.csv"
+    second.write_text(
+        header
+        + "k3,2,app_opened,2026-11-21T09:00:00Z,,,,web,Z2,\n"
+        + "k2,9,app_opened,2026-11-21T09:00:00Z,,,,web,Z2,\n"
+    )
+
+    results = ingest.ingest_path(warehouse_url, tmp_path, now=NOW)
+
+    counts = [(r.rows_read, r.rows_loaded, r.rows_duplicate, r.rows_quarantined) for r in results]
+    assert counts == [(3, 2, 1, 0), (2, 1, 1, 0)]
+    assert _rows(warehouse_url, "SELECT event_id, user_id, order_total, source_file FROM raw.events ORDER BY 1") == [
+        ("k1", 1, Decimal("10.00"), str(first.resolve())),
+        ("k2", 1, None, str(first.resolve())),
+        ("k3", 2, None, str(second.resolve())),
+    ]
+    [(event_time,)] = _rows(warehouse_url, "SELECT event_time FROM raw.events WHERE event_id = 'k2'")
+    assert event_time == datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=timezone.utc)
+
+
+def test_composite_keys_are_matched_on_every_column(warehouse_url, tmp_path):
+    header = "campaign_id,user_id,sent_at,event_type,reward_size,assignment\n"
+    (tmp_path / "campaign_exposures_1.csv").write_text(header + "c1,1,2026-11-10T09:00:00Z,cashback,10,treatment\n")
+    (tmp_path / "campaign_exposures_2.csv").write_text(
+        header
+        + "c1,1,2026-11-10T09:00:00Z,cashback,10,treatment\n"
+        + "c1,2,2026-11-10T09:00:00Z,none,0,holdout\n"
+        + "c2,1,2026-11-12T09:00:00Z,none,0,holdout\n"
+    )
+
+    results = ingest.ingest_path(warehouse_url, tmp_path, now=NOW)
+
+    assert [(r.rows_loaded, r.rows_duplicate) for r in results] == [(1, 0), (2, 1)]
+    assert _rows(warehouse_url, "SELECT campaign_id, user_id FROM raw.campaign_exposures ORDER BY 1, 2") == [
+        ("c1", 1), ("c1", 2), ("c2", 1),
+    ]
+
+
+def test_json_lines_events_with_nested_properties(warehouse_url, tmp_path):
+    base = {"user_id": 1, "event_type": "app_opened", "event_time": "2026-11-20T10:00:00Z", "zone": 7}
+    lines = [
+        {**base, "event_id": "j1", "properties": {"screen": "home"}},
+        {**base, "event_id": "j2", "properties": '{"screen": "cart"}'},
+        {**base, "event_id": "j3", "properties": [1, 2]},
+        {**base, "event_id": "j4"},
+    ]
+    (tmp_path / "events.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+
+    [result] = ingest.ingest_path(warehouse_url, tmp_path, now=NOW)
+
+    assert (result.rows_loaded, result.rows_quarantined) == (3, 1)
+    assert _rows(warehouse_url, "SELECT event_id, properties, zone FROM raw.events ORDER BY 1") == [
+        ("j1", {"screen": "home"}, "7"), ("j2", {"screen": "cart"}, "7"), ("j4", {}, "7"),
+    ]
+    assert _rows(warehouse_url, "SELECT reason, record->'properties' FROM raw.quarantine") == [
+        ("properties is not a JSON object", [1, 2])
+    ]
+
+
+def test_each_file_logs_and_the_summary_carries_its_rate(warehouse_url, tmp_path, caplog):
+    (tmp_path / "events_a.csv").write_text(BAD_EVENTS_CSV)
+    (tmp_path / "events_b.csv").write_text(BAD_EVENTS_CSV)
+
+    with caplog.at_level(logging.INFO, logger="ml.ingest"):
+        results = ingest.ingest_path(warehouse_url, tmp_path, now=NOW)
+
+    assert all(r.seconds > 0 and r.rows_per_second == round(r.rows_read / r.seconds) for r in results)
+    lines = [m for m in caplog.messages if m.startswith("events_")]
+    assert len(lines) == 2 and all(" rows/s)" in m and "11 read, " in m for m in lines)
+    [summary] = ingest.summarise(results).to_dict("records")
+    assert summary["rows_read"] == 22 and summary["rows_duplicate"] == 1 + 3
+    assert summary["seconds"] > 0 and summary["rows_per_second"] > 0
+    assert {"seconds", "rows_per_second"} <= set(ingest.summarise([]).columns)
+
+
+def test_raw_schema_replaces_the_old_event_time_btree(warehouse_url):
+    with psycopg.connect(warehouse_url) as conn:
+        ingest.ensure_raw_schema(conn)
+        conn.execute("DROP INDEX raw.events_event_time_brin")
+        conn.execute("CREATE INDEX events_event_time_idx ON raw.events (event_time)")
+        ingest.ensure_raw_schema(conn)
+        indexes = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'events' ORDER BY 1").fetchall()
+    assert indexes == [("events_event_time_brin",), ("events_pkey",)]
