@@ -61,7 +61,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for result in results:
         print(
             f"{Path(result.source_file).name:<40} -> raw.{result.table:<19} read {result.rows_read:>9,}  "
-            f"loaded {result.rows_loaded:>9,}  duplicate {result.rows_duplicate:>7,}  quarantined {result.rows_quarantined:>6,}"
+            f"loaded {result.rows_loaded:>9,}  duplicate {result.rows_duplicate:>7,}  quarantined {result.rows_quarantined:>6,}  "
+            f"{result.rows_per_second:>9,} rows/s"
         )
     quarantined = sum(r.rows_quarantined for r in results)
     if quarantined:

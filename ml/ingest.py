@@ -27,7 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv as arrow_csv
 
+from ml.runtime import PROGRESS_LOGGER
+
 log = logging.getLogger(__name__)
+progress = logging.getLogger(PROGRESS_LOGGER)
 
 EVENT_TYPES = (
     "checkout_completed",
@@ -422,7 +425,7 @@ def ingest_path(url: str, path: Path, now: datetime | None = None) -> list[LoadR
             with conn.transaction():
                 result = load_frame(conn, table, frame, str(file.resolve()), now=now)
             result.seconds = time.perf_counter() - started
-            log.info(
+            progress.info(
                 "%s -> raw.%s: %d read, %d loaded, %d duplicate, %d quarantined in %.1fs (%s rows/s)",
                 file.name, table, result.rows_read, result.rows_loaded, result.rows_duplicate,
                 result.rows_quarantined, result.seconds, f"{result.rows_per_second:,}",

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from ml import ingest
+from ml.runtime import PROGRESS_LOGGER
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 
@@ -204,7 +205,7 @@ def test_each_file_logs_and_the_summary_carries_its_rate(warehouse_url, tmp_path
     (tmp_path / "events_a.csv").write_text(BAD_EVENTS_CSV)
     (tmp_path / "events_b.csv").write_text(BAD_EVENTS_CSV)
 
-    with caplog.at_level(logging.INFO, logger="ml.ingest"):
+    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
         results = ingest.ingest_path(warehouse_url, tmp_path, now=NOW)
 
     assert all(r.seconds > 0 and r.rows_per_second == round(r.rows_read / r.seconds) for r in results)
