@@ -31,8 +31,10 @@ def render(steps: dict[str, dict], tasks: list) -> str:
     out = []
     load = steps.get("load_events", {})
     if load:
-        rows = [[t["table"], t["rows_read"], t["rows_loaded"], t["rows_duplicate"], t["rows_quarantined"]] for t in load.get("tables", [])]
-        out += ["Load (raw.*)", _table(["table", "read", "loaded", "duplicate", "quarantined"], rows or [["(no files)", 0, 0, 0, 0]]), ""]
+        rows = [[t["table"], t["rows_read"], t["rows_loaded"], t["rows_duplicate"], t["rows_quarantined"],
+                 t.get("rows_per_second", 0)] for t in load.get("tables", [])]
+        out += ["Load (raw.*)", _table(["table", "read", "loaded", "duplicate", "quarantined", "rows/s"],
+                                       rows or [["(no files)", 0, 0, 0, 0, 0]]), ""]
     marts = steps.get("check_mart_quality", {})
     if marts.get("users_per_segment"):
         order = {segment: i for i, segment in enumerate(LIFECYCLE_ORDER)}
