@@ -66,29 +66,20 @@ def run(args: argparse.Namespace) -> int:
     run_dates = [end - dt.timedelta(days=args.days - 1 - i) for i in range(args.days)]
     daily_files = _stage_window(settings, args, run_dates[0], end)
 
-    from ml.orchestration import logs_to_file, run_dag_in_process
-    from ml.pipeline import step_summaries
-
     days: list[DayRun] = []
-    for number, run_date in enumerate(run_dates, start=1):
-        for path in daily_files.get(run_date - dt.timedelta(days=1), []):
-            shutil.move(path, settings.input_dir / path.name)
-        print(f"day {number}/{len(run_dates)} {run_date}:", flush=True)
-        started = time.perf_counter()
-        with logs_to_file(settings.home / "logs" / f"{DAG_ID}_{run_date}.log"):
-            state, tasks = run_dag_in_process(DAG_ID, run_date)
-        day = DayRun(run_date, state, time.perf_counter() - started)
-        for task in tasks:
-            name = DBT_GROUP if task.task_id.startswith(f"{DBT_GROUP}.") else task.task_id
-            day.task_seconds[name] = day.task_seconds.get(name, 0.0) + (task.seconds or 0.0)
-        for step in step_summaries(Settings.from_env(home=home, warehouse_url=url), run_date):
-            day.task_peak_mb[step["step"]] = step["summary"].get("peak_rss_mb", float("nan"))
-        days.append(day)
-        print(f"day {number}/{len(run_dates)} {run_date}: {state} in {day.seconds:.1f}s\n", flush=True)
-        if state != "success":
-            print(f"error: the run for {run_date} ended {state}; log in {settings.home / 'logs'}",
-                  file=sys.stderr)
-            break
+    try:
+        for number, run_date in enumerate(run_dates, start=1):
+            for path in daily_files.get(run_date - dt.timedelta(days=1), []):
+                shutil.move(path, settings.input_dir / path.name)
+            print(f"day {number}/{len(run_dates)} {run_date}:", flush=True)
+            days.append(_run_day(settings, url, run_date))
+            print(f"day {number}/{len(run_dates)} {run_date}: {days[-1].state} in {days[-1].seconds:.1f}s\n", flush=True)
+            if days[-1].state != "success":
+                print(f"error: the run for {run_date} ended {days[-1].state}; log in {settings.home / 'logs'}",
+                      file=sys.stderr)
+                break
+    except KeyboardInterrupt:
+        print(f"interrupted after {len(days)} of {len(run_dates)} days", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps([dataclasses.asdict(day) for day in days], default=str, indent=1))
     print()
@@ -97,6 +88,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"home {home}; users {args.users or SCALES[args.scale][0]:,}, merchants {SCALES[args.scale][1]:,}, "
           f"{args.window_days}-day window ending {end}")
     return 0 if all(day.state == "success" for day in days) and len(days) == len(run_dates) else 1
+
+
+def _run_day(settings: Settings, url: str, run_date: dt.date) -> DayRun:
+    """One in-process DAG run, its full log in a file; seconds per task and each step's peak memory."""
+    from ml.orchestration import logs_to_file, run_dag_in_process
+    from ml.pipeline import step_summaries
+
+    started = time.perf_counter()
+    with logs_to_file(settings.home / "logs" / f"{DAG_ID}_{run_date}.log"):
+        state, tasks = run_dag_in_process(DAG_ID, run_date)
+    day = DayRun(run_date, state, time.perf_counter() - started)
+    for task in tasks:
+        name = DBT_GROUP if task.task_id.startswith(f"{DBT_GROUP}.") else task.task_id
+        day.task_seconds[name] = day.task_seconds.get(name, 0.0) + (task.seconds or 0.0)
+    for step in step_summaries(Settings.from_env(home=settings.home, warehouse_url=url), run_date):
+        day.task_peak_mb[step["step"]] = step["summary"].get("peak_rss_mb", float("nan"))
+    return day
 
 
 def _fresh_home(home: Path, seed: int, scale: str) -> Settings:
