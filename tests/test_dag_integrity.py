@@ -36,11 +36,12 @@ def test_daily_dag_order_gates_before_publishing(dagbag):
     upstream = publish.get_flat_relative_ids(upstream=True)
     for gate in ("load_events", "check_raw_quality", "check_mart_quality", "train_ranker"):
         assert gate in upstream
-    # Cosmos turned the dbt project into one task per model (plus its tests), all before the mart gate.
-    dbt_tasks = [t for t in dag.task_ids if t.startswith("dbt_build.")]
-    assert "dbt_build.user_segments.run" in dbt_tasks
-    assert "dbt_build.user_segments.test" in dbt_tasks
-    assert set(dbt_tasks) <= dag.get_task("check_mart_quality").get_flat_relative_ids(upstream=True)
+    # Cosmos turned every dbt model into one task that builds it and runs its tests, all before the mart gate.
+    dbt_tasks = {t for t in dag.task_ids if t.startswith("dbt_build.")}
+    models = {path.stem for path in (PROJECT_ROOT / "dbt" / "models").rglob("*.sql")}
+    assert "user_segments" in models
+    assert {f"dbt_build.{model}_model_build" for model in models} <= dbt_tasks
+    assert dbt_tasks <= dag.get_task("check_mart_quality").get_flat_relative_ids(upstream=True)
 
 
 HEAVY_MODULES = {"mlflow", "lightgbm", "implicit", "great_expectations", "sklearn", "scipy", "matplotlib"}
