@@ -411,19 +411,31 @@ def discover_files(path: Path) -> list[Path]:
 def ingest_path(url: str, path: Path, now: datetime | None = None) -> list[LoadResult]:
     """Load a file or a drop folder; each file commits on its own, so a crash loses at most the file in flight.
 
-    Files already loaded are read again: their rows come out as duplicates, so a re-sent file
-    with a few new rows loads exactly those.
+    A file is recorded in ``raw.ingested_files`` in the transaction that loads its rows, and is skipped
+    (no result for it) while its path, size and modification time are unchanged. A changed file is read
+    again: rows already there come out as duplicates, so a re-sent file with a few new rows loads exactly
+    those. A file that fails is not recorded, so the next run tries it again.
     """
     results = []
     with psycopg.connect(url) as conn:
         ensure_raw_schema(conn)
+        files = discover_files(Path(path))
+        recorded = _recorded_files(conn, [str(file.resolve()) for file in files])
         conn.commit()
-        for file in discover_files(Path(path)):
+        for file in files:
+            source_file = str(file.resolve())
+            # Before reading: a file rewritten while it is read gets a new mtime and is loaded again next run.
+            stat = file.stat()
+            size, modified_ns, loaded_at = recorded.get(source_file, (None, None, None))
+            if (size, modified_ns) == (stat.st_size, stat.st_mtime_ns):
+                progress.info("skipping %s: already loaded on %s", file.name, loaded_at.isoformat(timespec="seconds"))
+                continue
             started = time.perf_counter()
             table = table_for_file(file)
             frame = read_file(file)
             with conn.transaction():
-                result = load_frame(conn, table, frame, str(file.resolve()), now=now)
+                result = load_frame(conn, table, frame, source_file, now=now)
+                _record_file(conn, result, stat.st_size, stat.st_mtime_ns)
             result.seconds = time.perf_counter() - started
             progress.info(
                 "%s -> raw.%s: %d read, %d loaded, %d duplicate, %d quarantined in %.1fs (%s rows/s)",
@@ -432,6 +444,30 @@ def ingest_path(url: str, path: Path, now: datetime | None = None) -> list[LoadR
             )
             results.append(result)
     return results
+
+
+def _recorded_files(conn: psycopg.Connection, source_files: list[str]) -> dict[str, tuple[int, int, datetime]]:
+    """Size, modification time and load time of those of ``source_files`` already loaded."""
+    rows = conn.execute(
+        "SELECT source_file, size_bytes, modified_ns, loaded_at FROM raw.ingested_files WHERE source_file = ANY(%s)",
+        (source_files,),
+    ).fetchall()
+    return {source_file: tuple(rest) for source_file, *rest in rows}
+
+
+def _record_file(conn: psycopg.Connection, result: LoadResult, size: int, modified_ns: int) -> None:
+    conn.execute(
+        """INSERT INTO raw.ingested_files (source_file, size_bytes, modified_ns, table_name,
+                                           rows_read, rows_loaded, rows_duplicate, rows_quarantined)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+           ON CONFLICT (source_file) DO UPDATE SET
+               size_bytes = EXCLUDED.size_bytes, modified_ns = EXCLUDED.modified_ns,
+               table_name = EXCLUDED.table_name, rows_read = EXCLUDED.rows_read,
+               rows_loaded = EXCLUDED.rows_loaded, rows_duplicate = EXCLUDED.rows_duplicate,
+               rows_quarantined = EXCLUDED.rows_quarantined, loaded_at = now()""",
+        (result.source_file, size, modified_ns, result.table,
+         result.rows_read, result.rows_loaded, result.rows_duplicate, result.rows_quarantined),
+    )
 
 
 SUMMARY_TOTALS = ["rows_read", "rows_loaded", "rows_duplicate", "rows_quarantined", "seconds"]

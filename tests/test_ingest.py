@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -63,16 +64,47 @@ def test_bad_rows_are_quarantined_with_reasons_and_good_rows_load(warehouse_url,
     assert properties == {"screen": "home"}
 
 
-def test_loading_the_same_file_twice_changes_nothing(warehouse_url, tmp_path):
+def test_loading_a_folder_again_skips_the_files_already_loaded(warehouse_url, tmp_path, caplog):
+    (tmp_path / "events_a.csv").write_text(BAD_EVENTS_CSV)
+    (tmp_path / "events_b.csv").write_text(BAD_EVENTS_CSV.replace("e1,", "b1,"))
+    first = ingest.ingest_path(warehouse_url, tmp_path, now=NOW)
+    counts = "SELECT count(*), (SELECT count(*) FROM raw.quarantine) FROM raw.events"
+    before = _rows(warehouse_url, counts)
+
+    with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
+        again = ingest.ingest_path(warehouse_url, tmp_path, now=NOW)
+
+    assert again == []
+    assert sorted(m.split(":")[0] for m in caplog.messages) == ["skipping events_a.csv", "skipping events_b.csv"]
+    assert all(": already loaded on " in m for m in caplog.messages)
+    assert _rows(warehouse_url, counts) == before
+    assert _rows(warehouse_url, "SELECT source_file, table_name, rows_read, rows_loaded FROM raw.ingested_files ORDER BY 1") == [
+        (r.source_file, "events", r.rows_read, r.rows_loaded) for r in first
+    ]
+
+
+def test_a_changed_file_loads_again_its_new_rows_only(warehouse_url, tmp_path):
     path = tmp_path / "events.csv"
     path.write_text(BAD_EVENTS_CSV)
     ingest.ingest_path(warehouse_url, path, now=NOW)
-    before = _rows(warehouse_url, "SELECT count(*), (SELECT count(*) FROM raw.quarantine) FROM raw.events")
+    quarantined = _rows(warehouse_url, "SELECT count(*) FROM raw.quarantine")
 
+    path.write_text(BAD_EVENTS_CSV + "e11,4,app_opened,2026-11-21T10:00:00Z,,,,ios,Z1,\n")
     [again] = ingest.ingest_path(warehouse_url, path, now=NOW)
 
-    assert again.rows_loaded == 0 and again.rows_duplicate == 3
-    assert _rows(warehouse_url, "SELECT count(*), (SELECT count(*) FROM raw.quarantine) FROM raw.events") == before
+    assert (again.rows_read, again.rows_loaded, again.rows_duplicate, again.rows_quarantined) == (12, 1, 3, 8)
+    assert _rows(warehouse_url, "SELECT event_id FROM raw.events ORDER BY event_id") == [("e1",), ("e11",), ("e5",)]
+    assert _rows(warehouse_url, "SELECT count(*) FROM raw.quarantine") == quarantined
+    stat = path.stat()
+    assert _rows(warehouse_url, "SELECT size_bytes, modified_ns, rows_read, rows_loaded FROM raw.ingested_files") == [
+        (stat.st_size, stat.st_mtime_ns, 12, 1)
+    ]
+
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    [touched] = ingest.ingest_path(warehouse_url, path, now=NOW)
+
+    assert (touched.rows_loaded, touched.rows_duplicate) == (0, 4)
+    assert ingest.ingest_path(warehouse_url, path, now=NOW) == []
 
 
 def test_schema_drift_is_a_clear_error_and_loads_nothing(warehouse_url, tmp_path):
@@ -83,6 +115,11 @@ def test_schema_drift_is_a_clear_error_and_loads_nothing(warehouse_url, tmp_path
         ingest.ingest_path(warehouse_url, path, now=NOW)
 
     assert _rows(warehouse_url, "SELECT count(*) FROM raw.events") == [(0,)]
+    assert _rows(warehouse_url, "SELECT count(*) FROM raw.ingested_files") == [(0,)]
+    # Not recorded, so the corrected file loads on the next run.
+    path.write_text(BAD_EVENTS_CSV.splitlines()[0] + "\n" + "e1,1,app_opened,2026-11-20T10:00:00Z,,,,ios,Z1,\n")
+    [result] = ingest.ingest_path(warehouse_url, path, now=NOW)
+    assert result.rows_loaded == 1
 
 
 def test_parquet_and_json_lines_drop_folder(warehouse_url, tmp_path):

@@ -68,3 +68,17 @@ CREATE TABLE IF NOT EXISTS raw.quarantine (
     quarantined_at timestamptz NOT NULL DEFAULT now(),
     UNIQUE (table_name, source_file, row_number)
 );
+
+-- One row per file loaded, written in the file's own transaction: ingest skips a file whose path,
+-- size and modification time match, so the daily load does not re-read the folder's history.
+CREATE TABLE IF NOT EXISTS raw.ingested_files (
+    source_file      text PRIMARY KEY,
+    size_bytes       bigint      NOT NULL,
+    modified_ns      bigint      NOT NULL,
+    table_name       text        NOT NULL,
+    rows_read        bigint      NOT NULL,
+    rows_loaded      bigint      NOT NULL,
+    rows_duplicate   bigint      NOT NULL,
+    rows_quarantined bigint      NOT NULL,
+    loaded_at        timestamptz NOT NULL DEFAULT now()
+);
