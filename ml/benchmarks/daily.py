@@ -15,7 +15,9 @@ import datetime as dt
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--home", type=Path, help="state for the benchmark, wiped first (default: .rekindle/benchmarks/daily-<scale>)"
     )
     parser.add_argument("--json", type=Path, help="also write the per-day results to this file")
+    # Internal: each day runs in its own process, as each scheduled run does (see _run_day_in_process).
+    parser.add_argument("--one-day", type=dt.date.fromisoformat, help=argparse.SUPPRESS)
 
 
 @dataclass
@@ -55,6 +59,8 @@ class DayRun:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.one_day:
+        return _run_one_day(args)
     if args.days < 1:
         print("error: --days must be at least 1", file=sys.stderr)
         return 2
@@ -72,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             for path in daily_files.get(run_date - dt.timedelta(days=1), []):
                 shutil.move(path, settings.input_dir / path.name)
             print(f"day {number}/{len(run_dates)} {run_date}:", flush=True)
-            days.append(_run_day(settings, url, run_date))
+            days.append(_run_day_in_process(settings, run_date))
             print(f"day {number}/{len(run_dates)} {run_date}: {days[-1].state} in {days[-1].seconds:.1f}s\n", flush=True)
             if days[-1].state != "success":
                 print(f"error: the run for {run_date} ended {days[-1].state}; log in {settings.home / 'logs'}",
@@ -88,6 +94,32 @@ def run(args: argparse.Namespace) -> int:
     print(f"home {home}; users {args.users or SCALES[args.scale][0]:,}, merchants {SCALES[args.scale][1]:,}, "
           f"{args.window_days}-day window ending {end}")
     return 0 if all(day.state == "success" for day in days) and len(days) == len(run_dates) else 1
+
+
+def _run_day_in_process(settings: Settings, run_date: dt.date) -> DayRun:
+    """One day in a fresh process, as `rekindle run` or a scheduled run would be: state that a library keeps
+    in a long-lived process (dbt's adapters, caches) must not be billed to the later days."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([sys.executable, "-m", "ml.cli", "benchmark", "daily", "--one-day", run_date.isoformat(),
+                        "--home", str(settings.home), "--json", out.name], cwd=PROJECT_ROOT)
+        results = json.loads(Path(out.name).read_text() or "[]")
+    if not results:
+        return DayRun(run_date, "crashed", float("nan"))
+    day = results[0]
+    return DayRun(dt.date.fromisoformat(day["run_date"]), day["state"], day["seconds"], day["task_seconds"],
+                  day["task_peak_mb"])
+
+
+def _run_one_day(args: argparse.Namespace) -> int:
+    """The child side of _run_day_in_process: the parent has set up the home and the environment."""
+    from ml import runtime, warehouse
+
+    settings = Settings.from_env(home=args.home)
+    url = warehouse.start(settings)
+    runtime.configure(settings, url)
+    day = _run_day(settings, url, args.one_day)
+    args.json.write_text(json.dumps([dataclasses.asdict(day)], default=str))
+    return 0 if day.state == "success" else 1
 
 
 def _run_day(settings: Settings, url: str, run_date: dt.date) -> DayRun:
@@ -122,8 +154,6 @@ def _fresh_home(home: Path, seed: int, scale: str) -> Settings:
 
 
 def _start(settings: Settings) -> str:
-    import subprocess
-
     from ml import runtime, warehouse
 
     url = warehouse.start(settings)
