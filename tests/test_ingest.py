@@ -71,6 +71,7 @@ def test_loading_a_folder_again_skips_the_files_already_loaded(warehouse_url, tm
     counts = "SELECT count(*), (SELECT count(*) FROM raw.quarantine) FROM raw.events"
     before = _rows(warehouse_url, counts)
 
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger=PROGRESS_LOGGER):
         again = ingest.ingest_path(warehouse_url, tmp_path, now=NOW)
 
