@@ -422,13 +422,15 @@ def ingest_path(url: str, path: Path, now: datetime | None = None) -> list[LoadR
         files = discover_files(Path(path))
         recorded = _recorded_files(conn, [str(file.resolve()) for file in files])
         conn.commit()
+        skipped = 0
         for file in files:
             source_file = str(file.resolve())
             # Before reading: a file rewritten while it is read gets a new mtime and is loaded again next run.
             stat = file.stat()
             size, modified_ns, loaded_at = recorded.get(source_file, (None, None, None))
             if (size, modified_ns) == (stat.st_size, stat.st_mtime_ns):
-                progress.info("skipping %s: already loaded on %s", file.name, loaded_at.isoformat(timespec="seconds"))
+                log.debug("skipping %s: already loaded on %s", file.name, loaded_at.isoformat(timespec="seconds"))
+                skipped += 1
                 continue
             started = time.perf_counter()
             table = table_for_file(file)
@@ -443,6 +445,8 @@ def ingest_path(url: str, path: Path, now: datetime | None = None) -> list[LoadR
                 result.rows_quarantined, result.seconds, f"{result.rows_per_second:,}",
             )
             results.append(result)
+    if skipped:
+        progress.info("skipped %d file(s) already loaded and unchanged", skipped)
     return results
 
 
