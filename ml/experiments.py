@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -25,6 +27,7 @@ import psycopg
 from scipy.stats import norm
 
 from ml import warehouse
+from ml.generate import TRUTH_FOLDER
 from ml.settings import Settings
 
 PERSONALISED = "personalised"
@@ -504,6 +507,16 @@ def verdict(results: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------- command line
 
 
+def campaign_truth_path(settings: Settings, campaign_id: str) -> Path:
+    """Where ``rekindle simulate`` writes a campaign's true re-engagement per arm (synthetic worlds only)."""
+    return settings.input_dir / TRUTH_FOLDER / f"campaign_truth_{campaign_id}.json"
+
+
+def load_campaign_truth(settings: Settings, campaign_id: str) -> dict | None:
+    path = campaign_truth_path(settings, campaign_id)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--date", default=None,
@@ -513,8 +526,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``rekindle readout``: print the readout, with the simulated truth beside it when there is one."""
-    from ml.feedback import load_campaign_truth
-
     settings = Settings.from_env()
     if args.date:
         campaign_date = date.fromisoformat(args.date)

@@ -22,8 +22,8 @@ import pandas as pd
 import psycopg
 
 from ml import warehouse
-from ml.experiments import ARMS, HOLDOUT, NON_PERSONALISED, PERSONALISED
-from ml.generate import TRUTH_FOLDER, Marketplace
+from ml.experiments import ARMS, HOLDOUT, NON_PERSONALISED, PERSONALISED, campaign_truth_path
+from ml.generate import Marketplace
 from ml.settings import Settings
 from ml.simulate import CAMPAIGN_SEND_HOUR, CHECKOUT, NO_OFFER, simulate_days, true_reactivation_probability
 
@@ -98,15 +98,6 @@ def write_drop_files(
     events.to_parquet(paths["events"], index=False)
     exposures.to_parquet(paths["campaign_exposures"], index=False)
     return paths
-
-
-def campaign_truth_path(settings: Settings, campaign_id: str) -> Path:
-    return settings.input_dir / TRUTH_FOLDER / f"campaign_truth_{campaign_id}.json"
-
-
-def load_campaign_truth(settings: Settings, campaign_id: str) -> dict | None:
-    path = campaign_truth_path(settings, campaign_id)
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def simulate_campaign(settings: Settings, days: int, seed: int) -> dict:

@@ -10,13 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
-
-if TYPE_CHECKING:
-    from ml.generate import Marketplace
 
 EVENT_TYPES = ("free_delivery", "percent_discount", "cashback", "double_points")
 REWARD_SIZES = (5.0, 10.0, 20.0)  # QAR
@@ -546,9 +541,9 @@ class MarketSimulator:
 
 
 def simulate_days(
-    marketplace: Marketplace, start: dt.date, days: int, offers: pd.DataFrame, seed: int,
+    marketplace, start: dt.date, days: int, offers: pd.DataFrame, seed: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Continue ``marketplace``'s world for ``days`` days from ``start`` (normally its end date).
+    """Continue the world of ``marketplace`` (an ``ml.generate.Marketplace``) for ``days`` days from ``start``.
 
     Every user in ``offers`` (campaign_id, user_id, event_type, reward_size, assignment) is exposed
     on ``start`` and answers by the true response model; holdout rows get no offer. Returns

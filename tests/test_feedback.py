@@ -79,7 +79,7 @@ def test_simulated_exposures_match_the_published_offers(settings, published_camp
     rates = result["true_re_engagement"]
     assert set(rates) == {PERSONALISED, NON_PERSONALISED, HOLDOUT}
     assert rates[NON_PERSONALISED] > rates[HOLDOUT]
-    assert feedback.load_campaign_truth(settings, CAMPAIGN)["true_re_engagement"] == rates
+    assert experiments.load_campaign_truth(settings, CAMPAIGN)["true_re_engagement"] == rates
 
 
 def test_the_next_load_brings_the_campaign_into_raw(settings, published_campaign):
