@@ -20,45 +20,13 @@ import pytest
 from ml import crm, experiments, export, pipeline, publish, registry
 from ml.campaigns import CONTROL
 from ml.experiments import ARMS, campaign_id_for
+from conftest import hand_built_marts_sql
 
 DAY = date(2026, 11, 1)
 USERS = 240
 MERCHANTS = 40
 # Every third user did not opt in.
-MARTS_SQL = f"""
-CREATE SCHEMA marts;
-CREATE SCHEMA intermediate;
-CREATE TABLE marts.merchant_features AS
-SELECT m::bigint AS merchant_id, 'Merchant ' || m AS merchant_name, 'category_' || m % 8 AS category
-FROM generate_series(1, {MERCHANTS}) m;
-CREATE TABLE marts.user_features AS
-SELECT u::bigint AS user_id, u % 3 <> 0 AS marketing_opt_in,
-       (ARRAY['ios', 'android', 'web'])[1 + u % 3] AS platform, 'zone_' || u % 5 AS home_zone,
-       10 + u % 300 AS tenure_days, CASE WHEN u % 5 = 0 THEN 0 ELSE 1 + u % 7 END::bigint AS order_count,
-       CASE WHEN u % 5 = 0 THEN NULL ELSE u % 90 END AS days_since_last_order,
-       (20 * (1 + u % 7))::numeric(14, 2) AS order_value, 20.0 AS avg_order_value, 2.0 AS avg_price_level,
-       'category_' || u % 8 AS favourite_category, u % 4 AS sessions_14d, u % 20 AS days_since_session,
-       u % 2 AS offers_received, 0 AS campaign_opens, 0 AS offers_redeemed
-FROM generate_series(1, {USERS}) u;
-CREATE TABLE marts.user_segments AS
-SELECT user_id, CASE
-           WHEN days_since_last_order IS NULL THEN 'new'
-           WHEN days_since_last_order <= 6 THEN 'active'
-           WHEN days_since_last_order <= 13 THEN 'at_risk'
-           WHEN days_since_last_order <= 29 THEN 'lapsed'
-           WHEN days_since_last_order <= 59 THEN 'dormant'
-           ELSE 'churned'
-       END AS lifecycle_segment
-FROM marts.user_features;
--- three merchants ordered from and one only viewed per user who ordered
-CREATE TABLE intermediate.int_user_merchant_interactions AS
-SELECT u.user_id, (u.user_id * 13 + j * 29) % {MERCHANTS} + 1 AS merchant_id,
-       CASE WHEN j < 3 THEN 1 + (u.user_id + j) % 4 ELSE 0 END::bigint AS order_count,
-       CASE WHEN j < 3 THEN 20 * (1 + (u.user_id + j) % 4) ELSE 0 END::numeric(14, 2) AS order_value,
-       CASE WHEN j < 3 THEN timestamptz '2026-10-01' + j * interval '1 day' END AS last_order_at
-FROM marts.user_features u, generate_series(0, 3) j
-WHERE u.order_count > 0;
-"""
+MARTS_SQL = hand_built_marts_sql(USERS, MERCHANTS, opted_in="u % 3 <> 0")
 OPTED_OUT = {u for u in range(1, USERS + 1) if u % 3 == 0}
 OPTED_IN = set(range(1, USERS + 1)) - OPTED_OUT
 MARKETING_TABLES = ("crm.inactive_user_offers", "crm.segment_members", *(f"crm.{name}" for name in crm.SEGMENTS))

@@ -18,48 +18,13 @@ import pytest
 from psycopg import sql
 
 from ml import campaigns, crm, experiments, pipeline, publish, registry
+from conftest import hand_built_marts_sql
 
 DAY = date(2026, 11, 1)
 USERS = 5000
 MERCHANTS = 400
 
-# The columns publishing reads, with dbt's indexes (the config blocks of the marts).
-MARTS_SQL = f"""
-CREATE SCHEMA marts;
-CREATE SCHEMA intermediate;
-CREATE TABLE marts.merchant_features AS
-SELECT m::bigint AS merchant_id, 'Merchant ' || m AS merchant_name, 'category_' || m % 8 AS category
-FROM generate_series(1, {MERCHANTS}) m;
-CREATE UNIQUE INDEX ON marts.merchant_features (merchant_id);
-CREATE TABLE marts.user_features AS
-SELECT u::bigint AS user_id, u % 5 <> 1 AS marketing_opt_in,
-       (ARRAY['ios', 'android', 'web'])[1 + u % 3] AS platform, 'zone_' || u % 5 AS home_zone,
-       10 + u % 300 AS tenure_days, CASE WHEN u % 5 = 0 THEN 0 ELSE 1 + u % 7 END::bigint AS order_count,
-       CASE WHEN u % 5 = 0 THEN NULL ELSE u % 90 END AS days_since_last_order
-FROM generate_series(1, {USERS}) u;
-CREATE UNIQUE INDEX ON marts.user_features (user_id);
-CREATE TABLE marts.user_segments AS
-SELECT user_id, CASE
-           WHEN days_since_last_order IS NULL THEN 'new'
-           WHEN days_since_last_order <= 6 THEN 'active'
-           WHEN days_since_last_order <= 13 THEN 'at_risk'
-           WHEN days_since_last_order <= 29 THEN 'lapsed'
-           WHEN days_since_last_order <= 59 THEN 'dormant'
-           ELSE 'churned'
-       END AS lifecycle_segment
-FROM marts.user_features;
-CREATE UNIQUE INDEX ON marts.user_segments (user_id);
-CREATE INDEX ON marts.user_segments (lifecycle_segment);
--- three merchants ordered from and one only viewed per user who ordered
-CREATE TABLE intermediate.int_user_merchant_interactions AS
-SELECT u.user_id, (u.user_id * 13 + j * 29) % {MERCHANTS} + 1 AS merchant_id,
-       CASE WHEN j < 3 THEN 1 + (u.user_id + j) % 4 ELSE 0 END::bigint AS order_count,
-       CASE WHEN j < 3 THEN 20 * (1 + (u.user_id + j) % 4) ELSE 0 END::numeric(14, 2) AS order_value,
-       CASE WHEN j < 3 THEN timestamptz '2026-10-01' + j * interval '1 day' END AS last_order_at
-FROM marts.user_features u, generate_series(0, 3) j
-WHERE u.order_count > 0;
-ANALYZE marts.merchant_features, marts.user_features, marts.user_segments, intermediate.int_user_merchant_interactions;
-"""
+MARTS_SQL = hand_built_marts_sql(USERS, MERCHANTS, opted_in="u % 5 <> 1")
 CRM_TABLES = ("crm.recommendations", "crm.segment_members", "crm.inactive_user_offers",
               *(f"crm.{name}" for name in crm.SEGMENTS))
 
