@@ -26,14 +26,14 @@ from ml.settings import Settings
     doc_md=__doc__,
 )
 def experiment_readout():
-    # ml.experiments (MLflow, SciPy) is imported inside the task so that parsing this file stays light.
+    # ml.experiments.readout (MLflow, SciPy) is imported inside the task so that parsing this file stays light.
     @task
     def read_out_campaign(ds: str | None = None) -> dict:
-        from ml import experiments
+        from ml.experiments import readout
 
         settings = Settings.from_env()
-        campaign_date = experiments.campaign_date_due(date.fromisoformat(ds), settings.reactivation_window_days)
-        return experiments.run_readout(settings, campaign_date)
+        campaign_date = readout.campaign_date_due(date.fromisoformat(ds), settings.reactivation_window_days)
+        return readout.run_readout(settings, campaign_date)
 
     window_loaded = ExternalTaskSensor(
         task_id="wait_for_daily_load",

@@ -7,7 +7,7 @@ from datetime import date, datetime
 
 from airflow.sdk import dag, task
 
-from ml.dbt_airflow import dbt_task_group
+from ml.pipeline.cosmos import dbt_task_group
 from ml.settings import Settings
 
 
@@ -25,48 +25,48 @@ def _run_date(ds: str) -> date:
     doc_md=__doc__,
 )
 def reengagement_daily():
-    # ml.pipeline (MLflow, LightGBM, GX, ...) is imported inside the tasks so that parsing this file stays light.
+    # ml.pipeline.tasks (MLflow, LightGBM, GX, ...) is imported inside the tasks so that parsing this file stays light.
     @task
     def prepare_warehouse(ds: str | None = None) -> dict:
-        from ml import pipeline
+        from ml.pipeline import tasks
 
-        return pipeline.prepare_warehouse(Settings.from_env(), _run_date(ds))
+        return tasks.prepare_warehouse(Settings.from_env(), _run_date(ds))
 
     @task
     def load_events(ds: str | None = None) -> dict:
-        from ml import pipeline
+        from ml.pipeline import tasks
 
-        return pipeline.load_events(Settings.from_env(), _run_date(ds))
+        return tasks.load_events(Settings.from_env(), _run_date(ds))
 
     @task
     def check_raw_quality(ds: str | None = None) -> dict:
-        from ml import pipeline
+        from ml.pipeline import tasks
 
-        return pipeline.check_raw_quality(Settings.from_env(), _run_date(ds))
+        return tasks.check_raw_quality(Settings.from_env(), _run_date(ds))
 
     @task
     def check_mart_quality(ds: str | None = None) -> dict:
-        from ml import pipeline
+        from ml.pipeline import tasks
 
-        return pipeline.check_mart_quality(Settings.from_env(), _run_date(ds))
+        return tasks.check_mart_quality(Settings.from_env(), _run_date(ds))
 
     @task
     def train_ranker(ds: str | None = None) -> dict:
-        from ml import pipeline
+        from ml.pipeline import tasks
 
-        return pipeline.train_ranker(Settings.from_env(), _run_date(ds))
+        return tasks.train_ranker(Settings.from_env(), _run_date(ds))
 
     @task
     def train_offer_model(ds: str | None = None) -> dict:
-        from ml import pipeline
+        from ml.pipeline import tasks
 
-        return pipeline.train_offer_model(Settings.from_env(), _run_date(ds))
+        return tasks.train_offer_model(Settings.from_env(), _run_date(ds))
 
     @task
     def publish_segments(ds: str | None = None) -> dict:
-        from ml import pipeline
+        from ml.pipeline import tasks
 
-        return pipeline.publish_segments(Settings.from_env(), _run_date(ds))
+        return tasks.publish_segments(Settings.from_env(), _run_date(ds))
 
     dbt = dbt_task_group(Settings.from_env())
     marts_ready = prepare_warehouse() >> load_events() >> check_raw_quality() >> dbt >> check_mart_quality()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import great_expectations as gx
 from great_expectations import expectations as gxe
 
-from ml.ingest import EVENT_TYPES
+from ml.warehouse.ingest import EVENT_TYPES
 
 LIFECYCLE_SEGMENTS = ["new", "active", "at_risk", "lapsed", "dormant", "churned"]
 VALUE_TIERS = ["high", "medium", "low"]

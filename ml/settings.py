@@ -50,7 +50,7 @@ class Settings:
     promotion_margin: float = 0.0
     score_segments: tuple[str, ...] = ("lapsed", "dormant")
 
-    # Offers (ml/campaigns.py): budget is the total expected reward cost of one day's campaign (QAR)
+    # Offers (ml/offers/decide.py): budget is the total expected reward cost of one day's campaign (QAR)
     campaign_budget: float = 20000.0
     offer_segment_budget_share: float = 0.5
     holdout_share: float = 0.10
@@ -61,7 +61,7 @@ class Settings:
     offer_test_share: float = 0.3
     reactivation_window_days: int = 14
 
-    # CRM segments (ml/crm.py): thresholds and sizes
+    # CRM segments (ml/crm/segments.py): thresholds and sizes
     crm_affinity_threshold: float = 0.5
     crm_top_k: int = 3
     crm_lapsed_days: int = 14
@@ -112,7 +112,7 @@ class Settings:
         return self.home / "dbt_profiles"
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Read ``REKINDLE_<FIELD>`` variables (upper-case field names), then apply overrides."""
         environ = dict(os.environ if environ is None else environ)
         values: dict[str, Any] = {}

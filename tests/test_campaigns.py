@@ -7,16 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.campaigns import (
+from ml.offers.response import (
     USER_FEATURES,
     OfferResponseModel,
     best_uniform_offer,
     evaluate,
-    observable_oracle,
     split_by_user,
-    truth_scorecard,
 )
-from ml.simulate import EVENT_TYPES, REWARD_SIZES
+from ml.offers.truth import observable_oracle, truth_scorecard
+from ml.synthetic.world import EVENT_TYPES, REWARD_SIZES
 
 
 def _history(rows: list[tuple[str, float, bool, float]]) -> pd.DataFrame:
@@ -26,20 +25,30 @@ def _history(rows: list[tuple[str, float, bool, float]]) -> pd.DataFrame:
 
 
 def test_the_best_uniform_offer_is_the_offer_arm_with_the_highest_margin_never_no_offer():
-    history = _history([
-        ("none", 0.0, True, 500.0),              # no offer earns most here, but it is not an offer
-        ("free_delivery", 5.0, True, 100.0),     # margin 0.3 * 100 - 5 = 25
-        ("cashback", 20.0, True, 100.0),         # 30 - 20 = 10
-        ("cashback", 20.0, False, 0.0),
-    ])
+    history = _history(
+        [
+            ("none", 0.0, True, 500.0),  # no offer earns most here, but it is not an offer
+            ("free_delivery", 5.0, True, 100.0),  # margin 0.3 * 100 - 5 = 25
+            ("cashback", 20.0, True, 100.0),  # 30 - 20 = 10
+            ("cashback", 20.0, False, 0.0),
+        ]
+    )
     assert best_uniform_offer(history, margin_rate=0.3) == "free_delivery:5"
 
 
 def test_truth_scorecard_on_a_hand_computed_case():
     truth = pd.DataFrame(
-        [(1, "none", 0.0, 0.0), (1, "free_delivery", 5.0, 2.0), (1, "cashback", 5.0, -1.0),
-         (2, "none", 0.0, 0.0), (2, "free_delivery", 5.0, -3.0), (2, "cashback", 5.0, -1.0),
-         (3, "none", 0.0, 0.0), (3, "free_delivery", 5.0, 1.0), (3, "cashback", 5.0, 4.0)],
+        [
+            (1, "none", 0.0, 0.0),
+            (1, "free_delivery", 5.0, 2.0),
+            (1, "cashback", 5.0, -1.0),
+            (2, "none", 0.0, 0.0),
+            (2, "free_delivery", 5.0, -3.0),
+            (2, "cashback", 5.0, -1.0),
+            (3, "none", 0.0, 0.0),
+            (3, "free_delivery", 5.0, 1.0),
+            (3, "cashback", 5.0, 4.0),
+        ],
         columns=["user_id", "event_type", "reward_size", "expected_incremental_margin"],
     )
     chosen = pd.Series(["free_delivery:5", "cashback:5", "none", "cashback:5"], index=[1, 2, 3, 99])  # 99: unknown
@@ -63,20 +72,24 @@ def test_truth_scorecard_on_a_hand_computed_case():
 def test_the_observable_oracle_recovers_a_best_offer_that_the_features_determine():
     rng = np.random.default_rng(0)
     n = 600
-    users = pd.DataFrame({
-        "user_id": np.arange(n),
-        "segment": rng.choice(["lapsed", "churned"], n),
-        **{column: rng.random(n) for column in USER_FEATURES},
-    })
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(n),
+            "segment": rng.choice(["lapsed", "churned"], n),
+            **{column: rng.random(n) for column in USER_FEATURES},
+        }
+    )
     recent = users["recency_days"].to_numpy() < 0.5
-    truth = pd.DataFrame({
-        "user_id": np.repeat(users["user_id"], 3),
-        "event_type": np.tile(["none", "free_delivery", "cashback"], n),
-        "reward_size": np.tile([0.0, 5.0, 5.0], n),
-        "expected_incremental_margin": np.column_stack(
-            [np.zeros(n), np.where(recent, 2.0, -1.0), np.where(recent, -1.0, 3.0)]
-        ).ravel(),
-    })
+    truth = pd.DataFrame(
+        {
+            "user_id": np.repeat(users["user_id"], 3),
+            "event_type": np.tile(["none", "free_delivery", "cashback"], n),
+            "reward_size": np.tile([0.0, 5.0, 5.0], n),
+            "expected_incremental_margin": np.column_stack(
+                [np.zeros(n), np.where(recent, 2.0, -1.0), np.where(recent, -1.0, 3.0)]
+            ).ravel(),
+        }
+    )
     chosen = observable_oracle(users, truth, seed=0)
     expected = np.where(recent, "free_delivery:5", "cashback:5")
     assert (chosen.loc[users["user_id"]].to_numpy() == expected).mean() > 0.9
@@ -95,23 +108,25 @@ def planted_campaigns(n_users: int, seed: int) -> tuple[pd.DataFrame, pd.DataFra
     rng = np.random.default_rng(seed)
     order_count = rng.poisson(3.0, n_users)
     avg_order_value = rng.uniform(40.0, 140.0, n_users)
-    users = pd.DataFrame({
-        "user_id": np.arange(n_users),
-        "recency_days": rng.integers(7, 90, n_users),
-        "order_count_before": order_count,
-        "order_value_before": order_count * avg_order_value,
-        "avg_order_value_before": np.where(order_count > 0, avg_order_value, np.nan),
-        "avg_price_level_before": np.where(order_count > 0, rng.uniform(1.0, 4.0, n_users), np.nan),
-        "tenure_days": rng.integers(30, 400, n_users),
-        "platform": rng.choice(["ios", "android", "web"], n_users),
-        "home_zone": rng.choice(["Al Wakrah", "West Bay", "Al Sadd"], n_users, p=[0.4, 0.3, 0.3]),
-        "favourite_category_before": rng.choice(["burgers", "sushi", "coffee"], n_users),
-        "sessions_14d": rng.poisson(0.8, n_users),
-        "days_since_session": rng.integers(0, 40, n_users).astype(float),
-        "offers_received": rng.poisson(1.0, n_users),
-        "campaign_opens": rng.poisson(0.3, n_users),
-        "offers_redeemed": rng.poisson(0.1, n_users),
-    })
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(n_users),
+            "recency_days": rng.integers(7, 90, n_users),
+            "order_count_before": order_count,
+            "order_value_before": order_count * avg_order_value,
+            "avg_order_value_before": np.where(order_count > 0, avg_order_value, np.nan),
+            "avg_price_level_before": np.where(order_count > 0, rng.uniform(1.0, 4.0, n_users), np.nan),
+            "tenure_days": rng.integers(30, 400, n_users),
+            "platform": rng.choice(["ios", "android", "web"], n_users),
+            "home_zone": rng.choice(["Al Wakrah", "West Bay", "Al Sadd"], n_users, p=[0.4, 0.3, 0.3]),
+            "favourite_category_before": rng.choice(["burgers", "sushi", "coffee"], n_users),
+            "sessions_14d": rng.poisson(0.8, n_users),
+            "days_since_session": rng.integers(0, 40, n_users).astype(float),
+            "offers_received": rng.poisson(1.0, n_users),
+            "campaign_opens": rng.poisson(0.3, n_users),
+            "offers_redeemed": rng.poisson(0.1, n_users),
+        }
+    )
     remote = users["home_zone"].eq("Al Wakrah").to_numpy()
     frequent = ~remote & (order_count >= 4)
     base = np.where(users["sessions_14d"].to_numpy() > 0, 0.35, 0.10)
@@ -122,14 +137,23 @@ def planted_campaigns(n_users: int, seed: int) -> tuple[pd.DataFrame, pd.DataFra
         lift = 0.5 * fits * (1.0 - np.exp(-size / 5.0))
         return 1.0 - (1.0 - base) * (1.0 - lift)
 
-    truth = pd.concat([
-        pd.DataFrame({
-            "user_id": users["user_id"], "event_type": event_type, "reward_size": size,
-            "expected_incremental_margin": MARGIN_RATE * avg_order_value * (p_reactivate(event_type, size) - base)
-            - size * p_reactivate(event_type, size),
-        })
-        for event_type, size in arms
-    ], ignore_index=True)
+    truth = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "user_id": users["user_id"],
+                    "event_type": event_type,
+                    "reward_size": size,
+                    "expected_incremental_margin": MARGIN_RATE
+                    * avg_order_value
+                    * (p_reactivate(event_type, size) - base)
+                    - size * p_reactivate(event_type, size),
+                }
+            )
+            for event_type, size in arms
+        ],
+        ignore_index=True,
+    )
 
     arm = rng.integers(0, len(arms), n_users)
     event_type = np.array([arms[a][0] for a in arm], dtype=object)

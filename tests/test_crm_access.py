@@ -13,9 +13,9 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from ml import crm, publish
+from ml.crm import publish, segments
 from ml.settings import Settings
-from ml.warehouse import DATABASE
+from ml.warehouse.postgres import DATABASE
 
 OTHER_SCHEMAS = ("raw", "staging", "intermediate", "marts", "mlflow", "ops")
 READER = Settings().crm_reader_role
@@ -29,11 +29,9 @@ def _build_warehouse(url: str, settings: Settings) -> str:
             conn.execute(f"CREATE TABLE {schema}.secrets AS SELECT 1 AS id")
         conn.execute("CREATE TABLE public.secrets AS SELECT 1 AS id")
         conn.execute(publish.CRM_SCHEMA_SQL)
-        crm.ensure_tables(conn)
-        conn.execute(
-            "INSERT INTO crm.recommendations VALUES ('2026-11-01', 1, 1, 10, 'Pizza Place', 0.9, NULL, '1')"
-        )
-        crm.ensure_reader_role(conn, settings)
+        segments.ensure_tables(conn)
+        conn.execute("INSERT INTO crm.recommendations VALUES ('2026-11-01', 1, 1, 10, 'Pizza Place', 0.9, NULL, '1')")
+        segments.ensure_reader_role(conn, settings)
     return url
 
 
@@ -56,8 +54,10 @@ def _as_reader(url: str, role: str = READER) -> psycopg.Connection:
 
 def test_reader_can_select_every_crm_table(probed_warehouse):
     with _as_reader(probed_warehouse) as reader:
-        assert reader.execute("SELECT user_id, merchant_name FROM crm.recommendations").fetchall() == [(1, "Pizza Place")]
-        for table in ["segment_members", *crm.SEGMENTS]:
+        assert reader.execute("SELECT user_id, merchant_name FROM crm.recommendations").fetchall() == [
+            (1, "Pizza Place")
+        ]
+        for table in ["segment_members", *segments.SEGMENTS]:
             assert reader.execute(f"SELECT count(*) FROM crm.{table}").fetchone() == (0,)
 
 
@@ -67,15 +67,18 @@ def test_reader_cannot_read_outside_crm(probed_warehouse, schema):
         reader.execute(f"SELECT * FROM {schema}.secrets")
 
 
-@pytest.mark.parametrize("statement", [
-    "INSERT INTO crm.recommendations VALUES ('2026-11-02', 2, 1, 10, 'Pizza Place', 0.5, NULL, '1')",
-    "UPDATE crm.recommendations SET score = 0",
-    "DELETE FROM crm.recommendations",
-    "TRUNCATE crm.lapsed_personalised",
-    "CREATE TABLE crm.mine (id int)",
-    "CREATE TABLE public.mine (id int)",
-    "DROP TABLE crm.recommendations",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO crm.recommendations VALUES ('2026-11-02', 2, 1, 10, 'Pizza Place', 0.5, NULL, '1')",
+        "UPDATE crm.recommendations SET score = 0",
+        "DELETE FROM crm.recommendations",
+        "TRUNCATE crm.lapsed_personalised",
+        "CREATE TABLE crm.mine (id int)",
+        "CREATE TABLE public.mine (id int)",
+        "DROP TABLE crm.recommendations",
+    ],
+)
 def test_reader_cannot_change_anything(probed_warehouse, statement):
     with _as_reader(probed_warehouse) as reader, pytest.raises(errors.InsufficientPrivilege):
         reader.execute(statement)
@@ -96,7 +99,7 @@ def test_role_is_a_plain_login_role_and_setup_is_idempotent(warehouse_url, setti
 
     for url in (warehouse_url, other_database, warehouse_url):
         with psycopg.connect(url) as conn:
-            crm.ensure_reader_role(conn, settings)
+            segments.ensure_reader_role(conn, settings)
 
     with psycopg.connect(warehouse_url) as conn:
         attributes = conn.execute(
@@ -110,7 +113,9 @@ def test_role_is_a_plain_login_role_and_setup_is_idempotent(warehouse_url, setti
 
 
 def test_password_is_set_when_configured_and_removed_when_empty(warehouse_url, settings):
-    with_password = dataclasses.replace(settings, crm_reader_role="rekindle_crm_reader_pw", crm_reader_password="s3cret")
+    with_password = dataclasses.replace(
+        settings, crm_reader_role="rekindle_crm_reader_pw", crm_reader_password="s3cret"
+    )
 
     def password_hash(conn: psycopg.Connection):
         return conn.execute(
@@ -118,7 +123,7 @@ def test_password_is_set_when_configured_and_removed_when_empty(warehouse_url, s
         ).fetchone()[0]
 
     with psycopg.connect(warehouse_url) as conn:
-        crm.ensure_reader_role(conn, with_password)
+        segments.ensure_reader_role(conn, with_password)
         assert password_hash(conn).startswith("SCRAM-SHA-256$")
-        crm.ensure_reader_role(conn, dataclasses.replace(with_password, crm_reader_password=""))
+        segments.ensure_reader_role(conn, dataclasses.replace(with_password, crm_reader_password=""))
         assert password_hash(conn) is None

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from ml import crm, publish
+from ml.crm import publish, segments
 
 RUN_DATE = date(2026, 11, 1)
 NEXT_DATE = date(2026, 11, 2)
@@ -43,11 +43,11 @@ MERCHANTS = [
 # user_id, platform, home_zone, tenure_days, order_count, order_value, days_since_last_order (all opted in to
 # marketing; tests/test_marketing_opt_in.py has users who are not)
 USERS = [
-    (1, "ios", "west", 200, 5, 150, 20),       # lapsed; ordered pizza 10 (x4) and sushi 20 (x1)
-    (2, "android", "east", 90, 3, 90, 2),      # active; ordered pizza 10 (x3), only viewed sushi 20
-    (3, "web", "west", 3, 0, 0, None),         # never ordered
-    (4, "ios", "east", 30, 1, 25, 14),         # exactly crm_lapsed_days; one order, at burgers 30
-    (5, "web", "east", 60, 3, 60, 5),          # ordered pizza 10 (x3, less than user 2 spent); no recommendations
+    (1, "ios", "west", 200, 5, 150, 20),  # lapsed; ordered pizza 10 (x4) and sushi 20 (x1)
+    (2, "android", "east", 90, 3, 90, 2),  # active; ordered pizza 10 (x3), only viewed sushi 20
+    (3, "web", "west", 3, 0, 0, None),  # never ordered
+    (4, "ios", "east", 30, 1, 25, 14),  # exactly crm_lapsed_days; one order, at burgers 30
+    (5, "web", "east", 60, 3, 60, 5),  # ordered pizza 10 (x3, less than user 2 spent); no recommendations
 ]
 # user_id, merchant_id, order_count, order_value, view_count, last_order_at
 INTERACTIONS = [
@@ -60,10 +60,10 @@ INTERACTIONS = [
 ]
 # user_id: [(merchant_id, raw score)] best first; the normalised scores are in the comments
 RECOMMENDED = {
-    1: [(20, 10.0), (11, 8.0), (21, 4.0), (30, 2.0)],       # 1, 0.8, 0.4, 0.2
-    2: [(20, 5.0), (11, 4.0), (30, 2.5), (21, 1.0)],        # 1, 0.8, 0.5, 0.2
-    3: [(10, 100.0), (20, 60.0), (30, 50.0), (11, 10.0)],   # 1, 0.6, 0.5, 0.1
-    4: [(10, 1.0), (30, 0.5), (20, -0.5), (21, -1.0)],      # from -1 to 1: 1, 0.75, 0.25, 0
+    1: [(20, 10.0), (11, 8.0), (21, 4.0), (30, 2.0)],  # 1, 0.8, 0.4, 0.2
+    2: [(20, 5.0), (11, 4.0), (30, 2.5), (21, 1.0)],  # 1, 0.8, 0.5, 0.2
+    3: [(10, 100.0), (20, 60.0), (30, 50.0), (11, 10.0)],  # 1, 0.6, 0.5, 0.1
+    4: [(10, 1.0), (30, 0.5), (20, -0.5), (21, -1.0)],  # from -1 to 1: 1, 0.75, 0.25, 0
 }
 EXPECTED = {
     # not ordered there and normalised score above 0.5 (0.5 itself is not above)
@@ -105,16 +105,20 @@ def _insert(conn: psycopg.Connection, table: str, rows: list[tuple]) -> None:
 
 def _insert_recommendations(conn: psycopg.Connection, run_date: date, recommended: dict) -> None:
     names = {merchant_id: name for merchant_id, name, _, _ in MERCHANTS}
-    _insert(conn, "crm.recommendations", [
-        (run_date, user_id, rank, merchant_id, names[merchant_id], score, None, "3")
-        for user_id, merchants in recommended.items()
-        for rank, (merchant_id, score) in enumerate(merchants, start=1)
-    ])
+    _insert(
+        conn,
+        "crm.recommendations",
+        [
+            (run_date, user_id, rank, merchant_id, names[merchant_id], score, None, "3")
+            for user_id, merchants in recommended.items()
+            for rank, (merchant_id, score) in enumerate(merchants, start=1)
+        ],
+    )
 
 
 def _refresh(url: str, run_date: date, settings) -> dict[str, int]:
     with psycopg.connect(url) as conn, conn.transaction():
-        return crm.refresh_segments(conn, run_date, settings)
+        return segments.refresh_segments(conn, run_date, settings)
 
 
 def _rows(url: str, segment: str, run_date: date = RUN_DATE) -> list[dict]:
@@ -131,7 +135,7 @@ def _members(url: str, segment: str, run_date: date = RUN_DATE) -> set[tuple[int
 def test_each_segment_has_exactly_the_expected_members(marketplace, crm_settings):
     counts = _refresh(marketplace, RUN_DATE, crm_settings)
 
-    assert {segment: _members(marketplace, segment) for segment in crm.SEGMENTS} == EXPECTED
+    assert {segment: _members(marketplace, segment) for segment in segments.SEGMENTS} == EXPECTED
     assert counts == {segment: len(members) for segment, members in EXPECTED.items()}
 
 
@@ -140,14 +144,23 @@ def test_rows_carry_the_export_fields_and_the_normalised_score(marketplace, crm_
 
     prospect = next(r for r in _rows(marketplace, "high_affinity_prospects") if r["user_id"] == 1)
     assert prospect == {
-        "run_date": RUN_DATE, "segment": "high_affinity_prospects", "user_id": 1,
-        "recommended_merchant_id": 11, "recommended_merchant_name": "Pizza Two", "score": 0.8,
-        "platform": "ios", "home_zone": "west", "rank": 2,
+        "run_date": RUN_DATE,
+        "segment": "high_affinity_prospects",
+        "user_id": 1,
+        "recommended_merchant_id": 11,
+        "recommended_merchant_name": "Pizza Two",
+        "score": 0.8,
+        "platform": "ios",
+        "home_zone": "west",
+        "rank": 2,
     }
     lapsed = {r["recommended_merchant_id"]: r for r in _rows(marketplace, "lapsed_personalised") if r["user_id"] == 4}
     assert {merchant: row["score"] for merchant, row in lapsed.items()} == {10: 1.0, 30: 0.75}
     assert lapsed[30]["days_since_last_order"] == 14 and lapsed[30]["rank"] == 2
-    assert {r["category"] for r in _rows(marketplace, "category_explorers") if r["user_id"] == 2} == {"sushi", "burgers"}
+    assert {r["category"] for r in _rows(marketplace, "category_explorers") if r["user_id"] == 2} == {
+        "sushi",
+        "burgers",
+    }
     onboarding = [r for r in _rows(marketplace, "new_user_onboarding") if r["user_id"] == 3]
     assert [(r["order_count"], r["tenure_days"], r["rank"]) for r in onboarding] == [(0, 3, 1), (0, 3, 2)]
 
@@ -156,7 +169,12 @@ def test_superfans_have_order_count_total_spent_and_a_rank_per_merchant(marketpl
     _refresh(marketplace, RUN_DATE, crm_settings)
 
     fans = {
-        (r["recommended_merchant_id"], r["user_id"]): (r["fan_rank"], r["order_count"], float(r["total_spent"]), r["score"])
+        (r["recommended_merchant_id"], r["user_id"]): (
+            r["fan_rank"],
+            r["order_count"],
+            float(r["total_spent"]),
+            r["score"],
+        )
         for r in _rows(marketplace, "merchant_superfans")
     }
     assert fans == {
@@ -171,8 +189,13 @@ def test_cross_sell_names_the_most_ordered_merchant_and_both_categories(marketpl
     _refresh(marketplace, RUN_DATE, crm_settings)
 
     targets = {
-        r["user_id"]: (r["ordered_merchant_id"], r["ordered_merchant_name"], r["ordered_category"],
-                       r["recommended_merchant_id"], r["recommended_category"])
+        r["user_id"]: (
+            r["ordered_merchant_id"],
+            r["ordered_merchant_name"],
+            r["ordered_category"],
+            r["recommended_merchant_id"],
+            r["recommended_category"],
+        )
         for r in _rows(marketplace, "cross_sell_targets")
     }
     assert targets == {
@@ -183,7 +206,9 @@ def test_cross_sell_names_the_most_ordered_merchant_and_both_categories(marketpl
 
 
 def test_thresholds_come_from_settings(marketplace, crm_settings):
-    stricter = dataclasses.replace(crm_settings, crm_affinity_threshold=0.7, crm_lapsed_days=15, crm_new_user_max_orders=1)
+    stricter = dataclasses.replace(
+        crm_settings, crm_affinity_threshold=0.7, crm_lapsed_days=15, crm_new_user_max_orders=1
+    )
     _refresh(marketplace, RUN_DATE, stricter)
 
     assert _members(marketplace, "high_affinity_prospects") == {(1, 11), (2, 20), (2, 11), (3, 10), (4, 10)}
@@ -193,23 +218,23 @@ def test_thresholds_come_from_settings(marketplace, crm_settings):
 
 def test_refreshing_again_replaces_the_rows_without_duplicates(marketplace, crm_settings):
     first = _refresh(marketplace, RUN_DATE, crm_settings)
-    before = {segment: _rows(marketplace, segment) for segment in crm.SEGMENTS}
+    before = {segment: _rows(marketplace, segment) for segment in segments.SEGMENTS}
 
     again = _refresh(marketplace, RUN_DATE, crm_settings)
 
     assert again == first
-    assert {segment: _rows(marketplace, segment) for segment in crm.SEGMENTS} == before
+    assert {segment: _rows(marketplace, segment) for segment in segments.SEGMENTS} == before
 
 
 def test_a_new_run_date_leaves_earlier_dates_untouched(marketplace, crm_settings):
     _refresh(marketplace, RUN_DATE, crm_settings)
-    before = {segment: _rows(marketplace, segment) for segment in crm.SEGMENTS}
+    before = {segment: _rows(marketplace, segment) for segment in segments.SEGMENTS}
     with psycopg.connect(marketplace) as conn:
         _insert_recommendations(conn, NEXT_DATE, {3: [(10, 2), (20, 1)]})
 
     counts = _refresh(marketplace, NEXT_DATE, crm_settings)
 
-    assert {segment: _rows(marketplace, segment) for segment in crm.SEGMENTS} == before
+    assert {segment: _rows(marketplace, segment) for segment in segments.SEGMENTS} == before
     assert _members(marketplace, "new_user_onboarding", NEXT_DATE) == {(3, 10), (3, 20)}
     assert counts["new_user_onboarding"] == 2
 
@@ -219,7 +244,7 @@ def test_a_failed_refresh_rolls_back_with_the_callers_transaction(marketplace, c
     before = _rows(marketplace, "lapsed_personalised")
 
     with pytest.raises(RuntimeError), psycopg.connect(marketplace) as conn, conn.transaction():
-        crm.refresh_segments(conn, RUN_DATE, dataclasses.replace(crm_settings, crm_top_k=1))
+        segments.refresh_segments(conn, RUN_DATE, dataclasses.replace(crm_settings, crm_top_k=1))
         raise RuntimeError("publishing failed after the refresh")
 
     assert _rows(marketplace, "lapsed_personalised") == before

@@ -28,14 +28,20 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ml import warehouse
 from ml.settings import Settings
-from ml.transform import DbtError, connection_params, dbt_vars, run_dbt, write_profile
+from ml.warehouse import postgres
+from ml.warehouse.dbt_runner import (
+    DbtError,
+    connection_params,
+    dbt_vars,
+    run_dbt,
+    write_profile,
+)
 
-RAW_SCHEMA = Path(__file__).resolve().parents[1] / "ml" / "sql" / "raw_schema.sql"
+RAW_SCHEMA = Path(__file__).resolve().parents[1] / "ml" / "warehouse" / "schema" / "raw.sql"
 RUN_DATE = dt.date(2025, 3, 1)
 EARLY_RUN_DATE = dt.date(2025, 2, 15)
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def ts(text: str) -> dt.datetime:
@@ -182,7 +188,9 @@ def by_key(rows: list[dict], *keys: str) -> dict:
 
 def assert_all_passed(result) -> None:
     bad = {s: n for s, n in result.counts.items() if s not in {"success", "pass"}}
-    assert not bad, f"unexpected dbt statuses {bad}: {[(n.name, n.status, n.message) for n in result.nodes if n.status not in ('success', 'pass')]}"
+    assert not bad, (
+        f"unexpected dbt statuses {bad}: {[(n.name, n.status, n.message) for n in result.nodes if n.status not in ('success', 'pass')]}"
+    )
     assert result.counts.get("pass", 0) > 40  # the data tests really ran
     assert result.counts.get("success", 0) >= 10  # and so did the models
 
@@ -197,7 +205,7 @@ def built(postgres_server_url, tmp_path_factory):
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = postgres_server_url.replace(f"/{warehouse.DATABASE}?", f"/{name}?")
+    url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
     settings = Settings.from_env(environ={}, home=tmp_path_factory.mktemp("dbt_home"), warehouse_url=url)
     load_raw(url)
     result = run_dbt(settings, url, ["build"], RUN_DATE)
@@ -210,8 +218,16 @@ def test_build_passes_every_test(built):
     assert result.success
     assert_all_passed(result)
     names = {n.name for n in result.nodes}
-    for model in ["stg_events", "stg_events_rejected", "int_orders", "int_user_merchant_interactions",
-                  "user_features", "merchant_features", "user_segments", "campaign_history"]:
+    for model in [
+        "stg_events",
+        "stg_events_rejected",
+        "int_orders",
+        "int_user_merchant_interactions",
+        "user_features",
+        "merchant_features",
+        "user_segments",
+        "campaign_history",
+    ]:
         assert model in names
     # artifacts and logs stay under settings.home, never in the repo
     assert (Path(settings.home) / "dbt" / "target" / "manifest.json").exists()
@@ -220,8 +236,11 @@ def test_build_passes_every_test(built):
 
 def test_schemas_are_used_verbatim(built):
     _, url, _ = built
-    rows = query(url, "SELECT table_schema, table_name, table_type FROM information_schema.tables"
-                      " WHERE table_schema IN ('staging', 'intermediate', 'marts')")
+    rows = query(
+        url,
+        "SELECT table_schema, table_name, table_type FROM information_schema.tables"
+        " WHERE table_schema IN ('staging', 'intermediate', 'marts')",
+    )
     found = {(r["table_schema"], r["table_name"]): r["table_type"] for r in rows}
     assert found[("staging", "stg_events")] == "VIEW"
     assert found[("staging", "stg_users")] == "VIEW"
@@ -250,7 +269,9 @@ def test_lifecycle_segments(built):
 def test_staging_drops_duplicates_and_bad_rows_with_reasons(built):
     _, url, _ = built
     clean = {r["event_id"] for r in query(url, "SELECT event_id FROM staging.stg_events")}
-    rejected = {r["event_id"]: r["reason"] for r in query(url, "SELECT event_id, reason FROM staging.stg_events_rejected")}
+    rejected = {
+        r["event_id"]: r["reason"] for r in query(url, "SELECT event_id, reason FROM staging.stg_events_rejected")
+    }
     assert rejected == {
         "e1b-dup": "duplicate_event",
         "e1x": "unknown_event_type",
@@ -298,7 +319,9 @@ def test_interactions_strength(built):
     assert rows[(3, 2)]["strength"] == pytest.approx(expected, rel=1e-6)
     assert rows[(3, 2)]["order_value"] == 65
     # a view adds a weaker signal than an order
-    assert recent["view_signal"] > 0 and recent["strength"] == pytest.approx(recent["order_signal"] + 0.25 * recent["view_signal"])
+    assert recent["view_signal"] > 0 and recent["strength"] == pytest.approx(
+        recent["order_signal"] + 0.25 * recent["view_signal"]
+    )
 
 
 def test_user_features(built):
@@ -310,7 +333,9 @@ def test_user_features(built):
     assert (u1["orders_last_7d"], u1["orders_prev_7d"], float(u1["order_trend"])) == (1, 0, 1.0)
     assert u1["view_count_30d"] == 1 and u1["days_since_last_order"] == 6
     u3 = f[3]
-    assert u3["favourite_category"] == "sushi" and float(u3["favourite_category_share"]) == pytest.approx(2 / 3, abs=1e-4)
+    assert u3["favourite_category"] == "sushi" and float(u3["favourite_category_share"]) == pytest.approx(
+        2 / 3, abs=1e-4
+    )
     assert float(u3["afternoon_order_share"]) == pytest.approx(2 / 3, abs=1e-4)  # 12:00 UTC = 15:00 Doha
     assert float(u3["dinner_order_share"]) == pytest.approx(1 / 3, abs=1e-4)
     assert float(u3["weekend_order_share"]) == pytest.approx(1 / 3, abs=1e-4)
@@ -354,7 +379,11 @@ def test_campaign_history(built):
     assert set(rows) == {("c1", 3), ("c1", 4), ("c1", 5), ("c2", 2)}  # c3 is sent after run_date
 
     u3 = rows[("c1", 3)]  # reactivated by the campaign and redeemed it
-    assert (u3["order_count_before"], float(u3["order_value_before"]), float(u3["avg_order_value_before"])) == (2, 65.0, 32.5)
+    assert (u3["order_count_before"], float(u3["order_value_before"]), float(u3["avg_order_value_before"])) == (
+        2,
+        65.0,
+        32.5,
+    )
     assert u3["recency_days"] == 11 and u3["tenure_days"] == 127
     assert float(u3["avg_price_level_before"]) == 3.0  # the 02-10 order at a level-2 merchant comes after sending
     assert u3["favourite_category_before"] == "sushi" and u3["platform"] == "ios" and u3["home_zone"] == "Lusail"
@@ -391,7 +420,10 @@ def test_no_look_ahead_with_an_earlier_run_date(settings):
     cutoff = dt.datetime(2025, 2, 15, tzinfo=UTC)
     assert query(url, "SELECT max(event_time) AS m FROM staging.stg_events")[0]["m"] < cutoff
     assert query(url, "SELECT max(ordered_at) AS m FROM intermediate.int_orders")[0]["m"] < cutoff
-    later = {r["event_id"] for r in query(url, "SELECT event_id FROM staging.stg_events_rejected WHERE reason = 'after_run_date'")}
+    later = {
+        r["event_id"]
+        for r in query(url, "SELECT event_id FROM staging.stg_events_rejected WHERE reason = 'after_run_date'")
+    }
     assert later == {e[0] for e in EVENTS if ts(e[3]) >= cutoff}
 
     f = by_key(query(url, "SELECT * FROM marts.user_features"), "user_id")
@@ -441,19 +473,35 @@ def test_write_profile_for_a_unix_socket_url(tmp_path):
     profile = json.loads("".join(line for line in path.read_text().splitlines() if not line.startswith("#")))
     target = profile["rekindle"]["outputs"]["dev"]
     assert profile["rekindle"]["target"] == "dev"
-    assert target == {**target, "type": "postgres", "host": "/tmp/some dir/sock", "port": 5432, "user": "postgres",
-                      "password": "", "dbname": "test_1_0", "threads": 2}
+    assert target == {
+        **target,
+        "type": "postgres",
+        "host": "/tmp/some dir/sock",
+        "port": 5432,
+        "user": "postgres",
+        "password": "",
+        "dbname": "test_1_0",
+        "threads": 2,
+    }
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_connection_params_of_a_tcp_url():
     params = connection_params("postgresql://etl%40corp:s%3Acret@db.example.com:6543/warehouse?sslmode=require")
-    assert params == {"host": "db.example.com", "port": 6543, "user": "etl@corp", "password": "s:cret",
-                      "dbname": "warehouse", "sslmode": "require"}
+    assert params == {
+        "host": "db.example.com",
+        "port": 6543,
+        "user": "etl@corp",
+        "password": "s:cret",
+        "dbname": "warehouse",
+        "sslmode": "require",
+    }
 
 
 def test_dbt_vars_come_from_settings(tmp_path):
-    settings = Settings.from_env(environ={"REKINDLE_ACTIVE_MAX_DAYS": "3", "REKINDLE_REACTIVATION_WINDOW_DAYS": "7"}, home=tmp_path)
+    settings = Settings.from_env(
+        environ={"REKINDLE_ACTIVE_MAX_DAYS": "3", "REKINDLE_REACTIVATION_WINDOW_DAYS": "7"}, home=tmp_path
+    )
     v = dbt_vars(settings, dt.date(2025, 3, 1))
     assert v["run_date"] == "2025-03-01"
     assert v["active_max_days"] == 3 and v["reactivation_window_days"] == 7

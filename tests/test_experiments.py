@@ -4,33 +4,37 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-
-from ml import experiments, feedback, ingest
-from ml.experiments import HOLDOUT, NON_PERSONALISED, PERSONALISED
 from conftest import publish_offers
-from ml.generate import generate_marketplace
-from ml.simulate import simulate_days
 
-
+from ml.experiments import assignment, readout, statistics
+from ml.experiments.assignment import HOLDOUT, NON_PERSONALISED, PERSONALISED
+from ml.synthetic import campaign_replay
+from ml.synthetic.marketplace import generate_marketplace
+from ml.synthetic.world import simulate_days
+from ml.warehouse import ingest
 
 # --------------------------------------------------------------------------- assignment
 
 
 def test_assignment_is_a_stable_hash_with_the_requested_shares():
     users = range(1, 20_001)
-    arms = experiments.assign_arms("winback-2026-01-01", users)
-    assert arms.equals(experiments.assign_arms("winback-2026-01-01", reversed(users)).sort_index())
+    arms = assignment.assign_arms("winback-2026-01-01", users)
+    assert arms.equals(assignment.assign_arms("winback-2026-01-01", reversed(users)).sort_index())
     # Pinned, because changing the hash would silently reshuffle running experiments:
     # `printf 'winback-2026-01-01:4' | sha256sum` starts 18495aaf8be7c8a8: top 53 bits / 2^53 = 0.0949, a holdout.
-    assert experiments.hash_unit("winback-2026-01-01", 4) == pytest.approx(0.0948692968921981)
-    assert experiments.assign_arms("winback-2026-01-01", [1, 2, 3, 4, 5]).tolist() == [
-        "non_personalised", "personalised", "personalised", "holdout", "personalised",
+    assert assignment.hash_unit("winback-2026-01-01", 4) == pytest.approx(0.0948692968921981)
+    assert assignment.assign_arms("winback-2026-01-01", [1, 2, 3, 4, 5]).tolist() == [
+        "non_personalised",
+        "personalised",
+        "personalised",
+        "holdout",
+        "personalised",
     ]
     shares = arms.value_counts(normalize=True)
     # n = 20,000: the standard error of the 10% share is 0.2 points, of the 45% shares 0.35 points.
@@ -41,15 +45,15 @@ def test_assignment_is_a_stable_hash_with_the_requested_shares():
 
 def test_each_campaign_draws_its_own_holdout():
     users = range(1, 20_001)
-    first = experiments.assign_arms("winback-2026-01-01", users).eq(HOLDOUT)
-    second = experiments.assign_arms("winback-2026-01-02", users).eq(HOLDOUT)
+    first = assignment.assign_arms("winback-2026-01-01", users).eq(HOLDOUT)
+    second = assignment.assign_arms("winback-2026-01-02", users).eq(HOLDOUT)
     # Independent draws: about 10% of one day's holdout is in the next day's.
     assert (first & second).sum() / first.sum() == pytest.approx(0.10, abs=0.03)
 
 
 def test_assignment_rejects_shares_above_one():
     with pytest.raises(ValueError):
-        experiments.assign_arms("c", [1], holdout_share=0.6, personalised_share=0.5)
+        assignment.assign_arms("c", [1], holdout_share=0.6, personalised_share=0.5)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -59,36 +63,36 @@ def test_statistics_match_a_hand_computed_case():
     # 120 of 1,000 against 100 of 1,000; z(0.975) = 1.959964.
     # z-test: pooled p = 220 / 2000 = 0.11, SE = sqrt(0.11 * 0.89 * (2 / 1000)) = 0.0139929,
     #   z = 0.02 / 0.0139929 = 1.42930, p = 2 * (1 - Phi(1.42930)) = 0.15292.
-    test = experiments.two_proportion_z_test(120, 1000, 100, 1000)
+    test = statistics.two_proportion_z_test(120, 1000, 100, 1000)
     assert test.z == pytest.approx(1.42930, abs=1e-5)
     assert test.p_value == pytest.approx(0.15292, abs=1e-5)
     # Wald: SE = sqrt(0.12 * 0.88 / 1000 + 0.10 * 0.90 / 1000) = 0.0139857, half width 0.027412.
-    wald = experiments.wald_difference_ci(120, 1000, 100, 1000)
+    wald = statistics.wald_difference_ci(120, 1000, 100, 1000)
     assert (wald.low, wald.high) == pytest.approx((-0.007412, 0.047412), abs=1e-6)
     # Wilson: 120/1000 -> (0.101299, 0.141609); 100/1000 -> (0.082909, 0.120152).
     # Newcombe: 0.02 - sqrt((0.12 - 0.101299)^2 + (0.120152 - 0.10)^2) = -0.007492,
     #           0.02 + sqrt((0.141609 - 0.12)^2 + (0.10 - 0.082909)^2) = 0.047551.
-    wilson = experiments.wilson_interval(120, 1000)
+    wilson = statistics.wilson_interval(120, 1000)
     assert (wilson.low, wilson.high) == pytest.approx((0.101299, 0.141609), abs=1e-6)
-    newcombe = experiments.newcombe_difference_ci(120, 1000, 100, 1000)
+    newcombe = statistics.newcombe_difference_ci(120, 1000, 100, 1000)
     assert (newcombe.low, newcombe.high) == pytest.approx((-0.007492, 0.047551), abs=1e-6)
     # Relative lift 0.12 / 0.10 - 1 = 0.2; delta method on log 1.2 = 0.182322 with
     # SE = sqrt(0.88 / 120 + 0.90 / 100) = 0.127802: exp(0.182322 -+ 0.250488) - 1 = (-0.065894, 0.541581).
-    comparison = experiments.compare_proportions(120, 1000, 100, 1000)
+    comparison = statistics.compare_proportions(120, 1000, 100, 1000)
     assert comparison.absolute_lift == pytest.approx(0.02)
     assert comparison.relative_lift == pytest.approx(0.2)
     assert (comparison.relative_ci.low, comparison.relative_ci.high) == pytest.approx((-0.065894, 0.541581), abs=1e-6)
     assert comparison.absolute_ci == newcombe
     assert comparison.p_value == test.p_value
-    assert experiments.meets_seed_criterion(comparison) is True
-    assert experiments.seed_criterion_significant(comparison) is False
+    assert statistics.meets_seed_criterion(comparison) is True
+    assert statistics.seed_criterion_significant(comparison) is False
 
 
 def test_statistics_at_the_edges():
-    assert experiments.two_proportion_z_test(0, 50, 0, 80) == experiments.ZTest(0.0, 1.0)
-    nobody = experiments.compare_proportions(5, 50, 0, 80)
+    assert statistics.two_proportion_z_test(0, 50, 0, 80) == statistics.ZTest(0.0, 1.0)
+    nobody = statistics.compare_proportions(5, 50, 0, 80)
     assert math.isnan(nobody.relative_lift) and math.isnan(nobody.relative_ci.low)
-    assert experiments.meets_seed_criterion(nobody) is None
+    assert statistics.meets_seed_criterion(nobody) is None
     assert -1.0 <= nobody.absolute_ci.low < 0.1 < nobody.absolute_ci.high <= 1.0
 
 
@@ -96,24 +100,35 @@ def test_statistics_at_the_edges():
 
 
 CAMPAIGN_DATE = date(2025, 3, 10)
-CAMPAIGN = experiments.campaign_id_for(CAMPAIGN_DATE)
-START = datetime(2025, 3, 10, tzinfo=timezone.utc)
+CAMPAIGN = assignment.campaign_id_for(CAMPAIGN_DATE)
+START = datetime(2025, 3, 10, tzinfo=UTC)
 END = START + timedelta(days=14)
 
 
 def hand_made_offers() -> pd.DataFrame:
-    arms = {**dict.fromkeys(range(1, 11), PERSONALISED), **dict.fromkeys(range(11, 21), NON_PERSONALISED),
-            **dict.fromkeys(range(21, 26), HOLDOUT)}
+    arms = {
+        **dict.fromkeys(range(1, 11), PERSONALISED),
+        **dict.fromkeys(range(11, 21), NON_PERSONALISED),
+        **dict.fromkeys(range(21, 26), HOLDOUT),
+    }
     offers = pd.DataFrame({"user_id": list(arms), "arm": list(arms.values())})
-    offers["event_type"] = offers["arm"].map({PERSONALISED: "cashback", NON_PERSONALISED: "free_delivery", HOLDOUT: "none"})
+    offers["event_type"] = offers["arm"].map(
+        {PERSONALISED: "cashback", NON_PERSONALISED: "free_delivery", HOLDOUT: "none"}
+    )
     offers["reward_size"] = offers["arm"].map({PERSONALISED: 5.0, NON_PERSONALISED: 10.0, HOLDOUT: 0.0})
     this_campaign = offers.assign(run_date=CAMPAIGN_DATE, campaign_id=CAMPAIGN)
     # The next day's campaign puts user 1 in its holdout; it must not leak into this readout.
     next_day = CAMPAIGN_DATE + timedelta(days=1)
-    next_campaign = pd.DataFrame({
-        "run_date": [next_day], "campaign_id": [experiments.campaign_id_for(next_day)],
-        "user_id": [1], "arm": [HOLDOUT], "event_type": ["none"], "reward_size": [0.0],
-    })
+    next_campaign = pd.DataFrame(
+        {
+            "run_date": [next_day],
+            "campaign_id": [assignment.campaign_id_for(next_day)],
+            "user_id": [1],
+            "arm": [HOLDOUT],
+            "event_type": ["none"],
+            "reward_size": [0.0],
+        }
+    )
     return pd.concat([this_campaign, next_campaign], ignore_index=True)
 
 
@@ -153,7 +168,7 @@ def campaign_conn(warehouse_url):
 
 
 def test_readout_counts_orders_in_the_window_per_arm(campaign_conn):
-    results = experiments.readout(campaign_conn, CAMPAIGN, window_days=14).set_index("arm")
+    results = readout.readout(campaign_conn, CAMPAIGN, window_days=14).set_index("arm")
 
     assert results["users"].to_dict() == {PERSONALISED: 10, NON_PERSONALISED: 10, HOLDOUT: 5}
     assert results["re_engaged_users"].to_dict() == {PERSONALISED: 4, NON_PERSONALISED: 2, HOLDOUT: 1}
@@ -162,13 +177,13 @@ def test_readout_counts_orders_in_the_window_per_arm(campaign_conn):
     assert (results["window_start"] == START).all() and (results["window_end"] == END).all()
 
     personalised = results.loc[PERSONALISED]
-    expected = experiments.compare_proportions(4, 10, 2, 10)
+    expected = statistics.compare_proportions(4, 10, 2, 10)
     assert personalised["abs_lift_vs_non_personalised"] == pytest.approx(0.2)
     assert personalised["rel_lift_vs_non_personalised"] == pytest.approx(1.0)
     assert personalised["rel_lift_vs_non_personalised_ci_low"] == expected.relative_ci.low
     assert personalised["abs_lift_vs_non_personalised_ci_high"] == expected.absolute_ci.high
-    assert personalised["p_value_vs_non_personalised"] == experiments.two_proportion_z_test(4, 10, 2, 10).p_value
-    assert personalised["p_value_vs_holdout"] == experiments.two_proportion_z_test(4, 10, 1, 5).p_value
+    assert personalised["p_value_vs_non_personalised"] == statistics.two_proportion_z_test(4, 10, 2, 10).p_value
+    assert personalised["p_value_vs_holdout"] == statistics.two_proportion_z_test(4, 10, 1, 5).p_value
     # An arm is not compared with itself.
     assert math.isnan(results.loc[HOLDOUT, "abs_lift_vs_holdout"])
     # +100% clears the 15% bar, but 10 users per arm cannot show it significantly.
@@ -177,13 +192,13 @@ def test_readout_counts_orders_in_the_window_per_arm(campaign_conn):
 
 
 def test_readout_of_an_unknown_campaign_is_empty(campaign_conn):
-    assert experiments.readout(campaign_conn, "winback-1999-01-01", 14).empty
+    assert readout.readout(campaign_conn, "winback-1999-01-01", 14).empty
 
 
 def test_write_results_replaces_the_campaign_rows(campaign_conn):
-    results = experiments.readout(campaign_conn, CAMPAIGN, 14)
-    experiments.write_results(campaign_conn, results)
-    experiments.write_results(campaign_conn, results)
+    results = readout.readout(campaign_conn, CAMPAIGN, 14)
+    readout.write_results(campaign_conn, results)
+    readout.write_results(campaign_conn, results)
     stored = campaign_conn.execute(
         "SELECT arm, re_engaged_users, abs_lift_vs_holdout, meets_seed_criterion FROM crm.experiment_results "
         "WHERE campaign_id = %s ORDER BY arm",
@@ -199,12 +214,15 @@ def test_write_results_replaces_the_campaign_rows(campaign_conn):
 def test_run_readout_stores_logs_and_judges_the_campaign(campaign_conn, settings):
     import mlflow
 
-    summary = experiments.run_readout(settings, CAMPAIGN_DATE)
+    summary = readout.run_readout(settings, CAMPAIGN_DATE)
 
     assert json.loads(json.dumps(summary, allow_nan=False)) == summary  # what Airflow's XCom stores
     assert summary["campaign_id"] == CAMPAIGN and summary["window_complete"]
     assert summary["arms"][PERSONALISED] == {
-        "users": 10, "re_engaged_users": 4, "re_engagement_rate": 0.4, "revenue_per_user": 15.0,
+        "users": 10,
+        "re_engaged_users": 4,
+        "re_engagement_rate": 0.4,
+        "revenue_per_user": 15.0,
     }
     assert summary["meets_seed_criterion"] is True and summary["seed_criterion_significant"] is False
     assert "not significantly" in summary["verdict"]
@@ -216,12 +234,12 @@ def test_run_readout_stores_logs_and_judges_the_campaign(campaign_conn, settings
 
 
 def test_run_readout_without_a_campaign_says_so(settings):
-    summary = experiments.run_readout(settings, date(2025, 1, 1))
+    summary = readout.run_readout(settings, date(2025, 1, 1))
     assert summary == {"campaign_id": "winback-2025-01-01", "status": "no published offers for this campaign"}
 
 
 def test_the_dag_reads_out_the_campaign_whose_window_just_closed():
-    assert experiments.campaign_date_due(date(2025, 3, 24), 14) == CAMPAIGN_DATE
+    assert readout.campaign_date_due(date(2025, 3, 24), 14) == CAMPAIGN_DATE
 
 
 # --------------------------------------------------------------------------- against the simulated truth
@@ -233,31 +251,40 @@ def simulated_campaign(end_date: date, seed: int):
     marketplace = generate_marketplace(n_users=3_000, n_merchants=80, seed=seed, end_date=end_date)
     truth = marketplace.user_truth
     inactive = truth.loc[truth["days_since_last_order"] >= 7, "user_id"]
-    campaign_id = experiments.campaign_id_for(end_date)
-    arms = experiments.assign_arms(campaign_id, inactive)
+    campaign_id = assignment.campaign_id_for(end_date)
+    arms = assignment.assign_arms(campaign_id, inactive)
     best = marketplace.offer_truth[marketplace.offer_truth["is_best"]].set_index("user_id").reindex(arms.index)
     personalised, non_personalised = arms.eq(PERSONALISED).to_numpy(), arms.eq(NON_PERSONALISED).to_numpy()
-    offers = pd.DataFrame({
-        "run_date": end_date, "campaign_id": campaign_id, "user_id": arms.index, "arm": arms.to_numpy(),
-        "event_type": np.where(personalised, best["event_type"], np.where(non_personalised, "free_delivery", "none")),
-        "reward_size": np.where(personalised, best["reward_size"], np.where(non_personalised, 10.0, 0.0)),
-    })
+    offers = pd.DataFrame(
+        {
+            "run_date": end_date,
+            "campaign_id": campaign_id,
+            "user_id": arms.index,
+            "arm": arms.to_numpy(),
+            "event_type": np.where(
+                personalised, best["event_type"], np.where(non_personalised, "free_delivery", "none")
+            ),
+            "reward_size": np.where(personalised, best["reward_size"], np.where(non_personalised, 10.0, 0.0)),
+        }
+    )
     return marketplace, offers
 
 
 def test_measured_lift_covers_the_true_lift(warehouse_url):
     end_date = date(2025, 6, 1)
     marketplace, offers = simulated_campaign(end_date, seed=11)
-    sent = feedback.simulation_offers(offers)
+    sent = campaign_replay.simulation_offers(offers)
     events, _ = simulate_days(marketplace, end_date, 14, sent, seed=11)
-    true_rates = feedback.true_re_engagement_by_arm(offers, feedback.true_response_probability(marketplace, sent, end_date))
+    true_rates = campaign_replay.true_re_engagement_by_arm(
+        offers, campaign_replay.true_response_probability(marketplace, sent, end_date)
+    )
 
     with psycopg.connect(warehouse_url) as conn:
         ingest.ensure_raw_schema(conn)
         publish_offers(conn, offers)
         loaded = ingest.load_frame(conn, "events", events, "simulated")
         assert loaded.rows_quarantined == 0
-        results = experiments.readout(conn, experiments.campaign_id_for(end_date), 14).set_index("arm")
+        results = readout.readout(conn, assignment.campaign_id_for(end_date), 14).set_index("arm")
 
     for arm, baseline in ((PERSONALISED, HOLDOUT), (NON_PERSONALISED, HOLDOUT), (PERSONALISED, NON_PERSONALISED)):
         row = results.loc[arm]
@@ -266,7 +293,7 @@ def test_measured_lift_covers_the_true_lift(warehouse_url):
         assert row[f"abs_lift_vs_{baseline}_ci_low"] <= true_absolute <= row[f"abs_lift_vs_{baseline}_ci_high"]
         assert row[f"rel_lift_vs_{baseline}_ci_low"] <= true_relative <= row[f"rel_lift_vs_{baseline}_ci_high"]
     for arm, rate in true_rates.items():
-        wilson = experiments.wilson_interval(int(results.at[arm, "re_engaged_users"]), int(results.at[arm, "users"]))
+        wilson = statistics.wilson_interval(int(results.at[arm, "re_engaged_users"]), int(results.at[arm, "users"]))
         assert wilson.low <= rate <= wilson.high
     # Offers move people in this world: free delivery beats doing nothing, clearly.
     assert results.at[NON_PERSONALISED, "p_value_vs_holdout"] < 0.05

@@ -11,15 +11,21 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ml import crm, export, publish
+from ml.crm import export, publish, segments
 from ml.settings import Settings
-from ml.warehouse import DATABASE
+from ml.warehouse.postgres import DATABASE
 
 RUN_DATE = date(2026, 11, 1)
 EARLIER = date(2026, 10, 31)
 LAPSED_HEADER = [
-    "user_id", "segment", "recommended_merchant_id", "recommended_merchant_name", "score", "export_date",
-    "rank", "days_since_last_order",
+    "user_id",
+    "segment",
+    "recommended_merchant_id",
+    "recommended_merchant_name",
+    "score",
+    "export_date",
+    "rank",
+    "days_since_last_order",
 ]
 # user_id, platform, home_zone, merchant_id, merchant_name, score, rank, days_since_last_order
 LAPSED = [
@@ -45,7 +51,7 @@ def published(postgres_server_url) -> str:
     url = postgres_server_url.replace(f"/{DATABASE}?", f"/{name}?")
     with psycopg.connect(url) as conn:
         conn.execute(publish.CRM_SCHEMA_SQL)
-        crm.ensure_tables(conn)
+        segments.ensure_tables(conn)
         rows = [(RUN_DATE, *row) for row in LAPSED] + [(EARLIER, 9, "web", "east", 10, "Pizza Place", 0.8, 1, 40)]
         conn.cursor().executemany(
             "INSERT INTO crm.lapsed_personalised (run_date, segment, user_id, platform, home_zone, "
@@ -79,22 +85,35 @@ def test_file_name_header_and_rows_of_one_run_date(published, tmp_path):
     with path.open(newline="") as f:
         assert next(csv.reader(f)) == LAPSED_HEADER
     rows = _read(path)
-    assert [(r["user_id"], r["recommended_merchant_id"]) for r in rows] == [("1", "10"), ("1", "20"), ("2", "10"), ("3", "30")]
+    assert [(r["user_id"], r["recommended_merchant_id"]) for r in rows] == [
+        ("1", "10"),
+        ("1", "20"),
+        ("2", "10"),
+        ("3", "30"),
+    ]
     assert rows[1] == {
-        "user_id": "1", "segment": "lapsed_personalised", "recommended_merchant_id": "20",
-        "recommended_merchant_name": "Sushi, Bar", "score": "0.4", "export_date": "2026-11-01",
-        "rank": "2", "days_since_last_order": "20",
+        "user_id": "1",
+        "segment": "lapsed_personalised",
+        "recommended_merchant_id": "20",
+        "recommended_merchant_name": "Sushi, Bar",
+        "score": "0.4",
+        "export_date": "2026-11-01",
+        "rank": "2",
+        "days_since_last_order": "20",
     }
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left behind
 
 
-@pytest.mark.parametrize(("filters", "expected_users"), [
-    ({"min_score": 0.7}, ["1", "2"]),
-    ({"platform": "ios"}, ["1", "1", "3"]),
-    ({"zone": "west"}, ["1", "1", "2"]),
-    ({"min_score": 0.5, "platform": "ios", "zone": "west"}, ["1"]),
-    ({"platform": "desktop"}, []),
-])
+@pytest.mark.parametrize(
+    ("filters", "expected_users"),
+    [
+        ({"min_score": 0.7}, ["1", "2"]),
+        ({"platform": "ios"}, ["1", "1", "3"]),
+        ({"zone": "west"}, ["1", "1", "2"]),
+        ({"min_score": 0.5, "platform": "ios", "zone": "west"}, ["1"]),
+        ({"platform": "desktop"}, []),
+    ],
+)
 def test_filters_by_min_score_platform_and_zone(published, tmp_path, filters, expected_users):
     rows = _read(_export(published, tmp_path, **filters))
 
@@ -114,13 +133,22 @@ def test_export_all_writes_every_segment_even_empty_ones(published, tmp_path):
     with psycopg.connect(published) as conn:
         paths = export.export_all(conn, RUN_DATE, settings)
 
-    assert paths == {name: settings.exports_dir / f"{name}_2026-11-01.csv" for name in crm.SEGMENTS}
+    assert paths == {name: settings.exports_dir / f"{name}_2026-11-01.csv" for name in segments.SEGMENTS}
     assert len(_read(paths["lapsed_personalised"])) == 4
     with paths["merchant_superfans"].open(newline="") as f:
-        assert list(csv.reader(f)) == [[
-            "user_id", "segment", "recommended_merchant_id", "recommended_merchant_name", "score", "export_date",
-            "fan_rank", "order_count", "total_spent",
-        ]]
+        assert list(csv.reader(f)) == [
+            [
+                "user_id",
+                "segment",
+                "recommended_merchant_id",
+                "recommended_merchant_name",
+                "score",
+                "export_date",
+                "fan_rank",
+                "order_count",
+                "total_spent",
+            ]
+        ]
 
 
 def test_unknown_segment_is_refused_with_the_valid_names(published, tmp_path):
@@ -152,8 +180,24 @@ def test_cli_exports_the_latest_run_to_the_exports_folder(environment, capsys):
 def test_cli_date_filters_and_out_folder(environment, tmp_path):
     out = tmp_path / "elsewhere"
 
-    assert _cli(["lapsed_personalised", "--date", "2026-10-31", "--min-score", "0.5", "--platform", "web",
-                 "--zone", "east", "--out", str(out)]) == 0
+    assert (
+        _cli(
+            [
+                "lapsed_personalised",
+                "--date",
+                "2026-10-31",
+                "--min-score",
+                "0.5",
+                "--platform",
+                "web",
+                "--zone",
+                "east",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert [r["user_id"] for r in _read(out / "lapsed_personalised_2026-10-31.csv")] == ["9"]
 
 
@@ -162,7 +206,7 @@ def test_cli_unknown_segment_exits_2_listing_the_segments(environment, capsys):
 
     error = capsys.readouterr().err
     assert "unknown segment 'superfans'" in error
-    assert all(name in error for name in crm.SEGMENTS)
+    assert all(name in error for name in segments.SEGMENTS)
 
 
 def test_cli_without_any_published_run_says_so(settings, monkeypatch, capsys):

@@ -9,31 +9,43 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-
-from ml import experiments, feedback, ingest
-from ml.campaigns import OFFERS_SQL
-from ml.experiments import HOLDOUT, NON_PERSONALISED, PERSONALISED
 from conftest import publish_offers
-from ml.generate import generate_marketplace
+
+from ml.cli import experiments as experiments_cli
+from ml.crm.offers import OFFERS_SQL
+from ml.experiments import assignment, readout
+from ml.experiments.assignment import HOLDOUT, NON_PERSONALISED, PERSONALISED
+from ml.synthetic import campaign_replay
+from ml.synthetic.marketplace import generate_marketplace
+from ml.warehouse import ingest
 
 RUN_DATE = date(2025, 4, 1)
-CAMPAIGN = experiments.campaign_id_for(RUN_DATE)
+CAMPAIGN = assignment.campaign_id_for(RUN_DATE)
 
 
 def published_offers(user_ids: pd.Series, run_date: date) -> pd.DataFrame:
     """Arms by hash; personalised users alternate between cashback and no offer at all."""
-    campaign_id = experiments.campaign_id_for(run_date)
-    arms = experiments.assign_arms(campaign_id, user_ids)
+    campaign_id = assignment.campaign_id_for(run_date)
+    arms = assignment.assign_arms(campaign_id, user_ids)
     personalised = arms.eq(PERSONALISED).to_numpy()
     alternate = np.arange(len(arms)) % 2 == 0
     event_type = np.where(
-        personalised, np.where(alternate, "cashback", "none"), np.where(arms.eq(NON_PERSONALISED), "free_delivery", "none")
+        personalised,
+        np.where(alternate, "cashback", "none"),
+        np.where(arms.eq(NON_PERSONALISED), "free_delivery", "none"),
     )
     reward_size = np.select([event_type == "cashback", event_type == "free_delivery"], [8.0, 10.0], 0.0)
-    return pd.DataFrame({
-        "run_date": run_date, "campaign_id": campaign_id, "user_id": arms.index, "arm": arms.to_numpy(),
-        "event_type": event_type, "reward_size": reward_size, "is_holdout": arms.eq(HOLDOUT).to_numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "run_date": run_date,
+            "campaign_id": campaign_id,
+            "user_id": arms.index,
+            "arm": arms.to_numpy(),
+            "event_type": event_type,
+            "reward_size": reward_size,
+            "is_holdout": arms.eq(HOLDOUT).to_numpy(),
+        }
+    )
 
 
 @pytest.fixture
@@ -50,11 +62,12 @@ def published_campaign(settings) -> pd.DataFrame:
 
 
 def test_simulated_exposures_match_the_published_offers(settings, published_campaign):
-    result = feedback.simulate_campaign(settings, days=14, seed=3)
+    result = campaign_replay.simulate_campaign(settings, days=14, seed=3)
 
     assert result["campaign_ids"] == [CAMPAIGN] and result["start"] == "2025-04-01"
     assert sorted(path.split("/")[-1] for path in result["files"].values()) == [
-        "campaign_exposures_sim_2025-04-01_14d.parquet", "events_sim_2025-04-01_14d.parquet",
+        "campaign_exposures_sim_2025-04-01_14d.parquet",
+        "events_sim_2025-04-01_14d.parquet",
     ]
     exposures = pd.read_parquet(result["files"]["campaign_exposures"])
     offers = published_campaign.set_index("user_id")
@@ -79,11 +92,11 @@ def test_simulated_exposures_match_the_published_offers(settings, published_camp
     rates = result["true_re_engagement"]
     assert set(rates) == {PERSONALISED, NON_PERSONALISED, HOLDOUT}
     assert rates[NON_PERSONALISED] > rates[HOLDOUT]
-    assert experiments.load_campaign_truth(settings, CAMPAIGN)["true_re_engagement"] == rates
+    assert readout.load_campaign_truth(settings, CAMPAIGN)["true_re_engagement"] == rates
 
 
 def test_the_next_load_brings_the_campaign_into_raw(settings, published_campaign):
-    result = feedback.simulate_campaign(settings, days=14, seed=3)
+    result = campaign_replay.simulate_campaign(settings, days=14, seed=3)
 
     loaded = ingest.ingest_path(settings.warehouse_url, result["files"]["campaign_exposures"])
     loaded += ingest.ingest_path(settings.warehouse_url, result["files"]["events"])
@@ -104,9 +117,9 @@ def test_the_next_load_brings_the_campaign_into_raw(settings, published_campaign
 
 
 def test_simulating_again_writes_the_same_files(settings, published_campaign):
-    first = feedback.simulate_campaign(settings, days=3, seed=3)
+    first = campaign_replay.simulate_campaign(settings, days=3, seed=3)
     events = pd.read_parquet(first["files"]["events"])
-    second = feedback.simulate_campaign(settings, days=3, seed=3)
+    second = campaign_replay.simulate_campaign(settings, days=3, seed=3)
     # Same event ids, so re-ingesting a re-simulation loads nothing twice.
     pd.testing.assert_frame_equal(pd.read_parquet(second["files"]["events"]), events)
 
@@ -115,9 +128,9 @@ def test_the_command_reports_the_truth(settings, published_campaign, monkeypatch
     monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
     monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
     parser = argparse.ArgumentParser()
-    feedback.add_arguments(parser)
+    experiments_cli.add_simulate_arguments(parser)
 
-    assert feedback.run(parser.parse_args(["--days", "2", "--seed", "1"])) == 0
+    assert experiments_cli.cmd_simulate(parser.parse_args(["--days", "2", "--seed", "1"])) == 0
     output = capsys.readouterr().out
     assert CAMPAIGN in output and "true re-engagement" in output
 
@@ -128,21 +141,21 @@ def test_the_command_explains_when_nothing_is_published(settings, monkeypatch, c
     with psycopg.connect(settings.warehouse_url) as conn:
         conn.execute(OFFERS_SQL)
     parser = argparse.ArgumentParser()
-    feedback.add_arguments(parser)
+    experiments_cli.add_simulate_arguments(parser)
 
-    assert feedback.run(parser.parse_args([])) == 2
+    assert experiments_cli.cmd_simulate(parser.parse_args([])) == 2
     assert "run the daily pipeline first" in capsys.readouterr().err
 
 
 def test_the_readout_command_prints_the_truth_beside_the_measurement(settings, published_campaign, monkeypatch, capsys):
     monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
     monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
-    result = feedback.simulate_campaign(settings, days=14, seed=3)
+    result = campaign_replay.simulate_campaign(settings, days=14, seed=3)
     ingest.ingest_path(settings.warehouse_url, settings.input_dir)  # what the next daily load does
     parser = argparse.ArgumentParser()
-    experiments.add_arguments(parser)
+    experiments_cli.add_readout_arguments(parser)
 
-    assert experiments.run(parser.parse_args(["--date", RUN_DATE.isoformat()])) == 0
+    assert experiments_cli.cmd_readout(parser.parse_args(["--date", RUN_DATE.isoformat()])) == 0
     output = capsys.readouterr().out
     for arm, rate in result["true_re_engagement"].items():
         assert f"{rate:.2%}" in next(line for line in output.splitlines() if line.startswith(arm + " "))

@@ -9,9 +9,10 @@ from datetime import date, timedelta
 import pandas as pd
 import psycopg
 
-from ml import feedback, pipeline
-from ml.experiments import campaign_id_for
-from ml.generate import generate_marketplace
+from ml.experiments.assignment import campaign_id_for
+from ml.pipeline import tasks
+from ml.synthetic import campaign_replay
+from ml.synthetic.marketplace import generate_marketplace
 
 DAY_ONE = date(2026, 9, 1)
 
@@ -19,14 +20,14 @@ DAY_ONE = date(2026, 9, 1)
 def _run_day(settings, run_date: date) -> dict:
     summaries = {}
     for step in (
-        pipeline.prepare_warehouse,
-        pipeline.load_events,
-        pipeline.check_raw_quality,
-        pipeline.build_marts,
-        pipeline.check_mart_quality,
-        pipeline.train_ranker,
-        pipeline.train_offer_model,
-        pipeline.publish_segments,
+        tasks.prepare_warehouse,
+        tasks.load_events,
+        tasks.check_raw_quality,
+        tasks.build_marts,
+        tasks.check_mart_quality,
+        tasks.train_ranker,
+        tasks.train_offer_model,
+        tasks.publish_segments,
     ):
         summaries[step.__name__] = step(settings, run_date)
     return summaries
@@ -50,7 +51,7 @@ def test_campaign_outcomes_train_the_next_offer_model_and_backfill_reproduces_th
     assert not offers_day_one.empty
     train_rows_day_one = first["train_offer_model"]["metrics"]["test_rows"]
 
-    simulated = feedback.simulate_campaign(settings, days=settings.reactivation_window_days, seed=5)
+    simulated = campaign_replay.simulate_campaign(settings, days=settings.reactivation_window_days, seed=5)
     assert simulated["campaign_ids"] == [campaign_id_for(DAY_ONE)]
 
     day_two = DAY_ONE + timedelta(days=settings.reactivation_window_days + 1)

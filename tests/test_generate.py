@@ -9,8 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.generate import CATEGORIES, EVENT_TYPES, REWARD_SIZES, Marketplace, generate_marketplace
-from ml.simulate import baseline_reactivation_probability, simulate_days, true_reactivation_probability
+from ml.synthetic.marketplace import CATEGORIES, Marketplace, generate_marketplace
+from ml.synthetic.world import (
+    EVENT_TYPES,
+    REWARD_SIZES,
+    baseline_reactivation_probability,
+    simulate_days,
+    true_reactivation_probability,
+)
 
 END_DATE = dt.date(2025, 3, 1)
 DAYS = 30
@@ -21,8 +27,18 @@ REACTIVATION_WINDOW = pd.Timedelta(days=14)
 EXPECTED_COLUMNS = {
     "users": ["user_id", "signup_at", "platform", "home_zone", "marketing_opt_in"],
     "merchants": ["merchant_id", "merchant_name", "category", "zone", "lat", "lng", "price_level", "opened_at"],
-    "events": ["event_id", "user_id", "event_type", "event_time", "merchant_id", "merchant_name", "order_total",
-               "platform", "zone", "properties"],
+    "events": [
+        "event_id",
+        "user_id",
+        "event_type",
+        "event_time",
+        "merchant_id",
+        "merchant_name",
+        "order_total",
+        "platform",
+        "zone",
+        "properties",
+    ],
     "campaign_exposures": ["campaign_id", "user_id", "sent_at", "event_type", "reward_size", "assignment"],
 }
 MERCHANT_EVENTS = {"checkout_completed", "merchant_page_viewed", "product_page_viewed", "reward_redeemed"}
@@ -50,7 +66,9 @@ def orders(events: pd.DataFrame) -> pd.DataFrame:
 def reactivated(exposures: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
     """Per exposure row: did the user order within 14 days of the send?"""
     joined = exposures.reset_index(names="exposure").merge(
-        orders(events)[["user_id", "event_time"]], on="user_id", how="left",
+        orders(events)[["user_id", "event_time"]],
+        on="user_id",
+        how="left",
     )
     after_send = joined["event_time"] - joined["sent_at"]
     in_window = (after_send >= pd.Timedelta(0)) & (after_send < REACTIVATION_WINDOW)
@@ -72,8 +90,12 @@ def test_same_seed_gives_identical_tables_and_another_seed_does_not(market):
 def test_tables_have_exactly_the_contract_columns_and_types(market):
     for table, columns in EXPECTED_COLUMNS.items():
         assert list(getattr(market, table).columns) == columns, table
-    for table, column in [("users", "signup_at"), ("merchants", "opened_at"), ("events", "event_time"),
-                          ("campaign_exposures", "sent_at")]:
+    for table, column in [
+        ("users", "signup_at"),
+        ("merchants", "opened_at"),
+        ("events", "event_time"),
+        ("campaign_exposures", "sent_at"),
+    ]:
         dtype = getattr(market, table)[column].dtype
         assert isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC", (table, column)
     events = market.events
@@ -135,8 +157,10 @@ def test_no_order_before_the_merchant_opened_or_the_user_signed_up(market):
     opened = market.merchants.set_index("merchant_id")["opened_at"].loc[placed["merchant_id"]].to_numpy()
     signed_up = market.users.set_index("user_id")["signup_at"].loc[placed["user_id"]].to_numpy()
     assert (placed["event_time"].to_numpy() > opened).all()
-    assert (market.events["event_time"].to_numpy()
-            > market.users.set_index("user_id")["signup_at"].loc[market.events["user_id"]].to_numpy()).all()
+    assert (
+        market.events["event_time"].to_numpy()
+        > market.users.set_index("user_id")["signup_at"].loc[market.events["user_id"]].to_numpy()
+    ).all()
     assert (placed["event_time"].to_numpy() > signed_up).all()
     assert market.merchants["opened_at"].between(WINDOW_START, WINDOW_END).any(), "some merchants open mid-window"
 
@@ -190,7 +214,8 @@ def test_campaigns_start_after_two_weeks_of_history_so_their_features_are_inform
 def test_campaigns_target_users_without_an_order_in_the_previous_week(market):
     exposures = market.campaign_exposures
     joined = exposures.reset_index(names="exposure").merge(
-        orders(market.events)[["user_id", "event_time"]], on="user_id",
+        orders(market.events)[["user_id", "event_time"]],
+        on="user_id",
     )
     before_send = joined["sent_at"] - joined["event_time"]
     recent = (before_send > pd.Timedelta(0)) & (before_send <= pd.Timedelta(days=7))
@@ -229,8 +254,9 @@ def test_orders_per_reactivation_matches_what_returning_users_order_in_the_windo
     exposures = large_market.campaign_exposures
     observed = exposures[exposures["sent_at"] + REACTIVATION_WINDOW <= WINDOW_END]
     joined = observed.merge(orders(large_market.events)[["user_id", "event_time"]], on="user_id")
-    in_window = joined[(joined["event_time"] >= joined["sent_at"])
-                       & (joined["event_time"] < joined["sent_at"] + REACTIVATION_WINDOW)]
+    in_window = joined[
+        (joined["event_time"] >= joined["sent_at"]) & (joined["event_time"] < joined["sent_at"] + REACTIVATION_WINDOW)
+    ]
     per_return = in_window.groupby(["campaign_id", "user_id"]).size()
     truth = large_market.offer_truth.groupby("user_id")["orders_per_reactivation"].first()
     predicted = truth.loc[per_return.index.get_level_values("user_id")].to_numpy()
@@ -245,8 +271,10 @@ def test_offer_truth_has_every_arm_and_exactly_one_best_per_user(market):
     assert (arms == 1 + len(EVENT_TYPES) * len(REWARD_SIZES)).all() and len(arms) == len(market.users)
     assert (offers.groupby("user_id")["is_best"].sum() == 1).all()
     best = offers[offers["is_best"]]
-    assert (best["expected_incremental_margin"].to_numpy()
-            == offers.groupby("user_id")["expected_incremental_margin"].max().loc[best["user_id"]].to_numpy()).all()
+    assert (
+        best["expected_incremental_margin"].to_numpy()
+        == offers.groupby("user_id")["expected_incremental_margin"].max().loc[best["user_id"]].to_numpy()
+    ).all()
     assert ((best["event_type"] == "none") == (best["expected_incremental_margin"] <= 0)).all()
     assert best["event_type"].nunique() > 2, "the best offer depends on the user"
 
@@ -255,8 +283,10 @@ def test_offer_truth_margin_follows_its_formula(market):
     offers = market.offer_truth
     p_none = offers[offers["event_type"] == "none"].set_index("user_id")["p_reactivate"]
     p_none = p_none.loc[offers["user_id"]].to_numpy()
-    expected = (0.30 * offers["expected_order_value"] * offers["orders_per_reactivation"] * (offers["p_reactivate"] - p_none)
-                - offers["reward_size"] * offers["p_reactivate"])
+    expected = (
+        0.30 * offers["expected_order_value"] * offers["orders_per_reactivation"] * (offers["p_reactivate"] - p_none)
+        - offers["reward_size"] * offers["p_reactivate"]
+    )
     np.testing.assert_allclose(offers["expected_incremental_margin"], expected)
     assert offers["p_reactivate"].between(0, 1).all()
 

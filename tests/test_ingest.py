@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,10 +13,10 @@ import pandas as pd
 import psycopg
 import pytest
 
-from ml import ingest
 from ml.runtime import PROGRESS_LOGGER
+from ml.warehouse import ingest
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 BAD_EVENTS_CSV = """event_id,user_id,event_type,event_time,merchant_id,merchant_name,order_total,platform,zone,properties
 e1,1,checkout_completed,2026-11-20T10:00:00Z,5,Foo,25.5,ios,Z1,{}
@@ -59,8 +59,10 @@ def test_bad_rows_are_quarantined_with_reasons_and_good_rows_load(warehouse_url,
     }
     assert {r[0] for r in _rows(warehouse_url, "SELECT source_file FROM raw.quarantine")} == {str(path.resolve())}
     # Offsets are converted, JSON is kept as JSON.
-    [(event_time, properties)] = _rows(warehouse_url, "SELECT event_time, properties FROM raw.events WHERE event_id = 'e5'")
-    assert event_time == datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
+    [(event_time, properties)] = _rows(
+        warehouse_url, "SELECT event_time, properties FROM raw.events WHERE event_id = 'e5'"
+    )
+    assert event_time == datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
     assert properties == {"screen": "home"}
 
 
@@ -78,9 +80,9 @@ def test_loading_a_folder_again_skips_the_files_already_loaded(warehouse_url, tm
     assert again == []
     assert caplog.messages == ["skipped 2 file(s) already loaded and unchanged"]
     assert _rows(warehouse_url, counts) == before
-    assert _rows(warehouse_url, "SELECT source_file, table_name, rows_read, rows_loaded FROM raw.ingested_files ORDER BY 1") == [
-        (r.source_file, "events", r.rows_read, r.rows_loaded) for r in first
-    ]
+    assert _rows(
+        warehouse_url, "SELECT source_file, table_name, rows_read, rows_loaded FROM raw.ingested_files ORDER BY 1"
+    ) == [(r.source_file, "events", r.rows_read, r.rows_loaded) for r in first]
 
 
 def test_a_changed_file_loads_again_its_new_rows_only(warehouse_url, tmp_path):
@@ -134,11 +136,32 @@ def test_parquet_and_json_lines_drop_folder(warehouse_url, tmp_path):
     )
     users.to_parquet(tmp_path / "users.parquet")
     lines = [
-        {"campaign_id": "c1", "user_id": 1, "sent_at": "2026-11-10T09:00:00Z", "event_type": "cashback", "reward_size": 10, "assignment": "treatment"},
-        {"campaign_id": "c1", "user_id": 2, "sent_at": "2026-11-10T09:00:00Z", "event_type": "none", "reward_size": 0, "assignment": "holdout"},
-        {"campaign_id": "c1", "user_id": 3, "sent_at": "2026-11-10T09:00:00Z", "event_type": "lottery", "reward_size": 5, "assignment": "treatment"},
+        {
+            "campaign_id": "c1",
+            "user_id": 1,
+            "sent_at": "2026-11-10T09:00:00Z",
+            "event_type": "cashback",
+            "reward_size": 10,
+            "assignment": "treatment",
+        },
+        {
+            "campaign_id": "c1",
+            "user_id": 2,
+            "sent_at": "2026-11-10T09:00:00Z",
+            "event_type": "none",
+            "reward_size": 0,
+            "assignment": "holdout",
+        },
+        {
+            "campaign_id": "c1",
+            "user_id": 3,
+            "sent_at": "2026-11-10T09:00:00Z",
+            "event_type": "lottery",
+            "reward_size": 5,
+            "assignment": "treatment",
+        },
     ]
-    (tmp_path / "campaign_exposures.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + "\n{broken\n")
+    (tmp_path / "campaign_exposures.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n{broken\n")
     (tmp_path / "notes.txt").write_text("not a contract file")
 
     results = ingest.ingest_path(warehouse_url, tmp_path, now=NOW)
@@ -196,7 +219,7 @@ def test_duplicates_within_a_file_and_across_files_load_once_first_copy_wins(war
         ("k3", 2, None, str(second.resolve())),
     ]
     [(event_time,)] = _rows(warehouse_url, "SELECT event_time FROM raw.events WHERE event_id = 'k2'")
-    assert event_time == datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=timezone.utc)
+    assert event_time == datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=UTC)
 
 
 def test_composite_keys_are_matched_on_every_column(warehouse_url, tmp_path):
@@ -213,7 +236,9 @@ def test_composite_keys_are_matched_on_every_column(warehouse_url, tmp_path):
 
     assert [(r.rows_loaded, r.rows_duplicate) for r in results] == [(1, 0), (2, 1)]
     assert _rows(warehouse_url, "SELECT campaign_id, user_id FROM raw.campaign_exposures ORDER BY 1, 2") == [
-        ("c1", 1), ("c1", 2), ("c2", 1),
+        ("c1", 1),
+        ("c1", 2),
+        ("c2", 1),
     ]
 
 
@@ -231,7 +256,9 @@ def test_json_lines_events_with_nested_properties(warehouse_url, tmp_path):
 
     assert (result.rows_loaded, result.rows_quarantined) == (3, 1)
     assert _rows(warehouse_url, "SELECT event_id, properties, zone FROM raw.events ORDER BY 1") == [
-        ("j1", {"screen": "home"}, "7"), ("j2", {"screen": "cart"}, "7"), ("j4", {}, "7"),
+        ("j1", {"screen": "home"}, "7"),
+        ("j2", {"screen": "cart"}, "7"),
+        ("j4", {}, "7"),
     ]
     assert _rows(warehouse_url, "SELECT reason, record->'properties' FROM raw.quarantine") == [
         ("properties is not a JSON object", [1, 2])

@@ -1,5 +1,5 @@
 """Marketing reaches only users who opted in (marts.user_features.marketing_opt_in): publishing through
-``pipeline.publish_segments`` on the embedded Postgres leaves no other user in the offers, the scored segment
+``tasks.publish_segments`` on the embedded Postgres leaves no other user in the offers, the scored segment
 members, the six CRM segment tables or any CSV export, and removes nothing else. crm.recommendations, the
 source of the in-app recommendations (not marketing), keeps everyone.
 
@@ -16,11 +16,13 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-
-from ml import crm, experiments, export, pipeline, publish, registry
-from ml.campaigns import CONTROL
-from ml.experiments import ARMS, campaign_id_for
 from conftest import hand_built_marts_sql
+
+from ml.crm import export, publish, segments
+from ml.experiments import readout
+from ml.experiments.assignment import ARMS, campaign_id_for
+from ml.offers.response import CONTROL
+from ml.pipeline import tasks, tracking
 
 DAY = date(2026, 11, 1)
 USERS = 240
@@ -29,7 +31,7 @@ MERCHANTS = 40
 MARTS_SQL = hand_built_marts_sql(USERS, MERCHANTS, opted_in="u % 3 <> 0")
 OPTED_OUT = {u for u in range(1, USERS + 1) if u % 3 == 0}
 OPTED_IN = set(range(1, USERS + 1)) - OPTED_OUT
-MARKETING_TABLES = ("crm.inactive_user_offers", "crm.segment_members", *(f"crm.{name}" for name in crm.SEGMENTS))
+MARKETING_TABLES = ("crm.inactive_user_offers", "crm.segment_members", *(f"crm.{name}" for name in segments.SEGMENTS))
 USER_ID = 2  # the user_id's position in every marketing table's rows
 
 
@@ -39,10 +41,14 @@ class Recommender:
     def recommend(self, user_ids: list, n: int) -> pd.DataFrame:
         users = np.repeat(np.asarray(user_ids, dtype=np.int64), n)
         ranks = np.tile(np.arange(1, n + 1), len(user_ids))
-        return pd.DataFrame({
-            "user_id": users, "rank": ranks, "merchant_id": (users * 7 + ranks * 3) % MERCHANTS + 1,
-            "score": (n + 1 - ranks) / n,
-        })
+        return pd.DataFrame(
+            {
+                "user_id": users,
+                "rank": ranks,
+                "merchant_id": (users * 7 + ranks * 3) % MERCHANTS + 1,
+                "score": (n + 1 - ranks) / n,
+            }
+        )
 
 
 class OfferModel:
@@ -62,9 +68,9 @@ def world(settings, monkeypatch):
     with psycopg.connect(settings.warehouse_url) as conn:
         conn.execute(MARTS_SQL)
     champion = type("Champion", (), {"recommender": Recommender(), "model": OfferModel()})
-    monkeypatch.setattr(registry, "configure", lambda settings, url: None)
-    monkeypatch.setattr(registry, "alias_version", lambda name, alias: "1")
-    monkeypatch.setattr(registry, "load_alias", lambda name: champion)
+    monkeypatch.setattr(tracking, "configure", lambda settings, url: None)
+    monkeypatch.setattr(tracking, "alias_version", lambda name, alias: "1")
+    monkeypatch.setattr(tracking, "load_alias", lambda name: champion)
     return settings
 
 
@@ -84,9 +90,12 @@ def _rows(url: str, table: str) -> set[tuple]:
 
 def _marts_users(url: str, where: str) -> set[int]:
     with psycopg.connect(url) as conn:
-        return {u for (u,) in conn.execute(
-            f"SELECT user_id FROM marts.user_segments JOIN marts.user_features USING (user_id) WHERE {where}"
-        )}
+        return {
+            u
+            for (u,) in conn.execute(
+                f"SELECT user_id FROM marts.user_segments JOIN marts.user_features USING (user_id) WHERE {where}"
+            )
+        }
 
 
 def _csv_users(settings) -> dict[str, set[int]]:
@@ -101,7 +110,7 @@ def _csv_users(settings) -> dict[str, set[int]]:
 def test_no_marketing_output_holds_a_user_who_did_not_opt_in(world):
     url = world.warehouse_url
 
-    summary = pipeline.publish_segments(world, DAY)
+    summary = tasks.publish_segments(world, DAY)
 
     for table in MARKETING_TABLES:
         users = _users(url, table)
@@ -114,7 +123,7 @@ def test_no_marketing_output_holds_a_user_who_did_not_opt_in(world):
         url, "marketing_opt_in AND lifecycle_segment IN ('lapsed', 'dormant')"
     )
     exported = _csv_users(world)
-    assert set(exported) == {f"{name}_{DAY.isoformat()}.csv" for name in (*world.score_segments, *crm.SEGMENTS)}
+    assert set(exported) == {f"{name}_{DAY.isoformat()}.csv" for name in (*world.score_segments, *segments.SEGMENTS)}
     for name, users in exported.items():
         assert not users & OPTED_OUT, name
         assert users & OPTED_IN, name
@@ -127,12 +136,12 @@ def test_the_rule_removes_the_opted_out_users_rows_and_nothing_else(world):
     """Everyone else keeps the same rows, offers and experiment arms included: the arms are drawn after the
     opted-out users are left out, by a hash per user, so leaving them out shifts no one's arm."""
     url = world.warehouse_url
-    pipeline.publish_segments(world, DAY)
+    tasks.publish_segments(world, DAY)
     published = {table: _rows(url, table) for table in MARKETING_TABLES}
     with psycopg.connect(url) as conn:
         conn.execute("UPDATE marts.user_features SET marketing_opt_in = true")
 
-    pipeline.publish_segments(world, DAY)
+    tasks.publish_segments(world, DAY)
 
     for table in MARKETING_TABLES:
         opted_in_rows = {row for row in _rows(url, table) if row[USER_ID] not in OPTED_OUT}
@@ -141,7 +150,7 @@ def test_the_rule_removes_the_opted_out_users_rows_and_nothing_else(world):
 
 def test_the_readout_counts_the_offered_users_in_their_arms(world):
     url = world.warehouse_url
-    pipeline.publish_segments(world, DAY)
+    tasks.publish_segments(world, DAY)
     offered = _users(url, "crm.inactive_user_offers")
     with psycopg.connect(url) as conn:
         conn.execute(
@@ -151,10 +160,10 @@ def test_the_readout_counts_the_offered_users_in_their_arms(world):
         conn.execute(
             "INSERT INTO raw.events SELECT user_id, 'checkout_completed', %s, 30 FROM crm.inactive_user_offers"
             " WHERE user_id %% 2 = 0",
-            (experiments.campaign_start(DAY) + timedelta(days=1),),
+            (readout.campaign_start(DAY) + timedelta(days=1),),
         )
 
-        results = experiments.readout(conn, campaign_id_for(DAY), world.reactivation_window_days)
+        results = readout.readout(conn, campaign_id_for(DAY), world.reactivation_window_days)
 
     assert set(results["arm"]) == set(ARMS)
     assert results["users"].sum() == len(offered)
@@ -164,7 +173,7 @@ def test_the_readout_counts_the_offered_users_in_their_arms(world):
 def test_exports_read_consent_when_written(world):
     """A user who opts out after the day was published is left out of that day's files written from then on."""
     url = world.warehouse_url
-    pipeline.publish_segments(world, DAY)
+    tasks.publish_segments(world, DAY)
     lapsed = _users(url, "crm.lapsed_personalised")
     leaving = min(lapsed)
     with psycopg.connect(url) as conn:

@@ -25,11 +25,16 @@ def test_benchmark_runs_on_a_slice_and_writes_the_policy(shared_data, tmp_path, 
     out = tmp_path / "policy.csv"
     args = _parse(
         [
-            "--hillstrom", str(shared_data / "hillstrom" / "hillstrom.csv"),
-            "--seed", "0",
-            "--rows", "6000",
-            "--outcomes", "visit",
-            "--out", str(out),
+            "--hillstrom",
+            str(shared_data / "hillstrom" / "hillstrom.csv"),
+            "--seed",
+            "0",
+            "--rows",
+            "6000",
+            "--outcomes",
+            "visit",
+            "--out",
+            str(out),
         ]
     )
     assert offers.run(args) == 0

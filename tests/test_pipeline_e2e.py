@@ -9,9 +9,9 @@ import pandas as pd
 import psycopg
 import pytest
 
-from ml.generate import generate_marketplace
-from ml.orchestration import run_dag_in_process
-from ml.summary import print_summary
+from ml.pipeline.airflow import run_dag_in_process
+from ml.pipeline.summary import print_summary
+from ml.synthetic.marketplace import generate_marketplace
 
 RUN_DATE = date(2026, 11, 1)
 DAG_ID = "reengagement_daily"
@@ -34,7 +34,9 @@ def _crm_rows(url: str, run_date: date) -> pd.DataFrame:
             "FROM crm.segment_members WHERE run_date = %s ORDER BY segment, user_id, rank",
             (run_date,),
         ).fetchall()
-    return pd.DataFrame(rows, columns=["segment", "user_id", "rank", "merchant_id", "merchant_name", "score", "model_version"])
+    return pd.DataFrame(
+        rows, columns=["segment", "user_id", "rank", "merchant_id", "merchant_name", "score", "model_version"]
+    )
 
 
 def _states(tasks) -> dict[str, str]:
@@ -72,14 +74,18 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
         offers = pd.DataFrame(
             conn.execute(
                 "SELECT user_id, segment, arm, event_type, reward_size, expected_cost, is_holdout "
-                "FROM crm.inactive_user_offers WHERE run_date = %s", (RUN_DATE,)
+                "FROM crm.inactive_user_offers WHERE run_date = %s",
+                (RUN_DATE,),
             ).fetchall(),
             columns=["user_id", "segment", "arm", "event_type", "reward_size", "expected_cost", "is_holdout"],
         )
-        inactive = {u for (u,) in conn.execute(
-            "SELECT user_id FROM marts.user_segments JOIN marts.user_features USING (user_id) "
-            "WHERE lifecycle_segment IN ('at_risk', 'lapsed', 'dormant', 'churned') AND marketing_opt_in"
-        ).fetchall()}
+        inactive = {
+            u
+            for (u,) in conn.execute(
+                "SELECT user_id FROM marts.user_segments JOIN marts.user_features USING (user_id) "
+                "WHERE lifecycle_segment IN ('at_risk', 'lapsed', 'dormant', 'churned') AND marketing_opt_in"
+            ).fetchall()
+        }
     assert set(offers["user_id"]) == inactive
     assert set(offers["arm"]) == {"personalised", "non_personalised", "holdout"}
     holdout = offers[offers["is_holdout"]]
@@ -88,10 +94,21 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
 
     print_summary(pipeline_settings, RUN_DATE, state, tasks, 0.0)
     summary = capsys.readouterr().out
-    for expected in ("Load (raw.*)", "Users per lifecycle segment", "popularity", "random", "champion is v1",
-                     "Published", "Offer policy value", "best uniform offer", "chosen on training users",
-                     "Ground truth of the synthetic world", "oracle on the model's features", "right event type",
-                     "CRM segments"):
+    for expected in (
+        "Load (raw.*)",
+        "Users per lifecycle segment",
+        "popularity",
+        "random",
+        "champion is v1",
+        "Published",
+        "Offer policy value",
+        "best uniform offer",
+        "chosen on training users",
+        "Ground truth of the synthetic world",
+        "oracle on the model's features",
+        "right event type",
+        "CRM segments",
+    ):
         assert expected in summary
 
     # The same day again: nothing new is loaded, the CRM rows are replaced by identical ones, not duplicated.
@@ -102,9 +119,10 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
     columns = ["segment", "user_id", "rank", "merchant_id"]
     assert again[columns].equals(published[columns])
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT count(*) FROM raw.events").fetchone()[0] == conn.execute(
-            "SELECT count(DISTINCT event_id) FROM raw.events"
-        ).fetchone()[0]
+        assert (
+            conn.execute("SELECT count(*) FROM raw.events").fetchone()[0]
+            == conn.execute("SELECT count(DISTINCT event_id) FROM raw.events").fetchone()[0]
+        )
         [(step_summary,)] = conn.execute(
             "SELECT summary FROM ops.pipeline_steps WHERE run_date = %s AND step = 'train_ranker'", (RUN_DATE,)
         ).fetchall()

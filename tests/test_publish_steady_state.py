@@ -1,4 +1,4 @@
-"""Publishing day after day on one warehouse, through ``pipeline.publish_segments`` on the embedded Postgres:
+"""Publishing day after day on one warehouse, through ``tasks.publish_segments`` on the embedded Postgres:
 the planner knows the day just written (no nested loop rescans crm.recommendations' day on day 2), and rows
 older than ``crm_retention_days`` leave every crm table.
 
@@ -15,18 +15,24 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from conftest import hand_built_marts_sql
 from psycopg import sql
 
-from ml import campaigns, crm, experiments, pipeline, publish, registry
-from conftest import hand_built_marts_sql
+from ml.crm import offers, publish, segments
+from ml.experiments import readout
+from ml.pipeline import tasks, tracking
 
 DAY = date(2026, 11, 1)
 USERS = 5000
 MERCHANTS = 400
 
 MARTS_SQL = hand_built_marts_sql(USERS, MERCHANTS, opted_in="u % 5 <> 1")
-CRM_TABLES = ("crm.recommendations", "crm.segment_members", "crm.inactive_user_offers",
-              *(f"crm.{name}" for name in crm.SEGMENTS))
+CRM_TABLES = (
+    "crm.recommendations",
+    "crm.segment_members",
+    "crm.inactive_user_offers",
+    *(f"crm.{name}" for name in segments.SEGMENTS),
+)
 
 
 class Recommender:
@@ -38,12 +44,14 @@ class Recommender:
     def recommend(self, user_ids: list, n: int) -> pd.DataFrame:
         users = np.repeat(np.asarray(user_ids, dtype=np.int64), n)
         ranks = np.tile(np.arange(1, n + 1), len(user_ids))
-        return pd.DataFrame({
-            "user_id": users,
-            "rank": ranks,
-            "merchant_id": (users * 37 + ranks * 53 + self.shift) % MERCHANTS + 1,
-            "score": (n + 1 - ranks) / n,
-        })
+        return pd.DataFrame(
+            {
+                "user_id": users,
+                "rank": ranks,
+                "merchant_id": (users * 37 + ranks * 53 + self.shift) % MERCHANTS + 1,
+                "score": (n + 1 - ranks) / n,
+            }
+        )
 
 
 def _offers(conn: psycopg.Connection) -> pd.DataFrame:
@@ -56,8 +64,11 @@ def _offers(conn: psycopg.Connection) -> pd.DataFrame:
     )
     arm = np.array(["personalised", "non_personalised", "holdout"])[users["user_id"] % 3]
     return users.assign(
-        arm=arm, event_type=np.where(arm == "holdout", "none", "free_delivery"),
-        reward_size=np.where(arm == "holdout", 0.0, 10.0), expected_uplift=0.01, expected_cost=1.0,
+        arm=arm,
+        event_type=np.where(arm == "holdout", "none", "free_delivery"),
+        reward_size=np.where(arm == "holdout", 0.0, 10.0),
+        expected_uplift=0.01,
+        expected_cost=1.0,
         is_holdout=arm == "holdout",
     )
 
@@ -67,23 +78,23 @@ def publishing(settings, monkeypatch):
     """The marts and the crm tables, statistics from publishing alone (no autovacuum on crm), a stand-in registry."""
     with psycopg.connect(settings.warehouse_url) as conn:
         conn.execute(MARTS_SQL)
-        for ddl in (publish.CRM_SCHEMA_SQL, campaigns.OFFERS_SQL, crm.CRM_SEGMENTS_SQL, experiments.RESULTS_SQL):
+        for ddl in (publish.CRM_SCHEMA_SQL, offers.OFFERS_SQL, segments.CRM_SEGMENTS_SQL, readout.RESULTS_SQL):
             conn.execute(ddl)
         for table in CRM_TABLES:
             conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
     # A plan gone back to nested loops over a day's recommendations runs for many minutes: fail fast instead.
     monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=30s")
-    monkeypatch.setattr(registry, "configure", lambda settings, url: None)
-    monkeypatch.setattr(registry, "alias_version", lambda name, alias: "1")
-    monkeypatch.setattr(pipeline, "_todays_offers", lambda settings, conn, run_date: (_offers(conn), "1"))
+    monkeypatch.setattr(tracking, "configure", lambda settings, url: None)
+    monkeypatch.setattr(tracking, "alias_version", lambda name, alias: "1")
+    monkeypatch.setattr(tasks, "_todays_offers", lambda settings, conn, run_date: (_offers(conn), "1"))
     return settings
 
 
 def _publish(settings, run_date: date) -> dict:
     champion = type("Champion", (), {"recommender": Recommender(run_date)})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(registry, "load_alias", lambda name: champion)
-        return pipeline.publish_segments(settings, run_date)
+        patch.setattr(tracking, "load_alias", lambda name: champion)
+        return tasks.publish_segments(settings, run_date)
 
 
 def _rows_per_day(url: str) -> dict[str, dict[date, int]]:
@@ -106,14 +117,16 @@ def _recommendation_scans(plan: dict) -> list[dict]:
 
 def _executed_plans(url: str, run_date: date, settings) -> dict[str, dict]:
     """EXPLAIN ANALYZE of each segment's INSERT for run_date, rolled back."""
-    params = crm._params(run_date, settings)
+    params = segments._params(run_date, settings)
     plans = {}
     with psycopg.connect(url) as conn:
-        for name, segment in crm.SEGMENTS.items():
+        for name, segment in segments.SEGMENTS.items():
             with conn.transaction(force_rollback=True):
-                conn.execute(sql.SQL("DELETE FROM {} WHERE run_date = %s").format(sql.Identifier("crm", name)), (run_date,))
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE run_date = %s").format(sql.Identifier("crm", name)), (run_date,)
+                )
                 plans[name] = conn.execute(
-                    sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(crm._insert_sql(segment)),
+                    sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(segments._insert_sql(segment)),
                     {**params, "segment": name},
                 ).fetchone()[0][0]["Plan"]
     return plans
@@ -129,18 +142,22 @@ def test_the_second_day_is_planned_with_statistics_that_know_it(publishing):
     summary = _publish(publishing, second)
 
     with psycopg.connect(url) as conn:
-        days_in_statistics = dict(conn.execute(
-            "SELECT schemaname || '.' || tablename, most_common_vals::text::date[] FROM pg_stats "
-            "WHERE schemaname = 'crm' AND attname = 'run_date'"
-        ).fetchall())
-        reltuples = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'crm.recommendations'::regclass").fetchone()[0]
+        days_in_statistics = dict(
+            conn.execute(
+                "SELECT schemaname || '.' || tablename, most_common_vals::text::date[] FROM pg_stats "
+                "WHERE schemaname = 'crm' AND attname = 'run_date'"
+            ).fetchall()
+        )
+        reltuples = conn.execute(
+            "SELECT reltuples FROM pg_class WHERE oid = 'crm.recommendations'::regclass"
+        ).fetchone()[0]
     assert all(summary["crm_segments"].values())
     assert {table: sorted(days_in_statistics.get(table) or []) for table in CRM_TABLES} == {
         table: [DAY, second] for table in CRM_TABLES
     }
     assert reltuples == pytest.approx(2 * USERS * publishing.top_n, rel=0.05)
     plans = _executed_plans(url, second, publishing)
-    assert {name for name, plan in plans.items() if _recommendation_scans(plan)} == set(crm.SEGMENTS) - {
+    assert {name for name, plan in plans.items() if _recommendation_scans(plan)} == set(segments.SEGMENTS) - {
         "merchant_superfans"  # reads the orders only
     }
     for name, plan in plans.items():

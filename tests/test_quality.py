@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 
-from ml import ingest, quality
+from ml.warehouse import ingest, quality
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def _seed_clean_events(url: str) -> None:
@@ -35,7 +35,7 @@ def test_raw_gate_passes_clean_events_and_builds_data_docs(settings, warehouse_u
 def test_raw_gate_failure_names_expectation_table_and_bad_values(settings, warehouse_url):
     _seed_clean_events(warehouse_url)
     with psycopg.connect(warehouse_url) as conn:
-        # A loader that bypassed ml.ingest wrote these straight into raw.
+        # A loader that bypassed ml.warehouse.ingest wrote these straight into raw.
         conn.execute(
             """INSERT INTO raw.events (event_id, user_id, event_type, event_time, merchant_id, order_total, source_file)
                VALUES ('neg', 2, 'checkout_completed', now() - interval '1 day', 7, -12.5, 'rogue'),

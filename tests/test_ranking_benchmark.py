@@ -57,7 +57,17 @@ def test_benchmark_on_a_csv_with_iso_times(tmp_path, capsys):
     path = tmp_path / "interactions.csv"
     pd.DataFrame(rows, columns=["user_id", "item_id", "event_time", "category"]).to_csv(path, index=False)
     recs_path = tmp_path / "recs.csv"
-    argv = ["--interactions", str(path), "--recs-out", str(recs_path), "--no-tune", "--threads", "1", "--candidates", "20"]
+    argv = [
+        "--interactions",
+        str(path),
+        "--recs-out",
+        str(recs_path),
+        "--no-tune",
+        "--threads",
+        "1",
+        "--candidates",
+        "20",
+    ]
     assert run_benchmark(argv) == 0
     printed = capsys.readouterr().out
     assert all(name in printed for name in MODELS)
@@ -68,8 +78,19 @@ def test_benchmark_on_a_csv_with_iso_times(tmp_path, capsys):
 
 def test_movielens_slice(shared_data, tmp_path, capsys):
     recs_path = tmp_path / "recs.csv"
-    argv = ["--movielens", str(shared_data / "ml-100k"), "--max-users", "150", "--recs-out", str(recs_path),
-            "--no-tune", "--threads", "1", "--candidates", "50"]
+    argv = [
+        "--movielens",
+        str(shared_data / "ml-100k"),
+        "--max-users",
+        "150",
+        "--recs-out",
+        str(recs_path),
+        "--no-tune",
+        "--threads",
+        "1",
+        "--candidates",
+        "50",
+    ]
     assert run_benchmark(argv) == 0
     printed = capsys.readouterr().out
     table = {line.split()[0]: line.split() for line in printed.splitlines() if _is_table_row(line)}

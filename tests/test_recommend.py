@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.evaluation import intra_list_diversity, ndcg_at_k
 from ml.recommend import (
     ALSRecommender,
     CategoryAffinityRecommender,
@@ -22,6 +21,7 @@ from ml.recommend import (
     temporal_split,
     top_n,
 )
+from ml.recommend.metrics import intra_list_diversity, ndcg_at_k
 
 N_CLUSTERS = 4
 N_USERS = 240

@@ -11,18 +11,15 @@ import pandas as pd
 import pytest
 
 from ml.benchmarks.synthetic import orders_of
-from ml.generate import generate_marketplace
-from ml.recommendation import (
+from ml.pipeline.tracking import RecommenderPyfunc
+from ml.recommend.evaluation import Judge, LifecycleRule, TemporalSplit, evaluate_spec
+from ml.recommend.merchant import (
     DEFAULT_GENERATORS,
-    Judge,
-    LifecycleRule,
     MarketContext,
     ModelSpec,
     RankerRecipe,
-    TemporalSplit,
-    evaluate_spec,
 )
-from ml.registry import RecommenderPyfunc
+from ml.synthetic.marketplace import generate_marketplace
 
 END = dt.date(2026, 11, 1)
 AS_OF = pd.Timestamp(END, tz="UTC")
@@ -53,8 +50,10 @@ def test_ranker_beats_its_best_generator_on_the_held_out_window(orders, context)
     split = TemporalSplit.last_days(orders, AS_OF, 7)
     catalog = len(context.merchants)
     ranker_ndcg = evaluate_spec(RANKER, split, catalog, context)["ndcg@10"]
-    generators = {kind: evaluate_spec(spec, split, catalog, context)["ndcg@10"]
-                  for kind, spec in RankerRecipe(**RANKER.params).generator_specs().items()}
+    generators = {
+        kind: evaluate_spec(spec, split, catalog, context)["ndcg@10"]
+        for kind, spec in RankerRecipe(**RANKER.params).generator_specs().items()
+    }
     assert ranker_ndcg > max(generators.values()), (ranker_ndcg, generators)
 
 
@@ -77,8 +76,10 @@ def test_cold_users_and_new_merchants_get_recommendations_with_reasons(ranker, c
 
 def _top_taste_share(recommender, truth: pd.DataFrame, categories: pd.Series, users) -> float:
     recs = recommender.recommend(users, n=10)
-    recs = recs.assign(category=recs["merchant_id"].map(categories).to_numpy(),
-                       favourite=recs["user_id"].map(truth["favourite_category"]).to_numpy())
+    recs = recs.assign(
+        category=recs["merchant_id"].map(categories).to_numpy(),
+        favourite=recs["user_id"].map(truth["favourite_category"]).to_numpy(),
+    )
     return float((recs["category"] == recs["favourite"]).mean())
 
 
@@ -90,7 +91,9 @@ def test_each_taste_generator_recovers_true_tastes_better_than_popularity(kind, 
     popularity = ModelSpec("popularity").recommender().fit(orders, AS_OF, context)
     spec = RankerRecipe(**RANKER.params).generator_specs()[kind]
     generator = spec.recommender().fit(orders, AS_OF, context)
-    assert _top_taste_share(generator, truth, categories, users) > _top_taste_share(popularity, truth, categories, users)
+    assert _top_taste_share(generator, truth, categories, users) > _top_taste_share(
+        popularity, truth, categories, users
+    )
 
 
 def test_pyfunc_round_trip_recommends_like_the_model(ranker):
@@ -112,10 +115,17 @@ def test_exactly_n_rows_per_user_with_ranks_one_to_n(ranker, context):
 
 def test_lifecycle_rule_matches_the_marts_thresholds():
     at = pd.Timestamp("2026-11-01", tz="UTC")
-    signup = pd.Series(pd.to_datetime(["2026-10-25", "2026-08-01", "2026-08-01", "2026-08-01", "2026-01-01"], utc=True),
-                       index=[1, 2, 3, 4, 5])
-    orders = pd.DataFrame({"user_id": [2, 3, 4], "merchant_id": 1,
-                           "event_time": pd.to_datetime(["2026-10-30", "2026-10-20", "2026-10-10"], utc=True)})
+    signup = pd.Series(
+        pd.to_datetime(["2026-10-25", "2026-08-01", "2026-08-01", "2026-08-01", "2026-01-01"], utc=True),
+        index=[1, 2, 3, 4, 5],
+    )
+    orders = pd.DataFrame(
+        {
+            "user_id": [2, 3, 4],
+            "merchant_id": 1,
+            "event_time": pd.to_datetime(["2026-10-30", "2026-10-20", "2026-10-10"], utc=True),
+        }
+    )
     segments = LifecycleRule().segments(orders, signup, at)
     assert segments.to_dict() == {1: "new", 2: "active", 3: "at_risk", 4: "lapsed", 5: "churned"}
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from ml import registry
-from ml.recommendation import MerchantRecommender, ModelSpec
+from ml.pipeline import tracking
+from ml.recommend.merchant import MerchantRecommender, ModelSpec
 
-AS_OF = datetime(2026, 11, 1, tzinfo=timezone.utc)
+AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -30,42 +30,42 @@ def orders() -> pd.DataFrame:
 
 
 def _register(settings, orders, spec: ModelSpec) -> str:
-    with mlflow.start_run(experiment_id=registry.experiment_id(settings, "gate-test")):
+    with mlflow.start_run(experiment_id=tracking.experiment_id(settings, "gate-test")):
         model = MerchantRecommender(spec).fit(orders, AS_OF)
-        return registry.log_model(registry.RecommenderPyfunc(model), "gate-test-model")
+        return tracking.log_model(tracking.RecommenderPyfunc(model), "gate-test-model")
 
 
 def test_gate_promotes_first_then_only_a_better_challenger(settings, warehouse_url, orders):
-    registry.configure(settings, warehouse_url)
+    tracking.configure(settings, warehouse_url)
     first = _register(settings, orders, ModelSpec("item_cosine"))
-    decision = registry.gate("gate-test-model", first, "ndcg@10", 0.20, champion_value=None, margin=0.0)
-    assert decision.promoted and registry.alias_version("gate-test-model", "champion") == first
+    decision = tracking.gate("gate-test-model", first, "ndcg@10", 0.20, champion_value=None, margin=0.0)
+    assert decision.promoted and tracking.alias_version("gate-test-model", "champion") == first
 
     worse = _register(settings, orders, ModelSpec("popularity"))
-    decision = registry.gate("gate-test-model", worse, "ndcg@10", 0.15, champion_value=0.20, margin=0.0)
+    decision = tracking.gate("gate-test-model", worse, "ndcg@10", 0.15, champion_value=0.20, margin=0.0)
     assert not decision.promoted and "stays" in decision.reason
-    assert registry.alias_version("gate-test-model", "champion") == first
-    assert registry.alias_version("gate-test-model", "challenger") == worse
+    assert tracking.alias_version("gate-test-model", "champion") == first
+    assert tracking.alias_version("gate-test-model", "challenger") == worse
 
     marginal = _register(settings, orders, ModelSpec("item_cosine"))
-    decision = registry.gate("gate-test-model", marginal, "ndcg@10", 0.205, champion_value=0.20, margin=0.05)
+    decision = tracking.gate("gate-test-model", marginal, "ndcg@10", 0.205, champion_value=0.20, margin=0.05)
     assert not decision.promoted
 
     better = _register(settings, orders, ModelSpec("item_cosine"))
-    decision = registry.gate("gate-test-model", better, "ndcg@10", 0.30, champion_value=0.20, margin=0.05)
-    assert decision.promoted and registry.alias_version("gate-test-model", "champion") == better
+    decision = tracking.gate("gate-test-model", better, "ndcg@10", 0.30, champion_value=0.20, margin=0.05)
+    assert decision.promoted and tracking.alias_version("gate-test-model", "champion") == better
 
 
 def test_scoring_loads_whatever_has_the_champion_alias(settings, warehouse_url, orders):
-    registry.configure(settings, warehouse_url)
+    tracking.configure(settings, warehouse_url)
     cosine = _register(settings, orders, ModelSpec("item_cosine"))
     popularity = _register(settings, orders, ModelSpec("popularity"))
     client = MlflowClient()
 
     client.set_registered_model_alias("gate-test-model", "champion", popularity)  # as a person would in the UI
-    assert registry.load_alias("gate-test-model").recommender.spec.kind == "popularity"
+    assert tracking.load_alias("gate-test-model").recommender.spec.kind == "popularity"
     client.set_registered_model_alias("gate-test-model", "champion", cosine)
-    champion = registry.load_alias("gate-test-model")
+    champion = tracking.load_alias("gate-test-model")
     assert champion.recommender.spec.kind == "item_cosine"
 
     # The pyfunc takes user ids; user 4 ordered only from 10, and 11 is what 10's co-customers also use.

@@ -7,34 +7,38 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ml import warehouse
 from ml.settings import Settings, redact
+from ml.warehouse import postgres
 
 
 def test_embedded_warehouse_starts_once_serves_the_project_database_and_stops(tmp_path):
     settings = Settings.from_env(environ={}, home=tmp_path / "home")
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     try:
-        assert warehouse.start(settings) == url  # already running: same server, same database
+        assert postgres.start(settings) == url  # already running: same server, same database
         with psycopg.connect(url) as conn:
-            assert conn.execute("SELECT current_database()").fetchone() == (warehouse.DATABASE,)
+            assert conn.execute("SELECT current_database()").fetchone() == (postgres.DATABASE,)
         assert (settings.warehouse_dir / "PG_VERSION").exists()
     finally:
-        assert warehouse.stop(settings) is True
-    assert warehouse.stop(settings) is False
+        assert postgres.stop(settings) is True
+    assert postgres.stop(settings) is False
 
 
 def test_an_external_warehouse_url_is_used_as_given_and_never_stopped():
     settings = Settings.from_env(environ={"REKINDLE_WAREHOUSE_URL": "postgresql://u:secret@db.example/rekindle"})
-    assert warehouse.start(settings) == "postgresql://u:secret@db.example/rekindle"
+    assert postgres.start(settings) == "postgresql://u:secret@db.example/rekindle"
     with pytest.raises(RuntimeError, match="external Postgres"):
-        warehouse.stop(settings)
+        postgres.stop(settings)
 
 
 def test_settings_come_from_prefixed_environment_variables_with_clear_errors():
     settings = Settings.from_env(
-        environ={"REKINDLE_SEED": "7", "REKINDLE_CAMPAIGN_BUDGET": "500.5", "REKINDLE_SCORE_SEGMENTS": "lapsed, churned",
-                 "REKINDLE_HOME": "/tmp/somewhere"}
+        environ={
+            "REKINDLE_SEED": "7",
+            "REKINDLE_CAMPAIGN_BUDGET": "500.5",
+            "REKINDLE_SCORE_SEGMENTS": "lapsed, churned",
+            "REKINDLE_HOME": "/tmp/somewhere",
+        }
     )
     assert (settings.seed, settings.campaign_budget, settings.score_segments) == (7, 500.5, ("lapsed", "churned"))
     assert settings.home == Path("/tmp/somewhere") and settings.input_dir == Path("/tmp/somewhere/data/incoming")
@@ -44,4 +48,4 @@ def test_settings_come_from_prefixed_environment_variables_with_clear_errors():
 
 def test_passwords_are_redacted_for_printing():
     assert redact("postgresql://crm:hunter2@db:5432/rekindle") == "postgresql://crm:***@db:5432/rekindle"
-    assert warehouse.sqlalchemy_url("postgresql://u@/db?host=/tmp/s") == "postgresql+psycopg://u@/db?host=/tmp/s"
+    assert postgres.sqlalchemy_url("postgresql://u@/db?host=/tmp/s") == "postgresql+psycopg://u@/db?host=/tmp/s"

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml.generate import SCALES, TABLE_FILES
 from ml.settings import PROJECT_ROOT, Settings
+from ml.synthetic.marketplace import SCALES, TABLE_FILES
 
 DAG_ID = "reengagement_daily"
 DBT_GROUP = "dbt_build"
@@ -64,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
     if args.days < 1:
         print("error: --days must be at least 1", file=sys.stderr)
         return 2
-    end = args.end_date or dt.datetime.now(dt.timezone.utc).date()
+    end = args.end_date or dt.datetime.now(dt.UTC).date()
     label = f"{args.scale}" if args.users is None else f"{args.users}-users"
     home = (args.home or Settings.from_env().home / "benchmarks" / f"daily-{label}").resolve()
     settings = _fresh_home(home, args.seed, args.scale)
-    url = _start(settings)
+    _start(settings)
     run_dates = [end - dt.timedelta(days=args.days - 1 - i) for i in range(args.days)]
     daily_files = _stage_window(settings, args, run_dates[0], end)
 
@@ -79,10 +79,14 @@ def run(args: argparse.Namespace) -> int:
                 shutil.move(path, settings.input_dir / path.name)
             print(f"day {number}/{len(run_dates)} {run_date}:", flush=True)
             days.append(_run_day_in_process(settings, run_date))
-            print(f"day {number}/{len(run_dates)} {run_date}: {days[-1].state} in {days[-1].seconds:.1f}s\n", flush=True)
+            print(
+                f"day {number}/{len(run_dates)} {run_date}: {days[-1].state} in {days[-1].seconds:.1f}s\n", flush=True
+            )
             if days[-1].state != "success":
-                print(f"error: the run for {run_date} ended {days[-1].state}; log in {settings.home / 'logs'}",
-                      file=sys.stderr)
+                print(
+                    f"error: the run for {run_date} ended {days[-1].state}; log in {settings.home / 'logs'}",
+                    file=sys.stderr,
+                )
                 break
     except KeyboardInterrupt:
         print(f"interrupted after {len(days)} of {len(run_dates)} days", file=sys.stderr)
@@ -91,8 +95,10 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(format_days(days))
     print()
-    print(f"home {home}; users {args.users or SCALES[args.scale][0]:,}, merchants {SCALES[args.scale][1]:,}, "
-          f"{args.window_days}-day window ending {end}")
+    print(
+        f"home {home}; users {args.users or SCALES[args.scale][0]:,}, merchants {SCALES[args.scale][1]:,}, "
+        f"{args.window_days}-day window ending {end}"
+    )
     return 0 if all(day.state == "success" for day in days) and len(days) == len(run_dates) else 1
 
 
@@ -100,22 +106,38 @@ def _run_day_in_process(settings: Settings, run_date: dt.date) -> DayRun:
     """One day in a fresh process, as `rekindle run` or a scheduled run would be: state that a library keeps
     in a long-lived process (dbt's adapters, caches) must not be billed to the later days."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, "-m", "ml.cli", "benchmark", "daily", "--one-day", run_date.isoformat(),
-                        "--home", str(settings.home), "--json", out.name], cwd=PROJECT_ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ml.cli",
+                "benchmark",
+                "daily",
+                "--one-day",
+                run_date.isoformat(),
+                "--home",
+                str(settings.home),
+                "--json",
+                out.name,
+            ],
+            cwd=PROJECT_ROOT,
+        )
         results = json.loads(Path(out.name).read_text() or "[]")
     if not results:
         return DayRun(run_date, "crashed", float("nan"))
     day = results[0]
-    return DayRun(dt.date.fromisoformat(day["run_date"]), day["state"], day["seconds"], day["task_seconds"],
-                  day["task_peak_mb"])
+    return DayRun(
+        dt.date.fromisoformat(day["run_date"]), day["state"], day["seconds"], day["task_seconds"], day["task_peak_mb"]
+    )
 
 
 def _run_one_day(args: argparse.Namespace) -> int:
     """The child side of _run_day_in_process: the parent has set up the home and the environment."""
-    from ml import runtime, warehouse
+    from ml import runtime
+    from ml.warehouse import postgres
 
     settings = Settings.from_env(home=args.home)
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     runtime.configure(settings, url)
     day = _run_day(settings, url, args.one_day)
     args.json.write_text(json.dumps([dataclasses.asdict(day)], default=str))
@@ -124,8 +146,8 @@ def _run_one_day(args: argparse.Namespace) -> int:
 
 def _run_day(settings: Settings, url: str, run_date: dt.date) -> DayRun:
     """One in-process DAG run, its full log in a file; seconds per task and each step's peak memory."""
-    from ml.orchestration import logs_to_file, run_dag_in_process
-    from ml.pipeline import step_summaries
+    from ml.pipeline.airflow import logs_to_file, run_dag_in_process
+    from ml.pipeline.tasks import step_summaries
 
     started = time.perf_counter()
     with logs_to_file(settings.home / "logs" / f"{DAG_ID}_{run_date}.log"):
@@ -140,11 +162,12 @@ def _run_day(settings: Settings, url: str, run_date: dt.date) -> DayRun:
 
 
 def _fresh_home(home: Path, seed: int, scale: str) -> Settings:
-    from ml import runtime, warehouse
+    from ml import runtime
+    from ml.warehouse import postgres
 
     settings = Settings.from_env(home=home, seed=seed, scale=scale, warehouse_url="")
     if home.exists():
-        warehouse.stop(settings)
+        postgres.stop(settings)
         shutil.rmtree(home)
     # The benchmark's own Airflow metadata too: the in-process DAG runs must start from nothing.
     os.environ.update(runtime.airflow_environment(settings))
@@ -154,19 +177,23 @@ def _fresh_home(home: Path, seed: int, scale: str) -> Settings:
 
 
 def _start(settings: Settings) -> str:
-    from ml import runtime, warehouse
+    from ml import runtime
+    from ml.warehouse import postgres
 
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     runtime.configure(settings, url)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL,
-                   cwd=PROJECT_ROOT)
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL, cwd=PROJECT_ROOT
+    )
     return url
 
 
-def _stage_window(settings: Settings, args: argparse.Namespace, first: dt.date, end: dt.date) -> dict[dt.date, list[Path]]:
+def _stage_window(
+    settings: Settings, args: argparse.Namespace, first: dt.date, end: dt.date
+) -> dict[dt.date, list[Path]]:
     """Generate the window; put the history before ``first`` in the drop folder and return the later days'
     files (staged beside it) by the day their rows happened."""
-    from ml.generate import generate_marketplace
+    from ml.synthetic.marketplace import generate_marketplace
 
     print(f"generating {args.window_days} days ending {end} ({args.scale}, seed {args.seed}) ...", flush=True)
     market = generate_marketplace(args.scale, seed=args.seed, days=args.window_days, end_date=end, n_users=args.users)
@@ -206,7 +233,9 @@ def format_days(days: list[DayRun]) -> str:
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in [header] + rows]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in [header] + rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -18,8 +18,12 @@ from ml.settings import PROJECT_ROOT, Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--users", type=lambda text: [int(v) for v in text.split(",")], default=[5_500, 55_000, 550_000],
-                        help="comma-separated user counts, smallest first")
+    parser.add_argument(
+        "--users",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[5_500, 55_000, 550_000],
+        help="comma-separated user counts, smallest first",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--window-days", type=int, default=45)
     parser.add_argument("--end-date", type=dt.date.fromisoformat, help="the run date (default: today, UTC)")
@@ -32,16 +36,36 @@ def run(args: argparse.Namespace) -> int:
     for users in args.users:
         print(f"{users:,} users ...", flush=True)
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            command = [sys.executable, "-m", "ml.cli", "benchmark", "daily", "--days", "1", "--scale", "full",
-                       "--users", str(users), "--seed", str(args.seed), "--window-days", str(args.window_days),
-                       "--home", str(parent / f"growth-{users}"), "--json", out.name]
+            command = [
+                sys.executable,
+                "-m",
+                "ml.cli",
+                "benchmark",
+                "daily",
+                "--days",
+                "1",
+                "--scale",
+                "full",
+                "--users",
+                str(users),
+                "--seed",
+                str(args.seed),
+                "--window-days",
+                str(args.window_days),
+                "--home",
+                str(parent / f"growth-{users}"),
+                "--json",
+                out.name,
+            ]
             if args.end_date:
                 command += ["--end-date", args.end_date.isoformat()]
             finished = subprocess.run(command, cwd=PROJECT_ROOT)
             day = json.loads(Path(out.name).read_text() or "[]")
         if finished.returncode != 0 or not day:
-            print(f"error: the run at {users:,} users failed (log under {parent / f'growth-{users}' / 'logs'})",
-                  file=sys.stderr)
+            print(
+                f"error: the run at {users:,} users failed (log under {parent / f'growth-{users}' / 'logs'})",
+                file=sys.stderr,
+            )
             return 1
         results[users] = day[0]
     print()
@@ -58,11 +82,16 @@ def format_growth(results: dict[int, dict]) -> str:
         header.append(f"x{sizes[-1] / sizes[-2]:g} users: time x")
     rows = []
     for task in tasks + ["whole DAG"]:
-        seconds = [results[size]["seconds"] if task == "whole DAG" else results[size]["task_seconds"].get(task, float("nan"))
-                   for size in sizes]
+        seconds = [
+            results[size]["seconds"] if task == "whole DAG" else results[size]["task_seconds"].get(task, float("nan"))
+            for size in sizes
+        ]
         peaks = [results[size]["task_peak_mb"].get(task, float("nan")) for size in sizes]
         row = [task] + [f"{s:.1f} / {p:,.0f}" for s, p in zip(seconds, peaks)]
         if len(sizes) > 1:
             row.append(f"{seconds[-1] / seconds[-2]:.1f}" if seconds[-2] > 0 else "–")
         rows.append(row)
-    return text_table(header, rows) + f"\n({DBT_GROUP} sums its tasks; peak MB is the process's resident memory during the task)"
+    return (
+        text_table(header, rows)
+        + f"\n({DBT_GROUP} sums its tasks; peak MB is the process's resident memory during the task)"
+    )

@@ -28,7 +28,15 @@ from ml.offers.evaluation import (
     uplift_at_k_ratio,
 )
 from ml.offers.policy import OfferPolicy, tune_shrinkage
-from ml.offers.uplift import BoosterConfig, DRLearner, RLearner, TLearner, XLearner, mean_uplift, shrink_uplift
+from ml.offers.uplift import (
+    BoosterConfig,
+    DRLearner,
+    RLearner,
+    TLearner,
+    XLearner,
+    mean_uplift,
+    shrink_uplift,
+)
 
 CONTROL = "No E-Mail"
 MENS = "Mens E-Mail"
@@ -76,7 +84,11 @@ def make_learner(name: str, seed: int) -> RLearner | DRLearner | XLearner | TLea
     propensities = dict.fromkeys(ARMS, PROPENSITY)
     pooling = {"pooling": EFFECT_POOLING} if name == "r" else {}
     return TWO_STAGE_LEARNERS[name](
-        CONTROL, effect_config=EFFECT_CONFIG, effect_features=EFFECT_FEATURES, propensities=propensities, seed=seed,
+        CONTROL,
+        effect_config=EFFECT_CONFIG,
+        effect_features=EFFECT_FEATURES,
+        propensities=propensities,
+        seed=seed,
         **pooling,
     )
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml.evaluation import ranking_report
 from ml.recommend import (
     ALSRecommender,
     CategoryAffinityRecommender,
@@ -30,11 +29,18 @@ from ml.recommend import (
     temporal_split,
     unix_seconds,
 )
+from ml.recommend.metrics import ranking_report
 
 K = 10
 TRAIN_SHARE = 0.8
-COLUMNS = [("P@10", "precision@10"), ("R@10", "recall@10"), ("NDCG@10", "ndcg@10"), ("HR@10", "hit_rate@10"),
-           ("MAP@10", "map@10"), ("coverage", "coverage")]
+COLUMNS = [
+    ("P@10", "precision@10"),
+    ("R@10", "recall@10"),
+    ("NDCG@10", "ndcg@10"),
+    ("HR@10", "hit_rate@10"),
+    ("MAP@10", "map@10"),
+    ("coverage", "coverage"),
+]
 GRIDS: dict[str, dict[str, tuple]] = {
     "cosine": {"neighbours": (50, 100, 200, 400), "shrinkage": (0.0, 10.0)},
     "als": {"factors": (32, 64, 128), "regularization": (0.01, 0.1), "alpha": (1.0, 4.0)},
@@ -45,9 +51,27 @@ DEFAULTS: dict[str, dict] = {
     "als": {"factors": 64, "regularization": 0.05, "alpha": 2.0},
     "ease": {"l2": 250.0},
 }
-MOVIELENS_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-                    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-                    "War", "Western"]
+MOVIELENS_GENRES = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +94,7 @@ def load_movielens(directory: Path) -> pd.DataFrame:
     """Ratings as implicit interactions; an item's category is its first listed genre."""
     ratings = pd.read_csv(directory / "u.data", sep="\t", names=["user_id", "item_id", "rating", "event_time"])
     movies = pd.read_csv(directory / "u.item", sep="|", header=None, encoding="latin-1")
-    genre_flags = movies.iloc[:, -len(MOVIELENS_GENRES):].to_numpy()
+    genre_flags = movies.iloc[:, -len(MOVIELENS_GENRES) :].to_numpy()
     category = pd.Series(np.array(MOVIELENS_GENRES)[genre_flags.argmax(axis=1)], index=movies[0])
     return ratings[["user_id", "item_id", "event_time"]].assign(category=ratings["item_id"].map(category))
 
@@ -103,9 +127,7 @@ def recommend_ids(recommender: Recommender, matrix: InteractionMatrix, users: np
     return {user: list(matrix.item_ids[row[row >= 0]]) for user, row in zip(users, items)}
 
 
-def tune(
-    train: pd.DataFrame, users: list, items: list, seed: int, threads: int
-) -> dict[str, dict]:
+def tune(train: pd.DataFrame, users: list, items: list, seed: int, threads: int) -> dict[str, dict]:
     """Grid search per generator on the last 20% of each user's train interactions."""
     inner_train, validation = temporal_split(train, TRAIN_SHARE)
     matrix = InteractionMatrix.from_frame(inner_train, users=users, items=items)

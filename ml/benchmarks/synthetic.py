@@ -14,34 +14,46 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml.generate import SCALES, Marketplace, generate_marketplace
-from ml.recommendation import (
-    MODES,
-    Judge,
-    LifecycleRule,
-    MarketContext,
-    ModelSpec,
-    RankerRecipe,
-    TemporalSplit,
-)
+from ml.recommend.evaluation import Judge, LifecycleRule, TemporalSplit
+from ml.recommend.merchant import MODES, MarketContext, ModelSpec, RankerRecipe
+from ml.synthetic.marketplace import SCALES, Marketplace, generate_marketplace
 
 # The seed's quality targets (metric -> minimum), checked for the ranker in both modes.
-TARGETS = {"precision@5": 0.15, "recall@10": 0.25, "hit_rate@5": 0.40, "ndcg@10": 0.30, "coverage": 0.50, "diversity": 0.60}
-COLUMNS = [("P@5", "precision@5"), ("R@10", "recall@10"), ("HR@5", "hit_rate@5"), ("NDCG@10", "ndcg@10"),
-           ("MAP@10", "map@10"), ("coverage", "coverage"), ("diversity", "diversity"), ("novelty", "novelty")]
+TARGETS = {
+    "precision@5": 0.15,
+    "recall@10": 0.25,
+    "hit_rate@5": 0.40,
+    "ndcg@10": 0.30,
+    "coverage": 0.50,
+    "diversity": 0.60,
+}
+COLUMNS = [
+    ("P@5", "precision@5"),
+    ("R@10", "recall@10"),
+    ("HR@5", "hit_rate@5"),
+    ("NDCG@10", "ndcg@10"),
+    ("MAP@10", "map@10"),
+    ("coverage", "coverage"),
+    ("diversity", "diversity"),
+    ("novelty", "novelty"),
+]
 DEFAULT_END_DATE = dt.date(2026, 11, 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
-    parser.add_argument("--data", type=Path, help="read a marketplace written by `rekindle generate` instead of generating")
+    parser.add_argument(
+        "--data", type=Path, help="read a marketplace written by `rekindle generate` instead of generating"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--end-date", type=dt.date.fromisoformat, default=DEFAULT_END_DATE)
     parser.add_argument("--test-days", type=int, default=7, help="the held-out window (the pipeline's eval_test_days)")
     parser.add_argument("--threads", type=int, default=2, help="threads for ALS and LightGBM (at most the cores)")
     parser.add_argument(
-        "--mmr-lambdas", type=lambda text: [float(v) for v in text.split(",")], default=[1.0, 0.9, 0.7, 0.5, 0.3],
+        "--mmr-lambdas",
+        type=lambda text: [float(v) for v in text.split(",")],
+        default=[1.0, 0.9, 0.7, 0.5, 0.3],
         help="MMR lambdas for the accuracy/diversity trade-off table (comma-separated)",
     )
 
@@ -78,8 +90,10 @@ def format_table(reports: dict[str, dict]) -> str:
 
 
 def target_lines(report: dict) -> list[str]:
-    return [f"  {metric} {report[metric]:.4f} > {minimum:.2f}: {'met' if report[metric] > minimum else 'NOT met'}"
-            for metric, minimum in TARGETS.items()]
+    return [
+        f"  {metric} {report[metric]:.4f} > {minimum:.2f}: {'met' if report[metric] > minimum else 'NOT met'}"
+        for metric, minimum in TARGETS.items()
+    ]
 
 
 def peak_memory_mb() -> float:
@@ -90,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     clock = StageClock()
     with clock.stage("generate" if args.data is None else "read"):
         marketplace = (
-            Marketplace.read(args.data) if args.data is not None
+            Marketplace.read(args.data)
+            if args.data is not None
             else generate_marketplace(args.scale, seed=args.seed, days=args.days, end_date=args.end_date)
         )
     orders = orders_of(marketplace)
@@ -126,14 +141,22 @@ def run(args: argparse.Namespace) -> int:
         reports = {name: card[mode].overall for name, card in cards.items()}
         print(f"\n{mode} ({'merchants already ordered from excluded' if MODES[mode] else 'repeat orders count'})")
         print(format_table(reports))
-        best = max((name for name in reports if name not in {"ranker", "popularity", "random"}),
-                   key=lambda name: reports[name]["ndcg@10"])
-        print(f"ranker NDCG@10 / best generator ({best}) = {reports['ranker']['ndcg@10'] / reports[best]['ndcg@10']:.3f}")
+        best = max(
+            (name for name in reports if name not in {"ranker", "popularity", "random"}),
+            key=lambda name: reports[name]["ndcg@10"],
+        )
+        print(
+            f"ranker NDCG@10 / best generator ({best}) = {reports['ranker']['ndcg@10'] / reports[best]['ndcg@10']:.3f}"
+        )
         print("seed targets (ranker):")
         print("\n".join(target_lines(reports["ranker"])))
         by_segment = cards["ranker"][mode].by_segment
-        print("ranker NDCG@10 by lifecycle segment at the cut: " + ", ".join(
-            f"{segment} {report['ndcg@10']:.3f} ({int(report['users'])})" for segment, report in by_segment.items()))
+        print(
+            "ranker NDCG@10 by lifecycle segment at the cut: "
+            + ", ".join(
+                f"{segment} {report['ndcg@10']:.3f} ({int(report['users'])})" for segment, report in by_segment.items()
+            )
+        )
 
     print("\naccuracy / diversity trade-off of the ranker's MMR re-ranking (discovery; 1.0 = no re-ranking)")
     print(f"{'lambda':>6} {'NDCG@10':>8} {'P@5':>7} {'coverage':>9} {'diversity':>9}")
@@ -142,14 +165,23 @@ def run(args: argparse.Namespace) -> int:
         # MMR only re-orders the fitted ranker's lists, so one fit serves every lambda.
         fitted["ranker"].ranker.diversity_lambda = lam
         report = judge.scorecard(fitted["ranker"])["discovery"].overall
-        print(f"{lam:>6.2f} {report['ndcg@10']:>8.4f} {report['precision@5']:>7.4f} {report['coverage']:>9.4f} {report['diversity']:>9.4f}")
+        print(
+            f"{lam:>6.2f} {report['ndcg@10']:>8.4f} {report['precision@5']:>7.4f} {report['coverage']:>9.4f} {report['diversity']:>9.4f}"
+        )
     fitted["ranker"].ranker.diversity_lambda = trained_lambda
 
-    print("\ntop ranker features (gain share): " + ", ".join(
-        f"{name} {share:.2f}" for name, share in (lambda g: (g / g.sum()).head(6))(fitted["ranker"].feature_importance()).items()))
+    print(
+        "\ntop ranker features (gain share): "
+        + ", ".join(
+            f"{name} {share:.2f}"
+            for name, share in (lambda g: (g / g.sum()).head(6))(fitted["ranker"].feature_importance()).items()
+        )
+    )
     users_listed = recommendations["user_id"].nunique()
-    print(f"scored {users_listed:,} users, {len(recommendations):,} rows, reasons filled: "
-          f"{recommendations['reason'].notna().mean():.1%}")
+    print(
+        f"scored {users_listed:,} users, {len(recommendations):,} rows, reasons filled: "
+        f"{recommendations['reason'].notna().mean():.1%}"
+    )
     print("\nstage                                            seconds")
     for stage, seconds in clock.seconds.items():
         print(f"{stage:<48} {seconds:>7.1f}")

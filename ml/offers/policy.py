@@ -130,9 +130,7 @@ def allocate_offers(
             remaining_budget[group] -= costs[row, pick]
         if group in remaining_offers:
             remaining_offers[group] -= 1
-    return pd.DataFrame(
-        {"arm": chosen, "expected_gain": chosen_gain, "expected_cost": chosen_cost}, index=gain.index
-    )
+    return pd.DataFrame({"arm": chosen, "expected_gain": chosen_gain, "expected_cost": chosen_cost}, index=gain.index)
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,5 @@ class Recommender:
         for start in range(0, len(user_indices), BATCH_USERS):
             batch = user_indices[start : start + BATCH_USERS]
             exclude = self.user_items[batch] if exclude_seen else None
-            items[start : start + len(batch)], scores[start : start + len(batch)] = top_n(
-                self.score(batch), n, exclude
-            )
+            items[start : start + len(batch)], scores[start : start + len(batch)] = top_n(self.score(batch), n, exclude)
         return items, scores

@@ -54,5 +54,7 @@ class RandomRecommender(Recommender):
 
     def score(self, user_indices: np.ndarray) -> np.ndarray:
         n_items = self.user_items.shape[1]
-        rows = [np.random.default_rng([self.seed, int(user)]).random(n_items, dtype=np.float32) for user in user_indices]
+        rows = [
+            np.random.default_rng([self.seed, int(user)]).random(n_items, dtype=np.float32) for user in user_indices
+        ]
         return np.array(rows, dtype=np.float32).reshape(len(rows), n_items)

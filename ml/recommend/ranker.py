@@ -211,7 +211,6 @@ class RankerRecommender(Recommender):
         self.num_threads = num_threads
         self.seed = seed
 
-
     def fit(
         self,
         interactions: pd.DataFrame,
@@ -311,8 +310,13 @@ class RankerRecommender(Recommender):
         if self._item_code is not None:
             affinity = CategoryAffinityRecommender(self._item_code).fit(history.user_items)
         similarity = keep_top_per_row(cosine_similarity(history.user_items), 100)
-        return _Stage(generators=generators, history=history, affinity=affinity, similarity=similarity,
-                      similarity_to=similarity.T.tocsr())
+        return _Stage(
+            generators=generators,
+            history=history,
+            affinity=affinity,
+            similarity=similarity,
+            similarity_to=similarity.T.tocsr(),
+        )
 
     def _positives(self, stage: _Stage, future: pd.DataFrame) -> sp.csr_matrix:
         labels = future[["u", "i"]].drop_duplicates()
@@ -335,7 +339,6 @@ class RankerRecommender(Recommender):
             sizes = np.bincount(local_rows[keep], minlength=len(batch))
             parts.append((features[keep], label[keep], sizes[sizes > 0]))
         return _concat_rows(parts)
-
 
     def _candidates(
         self, stage: _Stage, users: np.ndarray, exclude_seen: bool
@@ -425,7 +428,6 @@ class RankerRecommender(Recommender):
             features = pd.concat([features, numeric.reset_index(drop=True)], axis=1)
         return features
 
-
     def score(self, user_indices: np.ndarray, exclude_seen: bool = True) -> np.ndarray:
         """Ranker scores on each user's candidates, -inf for items that are not candidates."""
         users = np.asarray(user_indices, dtype=np.int64).reshape(-1)
@@ -484,10 +486,13 @@ class RankerRecommender(Recommender):
             in_favourite = np.zeros(len(items), dtype=bool)
         repeat = _pair_lookup(history.user_items, rows, items) > 0
         reasons = [
-            REASONS["repeat"].format(item=self._item_name(item)) if is_repeat
-            else REASONS["similar"].format(item=self._item_name(other)) if similarity >= _SIMILAR_REASON_MIN
+            REASONS["repeat"].format(item=self._item_name(item))
+            if is_repeat
+            else REASONS["similar"].format(item=self._item_name(other))
+            if similarity >= _SIMILAR_REASON_MIN
             else REASONS["category"].format(category=self._item_code[item])
-            if favoured else fallback
+            if favoured
+            else fallback
             for item, other, similarity, is_repeat, favoured in zip(
                 items.tolist(), most_similar.tolist(), best_similarity.tolist(), repeat.tolist(), in_favourite.tolist()
             )

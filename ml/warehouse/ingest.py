@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
@@ -132,7 +132,7 @@ class LoadResult:
 
 
 def ensure_raw_schema(conn: psycopg.Connection) -> None:
-    conn.execute(resources.files("ml").joinpath("sql/raw_schema.sql").read_text())
+    conn.execute(resources.files("ml.warehouse").joinpath("schema/raw.sql").read_text())
 
 
 def table_for_file(path: Path) -> str:
@@ -219,7 +219,9 @@ def validate(frame: pd.DataFrame, contract: TableContract, now: datetime) -> tup
             typed[column] = values
         elif column in contract.booleans:
             text = raw.astype(str).str.strip().str.lower()
-            values = text.map({"true": True, "1": True, "t": True, "yes": True, "false": False, "0": False, "f": False, "no": False})
+            values = text.map(
+                {"true": True, "1": True, "t": True, "yes": True, "false": False, "0": False, "f": False, "no": False}
+            )
             flag(~blank & values.isna(), f"{column} is not a boolean")
             typed[column] = values.astype("boolean")
         elif column in contract.json_columns:
@@ -251,7 +253,9 @@ def _flag_business_rules(typed: pd.DataFrame, contract: TableContract, now: date
         flag(~typed["event_type"].isin(EVENT_TYPES) & typed["event_type"].notna(), "unknown event_type")
         flag(typed["order_total"] < 0, "negative order_total")
         flag(typed["event_time"] > future, "event_time in the future")
-        flag((typed["event_type"] == "checkout_completed") & typed["merchant_id"].isna(), "checkout without merchant_id")
+        flag(
+            (typed["event_type"] == "checkout_completed") & typed["merchant_id"].isna(), "checkout without merchant_id"
+        )
     elif contract.name == "campaign_exposures":
         flag(~typed["event_type"].isin(OFFER_EVENT_TYPES), "unknown offer event_type")
         flag(~typed["assignment"].isin(ASSIGNMENTS), "unknown assignment")
@@ -293,7 +297,7 @@ def load_frame(
 ) -> LoadResult:
     """Validate and load one file's rows into ``raw.<table>`` inside the caller's transaction."""
     contract = CONTRACTS[table]
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     result = LoadResult(table=table, source_file=source_file, rows_read=len(frame))
     good, bad = validate(frame, contract, now)
     result.rows_quarantined = _quarantine(conn, table, source_file, bad)
@@ -441,8 +445,14 @@ def ingest_path(url: str, path: Path, now: datetime | None = None) -> list[LoadR
             result.seconds = time.perf_counter() - started
             progress.info(
                 "%s -> raw.%s: %d read, %d loaded, %d duplicate, %d quarantined in %.1fs (%s rows/s)",
-                file.name, table, result.rows_read, result.rows_loaded, result.rows_duplicate,
-                result.rows_quarantined, result.seconds, f"{result.rows_per_second:,}",
+                file.name,
+                table,
+                result.rows_read,
+                result.rows_loaded,
+                result.rows_duplicate,
+                result.rows_quarantined,
+                result.seconds,
+                f"{result.rows_per_second:,}",
             )
             results.append(result)
     if skipped:
@@ -469,8 +479,16 @@ def _record_file(conn: psycopg.Connection, result: LoadResult, size: int, modifi
                table_name = EXCLUDED.table_name, rows_read = EXCLUDED.rows_read,
                rows_loaded = EXCLUDED.rows_loaded, rows_duplicate = EXCLUDED.rows_duplicate,
                rows_quarantined = EXCLUDED.rows_quarantined, loaded_at = now()""",
-        (result.source_file, size, modified_ns, result.table,
-         result.rows_read, result.rows_loaded, result.rows_duplicate, result.rows_quarantined),
+        (
+            result.source_file,
+            size,
+            modified_ns,
+            result.table,
+            result.rows_read,
+            result.rows_loaded,
+            result.rows_duplicate,
+            result.rows_quarantined,
+        ),
     )
 
 

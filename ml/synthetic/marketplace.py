@@ -1,7 +1,7 @@
 """A seeded synthetic delivery marketplace around Doha, with the ground truth behind it.
 
 ``generate_marketplace`` draws merchants, users and their hidden traits, runs the world
-(``ml.simulate``) through the window [end_date - days, end_date) with a few randomised win-back
+(``ml.synthetic.world``) through the window [end_date - days, end_date) with a few randomised win-back
 campaigns, and returns the raw tables plus the truth: each user's tastes and traits and, for every
 offer arm, the true probability of coming back and the expected incremental margin.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml.simulate import (
+from ml.synthetic.world import (
     CAMPAIGN_SEND_HOUR,
     EVENT_TYPES,
     GENERATED_EVENT_IDS,
@@ -37,23 +37,49 @@ from ml.simulate import (
 )
 
 __all__ = [
-    "EVENT_TYPES", "REWARD_SIZES", "SCALES", "CATEGORIES", "Marketplace", "generate_marketplace",
+    "EVENT_TYPES",
+    "REWARD_SIZES",
+    "SCALES",
+    "CATEGORIES",
+    "Marketplace",
+    "generate_marketplace",
     "offer_truth",
 ]
 
 SCALES = {"demo": (5_000, 500), "full": (55_000, 5_700)}  # (users, merchants)
 
 CATEGORIES = (
-    "burgers", "pizza", "shawarma", "indian", "chinese", "sushi",
-    "healthy", "desserts", "coffee", "grocery", "arabic", "breakfast",
+    "burgers",
+    "pizza",
+    "shawarma",
+    "indian",
+    "chinese",
+    "sushi",
+    "healthy",
+    "desserts",
+    "coffee",
+    "grocery",
+    "arabic",
+    "breakfast",
 )
 CATEGORY_SHARE = np.array([0.12, 0.09, 0.11, 0.10, 0.07, 0.05, 0.07, 0.08, 0.09, 0.06, 0.10, 0.06])
 # P(price level 1..4) per category, in CATEGORIES order
-CATEGORY_PRICE_MIX = np.array([
-    [0.30, 0.45, 0.20, 0.05], [0.25, 0.45, 0.25, 0.05], [0.60, 0.30, 0.10, 0.00], [0.30, 0.40, 0.25, 0.05],
-    [0.25, 0.40, 0.30, 0.05], [0.00, 0.20, 0.45, 0.35], [0.10, 0.40, 0.40, 0.10], [0.35, 0.45, 0.15, 0.05],
-    [0.50, 0.40, 0.10, 0.00], [0.40, 0.45, 0.15, 0.00], [0.30, 0.40, 0.20, 0.10], [0.45, 0.40, 0.15, 0.00],
-])
+CATEGORY_PRICE_MIX = np.array(
+    [
+        [0.30, 0.45, 0.20, 0.05],
+        [0.25, 0.45, 0.25, 0.05],
+        [0.60, 0.30, 0.10, 0.00],
+        [0.30, 0.40, 0.25, 0.05],
+        [0.25, 0.40, 0.30, 0.05],
+        [0.00, 0.20, 0.45, 0.35],
+        [0.10, 0.40, 0.40, 0.10],
+        [0.35, 0.45, 0.15, 0.05],
+        [0.50, 0.40, 0.10, 0.00],
+        [0.40, 0.45, 0.15, 0.00],
+        [0.30, 0.40, 0.20, 0.10],
+        [0.45, 0.40, 0.15, 0.00],
+    ]
+)
 NAME_STEMS = {
     "burgers": ("Burger Barn", "Grill Stack", "Patty Lab", "Smash House"),
     "pizza": ("Pizza Forno", "Slice Republic", "Napoli Oven", "Crust & Co"),
@@ -139,7 +165,7 @@ def generate_marketplace(
     scale_users, scale_merchants = SCALES[scale]
     n_users = n_users or scale_users
     n_merchants = n_merchants or scale_merchants
-    end_date = end_date or dt.datetime.now(dt.timezone.utc).date()
+    end_date = end_date or dt.datetime.now(dt.UTC).date()
     start = pd.Timestamp(end_date - dt.timedelta(days=days), tz="UTC")
     world_rng, user_rng, history_rng, simulation_rng, assignment_rng = (
         np.random.default_rng(stream) for stream in np.random.SeedSequence(seed).spawn(5)
@@ -154,7 +180,12 @@ def generate_marketplace(
     population = Population.from_frames(users, traits, start, categories, zone_names)
     catalog = Catalog.from_frame(merchants, popularity, start, categories, zone_names)
     simulator = MarketSimulator(
-        population, catalog, _history_before_window(population, catalog, history_rng), start, days, simulation_rng,
+        population,
+        catalog,
+        _history_before_window(population, catalog, history_rng),
+        start,
+        days,
+        simulation_rng,
     )
     campaign_days = _campaign_days(days)
     for day in range(days):
@@ -184,9 +215,9 @@ def offer_truth(user_truth: pd.DataFrame, margin_rate: float) -> pd.DataFrame:
     arms = [(NO_OFFER, 0.0), *OFFER_ARMS]
     arm_types = np.array([event_type for event_type, _ in arms], dtype=object)
     arm_rewards = np.array([reward for _, reward in arms])
-    p_reactivate = np.column_stack([
-        true_reactivation_probability(user_truth, event_type, reward) for event_type, reward in arms
-    ])
+    p_reactivate = np.column_stack(
+        [true_reactivation_probability(user_truth, event_type, reward) for event_type, reward in arms]
+    )
     order_value = user_truth["expected_order_value"].to_numpy(float)
     orders = expected_orders_per_reactivation(user_truth)
     # The reward is paid on every redeemed order, including those that would have happened anyway.
@@ -195,16 +226,18 @@ def offer_truth(user_truth: pd.DataFrame, margin_rate: float) -> pd.DataFrame:
     best_offer = margin[:, 1:].argmax(axis=1) + 1
     best = np.where(margin[:, 1:].max(axis=1) > 0, best_offer, 0)
     n_users, n_arms = margin.shape
-    return pd.DataFrame({
-        "user_id": np.repeat(user_truth["user_id"].to_numpy(np.int64), n_arms),
-        "event_type": pd.array(np.tile(arm_types, n_users), dtype="str"),
-        "reward_size": np.tile(arm_rewards, n_users),
-        "p_reactivate": p_reactivate.ravel(),
-        "expected_order_value": np.repeat(order_value, n_arms),
-        "orders_per_reactivation": np.repeat(orders, n_arms),
-        "expected_incremental_margin": margin.ravel(),
-        "is_best": (np.arange(n_arms)[None, :] == best[:, None]).ravel(),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": np.repeat(user_truth["user_id"].to_numpy(np.int64), n_arms),
+            "event_type": pd.array(np.tile(arm_types, n_users), dtype="str"),
+            "reward_size": np.tile(arm_rewards, n_users),
+            "p_reactivate": p_reactivate.ravel(),
+            "expected_order_value": np.repeat(order_value, n_arms),
+            "orders_per_reactivation": np.repeat(orders, n_arms),
+            "expected_incremental_margin": margin.ravel(),
+            "is_best": (np.arange(n_arms)[None, :] == best[:, None]).ravel(),
+        }
+    )
 
 
 # --------------------------------------------------------------------------- places and merchants
@@ -219,17 +252,23 @@ def _draw_zones(n_merchants: int, rng: np.random.Generator) -> pd.DataFrame:
     lat = DOHA_LAT + distance_km / KM_PER_DEGREE * np.sin(angle)
     lng = DOHA_LNG + distance_km / (KM_PER_DEGREE * np.cos(np.radians(DOHA_LAT))) * np.cos(angle)
     density = (rank + 1.0) ** -0.7
-    return pd.DataFrame({
-        "zone": [f"Z{number:02d}" for number in rank + 1],
-        "lat": lat,
-        "lng": lng,
-        "merchant_share": density / density.sum(),
-        "remoteness": (distance_km - distance_km.min()) / (distance_km.max() - distance_km.min()),
-    })
+    return pd.DataFrame(
+        {
+            "zone": [f"Z{number:02d}" for number in rank + 1],
+            "lat": lat,
+            "lng": lng,
+            "merchant_share": density / density.sum(),
+            "remoteness": (distance_km - distance_km.min()) / (distance_km.max() - distance_km.min()),
+        }
+    )
 
 
 def _draw_merchants(
-    n_merchants: int, zones: pd.DataFrame, start: pd.Timestamp, days: int, rng: np.random.Generator,
+    n_merchants: int,
+    zones: pd.DataFrame,
+    start: pd.Timestamp,
+    days: int,
+    rng: np.random.Generator,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The merchants table and each merchant's latent popularity (Zipf by rank within its category)."""
     category = rng.choice(len(CATEGORIES), size=n_merchants, p=CATEGORY_SHARE)
@@ -245,16 +284,18 @@ def _draw_merchants(
         -rng.uniform(60, 2_500, n_merchants),
     )
     categories = np.array(CATEGORIES)[category]
-    merchants = pd.DataFrame({
-        "merchant_id": np.arange(1, n_merchants + 1, dtype=np.int64),
-        "merchant_name": pd.array(_merchant_names(categories, rng), dtype="str"),
-        "category": pd.array(categories, dtype="str"),
-        "zone": pd.array(zones["zone"].to_numpy()[zone], dtype="str"),
-        "lat": zones["lat"].to_numpy()[zone] + rng.normal(0, 0.008, n_merchants),
-        "lng": zones["lng"].to_numpy()[zone] + rng.normal(0, 0.008, n_merchants),
-        "price_level": price_level.astype(np.int64),
-        "opened_at": timestamps(start, np.floor(opened_days * SECONDS_PER_DAY)),
-    })
+    merchants = pd.DataFrame(
+        {
+            "merchant_id": np.arange(1, n_merchants + 1, dtype=np.int64),
+            "merchant_name": pd.array(_merchant_names(categories, rng), dtype="str"),
+            "category": pd.array(categories, dtype="str"),
+            "zone": pd.array(zones["zone"].to_numpy()[zone], dtype="str"),
+            "lat": zones["lat"].to_numpy()[zone] + rng.normal(0, 0.008, n_merchants),
+            "lng": zones["lng"].to_numpy()[zone] + rng.normal(0, 0.008, n_merchants),
+            "price_level": price_level.astype(np.int64),
+            "opened_at": timestamps(start, np.floor(opened_days * SECONDS_PER_DAY)),
+        }
+    )
     return merchants, popularity
 
 
@@ -269,19 +310,25 @@ def _merchant_names(categories: np.ndarray, rng: np.random.Generator) -> np.ndar
 
 
 def _draw_users(
-    n_users: int, zones: pd.DataFrame, start: pd.Timestamp, days: int, rng: np.random.Generator,
+    n_users: int,
+    zones: pd.DataFrame,
+    start: pd.Timestamp,
+    days: int,
+    rng: np.random.Generator,
 ) -> pd.DataFrame:
     signs_up_in_window = rng.random(n_users) < IN_WINDOW_SIGNUP_SHARE
     signup_days = np.where(signs_up_in_window, rng.uniform(0, days, n_users), -rng.uniform(30, 730, n_users))
     # Users live where the merchants are, but less strongly so.
     zone_share = 0.5 * zones["merchant_share"].to_numpy() + 0.5 / len(zones)
-    return pd.DataFrame({
-        "user_id": np.arange(1, n_users + 1, dtype=np.int64),
-        "signup_at": timestamps(start, np.floor(signup_days * SECONDS_PER_DAY)),
-        "platform": pd.array(rng.choice(PLATFORMS, size=n_users, p=PLATFORM_SHARE), dtype="str"),
-        "home_zone": pd.array(rng.choice(zones["zone"].to_numpy(), size=n_users, p=zone_share), dtype="str"),
-        "marketing_opt_in": rng.random(n_users) < MARKETING_OPT_IN_SHARE,
-    })
+    return pd.DataFrame(
+        {
+            "user_id": np.arange(1, n_users + 1, dtype=np.int64),
+            "signup_at": timestamps(start, np.floor(signup_days * SECONDS_PER_DAY)),
+            "platform": pd.array(rng.choice(PLATFORMS, size=n_users, p=PLATFORM_SHARE), dtype="str"),
+            "home_zone": pd.array(rng.choice(zones["zone"].to_numpy(), size=n_users, p=zone_share), dtype="str"),
+            "marketing_opt_in": rng.random(n_users) < MARKETING_OPT_IN_SHARE,
+        }
+    )
 
 
 def _draw_user_traits(users: pd.DataFrame, zones: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -327,7 +374,9 @@ def _history_before_window(population: Population, catalog: Catalog, rng: np.ran
     dormant = existing & (rng.random(n_users) < DORMANT_AT_START_SHARE)
     never_ordered = dormant & (rng.random(n_users) < NEVER_ORDERED_SHARE_OF_DORMANT)
     days_since_order = np.where(
-        dormant, rng.uniform(10, 180, n_users), rng.exponential(1.0 / population.activity_rate),
+        dormant,
+        rng.uniform(10, 180, n_users),
+        rng.exponential(1.0 / population.activity_rate),
     )
     last_order_s = np.maximum(-np.floor(days_since_order * SECONDS_PER_DAY), population.signup_s + 3_600)
     state = UserState.start(dormant, np.where(existing & ~never_ordered, last_order_s, np.nan))
@@ -362,7 +411,10 @@ def _send_winback_campaign(simulator: MarketSimulator, day: int, rng: np.random.
 
 
 def _user_truth(
-    traits: pd.DataFrame, simulator: MarketSimulator, catalog: Catalog, popularity: np.ndarray,
+    traits: pd.DataFrame,
+    simulator: MarketSimulator,
+    catalog: Catalog,
+    popularity: np.ndarray,
 ) -> pd.DataFrame:
     """Traits plus the state at the end of the window, which is where ``simulate_days`` picks up."""
     state, population = simulator.state, simulator.population

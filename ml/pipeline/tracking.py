@@ -8,13 +8,13 @@ from urllib.parse import quote
 
 import mlflow
 import mlflow.pyfunc
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 import pandas as pd
 import psycopg
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from ml.settings import Settings
-from ml.warehouse import sqlalchemy_url
+from ml.warehouse.postgres import sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,10 @@ def pip_requirements() -> list[str]:
 def log_model(python_model, registered_name: str, signature: ModelSignature | None = SIGNATURE) -> str:
     """Log the pyfunc in the active run and register it; returns the new version number."""
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=python_model, registered_model_name=registered_name, signature=signature,
+        name="model",
+        python_model=python_model,
+        registered_model_name=registered_name,
+        signature=signature,
         pip_requirements=pip_requirements(),
     )
     return str(info.registered_model_version)

@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from ml.runtime import PROGRESS_LOGGER
+from ml.warehouse.marts import MARKETABLE_USERS_SQL
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)
@@ -47,12 +48,12 @@ EXPORT_COLUMNS = ["user_id", "segment", "rank", "merchant_id", "merchant_name", 
 # marketing output keeps only them, through this query: crm.segment_members, the crm segment tables
 # (ml/crm.py), the win-back offers and their experiment arms (ml/campaigns.py) and every CSV export, which
 # reads consent when it is written so a user who has opted out since is left out of an earlier day's file.
-# crm.recommendations keeps every user: it feeds the in-app recommendations, which are not marketing.
-MARKETABLE_USERS_SQL = "SELECT user_id FROM marts.user_features WHERE marketing_opt_in"
 
 
 def lifecycle_members(conn: psycopg.Connection) -> pd.DataFrame:
-    rows = conn.execute("SELECT user_id, lifecycle_segment AS segment FROM marts.user_segments ORDER BY user_id").fetchall()
+    rows = conn.execute(
+        "SELECT user_id, lifecycle_segment AS segment FROM marts.user_segments ORDER BY user_id"
+    ).fetchall()
     return pd.DataFrame(rows, columns=["user_id", "segment"])
 
 
@@ -69,8 +70,12 @@ def recommend_all(recommender, user_ids: list, names: pd.DataFrame, n: int, batc
     for start in range(0, len(user_ids), batch_users):
         batches.append(recommender.recommend(user_ids[start : start + batch_users], n=n))
         done = min(start + batch_users, len(user_ids))
-        progress.info("scored %s / %s users (%s users/s)", f"{done:,}", f"{len(user_ids):,}",
-                      f"{done / max(time.perf_counter() - started, 1e-9):,.0f}")
+        progress.info(
+            "scored %s / %s users (%s users/s)",
+            f"{done:,}",
+            f"{len(user_ids):,}",
+            f"{done / max(time.perf_counter() - started, 1e-9):,.0f}",
+        )
     recs = pd.concat(batches, ignore_index=True) if batches else recommender.recommend([], n=n)
     if "reason" not in recs.columns:
         recs["reason"] = None
@@ -115,11 +120,15 @@ def drop_expired(conn: psycopg.Connection, run_date: date, retention_days: int) 
 
 
 def replace_run(
-    conn: psycopg.Connection, run_date: date, recommendations: pd.DataFrame, members: pd.DataFrame,
-    segments: tuple[str, ...], model_version: str,
+    conn: psycopg.Connection,
+    run_date: date,
+    recommendations: pd.DataFrame,
+    members: pd.DataFrame,
+    segments: tuple[str, ...],
+    model_version: str,
 ) -> pd.DataFrame:
     """Replace run_date's recommendations (every user's) and scored segment members (only users marketing may
-    reach, see ``MARKETABLE_USERS_SQL``); call inside a transaction.
+    reach, see ``marts.MARKETABLE_USERS_SQL``); call inside a transaction.
 
     Returns the segment_members rows written (marketable members of ``segments`` joined to their
     recommendations).
@@ -127,20 +136,44 @@ def replace_run(
     conn.execute("DELETE FROM crm.recommendations WHERE run_date = %s", (run_date,))
     conn.execute("DELETE FROM crm.segment_members WHERE run_date = %s", (run_date,))
     _copy_rows(
-        conn, "crm.recommendations",
+        conn,
+        "crm.recommendations",
         ["run_date", "user_id", "rank", "merchant_id", "merchant_name", "score", "reason", "model_version"],
-        ((run_date, int(r.user_id), int(r.rank), int(r.merchant_id), r.merchant_name, float(r.score),
-          r.reason, model_version) for r in recommendations.itertuples(index=False)),
+        (
+            (
+                run_date,
+                int(r.user_id),
+                int(r.rank),
+                int(r.merchant_id),
+                r.merchant_name,
+                float(r.score),
+                r.reason,
+                model_version,
+            )
+            for r in recommendations.itertuples(index=False)
+        ),
     )
     marketable = [user_id for (user_id,) in conn.execute(MARKETABLE_USERS_SQL)]
     scored = members[members["segment"].isin(segments) & members["user_id"].isin(marketable)].merge(
         recommendations, on="user_id", how="inner"
     )
     _copy_rows(
-        conn, "crm.segment_members",
+        conn,
+        "crm.segment_members",
         ["run_date", "segment", "user_id", "rank", "merchant_id", "merchant_name", "score", "model_version"],
-        ((run_date, r.segment, int(r.user_id), int(r.rank), int(r.merchant_id), r.merchant_name, float(r.score),
-          model_version) for r in scored.itertuples(index=False)),
+        (
+            (
+                run_date,
+                r.segment,
+                int(r.user_id),
+                int(r.rank),
+                int(r.merchant_id),
+                r.merchant_name,
+                float(r.score),
+                model_version,
+            )
+            for r in scored.itertuples(index=False)
+        ),
     )
     analyze(conn, "crm.recommendations", "crm.segment_members")
     return scored

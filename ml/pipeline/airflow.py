@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -49,7 +49,7 @@ def _state(value) -> str:
 def run_dag_in_process(dag_id: str, run_date: date, conf: dict | None = None) -> tuple[str, list[TaskOutcome]]:
     """Run every task of the DAG for ``run_date`` in this process; returns the run state and each task's outcome."""
     dag = load_dag(dag_id)
-    logical_date = datetime(run_date.year, run_date.month, run_date.day, tzinfo=timezone.utc)
+    logical_date = datetime(run_date.year, run_date.month, run_date.day, tzinfo=UTC)
     dag_run = dag.test(logical_date=logical_date, run_conf=conf)
     outcomes = []
     for ti in sorted(dag_run.get_task_instances(), key=lambda ti: (ti.start_date is None, ti.start_date or 0)):
@@ -153,15 +153,26 @@ def _follow(path: Path, offset: int, view: ProgressView, done: threading.Event) 
 
 def serve_uis(settings: Settings, warehouse_url: str, airflow_port: int, mlflow_port: int) -> int:
     """``airflow standalone`` plus ``mlflow ui`` on localhost until Ctrl-C."""
-    from ml.registry import configure, tracking_uri
+    from ml.pipeline.tracking import configure, tracking_uri
 
     configure(settings, warehouse_url)
     env = dict(os.environ, AIRFLOW__API__PORT=str(airflow_port), AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True")
     airflow = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env)
     mlflow_ui = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(mlflow_port),
-         "--backend-store-uri", tracking_uri(warehouse_url),
-         "--default-artifact-root", settings.mlflow_artifacts_dir.as_uri()],
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+            "--backend-store-uri",
+            tracking_uri(warehouse_url),
+            "--default-artifact-root",
+            settings.mlflow_artifacts_dir.as_uri(),
+        ],
         env=env,
     )
     password_file = settings.airflow_home / "simple_auth_manager_passwords.json.generated"

@@ -5,7 +5,7 @@ recommended_merchant_name, score``, the user's ``platform`` and ``home_zone`` (e
 then the segment's own fields. The marts hold only the latest dbt build, so the rows are copied
 per run_date: a past date's export reads that day's rows, not today's marts (only the marketing
 consent is today's). Every segment keeps only the users marketing may reach
-(``publish.MARKETABLE_USERS_SQL``: opted in to marketing).
+(``marts.MARKETABLE_USERS_SQL``: opted in to marketing).
 
 ``score`` is normalised to [0, 1] per user, as a fraction of that user's best recommendation:
 raw / best, measured from zero, or from the list's lowest score when the model gives negative
@@ -24,8 +24,9 @@ from datetime import date
 import psycopg
 from psycopg import sql
 
-from ml.publish import MARKETABLE_USERS_SQL, analyze
+from ml.crm.publish import analyze
 from ml.settings import Settings
+from ml.warehouse.marts import MARKETABLE_USERS_SQL
 
 SHARE_OF_BEST = (
     "Normalised score in [0, 1]: the model's raw score as a fraction of the user's best recommendation "
@@ -171,12 +172,24 @@ NEW_USER_ONBOARDING = Segment(
 SEGMENTS: dict[str, Segment] = {
     segment.name: segment
     for segment in (
-        HIGH_AFFINITY_PROSPECTS, LAPSED_PERSONALISED, CATEGORY_EXPLORERS,
-        MERCHANT_SUPERFANS, CROSS_SELL_TARGETS, NEW_USER_ONBOARDING,
+        HIGH_AFFINITY_PROSPECTS,
+        LAPSED_PERSONALISED,
+        CATEGORY_EXPLORERS,
+        MERCHANT_SUPERFANS,
+        CROSS_SELL_TARGETS,
+        NEW_USER_ONBOARDING,
     )
 }
-COMMON_COLUMNS = ("run_date", "segment", "user_id", "recommended_merchant_id", "recommended_merchant_name", "score",
-                  "platform", "home_zone")
+COMMON_COLUMNS = (
+    "run_date",
+    "segment",
+    "user_id",
+    "recommended_merchant_id",
+    "recommended_merchant_name",
+    "score",
+    "platform",
+    "home_zone",
+)
 
 
 def _table_sql(segment: Segment) -> str:

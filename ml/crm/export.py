@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from datetime import date
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from ml import crm, publish, warehouse
+from ml.crm import segments
 from ml.settings import Settings
+from ml.warehouse.marts import MARKETABLE_USERS_SQL
 
 # The seed's export format: these, then export_date (the run_date), then the segment's own fields.
 LEADING_FIELDS = ("user_id", "segment", "recommended_merchant_id", "recommended_merchant_name", "score")
@@ -20,7 +19,7 @@ LEADING_FIELDS = ("user_id", "segment", "recommended_merchant_id", "recommended_
 
 class UnknownSegmentError(ValueError):
     def __init__(self, segment: str):
-        super().__init__(f"unknown segment {segment!r}; valid segments: {', '.join(crm.SEGMENTS)}")
+        super().__init__(f"unknown segment {segment!r}; valid segments: {', '.join(segments.SEGMENTS)}")
 
 
 def export_path(exports_dir: Path, segment: str, run_date: date) -> Path:
@@ -28,22 +27,27 @@ def export_path(exports_dir: Path, segment: str, run_date: date) -> Path:
 
 
 def export_segment(
-    conn: psycopg.Connection, segment: str, run_date: date, exports_dir: Path,
-    min_score: float | None = None, platform: str | None = None, zone: str | None = None,
+    conn: psycopg.Connection,
+    segment: str,
+    run_date: date,
+    exports_dir: Path,
+    min_score: float | None = None,
+    platform: str | None = None,
+    zone: str | None = None,
 ) -> Path:
     """Write run_date's rows of one segment for the users marketing may reach as of now
-    (``publish.MARKETABLE_USERS_SQL``), optionally only score >= min_score and the user's platform / zone.
+    (``marts.MARKETABLE_USERS_SQL``), optionally only score >= min_score and the user's platform / zone.
 
     The file is written beside its final name and renamed into place, so a reader never sees half of it.
     """
-    if segment not in crm.SEGMENTS:
+    if segment not in segments.SEGMENTS:
         raise UnknownSegmentError(segment)
     exports_dir.mkdir(parents=True, exist_ok=True)
     path = export_path(exports_dir, segment, run_date)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with partial.open("wb") as out, conn.cursor() as cur:
-            with cur.copy(_copy_sql(crm.SEGMENTS[segment], run_date, min_score, platform, zone)) as copy:
+            with cur.copy(_copy_sql(segments.SEGMENTS[segment], run_date, min_score, platform, zone)) as copy:
                 for chunk in copy:
                     out.write(chunk)
         partial.replace(path)
@@ -53,7 +57,11 @@ def export_segment(
 
 
 def _copy_sql(
-    segment: crm.Segment, run_date: date, min_score: float | None, platform: str | None, zone: str | None,
+    segment: segments.Segment,
+    run_date: date,
+    min_score: float | None,
+    platform: str | None,
+    zone: str | None,
 ) -> sql.Composed:
     columns = [
         *(sql.Identifier(name) for name in LEADING_FIELDS),
@@ -63,7 +71,7 @@ def _copy_sql(
     # COPY takes no bind parameters: values are quoted client-side as literals.
     filters = [
         sql.SQL("run_date = {}").format(sql.Literal(run_date)),
-        sql.SQL("user_id IN ({})").format(sql.SQL(publish.MARKETABLE_USERS_SQL)),
+        sql.SQL("user_id IN ({})").format(sql.SQL(MARKETABLE_USERS_SQL)),
     ]
     if min_score is not None:
         filters.append(sql.SQL("score >= {}").format(sql.Literal(min_score)))
@@ -83,7 +91,7 @@ def _copy_sql(
 
 def export_all(conn: psycopg.Connection, run_date: date, settings: Settings) -> dict[str, Path]:
     """One file per segment table, empty segments included (a header only), in ``settings.exports_dir``."""
-    return {name: export_segment(conn, name, run_date, settings.exports_dir) for name in crm.SEGMENTS}
+    return {name: export_segment(conn, name, run_date, settings.exports_dir) for name in segments.SEGMENTS}
 
 
 def latest_run_date(conn: psycopg.Connection) -> date | None:
@@ -91,30 +99,3 @@ def latest_run_date(conn: psycopg.Connection) -> date | None:
     if conn.execute("SELECT to_regclass('crm.recommendations')").fetchone()[0] is None:
         return None
     return conn.execute("SELECT max(run_date) FROM crm.recommendations").fetchone()[0]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("segment", metavar="SEGMENT", help=f"one of: {', '.join(crm.SEGMENTS)}")
-    parser.add_argument("--date", type=date.fromisoformat, default=None,
-                        help="run date YYYY-MM-DD (default: the latest published)")
-    parser.add_argument("--min-score", type=float, default=None, help="keep rows with a normalised score >= this (0-1)")
-    parser.add_argument("--platform", default=None, help="keep users who signed up on this platform")
-    parser.add_argument("--zone", default=None, help="keep users whose home zone is this")
-    parser.add_argument("--out", type=Path, default=None, help="folder (default: the exports folder under REKINDLE_HOME)")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.segment not in crm.SEGMENTS:
-        print(f"error: {UnknownSegmentError(args.segment)}", file=sys.stderr)
-        return 2
-    settings = Settings.from_env()
-    with psycopg.connect(warehouse.start(settings)) as conn:
-        run_date = args.date or latest_run_date(conn)
-        if run_date is None:
-            print("error: nothing published to crm yet: run `rekindle run` first", file=sys.stderr)
-            return 1
-        path = export_segment(
-            conn, args.segment, run_date, args.out or settings.exports_dir, args.min_score, args.platform, args.zone
-        )
-    print(f"wrote {path}")
-    return 0

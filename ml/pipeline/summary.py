@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from ml.pipeline import step_summaries
+from ml.pipeline.tasks import step_summaries
 from ml.settings import Settings
 
 LIFECYCLE_ORDER = ("new", "active", "at_risk", "lapsed", "dormant", "churned")
@@ -14,7 +14,10 @@ REPORTED_METRICS = ("precision@5", "recall@10", "hit_rate@5", "ndcg@10", "covera
 def _table(headers: list[str], rows: list[list]) -> str:
     cells = [headers] + [[_fmt(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(value.rjust(w) if i else value.ljust(w) for i, (value, w) in enumerate(zip(row, widths))) for row in cells]
+    lines = [
+        "  ".join(value.rjust(w) if i else value.ljust(w) for i, (value, w) in enumerate(zip(row, widths)))
+        for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -31,10 +34,25 @@ def render(steps: dict[str, dict], tasks: list) -> str:
     out = []
     load = steps.get("load_events", {})
     if load:
-        rows = [[t["table"], t["rows_read"], t["rows_loaded"], t["rows_duplicate"], t["rows_quarantined"],
-                 t.get("rows_per_second", 0)] for t in load.get("tables", [])]
-        out += ["Load (raw.*)", _table(["table", "read", "loaded", "duplicate", "quarantined", "rows/s"],
-                                       rows or [["(no files)", 0, 0, 0, 0, 0]]), ""]
+        rows = [
+            [
+                t["table"],
+                t["rows_read"],
+                t["rows_loaded"],
+                t["rows_duplicate"],
+                t["rows_quarantined"],
+                t.get("rows_per_second", 0),
+            ]
+            for t in load.get("tables", [])
+        ]
+        out += [
+            "Load (raw.*)",
+            _table(
+                ["table", "read", "loaded", "duplicate", "quarantined", "rows/s"],
+                rows or [["(no files)", 0, 0, 0, 0, 0]],
+            ),
+            "",
+        ]
     marts = steps.get("check_mart_quality", {})
     if marts.get("users_per_segment"):
         order = {segment: i for i, segment in enumerate(LIFECYCLE_ORDER)}
@@ -56,23 +74,30 @@ def render(steps: dict[str, dict], tasks: list) -> str:
         out += [f"Offer model: skipped ({offers_model['skipped']})", ""]
     elif offers_model:
         m = offers_model["metrics"]
-        rows = [["offer policy (model)", m["policy_value"]],
-                [f"best uniform offer ({offers_model['best_uniform_arm']}, chosen on training users)",
-                 m["best_uniform_value"]],
-                ["best uniform offer in hindsight (max over test estimates, biased up)", m["hindsight_best_uniform_value"]],
-                ["random offer", m["random_value"]], ["no offer", m["no_offer_value"]]]
+        rows = [
+            ["offer policy (model)", m["policy_value"]],
+            [
+                f"best uniform offer ({offers_model['best_uniform_arm']}, chosen on training users)",
+                m["best_uniform_value"],
+            ],
+            ["best uniform offer in hindsight (max over test estimates, biased up)", m["hindsight_best_uniform_value"]],
+            ["random offer", m["random_value"]],
+            ["no offer", m["no_offer_value"]],
+        ]
         out += [
             f"Offer policy value on held-out randomised exposures (IPW margin per user, QAR; {int(m['test_rows'])} rows)",
             _table(["policy", "value"], rows),
             f"uplift@30% = {m['uplift_at_30']:.2f}x random targeting; qini {m['qini']:.4f}",
         ]
         if "truth_policy_value" in m:
-            truth_rows = [["offer policy (model)", m["truth_policy_value"]],
-                          ["oracle (true best per user)", m["truth_oracle_value"]],
-                          ["oracle on the model's features (regression fitted to the truth)",
-                           m["truth_observable_oracle_value"]],
-                          ["best uniform offer", m["truth_best_uniform_value"]], ["random offer", m["truth_random_value"]],
-                          ["no offer", 0.0]]
+            truth_rows = [
+                ["offer policy (model)", m["truth_policy_value"]],
+                ["oracle (true best per user)", m["truth_oracle_value"]],
+                ["oracle on the model's features (regression fitted to the truth)", m["truth_observable_oracle_value"]],
+                ["best uniform offer", m["truth_best_uniform_value"]],
+                ["random offer", m["truth_random_value"]],
+                ["no offer", 0.0],
+            ]
             out += [
                 "Ground truth of the synthetic world on today's inactive users (true expected margin per user, QAR)",
                 _table(["policy", "value"], truth_rows),

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 
 from ml.settings import Settings
-from ml.warehouse import sqlalchemy_url
+from ml.warehouse.postgres import sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def run_checkpoint(settings: Settings, url: str, name: str, suites) -> Checkpoin
         )
     )
     result = checkpoint.run()
-    report = CheckpointReport(checkpoint=name, success=bool(result.success), evaluated=0, data_docs=_data_docs_index(settings))
+    report = CheckpointReport(
+        checkpoint=name, success=bool(result.success), evaluated=0, data_docs=_data_docs_index(settings)
+    )
     for validation_result in result.run_results.values():
         table = _table_of(validation_result)
         for expectation_result in validation_result.results:

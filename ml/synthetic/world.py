@@ -1,6 +1,6 @@
 """The synthetic marketplace's dynamics: how users order, browse, churn and answer win-back offers.
 
-``ml.generate`` builds a world and runs it through the window it writes; ``simulate_days`` continues
+``ml.synthetic.marketplace`` builds a world and runs it through the window it writes; ``simulate_days`` continues
 the same world past that window. Both use the one response model, ``true_reactivation_probability``.
 Times inside the simulation are integer seconds since the simulation's first midnight (UTC).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -158,8 +159,12 @@ class Catalog:
 
     @classmethod
     def from_frame(
-        cls, merchants: pd.DataFrame, popularity: np.ndarray, start: pd.Timestamp,
-        categories: list[str], zones: list[str],
+        cls,
+        merchants: pd.DataFrame,
+        popularity: np.ndarray,
+        start: pd.Timestamp,
+        categories: list[str],
+        zones: list[str],
     ) -> Catalog:
         return cls(
             merchant_id=merchants["merchant_id"].to_numpy(np.int64),
@@ -197,8 +202,12 @@ class Population:
 
     @classmethod
     def from_frames(
-        cls, users: pd.DataFrame, user_truth: pd.DataFrame, start: pd.Timestamp,
-        categories: list[str], zones: list[str],
+        cls,
+        users: pd.DataFrame,
+        user_truth: pd.DataFrame,
+        start: pd.Timestamp,
+        categories: list[str],
+        zones: list[str],
     ) -> Population:
         truth = user_truth.set_index("user_id").reindex(users["user_id"])
         if truth["activity_rate"].isna().any():
@@ -218,8 +227,9 @@ class Population:
             loyalty=truth["loyalty"].to_numpy(float),
             basket_multiplier=truth["basket_multiplier"].to_numpy(float),
             churn_hazard=truth["churn_hazard"].to_numpy(float),
-            response_traits=truth[["activity_rate", "price_sensitivity", "deal_responsiveness", "remoteness"]]
-            .reset_index(drop=True),
+            response_traits=truth[
+                ["activity_rate", "price_sensitivity", "deal_responsiveness", "remoteness"]
+            ].reset_index(drop=True),
         )
 
     def __len__(self) -> int:
@@ -318,49 +328,70 @@ class EventLog:
         self._chunks: list[dict[str, np.ndarray]] = []
 
     def add(
-        self, event_type: str, users: np.ndarray, time_s: np.ndarray, merchants: np.ndarray | None = None,
-        order_total: np.ndarray | None = None, properties: np.ndarray | None = None,
+        self,
+        event_type: str,
+        users: np.ndarray,
+        time_s: np.ndarray,
+        merchants: np.ndarray | None = None,
+        order_total: np.ndarray | None = None,
+        properties: np.ndarray | None = None,
     ) -> None:
         n_events = len(users)
-        self._chunks.append({
-            "event_type": np.full(n_events, event_type, dtype=object),
-            "user": np.asarray(users, dtype=np.int64),
-            "time_s": np.asarray(time_s, dtype=np.int64),
-            "merchant": np.full(n_events, -1, dtype=np.int64) if merchants is None else np.asarray(merchants),
-            "order_total": np.full(n_events, np.nan) if order_total is None else np.asarray(order_total),
-            "properties": np.full(n_events, "{}", dtype=object) if properties is None else np.asarray(properties),
-        })
+        self._chunks.append(
+            {
+                "event_type": np.full(n_events, event_type, dtype=object),
+                "user": np.asarray(users, dtype=np.int64),
+                "time_s": np.asarray(time_s, dtype=np.int64),
+                "merchant": np.full(n_events, -1, dtype=np.int64) if merchants is None else np.asarray(merchants),
+                "order_total": np.full(n_events, np.nan) if order_total is None else np.asarray(order_total),
+                "properties": np.full(n_events, "{}", dtype=object) if properties is None else np.asarray(properties),
+            }
+        )
 
     def frame(
-        self, population: Population, catalog: Catalog, start: pd.Timestamp, id_rng: np.random.Generator,
+        self,
+        population: Population,
+        catalog: Catalog,
+        start: pd.Timestamp,
+        id_rng: np.random.Generator,
     ) -> pd.DataFrame:
-        columns = {key: np.concatenate([chunk[key] for chunk in self._chunks] or [np.empty(0)])
-                   for key in ("event_type", "user", "time_s", "merchant", "order_total", "properties")}
+        columns = {
+            key: np.concatenate([chunk[key] for chunk in self._chunks] or [np.empty(0)])
+            for key in ("event_type", "user", "time_s", "merchant", "order_total", "properties")
+        }
         order = np.argsort(columns["time_s"], kind="stable")
         columns = {key: values[order] for key, values in columns.items()}
         users, merchants = columns["user"].astype(np.int64), columns["merchant"].astype(np.int64)
         has_merchant = merchants >= 0
-        return pd.DataFrame({
-            "event_id": pd.array(event_ids(id_rng, len(users)), dtype="str"),
-            "user_id": population.user_id[users],
-            "event_type": pd.array(columns["event_type"], dtype="str"),
-            "event_time": timestamps(start, columns["time_s"]),
-            "merchant_id": pd.arrays.IntegerArray(
-                np.where(has_merchant, catalog.merchant_id[merchants], 0), ~has_merchant,
-            ),
-            "merchant_name": pd.array(np.where(has_merchant, catalog.name[merchants], None), dtype="str"),
-            "order_total": columns["order_total"].astype(float),
-            "platform": pd.array(population.platform[users], dtype="str"),
-            "zone": pd.array(population.zone_name[users], dtype="str"),
-            "properties": pd.array(columns["properties"], dtype="str"),
-        })
+        return pd.DataFrame(
+            {
+                "event_id": pd.array(event_ids(id_rng, len(users)), dtype="str"),
+                "user_id": population.user_id[users],
+                "event_type": pd.array(columns["event_type"], dtype="str"),
+                "event_time": timestamps(start, columns["time_s"]),
+                "merchant_id": pd.arrays.IntegerArray(
+                    np.where(has_merchant, catalog.merchant_id[merchants], 0),
+                    ~has_merchant,
+                ),
+                "merchant_name": pd.array(np.where(has_merchant, catalog.name[merchants], None), dtype="str"),
+                "order_total": columns["order_total"].astype(float),
+                "platform": pd.array(population.platform[users], dtype="str"),
+                "zone": pd.array(population.zone_name[users], dtype="str"),
+                "properties": pd.array(columns["properties"], dtype="str"),
+            }
+        )
 
 
 class MarketSimulator:
     """Runs the world one UTC day at a time from ``start`` for ``days`` days, recording events and exposures."""
 
     def __init__(
-        self, population: Population, catalog: Catalog, state: UserState, start: pd.Timestamp, days: int,
+        self,
+        population: Population,
+        catalog: Catalog,
+        state: UserState,
+        start: pd.Timestamp,
+        days: int,
         rng: np.random.Generator,
     ):
         self.population = population
@@ -385,8 +416,13 @@ class MarketSimulator:
         return np.flatnonzero(self.population.opted_in & (self.population.signup_s < sent_s) & inactive & free)
 
     def send_campaign(
-        self, campaign_id: str, users: np.ndarray, event_type: np.ndarray, reward_size: np.ndarray,
-        treated: np.ndarray, sent_s: int,
+        self,
+        campaign_id: str,
+        users: np.ndarray,
+        event_type: np.ndarray,
+        reward_size: np.ndarray,
+        treated: np.ndarray,
+        sent_s: int,
     ) -> None:
         """Expose ``users`` at ``sent_s``; holdout users get no offer. Whether each user orders within
         the reactivation window is drawn now from the true response model; the order happens later."""
@@ -405,16 +441,24 @@ class MarketSimulator:
         idle_open = treated & ~responds & (rng.random(len(users)) < IDLE_OPEN_SHARE)
         open_s = sent_s + rng.exponential(MEAN_IDLE_OPEN_DELAY_S, len(users)).astype(np.int64)
         idle_open &= open_s < self.end_s
-        self.log.add(CAMPAIGN_OPENED, users[idle_open], open_s[idle_open],
-                     properties=_campaign_properties(np.full(idle_open.sum(), campaign_id, dtype=object)))
-        self._exposures.append(pd.DataFrame({
-            "campaign_id": campaign_id,
-            "user_id": self.population.user_id[users],
-            "sent_at": timestamps(self.start, np.full(len(users), sent_s)),
-            "event_type": event_type,
-            "reward_size": reward_size,
-            "assignment": np.where(treated, "treatment", "holdout"),
-        }))
+        self.log.add(
+            CAMPAIGN_OPENED,
+            users[idle_open],
+            open_s[idle_open],
+            properties=_campaign_properties(np.full(idle_open.sum(), campaign_id, dtype=object)),
+        )
+        self._exposures.append(
+            pd.DataFrame(
+                {
+                    "campaign_id": campaign_id,
+                    "user_id": self.population.user_id[users],
+                    "sent_at": timestamps(self.start, np.full(len(users), sent_s)),
+                    "event_type": event_type,
+                    "reward_size": reward_size,
+                    "assignment": np.where(treated, "treatment", "holdout"),
+                }
+            )
+        )
 
     def _response_frame(self, users: np.ndarray, now_s: int) -> pd.DataFrame:
         frame = self.population.response_traits.iloc[users].reset_index(drop=True)
@@ -467,7 +511,12 @@ class MarketSimulator:
         return np.where(weekday in WEEKEND_DAYS, weekend, 1.0) * 7.0 / (5.0 + 2.0 * weekend)
 
     def _record_orders(
-        self, users: np.ndarray, order_s: np.ndarray, day_start: int, campaign_id: np.ndarray, reward: np.ndarray,
+        self,
+        users: np.ndarray,
+        order_s: np.ndarray,
+        day_start: int,
+        campaign_id: np.ndarray,
+        reward: np.ndarray,
     ) -> None:
         """A session per order: app open, browsing of alternatives, the merchant page (and maybe
         products) minutes before checkout; campaign orders also open the message and redeem the reward."""
@@ -475,14 +524,22 @@ class MarketSimulator:
         merchants = self.chooser.choose(users, day_start, self.state, rng)
         session_s = order_s - rng.integers(300, 1_500, len(users))
         from_campaign = np.flatnonzero(pd.notna(campaign_id))
-        log.add(CAMPAIGN_OPENED, users[from_campaign], session_s[from_campaign] - 1,
-                properties=_campaign_properties(campaign_id[from_campaign]))
+        log.add(
+            CAMPAIGN_OPENED,
+            users[from_campaign],
+            session_s[from_campaign] - 1,
+            properties=_campaign_properties(campaign_id[from_campaign]),
+        )
         log.add(APP_OPENED, users, session_s)
 
         n_alternatives = rng.choice(3, size=len(users), p=[0.45, 0.35, 0.20])
         rows = np.repeat(np.arange(len(users)), n_alternatives)
-        log.add(MERCHANT_VIEWED, users[rows], session_s[rows] + 20 * (_position_in_group(rows) + 1),
-                self.chooser.explore(users[rows], day_start, rng))
+        log.add(
+            MERCHANT_VIEWED,
+            users[rows],
+            session_s[rows] + 20 * (_position_in_group(rows) + 1),
+            self.chooser.explore(users[rows], day_start, rng),
+        )
 
         merchant_view_s = order_s - rng.integers(60, 181, len(users))
         log.add(MERCHANT_VIEWED, users, merchant_view_s, merchants)
@@ -491,10 +548,16 @@ class MarketSimulator:
         product_view_s = merchant_view_s[rows] + 1 + (rng.random(len(rows)) * gap).astype(np.int64)
         log.add(PRODUCT_VIEWED, users[rows], product_view_s, merchants[rows])
 
-        log.add(CHECKOUT, users, order_s, merchants, self._order_totals(users, merchants),
-                _campaign_properties(campaign_id))
-        log.add(REWARD_REDEEMED, users[from_campaign], order_s[from_campaign], merchants[from_campaign],
-                properties=_campaign_properties(campaign_id[from_campaign], reward[from_campaign]))
+        log.add(
+            CHECKOUT, users, order_s, merchants, self._order_totals(users, merchants), _campaign_properties(campaign_id)
+        )
+        log.add(
+            REWARD_REDEEMED,
+            users[from_campaign],
+            order_s[from_campaign],
+            merchants[from_campaign],
+            properties=_campaign_properties(campaign_id[from_campaign], reward[from_campaign]),
+        )
 
         self.state.last_order_s[users] = order_s
         self.state.remember_orders(users, merchants)
@@ -523,8 +586,12 @@ class MarketSimulator:
         last_view = np.cumsum(n_views) - 1
         to_products = rng.random(len(looking)) < PRODUCT_VIEW_SHARE_WHILE_BROWSING
         sessions = looking[to_products]
-        self.log.add(PRODUCT_VIEWED, users[sessions], session_s[sessions] + 30 * (n_views[to_products] + 1),
-                     viewed[last_view[to_products]])
+        self.log.add(
+            PRODUCT_VIEWED,
+            users[sessions],
+            session_s[sessions] + 30 * (n_views[to_products] + 1),
+            viewed[last_view[to_products]],
+        )
 
     # -- output
 
@@ -541,9 +608,13 @@ class MarketSimulator:
 
 
 def simulate_days(
-    marketplace, start: dt.date, days: int, offers: pd.DataFrame, seed: int,
+    marketplace,
+    start: dt.date,
+    days: int,
+    offers: pd.DataFrame,
+    seed: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Continue the world of ``marketplace`` (an ``ml.generate.Marketplace``) for ``days`` days from ``start``.
+    """Continue the world of ``marketplace`` (an ``ml.synthetic.marketplace.Marketplace``) for ``days`` days from ``start``.
 
     Every user in ``offers`` (campaign_id, user_id, event_type, reward_size, assignment) is exposed
     on ``start`` and answers by the true response model; holdout rows get no offer. Returns
@@ -555,8 +626,11 @@ def simulate_days(
     zones = sorted(set(marketplace.merchants["zone"]) | set(marketplace.users["home_zone"]))
     population = Population.from_frames(marketplace.users, marketplace.user_truth, start_ts, categories, zones)
     catalog = Catalog.from_frame(
-        marketplace.merchants, _observed_popularity(marketplace.merchants, marketplace.events),
-        start_ts, categories, zones,
+        marketplace.merchants,
+        _observed_popularity(marketplace.merchants, marketplace.events),
+        start_ts,
+        categories,
+        zones,
     )
     state = _state_from_history(population, catalog, marketplace.user_truth, marketplace.events, start_ts)
     simulator = MarketSimulator(population, catalog, state, start_ts, days, np.random.default_rng(seed))
@@ -578,8 +652,12 @@ def _send_offers(simulator: MarketSimulator, offers: pd.DataFrame) -> None:
     sent_s = CAMPAIGN_SEND_HOUR * 3_600
     for campaign_id, rows in offers.assign(position=positions).groupby("campaign_id", sort=True):
         simulator.send_campaign(
-            str(campaign_id), rows["position"].to_numpy(np.int64), rows["event_type"].to_numpy(object),
-            rows["reward_size"].to_numpy(float), rows["assignment"].eq("treatment").to_numpy(), sent_s,
+            str(campaign_id),
+            rows["position"].to_numpy(np.int64),
+            rows["event_type"].to_numpy(object),
+            rows["reward_size"].to_numpy(float),
+            rows["assignment"].eq("treatment").to_numpy(),
+            sent_s,
         )
 
 
@@ -589,7 +667,11 @@ def _observed_popularity(merchants: pd.DataFrame, events: pd.DataFrame) -> np.nd
 
 
 def _state_from_history(
-    population: Population, catalog: Catalog, user_truth: pd.DataFrame, events: pd.DataFrame, start: pd.Timestamp,
+    population: Population,
+    catalog: Catalog,
+    user_truth: pd.DataFrame,
+    events: pd.DataFrame,
+    start: pd.Timestamp,
 ) -> UserState:
     truth = user_truth.set_index("user_id").reindex(population.user_id)
     state = UserState.start(truth["churned"].to_numpy(bool), seconds_since(truth["last_order_at"], start))
@@ -605,7 +687,7 @@ def _state_from_history(
     return state
 
 
-# --------------------------------------------------------------------------- helpers shared with ml.generate
+# --------------------------------------------------------------------------- helpers shared with ml.synthetic.marketplace
 
 
 def taste_categories(user_truth: pd.DataFrame) -> list[str]:
@@ -659,10 +741,16 @@ def empty_exposures() -> pd.DataFrame:
 
 
 def _typed_exposures(exposures: pd.DataFrame) -> pd.DataFrame:
-    return exposures.astype({
-        "campaign_id": "str", "user_id": "int64", "sent_at": "datetime64[us, UTC]", "event_type": "str",
-        "reward_size": "float64", "assignment": "str",
-    })
+    return exposures.astype(
+        {
+            "campaign_id": "str",
+            "user_id": "int64",
+            "sent_at": "datetime64[us, UTC]",
+            "event_type": "str",
+            "reward_size": "float64",
+            "assignment": "str",
+        }
+    )
 
 
 def _campaign_properties(campaign_id: np.ndarray, reward_size: np.ndarray | None = None) -> np.ndarray:
@@ -673,8 +761,10 @@ def _campaign_properties(campaign_id: np.ndarray, reward_size: np.ndarray | None
             dtype=object,
         )
     return np.array(
-        [json.dumps({"campaign_id": campaign, "reward_size": float(size)})
-         for campaign, size in zip(campaign_id, reward_size, strict=True)],
+        [
+            json.dumps({"campaign_id": campaign, "reward_size": float(size)})
+            for campaign, size in zip(campaign_id, reward_size, strict=True)
+        ],
         dtype=object,
     )
 

@@ -4,20 +4,17 @@ and judging it on a temporal split in discovery and repeat-inclusive mode.
 Two recommenders share one interface, ``fit(orders, as_of, context=None)`` and
 ``recommend(user_ids, n, exclude_seen=True) -> DataFrame[user_id, rank, merchant_id, score, reason]``:
 ``MerchantRecommender`` (one generator) and ``RankedMerchantRecommender`` (generators + LightGBM ranker).
-Users without orders get the popular merchants of their home zone.
-"""
+Users without orders get the popular merchants of their home zone."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
-from ml.evaluation import ranking_report
 from ml.recommend import (
     ALSRecommender,
     CategoryAffinityRecommender,
@@ -98,7 +95,10 @@ class MarketAxes:
             user_ids=users,
             merchant_ids=merchants,
             user_zones=zones,
-            merchant_categories=context.merchants["category"].reindex(merchants).fillna(UNKNOWN_CATEGORY).to_numpy(object),
+            merchant_categories=context.merchants["category"]
+            .reindex(merchants)
+            .fillna(UNKNOWN_CATEGORY)
+            .to_numpy(object),
             new_merchants=(opened >= as_of - pd.Timedelta(days=NEW_MERCHANT_DAYS)).to_numpy(bool),
         )
 
@@ -118,7 +118,9 @@ _GENERATORS = {
     "ease": lambda axes, params: EASERecommender(**params),
     "popularity": lambda axes, params: PopularityRecommender(),
     "zone_popularity": lambda axes, params: PopularityRecommender(user_groups=axes.user_zones),
-    "category": lambda axes, params: CategoryAffinityRecommender(axes.merchant_categories, axes.new_merchants, **params),
+    "category": lambda axes, params: CategoryAffinityRecommender(
+        axes.merchant_categories, axes.new_merchants, **params
+    ),
     "random": lambda axes, params: RandomRecommender(**params),
 }
 
@@ -200,8 +202,13 @@ class ColdStart:
             items, best = top_n(scores, n)
             reason = REASONS["zone" if zone >= 0 else "popular"]
             frames.append(
-                _frame(members, np.repeat(items, len(members), 0), np.repeat(best, len(members), 0),
-                       self.axes.merchant_ids, np.full((len(members), n), reason, dtype=object))
+                _frame(
+                    members,
+                    np.repeat(items, len(members), 0),
+                    np.repeat(best, len(members), 0),
+                    self.axes.merchant_ids,
+                    np.full((len(members), n), reason, dtype=object),
+                )
             )
         return pd.concat(frames, ignore_index=True)
 
@@ -224,7 +231,9 @@ class MerchantRecommender:
         self.trained_until = pd.Timestamp(as_of)
         return self
 
-    def recommend(self, user_ids: Iterable, n: int = 10, exclude_seen: bool = True, explain: bool = True) -> pd.DataFrame:
+    def recommend(
+        self, user_ids: Iterable, n: int = 10, exclude_seen: bool = True, explain: bool = True
+    ) -> pd.DataFrame:
         """Columns user_id, rank (1 = best), merchant_id, score, reason (set for cold-start rows only)."""
         user_ids = _unique(user_ids)
         rows = self.matrix.user_indices(user_ids)
@@ -271,7 +280,9 @@ class RankedMerchantRecommender:
         ).fit(orders, users=self.axes.user_ids, items=self.axes.merchant_ids, item_col="merchant_id")
         return self._ready(recipe, as_of)
 
-    def refit(self, orders: pd.DataFrame, as_of: datetime, context: MarketContext | None = None) -> RankedMerchantRecommender:
+    def refit(
+        self, orders: pd.DataFrame, as_of: datetime, context: MarketContext | None = None
+    ) -> RankedMerchantRecommender:
         """The same learned ranker over candidates and features rebuilt from ``orders`` as of ``as_of``.
 
         The daily pipeline judges the ranker fitted before its held-out window, then serves this refit on
@@ -281,7 +292,10 @@ class RankedMerchantRecommender:
         refreshed.axes = MarketAxes.build(orders, as_of, context)
         recipe = RankerRecipe(**self.spec.params)
         refreshed.ranker = self.ranker.refit(
-            orders, users=refreshed.axes.user_ids, items=refreshed.axes.merchant_ids, item_col="merchant_id",
+            orders,
+            users=refreshed.axes.user_ids,
+            items=refreshed.axes.merchant_ids,
+            item_col="merchant_id",
             generators={kind: spec.build(refreshed.axes) for kind, spec in recipe.generator_specs().items()},
             **refreshed._item_facts(context),
         )
@@ -303,7 +317,9 @@ class RankedMerchantRecommender:
         self.trained_until = pd.Timestamp(as_of)
         return self
 
-    def recommend(self, user_ids: Iterable, n: int = 10, exclude_seen: bool = True, explain: bool = True) -> pd.DataFrame:
+    def recommend(
+        self, user_ids: Iterable, n: int = 10, exclude_seen: bool = True, explain: bool = True
+    ) -> pd.DataFrame:
         user_ids = _unique(user_ids)
         rows = self.matrix.user_indices(user_ids)
         warm = _has_orders(self.matrix, rows)
@@ -312,7 +328,9 @@ class RankedMerchantRecommender:
             warm_rows = rows[warm]
             items, scores = self.ranker.recommend(warm_rows, n, exclude_seen=exclude_seen)
             reasons = _pad(self.ranker.explain(warm_rows, items), n) if explain else None
-            items, scores, reasons = self.exploration.apply(user_ids[warm], warm_rows, items, scores, reasons, exclude_seen)
+            items, scores, reasons = self.exploration.apply(
+                user_ids[warm], warm_rows, items, scores, reasons, exclude_seen
+            )
             frames.append(_frame(user_ids[warm], items, scores, self.matrix.item_ids, reasons))
         if (~warm).any():
             frames.append(self.cold_start.recommend(user_ids[~warm], n))
@@ -377,7 +395,9 @@ def _pad(reasons: list[list[str]], n: int) -> np.ndarray:
     return out
 
 
-def _frame(user_ids, items: np.ndarray, scores: np.ndarray, merchant_ids: pd.Index, reasons: np.ndarray | None = None) -> pd.DataFrame:
+def _frame(
+    user_ids, items: np.ndarray, scores: np.ndarray, merchant_ids: pd.Index, reasons: np.ndarray | None = None
+) -> pd.DataFrame:
     n = items.shape[1]
     frame = pd.DataFrame(
         {
@@ -397,156 +417,3 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=RECOMMENDATION_COLUMNS)
     return pd.concat(frames, ignore_index=True)[RECOMMENDATION_COLUMNS]
-
-
-@dataclass(frozen=True)
-class TemporalSplit:
-    """Train before ``cut``; the truth is what each train user ordered from in [cut, as_of).
-
-    ``relevant`` holds only merchants new to the user (discovery); ``relevant_with_repeats`` all of them.
-    """
-
-    cut: datetime
-    train: pd.DataFrame
-    relevant: dict
-    relevant_with_repeats: dict
-
-    @classmethod
-    def last_days(cls, orders: pd.DataFrame, as_of: datetime, test_days: int) -> TemporalSplit:
-        cut = pd.Timestamp(as_of) - timedelta(days=test_days)
-        train = orders[orders["event_time"] < cut]
-        test = orders[(orders["event_time"] >= cut) & (orders["event_time"] < pd.Timestamp(as_of))]
-        test = test[test["user_id"].isin(set(train["user_id"]))]
-        seen = set(zip(train["user_id"], train["merchant_id"]))
-        new_pairs = test[[(u, m) not in seen for u, m in zip(test["user_id"], test["merchant_id"])]]
-        return cls(
-            cut=cut.to_pydatetime(),
-            train=train,
-            relevant=new_pairs.groupby("user_id")["merchant_id"].agg(set).to_dict(),
-            relevant_with_repeats=test.groupby("user_id")["merchant_id"].agg(set).to_dict(),
-        )
-
-    def truth(self, mode: str) -> dict:
-        return self.relevant if MODES[mode] else self.relevant_with_repeats
-
-    def sample(self, max_users: int, seed: int) -> TemporalSplit:
-        """The same split judged on a seeded sample of at most ``max_users`` test users (both modes).
-
-        Every model of a day is judged on the same sample, so comparisons stay paired while the cost of
-        judging stops growing with the marketplace.
-        """
-        users = np.array(sorted(self.relevant_with_repeats))
-        if len(users) <= max_users:
-            return self
-        kept = set(np.random.default_rng(seed).choice(users, size=max_users, replace=False).tolist())
-        return TemporalSplit(
-            cut=self.cut,
-            train=self.train,
-            relevant={user: items for user, items in self.relevant.items() if user in kept},
-            relevant_with_repeats={user: items for user, items in self.relevant_with_repeats.items() if user in kept},
-        )
-
-
-@dataclass(frozen=True)
-class LifecycleRule:
-    """marts.user_segments' lifecycle rule, applicable at any date (thresholds in days, from Settings)."""
-
-    new_user_days: int = 14
-    active_max_days: int = 6
-    at_risk_max_days: int = 13
-    lapsed_max_days: int = 29
-    dormant_max_days: int = 59
-
-    def segments(self, orders: pd.DataFrame, signup_at: pd.Series, at: datetime) -> pd.Series:
-        """Segment per user of ``signup_at`` (indexed by user_id) as of ``at``, from orders before it.
-
-        The pipeline's evaluation needs segments at the split's cut: as of the run date every test
-        user has just ordered, so the marts' own column would put them all in new / active.
-        """
-        day = pd.Timestamp(at).normalize()
-        before = orders[orders["event_time"] < pd.Timestamp(at)]
-        last_order = before.groupby("user_id")["event_time"].max().reindex(signup_at.index)
-        order_count = before.groupby("user_id").size().reindex(signup_at.index, fill_value=0)
-        tenure = (day - pd.to_datetime(signup_at, utc=True).dt.normalize()).dt.days
-        since_last = (day - last_order.dt.normalize()).dt.days
-        inactive = since_last.fillna(tenure)
-        labels = np.select(
-            [
-                (tenure <= self.new_user_days) & (order_count < 2),
-                inactive <= self.active_max_days,
-                inactive <= self.at_risk_max_days,
-                inactive <= self.lapsed_max_days,
-                inactive <= self.dormant_max_days,
-            ],
-            ["new", "active", "at_risk", "lapsed", "dormant"],
-            default="churned",
-        )
-        return pd.Series(labels, index=signup_at.index, name="lifecycle_segment")
-
-
-@dataclass(frozen=True)
-class ModeResult:
-    overall: dict[str, float]
-    by_segment: dict[str, dict[str, float]]
-
-
-@dataclass(frozen=True)
-class Judge:
-    """Scores fitted recommenders on one split: both modes, optionally per user segment."""
-
-    split: TemporalSplit
-    catalog_size: int
-    merchant_categories: Mapping | None = None
-    segments: pd.Series | None = None  # user_id -> segment
-    ks: tuple[int, ...] = (5, 10)
-
-    @cached_property
-    def merchant_popularity(self) -> dict:
-        """Share of train users who ordered from each merchant (novelty's p)."""
-        train = self.split.train
-        return (train.groupby("merchant_id")["user_id"].nunique() / train["user_id"].nunique()).to_dict()
-
-    def scorecard(self, recommender) -> dict[str, ModeResult]:
-        """Per mode (discovery, repeat): the report over all test users and per segment."""
-        results = {}
-        for mode in MODES:
-            recommended = self.lists(recommender, mode)
-            results[mode] = ModeResult(self.report(recommended, mode), self.by_segment(recommended, mode))
-        return results
-
-    def lists(self, recommender, mode: str) -> dict:
-        users = list(self.split.truth(mode))
-        recs = recommender.recommend(users, n=max(self.ks), exclude_seen=MODES[mode], explain=False)
-        return recs.sort_values(["user_id", "rank"]).groupby("user_id")["merchant_id"].agg(list).to_dict()
-
-    def report(self, recommended: dict, mode: str, users: Iterable | None = None) -> dict[str, float]:
-        truth = self.split.truth(mode)
-        if users is not None:
-            truth = {user: truth[user] for user in users if user in truth}
-        return ranking_report(
-            recommended, truth, self.catalog_size, ks=self.ks,
-            item_categories=self.merchant_categories, item_popularity=self.merchant_popularity,
-        )
-
-    def by_segment(self, recommended: dict, mode: str) -> dict[str, dict[str, float]]:
-        if self.segments is None:
-            return {}
-        truth_users = pd.Index(list(self.split.truth(mode)))
-        segment_of = self.segments.reindex(truth_users).fillna("unknown")
-        return {segment: self.report(recommended, mode, members.index) for segment, members in segment_of.groupby(segment_of)}
-
-def evaluate(recommender, split: TemporalSplit, catalog_size: int, k: int = 10) -> dict[str, float]:
-    """Discovery-mode metrics (merchants already ordered from are excluded) on the split's test users."""
-    judge = Judge(split, catalog_size, ks=(5, k))
-    return judge.report(judge.lists(recommender, "discovery"), "discovery")
-
-
-def evaluate_spec(
-    spec: ModelSpec,
-    split: TemporalSplit,
-    catalog_size: int,
-    context: MarketContext | None = None,
-    half_life_days: float = HALF_LIFE_DAYS,
-) -> dict[str, float]:
-    recommender = spec.recommender(half_life_days).fit(split.train, split.cut, context)
-    return evaluate(recommender, split, catalog_size)

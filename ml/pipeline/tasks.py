@@ -11,28 +11,31 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, time as dtime, timezone
-from typing import Iterator
+from datetime import UTC, date, datetime
+from datetime import time as dtime
 
 import pandas as pd
 import psycopg
 
-from ml import campaigns, crm, export, ingest, publish, quality, registry, warehouse
-from ml.experiments import campaign_id_for
-from ml.recommendation import (
+from ml.crm import export, publish, segments
+from ml.crm.offers import replace_offers
+from ml.experiments.assignment import campaign_id_for
+from ml.offers import decide, response
+from ml.offers.truth import truth_values
+from ml.pipeline import tracking
+from ml.recommend.evaluation import Judge, LifecycleRule, TemporalSplit, evaluate_spec
+from ml.recommend.merchant import (
     DEFAULT_GENERATORS,
     MODES,
-    Judge,
-    LifecycleRule,
     MarketContext,
     ModelSpec,
     RankerRecipe,
-    TemporalSplit,
-    evaluate_spec,
 )
 from ml.runtime import PROGRESS_LOGGER
 from ml.settings import Settings, redact
+from ml.warehouse import ingest, marts, postgres, quality
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)
@@ -53,7 +56,7 @@ GATE_METRIC = "ndcg@10"
 
 def as_of(run_date: date) -> datetime:
     """A run for date D sees everything before D 00:00 UTC."""
-    return datetime.combine(run_date, dtime.min, tzinfo=timezone.utc)
+    return datetime.combine(run_date, dtime.min, tzinfo=UTC)
 
 
 @contextmanager
@@ -109,9 +112,9 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def prepare_warehouse(settings: Settings, run_date: date) -> dict:
-    from ml.transform import write_profile
+    from ml.warehouse.dbt_runner import write_profile
 
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     with psycopg.connect(url) as conn:
         ingest.ensure_raw_schema(conn)
         conn.execute(OPS_SQL)
@@ -124,7 +127,7 @@ def prepare_warehouse(settings: Settings, run_date: date) -> dict:
 
 def load_events(settings: Settings, run_date: date) -> dict:
     """Ingest every contract file in the drop folder; loading the same files again changes nothing."""
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     with recorded_step(url, run_date, "load_events") as summary:
         if not settings.input_dir.is_dir():
             log.warning("drop folder %s does not exist: nothing to load today", settings.input_dir)
@@ -137,7 +140,7 @@ def load_events(settings: Settings, run_date: date) -> dict:
 
 
 def check_raw_quality(settings: Settings, run_date: date) -> dict:
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     with recorded_step(url, run_date, "check_raw_quality") as summary:
         report = quality.check_raw(settings, url)
         summary.update(expectations=report.evaluated, data_docs=str(report.data_docs))
@@ -146,9 +149,9 @@ def check_raw_quality(settings: Settings, run_date: date) -> dict:
 
 def build_marts(settings: Settings, run_date: date) -> dict:
     """dbt build outside Airflow (the DAG runs the same project through Cosmos, one task per node)."""
-    from ml.transform import run_dbt
+    from ml.warehouse.dbt_runner import run_dbt
 
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     with recorded_step(url, run_date, "build_marts") as summary:
         result = run_dbt(settings, url, ["build"], run_date)
         summary["dbt"] = result.counts
@@ -156,7 +159,7 @@ def build_marts(settings: Settings, run_date: date) -> dict:
 
 
 def check_mart_quality(settings: Settings, run_date: date) -> dict:
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     with recorded_step(url, run_date, "check_mart_quality") as summary:
         report = quality.check_marts(settings, url)
         with psycopg.connect(url) as conn:
@@ -231,7 +234,7 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
     refitted on all orders, run the gate."""
     import mlflow
 
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     with recorded_step(url, run_date, "train_ranker") as summary:
         with psycopg.connect(url) as conn:
             orders = load_orders(conn)
@@ -241,32 +244,53 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
         split = TemporalSplit.last_days(orders, as_of(run_date), settings.eval_test_days).sample(
             settings.eval_users, settings.seed
         )
-        rule = LifecycleRule(settings.new_user_days, settings.active_max_days, settings.at_risk_max_days,
-                             settings.lapsed_max_days, settings.dormant_max_days)
-        judge = Judge(split, len(context.merchants), context.merchants["category"].to_dict(),
-                      rule.segments(split.train, context.users["signup_at"], split.cut), ks=CURVE_KS)
+        rule = LifecycleRule(
+            settings.new_user_days,
+            settings.active_max_days,
+            settings.at_risk_max_days,
+            settings.lapsed_max_days,
+            settings.dormant_max_days,
+        )
+        judge = Judge(
+            split,
+            len(context.merchants),
+            context.merchants["category"].to_dict(),
+            rule.segments(split.train, context.users["signup_at"], split.cut),
+            ks=CURVE_KS,
+        )
         spec = candidate_spec(settings)
-        registry.configure(settings, url)
+        tracking.configure(settings, url)
         with mlflow.start_run(
-            experiment_id=registry.experiment_id(settings, settings.ranker_model_name), run_name=f"ranker-{run_date}"
+            experiment_id=tracking.experiment_id(settings, settings.ranker_model_name), run_name=f"ranker-{run_date}"
         ):
             scorecards, fitted = {}, {}
             for name, model_spec in comparison_specs(settings, spec).items():
                 started = time.perf_counter()
                 fitted[name] = model_spec.recommender().fit(split.train, split.cut, context)
                 scorecards[name] = judge.scorecard(fitted[name])
-                progress.info("judged %s on %d test users: ndcg@10 %.4f (%.1fs)", name, len(split.relevant_with_repeats),
-                              scorecards[name]["discovery"].overall[GATE_METRIC], time.perf_counter() - started)
+                progress.info(
+                    "judged %s on %d test users: ndcg@10 %.4f (%.1fs)",
+                    name,
+                    len(split.relevant_with_repeats),
+                    scorecards[name]["discovery"].overall[GATE_METRIC],
+                    time.perf_counter() - started,
+                )
             metrics = scorecards["ranker"]["discovery"].overall
             champion_metric = _champion_metric(settings, split, context, spec, metrics[GATE_METRIC])
             importance = fitted["ranker"].feature_importance()
             _log_comparison(spec, split, scorecards, importance, run_date)
             started = time.perf_counter()
             final = fitted["ranker"].refit(orders, as_of(run_date), context)
-            progress.info("refitted the ranker's candidates on %d orders (%.1fs)", len(orders), time.perf_counter() - started)
-            version = registry.log_model(registry.RecommenderPyfunc(final), settings.ranker_model_name)
-            decision = registry.gate(
-                settings.ranker_model_name, version, GATE_METRIC, metrics[GATE_METRIC], champion_metric,
+            progress.info(
+                "refitted the ranker's candidates on %d orders (%.1fs)", len(orders), time.perf_counter() - started
+            )
+            version = tracking.log_model(tracking.RecommenderPyfunc(final), settings.ranker_model_name)
+            decision = tracking.gate(
+                settings.ranker_model_name,
+                version,
+                GATE_METRIC,
+                metrics[GATE_METRIC],
+                champion_metric,
                 settings.promotion_margin,
             )
             mlflow.set_tags({"gate": decision.reason, "promoted": str(decision.promoted)})
@@ -277,10 +301,15 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
             baselines=discovery,
             repeat_inclusive={name: _summary_metrics(card["repeat"].overall) for name, card in scorecards.items()},
             ndcg_at_10_by_segment={
-                segment: {name: round(card["discovery"].by_segment[segment][GATE_METRIC], 4) for name, card in scorecards.items()}
+                segment: {
+                    name: round(card["discovery"].by_segment[segment][GATE_METRIC], 4)
+                    for name, card in scorecards.items()
+                }
                 for segment in scorecards["ranker"]["discovery"].by_segment
             },
-            feature_importance={name: round(float(share), 4) for name, share in (importance / importance.sum()).head(10).items()},
+            feature_importance={
+                name: round(float(share), 4) for name, share in (importance / importance.sum()).head(10).items()
+            },
             version=version,
             champion_version=decision.champion_version,
             promoted=decision.promoted,
@@ -294,21 +323,43 @@ def _summary_metrics(report: dict) -> dict:
     return _rounded({k: v for k, v in report.items() if "@" not in k or k.endswith(SUMMARY_KS)})
 
 
-def _log_comparison(spec: ModelSpec, split: TemporalSplit, scorecards: dict, importance: pd.Series, run_date: date) -> None:
+def _log_comparison(
+    spec: ModelSpec, split: TemporalSplit, scorecards: dict, importance: pd.Series, run_date: date
+) -> None:
     """Params, every model's metrics in both modes and per segment, and the plots, into the active MLflow run."""
     import mlflow
 
     recipe = RankerRecipe(**spec.params)
     params = {key: value for key, value in vars(recipe).items() if key != "generators"}
-    params.update({f"{kind}.{key}": value for kind, values in recipe.generators.items() for key, value in values.items()})
-    mlflow.log_params({"model": spec.kind, "generators": ",".join(recipe.generators), **params,
-                       "run_date": run_date.isoformat(), "cut": split.cut.isoformat(), "test_users": len(split.relevant)})
+    params.update(
+        {f"{kind}.{key}": value for kind, values in recipe.generators.items() for key, value in values.items()}
+    )
+    mlflow.log_params(
+        {
+            "model": spec.kind,
+            "generators": ",".join(recipe.generators),
+            **params,
+            "run_date": run_date.isoformat(),
+            "cut": split.cut.isoformat(),
+            "test_users": len(split.relevant),
+        }
+    )
     for name, card in scorecards.items():
         for mode, result in card.items():
-            prefix = "" if (name, mode) == ("ranker", "discovery") else f"{name}_" if mode == "discovery" else f"{mode}_{name}_"
+            prefix = (
+                ""
+                if (name, mode) == ("ranker", "discovery")
+                else f"{name}_"
+                if mode == "discovery"
+                else f"{mode}_{name}_"
+            )
             mlflow.log_metrics({prefix + _metric_key(k): v for k, v in _summary_metrics(result.overall).items()})
-            mlflow.log_metrics({f"{mode}_{name}_{segment}_{_metric_key(GATE_METRIC)}": report[GATE_METRIC]
-                                for segment, report in result.by_segment.items()})
+            mlflow.log_metrics(
+                {
+                    f"{mode}_{name}_{segment}_{_metric_key(GATE_METRIC)}": report[GATE_METRIC]
+                    for segment, report in result.by_segment.items()
+                }
+            )
     for mode in MODES:
         results = {name: card[mode] for name, card in scorecards.items()}
         mlflow.log_figure(_curves_figure(results, mode), f"metric_at_k_{mode}.png")
@@ -333,15 +384,17 @@ def _curves_figure(results: dict, mode: str):
 def _segments_figure(results: dict, mode: str):
     from matplotlib.figure import Figure
 
-    segments = list(next(iter(results.values())).by_segment)
+    segment_names = list(next(iter(results.values())).by_segment)
     figure = Figure(figsize=(9, 3.5))
     axes = figure.subplots()
     width = 0.8 / max(len(results), 1)
     for offset, (name, result) in enumerate(results.items()):
-        values = [result.by_segment[segment][GATE_METRIC] for segment in segments]
-        axes.bar([i + offset * width for i in range(len(segments))], values, width, label=name)
-    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(segments))],
-                    [f"{s}\n({int(next(iter(results.values())).by_segment[s]['users'])} users)" for s in segments])
+        values = [result.by_segment[segment][GATE_METRIC] for segment in segment_names]
+        axes.bar([i + offset * width for i in range(len(segment_names))], values, width, label=name)
+    axes.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(segment_names))],
+        [f"{s}\n({int(next(iter(results.values())).by_segment[s]['users'])} users)" for s in segments],
+    )
     axes.set_ylabel(GATE_METRIC)
     axes.set_title(f"{GATE_METRIC} by lifecycle segment at the cut ({mode})")
     axes.legend(fontsize="small", ncol=2)
@@ -355,49 +408,73 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
 
     from ml.offers.evaluation import qini_curve, qini_plot
 
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     with recorded_step(url, run_date, "train_offer_model") as summary:
         with psycopg.connect(url) as conn:
-            history = campaigns.load_history(conn)
-            users = campaigns.load_inactive_users(conn)
-        if history.empty or not (history["event_type"] == campaigns.CONTROL).any():
+            history = marts.load_history(conn)
+            users = marts.load_inactive_users(conn)
+        if history.empty or not (history["event_type"] == response.CONTROL).any():
             summary["skipped"] = "no randomised campaign with an observed outcome window and a holdout yet"
             return summary
-        train, test = campaigns.split_by_user(history, settings.offer_test_share, settings.seed)
-        registry.configure(settings, url)
+        train, test = response.split_by_user(history, settings.offer_test_share, settings.seed)
+        tracking.configure(settings, url)
         with mlflow.start_run(
-            experiment_id=registry.experiment_id(settings, settings.offer_model_name), run_name=f"offers-{run_date}"
+            experiment_id=tracking.experiment_id(settings, settings.offer_model_name), run_name=f"offers-{run_date}"
         ):
-            model = campaigns.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(train)
-            evaluation = campaigns.evaluate(model, train, test, settings.order_margin_rate)
-            final = campaigns.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(history)
+            model = response.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(train)
+            evaluation = response.evaluate(model, train, test, settings.order_margin_rate)
+            final = response.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(history)
             truth = settings.input_dir / "ground_truth" / "offer_truth.parquet"
             if truth.exists() and not users.empty:
-                evaluation.extra.update(campaigns.truth_values(final, users, truth))
+                evaluation.extra.update(truth_values(final, users, truth))
             metrics = evaluation.metrics()
             champion_value = _champion_offer_value(settings, model, train, test, metrics["policy_value"])
-            mlflow.log_params({"learner": "s_learner_lightgbm", "margin_rate": settings.order_margin_rate,
-                               "train_rows": len(train), "test_rows": len(test), "run_date": run_date.isoformat(),
-                               "heterogeneity_trust": final.shrinkage_})
+            mlflow.log_params(
+                {
+                    "learner": "s_learner_lightgbm",
+                    "margin_rate": settings.order_margin_rate,
+                    "train_rows": len(train),
+                    "test_rows": len(test),
+                    "run_date": run_date.isoformat(),
+                    "heterogeneity_trust": final.shrinkage_,
+                }
+            )
             mlflow.log_metrics(metrics)
             mlflow.log_metrics({f"uniform_{arm.replace(':', '_')}": v for arm, v in evaluation.uniform_values.items()})
             p, _ = model.predict(test)
-            uplift = p.drop(columns=campaigns.CONTROL).max(axis=1) - p[campaigns.CONTROL]
-            curve = qini_curve(uplift.to_numpy(), (test["event_type"] != campaigns.CONTROL).to_numpy(),
-                               test["reactivated"].astype(float).to_numpy())
+            uplift = p.drop(columns=response.CONTROL).max(axis=1) - p[response.CONTROL]
+            curve = qini_curve(
+                uplift.to_numpy(),
+                (test["event_type"] != response.CONTROL).to_numpy(),
+                test["reactivated"].astype(float).to_numpy(),
+            )
             mlflow.log_figure(qini_plot({"s-learner": curve}), "qini.png")
-            version = registry.log_model(registry.OfferPyfunc(final), settings.offer_model_name, signature=None)
-            decision = registry.gate(settings.offer_model_name, version, "policy_value", metrics["policy_value"],
-                                     champion_value, settings.promotion_margin)
+            version = tracking.log_model(tracking.OfferPyfunc(final), settings.offer_model_name, signature=None)
+            decision = tracking.gate(
+                settings.offer_model_name,
+                version,
+                "policy_value",
+                metrics["policy_value"],
+                champion_value,
+                settings.promotion_margin,
+            )
             mlflow.set_tags({"gate": decision.reason, "promoted": str(decision.promoted)})
-        summary.update(metrics=_rounded(metrics), best_uniform_arm=evaluation.trained_uniform_arm, version=version,
-                       champion_version=decision.champion_version,
-                       promoted=decision.promoted, gate=decision.reason)
+        summary.update(
+            metrics=_rounded(metrics),
+            best_uniform_arm=evaluation.trained_uniform_arm,
+            version=version,
+            champion_version=decision.champion_version,
+            promoted=decision.promoted,
+            gate=decision.reason,
+        )
     return summary
 
 
 def _champion_offer_value(
-    settings: Settings, challenger: campaigns.OfferResponseModel, train: pd.DataFrame, test: pd.DataFrame,
+    settings: Settings,
+    challenger: response.OfferResponseModel,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
     challenger_value: float,
 ) -> float | None:
     """Refit the champion's configuration on today's training users and value it on the same held-out users.
@@ -405,14 +482,14 @@ def _champion_offer_value(
     Fitting is seeded and deterministic, so a champion with the challenger's own configuration scores exactly
     the challenger's value: reusing it saves a refit.
     """
-    if registry.alias_version(settings.offer_model_name, registry.CHAMPION) is None:
+    if tracking.alias_version(settings.offer_model_name, tracking.CHAMPION) is None:
         return None
-    champion = registry.load_alias(settings.offer_model_name).model
+    champion = tracking.load_alias(settings.offer_model_name).model
     recipe = (champion.margin_rate, champion.config, champion.seed)
     if recipe == (challenger.margin_rate, challenger.config, challenger.seed):
         return challenger_value
-    refit = campaigns.OfferResponseModel(*recipe).fit(train)
-    return campaigns.evaluate(refit, train, test, settings.order_margin_rate).policy_value
+    refit = response.OfferResponseModel(*recipe).fit(train)
+    return response.evaluate(refit, train, test, settings.order_margin_rate).policy_value
 
 
 def _champion_metric(
@@ -423,9 +500,9 @@ def _champion_metric(
     Fitting is seeded and deterministic, so a champion with the challenger's own recipe scores exactly the
     challenger's value: reusing it saves a second ranker fit.
     """
-    if registry.alias_version(settings.ranker_model_name, registry.CHAMPION) is None:
+    if tracking.alias_version(settings.ranker_model_name, tracking.CHAMPION) is None:
         return None
-    champion = registry.load_alias(settings.ranker_model_name).recommender
+    champion = tracking.load_alias(settings.ranker_model_name).recommender
     if champion.spec == spec:
         return challenger_value
     return evaluate_spec(champion.spec, split, len(context.merchants), context)[GATE_METRIC]
@@ -442,13 +519,13 @@ def _rounded(metrics: dict) -> dict:
 def publish_segments(settings: Settings, run_date: date) -> dict:
     """Top-N merchants for every user from ``@champion``; scored segments and CRM segment tables, all
     replacing run_date's rows in one transaction (readers see the old day or the new one, never a mix)."""
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     with recorded_step(url, run_date, "publish_segments") as summary:
-        registry.configure(settings, url)
-        version = registry.alias_version(settings.ranker_model_name, registry.CHAMPION)
+        tracking.configure(settings, url)
+        version = tracking.alias_version(settings.ranker_model_name, tracking.CHAMPION)
         if version is None:
-            raise RuntimeError(f"no model has alias @{registry.CHAMPION} in {settings.ranker_model_name}: train first")
-        recommender = registry.load_alias(settings.ranker_model_name).recommender
+            raise RuntimeError(f"no model has alias @{tracking.CHAMPION} in {settings.ranker_model_name}: train first")
+        recommender = tracking.load_alias(settings.ranker_model_name).recommender
         with psycopg.connect(url) as conn:
             conn.execute(publish.CRM_SCHEMA_SQL)
             members = publish.lifecycle_members(conn)
@@ -456,16 +533,14 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
                 recommender, members["user_id"].tolist(), publish.merchant_names(conn), settings.top_n
             )
             offers, offer_version = _todays_offers(settings, conn, run_date)
-            crm.ensure_tables(conn)
+            segments.ensure_tables(conn)
             with conn.transaction():
                 expired = publish.drop_expired(conn, run_date, settings.crm_retention_days)
-                scored = publish.replace_run(
-                    conn, run_date, recommendations, members, settings.score_segments, version
-                )
+                scored = publish.replace_run(conn, run_date, recommendations, members, settings.score_segments, version)
                 if offers is not None:
-                    campaigns.replace_offers(conn, run_date, campaign_id_for(run_date), offers, offer_version)
-                segment_rows = crm.refresh_segments(conn, run_date, settings)
-            crm.ensure_reader_role(conn, settings)
+                    replace_offers(conn, run_date, campaign_id_for(run_date), offers, offer_version)
+                segment_rows = segments.refresh_segments(conn, run_date, settings)
+            segments.ensure_reader_role(conn, settings)
             exports = publish.export_csv(conn, run_date, settings.exports_dir)
             exports.update(export.export_all(conn, run_date, settings))
         summary.update(
@@ -475,7 +550,9 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             recommendations=len(recommendations),
             crm_segments=segment_rows,
             expired_rows=expired,
-            offers=None if offers is None else {"model_version": offer_version, **campaigns.offer_summary(offers, settings.campaign_budget)},
+            offers=None
+            if offers is None
+            else {"model_version": offer_version, **decide.offer_summary(offers, settings.campaign_budget)},
             exports={segment: str(path) for segment, path in exports.items()},
         )
     return summary
@@ -483,17 +560,19 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
 
 def _todays_offers(settings: Settings, conn: psycopg.Connection, run_date: date):
     """Offers for today's inactive users from the ``@champion`` offer model, or (None, None) without one."""
-    version = registry.alias_version(settings.offer_model_name, registry.CHAMPION)
+    version = tracking.alias_version(settings.offer_model_name, tracking.CHAMPION)
     if version is None:
-        log.warning("no @%s %s yet: publishing recommendations without offers", registry.CHAMPION, settings.offer_model_name)
+        log.warning(
+            "no @%s %s yet: publishing recommendations without offers", tracking.CHAMPION, settings.offer_model_name
+        )
         return None, None
-    model = registry.load_alias(settings.offer_model_name).model
-    users = campaigns.load_inactive_users(conn)
-    return campaigns.decide_offers(model, users, campaign_id_for(run_date), settings), version
+    model = tracking.load_alias(settings.offer_model_name).model
+    users = marts.load_inactive_users(conn)
+    return decide.decide_offers(model, users, campaign_id_for(run_date), settings), version
 
 
 def step_summaries(settings: Settings, run_date: date) -> list[dict]:
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     with psycopg.connect(url) as conn:
         conn.execute(OPS_SQL)
         rows = conn.execute(

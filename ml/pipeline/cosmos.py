@@ -6,12 +6,30 @@ import gc
 from functools import cached_property
 from typing import Any
 
-from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-from cosmos.constants import InvocationMode, LoadMode, TestBehavior, TestIndirectSelection
+from cosmos import (
+    DbtTaskGroup,
+    ExecutionConfig,
+    ProfileConfig,
+    ProjectConfig,
+    RenderConfig,
+)
+from cosmos.constants import (
+    InvocationMode,
+    LoadMode,
+    TestBehavior,
+    TestIndirectSelection,
+)
 from cosmos.profiles.base import BaseProfileMapping
 
 from ml.settings import Settings
-from ml.transform import DBT_SESSION_OPTIONS, PROFILE_NAME, TARGET_NAME, connection_params, profile_target, settings_vars
+from ml.warehouse.dbt_runner import (
+    DBT_SESSION_OPTIONS,
+    PROFILE_NAME,
+    TARGET_NAME,
+    connection_params,
+    profile_target,
+    settings_vars,
+)
 
 
 class WarehouseProfileMapping(BaseProfileMapping):
@@ -32,9 +50,9 @@ class WarehouseProfileMapping(BaseProfileMapping):
 
     @cached_property
     def _url(self) -> str:
-        from ml import warehouse
+        from ml.warehouse import postgres
 
-        return warehouse.start(self.settings)
+        return postgres.start(self.settings)
 
     @property
     def profile(self) -> dict[str, Any]:

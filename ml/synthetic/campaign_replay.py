@@ -12,20 +12,25 @@ against it.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
 import psycopg
 
-from ml import warehouse
-from ml.experiments import ARMS, HOLDOUT, NON_PERSONALISED, PERSONALISED, campaign_truth_path
-from ml.generate import Marketplace
+from ml.experiments.assignment import ARMS, HOLDOUT, NON_PERSONALISED, PERSONALISED
+from ml.experiments.readout import campaign_truth_path
 from ml.settings import Settings
-from ml.simulate import CAMPAIGN_SEND_HOUR, CHECKOUT, NO_OFFER, simulate_days, true_reactivation_probability
+from ml.synthetic.marketplace import Marketplace
+from ml.synthetic.world import (
+    CAMPAIGN_SEND_HOUR,
+    CHECKOUT,
+    NO_OFFER,
+    simulate_days,
+    true_reactivation_probability,
+)
+from ml.warehouse import postgres
 
 OFFER_COLUMNS = ["run_date", "campaign_id", "user_id", "arm", "event_type", "reward_size"]
 
@@ -48,13 +53,15 @@ def simulation_offers(offers: pd.DataFrame) -> pd.DataFrame:
     answer at their baseline rate like the holdout (intent to treat)."""
     treated = offers["arm"].ne(HOLDOUT)
     has_offer = treated & offers["event_type"].ne(NO_OFFER)
-    return pd.DataFrame({
-        "campaign_id": offers["campaign_id"].astype(str),
-        "user_id": offers["user_id"].astype("int64"),
-        "event_type": offers["event_type"].where(has_offer, NO_OFFER).astype(str),
-        "reward_size": offers["reward_size"].where(has_offer, 0.0).astype(float),
-        "assignment": treated.map({True: "treatment", False: "holdout"}),
-    })
+    return pd.DataFrame(
+        {
+            "campaign_id": offers["campaign_id"].astype(str),
+            "user_id": offers["user_id"].astype("int64"),
+            "event_type": offers["event_type"].where(has_offer, NO_OFFER).astype(str),
+            "reward_size": offers["reward_size"].where(has_offer, 0.0).astype(float),
+            "assignment": treated.map({True: "treatment", False: "holdout"}),
+        }
+    )
 
 
 def true_response_probability(marketplace: Marketplace, sent: pd.DataFrame, start: date) -> pd.Series:
@@ -91,7 +98,11 @@ def drop_file_names(start: date, days: int) -> dict[str, str]:
 
 
 def write_drop_files(
-    folder: Path, start: date, days: int, events: pd.DataFrame, exposures: pd.DataFrame,
+    folder: Path,
+    start: date,
+    days: int,
+    events: pd.DataFrame,
+    exposures: pd.DataFrame,
 ) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {table: folder / name for table, name in drop_file_names(start, days).items()}
@@ -103,7 +114,7 @@ def write_drop_files(
 def simulate_campaign(settings: Settings, days: int, seed: int) -> dict:
     """Play out the latest published campaign for ``days`` days; returns counts and the true
     re-engagement per arm. Use ``days`` >= the reactivation window to observe every response."""
-    url = warehouse.start(settings)
+    url = postgres.start(settings)
     with psycopg.connect(url) as conn:
         offers = latest_offers(conn)
     if offers.empty:
@@ -133,37 +144,3 @@ def simulate_campaign(settings: Settings, days: int, seed: int) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
     return result
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--days", type=int, default=None, help="days to simulate (default: the reactivation window)")
-    parser.add_argument("--seed", type=int, default=None, help="simulation seed (default: REKINDLE_SEED)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``rekindle simulate``: play out the latest campaign and print the truth to compare the readout with."""
-    settings = Settings.from_env()
-    days = args.days or settings.reactivation_window_days
-    seed = settings.seed if args.seed is None else args.seed
-    try:
-        result = simulate_campaign(settings, days, seed)
-    except (LookupError, FileNotFoundError, psycopg.errors.UndefinedTable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"simulated {', '.join(result['campaign_ids'])} for {days} days from {result['start']} (seed {seed}): "
-        f"{result['events']:,} events, {result['orders']:,} orders, {result['exposures']:,} exposures"
-    )
-    for table, path in result["files"].items():
-        print(f"  {table:<19} -> {path}")
-    print(f"{'arm':<18}{'users':>8}{'true re-engagement':>20}")
-    for arm, rate in result["true_re_engagement"].items():
-        print(f"{arm:<18}{result['users_per_arm'][arm]:>8,}{rate:>20.2%}")
-    lift = result["true_relative_lift_vs_non_personalised"]
-    if lift is not None:
-        print(f"true relative lift, personalised vs non-personalised: {lift:+.1%} (the seed's bar is +15%)")
-    print("the next daily run ingests these files; `rekindle readout` measures the campaign once its window is over")
-    return 0

@@ -1,0 +1,7 @@
+"""``python -m ml.cli``: the same as the ``rekindle`` command."""
+
+import sys
+
+from ml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""``rekindle export``: one CRM segment as CSV."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date
+from pathlib import Path
+
+import psycopg
+
+from ml.crm import segments
+from ml.crm.export import UnknownSegmentError, export_segment, latest_run_date
+from ml.settings import Settings
+from ml.warehouse import postgres
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("segment", metavar="SEGMENT", help=f"one of: {', '.join(segments.SEGMENTS)}")
+    parser.add_argument(
+        "--date", type=date.fromisoformat, default=None, help="run date YYYY-MM-DD (default: the latest published)"
+    )
+    parser.add_argument("--min-score", type=float, default=None, help="keep rows with a normalised score >= this (0-1)")
+    parser.add_argument("--platform", default=None, help="keep users who signed up on this platform")
+    parser.add_argument("--zone", default=None, help="keep users whose home zone is this")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder (default: the exports folder under REKINDLE_HOME)"
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.segment not in segments.SEGMENTS:
+        print(f"error: {UnknownSegmentError(args.segment)}", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    with psycopg.connect(postgres.start(settings)) as conn:
+        run_date = args.date or latest_run_date(conn)
+        if run_date is None:
+            print("error: nothing published to crm yet: run `rekindle run` first", file=sys.stderr)
+            return 1
+        path = export_segment(
+            conn, args.segment, run_date, args.out or settings.exports_dir, args.min_score, args.platform, args.zone
+        )
+    print(f"wrote {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    exp = sub.add_parser("export", help="write one CRM segment as CSV ({segment}_{date}.csv)")
+    add_arguments(exp)
+    exp.set_defaults(func=cmd_export)

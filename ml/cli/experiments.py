@@ -1,0 +1,90 @@
+"""``rekindle simulate | readout``: play a published campaign out in the synthetic world, then measure it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, date, datetime
+
+import psycopg
+
+from ml.experiments.readout import campaign_date_due, load_campaign_truth, run_readout
+from ml.settings import Settings
+from ml.synthetic.campaign_replay import simulate_campaign
+
+
+def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--days", type=int, default=None, help="days to simulate (default: the reactivation window)")
+    parser.add_argument("--seed", type=int, default=None, help="simulation seed (default: REKINDLE_SEED)")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """``rekindle simulate``: play out the latest campaign and print the truth to compare the readout with."""
+    settings = Settings.from_env()
+    days = args.days or settings.reactivation_window_days
+    seed = settings.seed if args.seed is None else args.seed
+    try:
+        result = simulate_campaign(settings, days, seed)
+    except (LookupError, FileNotFoundError, psycopg.errors.UndefinedTable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"simulated {', '.join(result['campaign_ids'])} for {days} days from {result['start']} (seed {seed}): "
+        f"{result['events']:,} events, {result['orders']:,} orders, {result['exposures']:,} exposures"
+    )
+    for table, path in result["files"].items():
+        print(f"  {table:<19} -> {path}")
+    print(f"{'arm':<18}{'users':>8}{'true re-engagement':>20}")
+    for arm, rate in result["true_re_engagement"].items():
+        print(f"{arm:<18}{result['users_per_arm'][arm]:>8,}{rate:>20.2%}")
+    lift = result["true_relative_lift_vs_non_personalised"]
+    if lift is not None:
+        print(f"true relative lift, personalised vs non-personalised: {lift:+.1%} (the seed's bar is +15%)")
+    print("the next daily run ingests these files; `rekindle readout` measures the campaign once its window is over")
+    return 0
+
+
+def add_readout_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--date",
+        default=None,
+        help="campaign run date YYYY-MM-DD (default: the campaign whose window closed today, UTC)",
+    )
+
+
+def cmd_readout(args: argparse.Namespace) -> int:
+    """``rekindle readout``: print the readout, with the simulated truth beside it when there is one."""
+    settings = Settings.from_env()
+    if args.date:
+        campaign_date = date.fromisoformat(args.date)
+    else:
+        campaign_date = campaign_date_due(datetime.now(UTC).date(), settings.reactivation_window_days)
+    summary = run_readout(settings, campaign_date)
+    print(f"{summary['campaign_id']}: {summary['status']}")
+    if "arms" not in summary:
+        return 1
+    truth = load_campaign_truth(settings, summary["campaign_id"]) or {}
+    true_rates = truth.get("true_re_engagement", {})
+    print(f"{'arm':<18}{'users':>8}{'re-engaged':>12}{'rate':>9}{'true rate':>11}{'revenue/user':>14}")
+    for arm, numbers in summary["arms"].items():
+        true_rate = f"{true_rates[arm]:.2%}" if arm in true_rates else "-"
+        print(
+            f"{arm:<18}{numbers['users']:>8,}{numbers['re_engaged_users']:>12,}{numbers['re_engagement_rate']:>9.2%}"
+            f"{true_rate:>11}{numbers['revenue_per_user']:>14.2f}"
+        )
+    if not summary["window_complete"]:
+        print(f"interim readout: the window closes at {summary['window_end']}")
+    print(summary["verdict"])
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sim = sub.add_parser(
+        "simulate", help="play the latest published campaign out in the synthetic world (into the drop folder)"
+    )
+    add_simulate_arguments(sim)
+    sim.set_defaults(func=cmd_simulate)
+
+    read = sub.add_parser("readout", help="measure a win-back campaign: arms vs holdout and vs non-personalised")
+    add_readout_arguments(read)
+    read.set_defaults(func=cmd_readout)

@@ -1,0 +1,90 @@
+"""``rekindle run | ui``: the daily DAG in-process, or under Airflow's own scheduler with its UI and MLflow's."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import psycopg
+
+from ml import runtime
+from ml.cli.options import settings_from, today
+from ml.settings import Settings, redact
+from ml.warehouse import postgres
+
+DAG_ID = "reengagement_daily"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    run_date = date.fromisoformat(args.date) if args.date else today()
+    url = postgres.start(settings)
+    runtime.configure(settings, url)
+    settings = Settings.from_env()
+    print(f"warehouse: {redact(url)}", flush=True)
+    if _nothing_to_load(settings, url):
+        print(
+            f"nothing to run on: the drop folder {settings.input_dir} has no event files and raw.events is empty.\n"
+            "Generate demo data first (`rekindle generate`, or `make run`), or drop CSV / Parquet / JSON-lines "
+            "files there.",
+            file=sys.stderr,
+        )
+        return 2
+    _migrate_airflow_db()
+    from ml.pipeline.airflow import logs_to_file, run_dag_in_process
+
+    started = time.perf_counter()
+    log_path = settings.home / "logs" / f"{DAG_ID}_{run_date}.log"
+    print(f"running DAG {DAG_ID} for {run_date} in-process (full log: {log_path}) ...", flush=True)
+    with logs_to_file(log_path):
+        state, tasks = run_dag_in_process(DAG_ID, run_date)
+    from ml.pipeline.summary import print_summary
+
+    print_summary(settings, run_date, state, tasks, time.perf_counter() - started)
+    return 0 if state == "success" else 1
+
+
+def _nothing_to_load(settings: Settings, url: str) -> bool:
+    """True on a first run with an empty drop folder: the raw gate would fail on zero events."""
+
+    from ml.warehouse.ingest import discover_files
+
+    if settings.input_dir.is_dir() and discover_files(settings.input_dir):
+        return False
+    with psycopg.connect(url) as conn:
+        exists = conn.execute("SELECT to_regclass('raw.events') IS NOT NULL").fetchone()[0]
+        return not exists or conn.execute("SELECT NOT EXISTS (SELECT 1 FROM raw.events)").fetchone()[0]
+
+
+def _migrate_airflow_db() -> None:
+    marker = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
+    if marker.exists():
+        return
+    print("initialising the Airflow metadata database (first run only) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from ml.pipeline.airflow import serve_uis
+
+    settings = settings_from(args)
+    url = postgres.start(settings)
+    runtime.configure(settings, url)
+    _migrate_airflow_db()
+    return serve_uis(Settings.from_env(), url, args.airflow_port, args.mlflow_port)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="run the daily DAG in-process and print a summary")
+    run.add_argument("--date", default=None, help="run date YYYY-MM-DD (default: today, UTC)")
+    run.set_defaults(func=cmd_run)
+
+    ui = sub.add_parser("ui", help="Airflow UI and MLflow UI on localhost against the same warehouse")
+    ui.add_argument("--airflow-port", type=int, default=8080)
+    ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)

@@ -1,0 +1,1 @@
+"""What the CRM reads: segment tables, the day's publication, CSV exports."""

@@ -1,0 +1,1 @@
+"""Win-back experiments: arm assignment, statistics, the campaign readout."""

@@ -1,0 +1,175 @@
+"""Judging recommenders on a temporal split: discovery and repeat modes, per lifecycle segment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from ml.recommend.merchant import HALF_LIFE_DAYS, MODES, MarketContext, ModelSpec
+from ml.recommend.metrics import ranking_report
+
+
+@dataclass(frozen=True)
+class TemporalSplit:
+    """Train before ``cut``; the truth is what each train user ordered from in [cut, as_of).
+
+    ``relevant`` holds only merchants new to the user (discovery); ``relevant_with_repeats`` all of them.
+    """
+
+    cut: datetime
+    train: pd.DataFrame
+    relevant: dict
+    relevant_with_repeats: dict
+
+    @classmethod
+    def last_days(cls, orders: pd.DataFrame, as_of: datetime, test_days: int) -> TemporalSplit:
+        cut = pd.Timestamp(as_of) - timedelta(days=test_days)
+        train = orders[orders["event_time"] < cut]
+        test = orders[(orders["event_time"] >= cut) & (orders["event_time"] < pd.Timestamp(as_of))]
+        test = test[test["user_id"].isin(set(train["user_id"]))]
+        seen = set(zip(train["user_id"], train["merchant_id"]))
+        new_pairs = test[[(u, m) not in seen for u, m in zip(test["user_id"], test["merchant_id"])]]
+        return cls(
+            cut=cut.to_pydatetime(),
+            train=train,
+            relevant=new_pairs.groupby("user_id")["merchant_id"].agg(set).to_dict(),
+            relevant_with_repeats=test.groupby("user_id")["merchant_id"].agg(set).to_dict(),
+        )
+
+    def truth(self, mode: str) -> dict:
+        return self.relevant if MODES[mode] else self.relevant_with_repeats
+
+    def sample(self, max_users: int, seed: int) -> TemporalSplit:
+        """The same split judged on a seeded sample of at most ``max_users`` test users (both modes).
+
+        Every model of a day is judged on the same sample, so comparisons stay paired while the cost of
+        judging stops growing with the marketplace.
+        """
+        users = np.array(sorted(self.relevant_with_repeats))
+        if len(users) <= max_users:
+            return self
+        kept = set(np.random.default_rng(seed).choice(users, size=max_users, replace=False).tolist())
+        return TemporalSplit(
+            cut=self.cut,
+            train=self.train,
+            relevant={user: items for user, items in self.relevant.items() if user in kept},
+            relevant_with_repeats={user: items for user, items in self.relevant_with_repeats.items() if user in kept},
+        )
+
+
+@dataclass(frozen=True)
+class LifecycleRule:
+    """marts.user_segments' lifecycle rule, applicable at any date (thresholds in days, from Settings)."""
+
+    new_user_days: int = 14
+    active_max_days: int = 6
+    at_risk_max_days: int = 13
+    lapsed_max_days: int = 29
+    dormant_max_days: int = 59
+
+    def segments(self, orders: pd.DataFrame, signup_at: pd.Series, at: datetime) -> pd.Series:
+        """Segment per user of ``signup_at`` (indexed by user_id) as of ``at``, from orders before it.
+
+        The pipeline's evaluation needs segments at the split's cut: as of the run date every test
+        user has just ordered, so the marts' own column would put them all in new / active.
+        """
+        day = pd.Timestamp(at).normalize()
+        before = orders[orders["event_time"] < pd.Timestamp(at)]
+        last_order = before.groupby("user_id")["event_time"].max().reindex(signup_at.index)
+        order_count = before.groupby("user_id").size().reindex(signup_at.index, fill_value=0)
+        tenure = (day - pd.to_datetime(signup_at, utc=True).dt.normalize()).dt.days
+        since_last = (day - last_order.dt.normalize()).dt.days
+        inactive = since_last.fillna(tenure)
+        labels = np.select(
+            [
+                (tenure <= self.new_user_days) & (order_count < 2),
+                inactive <= self.active_max_days,
+                inactive <= self.at_risk_max_days,
+                inactive <= self.lapsed_max_days,
+                inactive <= self.dormant_max_days,
+            ],
+            ["new", "active", "at_risk", "lapsed", "dormant"],
+            default="churned",
+        )
+        return pd.Series(labels, index=signup_at.index, name="lifecycle_segment")
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    overall: dict[str, float]
+    by_segment: dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Scores fitted recommenders on one split: both modes, optionally per user segment."""
+
+    split: TemporalSplit
+    catalog_size: int
+    merchant_categories: Mapping | None = None
+    segments: pd.Series | None = None  # user_id -> segment
+    ks: tuple[int, ...] = (5, 10)
+
+    @cached_property
+    def merchant_popularity(self) -> dict:
+        """Share of train users who ordered from each merchant (novelty's p)."""
+        train = self.split.train
+        return (train.groupby("merchant_id")["user_id"].nunique() / train["user_id"].nunique()).to_dict()
+
+    def scorecard(self, recommender) -> dict[str, ModeResult]:
+        """Per mode (discovery, repeat): the report over all test users and per segment."""
+        results = {}
+        for mode in MODES:
+            recommended = self.lists(recommender, mode)
+            results[mode] = ModeResult(self.report(recommended, mode), self.by_segment(recommended, mode))
+        return results
+
+    def lists(self, recommender, mode: str) -> dict:
+        users = list(self.split.truth(mode))
+        recs = recommender.recommend(users, n=max(self.ks), exclude_seen=MODES[mode], explain=False)
+        return recs.sort_values(["user_id", "rank"]).groupby("user_id")["merchant_id"].agg(list).to_dict()
+
+    def report(self, recommended: dict, mode: str, users: Iterable | None = None) -> dict[str, float]:
+        truth = self.split.truth(mode)
+        if users is not None:
+            truth = {user: truth[user] for user in users if user in truth}
+        return ranking_report(
+            recommended,
+            truth,
+            self.catalog_size,
+            ks=self.ks,
+            item_categories=self.merchant_categories,
+            item_popularity=self.merchant_popularity,
+        )
+
+    def by_segment(self, recommended: dict, mode: str) -> dict[str, dict[str, float]]:
+        if self.segments is None:
+            return {}
+        truth_users = pd.Index(list(self.split.truth(mode)))
+        segment_of = self.segments.reindex(truth_users).fillna("unknown")
+        return {
+            segment: self.report(recommended, mode, members.index)
+            for segment, members in segment_of.groupby(segment_of)
+        }
+
+
+def evaluate(recommender, split: TemporalSplit, catalog_size: int, k: int = 10) -> dict[str, float]:
+    """Discovery-mode metrics (merchants already ordered from are excluded) on the split's test users."""
+    judge = Judge(split, catalog_size, ks=(5, k))
+    return judge.report(judge.lists(recommender, "discovery"), "discovery")
+
+
+def evaluate_spec(
+    spec: ModelSpec,
+    split: TemporalSplit,
+    catalog_size: int,
+    context: MarketContext | None = None,
+    half_life_days: float = HALF_LIFE_DAYS,
+) -> dict[str, float]:
+    recommender = spec.recommender(half_life_days).fit(split.train, split.cut, context)
+    return evaluate(recommender, split, catalog_size)

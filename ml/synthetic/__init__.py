@@ -1,0 +1,1 @@
+"""The synthetic marketplace: generator, world dynamics, campaign replay."""

@@ -1,0 +1,1 @@
+"""The warehouse: the Postgres server, raw ingest, data-quality gates, the dbt runner, mart reads."""
