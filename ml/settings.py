@@ -17,9 +17,9 @@ def _default_home() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    # Where local state lives: embedded warehouse, Airflow metadata, MLflow artifacts, exports, data docs.
+    """Every field is read from ``REKINDLE_<FIELD>``; its description lives in ``DESCRIPTIONS`` below."""
+
     home: Path = field(default_factory=_default_home)
-    # Any Postgres; empty means the embedded server under ``home``.
     warehouse_url: str = ""
     seed: int = 42
     scale: str = "demo"
@@ -32,13 +32,12 @@ class Settings:
     lapsed_max_days: int = 29
     dormant_max_days: int = 59
 
-    # Interaction strength: signals halve every this many days (dbt marts and the recommender)
+    # Interaction strength (dbt)
     recency_half_life_days: float = 14.0
 
     # Recommendation / evaluation
     top_n: int = 10
     eval_test_days: int = 7
-    # Test users every model of a day is judged on (a seeded sample when there are more)
     eval_users: int = 6000
     cosine_neighbours: int = 100
     cosine_shrinkage: float = 0.0
@@ -50,7 +49,7 @@ class Settings:
     promotion_margin: float = 0.0
     score_segments: tuple[str, ...] = ("lapsed", "dormant")
 
-    # Offers (ml/offers/decide.py): budget is the total expected reward cost of one day's campaign (QAR)
+    # Offers (ml/offers/decide.py, the offer model in ml/pipeline/tasks.py)
     campaign_budget: float = 20000.0
     offer_segment_budget_share: float = 0.5
     holdout_share: float = 0.10
@@ -61,17 +60,14 @@ class Settings:
     offer_test_share: float = 0.3
     reactivation_window_days: int = 14
 
-    # CRM segments (ml/crm/segments.py): thresholds and sizes
+    # CRM segments (ml/crm/segments.py) and publishing
     crm_affinity_threshold: float = 0.5
     crm_top_k: int = 3
     crm_lapsed_days: int = 14
     crm_new_user_max_orders: int = 2
     crm_superfans_per_merchant: int = 20
-    # Publishing run_date D deletes rows with run_date < D - this from every crm table that has a run_date.
-    # Keep it above reactivation_window_days: the experiment readout reads a campaign's offers after its window.
     crm_retention_days: int = 90
     crm_reader_role: str = "rekindle_crm_reader"
-    # Empty: the role gets no password (fine for the embedded server's local trust auth).
     crm_reader_password: str = ""
 
     # MLflow model names
@@ -127,6 +123,80 @@ class Settings:
         return cls(**values)
 
 
+# One description per Settings field: docs/configuration.md is generated from it (``python -m ml.settings``) and
+# tests/test_configuration_docs.py fails when a field has none. Add the description with the field.
+DESCRIPTIONS: dict[str, str] = {
+    "home": "Where local state lives: embedded warehouse, drop folder (`data/incoming`), Airflow metadata, "
+    "MLflow artifacts, exports, GX data docs, dbt profiles, run logs.",
+    "warehouse_url": "libpq URL of any Postgres to use as the warehouse (e.g. `postgresql://user:pass@host:5432/db`); "
+    "empty means the embedded server under `home`. Printed redacted, never with the password.",
+    "seed": "Seed of the synthetic marketplace (`rekindle generate`), the evaluation sample of test users, "
+    "the ranker and the random baseline, and the offer model's train/test split and fit.",
+    "scale": "Size of the synthetic marketplace `rekindle generate` writes: `demo` (5,000 users, 500 merchants) "
+    "or `full` (55,000 users, 5,700 merchants).",
+    "days": "Length in days of the window `rekindle generate` writes: the days before its `--end-date` "
+    "(default: today, UTC).",
+    "new_user_days": "Lifecycle `new`: signed up at most this many days before the run date and fewer than 2 orders "
+    "(dbt var for `marts.user_segments`; the evaluation's per-segment breakdown uses the same value).",
+    "active_max_days": "Lifecycle `active`: last order at most this many days before the run date.",
+    "at_risk_max_days": "Lifecycle `at_risk`: last order more than `active_max_days` and at most this many days ago.",
+    "lapsed_max_days": "Lifecycle `lapsed`: last order more than `at_risk_max_days` and at most this many days ago.",
+    "dormant_max_days": "Lifecycle `dormant`: last order more than `lapsed_max_days` and at most this many days ago; "
+    "beyond it a user is `churned`.",
+    "recency_half_life_days": "Half-life in days of the recency decay of user x merchant interaction strength in "
+    "dbt's `int_user_merchant_interactions` (dbt var). The recommenders weight orders with their own fixed "
+    "14-day half-life (`HALF_LIFE_DAYS` in `ml/recommend/merchant.py`).",
+    "top_n": "Merchants published per user in `crm.recommendations` (and `crm.segment_members`).",
+    "eval_test_days": "Held-out window of the daily evaluation: models are fitted on orders before the last this "
+    "many days and judged on the orders inside them.",
+    "eval_users": "At most this many test users (a seeded sample, the same for every model of the day) judge the "
+    "ranker, its generators and the baselines in `train_ranker`.",
+    "cosine_neighbours": "Item-item cosine generator: neighbours kept per merchant.",
+    "cosine_shrinkage": "Item-item cosine generator: shrinkage added to the similarity's denominator "
+    "(damps pairs with few co-orders).",
+    "ranker_candidates": "Candidates each generator contributes per user to the LightGBM ranker.",
+    "ranker_train_users": "At most this many users (a seeded sample) label the ranker's training windows.",
+    "diversity_lambda": "MMR re-ranking over categories: 1.0 = ranker order only, lower = more category diversity.",
+    "exploration_rate": "Share of users (per user and day, by a seeded draw) whose last slot shows the new merchant "
+    "their category taste scores highest; 0 turns it off.",
+    "model_threads": "Threads for ALS and LightGBM.",
+    "promotion_margin": "A challenger becomes `@champion` only if its gate metric exceeds the champion's times "
+    "(1 + this margin), both judged on the same held-out data (0.05 = 5% better).",
+    "score_segments": "Lifecycle segments (comma-separated) whose members and their recommendations are written "
+    "to `crm.segment_members`.",
+    "campaign_budget": "Total expected reward cost (QAR) of one day's personalised offers: the policy stops "
+    "allocating when it is spent.",
+    "offer_segment_budget_share": "Each inactive segment (at_risk, lapsed, dormant, churned) may use at most this "
+    "share of `campaign_budget`.",
+    "holdout_share": "Share of inactive users in the holdout arm (by a hash of campaign and user): never offered.",
+    "personalised_share": "Share of inactive users in the personalised arm (the model's offer); the rest get the "
+    "fixed default offer (non-personalised arm).",
+    "default_offer_event_type": "Event type of the non-personalised arm's fixed offer.",
+    "default_offer_reward": "Reward size (QAR) of the non-personalised arm's fixed offer.",
+    "order_margin_rate": "Share of an order's value the marketplace keeps: the offer model values a reactivation "
+    "as margin on the expected orders minus the reward cost.",
+    "offer_test_share": "Share of exposed users held out to value the offer policy (and the gate) in "
+    "`train_offer_model`.",
+    "reactivation_window_days": "Days after a campaign is sent in which a checkout counts as reactivation (dbt "
+    "var for `marts.campaign_history`); the experiment readout reads out the campaign sent this many days earlier.",
+    "crm_affinity_threshold": "`high_affinity_prospects` and `cross_sell_targets`: keep recommendations whose "
+    "normalised score (share of the user's best) is above this.",
+    "crm_top_k": "Recommendations per user in the `lapsed_personalised`, `category_explorers`, "
+    "`cross_sell_targets` and `new_user_onboarding` segments.",
+    "crm_lapsed_days": "`lapsed_personalised`: users with no order in at least this many days.",
+    "crm_new_user_max_orders": "`new_user_onboarding`: users with fewer than this many orders.",
+    "crm_superfans_per_merchant": "`merchant_superfans`: customers kept per merchant (most orders, then most spent).",
+    "crm_retention_days": "Publishing run_date D deletes rows older than D minus this many days from every `crm` "
+    "table with a run_date (`crm.experiment_results` is kept). Keep it above `reactivation_window_days`: the "
+    "readout reads a campaign's offers after its window.",
+    "crm_reader_role": "The LOGIN role the CRM reads with: SELECT on schema `crm` only.",
+    "crm_reader_password": "Password of `crm_reader_role`; empty gives the role no password (fine for the "
+    "embedded server's local trust authentication). Never printed.",
+    "ranker_model_name": "MLflow registered model of the merchant ranker.",
+    "offer_model_name": "MLflow registered model of the offer (response) model.",
+}
+
+
 def _parse(name: str, raw: str, default: Any, f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return Path(raw)
@@ -152,3 +222,45 @@ def redact(url: str) -> str:
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}"
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.name == "home":
+        return "`<project>/.rekindle`"
+    default = f.default
+    if isinstance(default, tuple):
+        return f"`{','.join(default)}`"
+    if default == "":
+        return "(empty)"
+    return f"`{default}`"
+
+
+def configuration_markdown() -> str:
+    """docs/configuration.md: every Settings field as its environment variable, type, default and description."""
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated from ml/settings.py by `python -m ml.settings > docs/configuration.md`; do not edit by hand. -->",
+        "",
+        "Regenerate this page with `python -m ml.settings > docs/configuration.md` after changing `Settings` or",
+        "`DESCRIPTIONS` in `ml/settings.py`; `tests/test_configuration_docs.py` fails when it is stale or a setting",
+        "has no description.",
+        "",
+        "Every field of the one settings object (`ml.settings.Settings`) is read from the environment variable",
+        "`REKINDLE_<FIELD>` by `Settings.from_env()`; unset variables keep the default. Numbers are parsed as",
+        "`int` or `float`, lists are comma-separated, `home` is a path. Command-line options (`--seed`, `--scale`,",
+        "`--days`, ...) override the environment.",
+        "",
+        "| environment variable | type | default | description |",
+        "|---|---|---|---|",
+    ]
+    for f in dataclasses.fields(Settings):
+        description = DESCRIPTIONS.get(f.name, "").replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `REKINDLE_{f.name.upper()}` | `{f.type}` | {_default_text(f)} | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(configuration_markdown())
