@@ -22,6 +22,12 @@ NO_TELEMETRY = {
 }
 
 
+def disable_telemetry() -> None:
+    """Switch every tool's phone-home off in this process (a value the user set explicitly wins)."""
+    for name, value in NO_TELEMETRY.items():
+        os.environ.setdefault(name, value)
+
+
 def airflow_environment(settings: Settings) -> dict[str, str]:
     airflow_home = settings.airflow_home
     return {
@@ -40,7 +46,8 @@ def configure(settings: Settings, warehouse_url: str | None = None) -> None:
     """Set the variables before Airflow, dbt, GX or MLflow are imported; explicit user settings win."""
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
-    for name, value in {**NO_TELEMETRY, **airflow_environment(settings)}.items():
+    disable_telemetry()
+    for name, value in airflow_environment(settings).items():
         os.environ.setdefault(name, value)
     os.environ["REKINDLE_HOME"] = str(settings.home)
     # Cosmos looks dbt up on PATH: make it this interpreter's, even when the venv is not activated.

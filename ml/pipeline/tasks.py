@@ -393,7 +393,7 @@ def _segments_figure(results: dict, mode: str):
         axes.bar([i + offset * width for i in range(len(segment_names))], values, width, label=name)
     axes.set_xticks(
         [i + 0.4 - width / 2 for i in range(len(segment_names))],
-        [f"{s}\n({int(next(iter(results.values())).by_segment[s]['users'])} users)" for s in segments],
+        [f"{s}\n({int(next(iter(results.values())).by_segment[s]['users'])} users)" for s in segment_names],
     )
     axes.set_ylabel(GATE_METRIC)
     axes.set_title(f"{GATE_METRIC} by lifecycle segment at the cut ({mode})")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from ml.runtime import disable_telemetry
 from ml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,6 @@ TARGET_NAME = "dev"
 THREADS = 2
 # Statuses of a run/test/build node that mean the invocation failed.
 FAILURE_STATUSES = frozenset({"error", "fail", "runtime error"})
-# Environment that keeps dbt from phoning home (also set in dbt_project.yml flags).
-NO_TELEMETRY_ENV = {
-    "DO_NOT_TRACK": "1",
-    "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-}
 
 # Session settings for every dbt connection (models and tests), passed through libpq's PGOPTIONS.
 # A larger work_mem keeps sorts / hash aggregates over the event log in memory; it also avoids a
@@ -277,8 +273,7 @@ def run_dbt(
     """
     from dbt.cli.main import dbtRunner
 
-    for key, value in NO_TELEMETRY_ENV.items():
-        os.environ.setdefault(key, value)
+    disable_telemetry()  # also set in dbt_project.yml flags
     write_profile(settings, url)
     target_path(settings).mkdir(parents=True, exist_ok=True)
     log_path(settings).mkdir(parents=True, exist_ok=True)

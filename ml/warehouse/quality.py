@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
+from ml.runtime import disable_telemetry
 from ml.settings import Settings
 from ml.warehouse.postgres import sqlalchemy_url
 
@@ -29,7 +29,7 @@ class CheckpointReport:
 
 
 def _context(settings: Settings):
-    os.environ["GX_ANALYTICS_ENABLED"] = "false"
+    disable_telemetry()
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
