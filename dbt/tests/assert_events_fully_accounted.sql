@@ -5,6 +5,7 @@ with counts as (
         (select count(*) from {{ ref('stg_events') }})              as clean_rows,
         (select count(*) from {{ ref('stg_events_rejected') }})     as rejected_rows
 )
+
 select *
 from counts
-where raw_rows <> clean_rows + rejected_rows
+where raw_rows != clean_rows + rejected_rows

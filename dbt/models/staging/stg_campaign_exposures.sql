@@ -2,7 +2,7 @@
 select
     trim(campaign_id)                      as campaign_id,
     user_id::bigint                        as user_id,
-    sent_at                                as sent_at,
+    sent_at,
     lower(trim(event_type))                as event_type,
     reward_size::numeric(8, 2)             as reward_size,
     lower(trim(assignment))                as assignment,

@@ -24,16 +24,16 @@ checked as (
         e.event_id::text                            as event_id,
         e.user_id::bigint                           as user_id,
         e.event_type::text                          as event_type,
-        e.event_time                                as event_time,
+        e.event_time,
         e.merchant_id::bigint                       as merchant_id,
         nullif(trim(e.merchant_name), '')           as merchant_name,
         e.order_total::numeric(12, 2)               as order_total,
         nullif(lower(trim(e.platform)), '')         as platform,
         nullif(trim(e.zone), '')                    as zone,
-        e.properties                                as properties,
+        e.properties,
         nullif(e.properties ->> 'campaign_id', '')  as campaign_id,
-        e.source_file                               as source_file,
-        e.loaded_at                                 as loaded_at,
+        e.source_file,
+        e.loaded_at,
         case
             when e.event_time >= {{ run_cutoff() }} then 'after_run_date'
             -- the contract's exact spelling: anything else is quarantined, not guessed at
@@ -56,8 +56,8 @@ ranked as (
     -- Cheap, selective keys first (bigint, timestamptz) so text comparisons are rarely needed.
     select
         checked.*,
-        row_number() over content_copies            as copy_number,
-        first_value(event_id) over content_copies   as kept_event_id
+        row_number() over content_copies                  as copy_number,
+        first_value(checked.event_id) over content_copies as kept_event_id
     from checked
     window content_copies as (
         partition by user_id, event_time, merchant_id, order_total, event_type, invalid_reason

@@ -7,7 +7,7 @@ select
     lat::double precision                as lat,
     lng::double precision                as lng,
     price_level::int                     as price_level,
-    opened_at                            as opened_at,
+    opened_at,
     {{ utc_date('opened_at') }}          as opened_date
 from {{ source('raw', 'merchants') }}
 where opened_at < {{ run_cutoff() }}
