@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ml.cli import crm as export_cli
 from ml.crm import export, publish, segments
 from ml.settings import Settings
 from ml.warehouse.postgres import DATABASE
@@ -158,8 +159,8 @@ def test_unknown_segment_is_refused_with_the_valid_names(published, tmp_path):
 
 def _cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    export.add_arguments(parser)
-    return export.run(parser.parse_args(argv))
+    export_cli.add_arguments(parser)
+    return export_cli.cmd_export(parser.parse_args(argv))
 
 
 @pytest.fixture
