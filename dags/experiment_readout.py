@@ -26,14 +26,12 @@ from ml.settings import Settings
     doc_md=__doc__,
 )
 def experiment_readout():
-    # ml.experiments.readout (MLflow, SciPy) is imported inside the task so that parsing this file stays light.
+    # ml.pipeline.tasks (MLflow, SciPy, ...) is imported inside the task so that parsing this file stays light.
     @task
     def read_out_campaign(ds: str | None = None) -> dict:
-        from ml.experiments import readout
+        from ml.pipeline import tasks
 
-        settings = Settings.from_env()
-        campaign_date = readout.campaign_date_due(date.fromisoformat(ds), settings.reactivation_window_days)
-        return readout.run_readout(settings, campaign_date)
+        return tasks.read_out_campaign(Settings.from_env(), date.fromisoformat(ds))
 
     window_loaded = ExternalTaskSensor(
         task_id="wait_for_daily_load",
