@@ -580,3 +580,10 @@ def step_summaries(settings: Settings, run_date: date) -> list[dict]:
             (run_date,),
         ).fetchall()
     return [{"step": step, "seconds": seconds, "summary": summary} for step, seconds, summary in rows]
+
+
+def read_out_campaign(settings: Settings, run_date: date) -> dict:
+    """The experiment_readout DAG's task: read out the campaign whose reactivation window closed on run_date."""
+    from ml.experiments import readout
+
+    return readout.run_readout(settings, readout.campaign_date_due(run_date, settings.reactivation_window_days))
