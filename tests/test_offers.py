@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from ml.experiments.assignment import hash_unit
+from ml.offers.arms import NO_OFFER, arm_label, arm_labels
 from ml.offers.evaluation import (
     ipw_policy_value,
     observed_uplift,
@@ -24,8 +26,6 @@ from ml.offers.policy import (
     allocate_offers,
     best_offers,
     expected_incremental_margin,
-    holdout_mask,
-    holdout_score,
     tune_shrinkage,
 )
 from ml.offers.uplift import (
@@ -35,13 +35,11 @@ from ml.offers.uplift import (
     RLearner,
     TLearner,
     XLearner,
-    arm_label,
-    arm_labels,
     mean_uplift,
     shrink_uplift,
 )
 
-CONTROL = "none"
+CONTROL = NO_OFFER
 SMALL_EFFECT = BoosterConfig(num_leaves=4, min_child_samples=100, n_seeds=2)
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -173,13 +171,17 @@ def test_holdout_users_never_get_an_offer_and_the_share_is_about_ten_percent():
     assert (offers.loc[~offers["holdout"], "arm"] != CONTROL).any()
 
 
-def test_holdout_hash_is_stable_across_runs_and_depends_on_the_campaign():
-    # Fixed values: a change here would silently move users between holdout and treatment.
-    assert holdout_score("winback-2026-01", "user-42") == pytest.approx(0.6438580232359685, abs=0)
-    assert holdout_score("winback-2026-01", 42) == holdout_score("winback-2026-01", "42")
+def test_the_holdout_is_the_experiments_hash_stable_across_runs_and_depending_on_the_campaign():
     users = [f"user-{i}" for i in range(5000)]
-    assert np.array_equal(holdout_mask("c-1", users), holdout_mask("c-1", users))
-    assert not np.array_equal(holdout_mask("c-1", users), holdout_mask("c-2", users))
+    p, value = _random_predictions(len(users), seed=5)
+
+    def holdout(campaign_id: str) -> np.ndarray:
+        return OfferPolicy(campaign_id, REWARDS, margin_rate=0.5).decide(users, p, value)["holdout"].to_numpy()
+
+    # The one seeded hash (ml.experiments.assignment.hash_unit) decides, as it does for the experiment's arms.
+    assert holdout("c-1").tolist() == [hash_unit("c-1", u) < 0.10 for u in users]
+    assert np.array_equal(holdout("c-1"), holdout("c-1"))
+    assert not np.array_equal(holdout("c-1"), holdout("c-2"))
 
 
 def test_shrinkage_zero_means_one_arm_for_everyone():
@@ -340,3 +342,81 @@ def test_learners_are_reproducible_with_a_fixed_seed(rct):
     first = RLearner(CONTROL, effect_config=SMALL_EFFECT, seed=3).fit(X[train], arm[train], y[train])
     second = RLearner(CONTROL, effect_config=SMALL_EFFECT, seed=3).fit(X[train], arm[train], y[train])
     pd.testing.assert_frame_equal(first.predict_outcomes(X[~train]), second.predict_outcomes(X[~train]))
+
+
+# --- the production decision path (ml.offers.decide) -----------------------------------------------
+
+PRODUCTION_ARMS = {"cashback:5": 5.0, "free_delivery:10": 10.0, "percent_discount:20": 20.0}
+
+
+class _StubResponseModel:
+    """Fixed predictions per user: P(reactivate) 0.10 without an offer, 0.05-0.35 with one; orders of 100 QAR."""
+
+    margin_rate = 0.3
+    reward_size_ = PRODUCTION_ARMS
+
+    def gain_and_cost(self, users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        rng = np.random.default_rng(list(users["user_id"]))
+        p = pd.DataFrame(rng.uniform(0.05, 0.35, (len(users), len(PRODUCTION_ARMS))), columns=list(PRODUCTION_ARMS))
+        p.insert(0, CONTROL, 0.10)
+        value = pd.DataFrame(100.0, index=p.index, columns=p.columns)
+        gain = expected_incremental_margin(p, value, PRODUCTION_ARMS, CONTROL, self.margin_rate)
+        return p, gain, p[list(PRODUCTION_ARMS)] * pd.Series(PRODUCTION_ARMS)
+
+
+def _production_day(budget: float):
+    from ml.experiments.assignment import assign_arms
+    from ml.offers.decide import decide_offers
+    from ml.offers.response import INACTIVE_SEGMENTS
+    from ml.settings import Settings
+
+    settings = Settings(campaign_budget=budget, offer_segment_budget_share=0.5, holdout_share=0.1)
+    users = pd.DataFrame({"user_id": np.arange(1, 2001), "segment": np.resize(INACTIVE_SEGMENTS, 2000)})
+    offers = decide_offers(_StubResponseModel(), users, "winback-2026-02-01", settings)
+    p, gain, cost = _StubResponseModel().gain_and_cost(users)
+    arms = assign_arms("winback-2026-02-01", users["user_id"], settings.holdout_share, settings.personalised_share)
+    offers["arm_label"] = [
+        CONTROL if e == CONTROL else arm_label(e, r) for e, r in zip(offers["event_type"], offers["reward_size"])
+    ]
+    return settings, offers, gain, cost, arms.to_numpy()
+
+
+def test_production_decisions_follow_the_experiment_arms_and_an_unbinding_budget_gives_each_its_best_arm():
+    settings, offers, gain, _, arms = _production_day(budget=1e9)
+    assert (offers["arm"].to_numpy() == arms).all()
+    holdout = offers[arms == "holdout"]
+    assert len(holdout) > 100 and holdout["is_holdout"].all()
+    assert (holdout["event_type"] == CONTROL).all() and (holdout[["reward_size", "expected_cost"]] == 0).all().all()
+    default = offers[arms == "non_personalised"]
+    assert len(default) > 500
+    assert (default["event_type"] == settings.default_offer_event_type).all()
+    assert (default["reward_size"] == settings.default_offer_reward).all()
+    personalised = arms == "personalised"
+    best = np.where(gain.max(axis=1) > 0, gain.idxmax(axis=1), CONTROL)
+    assert offers.loc[personalised, "arm_label"].tolist() == best[personalised].tolist()
+    assert {CONTROL, "free_delivery:10", "cashback:5"} <= set(best[personalised])
+
+
+def test_a_binding_budget_caps_the_personalised_offers_each_getting_its_best_affordable_arm_or_none():
+    budget = 60.0
+    settings, offers, gain, cost, arms = _production_day(budget)
+    personalised = arms == "personalised"
+    chosen = offers.loc[personalised]
+    spent = chosen["expected_cost"].sum()
+    assert spent <= budget + 1e-9 and (chosen["arm_label"] != CONTROL).sum() > 50
+    by_segment = chosen.groupby("segment")["expected_cost"].sum()
+    assert (by_segment <= budget * settings.offer_segment_budget_share + 1e-9).all()
+    # The budget binds: users with a profitable offer are left without it ...
+    best = np.where(gain.max(axis=1) > 0, gain.idxmax(axis=1), CONTROL)
+    assert (chosen["arm_label"].to_numpy() != best[personalised]).sum() > 100
+    # ... and nobody was passed over for an arm they could still afford, or given an unprofitable one.
+    room = {
+        segment: min(budget - spent, budget * settings.offer_segment_budget_share - by_segment.get(segment, 0.0))
+        for segment in offers["segment"].unique()
+    }
+    for row in np.flatnonzero(personalised):
+        label, segment = offers.at[row, "arm_label"], offers.at[row, "segment"]
+        if label != CONTROL:
+            assert gain.at[row, label] > 0
+        better = gain.columns[(gain.loc[row] > (gain.at[row, label] if label != CONTROL else 0)).to_numpy()]
+        assert (cost.loc[row, better] > room[segment] + 1e-9).all(), (row, label, list(better))

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
-from ml.offers.policy import (
-    BudgetLimits,
-    allocate_offers,
-)
-from ml.offers.response import CONTROL, INACTIVE_SEGMENTS, OfferResponseModel
-from ml.offers.uplift import (
-    arm_event_type,
-    arm_label,
-)
+from ml.offers.arms import NO_OFFER, arm_event_type, arm_label
+from ml.offers.policy import BudgetLimits, OfferPolicy
+from ml.offers.response import INACTIVE_SEGMENTS, OfferResponseModel
+
+
+def production_policy(model: OfferResponseModel, campaign_id: str, settings) -> OfferPolicy:
+    """Today's :class:`OfferPolicy`: the experiment's shares, the default offer for the non-personalised arm,
+    and the campaign budget for the personalised offers, no inactive segment taking more than its share."""
+    default_arm = arm_label(settings.default_offer_event_type, settings.default_offer_reward)
+    segment_budget = settings.campaign_budget * settings.offer_segment_budget_share
+    return OfferPolicy(
+        campaign_id=campaign_id,
+        reward_size={**model.reward_size_, default_arm: settings.default_offer_reward},
+        margin_rate=settings.order_margin_rate,
+        control=NO_OFFER,
+        holdout_share=settings.holdout_share,
+        personalised_share=settings.personalised_share,
+        default_arm=default_arm,
+        limits=BudgetLimits(
+            total_budget=settings.campaign_budget,
+            segment_budgets=dict.fromkeys(INACTIVE_SEGMENTS, segment_budget),
+        ),
+    )
 
 
 def decide_offers(model: OfferResponseModel, users: pd.DataFrame, campaign_id: str, settings) -> pd.DataFrame:
@@ -21,52 +34,29 @@ def decide_offers(model: OfferResponseModel, users: pd.DataFrame, campaign_id: s
 
     personalised: the policy's most profitable affordable offer ("none" when nothing pays) under the
     campaign budget, no segment taking more than its share; non_personalised: the fixed default offer;
-    holdout: nothing, ever.
+    holdout: nothing, ever. Gains and costs are the model's (:meth:`OfferResponseModel.gain_and_cost`).
     """
-    from ml.experiments.assignment import (
-        HOLDOUT,
-        NON_PERSONALISED,
-        PERSONALISED,
-        assign_arms,
-    )
-
     users = users.reset_index(drop=True)
-    arm = assign_arms(campaign_id, users["user_id"], settings.holdout_share, settings.personalised_share)
-    users["arm"] = arm.reindex(users["user_id"]).to_numpy()
+    policy = production_policy(model, campaign_id, settings)
     p, gain, cost = model.gain_and_cost(users)
-    personalised = (users["arm"] == PERSONALISED).to_numpy()
-    segment_budget = settings.campaign_budget * settings.offer_segment_budget_share
-    limits = BudgetLimits(
-        total_budget=settings.campaign_budget,
-        segment_budgets={segment: segment_budget for segment in INACTIVE_SEGMENTS},
-    )
-    chosen = pd.Series(CONTROL, index=users.index, dtype=object)
-    allocated = allocate_offers(
-        gain[personalised], cost[personalised], users.loc[personalised, "segment"], limits, CONTROL
-    )
-    chosen[personalised] = allocated["arm"].to_numpy()
-    default_arm = arm_label(settings.default_offer_event_type, settings.default_offer_reward)
-    chosen[(users["arm"] == NON_PERSONALISED).to_numpy()] = default_arm
-    reward_of = {**model.reward_size_, default_arm: settings.default_offer_reward, CONTROL: 0.0}
-    p_chosen = np.array([p.at[i, a] if a in p.columns else np.nan for i, a in chosen.items()])
+    decided = policy.choose(users["user_id"].to_numpy(), p, gain, cost, users["segment"].to_numpy())
+    reward_of = {**policy.reward_size, NO_OFFER: 0.0}
     return pd.DataFrame(
         {
             "user_id": users["user_id"],
             "segment": users["segment"],
-            "arm": users["arm"],
-            "event_type": [arm_event_type(a) for a in chosen],
-            "reward_size": [reward_of[a] for a in chosen],
-            "expected_uplift": np.where(chosen == CONTROL, 0.0, np.nan_to_num(p_chosen - p[CONTROL].to_numpy())),
-            "expected_cost": np.where(
-                chosen == CONTROL, 0.0, np.nan_to_num(p_chosen) * np.array([reward_of[a] for a in chosen])
-            ),
-            "is_holdout": (users["arm"] == HOLDOUT).to_numpy(),
+            "arm": decided["experiment_arm"].to_numpy(),
+            "event_type": [arm_event_type(a) for a in decided["arm"]],
+            "reward_size": [reward_of[a] for a in decided["arm"]],
+            "expected_uplift": decided["expected_uplift"].to_numpy(),
+            "expected_cost": decided["expected_cost"].to_numpy(),
+            "is_holdout": decided["holdout"].to_numpy(),
         }
     )
 
 
 def offer_summary(offers: pd.DataFrame, budget: float) -> dict:
-    offered = offers[offers["event_type"] != CONTROL]
+    offered = offers[offers["event_type"] != NO_OFFER]
     return {
         "budget": budget,
         "expected_cost_personalised": round(

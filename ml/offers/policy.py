@@ -10,13 +10,14 @@ reward is paid only on redemption, so its expected cost is reward_size_a * p_a.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from ml.experiments.assignment import HOLDOUT, NON_PERSONALISED, PERSONALISED, draw_arms
+from ml.offers.arms import NO_OFFER
 from ml.offers.evaluation import Propensity, ipw_contributions
 from ml.offers.uplift import mean_uplift, shrink_uplift
 
@@ -59,19 +60,6 @@ def best_offers(gain: pd.DataFrame, cost: pd.DataFrame, no_offer: Hashable) -> p
         },
         index=gain.index,
     )
-
-
-def holdout_score(campaign_id: str, user_id: Hashable) -> float:
-    """A uniform number in [0, 1) fixed by (campaign, user): the same on every run and machine."""
-    digest = hashlib.sha256(f"{campaign_id}\x1f{user_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def holdout_mask(campaign_id: str, user_ids: Sequence[Hashable], share: float = 0.10) -> np.ndarray:
-    """True for the users held out of the campaign (about ``share`` of them)."""
-    if share <= 0:
-        return np.zeros(len(user_ids), dtype=bool)
-    return np.array([holdout_score(campaign_id, u) < share for u in user_ids], dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -135,17 +123,27 @@ def allocate_offers(
 
 @dataclass(frozen=True)
 class OfferPolicy:
-    """Picks each user's offer: holdout by hash, then the best affordable arm by expected margin.
+    """The one offer decision, in production (:func:`ml.offers.decide.decide_offers`) and in the benchmarks.
 
-    ``reward_size`` maps every treated arm to its reward (QAR); ``control`` is the arm that stands
-    for "no offer" in the predictions and in the output.
+    Each user first gets an experiment arm by the campaign's hash (:func:`ml.experiments.assignment.draw_arms`):
+    - ``holdout`` (``holdout_share`` of users): the control, at no cost, ever;
+    - ``personalised`` (``personalised_share``; ``None``: everyone not held out): the arm with the largest
+      expected gain that still fits ``limits`` (greedy, most efficient users first, :func:`allocate_offers`),
+      or the control when no arm pays or fits;
+    - ``non_personalised`` (the rest): ``default_arm``, whatever it is predicted to earn.
+
+    ``reward_size`` maps every treated arm (the default arm included) to its reward (QAR); ``control`` is the
+    arm that stands for "no offer" in the predictions and in the output. ``limits`` cap the personalised
+    offers' expected cost.
     """
 
     campaign_id: str
     reward_size: Mapping[Hashable, float]
     margin_rate: float
-    control: Hashable = "none"
+    control: Hashable = NO_OFFER
     holdout_share: float = 0.10
+    personalised_share: float | None = None
+    default_arm: Hashable | None = None
     limits: BudgetLimits = BudgetLimits()
 
     def decide(
@@ -155,18 +153,60 @@ class OfferPolicy:
         order_value: pd.DataFrame,
         segment: Sequence[Hashable] | None = None,
     ) -> pd.DataFrame:
-        """One row per user (same order as the inputs): user_id, segment, holdout, arm,
-        expected_gain, expected_cost. Holdout users always get the control and cost nothing."""
-        segment = np.asarray([None] * len(p_reactivate) if segment is None else segment, dtype=object)
-        holdout = holdout_mask(self.campaign_id, user_id, self.holdout_share)
+        """Expected gain and cost from the predictions, then :meth:`choose`."""
         gain = expected_incremental_margin(p_reactivate, order_value, self.reward_size, self.control, self.margin_rate)
         cost = expected_cost(p_reactivate, self.reward_size, self.control)
-        gain.iloc[np.flatnonzero(holdout)] = np.nan
-        offers = allocate_offers(gain, cost, segment, self.limits, self.control)
-        offers.insert(0, "holdout", holdout)
-        offers.insert(0, "segment", segment)
-        offers.insert(0, "user_id", np.asarray(user_id, dtype=object))
-        return offers.reset_index(drop=True)
+        return self.choose(user_id, p_reactivate, gain, cost, segment)
+
+    def choose(
+        self,
+        user_id: Sequence[Hashable],
+        p_reactivate: pd.DataFrame,
+        gain: pd.DataFrame,
+        cost: pd.DataFrame,
+        segment: Sequence[Hashable] | None = None,
+    ) -> pd.DataFrame:
+        """One row per user (same order as the inputs): user_id, segment, experiment_arm, holdout, arm,
+        expected_gain, expected_cost (reward size x P(reactivate | arm)) and expected_uplift (P(reactivate)
+        over the control's); both are 0 for the control. ``gain`` and ``cost`` are per user and treated arm."""
+        segment = np.asarray([None] * len(p_reactivate) if segment is None else segment, dtype=object)
+        user_id = np.asarray(user_id, dtype=object)
+        experiment = draw_arms(self.campaign_id, user_id, self.holdout_share, self.personalised_share)
+        personalised = experiment == PERSONALISED
+        candidates = gain.copy()
+        candidates.iloc[np.flatnonzero(~personalised)] = np.nan
+        offers = allocate_offers(candidates, cost, segment, self.limits, self.control)
+        arm = offers["arm"].to_numpy(dtype=object).copy()
+        expected_gain = offers["expected_gain"].to_numpy(dtype=float).copy()
+        non_personalised = experiment == NON_PERSONALISED
+        if non_personalised.any():
+            if self.default_arm is None:
+                raise ValueError("non-personalised users need a default_arm")
+            arm[non_personalised] = self.default_arm
+            expected_gain[non_personalised] = _pick(gain, arm)[non_personalised]
+        offered = arm != self.control
+        reward = np.array([self.reward_size[a] if o else 0.0 for a, o in zip(arm, offered, strict=True)], dtype=float)
+        p_chosen = _pick(p_reactivate, arm)
+        p_control = p_reactivate[self.control].to_numpy(dtype=float)
+        return pd.DataFrame(
+            {
+                "user_id": user_id,
+                "segment": segment,
+                "experiment_arm": experiment,
+                "holdout": experiment == HOLDOUT,
+                "arm": arm,
+                "expected_gain": np.where(offered, expected_gain, 0.0),
+                "expected_cost": np.where(offered, np.nan_to_num(p_chosen) * reward, 0.0),
+                "expected_uplift": np.where(offered, np.nan_to_num(p_chosen - p_control), 0.0),
+            }
+        )
+
+
+def _pick(frame: pd.DataFrame, arm: np.ndarray) -> np.ndarray:
+    """Per row the value in column ``arm[row]``; NaN where the frame has no such column."""
+    columns = frame.columns.get_indexer(pd.Index(arm, dtype=object))
+    values = frame.to_numpy(dtype=float)[np.arange(len(frame)), np.maximum(columns, 0)]
+    return np.where(columns >= 0, values, np.nan)
 
 
 def tune_shrinkage(

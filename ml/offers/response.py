@@ -3,12 +3,13 @@ policy on held-out randomised exposures, register ``rekindle-offer``, and publis
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from ml.experiments.assignment import hash_units
+from ml.offers.arms import NO_OFFER, arm_event_type, arm_label
 from ml.offers.evaluation import (
     ipw_policy_value,
     qini_coefficient,
@@ -16,8 +17,7 @@ from ml.offers.evaluation import (
     uplift_at_k_ratio,
 )
 from ml.offers.policy import (
-    BudgetLimits,
-    allocate_offers,
+    OfferPolicy,
     expected_cost,
     expected_incremental_margin,
     tune_shrinkage,
@@ -26,13 +26,12 @@ from ml.offers.uplift import (
     BoostedRegressor,
     BoosterConfig,
     FeatureEncoder,
-    arm_event_type,
-    arm_label,
     mean_uplift,
     shrink_uplift,
 )
 
-CONTROL = "none"
+# The response model's control arm: no offer.
+CONTROL = NO_OFFER
 INACTIVE_SEGMENTS = ("at_risk", "lapsed", "dormant", "churned")
 ENGAGEMENT_FEATURES = ["sessions_14d", "days_since_session", "offers_received", "campaign_opens", "offers_redeemed"]
 USER_FEATURES = [
@@ -96,9 +95,9 @@ class OfferResponseModel:
         return self
 
     def _choose(self, p: pd.DataFrame, value: pd.DataFrame) -> np.ndarray:
-        gain = expected_incremental_margin(p, value, self.reward_size_, CONTROL, self.margin_rate)
-        cost = expected_cost(p, self.reward_size_, CONTROL)
-        return allocate_offers(gain, cost, np.zeros(len(p)), BudgetLimits(), CONTROL)["arm"].to_numpy()
+        """Each row's most profitable arm with no holdout, budget or cap: :class:`OfferPolicy` unconstrained."""
+        unconstrained = OfferPolicy("", self.reward_size_, self.margin_rate, control=CONTROL, holdout_share=0.0)
+        return unconstrained.decide(p.index, p, value)["arm"].to_numpy()
 
     def _set_arms(self, history: pd.DataFrame) -> None:
         arms = history[["event_type", "reward_size"]].drop_duplicates()
@@ -157,11 +156,7 @@ def realised_margin(history: pd.DataFrame, margin_rate: float) -> np.ndarray:
 
 def _user_score(history: pd.DataFrame, seed: int) -> np.ndarray:
     """A seeded hash of each row's user in [0, 1): the same user always lands on the same side of a split."""
-    return (
-        history["user_id"]
-        .map(lambda u: int(hashlib.sha256(f"{seed}:{u}".encode()).hexdigest()[:8], 16) / 16**8)
-        .to_numpy()
-    )
+    return hash_units(seed, history["user_id"])
 
 
 def split_by_user(history: pd.DataFrame, test_share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

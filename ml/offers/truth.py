@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml.offers.arms import arm_event_type, arm_label
 from ml.offers.response import CONTROL, USER_FEATURES, OfferResponseModel
 from ml.offers.uplift import (
     BoostedRegressor,
     BoosterConfig,
     FeatureEncoder,
-    arm_event_type,
-    arm_label,
 )
 
 

@@ -4,7 +4,7 @@ Every learner takes a feature frame ``X`` (any columns; text columns become cate
 the logged ``arm`` of each row (one of them the control) and the outcome ``y``, and predicts
 per row the outcome under every arm (``predict_outcomes``) or the uplift of every treated arm
 over the control (``predict_uplift``). Arms are plain labels, so a campaign's
-(event_type, reward_size) pairs become arms through :func:`arm_label`.
+(event_type, reward_size) pairs become arms through :func:`ml.offers.arms.arm_label`.
 """
 
 from __future__ import annotations
@@ -15,24 +15,6 @@ from dataclasses import dataclass
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-
-CONTROL_EVENT_TYPE = "none"
-
-
-def arm_label(event_type: str, reward_size: float) -> str:
-    """One arm per (event type, reward size); the control is the bare ``"none"``."""
-    if event_type == CONTROL_EVENT_TYPE:
-        return CONTROL_EVENT_TYPE
-    return f"{event_type}:{float(reward_size):g}"
-
-
-def arm_event_type(label: str) -> str:
-    """The event type of an arm label (``arm_label``'s inverse for the type): "cashback:5" -> "cashback"."""
-    return str(label).split(":")[0]
-
-
-def arm_labels(event_type: Sequence[str], reward_size: Sequence[float]) -> np.ndarray:
-    return np.array([arm_label(e, r) for e, r in zip(event_type, reward_size, strict=True)], dtype=object)
 
 
 @dataclass(frozen=True)

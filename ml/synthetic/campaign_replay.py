@@ -21,12 +21,12 @@ import psycopg
 
 from ml.experiments.assignment import ARMS, HOLDOUT, NON_PERSONALISED, PERSONALISED
 from ml.experiments.readout import campaign_truth_path
+from ml.offers.arms import NO_OFFER
 from ml.settings import Settings
 from ml.synthetic.marketplace import Marketplace
 from ml.synthetic.world import (
     CAMPAIGN_SEND_HOUR,
     CHECKOUT,
-    NO_OFFER,
     simulate_days,
     true_reactivation_probability,
 )

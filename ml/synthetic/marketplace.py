@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml.offers.arms import NO_OFFER
 from ml.synthetic.world import (
     CAMPAIGN_SEND_HOUR,
     EVENT_TYPES,
     GENERATED_EVENT_IDS,
     MEAN_ORDER_TOTAL_BY_PRICE_LEVEL,
-    NO_OFFER,
     PRICE_AVERSION,
     REWARD_SIZES,
     SECONDS_PER_DAY,

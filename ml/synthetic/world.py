@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ml.offers.arms import NO_OFFER
+
 EVENT_TYPES = ("free_delivery", "percent_discount", "cashback", "double_points")
 REWARD_SIZES = (5.0, 10.0, 20.0)  # QAR
-NO_OFFER = "none"
 REACTIVATION_WINDOW_DAYS = 14
 CAMPAIGN_SEND_HOUR = 10  # UTC, early afternoon in Doha
 
