@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import great_expectations as gx
 from great_expectations import expectations as gxe
 
-from ml.warehouse.ingest import EVENT_TYPES
+from ml.warehouse.contract import EVENT_TYPES, INGEST_EVENT_RULES, EventRule
 
 LIFECYCLE_SEGMENTS = ["new", "active", "at_risk", "lapsed", "dormant", "churned"]
 VALUE_TIERS = ["high", "medium", "low"]
@@ -23,26 +23,33 @@ class SuiteSpec:
 
 
 def raw_events() -> list:
+    """What ingest guarantees about raw.events: the row's shape, then one expectation per event rule ingest applies
+    (ml/warehouse/contract.py), so a row written by anything else that breaks one fails the gate."""
     return [
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         gxe.ExpectColumnValuesToBeUnique(column="event_id"),
         *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("event_id", "user_id", "event_type", "event_time")],
-        gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),
-        gxe.ExpectColumnValuesToBeBetween(column="order_total", min_value=0),
         gxe.ExpectColumnValuesToBeInTypeList(column="user_id", type_list=["BIGINT", "INTEGER"]),
         gxe.ExpectColumnValuesToBeInTypeList(column="event_time", type_list=["TIMESTAMP", "TIMESTAMP WITH TIME ZONE"]),
-        gxe.UnexpectedRowsExpectation(
-            description="event_time is not in the future",
-            unexpected_rows_query="SELECT event_id, event_time FROM {batch} WHERE event_time > now() + interval '5 minutes'",
-        ),
-        gxe.UnexpectedRowsExpectation(
-            description="every checkout names a merchant",
-            unexpected_rows_query=(
-                "SELECT event_id, merchant_id FROM {batch} "
-                "WHERE event_type = 'checkout_completed' AND merchant_id IS NULL"
-            ),
-        ),
+        *[event_rule_expectation(rule) for rule in INGEST_EVENT_RULES],
     ]
+
+
+def event_rule_expectation(rule: EventRule) -> gx.expectations.Expectation:
+    """The expectation a contract event rule makes on raw.events, described by the rule's ``check``.
+
+    A rule on one column's values is the matching column expectation (its report counts and lists the bad values);
+    any other rule is its SQL ``violation`` as unexpected rows.
+    """
+    if rule.name == "unknown_event_type":
+        return gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES), description=rule.check)
+    if rule.name == "negative_order_total":
+        return gxe.ExpectColumnValuesToBeBetween(column="order_total", min_value=0, description=rule.check)
+    columns = ", ".join(("event_id", *rule.columns))
+    return gxe.UnexpectedRowsExpectation(
+        description=rule.check,
+        unexpected_rows_query=f"SELECT {columns} FROM {{batch}} WHERE {rule.violation}",
+    )
 
 
 def user_segments() -> list:

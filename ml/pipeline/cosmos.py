@@ -84,6 +84,9 @@ def dbt_task_group(settings: Settings, group_id: str = "dbt_build") -> DbtTaskGr
             manifest_path=None,
             install_dbt_deps=False,
             env_vars={"PGOPTIONS": DBT_SESSION_OPTIONS},
+            # For rendering (dbt ls): the models and tests read the event data contract from vars. The tasks get
+            # operator_args' vars, which take precedence.
+            dbt_vars=settings_vars(settings),
         ),
         profile_config=ProfileConfig(
             profile_name=PROFILE_NAME, target_name=TARGET_NAME, profile_mapping=WarehouseProfileMapping(settings)

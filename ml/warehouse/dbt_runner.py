@@ -1,8 +1,9 @@
 """Run the dbt project (``dbt/``) programmatically against the warehouse.
 
 ``write_profile`` generates ``profiles.yml`` from the warehouse URL (a unix-socket directory
-works as host), ``dbt_vars`` turns the Settings into dbt vars for one run_date, and ``run_dbt``
-invokes dbt in-process through ``dbtRunner`` with target/ and logs/ under ``settings.home``.
+works as host), ``dbt_vars`` turns the Settings and the event data contract (``contract.py``) into
+dbt vars for one run_date, and ``run_dbt`` invokes dbt in-process through ``dbtRunner`` with
+target/ and logs/ under ``settings.home``.
 Failures raise :class:`DbtError` naming the failing nodes.
 """
 
@@ -21,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from ml.runtime import disable_telemetry
 from ml.settings import Settings
+from ml.warehouse import contract
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +162,10 @@ def dbt_vars(settings: Settings, run_date: datetime.date) -> dict:
 
 
 def settings_vars(settings: Settings) -> dict:
-    """Every dbt var but run_date: lifecycle thresholds and campaign/recency windows."""
+    """Every dbt var but run_date: lifecycle thresholds, campaign/recency windows and the event data contract
+    (vocabularies and staging's event rules, from ml/warehouse/contract.py)."""
     return {
+        **contract.dbt_vars(),
         "new_user_days": int(settings.new_user_days),
         "active_max_days": int(settings.active_max_days),
         "at_risk_max_days": int(settings.at_risk_max_days),

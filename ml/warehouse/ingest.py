@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -28,22 +28,18 @@ import pyarrow.compute as pc
 from pyarrow import csv as arrow_csv
 
 from ml.runtime import PROGRESS_LOGGER
+from ml.warehouse.contract import (
+    ASSIGNMENTS,
+    CHECKOUT,
+    EVENT_TYPES,
+    FUTURE_TOLERANCE,
+    INGEST_EVENT_RULES,
+    OFFER_EVENT_TYPES,
+)
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)
 
-EVENT_TYPES = (
-    "checkout_completed",
-    "merchant_page_viewed",
-    "product_page_viewed",
-    "app_opened",
-    "campaign_opened",
-    "reward_redeemed",
-)
-OFFER_EVENT_TYPES = ("free_delivery", "percent_discount", "cashback", "double_points", "none")
-ASSIGNMENTS = ("treatment", "holdout")
-# Clocks on phones drift; anything further ahead than this is a bad timestamp, not skew.
-FUTURE_TOLERANCE = timedelta(minutes=5)
 # Rows per CSV chunk sent to COPY: Postgres parses one chunk while the next one is written.
 COPY_BATCH_ROWS = 100_000
 CSV_OPTIONS = arrow_csv.WriteOptions(include_header=False)
@@ -247,15 +243,26 @@ def _blank(raw: pd.Series) -> pd.Series:
     return blank
 
 
+# The contract's event rules that ingest applies (ml/warehouse/contract.py), as vectorised checks on the typed
+# frame: rows where the mask is True break the rule.
+EVENT_RULE_CHECKS = {
+    "unknown_event_type": lambda typed, future: ~typed["event_type"].isin(EVENT_TYPES) & typed["event_type"].notna(),
+    "negative_order_total": lambda typed, future: typed["order_total"] < 0,
+    "event_time_in_future": lambda typed, future: typed["event_time"] > future,
+    "missing_merchant_id": lambda typed, future: (typed["event_type"] == CHECKOUT) & typed["merchant_id"].isna(),
+}
+if set(EVENT_RULE_CHECKS) != {rule.name for rule in INGEST_EVENT_RULES}:
+    raise ImportError(
+        "ml.warehouse.ingest checks event rules "
+        f"{sorted(EVENT_RULE_CHECKS)} but the contract has ingest apply {sorted(r.name for r in INGEST_EVENT_RULES)}"
+    )
+
+
 def _flag_business_rules(typed: pd.DataFrame, contract: TableContract, now: datetime, flag) -> None:
     future = pd.Timestamp(now + FUTURE_TOLERANCE)
     if contract.name == "events":
-        flag(~typed["event_type"].isin(EVENT_TYPES) & typed["event_type"].notna(), "unknown event_type")
-        flag(typed["order_total"] < 0, "negative order_total")
-        flag(typed["event_time"] > future, "event_time in the future")
-        flag(
-            (typed["event_type"] == "checkout_completed") & typed["merchant_id"].isna(), "checkout without merchant_id"
-        )
+        for rule in INGEST_EVENT_RULES:
+            flag(EVENT_RULE_CHECKS[rule.name](typed, future), rule.ingest_reason)
     elif contract.name == "campaign_exposures":
         flag(~typed["event_type"].isin(OFFER_EVENT_TYPES), "unknown offer event_type")
         flag(~typed["assignment"].isin(ASSIGNMENTS), "unknown assignment")

@@ -2,13 +2,22 @@
 -- Every raw.events row, typed, with `reason` = why staging drops it (NULL = kept).
 -- stg_events (reason IS NULL) and stg_events_rejected (reason IS NOT NULL) are views on this
 -- table, so the rules and the dedup sort run once per build and nothing disappears silently.
--- Rules, in order: after_run_date, unknown_event_type, negative_order_total,
--- missing_order_total / missing_merchant_id (checkouts), unknown_user, unknown_merchant; then,
+-- Rules, in order: after_run_date; the data contract's event rules (EVENT_RULES in
+-- ml/warehouse/contract.py that apply in staging, reaching dbt as the var event_rules: unknown
+-- event type, negative order total, checkout without order total or merchant); unknown_user,
+-- unknown_merchant; then,
 -- among the valid rows, later copies of the same (user_id, event_type, event_time, merchant_id,
 -- order_total) are duplicate_event_id (same event_id re-loaded) or duplicate_event (re-sent
 -- under another event_id). The earliest-loaded copy is kept.
 with source as (
-    select * from {{ source('raw', 'events') }}
+    select
+        *,
+        case
+            {%- for rule in event_rules() %}
+            when {{ rule.violation }} then '{{ rule.name }}'
+            {%- endfor %}
+        end as contract_reason
+    from {{ source('raw', 'events') }}
 ),
 
 users as (
@@ -36,11 +45,7 @@ checked as (
         e.loaded_at,
         case
             when e.event_time >= {{ run_cutoff() }} then 'after_run_date'
-            -- the contract's exact spelling: anything else is quarantined, not guessed at
-            when e.event_type not in {{ sql_list(event_types()) }} then 'unknown_event_type'
-            when e.order_total < 0 then 'negative_order_total'
-            when e.event_type = 'checkout_completed' and e.order_total is null then 'missing_order_total'
-            when e.event_type = 'checkout_completed' and e.merchant_id is null then 'missing_merchant_id'
+            when e.contract_reason is not null then e.contract_reason
             when u.user_id is null then 'unknown_user'
             when e.merchant_id is not null and m.merchant_id is null then 'unknown_merchant'
         end                                         as invalid_reason
