@@ -367,11 +367,13 @@ class _StubResponseModel:
 def _production_day(budget: float):
     from ml.experiments.assignment import assign_arms
     from ml.offers.decide import decide_offers
-    from ml.offers.response import INACTIVE_SEGMENTS
+    from ml.recommend.lifecycle import INACTIVE_SEGMENTS
     from ml.settings import Settings
 
-    settings = Settings(campaign_budget=budget, offer_segment_budget_share=0.5, holdout_share=0.1)
-    users = pd.DataFrame({"user_id": np.arange(1, 2001), "segment": np.resize(INACTIVE_SEGMENTS, 2000)})
+    settings = Settings(campaign_budget=budget, offer_segment_budget_share=0.3, holdout_share=0.1)
+    # Half the users lapsed: their segment's cap (30% of the budget) binds as well as the total.
+    segments = np.resize(["lapsed", "lapsed", "lapsed", *(s for s in INACTIVE_SEGMENTS if s != "lapsed")], 2000)
+    users = pd.DataFrame({"user_id": np.arange(1, 2001), "segment": segments})
     offers = decide_offers(_StubResponseModel(), users, "winback-2026-02-01", settings)
     p, gain, cost = _StubResponseModel().gain_and_cost(users)
     arms = assign_arms("winback-2026-02-01", users["user_id"], settings.holdout_share, settings.personalised_share)
@@ -403,7 +405,7 @@ def test_a_binding_budget_caps_the_personalised_offers_each_getting_its_best_aff
     personalised = arms == "personalised"
     chosen = offers.loc[personalised]
     spent = chosen["expected_cost"].sum()
-    assert spent <= budget + 1e-9 and (chosen["arm_label"] != CONTROL).sum() > 50
+    assert spent <= budget + 1e-9 and (chosen["arm_label"] != CONTROL).sum() > 20
     by_segment = chosen.groupby("segment")["expected_cost"].sum()
     assert (by_segment <= budget * settings.offer_segment_budget_share + 1e-9).all()
     # The budget binds: users with a profitable offer are left without it ...

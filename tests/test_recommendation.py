@@ -12,13 +12,15 @@ import pytest
 
 from ml.benchmarks.synthetic import orders_of
 from ml.pipeline.tracking import RecommenderPyfunc
-from ml.recommend.evaluation import Judge, LifecycleRule, TemporalSplit, evaluate_spec
+from ml.recommend.evaluation import Judge, TemporalSplit, evaluate_spec
+from ml.recommend.lifecycle import LifecycleRule
 from ml.recommend.merchant import (
     DEFAULT_GENERATORS,
     MarketContext,
     ModelSpec,
     RankerRecipe,
 )
+from ml.settings import Settings
 from ml.synthetic.marketplace import generate_marketplace
 
 END = dt.date(2026, 11, 1)
@@ -126,13 +128,13 @@ def test_lifecycle_rule_matches_the_marts_thresholds():
             "event_time": pd.to_datetime(["2026-10-30", "2026-10-20", "2026-10-10"], utc=True),
         }
     )
-    segments = LifecycleRule().segments(orders, signup, at)
+    segments = LifecycleRule.from_settings(Settings()).segments(orders, signup, at)
     assert segments.to_dict() == {1: "new", 2: "active", 3: "at_risk", 4: "lapsed", 5: "churned"}
 
 
 def test_judge_scores_both_modes_and_segments(orders, context):
     split = TemporalSplit.last_days(orders, AS_OF, 7)
-    segments = LifecycleRule().segments(split.train, context.users["signup_at"], split.cut)
+    segments = LifecycleRule.from_settings(Settings()).segments(split.train, context.users["signup_at"], split.cut)
     judge = Judge(split, len(context.merchants), context.merchants["category"].to_dict(), segments)
     card = judge.scorecard(ModelSpec("popularity").recommender().fit(split.train, split.cut, context))
     assert set(card) == {"discovery", "repeat"}

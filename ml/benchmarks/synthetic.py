@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml.recommend.evaluation import Judge, LifecycleRule, TemporalSplit
-from ml.recommend.merchant import MODES, MarketContext, ModelSpec, RankerRecipe
+from ml.recommend.evaluation import Judge, TemporalSplit
+from ml.recommend.lifecycle import LifecycleRule
+from ml.recommend.merchant import MODES, MarketContext, comparison_specs, ranker_spec
+from ml.settings import Settings
 from ml.synthetic.marketplace import SCALES, Marketplace, generate_marketplace
 
 # The seed's quality targets (metric -> minimum), checked for the ranker in both modes.
@@ -112,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
     context = MarketContext.from_marketplace(marketplace)
     as_of = pd.Timestamp(args.end_date, tz="UTC")
     split = TemporalSplit.last_days(orders, as_of, args.test_days)
-    segments = LifecycleRule().segments(split.train, context.users["signup_at"], split.cut)
+    # The pipeline's recipe and lifecycle thresholds (the settings' defaults), with this run's seed and threads.
+    settings = Settings(seed=args.seed, model_threads=args.threads)
+    segments = LifecycleRule.from_settings(settings).segments(split.train, context.users["signup_at"], split.cut)
     judge = Judge(split, len(context.merchants), context.merchants["category"].to_dict(), segments)
     print(
         f"{len(context.users):,} users, {len(context.merchants):,} merchants, {len(orders):,} orders; cut {split.cut:%Y-%m-%d}, "
@@ -120,13 +124,7 @@ def run(args: argparse.Namespace) -> int:
         f"{len(split.relevant_with_repeats):,} repeat-inclusive"
     )
 
-    ranker = ModelSpec("ranker", {"seed": args.seed, "num_threads": args.threads})
-    specs = {
-        "ranker": ranker,
-        **RankerRecipe(**ranker.params).generator_specs(),
-        "popularity": ModelSpec("popularity"),
-        "random": ModelSpec("random", {"seed": args.seed}),
-    }
+    specs = comparison_specs(ranker_spec(settings))
     cards, fitted = {}, {}
     for name, spec in specs.items():
         with clock.stage(f"fit {name}"):

@@ -6,7 +6,8 @@ import pandas as pd
 
 from ml.offers.arms import NO_OFFER, arm_event_type, arm_label
 from ml.offers.policy import BudgetLimits, OfferPolicy
-from ml.offers.response import INACTIVE_SEGMENTS, OfferResponseModel
+from ml.offers.response import OfferResponseModel
+from ml.recommend.lifecycle import INACTIVE_SEGMENTS
 
 
 def production_policy(model: OfferResponseModel, campaign_id: str, settings) -> OfferPolicy:

@@ -29,10 +29,10 @@ from ml.offers.uplift import (
     mean_uplift,
     shrink_uplift,
 )
+from ml.recommend.lifecycle import INACTIVE_SEGMENTS  # noqa: F401  (re-exported: the users offers go to)
 
 # The response model's control arm: no offer.
 CONTROL = NO_OFFER
-INACTIVE_SEGMENTS = ("at_risk", "lapsed", "dormant", "churned")
 ENGAGEMENT_FEATURES = ["sessions_14d", "days_since_session", "offers_received", "campaign_opens", "offers_redeemed"]
 USER_FEATURES = [
     "recency_days",

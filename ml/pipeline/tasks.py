@@ -25,13 +25,15 @@ from ml.experiments.assignment import campaign_id_for
 from ml.offers import decide, response
 from ml.offers.truth import truth_values
 from ml.pipeline import tracking
-from ml.recommend.evaluation import Judge, LifecycleRule, TemporalSplit, evaluate_spec
+from ml.recommend.evaluation import Judge, TemporalSplit, evaluate_spec
+from ml.recommend.lifecycle import LifecycleRule
 from ml.recommend.merchant import (
-    DEFAULT_GENERATORS,
     MODES,
     MarketContext,
     ModelSpec,
     RankerRecipe,
+    comparison_specs,
+    ranker_spec,
 )
 from ml.runtime import PROGRESS_LOGGER
 from ml.settings import Settings, redact
@@ -185,36 +187,6 @@ CURVE_KS = tuple(range(1, 11))
 SUMMARY_KS = ("@5", "@10")
 
 
-def candidate_spec(settings: Settings) -> ModelSpec:
-    """The production recipe: the two-stage ranker over cosine, ALS, EASE, zone popularity and category affinity."""
-    generators = {
-        **DEFAULT_GENERATORS,
-        "item_cosine": {"neighbours": settings.cosine_neighbours, "shrinkage": settings.cosine_shrinkage},
-    }
-    return ModelSpec(
-        "ranker",
-        {
-            "generators": generators,
-            "candidates_per_generator": settings.ranker_candidates,
-            "max_train_users": settings.ranker_train_users,
-            "diversity_lambda": settings.diversity_lambda,
-            "exploration_rate": settings.exploration_rate,
-            "num_threads": settings.model_threads,
-            "seed": settings.seed,
-        },
-    )
-
-
-def comparison_specs(settings: Settings, spec: ModelSpec) -> dict[str, ModelSpec]:
-    """The candidate beside each of its generators alone and the popularity and random baselines."""
-    return {
-        "ranker": spec,
-        **RankerRecipe(**spec.params).generator_specs(),
-        "popularity": ModelSpec("popularity"),
-        "random": ModelSpec("random", {"seed": settings.seed}),
-    }
-
-
 def load_market_context(conn: psycopg.Connection) -> MarketContext:
     merchant_columns = ["merchant_id", "merchant_name", "category", "zone", "price_level", "opened_at"]
     merchants = pd.DataFrame(
@@ -244,13 +216,7 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
         split = TemporalSplit.last_days(orders, as_of(run_date), settings.eval_test_days).sample(
             settings.eval_users, settings.seed
         )
-        rule = LifecycleRule(
-            settings.new_user_days,
-            settings.active_max_days,
-            settings.at_risk_max_days,
-            settings.lapsed_max_days,
-            settings.dormant_max_days,
-        )
+        rule = LifecycleRule.from_settings(settings)
         judge = Judge(
             split,
             len(context.merchants),
@@ -258,13 +224,13 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
             rule.segments(split.train, context.users["signup_at"], split.cut),
             ks=CURVE_KS,
         )
-        spec = candidate_spec(settings)
+        spec = ranker_spec(settings)
         tracking.configure(settings, url)
         with mlflow.start_run(
             experiment_id=tracking.experiment_id(settings, settings.ranker_model_name), run_name=f"ranker-{run_date}"
         ):
             scorecards, fitted = {}, {}
-            for name, model_spec in comparison_specs(settings, spec).items():
+            for name, model_spec in comparison_specs(spec).items():
                 started = time.perf_counter()
                 fitted[name] = model_spec.recommender().fit(split.train, split.cut, context)
                 scorecards[name] = judge.scorecard(fitted[name])

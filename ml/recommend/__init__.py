@@ -1,29 +1,33 @@
-"""Candidate generators and the ranker; each fits on a users x items CSR matrix."""
+"""Candidate generators and the ranker; each fits on a users x items CSR matrix.
 
-from ml.recommend.als import ALSRecommender
-from ml.recommend.base import Recommender, top_n
-from ml.recommend.content import CategoryAffinityRecommender
-from ml.recommend.cosine import ItemCosineRecommender
-from ml.recommend.ease import EASERecommender
-from ml.recommend.matrix import InteractionMatrix
-from ml.recommend.popularity import PopularityRecommender, RandomRecommender
-from ml.recommend.ranker import RankerRecommender
-from ml.recommend.rerank import mmr_rerank, mmr_rerank_rows
-from ml.recommend.split import temporal_split, unix_seconds
+The classes load on first use (``from ml.recommend import ALSRecommender`` works as usual), so the light
+modules of this package, e.g. :mod:`ml.recommend.lifecycle`, import without LightGBM or SciPy.
+"""
 
-__all__ = [
-    "ALSRecommender",
-    "CategoryAffinityRecommender",
-    "EASERecommender",
-    "InteractionMatrix",
-    "ItemCosineRecommender",
-    "PopularityRecommender",
-    "RandomRecommender",
-    "RankerRecommender",
-    "Recommender",
-    "mmr_rerank",
-    "mmr_rerank_rows",
-    "temporal_split",
-    "top_n",
-    "unix_seconds",
-]
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "ALSRecommender": "ml.recommend.als",
+    "CategoryAffinityRecommender": "ml.recommend.content",
+    "EASERecommender": "ml.recommend.ease",
+    "InteractionMatrix": "ml.recommend.matrix",
+    "ItemCosineRecommender": "ml.recommend.cosine",
+    "PopularityRecommender": "ml.recommend.popularity",
+    "RandomRecommender": "ml.recommend.popularity",
+    "RankerRecommender": "ml.recommend.ranker",
+    "Recommender": "ml.recommend.base",
+    "mmr_rerank": "ml.recommend.rerank",
+    "mmr_rerank_rows": "ml.recommend.rerank",
+    "temporal_split": "ml.recommend.split",
+    "top_n": "ml.recommend.base",
+    "unix_seconds": "ml.recommend.split",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

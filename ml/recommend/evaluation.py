@@ -1,4 +1,5 @@
-"""Judging recommenders on a temporal split: discovery and repeat modes, per lifecycle segment."""
+"""Judging recommenders on a temporal split: discovery and repeat modes, per lifecycle segment
+(segments from :class:`ml.recommend.lifecycle.LifecycleRule`)."""
 
 from __future__ import annotations
 
@@ -60,43 +61,6 @@ class TemporalSplit:
             relevant={user: items for user, items in self.relevant.items() if user in kept},
             relevant_with_repeats={user: items for user, items in self.relevant_with_repeats.items() if user in kept},
         )
-
-
-@dataclass(frozen=True)
-class LifecycleRule:
-    """marts.user_segments' lifecycle rule, applicable at any date (thresholds in days, from Settings)."""
-
-    new_user_days: int = 14
-    active_max_days: int = 6
-    at_risk_max_days: int = 13
-    lapsed_max_days: int = 29
-    dormant_max_days: int = 59
-
-    def segments(self, orders: pd.DataFrame, signup_at: pd.Series, at: datetime) -> pd.Series:
-        """Segment per user of ``signup_at`` (indexed by user_id) as of ``at``, from orders before it.
-
-        The pipeline's evaluation needs segments at the split's cut: as of the run date every test
-        user has just ordered, so the marts' own column would put them all in new / active.
-        """
-        day = pd.Timestamp(at).normalize()
-        before = orders[orders["event_time"] < pd.Timestamp(at)]
-        last_order = before.groupby("user_id")["event_time"].max().reindex(signup_at.index)
-        order_count = before.groupby("user_id").size().reindex(signup_at.index, fill_value=0)
-        tenure = (day - pd.to_datetime(signup_at, utc=True).dt.normalize()).dt.days
-        since_last = (day - last_order.dt.normalize()).dt.days
-        inactive = since_last.fillna(tenure)
-        labels = np.select(
-            [
-                (tenure <= self.new_user_days) & (order_count < 2),
-                inactive <= self.active_max_days,
-                inactive <= self.at_risk_max_days,
-                inactive <= self.lapsed_max_days,
-                inactive <= self.dormant_max_days,
-            ],
-            ["new", "active", "at_risk", "lapsed", "dormant"],
-            default="churned",
-        )
-        return pd.Series(labels, index=signup_at.index, name="lifecycle_segment")
 
 
 @dataclass(frozen=True)

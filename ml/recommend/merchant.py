@@ -183,6 +183,39 @@ class RankerRecipe:
         return specs
 
 
+def ranker_spec(settings) -> ModelSpec:
+    """The production recipe from the settings: the two-stage ranker over cosine, ALS, EASE, zone popularity and
+    category affinity, with MMR re-ranking and the new-merchant slot."""
+    generators = {
+        **DEFAULT_GENERATORS,
+        "item_cosine": {"neighbours": settings.cosine_neighbours, "shrinkage": settings.cosine_shrinkage},
+    }
+    return ModelSpec(
+        "ranker",
+        {
+            "generators": generators,
+            "candidates_per_generator": settings.ranker_candidates,
+            "max_train_users": settings.ranker_train_users,
+            "diversity_lambda": settings.diversity_lambda,
+            "exploration_rate": settings.exploration_rate,
+            "num_threads": settings.model_threads,
+            "seed": settings.seed,
+        },
+    )
+
+
+def comparison_specs(ranker: ModelSpec) -> dict[str, ModelSpec]:
+    """The model comparison set: the ranker beside each of its generators alone and the popularity and random
+    baselines (random seeded like the ranker). The daily pipeline and the synthetic benchmark both judge it."""
+    recipe = RankerRecipe(**ranker.params)
+    return {
+        "ranker": ranker,
+        **recipe.generator_specs(),
+        "popularity": ModelSpec("popularity"),
+        "random": ModelSpec("random", {"seed": recipe.seed}),
+    }
+
+
 class ColdStart:
     """Lists for users without orders: the most-ordered merchants of their home zone, else overall."""
 
