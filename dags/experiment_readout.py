@@ -2,8 +2,9 @@
 
 The run for logical date D reads out ``winback-<D - reactivation_window_days>`` (arms against the
 holdout and against non-personalised offers), stores it in ``crm.experiment_results`` and logs it to
-MLflow (experiment ``rekindle-experiments``). It waits for the same day's ``reengagement_daily``
-load, which brings in the window's last events. Days with no such campaign finish with a note.
+MLflow (experiment ``rekindle-experiments``). It waits for the same day's ``reengagement_daily`` marts
+(built and gated), whose ``marts.orders`` holds the window's orders, each once. Days with no such campaign
+finish with a note.
 """
 
 from __future__ import annotations
@@ -33,15 +34,15 @@ def experiment_readout():
 
         return tasks.read_out_campaign(Settings.from_env(), date.fromisoformat(ds))
 
-    window_loaded = ExternalTaskSensor(
-        task_id="wait_for_daily_load",
+    marts_ready = ExternalTaskSensor(
+        task_id="wait_for_daily_marts",
         external_dag_id="reengagement_daily",
-        external_task_id="load_events",
+        external_task_id="check_mart_quality",
         mode="reschedule",
         poke_interval=600,
         timeout=12 * 3600,
     )
-    window_loaded >> read_out_campaign()
+    marts_ready >> read_out_campaign()
 
 
 experiment_readout()

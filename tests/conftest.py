@@ -60,10 +60,11 @@ def airflow_db():
 def publish_offers(conn: psycopg.Connection, offers: pd.DataFrame) -> None:
     """Write offers (run_date, campaign_id, user_id, arm, event_type, reward_size) through the pipeline's own
     writer, filling the model-only columns; one replace per run_date, as the daily DAG does."""
-    from ml.crm.offers import OFFERS_SQL, replace_offers
+    from ml.crm.offers import replace_offers
     from ml.experiments.assignment import HOLDOUT
+    from ml.warehouse import ddl
 
-    conn.execute(OFFERS_SQL)
+    ddl.ensure(conn, "crm")
     filled = offers.assign(
         segment=offers.get("segment", "lapsed"),
         expected_uplift=0.0,
@@ -82,12 +83,11 @@ def shared_data() -> Path:
 
 
 def hand_built_marts_sql(users: int, merchants: int, opted_in: str) -> str:
-    """The marts and interactions publishing reads, with dbt's indexes, for ``users`` x ``merchants``; ``opted_in``
+    """The marts publishing reads, with dbt's indexes, for ``users`` x ``merchants``; ``opted_in``
     is a SQL condition on the user number ``u``. Users with u % 5 = 0 never ordered; everyone else ordered from
-    three merchants and only viewed a fourth."""
+    three merchants."""
     return f"""
 CREATE SCHEMA marts;
-CREATE SCHEMA intermediate;
 CREATE TABLE marts.merchant_features AS
 SELECT m::bigint AS merchant_id, 'Merchant ' || m AS merchant_name, 'category_' || m % 8 AS category
 FROM generate_series(1, {merchants}) m;
@@ -114,12 +114,13 @@ SELECT user_id, CASE
 FROM marts.user_features;
 CREATE UNIQUE INDEX ON marts.user_segments (user_id);
 CREATE INDEX ON marts.user_segments (lifecycle_segment);
-CREATE TABLE intermediate.int_user_merchant_interactions AS
-SELECT u.user_id, (u.user_id * 13 + j * 29) % {merchants} + 1 AS merchant_id,
-       CASE WHEN j < 3 THEN 1 + (u.user_id + j) % 4 ELSE 0 END::bigint AS order_count,
-       CASE WHEN j < 3 THEN 20 * (1 + (u.user_id + j) % 4) ELSE 0 END::numeric(14, 2) AS order_value,
-       CASE WHEN j < 3 THEN timestamptz '2026-10-01' + j * interval '1 day' END AS last_order_at
-FROM marts.user_features u, generate_series(0, 3) j
-WHERE u.order_count > 0;
-ANALYZE marts.merchant_features, marts.user_features, marts.user_segments, intermediate.int_user_merchant_interactions;
+CREATE TABLE marts.user_merchant_orders AS
+SELECT u.user_id, m.merchant_id, m.merchant_name, m.category,
+       (1 + (u.user_id + j) % 4)::bigint AS order_count,
+       (20 * (1 + (u.user_id + j) % 4))::numeric(14, 2) AS order_value,
+       timestamptz '2026-10-01' + j * interval '1 day' AS last_order_at
+FROM marts.user_features u, generate_series(0, 2) j, marts.merchant_features m
+WHERE u.order_count > 0 AND m.merchant_id = (u.user_id * 13 + j * 29) % {merchants} + 1;
+CREATE UNIQUE INDEX ON marts.user_merchant_orders (user_id, merchant_id);
+ANALYZE marts.merchant_features, marts.user_features, marts.user_segments, marts.user_merchant_orders;
 """

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from ml.crm import publish, segments
+from ml.crm import segments
 from ml.settings import Settings
 from ml.warehouse.postgres import DATABASE
 
@@ -28,7 +28,6 @@ def _build_warehouse(url: str, settings: Settings) -> str:
             conn.execute(f"CREATE SCHEMA {schema}")
             conn.execute(f"CREATE TABLE {schema}.secrets AS SELECT 1 AS id")
         conn.execute("CREATE TABLE public.secrets AS SELECT 1 AS id")
-        conn.execute(publish.CRM_SCHEMA_SQL)
         segments.ensure_tables(conn)
         conn.execute("INSERT INTO crm.recommendations VALUES ('2026-11-01', 1, 1, 10, 'Pizza Place', 0.9, NULL, '1')")
         segments.ensure_reader_role(conn, settings)
@@ -87,10 +86,10 @@ def test_reader_cannot_change_anything(probed_warehouse, statement):
 def test_reader_can_select_crm_tables_created_later(warehouse_url, settings):
     _build_warehouse(warehouse_url, settings)
     with psycopg.connect(warehouse_url) as owner:
-        owner.execute("CREATE TABLE crm.inactive_user_offers AS SELECT 7 AS user_id")
+        owner.execute("CREATE TABLE crm.added_later AS SELECT 7 AS user_id")
 
     with _as_reader(warehouse_url) as reader:
-        assert reader.execute("SELECT user_id FROM crm.inactive_user_offers").fetchall() == [(7,)]
+        assert reader.execute("SELECT user_id FROM crm.added_later").fetchall() == [(7,)]
 
 
 def test_role_is_a_plain_login_role_and_setup_is_idempotent(warehouse_url, settings, postgres_server_url):

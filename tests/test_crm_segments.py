@@ -13,24 +13,23 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from ml.crm import publish, segments
+from ml.crm import segments
 
 RUN_DATE = date(2026, 11, 1)
 NEXT_DATE = date(2026, 11, 2)
 
-# The columns crm.py reads, with the types dbt gives them (marts/user_features.sql, merchant_features.sql,
-# intermediate/int_user_merchant_interactions.sql).
+# The columns ml/crm/segments.py reads, with the types dbt gives them (marts/user_features.sql,
+# merchant_features.sql, user_merchant_orders.sql).
 MARTS_SQL = """
 CREATE SCHEMA marts;
-CREATE SCHEMA intermediate;
 CREATE TABLE marts.user_features (
     user_id bigint, platform text, home_zone text, tenure_days integer, order_count bigint,
     order_value numeric(14, 2), days_since_last_order integer, marketing_opt_in boolean NOT NULL DEFAULT true
 );
 CREATE TABLE marts.merchant_features (merchant_id bigint, merchant_name text, category text, zone text);
-CREATE TABLE intermediate.int_user_merchant_interactions (
-    user_id bigint, merchant_id bigint, order_count bigint, order_value numeric(14, 2),
-    view_count bigint, last_order_at timestamptz
+CREATE TABLE marts.user_merchant_orders (
+    user_id bigint, merchant_id bigint, merchant_name text, category text, order_count bigint,
+    order_value numeric(14, 2), last_order_at timestamptz
 );
 """
 MERCHANTS = [
@@ -49,14 +48,13 @@ USERS = [
     (4, "ios", "east", 30, 1, 25, 14),  # exactly crm_lapsed_days; one order, at burgers 30
     (5, "web", "east", 60, 3, 60, 5),  # ordered pizza 10 (x3, less than user 2 spent); no recommendations
 ]
-# user_id, merchant_id, order_count, order_value, view_count, last_order_at
-INTERACTIONS = [
-    (1, 10, 4, 120, 6, "2026-10-10"),
-    (1, 20, 1, 30, 1, "2026-10-12"),
-    (2, 10, 3, 90, 2, "2026-10-30"),
-    (2, 20, 0, 0, 3, None),
-    (4, 30, 1, 25, 0, "2026-10-18"),
-    (5, 10, 3, 60, 0, "2026-10-27"),
+# user_id, merchant_id, order_count, order_value, last_order_at (user 2 only viewed sushi 20: no row)
+ORDERED = [
+    (1, 10, 4, 120, "2026-10-10"),
+    (1, 20, 1, 30, "2026-10-12"),
+    (2, 10, 3, 90, "2026-10-30"),
+    (4, 30, 1, 25, "2026-10-18"),
+    (5, 10, 3, 60, "2026-10-27"),
 ]
 # user_id: [(merchant_id, raw score)] best first; the normalised scores are in the comments
 RECOMMENDED = {
@@ -90,10 +88,15 @@ def crm_settings(settings):
 def marketplace(warehouse_url) -> str:
     with psycopg.connect(warehouse_url) as conn:
         conn.execute(MARTS_SQL)
-        conn.execute(publish.CRM_SCHEMA_SQL)
+        segments.ensure_tables(conn)
         _insert(conn, "marts.merchant_features", MERCHANTS)
         _insert(conn, "marts.user_features", USERS)
-        _insert(conn, "intermediate.int_user_merchant_interactions", INTERACTIONS)
+        merchants = {merchant_id: (name, category) for merchant_id, name, category, _ in MERCHANTS}
+        _insert(
+            conn,
+            "marts.user_merchant_orders",
+            [(user, merchant, *merchants[merchant], *rest) for user, merchant, *rest in ORDERED],
+        )
         _insert_recommendations(conn, RUN_DATE, RECOMMENDED)
     return warehouse_url
 

@@ -227,6 +227,8 @@ def test_build_passes_every_test(built):
         "merchant_features",
         "user_segments",
         "campaign_history",
+        "orders",
+        "user_merchant_orders",
     ]:
         assert model in names
     # artifacts and logs stay under settings.home, never in the repo
@@ -246,7 +248,14 @@ def test_schemas_are_used_verbatim(built):
     assert found[("staging", "stg_users")] == "VIEW"
     assert found[("staging", "stg_events_rejected")] == "VIEW"
     assert found[("intermediate", "int_orders")] == "BASE TABLE"
-    for mart in ["user_features", "merchant_features", "user_segments", "campaign_history"]:
+    for mart in [
+        "user_features",
+        "merchant_features",
+        "user_segments",
+        "campaign_history",
+        "orders",
+        "user_merchant_orders",
+    ]:
         assert found[("marts", mart)] == "BASE TABLE"
 
 
@@ -299,6 +308,30 @@ def test_int_orders(built):
     assert orders["e3c"]["category"] == "burgers" and orders["e3a"]["category"] == "sushi"
     assert orders["e3c"]["local_hour"] == 21 and orders["e3c"]["day_part"] == "dinner"  # 18:00 UTC = 21:00 Doha
     assert orders["e3b"]["is_weekend"] and not orders["e3a"]["is_weekend"]  # Saturday vs Monday
+
+
+def test_orders_mart_holds_each_valid_checkout_once(built):
+    _, url, _ = built
+    orders = by_key(query(url, "SELECT * FROM marts.orders"), "order_id")
+    # the same orders as int_orders: staging's duplicates and invalid checkouts are not there
+    assert set(orders) == {"e1a", "e1b", "e2a", "e2b", "e3a", "e3b", "e3c", "e4a", "e5a", "e6a", "e9a", "e9b"}
+    assert orders["e3c"]["category"] == "burgers"
+    rejected = {r["event_id"] for r in query(url, "SELECT event_id FROM staging.stg_events_rejected")}
+    assert not rejected & set(orders)
+
+
+def test_user_merchant_orders_are_the_interactions_with_orders(built):
+    _, url, _ = built
+    ordered = query(
+        url, "SELECT user_id, merchant_id, order_count, order_value, category FROM marts.user_merchant_orders"
+    )
+    interactions = query(
+        url,
+        "SELECT i.user_id, i.merchant_id, i.order_count, i.order_value, m.category"
+        " FROM intermediate.int_user_merchant_interactions i JOIN staging.stg_merchants m USING (merchant_id)"
+        " WHERE i.order_count > 0",  # page views alone do not make a pair
+    )
+    assert ordered and sorted(ordered, key=str) == sorted(interactions, key=str)
 
 
 def test_interactions_strength(built):

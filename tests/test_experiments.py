@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -14,10 +16,12 @@ from conftest import publish_offers
 
 from ml.experiments import assignment, readout, statistics
 from ml.experiments.assignment import HOLDOUT, NON_PERSONALISED, PERSONALISED
+from ml.settings import Settings
 from ml.synthetic import campaign_replay
 from ml.synthetic.marketplace import generate_marketplace
 from ml.synthetic.world import simulate_days
-from ml.warehouse import ingest
+from ml.warehouse import ingest, postgres
+from ml.warehouse.dbt_runner import run_dbt
 
 # --------------------------------------------------------------------------- assignment
 
@@ -157,13 +161,62 @@ def hand_made_events() -> pd.DataFrame:
     return events
 
 
-@pytest.fixture
-def campaign_conn(warehouse_url):
-    with psycopg.connect(warehouse_url) as conn:
+def hand_made_users_and_merchants() -> tuple[pd.DataFrame, pd.DataFrame]:
+    users = pd.DataFrame({"user_id": [*range(1, 26), 99]})
+    users = users.assign(
+        signup_at=datetime(2025, 1, 1, tzinfo=UTC), platform="ios", home_zone="West Bay", marketing_opt_in=True
+    )
+    merchants = pd.DataFrame(
+        {
+            "merchant_id": [1],
+            "merchant_name": ["Pizza Place"],
+            "category": ["pizza"],
+            "zone": ["West Bay"],
+            "lat": [25.3],
+            "lng": [51.5],
+            "price_level": [2],
+            "opened_at": [datetime(2025, 1, 1, tzinfo=UTC)],
+        }
+    )
+    return users, merchants
+
+
+def build_orders_mart(settings, url: str, run_date: date) -> None:
+    """What the daily DAG does before the readout: the marts as of ``run_date``, here only marts.orders."""
+    run_dbt(settings, url, ["run"], run_date, select="+orders")
+
+
+@pytest.fixture(scope="module")
+def campaign_url(postgres_server_url, tmp_path_factory) -> str:
+    """Users, a merchant, the hand-made events (loaded twice: the second file re-sends user 1's first order
+    under another event_id) and offers; the marts built as of the day the window closes. Readouts only read it."""
+    name = f"test_readout_{os.getpid()}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
+    users, merchants = hand_made_users_and_merchants()
+    with psycopg.connect(url) as conn:
         ingest.ensure_raw_schema(conn)
+        ingest.load_frame(conn, "users", users, "users")
+        ingest.load_frame(conn, "merchants", merchants, "merchants")
         publish_offers(conn, hand_made_offers())
         ingest.load_frame(conn, "events", hand_made_events(), "hand_made")
-        conn.commit()
+        ingest.load_frame(conn, "events", resent_events(), "resent")
+    home = tmp_path_factory.mktemp("readout_home")
+    build_orders_mart(Settings.from_env(environ={}, home=home, warehouse_url=url), url, END.date())
+    return url
+
+
+def resent_events() -> pd.DataFrame:
+    """User 1's first order again, re-sent by the app under a new event_id (and e0 itself, a no-op)."""
+    events = hand_made_events()
+    first = events[events["event_id"] == "e0"]
+    return pd.concat([first, first.assign(event_id="e0-resent")], ignore_index=True)
+
+
+@pytest.fixture
+def campaign_conn(campaign_url):
+    with psycopg.connect(campaign_url) as conn:
         yield conn
 
 
@@ -191,6 +244,20 @@ def test_readout_counts_orders_in_the_window_per_arm(campaign_conn):
     assert not results["seed_criterion_significant"].any()
 
 
+def test_a_duplicate_checkout_counts_once_in_the_revenue(campaign_conn):
+    raw_revenue = campaign_conn.execute(
+        "SELECT sum(order_total) FROM raw.events WHERE user_id = 1 AND event_type = 'checkout_completed'"
+    ).fetchone()[0]
+    assert raw_revenue == 130  # 50 + 30, and the re-sent 50: what reading raw.events would have counted
+
+    results = readout.readout(campaign_conn, CAMPAIGN, window_days=14).set_index("arm")
+
+    # personalised: users 1-4, revenue 80 + 40 + 20 + 10 = 150 (not 200), 15.0 per user (not 20.0)
+    assert results.at[PERSONALISED, "revenue"] == 150.0
+    assert results.at[PERSONALISED, "revenue_per_user"] == 15.0
+    assert results.at[PERSONALISED, "re_engaged_users"] == 4
+
+
 def test_readout_of_an_unknown_campaign_is_empty(campaign_conn):
     assert readout.readout(campaign_conn, "winback-1999-01-01", 14).empty
 
@@ -211,10 +278,10 @@ def test_write_results_replaces_the_campaign_rows(campaign_conn):
     ]
 
 
-def test_run_readout_stores_logs_and_judges_the_campaign(campaign_conn, settings):
+def test_run_readout_stores_logs_and_judges_the_campaign(campaign_conn, campaign_url, settings):
     import mlflow
 
-    summary = readout.run_readout(settings, CAMPAIGN_DATE)
+    summary = readout.run_readout(dataclasses.replace(settings, warehouse_url=campaign_url), CAMPAIGN_DATE)
 
     assert json.loads(json.dumps(summary, allow_nan=False)) == summary  # what Airflow's XCom stores
     assert summary["campaign_id"] == CAMPAIGN and summary["window_complete"]
@@ -270,7 +337,7 @@ def simulated_campaign(end_date: date, seed: int):
     return marketplace, offers
 
 
-def test_measured_lift_covers_the_true_lift(warehouse_url):
+def test_measured_lift_covers_the_true_lift(settings):
     end_date = date(2025, 6, 1)
     marketplace, offers = simulated_campaign(end_date, seed=11)
     sent = campaign_replay.simulation_offers(offers)
@@ -279,11 +346,16 @@ def test_measured_lift_covers_the_true_lift(warehouse_url):
         offers, campaign_replay.true_response_probability(marketplace, sent, end_date)
     )
 
-    with psycopg.connect(warehouse_url) as conn:
+    url = settings.warehouse_url
+    with psycopg.connect(url) as conn:
         ingest.ensure_raw_schema(conn)
+        ingest.load_frame(conn, "users", marketplace.users, "users")
+        ingest.load_frame(conn, "merchants", marketplace.merchants, "merchants")
         publish_offers(conn, offers)
         loaded = ingest.load_frame(conn, "events", events, "simulated")
         assert loaded.rows_quarantined == 0
+    build_orders_mart(settings, url, end_date + timedelta(days=14))
+    with psycopg.connect(url) as conn:
         results = readout.readout(conn, assignment.campaign_id_for(end_date), 14).set_index("arm")
 
     for arm, baseline in ((PERSONALISED, HOLDOUT), (NON_PERSONALISED, HOLDOUT), (PERSONALISED, NON_PERSONALISED)):

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from ml.cli import crm as export_cli
-from ml.crm import export, publish, segments
+from ml.crm import export, segments
 from ml.settings import Settings
 from ml.warehouse.postgres import DATABASE
 
@@ -51,7 +51,6 @@ def published(postgres_server_url) -> str:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = postgres_server_url.replace(f"/{DATABASE}?", f"/{name}?")
     with psycopg.connect(url) as conn:
-        conn.execute(publish.CRM_SCHEMA_SQL)
         segments.ensure_tables(conn)
         rows = [(RUN_DATE, *row) for row in LAPSED] + [(EARLIER, 9, "web", "east", 10, "Pizza Place", 0.8, 1, 40)]
         conn.cursor().executemany(
@@ -122,11 +121,33 @@ def test_filters_by_min_score_platform_and_zone(published, tmp_path, filters, ex
 
 
 def test_exporting_again_replaces_the_file(published, tmp_path):
-    _export(published, tmp_path)
-    path = _export(published, tmp_path, min_score=0.85)
+    path = export.export_path(tmp_path, "lapsed_personalised", RUN_DATE, min_score=0.85)
+    path.write_text("an earlier export\n")
 
+    assert _export(published, tmp_path, min_score=0.85) == path
     assert [r["recommended_merchant_id"] for r in _read(path)] == ["10"]
     assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_filtered_export_never_overwrites_the_days_file(published, tmp_path):
+    daily = _export(published, tmp_path)
+    daily_rows = _read(daily)
+
+    filtered = _export(published, tmp_path, min_score=0.9, platform="ios")
+
+    assert filtered.name == "lapsed_personalised_2026-11-01_min-score-0.9_platform-ios.csv"
+    assert [r["user_id"] for r in _read(filtered)] == ["1"]
+    assert _read(daily) == daily_rows and len(daily_rows) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [daily.name, filtered.name]
+
+
+def test_export_path_names_every_filter_given():
+    out = Path("exports")
+    assert export.export_path(out, "lapsed_personalised", RUN_DATE) == out / "lapsed_personalised_2026-11-01.csv"
+    assert export.export_path(out, "x", RUN_DATE, min_score=None, platform=None) == out / "x_2026-11-01.csv"
+    assert export.export_path(out, "x", RUN_DATE, min_score=0.5, zone="West Bay/2") == out / (
+        "x_2026-11-01_min-score-0.5_zone-West-Bay-2.csv"
+    )
 
 
 def test_export_all_writes_every_segment_even_empty_ones(published, tmp_path):
@@ -199,7 +220,22 @@ def test_cli_date_filters_and_out_folder(environment, tmp_path):
         )
         == 0
     )
-    assert [r["user_id"] for r in _read(out / "lapsed_personalised_2026-10-31.csv")] == ["9"]
+    assert [
+        r["user_id"] for r in _read(out / "lapsed_personalised_2026-10-31_min-score-0.5_platform-web_zone-east.csv")
+    ] == ["9"]
+
+
+def test_cli_filtered_export_leaves_the_daily_file_alone(environment, capsys):
+    daily = environment.exports_dir / "lapsed_personalised_2026-11-01.csv"
+    assert _cli(["lapsed_personalised"]) == 0
+    before = daily.read_bytes()
+
+    assert _cli(["lapsed_personalised", "--min-score", "0.9", "--platform", "ios"]) == 0
+
+    filtered = environment.exports_dir / "lapsed_personalised_2026-11-01_min-score-0.9_platform-ios.csv"
+    assert str(filtered) in capsys.readouterr().out
+    assert [r["user_id"] for r in _read(filtered)] == ["1"]
+    assert daily.read_bytes() == before
 
 
 def test_cli_unknown_segment_exits_2_listing_the_segments(environment, capsys):

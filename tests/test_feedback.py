@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
@@ -12,12 +12,12 @@ import pytest
 from conftest import publish_offers
 
 from ml.cli import experiments as experiments_cli
-from ml.crm.offers import OFFERS_SQL
 from ml.experiments import assignment, readout
 from ml.experiments.assignment import HOLDOUT, NON_PERSONALISED, PERSONALISED
 from ml.synthetic import campaign_replay
 from ml.synthetic.marketplace import generate_marketplace
-from ml.warehouse import ingest
+from ml.warehouse import ddl, ingest
+from ml.warehouse.dbt_runner import run_dbt
 
 RUN_DATE = date(2025, 4, 1)
 CAMPAIGN = assignment.campaign_id_for(RUN_DATE)
@@ -139,7 +139,7 @@ def test_the_command_explains_when_nothing_is_published(settings, monkeypatch, c
     monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
     monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
     with psycopg.connect(settings.warehouse_url) as conn:
-        conn.execute(OFFERS_SQL)
+        ddl.ensure(conn, "crm")
     parser = argparse.ArgumentParser()
     experiments_cli.add_simulate_arguments(parser)
 
@@ -151,7 +151,9 @@ def test_the_readout_command_prints_the_truth_beside_the_measurement(settings, p
     monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
     monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
     result = campaign_replay.simulate_campaign(settings, days=14, seed=3)
-    ingest.ingest_path(settings.warehouse_url, settings.input_dir)  # what the next daily load does
+    # What the daily run on the day the window closes does before the readout: load, then build the marts.
+    ingest.ingest_path(settings.warehouse_url, settings.input_dir)
+    run_dbt(settings, settings.warehouse_url, ["run"], RUN_DATE + timedelta(days=14), select="+orders")
     parser = argparse.ArgumentParser()
     experiments_cli.add_readout_arguments(parser)
 

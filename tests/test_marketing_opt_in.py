@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from conftest import hand_built_marts_sql
 
-from ml.crm import export, publish, segments
+from ml.crm import export, segments
 from ml.experiments import readout
 from ml.experiments.assignment import ARMS, campaign_id_for
 from ml.offers.response import CONTROL
@@ -153,13 +153,9 @@ def test_the_readout_counts_the_offered_users_in_their_arms(world):
     tasks.publish_segments(world, DAY)
     offered = _users(url, "crm.inactive_user_offers")
     with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE marts.orders (user_id bigint, ordered_at timestamptz, order_total numeric(12, 2))")
         conn.execute(
-            "CREATE SCHEMA raw; CREATE TABLE raw.events (user_id bigint, event_type text, event_time timestamptz,"
-            " order_total numeric(12, 2))"
-        )
-        conn.execute(
-            "INSERT INTO raw.events SELECT user_id, 'checkout_completed', %s, 30 FROM crm.inactive_user_offers"
-            " WHERE user_id %% 2 = 0",
+            "INSERT INTO marts.orders SELECT user_id, %s, 30 FROM crm.inactive_user_offers WHERE user_id %% 2 = 0",
             (readout.campaign_start(DAY) + timedelta(days=1),),
         )
 
@@ -178,7 +174,6 @@ def test_exports_read_consent_when_written(world):
     leaving = min(lapsed)
     with psycopg.connect(url) as conn:
         conn.execute("UPDATE marts.user_features SET marketing_opt_in = false WHERE user_id = %s", (leaving,))
-        publish.export_csv(conn, DAY, world.exports_dir)
         export.export_all(conn, DAY, world)
 
     exported = _csv_users(world)

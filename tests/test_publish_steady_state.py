@@ -18,8 +18,7 @@ import pytest
 from conftest import hand_built_marts_sql
 from psycopg import sql
 
-from ml.crm import offers, publish, segments
-from ml.experiments import readout
+from ml.crm import segments
 from ml.pipeline import tasks, tracking
 
 DAY = date(2026, 11, 1)
@@ -78,8 +77,7 @@ def publishing(settings, monkeypatch):
     """The marts and the crm tables, statistics from publishing alone (no autovacuum on crm), a stand-in registry."""
     with psycopg.connect(settings.warehouse_url) as conn:
         conn.execute(MARTS_SQL)
-        for ddl in (publish.CRM_SCHEMA_SQL, offers.OFFERS_SQL, segments.CRM_SEGMENTS_SQL, readout.RESULTS_SQL):
-            conn.execute(ddl)
+        segments.ensure_tables(conn)  # every crm table
         for table in CRM_TABLES:
             conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
     # A plan gone back to nested loops over a day's recommendations runs for many minutes: fail fast instead.

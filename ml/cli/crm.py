@@ -1,4 +1,9 @@
-"""``rekindle export``: one CRM segment as CSV."""
+"""``rekindle export``: one CRM segment as CSV.
+
+Without filters it writes the day's file, ``{segment}_{date}.csv`` (the name the daily publish writes); with
+``--min-score``, ``--platform`` or ``--zone`` the file name carries them, so an ad-hoc export never replaces the
+day's file.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +51,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    exp = sub.add_parser("export", help="write one CRM segment as CSV ({segment}_{date}.csv)")
+    exp = sub.add_parser(
+        "export", help="write one CRM segment as CSV ({segment}_{date}.csv; filters add their values to the name)"
+    )
     add_arguments(exp)
     exp.set_defaults(func=cmd_export)

@@ -1,8 +1,15 @@
-"""CSV exports of the CRM segment tables (``{segment}_{run_date}.csv``) and ``rekindle export``."""
+"""CSV exports of what was published to ``crm``: the one CSV writer, used by the daily publish and ``rekindle export``.
+
+A day's files are ``{segment}_{run_date}.csv`` in the exports folder: one per CRM segment table
+(``crm.high_affinity_prospects`` ...) and one per scored lifecycle segment (``crm.segment_members``). An ad-hoc
+export with filters carries them in its name (``{segment}_{run_date}_min-score-0.9_platform-ios.csv``), so it
+never replaces the day's full file.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from datetime import date
 from pathlib import Path
 
@@ -15,6 +22,8 @@ from ml.warehouse.marts import MARKETABLE_USERS_SQL
 
 # The seed's export format: these, then export_date (the run_date), then the segment's own fields.
 LEADING_FIELDS = ("user_id", "segment", "recommended_merchant_id", "recommended_merchant_name", "score")
+# The scored lifecycle segments' files (crm.segment_members).
+MEMBER_FIELDS = ("user_id", "segment", "rank", "merchant_id", "merchant_name", "score", "run_date", "model_version")
 
 
 class UnknownSegmentError(ValueError):
@@ -22,8 +31,33 @@ class UnknownSegmentError(ValueError):
         super().__init__(f"unknown segment {segment!r}; valid segments: {', '.join(segments.SEGMENTS)}")
 
 
-def export_path(exports_dir: Path, segment: str, run_date: date) -> Path:
-    return exports_dir / f"{segment}_{run_date.isoformat()}.csv"
+def export_path(exports_dir: Path, segment: str, run_date: date, **filters) -> Path:
+    """``{segment}_{run_date}.csv``, the day's full export; each filter given (not None) adds
+    ``_{name}-{value}`` (``min_score=0.9`` -> ``_min-score-0.9``), so a filtered file has a name of its own."""
+    tags = "".join(f"_{name.replace('_', '-')}-{_slug(value)}" for name, value in filters.items() if value is not None)
+    return exports_dir / f"{segment}_{run_date.isoformat()}{tags}.csv"
+
+
+def _slug(value) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "blank"
+
+
+def write_csv(conn: psycopg.Connection, query: sql.Composable, path: Path) -> Path:
+    """Stream ``query``'s rows as CSV with a header into ``path``: written beside its final name and renamed
+    into place, so a reader never sees half a file and an export run again replaces it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    copy_sql = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
+    try:
+        with partial.open("wb") as out, conn.cursor() as cur:
+            with cur.copy(copy_sql) as copy:
+                for chunk in copy:
+                    out.write(chunk)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
 
 
 def export_segment(
@@ -35,28 +69,16 @@ def export_segment(
     platform: str | None = None,
     zone: str | None = None,
 ) -> Path:
-    """Write run_date's rows of one segment for the users marketing may reach as of now
+    """Write run_date's rows of one CRM segment table for the users marketing may reach as of now
     (``marts.MARKETABLE_USERS_SQL``), optionally only score >= min_score and the user's platform / zone.
-
-    The file is written beside its final name and renamed into place, so a reader never sees half of it.
-    """
+    With filters the file name carries them (see ``export_path``)."""
     if segment not in segments.SEGMENTS:
         raise UnknownSegmentError(segment)
-    exports_dir.mkdir(parents=True, exist_ok=True)
-    path = export_path(exports_dir, segment, run_date)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with partial.open("wb") as out, conn.cursor() as cur:
-            with cur.copy(_copy_sql(segments.SEGMENTS[segment], run_date, min_score, platform, zone)) as copy:
-                for chunk in copy:
-                    out.write(chunk)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    path = export_path(exports_dir, segment, run_date, min_score=min_score, platform=platform, zone=zone)
+    return write_csv(conn, _segment_sql(segments.SEGMENTS[segment], run_date, min_score, platform, zone), path)
 
 
-def _copy_sql(
+def _segment_sql(
     segment: segments.Segment,
     run_date: date,
     min_score: float | None,
@@ -80,8 +102,7 @@ def _copy_sql(
     if zone is not None:
         filters.append(sql.SQL("home_zone = {}").format(sql.Literal(zone)))
     return sql.SQL(
-        "COPY (SELECT {columns} FROM {table} WHERE {filters} ORDER BY user_id, score DESC, recommended_merchant_id) "
-        "TO STDOUT WITH (FORMAT csv, HEADER)"
+        "SELECT {columns} FROM {table} WHERE {filters} ORDER BY user_id, score DESC, recommended_merchant_id"
     ).format(
         columns=sql.SQL(", ").join(columns),
         table=sql.Identifier("crm", segment.name),
@@ -89,9 +110,40 @@ def _copy_sql(
     )
 
 
+def export_scored_segments(conn: psycopg.Connection, run_date: date, exports_dir: Path) -> dict[str, Path]:
+    """One file per lifecycle segment published to ``crm.segment_members`` on run_date, of the users marketing
+    may reach as of now."""
+    names = [
+        name
+        for (name,) in conn.execute(
+            "SELECT DISTINCT segment FROM crm.segment_members WHERE run_date = %s ORDER BY segment", (run_date,)
+        )
+    ]
+    query = sql.SQL(
+        "SELECT {columns} FROM crm.segment_members WHERE run_date = {run_date} AND segment = {segment} "
+        "AND user_id IN ({marketable}) ORDER BY user_id, rank"
+    )
+    return {
+        name: write_csv(
+            conn,
+            query.format(
+                columns=sql.SQL(", ").join(map(sql.Identifier, MEMBER_FIELDS)),
+                run_date=sql.Literal(run_date),
+                segment=sql.Literal(name),
+                marketable=sql.SQL(MARKETABLE_USERS_SQL),
+            ),
+            export_path(exports_dir, name, run_date),
+        )
+        for name in names
+    }
+
+
 def export_all(conn: psycopg.Connection, run_date: date, settings: Settings) -> dict[str, Path]:
-    """One file per segment table, empty segments included (a header only), in ``settings.exports_dir``."""
-    return {name: export_segment(conn, name, run_date, settings.exports_dir) for name in segments.SEGMENTS}
+    """The day's files in ``settings.exports_dir``: every scored lifecycle segment with members, and every CRM
+    segment table, empty ones included (a header only)."""
+    paths = export_scored_segments(conn, run_date, settings.exports_dir)
+    paths.update({name: export_segment(conn, name, run_date, settings.exports_dir) for name in segments.SEGMENTS})
+    return paths
 
 
 def latest_run_date(conn: psycopg.Connection) -> date | None:

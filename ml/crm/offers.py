@@ -1,4 +1,4 @@
-"""crm.inactive_user_offers: today's offers, replaced per run_date."""
+"""crm.inactive_user_offers (ml/warehouse/schema/crm.sql): today's offers, replaced per run_date."""
 
 from __future__ import annotations
 
@@ -8,31 +8,14 @@ import pandas as pd
 import psycopg
 
 from ml.crm.publish import analyze
-
-OFFERS_SQL = """
-CREATE SCHEMA IF NOT EXISTS crm;
-CREATE TABLE IF NOT EXISTS crm.inactive_user_offers (
-    run_date        date    NOT NULL,
-    campaign_id     text    NOT NULL,
-    user_id         bigint  NOT NULL,
-    segment         text    NOT NULL,
-    arm             text    NOT NULL,
-    event_type      text    NOT NULL,
-    reward_size     numeric(8, 2) NOT NULL,
-    expected_uplift double precision NOT NULL,
-    expected_cost   double precision NOT NULL,
-    is_holdout      boolean NOT NULL,
-    model_version   text    NOT NULL,
-    PRIMARY KEY (run_date, user_id)
-);
-"""
+from ml.warehouse import ddl
 
 
 def replace_offers(
     conn: psycopg.Connection, run_date: date, campaign_id: str, offers: pd.DataFrame, model_version: str
 ) -> None:
     """Replace run_date's offers; call inside the publishing transaction."""
-    conn.execute(OFFERS_SQL)
+    ddl.ensure(conn, "crm")
     conn.execute("DELETE FROM crm.inactive_user_offers WHERE run_date = %s", (run_date,))
     columns = [
         "run_date",

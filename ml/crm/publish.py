@@ -5,61 +5,22 @@ from __future__ import annotations
 import logging
 import time
 from datetime import date, timedelta
-from pathlib import Path
 
 import pandas as pd
 import psycopg
 from psycopg import sql
 
 from ml.runtime import PROGRESS_LOGGER
-from ml.warehouse.marts import MARKETABLE_USERS_SQL
+from ml.warehouse import marts
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)
 
-CRM_SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS crm;
-CREATE TABLE IF NOT EXISTS crm.recommendations (
-    run_date      date    NOT NULL,
-    user_id       bigint  NOT NULL,
-    rank          integer NOT NULL,
-    merchant_id   bigint  NOT NULL,
-    merchant_name text,
-    score         double precision NOT NULL,
-    reason        text,
-    model_version text    NOT NULL,
-    PRIMARY KEY (run_date, user_id, rank)
-);
-CREATE TABLE IF NOT EXISTS crm.segment_members (
-    run_date      date    NOT NULL,
-    segment       text    NOT NULL,
-    user_id       bigint  NOT NULL,
-    rank          integer NOT NULL,
-    merchant_id   bigint  NOT NULL,
-    merchant_name text,
-    score         double precision NOT NULL,
-    model_version text    NOT NULL,
-    published_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (run_date, segment, user_id, rank)
-);
-"""
-EXPORT_COLUMNS = ["user_id", "segment", "rank", "merchant_id", "merchant_name", "score", "run_date", "model_version"]
 # Who marketing may reach: the users marts.user_features marks as opted in (no answer counts as no). Every
-# marketing output keeps only them, through this query: crm.segment_members, the crm segment tables
-# (ml/crm.py), the win-back offers and their experiment arms (ml/campaigns.py) and every CSV export, which
-# reads consent when it is written so a user who has opted out since is left out of an earlier day's file.
-
-
-def lifecycle_members(conn: psycopg.Connection) -> pd.DataFrame:
-    rows = conn.execute(
-        "SELECT user_id, lifecycle_segment AS segment FROM marts.user_segments ORDER BY user_id"
-    ).fetchall()
-    return pd.DataFrame(rows, columns=["user_id", "segment"])
-
-
-def merchant_names(conn: psycopg.Connection) -> pd.DataFrame:
-    rows = conn.execute("SELECT merchant_id, merchant_name FROM marts.merchant_features").fetchall()
-    return pd.DataFrame(rows, columns=["merchant_id", "merchant_name"])
+# marketing output keeps only them, through marts.MARKETABLE_USERS_SQL: crm.segment_members, the crm segment
+# tables (ml/crm/segments.py), the win-back offers and their experiment arms (marts.load_inactive_users) and
+# every CSV export (ml/crm/export.py), which reads consent when it is written so a user who has opted out since
+# is left out of an earlier day's file. The tables are in ml/warehouse/schema/crm.sql.
 
 
 def recommend_all(recommender, user_ids: list, names: pd.DataFrame, n: int, batch_users: int = 10_000) -> pd.DataFrame:
@@ -153,7 +114,7 @@ def replace_run(
             for r in recommendations.itertuples(index=False)
         ),
     )
-    marketable = [user_id for (user_id,) in conn.execute(MARKETABLE_USERS_SQL)]
+    marketable = marts.load_marketable_user_ids(conn)
     scored = members[members["segment"].isin(segments) & members["user_id"].isin(marketable)].merge(
         recommendations, on="user_id", how="inner"
     )
@@ -177,23 +138,3 @@ def replace_run(
     )
     analyze(conn, "crm.recommendations", "crm.segment_members")
     return scored
-
-
-def export_csv(conn: psycopg.Connection, run_date: date, exports_dir: Path) -> dict[str, Path]:
-    """One CSV per segment, ``{segment}_{run_date}.csv``, from what was published (not from memory), of the
-    users marketing may reach."""
-    exports_dir.mkdir(parents=True, exist_ok=True)
-    rows = conn.execute(
-        f"SELECT {', '.join(EXPORT_COLUMNS)} FROM crm.segment_members "
-        f"WHERE run_date = %s AND user_id IN ({MARKETABLE_USERS_SQL}) ORDER BY segment, user_id, rank",
-        (run_date,),
-    ).fetchall()
-    frame = pd.DataFrame(rows, columns=EXPORT_COLUMNS)
-    paths = {}
-    for segment, members in frame.groupby("segment"):
-        path = exports_dir / f"{segment}_{run_date.isoformat()}.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        members.to_csv(tmp, index=False)
-        tmp.replace(path)
-        paths[segment] = path
-    return paths

@@ -26,6 +26,7 @@ from psycopg import sql
 
 from ml.crm.publish import analyze
 from ml.settings import Settings
+from ml.warehouse import ddl
 from ml.warehouse.marts import MARKETABLE_USERS_SQL
 
 SHARE_OF_BEST = (
@@ -211,7 +212,9 @@ COMMENT ON TABLE {table} IS {sql.Literal(segment.description).as_string()};
 COMMENT ON COLUMN {table}.score IS {sql.Literal(segment.score_description).as_string()};"""
 
 
-CRM_SEGMENTS_SQL = "CREATE SCHEMA IF NOT EXISTS crm;" + "".join(_table_sql(s) for s in SEGMENTS.values()) + "\n"
+# The segment tables stay generated: a segment's fields, its table and the query that fills them change together,
+# so they have one definition, the Segment above (the static crm tables are in ml/warehouse/schema/crm.sql).
+CRM_SEGMENTS_SQL = "".join(_table_sql(s) for s in SEGMENTS.values()) + "\n"
 
 # Shared by every segment's members_sql; an unreferenced CTE is never evaluated.
 _SOURCES_SQL = """
@@ -230,16 +233,16 @@ scored AS (
     WHERE r.run_date = %(run_date)s
 ),
 ordered AS (
-    -- page views alone do not make a merchant "ordered from"
-    SELECT i.user_id, i.merchant_id, m.merchant_name, m.category, i.order_count, i.order_value, i.last_order_at
-    FROM intermediate.int_user_merchant_interactions i
-    LEFT JOIN marts.merchant_features m ON m.merchant_id = i.merchant_id
-    WHERE i.order_count > 0
+    -- pairs with at least one order: page views alone do not make a merchant "ordered from"
+    SELECT user_id, merchant_id, merchant_name, category, order_count, order_value, last_order_at
+    FROM marts.user_merchant_orders
 )
 """
 
 
 def ensure_tables(conn: psycopg.Connection) -> None:
+    """Every crm table: the static ones (ml/warehouse/schema/crm.sql) and the segment tables."""
+    ddl.ensure(conn, "crm")
     conn.execute(CRM_SEGMENTS_SQL)
 
 

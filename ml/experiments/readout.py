@@ -37,44 +37,10 @@ from ml.experiments.statistics import (
 )
 from ml.settings import Settings
 from ml.synthetic.marketplace import TRUTH_FOLDER
-from ml.warehouse import postgres
+from ml.warehouse import ddl, marts, postgres
 
 MLFLOW_EXPERIMENT = "rekindle-experiments"
 
-RESULTS_SQL = """
-CREATE SCHEMA IF NOT EXISTS crm;
-CREATE TABLE IF NOT EXISTS crm.experiment_results (
-    campaign_id                    text    NOT NULL,
-    campaign_date                  date    NOT NULL,
-    window_days                    integer NOT NULL,
-    window_start                   timestamptz NOT NULL,
-    window_end                     timestamptz NOT NULL,
-    arm                            text    NOT NULL,
-    users                          bigint  NOT NULL,
-    re_engaged_users               bigint  NOT NULL,
-    re_engagement_rate             double precision,
-    revenue                        double precision NOT NULL,
-    revenue_per_user               double precision,
-    abs_lift_vs_holdout            double precision,
-    abs_lift_vs_holdout_ci_low     double precision,
-    abs_lift_vs_holdout_ci_high    double precision,
-    rel_lift_vs_holdout            double precision,
-    rel_lift_vs_holdout_ci_low     double precision,
-    rel_lift_vs_holdout_ci_high    double precision,
-    p_value_vs_holdout             double precision,
-    abs_lift_vs_non_personalised          double precision,
-    abs_lift_vs_non_personalised_ci_low   double precision,
-    abs_lift_vs_non_personalised_ci_high  double precision,
-    rel_lift_vs_non_personalised          double precision,
-    rel_lift_vs_non_personalised_ci_low   double precision,
-    rel_lift_vs_non_personalised_ci_high  double precision,
-    p_value_vs_non_personalised           double precision,
-    meets_seed_criterion           boolean,
-    seed_criterion_significant     boolean,
-    computed_at                    timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (campaign_id, arm)
-);
-"""
 COUNT_COLUMNS = ["arm", "users", "re_engaged_users", "revenue"]
 
 
@@ -163,26 +129,22 @@ def _check_one_arm_per_user(conn: psycopg.Connection, campaign_id: str) -> None:
 def _arm_counts(
     conn: psycopg.Connection, campaign_id: str, window_start: datetime, window_end: datetime
 ) -> pd.DataFrame:
-    rows = conn.execute(
-        """WITH campaign AS (
-               SELECT DISTINCT user_id, arm FROM crm.inactive_user_offers WHERE campaign_id = %(campaign_id)s
-           ),
-           orders AS (
-               SELECT e.user_id, sum(e.order_total) AS revenue
-               FROM raw.events e
-               JOIN campaign c ON c.user_id = e.user_id
-               WHERE e.event_type = 'checkout_completed'
-                 AND e.event_time >= %(window_start)s AND e.event_time < %(window_end)s
-               GROUP BY e.user_id
-           )
-           SELECT c.arm, count(*), count(o.user_id), coalesce(sum(o.revenue), 0)
-           FROM campaign c
-           LEFT JOIN orders o ON o.user_id = c.user_id
-           GROUP BY c.arm""",
-        {"campaign_id": campaign_id, "window_start": window_start, "window_end": window_end},
-    ).fetchall()
-    counts = pd.DataFrame(rows, columns=COUNT_COLUMNS)
-    return counts.astype({"users": "int64", "re_engaged_users": "int64", "revenue": "float64"})
+    """Per arm: users, users with at least one order in the window, and their revenue. Orders come from
+    ``marts.orders``, where staging has removed duplicate and invalid checkouts, so each order counts once."""
+    campaign = pd.DataFrame(
+        conn.execute(
+            "SELECT DISTINCT user_id, arm FROM crm.inactive_user_offers WHERE campaign_id = %s", (campaign_id,)
+        ).fetchall(),
+        columns=["user_id", "arm"],
+    )
+    revenue = marts.order_revenue(conn, campaign["user_id"].tolist(), window_start, window_end)
+    campaign["revenue"] = campaign["user_id"].map(revenue)
+    counts = campaign.groupby("arm", sort=False).agg(
+        users=("user_id", "size"), re_engaged_users=("revenue", "count"), revenue=("revenue", "sum")
+    )
+    return counts.reset_index()[COUNT_COLUMNS].astype(
+        {"users": "int64", "re_engaged_users": "int64", "revenue": "float64"}
+    )
 
 
 def arm_results(counts: pd.DataFrame) -> pd.DataFrame:
@@ -246,7 +208,7 @@ def write_results(conn: psycopg.Connection, results: pd.DataFrame) -> int:
         raise ValueError("write_results takes the readout of exactly one campaign")
     placeholders = ", ".join(["%s"] * len(RESULT_COLUMNS))
     with conn.transaction():
-        conn.execute(RESULTS_SQL)
+        ddl.ensure(conn, "crm")
         conn.execute("DELETE FROM crm.experiment_results WHERE campaign_id = %s", (str(campaign_ids[0]),))
         with conn.cursor() as cur:
             cur.executemany(

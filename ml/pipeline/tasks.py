@@ -37,22 +37,11 @@ from ml.recommend.merchant import (
 )
 from ml.runtime import PROGRESS_LOGGER
 from ml.settings import Settings, redact
-from ml.warehouse import ingest, marts, postgres, quality
+from ml.warehouse import ddl, ingest, marts, postgres, quality
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)
 
-OPS_SQL = """
-CREATE SCHEMA IF NOT EXISTS ops;
-CREATE TABLE IF NOT EXISTS ops.pipeline_steps (
-    run_date    date        NOT NULL,
-    step        text        NOT NULL,
-    finished_at timestamptz NOT NULL DEFAULT now(),
-    seconds     double precision NOT NULL,
-    summary     jsonb       NOT NULL,
-    PRIMARY KEY (run_date, step)
-);
-"""
 GATE_METRIC = "ndcg@10"
 
 
@@ -70,7 +59,7 @@ def recorded_step(url: str, run_date: date, step: str) -> Iterator[dict]:
     seconds = time.perf_counter() - started
     summary["peak_rss_mb"] = memory.peak_mb
     with psycopg.connect(url) as conn:
-        conn.execute(OPS_SQL)
+        ddl.ensure(conn, "ops")
         conn.execute(
             """INSERT INTO ops.pipeline_steps (run_date, step, seconds, summary) VALUES (%s, %s, %s, %s)
                ON CONFLICT (run_date, step) DO UPDATE
@@ -118,9 +107,7 @@ def prepare_warehouse(settings: Settings, run_date: date) -> dict:
 
     url = postgres.start(settings)
     with psycopg.connect(url) as conn:
-        ingest.ensure_raw_schema(conn)
-        conn.execute(OPS_SQL)
-        conn.execute(publish.CRM_SCHEMA_SQL)
+        ddl.ensure(conn)  # raw, ops and crm
     write_profile(settings, url)
     with recorded_step(url, run_date, "prepare_warehouse") as summary:
         summary["warehouse"] = redact(url)
@@ -165,22 +152,9 @@ def check_mart_quality(settings: Settings, run_date: date) -> dict:
     with recorded_step(url, run_date, "check_mart_quality") as summary:
         report = quality.check_marts(settings, url)
         with psycopg.connect(url) as conn:
-            rows = conn.execute(
-                "SELECT lifecycle_segment, count(*) FROM marts.user_segments GROUP BY 1 ORDER BY 1"
-            ).fetchall()
-        summary.update(expectations=report.evaluated, users_per_segment=dict(rows))
+            users_per_segment = marts.users_per_segment(conn)
+        summary.update(expectations=report.evaluated, users_per_segment=users_per_segment)
     return summary
-
-
-def load_orders(conn: psycopg.Connection) -> pd.DataFrame:
-    rows = conn.execute(
-        "SELECT user_id, merchant_id, event_time, order_total FROM staging.stg_events "
-        "WHERE event_type = 'checkout_completed' AND merchant_id IS NOT NULL"
-    ).fetchall()
-    orders = pd.DataFrame(rows, columns=["user_id", "merchant_id", "event_time", "order_total"])
-    orders["event_time"] = pd.to_datetime(orders["event_time"], utc=True)
-    orders["order_total"] = orders["order_total"].astype(float)
-    return orders
 
 
 CURVE_KS = tuple(range(1, 11))
@@ -188,16 +162,7 @@ SUMMARY_KS = ("@5", "@10")
 
 
 def load_market_context(conn: psycopg.Connection) -> MarketContext:
-    merchant_columns = ["merchant_id", "merchant_name", "category", "zone", "price_level", "opened_at"]
-    merchants = pd.DataFrame(
-        conn.execute(f"SELECT {', '.join(merchant_columns)} FROM marts.merchant_features").fetchall(),
-        columns=merchant_columns,
-    )
-    users = pd.DataFrame(
-        conn.execute("SELECT user_id, home_zone, signup_at FROM marts.user_features").fetchall(),
-        columns=["user_id", "home_zone", "signup_at"],
-    )
-    return MarketContext(merchants=merchants.set_index("merchant_id"), users=users.set_index("user_id"))
+    return MarketContext(merchants=marts.load_merchants(conn), users=marts.load_user_profiles(conn))
 
 
 def train_ranker(settings: Settings, run_date: date) -> dict:
@@ -209,7 +174,7 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
     url = postgres.start(settings)
     with recorded_step(url, run_date, "train_ranker") as summary:
         with psycopg.connect(url) as conn:
-            orders = load_orders(conn)
+            orders = marts.load_orders(conn)
             context = load_market_context(conn)
         if orders.empty:
             raise ValueError(f"no orders before {run_date}: nothing to train on")
@@ -378,7 +343,7 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
     with recorded_step(url, run_date, "train_offer_model") as summary:
         with psycopg.connect(url) as conn:
             history = marts.load_history(conn)
-            users = marts.load_inactive_users(conn)
+            users = marts.load_inactive_users(conn, response.INACTIVE_SEGMENTS)
         if history.empty or not (history["event_type"] == response.CONTROL).any():
             summary["skipped"] = "no randomised campaign with an observed outcome window and a holdout yet"
             return summary
@@ -493,13 +458,12 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             raise RuntimeError(f"no model has alias @{tracking.CHAMPION} in {settings.ranker_model_name}: train first")
         recommender = tracking.load_alias(settings.ranker_model_name).recommender
         with psycopg.connect(url) as conn:
-            conn.execute(publish.CRM_SCHEMA_SQL)
-            members = publish.lifecycle_members(conn)
+            segments.ensure_tables(conn)
+            members = marts.load_lifecycle_members(conn)
             recommendations = publish.recommend_all(
-                recommender, members["user_id"].tolist(), publish.merchant_names(conn), settings.top_n
+                recommender, members["user_id"].tolist(), marts.load_merchant_names(conn), settings.top_n
             )
             offers, offer_version = _todays_offers(settings, conn, run_date)
-            segments.ensure_tables(conn)
             with conn.transaction():
                 expired = publish.drop_expired(conn, run_date, settings.crm_retention_days)
                 scored = publish.replace_run(conn, run_date, recommendations, members, settings.score_segments, version)
@@ -507,8 +471,7 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
                     replace_offers(conn, run_date, campaign_id_for(run_date), offers, offer_version)
                 segment_rows = segments.refresh_segments(conn, run_date, settings)
             segments.ensure_reader_role(conn, settings)
-            exports = publish.export_csv(conn, run_date, settings.exports_dir)
-            exports.update(export.export_all(conn, run_date, settings))
+            exports = export.export_all(conn, run_date, settings)
         summary.update(
             model_version=version,
             users_per_segment={k: int(v) for k, v in scored.groupby("segment")["user_id"].nunique().items()},
@@ -533,14 +496,14 @@ def _todays_offers(settings: Settings, conn: psycopg.Connection, run_date: date)
         )
         return None, None
     model = tracking.load_alias(settings.offer_model_name).model
-    users = marts.load_inactive_users(conn)
+    users = marts.load_inactive_users(conn, response.INACTIVE_SEGMENTS)
     return decide.decide_offers(model, users, campaign_id_for(run_date), settings), version
 
 
 def step_summaries(settings: Settings, run_date: date) -> list[dict]:
     url = postgres.start(settings)
     with psycopg.connect(url) as conn:
-        conn.execute(OPS_SQL)
+        ddl.ensure(conn, "ops")
         rows = conn.execute(
             "SELECT step, seconds, summary FROM ops.pipeline_steps WHERE run_date = %s ORDER BY finished_at",
             (run_date,),

@@ -17,7 +17,6 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import pyarrow.compute as pc
 from pyarrow import csv as arrow_csv
 
 from ml.runtime import PROGRESS_LOGGER
+from ml.warehouse import ddl
 from ml.warehouse.contract import (
     ASSIGNMENTS,
     CHECKOUT,
@@ -128,7 +128,7 @@ class LoadResult:
 
 
 def ensure_raw_schema(conn: psycopg.Connection) -> None:
-    conn.execute(resources.files("ml.warehouse").joinpath("schema/raw.sql").read_text())
+    ddl.ensure(conn, "raw")
 
 
 def table_for_file(path: Path) -> str:

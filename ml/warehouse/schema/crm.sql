@@ -1,0 +1,80 @@
+-- What the CRM reads, written by the daily publish (ml/crm/publish.py, ml/crm/offers.py) and the campaign
+-- readout (ml/experiments/readout.py). The six segment tables (crm.high_affinity_prospects, ...) are made from
+-- their Segment definitions in ml/crm/segments.py, where each one's fields sit beside the query that fills them.
+create schema if not exists crm;
+
+-- Every user's top-N merchants per run_date (the in-app recommendations: every user, not only marketable ones).
+create table if not exists crm.recommendations (
+    run_date      date    not null,
+    user_id       bigint  not null,
+    rank          integer not null,
+    merchant_id   bigint  not null,
+    merchant_name text,
+    score         double precision not null,
+    reason        text,
+    model_version text    not null,
+    primary key (run_date, user_id, rank)
+);
+
+-- The scored lifecycle segments (settings.score_segments) with their recommendations, marketable users only.
+create table if not exists crm.segment_members (
+    run_date      date    not null,
+    segment       text    not null,
+    user_id       bigint  not null,
+    rank          integer not null,
+    merchant_id   bigint  not null,
+    merchant_name text,
+    score         double precision not null,
+    model_version text    not null,
+    published_at  timestamptz not null default now(),
+    primary key (run_date, segment, user_id, rank)
+);
+
+-- Today's win-back offers and experiment arms, replaced per run_date.
+create table if not exists crm.inactive_user_offers (
+    run_date        date    not null,
+    campaign_id     text    not null,
+    user_id         bigint  not null,
+    segment         text    not null,
+    arm             text    not null,
+    event_type      text    not null,
+    reward_size     numeric(8, 2) not null,
+    expected_uplift double precision not null,
+    expected_cost   double precision not null,
+    is_holdout      boolean not null,
+    model_version   text    not null,
+    primary key (run_date, user_id)
+);
+
+-- One row per arm of a read-out campaign, replaced when the campaign is read out again.
+create table if not exists crm.experiment_results (
+    campaign_id                    text    not null,
+    campaign_date                  date    not null,
+    window_days                    integer not null,
+    window_start                   timestamptz not null,
+    window_end                     timestamptz not null,
+    arm                            text    not null,
+    users                          bigint  not null,
+    re_engaged_users               bigint  not null,
+    re_engagement_rate             double precision,
+    revenue                        double precision not null,
+    revenue_per_user               double precision,
+    abs_lift_vs_holdout            double precision,
+    abs_lift_vs_holdout_ci_low     double precision,
+    abs_lift_vs_holdout_ci_high    double precision,
+    rel_lift_vs_holdout            double precision,
+    rel_lift_vs_holdout_ci_low     double precision,
+    rel_lift_vs_holdout_ci_high    double precision,
+    p_value_vs_holdout             double precision,
+    abs_lift_vs_non_personalised          double precision,
+    abs_lift_vs_non_personalised_ci_low   double precision,
+    abs_lift_vs_non_personalised_ci_high  double precision,
+    rel_lift_vs_non_personalised          double precision,
+    rel_lift_vs_non_personalised_ci_low   double precision,
+    rel_lift_vs_non_personalised_ci_high  double precision,
+    p_value_vs_non_personalised           double precision,
+    meets_seed_criterion           boolean,
+    seed_criterion_significant     boolean,
+    computed_at                    timestamptz not null default now(),
+    primary key (campaign_id, arm)
+);
