@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ml.cli.options import iso_date, non_negative_int, positive_int
 from ml.settings import PROJECT_ROOT, Settings
 from ml.synthetic.marketplace import SCALES, TABLE_FILES
 
@@ -35,18 +36,20 @@ STEADY_STATE_LIMIT = 1.2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--days", type=int, default=14, help="run dates, ending with --end-date")
+    parser.add_argument("--days", type=positive_int, default=14, help="run dates, ending with --end-date")
     parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
-    parser.add_argument("--users", type=int, help="users instead of the scale's (merchants stay the scale's)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--window-days", type=int, default=45, help="days of synthetic history, ending with --end-date")
-    parser.add_argument("--end-date", type=dt.date.fromisoformat, help="the last run date (default: today, UTC)")
+    parser.add_argument("--users", type=positive_int, help="users instead of the scale's (merchants stay the scale's)")
+    parser.add_argument("--seed", type=non_negative_int, default=42)
+    parser.add_argument(
+        "--window-days", type=positive_int, default=45, help="days of synthetic history, ending with --end-date"
+    )
+    parser.add_argument("--end-date", type=iso_date, help="the last run date (default: today, UTC)")
     parser.add_argument(
         "--home", type=Path, help="state for the benchmark, wiped first (default: .rekindle/benchmarks/daily-<scale>)"
     )
     parser.add_argument("--json", type=Path, help="also write the per-day results to this file")
     # Internal: each day runs in its own process, as each scheduled run does (see _run_day_in_process).
-    parser.add_argument("--one-day", type=dt.date.fromisoformat, help=argparse.SUPPRESS)
+    parser.add_argument("--one-day", type=iso_date, help=argparse.SUPPRESS)
 
 
 @dataclass
@@ -61,9 +64,6 @@ class DayRun:
 def run(args: argparse.Namespace) -> int:
     if args.one_day:
         return _run_one_day(args)
-    if args.days < 1:
-        print("error: --days must be at least 1", file=sys.stderr)
-        return 2
     end = args.end_date or dt.datetime.now(dt.UTC).date()
     label = f"{args.scale}" if args.users is None else f"{args.users}-users"
     home = (args.home or Settings.from_env().home / "benchmarks" / f"daily-{label}").resolve()

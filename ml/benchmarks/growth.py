@@ -6,7 +6,6 @@ size, and how much each task grew from the second-largest size to the largest be
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ml.benchmarks.daily import DBT_GROUP, text_table
+from ml.cli.options import iso_date, non_negative_int, positive_int
 from ml.settings import PROJECT_ROOT, Settings
 
 
@@ -24,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[5_500, 55_000, 550_000],
         help="comma-separated user counts, smallest first",
     )
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--window-days", type=int, default=45)
-    parser.add_argument("--end-date", type=dt.date.fromisoformat, help="the run date (default: today, UTC)")
+    parser.add_argument("--seed", type=non_negative_int, default=42)
+    parser.add_argument("--window-days", type=positive_int, default=45)
+    parser.add_argument("--end-date", type=iso_date, help="the run date (default: today, UTC)")
     parser.add_argument("--home", type=Path, help="parent of each size's state (default: .rekindle/benchmarks)")
 
 

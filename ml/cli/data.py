@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from datetime import date
 from pathlib import Path
 
-from ml.cli.options import settings_from
+from ml.cli.options import existing_path, fail, iso_date, non_negative_int, positive_int, settings_from
 from ml.settings import redact
 from ml.warehouse import postgres
 
@@ -24,7 +22,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         scale=settings.scale,
         seed=settings.seed,
         days=settings.days,
-        end_date=date.fromisoformat(args.end_date) if args.end_date else None,
+        end_date=args.end_date,
     )
     market.write(out)
     print(
@@ -41,10 +39,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     url = postgres.start(settings)
     try:
-        results = ingest.ingest_path(url, Path(args.path))
+        results = ingest.ingest_path(url, args.path)
     except (ingest.SchemaDriftError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail("rekindle ingest", str(exc))
     for result in results:
         print(
             f"{Path(result.source_file).name:<40} -> raw.{result.table:<19} read {result.rows_read:>9,}  "
@@ -75,14 +72,16 @@ def cmd_warehouse(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="write a synthetic marketplace (events, merchants, users, campaigns)")
     gen.add_argument("--scale", choices=["demo", "full"], default=None, help="demo ≈ 5k users; full ≈ 55k users")
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--days", type=int, default=None)
-    gen.add_argument("--end-date", default=None, help="last day is the day before this (default: today, UTC)")
+    gen.add_argument("--seed", type=non_negative_int, default=None)
+    gen.add_argument("--days", type=positive_int, default=None)
+    gen.add_argument(
+        "--end-date", type=iso_date, default=None, help="last day is the day before this (default: today, UTC)"
+    )
     gen.add_argument("--out", default=None, help="folder (default: the drop folder the daily DAG loads)")
     gen.set_defaults(func=cmd_generate)
 
     ing = sub.add_parser("ingest", help="load a CSV / Parquet / JSON-lines file or a drop folder into raw.*")
-    ing.add_argument("path")
+    ing.add_argument("path", type=existing_path, help="a file, or a folder of files")
     ing.set_defaults(func=cmd_ingest)
 
     wh = sub.add_parser("warehouse", help="the embedded PostgreSQL warehouse")

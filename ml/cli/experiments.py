@@ -3,31 +3,31 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from datetime import UTC, date, datetime
 
 import psycopg
 
-from ml.experiments.readout import campaign_date_due, load_campaign_truth, run_readout
+from ml.cli.options import fail, iso_date, non_negative_int, positive_int, today
 from ml.settings import Settings
-from ml.synthetic.campaign_replay import simulate_campaign
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--days", type=int, default=None, help="days to simulate (default: the reactivation window)")
-    parser.add_argument("--seed", type=int, default=None, help="simulation seed (default: REKINDLE_SEED)")
+    parser.add_argument(
+        "--days", type=positive_int, default=None, help="days to simulate (default: the reactivation window)"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="simulation seed (default: REKINDLE_SEED)")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """``rekindle simulate``: play out the latest campaign and print the truth to compare the readout with."""
+    from ml.synthetic.campaign_replay import simulate_campaign
+
     settings = Settings.from_env()
     days = args.days or settings.reactivation_window_days
     seed = settings.seed if args.seed is None else args.seed
     try:
         result = simulate_campaign(settings, days, seed)
     except (LookupError, FileNotFoundError, psycopg.errors.UndefinedTable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail("rekindle simulate", str(exc))
     print(
         f"simulated {', '.join(result['campaign_ids'])} for {days} days from {result['start']} (seed {seed}): "
         f"{result['events']:,} events, {result['orders']:,} orders, {result['exposures']:,} exposures"
@@ -47,6 +47,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def add_readout_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--date",
+        type=iso_date,
         default=None,
         help="campaign run date YYYY-MM-DD (default: the campaign whose window closed today, UTC)",
     )
@@ -54,11 +55,10 @@ def add_readout_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_readout(args: argparse.Namespace) -> int:
     """``rekindle readout``: print the readout, with the simulated truth beside it when there is one."""
+    from ml.experiments.readout import campaign_date_due, load_campaign_truth, run_readout
+
     settings = Settings.from_env()
-    if args.date:
-        campaign_date = date.fromisoformat(args.date)
-    else:
-        campaign_date = campaign_date_due(datetime.now(UTC).date(), settings.reactivation_window_days)
+    campaign_date = args.date or campaign_date_due(today(), settings.reactivation_window_days)
     summary = run_readout(settings, campaign_date)
     print(f"{summary['campaign_id']}: {summary['status']}")
     if "arms" not in summary:

@@ -1,11 +1,87 @@
-"""What every command shares: settings from the command-line flags, today's date."""
+"""What every command shares: the parser, argument types that reject bad values up front, settings from the
+command-line flags, today's date."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import NoReturn
 
 from ml.settings import Settings
+
+
+class Parser(argparse.ArgumentParser):
+    """Answers a bad argument with one line on stderr (``rekindle run: error: ...``) and exit status 2.
+
+    ``add_subparsers`` builds the sub-commands' parsers with this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class UsageError(Exception):
+    """A bad value found after parsing (a missing segment, a date with nothing published): one line, exit 2."""
+
+
+def iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def port(text: str) -> int:
+    value = _integer(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """A share or a normalised score: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1")
+    return value
+
+
+def existing_path(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return path
+
+
+def fail(prog: str, message: str) -> int:
+    """Print one error line for a command and return its exit status."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -7,13 +7,13 @@ import os
 import subprocess
 import sys
 import time
-from datetime import date
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 
 from ml import runtime
-from ml.cli.options import settings_from, today
+from ml.cli.options import UsageError, iso_date, port, settings_from, today
 from ml.settings import Settings, redact
 from ml.warehouse import postgres
 
@@ -22,30 +22,30 @@ DAG_ID = "reengagement_daily"
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    run_date = date.fromisoformat(args.date) if args.date else today()
-    url = postgres.start(settings)
-    runtime.configure(settings, url)
-    settings = Settings.from_env()
-    print(f"warehouse: {redact(url)}", flush=True)
-    if _nothing_to_load(settings, url):
-        print(
-            f"nothing to run on: the drop folder {settings.input_dir} has no event files and raw.events is empty.\n"
-            "Generate demo data first (`rekindle generate`, or `make run`), or drop CSV / Parquet / JSON-lines "
-            "files there.",
-            file=sys.stderr,
-        )
-        return 2
-    _migrate_airflow_db()
-    from ml.pipeline.airflow import logs_to_file, run_dag_in_process
-
-    started = time.perf_counter()
+    run_date = args.date or today()
     log_path = settings.home / "logs" / f"{DAG_ID}_{run_date}.log"
-    print(f"running DAG {DAG_ID} for {run_date} in-process (full log: {log_path}) ...", flush=True)
-    with logs_to_file(log_path):
-        state, tasks = run_dag_in_process(DAG_ID, run_date)
-    from ml.pipeline.summary import print_summary
+    from ml.pipeline.airflow import logs_to_file, run_dag_in_process
+    from ml.pipeline.summary import key_figure, print_summary
 
+    print(f"rekindle run {run_date}: the full log (Airflow, dbt, the warehouse) goes to {log_path}", flush=True)
+    started = time.perf_counter()
+    with logs_to_file(log_path, key_figure, verbose=args.verbose) as view:
+        url = postgres.start(settings)
+        runtime.configure(settings, url)
+        settings = Settings.from_env()
+        view.say(f"warehouse: {redact(url)}")
+        if _nothing_to_load(settings, url):
+            raise UsageError(
+                f"nothing to run on: the drop folder {settings.input_dir} has no event files and raw.events is "
+                "empty. Generate demo data first (`rekindle generate`, or `make run`), or drop CSV / Parquet / "
+                "JSON-lines files there."
+            )
+        _migrate_airflow_db(view.say, output=None)
+        view.say(f"running DAG {DAG_ID} for {run_date} in-process ...")
+        state, tasks = run_dag_in_process(DAG_ID, run_date)
     print_summary(settings, run_date, state, tasks, time.perf_counter() - started)
+    if state != "success":
+        print(f"\nthe run {state}: see {log_path}", file=sys.stderr)
     return 0 if state == "success" else 1
 
 
@@ -61,12 +61,15 @@ def _nothing_to_load(settings: Settings, url: str) -> bool:
         return not exists or conn.execute("SELECT NOT EXISTS (SELECT 1 FROM raw.events)").fetchone()[0]
 
 
-def _migrate_airflow_db() -> None:
+def _migrate_airflow_db(say: Callable[[str], None] = print, output: int | None = subprocess.DEVNULL) -> None:
+    """Create Airflow's metadata database on the first run; ``output=None``: its output goes where ours goes."""
     marker = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
     if marker.exists():
         return
-    print("initialising the Airflow metadata database (first run only) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+    say("initialising the Airflow metadata database (first run only) ...")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=output)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -81,10 +84,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run the daily DAG in-process and print a summary")
-    run.add_argument("--date", default=None, help="run date YYYY-MM-DD (default: today, UTC)")
+    run.add_argument("--date", type=iso_date, default=None, help="run date YYYY-MM-DD (default: today, UTC)")
     run.set_defaults(func=cmd_run)
 
     ui = sub.add_parser("ui", help="Airflow UI and MLflow UI on localhost against the same warehouse")
-    ui.add_argument("--airflow-port", type=int, default=8080)
-    ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.add_argument("--airflow-port", type=port, default=8080)
+    ui.add_argument("--mlflow-port", type=port, default=5000)
     ui.set_defaults(func=cmd_ui)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import re
@@ -10,9 +11,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TextIO
@@ -60,59 +62,138 @@ def run_dag_in_process(dag_id: str, run_date: date, conf: dict | None = None) ->
 
 _TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
 _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
+_TASK_STATE = re.compile(r"\bnew_state=(\w+)")
+_STEP_SUMMARY = re.compile(r"\] (\w+) finished in [\d.]+s: (\{.*\}) \[ml\.pipeline\.tasks\]")
 _PROGRESS = re.compile(r"\]\s+(.*?)\s+\[" + re.escape(PROGRESS_LOGGER) + r"\]")
+_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z?)\s")
+
+
+def _seconds_of(line: str) -> float:
+    """The line's own timestamp as epoch seconds (Airflow's task logs carry one), else now."""
+    if match := _TIMESTAMP.match(line):
+        try:
+            return datetime.fromisoformat(match.group(1)).timestamp()
+        except ValueError:
+            pass
+    return time.time()
+
+
+@dataclass
+class _Group:
+    name: str
+    seconds: float = 0.0
+    states: Counter = field(default_factory=Counter)
+    kinds: Counter = field(default_factory=Counter)
 
 
 class ProgressView:
-    """Turns the DAG's full log into a short view: each task as it ends, with its seconds (a task group's
-    tasks, such as the dbt models and tests, as one line), and the lines the steps log to
-    ``PROGRESS_LOGGER`` (rows per second, users scored of total)."""
+    """Turns the DAG's full log into a short view: each task as it ends with its state, seconds and one key
+    figure (a task group's tasks, such as the dbt models and tests, as one line), and the lines the steps
+    log to ``PROGRESS_LOGGER`` (rows per second, users scored of total). ``figure(step, summary)`` picks the
+    key figure from the summary a step logs as it finishes; ``verbose`` also echoes every line of the log."""
 
-    def __init__(self, console: TextIO):
+    def __init__(
+        self, console: TextIO, figure: Callable[[str, dict], str] | None = None, verbose: bool = False
+    ) -> None:
         self.console = console
+        self.figure = figure
+        self.verbose = verbose
         self.started: dict[str, float] = {}
-        self.group: tuple[str, int, float] | None = None  # name, tasks ended, seconds
+        self.state: str | None = None
+        self.summaries: dict[str, dict] = {}
+        self.group: _Group | None = None
+        self._lock = threading.Lock()
 
     def feed(self, line: str) -> None:
+        if self.verbose:
+            self._write(line)
         if match := _TASK_START.search(line):
             task_id = match.group(1)
-            if self.group and not task_id.startswith(self.group[0] + "."):
+            if self.group and not task_id.startswith(self.group.name + "."):
                 self.close_group()
-            self.started[task_id] = time.perf_counter()
+            self.started[task_id] = _seconds_of(line)
+            self.state = None
         elif match := _TASK_END.search(line):
             task_id = match.group(1)
-            seconds = time.perf_counter() - self.started.pop(task_id, time.perf_counter())
+            ended = _seconds_of(line)
+            seconds = max(0.0, ended - self.started.pop(task_id, ended))
+            state = self.state or "ended"
             if "." in task_id:
-                name = task_id.split(".", 1)[0]
-                tasks, total = self.group[1:] if self.group and self.group[0] == name else (0, 0.0)
-                self.group = (name, tasks + 1, total + seconds)
+                name, _, member = task_id.partition(".")
+                if not self.group or self.group.name != name:
+                    self.close_group()
+                    self.group = _Group(name)
+                self.group.seconds += seconds
+                self.group.states[state] += 1
+                self.group.kinds[_kind(member)] += 1
             else:
-                self._write(f"  {task_id:<40} {seconds:7.1f}s")
+                self._task_line(task_id, state, seconds, self._figure(task_id))
+        elif match := _TASK_STATE.search(line):
+            self.state = match.group(1).lower()
+        elif match := _STEP_SUMMARY.search(line):
+            try:
+                self.summaries[match.group(1)] = ast.literal_eval(match.group(2))
+            except (ValueError, SyntaxError):
+                pass
         elif match := _PROGRESS.search(line):
-            self._write(f"    {match.group(1)}")
+            if not self.verbose:
+                self._write(f"    {match.group(1)}")
 
     def close_group(self) -> None:
-        if self.group:
-            name, tasks, seconds = self.group
-            self.group = None
-            self._write(f"  {f'{name} ({tasks} tasks)':<40} {seconds:7.1f}s")
+        group, self.group = self.group, None
+        if group:
+            tasks = sum(group.states.values())
+            state = "success" if set(group.states) == {"success"} else _counts(group.states)
+            self._task_line(f"{group.name} ({tasks} tasks)", state, group.seconds, _counts(group.kinds))
+
+    def say(self, text: str) -> None:
+        """A line of our own on the terminal, among the task lines."""
+        self._write(text)
+
+    def _figure(self, task_id: str) -> str:
+        summary = self.summaries.pop(task_id, None)
+        if self.figure is None or summary is None:
+            return ""
+        try:
+            return self.figure(task_id, summary)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return ""
+
+    def _task_line(self, name: str, state: str, seconds: float, figure: str) -> None:
+        self._write(f"  {name:<30} {state:<8} {seconds:6.1f}s  {figure}".rstrip())
 
     def _write(self, text: str) -> None:
-        self.console.write(text + "\n")
-        self.console.flush()
+        with self._lock:
+            self.console.write(text + "\n")
+            self.console.flush()
+
+
+def _kind(member: str) -> str:
+    """What a Cosmos task does, from its id: ``stg_users_model_build`` builds a model, ``..._test`` tests."""
+    if member.endswith("_test") or member.endswith(".test"):
+        return "tests"
+    if member.endswith("_build") or member.endswith("_run") or member.endswith(".run"):
+        return "models"
+    return "tasks"
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(f"{count} {name}" for name, count in counter.most_common())
 
 
 @contextmanager
-def logs_to_file(path: Path) -> Iterator[ProgressView]:
-    """Send everything this process prints (Airflow, dbt, our loggers) to ``path``; show a ProgressView on
-    the terminal meanwhile. Redirects the file descriptors, so output of libraries that hold on to the
-    original streams is captured too."""
+def logs_to_file(
+    path: Path, figure: Callable[[str, dict], str] | None = None, verbose: bool = False
+) -> Iterator[ProgressView]:
+    """Send everything this process and its subprocesses print (Airflow, dbt, warnings, our loggers) to
+    ``path``; show a ProgressView on the terminal meanwhile (``verbose``: the whole log as well). Redirects
+    the file descriptors, so output of libraries that hold on to the original streams is captured too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     console = os.fdopen(os.dup(saved[0]), "w", buffering=1)
-    view = ProgressView(console)
+    view = ProgressView(console, figure, verbose)
     done = threading.Event()
     with open(path, "ab", buffering=0) as log:
         os.dup2(log.fileno(), 1)
@@ -151,46 +232,111 @@ def _follow(path: Path, offset: int, view: ProgressView, done: threading.Event) 
                 time.sleep(0.2)
 
 
+# Ctrl-C on `rekindle ui`: every process it started gets SIGTERM, then SIGKILL after this grace period.
+STOP_GRACE_SECONDS = 5.0
+
+
 def serve_uis(settings: Settings, warehouse_url: str, airflow_port: int, mlflow_port: int) -> int:
-    """``airflow standalone`` plus ``mlflow ui`` on localhost until Ctrl-C."""
+    """``airflow standalone`` plus ``mlflow ui`` on localhost until Ctrl-C (SIGINT) or SIGTERM, then stop both
+    with all their children within ``STOP_GRACE_SECONDS`` and a little. Each runs in its own session, so the
+    terminal's Ctrl-C reaches only this process, which then signals each whole process group."""
     from ml.pipeline.tracking import configure, tracking_uri
 
     configure(settings, warehouse_url)
     env = dict(os.environ, AIRFLOW__API__PORT=str(airflow_port), AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True")
-    airflow = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=env)
-    mlflow_ui = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(mlflow_port),
-            "--backend-store-uri",
-            tracking_uri(warehouse_url),
-            "--default-artifact-root",
-            settings.mlflow_artifacts_dir.as_uri(),
-        ],
-        env=env,
-    )
-    password_file = settings.airflow_home / "simple_auth_manager_passwords.json.generated"
-    print(
-        f"Airflow UI: http://localhost:{airflow_port}  (user 'admin'; password printed by Airflow below and kept in "
-        f"{password_file})\nMLflow UI:  http://localhost:{mlflow_port}\nCtrl-C stops both.",
-        flush=True,
-    )
+    mlflow_command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(mlflow_port),
+        "--backend-store-uri",
+        tracking_uri(warehouse_url),
+        "--default-artifact-root",
+        settings.mlflow_artifacts_dir.as_uri(),
+    ]
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    processes: dict[str, subprocess.Popen] = {}
     try:
-        return airflow.wait()
-    except KeyboardInterrupt:
+        processes["Airflow"] = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "standalone"], env=env, start_new_session=True
+        )
+        processes["MLflow"] = subprocess.Popen(mlflow_command, env=env, start_new_session=True)
+        password_file = settings.airflow_home / "simple_auth_manager_passwords.json.generated"
+        print(
+            f"Airflow UI: http://localhost:{airflow_port}  (user 'admin'; password printed by Airflow below and kept "
+            f"in {password_file})\nMLflow UI:  http://localhost:{mlflow_port}\nCtrl-C stops both.",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    log.warning("%s exited with status %s; stopping the rest", name, process.returncode)
+                    return process.returncode or 1
         return 0
     finally:
-        for process in (mlflow_ui, airflow):
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in (mlflow_ui, airflow):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        signalled = stop_process_groups(list(processes.values()), STOP_GRACE_SECONDS)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if processes:
+            print(f"stopped Airflow and MLflow ({signalled} processes)", flush=True)
+
+
+def stop_process_groups(processes: list[subprocess.Popen], grace_seconds: float) -> int:
+    """SIGTERM each process's group (and any descendant that left it), wait up to ``grace_seconds`` for them
+    to exit, SIGKILL whatever is left, reap the direct children; returns how many processes were signalled."""
+    tree = {p.pid for p in processes} | {pid for p in processes for pid in _descendants(p.pid)}
+    groups = {p.pid for p in processes}  # start_new_session: each process leads its own group
+    _signal_all(groups, tree, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
+        for p in processes:
+            p.poll()
+        time.sleep(0.1)
+    _signal_all(groups, tree, signal.SIGKILL)
+    for p in processes:
+        try:
+            p.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            log.warning("process %s did not exit after SIGKILL", p.pid)
+    return len(tree)
+
+
+def _signal_all(groups: set[int], pids: set[int], sig: signal.Signals) -> None:
+    for group in groups:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+    for pid in pids:
+        if _alive(pid):
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, from /proc (each process's parent is field 4 of its stat line)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, waiting to be reaped) counts as gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import date
 
-from ml.pipeline.tasks import step_summaries
 from ml.settings import Settings
 
 LIFECYCLE_ORDER = ("new", "active", "at_risk", "lapsed", "dormant", "churned")
@@ -135,12 +135,61 @@ def render(steps: dict[str, dict], tasks: list) -> str:
             out += ["CRM segments: " + ", ".join(f"{k} {v:,}" for k, v in published["crm_segments"].items())]
         out += [f"CSV exports: {len(published.get('exports', {}))} files in the exports folder", ""]
     if tasks:
-        rows = [[t.task_id, t.state, "" if t.seconds is None else f"{t.seconds:.1f}"] for t in tasks]
-        out += ["Tasks", _table(["task", "state", "seconds"], rows)]
+        out += ["Tasks", _table(["task", "state", "seconds"], _task_rows(tasks))]
     return "\n".join(out)
 
 
+def _task_rows(tasks: list) -> list[list]:
+    """One row per task, a task group's tasks (``dbt_build.*``) as one row: its task count, its state when
+    they all share it (else the count per state), the sum of their seconds."""
+    groups: dict[str, list] = {}
+    for task in tasks:
+        groups.setdefault(task.task_id.split(".", 1)[0], []).append(task)
+    rows = []
+    for name, members in groups.items():
+        seconds = sum(t.seconds or 0.0 for t in members)
+        states = Counter(t.state for t in members)
+        if len(members) == 1 and "." not in members[0].task_id:
+            rows.append([name, members[0].state, "" if members[0].seconds is None else f"{seconds:.1f}"])
+        else:
+            state = next(iter(states)) if len(states) == 1 else ", ".join(f"{n} {s}" for s, n in states.most_common())
+            rows.append([f"{name} ({len(members)} tasks)", state, f"{seconds:.1f}"])
+    return rows
+
+
+def key_figure(step: str, summary: dict) -> str:
+    """The one figure ``rekindle run`` prints beside a task as it ends, from the summary the step recorded."""
+    if step == "load_events":
+        tables = summary.get("tables", [])
+        loaded = sum(t["rows_loaded"] for t in tables)
+        quarantined = sum(t["rows_quarantined"] for t in tables)
+        figure = f"{loaded:,} rows loaded from {summary.get('files', 0)} files"
+        return figure + (f", {quarantined:,} quarantined" if quarantined else "")
+    if step in ("check_raw_quality", "check_mart_quality"):
+        return f"{summary['expectations']} expectations met"
+    if step == "build_marts":
+        return ", ".join(f"{k} {v}" for k, v in summary.get("dbt", {}).items())
+    if step == "train_ranker":
+        return (
+            f"ndcg@10 {summary['metrics']['ndcg@10']:.4f}; registered v{summary['version']}, "
+            f"champion v{summary['champion_version']}"
+        )
+    if step == "train_offer_model":
+        if summary.get("skipped"):
+            return f"skipped: {summary['skipped']}"
+        m = summary["metrics"]
+        return f"policy value {m['policy_value']:.1f} QAR/user (best uniform offer {m['best_uniform_value']:.1f})"
+    if step == "publish_segments":
+        users = sum(summary.get("users_per_segment", {}).values())
+        return f"{users:,} users published, {len(summary.get('exports', {}))} CSV exports"
+    if step == "prepare_warehouse":
+        return "warehouse ready"
+    return ""
+
+
 def print_summary(settings: Settings, run_date: date, state: str, tasks: list, total_seconds: float) -> None:
+    from ml.pipeline.tasks import step_summaries
+
     # Only what this run did: a step that failed or never ran today must not show yesterday's figures.
     succeeded = {t.task_id for t in tasks if t.state == "success"}
     steps = {row["step"]: row["summary"] for row in step_summaries(settings, run_date) if row["step"] in succeeded}
