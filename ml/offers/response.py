@@ -30,22 +30,10 @@ from ml.offers.uplift import (
     shrink_uplift,
 )
 from ml.recommend.lifecycle import INACTIVE_SEGMENTS  # noqa: F401  (re-exported: the users offers go to)
+from ml.warehouse.marts import USER_FEATURES  # the user features of marts.campaign_history, as of sending
 
 # The response model's control arm: no offer.
 CONTROL = NO_OFFER
-ENGAGEMENT_FEATURES = ["sessions_14d", "days_since_session", "offers_received", "campaign_opens", "offers_redeemed"]
-USER_FEATURES = [
-    "recency_days",
-    "order_count_before",
-    "order_value_before",
-    "avg_order_value_before",
-    "avg_price_level_before",
-    "tenure_days",
-    "platform",
-    "home_zone",
-    "favourite_category_before",
-    *ENGAGEMENT_FEATURES,
-]
 OFFER_FEATURES = ["event_type", "reward_size"]
 SHRINKAGE_FOLDS = 3
 
