@@ -1,8 +1,8 @@
 """The offer arms' vocabulary: the no-offer arm and the labels of (event type, reward size) arms.
 
-The one definition of "no offer": the control of the response model and the uplift learners, the holdout's
-exposure in ``raw.campaign_exposures`` and the synthetic world's untreated users all use :data:`NO_OFFER`.
-Dependency-free, so the synthetic world and ingest can import it without the learners.
+"No offer" is defined once, in the event data contract (``ml.warehouse.contract.NO_OFFER``: the exposure event
+type ingest, dbt and GX accept for the control); the response model, the uplift learners, the offer policy and
+the synthetic world take it from here. Light (no learners), so the synthetic world imports it freely.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-NO_OFFER = "none"
+from ml.warehouse.contract import NO_OFFER
+
+__all__ = ["NO_OFFER", "arm_event_type", "arm_label", "arm_labels"]
 
 
 def arm_label(event_type: str, reward_size: float) -> str:
