@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import great_expectations as gx
 from great_expectations import expectations as gxe
 
+from ml.recommend.lifecycle import LIFECYCLE_SEGMENTS
 from ml.warehouse.contract import EVENT_TYPES, INGEST_EVENT_RULES, EventRule
 
-LIFECYCLE_SEGMENTS = ["new", "active", "at_risk", "lapsed", "dormant", "churned"]
 VALUE_TIERS = ["high", "medium", "low"]
 
 
@@ -56,7 +56,7 @@ def user_segments() -> list:
     return [
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         gxe.ExpectColumnValuesToNotBeNull(column="lifecycle_segment"),
-        gxe.ExpectColumnValuesToBeInSet(column="lifecycle_segment", value_set=LIFECYCLE_SEGMENTS),
+        gxe.ExpectColumnValuesToBeInSet(column="lifecycle_segment", value_set=list(LIFECYCLE_SEGMENTS)),
         gxe.ExpectColumnValuesToBeInSet(column="value_tier", value_set=VALUE_TIERS),
         # One row per user is what guarantees nobody sits in two lifecycle segments.
         gxe.ExpectColumnValuesToBeUnique(column="user_id"),
