@@ -1,8 +1,25 @@
-"""The command line's first-run guidance."""
+"""The command line: first-run guidance, one clear line for a bad argument, `rekindle ui` stopping on Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil  # Airflow depends on it
+import pytest
+
 from ml import cli
+from ml.pipeline.airflow import ProgressView, TaskOutcome
+from ml.pipeline.summary import key_figure, render
 
 
 def test_run_with_nothing_to_load_says_how_to_get_data_instead_of_failing_a_gate(settings, monkeypatch, capsys):
@@ -14,3 +31,178 @@ def test_run_with_nothing_to_load_says_how_to_get_data_instead_of_failing_a_gate
     err = capsys.readouterr().err
     assert "rekindle generate" in err
     assert str(settings.input_dir) in err
+
+
+def _cli_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a fresh shell: no REKINDLE_ or AIRFLOW variables from this test session."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REKINDLE_", "AIRFLOW"))}
+    return {**env, "REKINDLE_HOME": str(home), **extra}
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "bad_value"),
+    [
+        (["run", "--date", "2026-13-01"], {}, "2026-13-01"),
+        (["generate", "--days", "-3"], {}, "-3"),
+        (["generate", "--end-date", "2026-02-30"], {}, "2026-02-30"),
+        (["export", "nosuch"], {}, "nosuch"),
+        (["export", "lapsed", "--min-score", "high"], {}, "high"),
+        (["readout", "--date", "x"], {}, "'x'"),
+        (["simulate", "--days", "-1"], {}, "-1"),
+        (["ingest", "/no/such/path"], {}, "/no/such/path"),
+        (["benchmark", "daily", "--days", "0"], {}, "'0'"),
+        (["ui", "--airflow-port", "99999"], {}, "99999"),
+        (["nosuch"], {}, "nosuch"),
+        (["run"], {"REKINDLE_SEED": "forty-two"}, "forty-two"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_a_bad_argument_gets_one_clear_line_and_a_non_zero_exit(argv, env, bad_value, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ml.cli", *argv],
+        env=_cli_env(tmp_path / "home", **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert bad_value in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stdout == ""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tree(pid: int) -> dict[int, float]:
+    """Every live process below ``pid`` by pid, with its start time (so a reused pid is not mistaken for it)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return {}
+    tree = {}
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree[child.pid] = child.create_time()
+    return tree
+
+
+def _still_running(pid: int, started: float) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)
+    except urllib.error.HTTPError:
+        return True  # any HTTP status: the server is up
+    except OSError:
+        return False
+    return True
+
+
+def test_ctrl_c_on_ui_stops_every_process_it_started_within_10_seconds(settings, tmp_path):
+    airflow_port, mlflow_port = _free_port(), _free_port()
+    output = tmp_path / "ui.out"
+    with open(output, "wb") as out:
+        # Its own session, as a shell gives a foreground job: Ctrl-C is SIGINT to that whole process group.
+        ui = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ml.cli",
+                "ui",
+                "--airflow-port",
+                str(airflow_port),
+                "--mlflow-port",
+                str(mlflow_port),
+            ],
+            env=_cli_env(settings.home, REKINDLE_WAREHOUSE_URL=settings.warehouse_url),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    seen: dict[int, float] = {}
+    try:
+        # Airflow's first start (metadata database, four services) takes a minute or more on a busy machine.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and ui.poll() is None:
+            seen.update(_tree(ui.pid))
+            if _answers(f"http://127.0.0.1:{airflow_port}/api/v2/monitor/health"):
+                break
+            time.sleep(1)
+        assert ui.poll() is None, output.read_text()[-3000:]
+        seen.update(_tree(ui.pid))
+        assert len(seen) >= 3, f"Airflow and MLflow did not start: {output.read_text()[-3000:]}"
+
+        os.killpg(ui.pid, signal.SIGINT)
+        stop_deadline = time.monotonic() + 10
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            ui.wait(timeout=10)
+        while time.monotonic() < stop_deadline and any(_still_running(p, t) for p, t in seen.items()):
+            time.sleep(0.2)
+
+        assert ui.poll() is not None, "rekindle ui still running 10 s after Ctrl-C"
+        left = {pid: psutil.Process(pid).cmdline() for pid, t in seen.items() if _still_running(pid, t)}
+        assert not left, f"still running 10 s after Ctrl-C: {left}"
+    finally:
+        for pid, started in [(ui.pid, None), *seen.items()]:
+            if started is None or _still_running(pid, started):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        ui.wait()
+
+
+def test_run_shows_each_task_as_it_ends_with_its_state_seconds_and_key_figure():
+    def line(at: str, text: str) -> str:
+        return f"2026-11-01T00:00:{at}Z [info     ] {text} loc=x.py:1"
+
+    console = io.StringIO()
+    view = ProgressView(console, key_figure)
+    for text in [
+        line("00", "[DAG TEST] starting task_id=load_events map_index=-1 [airflow.sdk]"),
+        line(
+            "02",
+            "load_events finished in 2.0s: {'files': 2, 'tables': [{'table': 'events', 'rows_loaded': 1500, "
+            "'rows_quarantined': 3}], 'peak_rss_mb': 1.0} [ml.pipeline.tasks]",
+        ),
+        line("02", "Task instance state updated [airflow.api] new_state=success rows_affected=1"),
+        line("03", "[DAG TEST] end task task_id=load_events map_index=-1 [airflow.sdk]"),
+        line("03", "[DAG TEST] starting task_id=dbt_build.stg_users_model_build map_index=-1 [airflow.sdk]"),
+        line("03", "Task instance state updated [airflow.api] new_state=success rows_affected=1"),
+        line("04", "[DAG TEST] end task task_id=dbt_build.stg_users_model_build map_index=-1 [airflow.sdk]"),
+        line("04", "[DAG TEST] starting task_id=dbt_build.relationships_x_test map_index=-1 [airflow.sdk]"),
+        line("04", "Task instance state updated [airflow.api] new_state=failed rows_affected=1"),
+        line("05", "[DAG TEST] end task task_id=dbt_build.relationships_x_test map_index=-1 [airflow.sdk]"),
+        line("05", "[DAG TEST] starting task_id=train_ranker map_index=-1 [airflow.sdk]"),
+        line("09", "Task instance state updated [airflow.api] new_state=upstream_failed rows_affected=1"),
+        line("09", "[DAG TEST] end task task_id=train_ranker map_index=-1 [airflow.sdk]"),
+    ]:
+        view.feed(text)
+    view.close_group()
+
+    load, dbt, ranker = (line.split() for line in console.getvalue().splitlines())
+    assert load[:3] == ["load_events", "success", "3.0s"]
+    assert " ".join(load[3:]) == "1,500 rows loaded from 2 files, 3 quarantined"
+    assert dbt[:3] == ["dbt_build", "(2", "tasks)"] and "1 success, 1 failed" in " ".join(dbt)
+    assert ranker == ["train_ranker", "upstream_failed", "4.0s"]
+
+
+def test_the_tasks_table_shows_a_task_group_as_one_row():
+    tasks = [
+        TaskOutcome("load_events", "success", 2.0),
+        *(TaskOutcome(f"dbt_build.model_{i}_model_build", "success", 1.5) for i in range(20)),
+        TaskOutcome("train_ranker", "failed", 3.0),
+    ]
+    table = render({}, tasks).splitlines()
+    assert len(table) == 2 + 3 + 1  # title, header and rule, three rows
+    assert table[-2].split() == ["dbt_build", "(20", "tasks)", "success", "30.0"]

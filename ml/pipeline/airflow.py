@@ -243,7 +243,14 @@ def serve_uis(settings: Settings, warehouse_url: str, airflow_port: int, mlflow_
     from ml.pipeline.tracking import configure, tracking_uri
 
     configure(settings, warehouse_url)
-    env = dict(os.environ, AIRFLOW__API__PORT=str(airflow_port), AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True")
+    env = dict(
+        os.environ,
+        AIRFLOW__API__HOST="127.0.0.1",
+        AIRFLOW__API__PORT=str(airflow_port),
+        # The scheduler's workers reach the execution API here (Airflow's default assumes port 8080).
+        AIRFLOW__API__BASE_URL=f"http://localhost:{airflow_port}",
+        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
+    )
     mlflow_command = [
         sys.executable,
         "-m",
