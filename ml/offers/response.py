@@ -29,7 +29,6 @@ from ml.offers.uplift import (
     mean_uplift,
     shrink_uplift,
 )
-from ml.recommend.lifecycle import INACTIVE_SEGMENTS  # noqa: F401  (re-exported: the users offers go to)
 from ml.warehouse.marts import USER_FEATURES  # the user features of marts.campaign_history, as of sending
 
 # The response model's control arm: no offer.

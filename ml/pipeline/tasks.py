@@ -26,7 +26,7 @@ from ml.offers import decide, response
 from ml.offers.truth import truth_values
 from ml.pipeline import tracking
 from ml.recommend.evaluation import Judge, TemporalSplit, evaluate_spec
-from ml.recommend.lifecycle import LifecycleRule
+from ml.recommend.lifecycle import INACTIVE_SEGMENTS, LifecycleRule
 from ml.recommend.merchant import (
     MODES,
     MarketContext,
@@ -343,7 +343,7 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
     with recorded_step(url, run_date, "train_offer_model") as summary:
         with psycopg.connect(url) as conn:
             history = marts.load_history(conn)
-            users = marts.load_inactive_users(conn, response.INACTIVE_SEGMENTS)
+            users = marts.load_inactive_users(conn, INACTIVE_SEGMENTS)
         if history.empty or not (history["event_type"] == response.CONTROL).any():
             summary["skipped"] = "no randomised campaign with an observed outcome window and a holdout yet"
             return summary
@@ -496,7 +496,7 @@ def _todays_offers(settings: Settings, conn: psycopg.Connection, run_date: date)
         )
         return None, None
     model = tracking.load_alias(settings.offer_model_name).model
-    users = marts.load_inactive_users(conn, response.INACTIVE_SEGMENTS)
+    users = marts.load_inactive_users(conn, INACTIVE_SEGMENTS)
     return decide.decide_offers(model, users, campaign_id_for(run_date), settings), version
 
 
