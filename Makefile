@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml $(LOCK)
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/rekindle generate --scale demo
-	$(BIN)/rekindle run
+	@$(BIN)/rekindle generate --scale demo
+	@$(BIN)/rekindle run
 
 # ruff (Python) and sqlfluff (the dbt project, .sqlfluff); the pre-commit hooks run the same.
 lint: $(STAMP)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import date
 from pathlib import Path
 
 import psycopg
 
+from ml.cli.options import iso_date
 from ml.crm import segments
 from ml.crm.export import UnknownSegmentError, export_segment, latest_run_date
 from ml.settings import Settings
@@ -23,7 +23,7 @@ from ml.warehouse import postgres
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("segment", metavar="SEGMENT", help=f"one of: {', '.join(segments.SEGMENTS)}")
     parser.add_argument(
-        "--date", type=date.fromisoformat, default=None, help="run date YYYY-MM-DD (default: the latest published)"
+        "--date", type=iso_date, default=None, help="run date YYYY-MM-DD (default: the latest published)"
     )
     parser.add_argument("--min-score", type=float, default=None, help="keep rows with a normalised score >= this (0-1)")
     parser.add_argument("--platform", default=None, help="keep users who signed up on this platform")

@@ -10,8 +10,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
-
 from ml import runtime
 from ml.cli.options import UsageError, iso_date, port, settings_from, today
 from ml.settings import Settings, redact
@@ -51,14 +49,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _nothing_to_load(settings: Settings, url: str) -> bool:
     """True on a first run with an empty drop folder: the raw gate would fail on zero events."""
-
-    from ml.warehouse.ingest import discover_files
+    from ml.warehouse.ingest import discover_files, has_events
 
     if settings.input_dir.is_dir() and discover_files(settings.input_dir):
         return False
-    with psycopg.connect(url) as conn:
-        exists = conn.execute("SELECT to_regclass('raw.events') IS NOT NULL").fetchone()[0]
-        return not exists or conn.execute("SELECT NOT EXISTS (SELECT 1 FROM raw.events)").fetchone()[0]
+    return not has_events(url)
 
 
 def _migrate_airflow_db(say: Callable[[str], None] = print, output: int | None = subprocess.DEVNULL) -> None:

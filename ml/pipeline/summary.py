@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from datetime import date
 
+from ml.recommend.lifecycle import LIFECYCLE_SEGMENTS
 from ml.settings import Settings
 
-LIFECYCLE_ORDER = ("new", "active", "at_risk", "lapsed", "dormant", "churned")
 REPORTED_METRICS = ("precision@5", "recall@10", "hit_rate@5", "ndcg@10", "coverage")
 
 
@@ -55,7 +55,7 @@ def render(steps: dict[str, dict], tasks: list) -> str:
         ]
     marts = steps.get("check_mart_quality", {})
     if marts.get("users_per_segment"):
-        order = {segment: i for i, segment in enumerate(LIFECYCLE_ORDER)}
+        order = {segment: i for i, segment in enumerate(LIFECYCLE_SEGMENTS)}
         counts = sorted(marts["users_per_segment"].items(), key=lambda item: order.get(item[0], len(order)))
         rows = [[segment, count] for segment, count in counts]
         out += ["Users per lifecycle segment", _table(["segment", "users"], rows), ""]

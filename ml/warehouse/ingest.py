@@ -127,6 +127,14 @@ class LoadResult:
         return {**self.__dict__, "rows_per_second": self.rows_per_second}
 
 
+def has_events(url: str) -> bool:
+    """Whether raw.events holds any row (False before the first load)."""
+    with psycopg.connect(url) as conn:
+        if conn.execute("SELECT to_regclass('raw.events') IS NULL").fetchone()[0]:
+            return False
+        return conn.execute("SELECT EXISTS (SELECT 1 FROM raw.events)").fetchone()[0]
+
+
 def ensure_raw_schema(conn: psycopg.Connection) -> None:
     ddl.ensure(conn, "raw")
 
@@ -289,7 +297,7 @@ def _json_object_text(raw: pd.Series, blank: pd.Series) -> tuple[pd.Series, pd.S
     # One more entry for code -1 (blank), which is a valid empty object.
     is_object = np.array([_is_json_object(v) for v in distinct] + [True])
     bad = pd.Series(~is_object[codes], index=raw.index)
-    return values.fillna("{}"), bad
+    return values.astype(object).fillna("{}"), bad
 
 
 def _is_json_object(value) -> bool:
