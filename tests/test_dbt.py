@@ -229,6 +229,7 @@ def test_build_passes_every_test(built):
         "campaign_history",
         "orders",
         "user_merchant_orders",
+        "reward_redemptions",
     ]:
         assert model in names
     # artifacts and logs stay under settings.home, never in the repo
@@ -255,6 +256,7 @@ def test_schemas_are_used_verbatim(built):
         "campaign_history",
         "orders",
         "user_merchant_orders",
+        "reward_redemptions",
     ]:
         assert found[("marts", mart)] == "BASE TABLE"
 

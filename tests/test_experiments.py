@@ -15,7 +15,7 @@ import pytest
 from conftest import publish_offers
 
 from ml.experiments import assignment, readout, statistics
-from ml.experiments.assignment import HOLDOUT, NON_PERSONALISED, PERSONALISED
+from ml.experiments.assignment import ARMS, HOLDOUT, NON_PERSONALISED, PERSONALISED
 from ml.settings import Settings
 from ml.synthetic import campaign_replay
 from ml.synthetic.marketplace import generate_marketplace
@@ -120,6 +120,7 @@ def hand_made_offers() -> pd.DataFrame:
         {PERSONALISED: "cashback", NON_PERSONALISED: "free_delivery", HOLDOUT: "none"}
     )
     offers["reward_size"] = offers["arm"].map({PERSONALISED: 5.0, NON_PERSONALISED: 10.0, HOLDOUT: 0.0})
+    offers.loc[offers["user_id"].between(6, 10), "reward_size"] = 8.0  # personalised rewards differ by user
     this_campaign = offers.assign(run_date=CAMPAIGN_DATE, campaign_id=CAMPAIGN)
     # The next day's campaign puts user 1 in its holdout; it must not leak into this readout.
     next_day = CAMPAIGN_DATE + timedelta(days=1)
@@ -136,8 +137,13 @@ def hand_made_offers() -> pd.DataFrame:
     return pd.concat([this_campaign, next_campaign], ignore_index=True)
 
 
+NEXT_CAMPAIGN = assignment.campaign_id_for(CAMPAIGN_DATE + timedelta(days=1))
+MARGIN_RATE = 0.25  # not the default 0.30: the readout must use the rate it is given
+
+
 def hand_made_events() -> pd.DataFrame:
     second = timedelta(seconds=1)
+    redeemed = "reward_redeemed"
     rows = [
         # personalised: users 1-4 come back (revenue 80 + 40 + 20 + 10 = 150)
         (1, "checkout_completed", START + timedelta(days=1), 50.0),
@@ -155,9 +161,40 @@ def hand_made_events() -> pd.DataFrame:
         (21, "checkout_completed", START + timedelta(days=6), 12.0),
         (99, "checkout_completed", START + timedelta(days=1), 99.0),  # not in the campaign
     ]
+    redemptions = [
+        # personalised: users 1, 2 and 6 are paid 5 + 5 + 8 = 18 QAR
+        (1, redeemed, START + timedelta(days=1), CAMPAIGN),
+        (1, redeemed, START + timedelta(days=2), CAMPAIGN),  # a second redemption: one offer is paid once
+        (2, redeemed, START, CAMPAIGN),  # the window includes its first instant
+        (3, redeemed, START + timedelta(days=5), NEXT_CAMPAIGN),  # another campaign's reward (user 3 re-engaged)
+        (4, redeemed, END, CAMPAIGN),  # ... and excludes its end
+        (6, redeemed, START + timedelta(days=2), CAMPAIGN),  # paid though user 6 placed no order in the window
+        (7, redeemed, START + timedelta(days=2), None),  # no campaign
+        # non-personalised: users 11 and 12 are paid 10 + 10 = 20 QAR
+        (11, redeemed, START + timedelta(days=3), CAMPAIGN),
+        (12, redeemed, START + timedelta(days=4), CAMPAIGN),
+        (13, redeemed, START - timedelta(hours=1), CAMPAIGN),  # before the window
+    ]
     events = pd.DataFrame(rows, columns=["user_id", "event_type", "event_time", "order_total"])
+    events["properties"] = None
+    events = pd.concat(
+        [
+            events,
+            pd.DataFrame(
+                {
+                    "user_id": [user for user, *_ in redemptions],
+                    "event_type": [event_type for _, event_type, _, _ in redemptions],
+                    "event_time": [at for _, _, at, _ in redemptions],
+                    "properties": [
+                        json.dumps({"campaign_id": campaign} if campaign else {}) for *_, campaign in redemptions
+                    ],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
     events["event_id"] = [f"e{number}" for number in range(len(events))]
-    events["merchant_id"] = np.where(events["event_type"].eq("checkout_completed"), 1, None)
+    events["merchant_id"] = np.where(events["event_type"].isin(["checkout_completed", redeemed]), 1, None)
     return events
 
 
@@ -181,9 +218,10 @@ def hand_made_users_and_merchants() -> tuple[pd.DataFrame, pd.DataFrame]:
     return users, merchants
 
 
-def build_orders_mart(settings, url: str, run_date: date) -> None:
-    """What the daily DAG does before the readout: the marts as of ``run_date``, here only marts.orders."""
-    run_dbt(settings, url, ["run"], run_date, select="+orders")
+def build_readout_marts(settings, url: str, run_date: date) -> None:
+    """What the daily DAG does before the readout: the marts as of ``run_date``, here only those the readout
+    reads (marts.orders, marts.reward_redemptions)."""
+    run_dbt(settings, url, ["run"], run_date, select="+orders +reward_redemptions")
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +241,7 @@ def campaign_url(postgres_server_url, tmp_path_factory) -> str:
         ingest.load_frame(conn, "events", hand_made_events(), "hand_made")
         ingest.load_frame(conn, "events", resent_events(), "resent")
     home = tmp_path_factory.mktemp("readout_home")
-    build_orders_mart(Settings.from_env(environ={}, home=home, warehouse_url=url), url, END.date())
+    build_readout_marts(Settings.from_env(environ={}, home=home, warehouse_url=url), url, END.date())
     return url
 
 
@@ -221,7 +259,7 @@ def campaign_conn(campaign_url):
 
 
 def test_readout_counts_orders_in_the_window_per_arm(campaign_conn):
-    results = readout.readout(campaign_conn, CAMPAIGN, window_days=14).set_index("arm")
+    results = readout.readout(campaign_conn, CAMPAIGN, 14, MARGIN_RATE).set_index("arm")
 
     assert results["users"].to_dict() == {PERSONALISED: 10, NON_PERSONALISED: 10, HOLDOUT: 5}
     assert results["re_engaged_users"].to_dict() == {PERSONALISED: 4, NON_PERSONALISED: 2, HOLDOUT: 1}
@@ -244,13 +282,85 @@ def test_readout_counts_orders_in_the_window_per_arm(campaign_conn):
     assert not results["seed_criterion_significant"].any()
 
 
+def test_readout_prices_the_rewards_redeemed_in_the_window(campaign_conn):
+    results = readout.readout(campaign_conn, CAMPAIGN, 14, MARGIN_RATE).set_index("arm")
+
+    # A reward is paid when its campaign's reward_redeemed falls in the window, once per user, at the size offered:
+    # personalised users 1 (5, redeemed twice), 2 (5) and 6 (8; no order) = 18; not user 3 (re-engaged, but
+    # redeemed another campaign's reward) nor 4 (at the window's end). Non-personalised 11 + 12 = 20 (not 13,
+    # before the window). The holdout is offered nothing.
+    assert results["redeemed_users"].to_dict() == {PERSONALISED: 3, NON_PERSONALISED: 2, HOLDOUT: 0}
+    assert results["reward_cost"].to_dict() == {PERSONALISED: 18.0, NON_PERSONALISED: 20.0, HOLDOUT: 0.0}
+    assert results["reward_cost_per_user"].to_dict() == {PERSONALISED: 1.8, NON_PERSONALISED: 2.0, HOLDOUT: 0.0}
+    # Against the holdout's 1 in 5: personalised 4 - 10 x 0.2 = 2 more reactivations, at 18 / 2 = 9 QAR each;
+    # non-personalised 2 - 10 x 0.2 = 0, so no cost per incremental reactivation (nor for the holdout itself).
+    assert results["incremental_reactivations"].to_dict() == {PERSONALISED: 2.0, NON_PERSONALISED: 0.0, HOLDOUT: 0.0}
+    assert results.at[PERSONALISED, "cost_per_incremental_reactivation"] == pytest.approx(9.0)
+    assert results[["cost_per_incremental_reactivation"]].drop(PERSONALISED).isna().all().all()
+    # Net incremental margin at 25%: personalised 0.25 x (150 - 10 x 12 / 5) - 18 = 31.5 - 18 = 13.5 (1.35 per user);
+    # non-personalised 0.25 x (60 - 24) - 20 = -11 (-1.1 per user); the holdout 0.
+    assert results["net_incremental_margin"].to_dict() == pytest.approx(
+        {PERSONALISED: 13.5, NON_PERSONALISED: -11.0, HOLDOUT: 0.0}
+    )
+    assert results["net_incremental_margin_per_user"].to_dict() == pytest.approx(
+        {PERSONALISED: 1.35, NON_PERSONALISED: -1.1, HOLDOUT: 0.0}
+    )
+    # 1.8 QAR per user against 2.0: personalised spent no more.
+    assert results["personalised_cost_within_non_personalised"].all()
+    assert (results["order_margin_rate"] == MARGIN_RATE).all()
+
+
+def test_the_economics_of_arms_built_by_hand():
+    counts = pd.DataFrame(
+        {
+            "arm": [PERSONALISED, NON_PERSONALISED, HOLDOUT],
+            "users": [200, 100, 40],
+            "re_engaged_users": [50, 20, 6],
+            "revenue": [4_000.0, 1_500.0, 400.0],
+            "redeemed_users": [30, 20, 0],
+            "reward_cost": [450.0, 200.0, 0.0],
+        }
+    )
+    results = readout.arm_results(counts, margin_rate=0.3).set_index("arm")
+
+    # holdout: 6 / 40 = 0.15 re-engaged, 400 / 40 = 10 QAR per user
+    # personalised: 50 - 200 x 0.15 = 20 more, 450 / 20 = 22.5 QAR each; 0.3 x (4000 - 2000) - 450 = 150
+    # non-personalised: 20 - 100 x 0.15 = 5 more, 200 / 5 = 40 QAR each; 0.3 x (1500 - 1000) - 200 = -50
+    assert results["incremental_reactivations"].to_dict() == {PERSONALISED: 20.0, NON_PERSONALISED: 5.0, HOLDOUT: 0.0}
+    assert results["cost_per_incremental_reactivation"].to_dict() == pytest.approx(
+        {PERSONALISED: 22.5, NON_PERSONALISED: 40.0, HOLDOUT: math.nan}, nan_ok=True
+    )
+    assert results["net_incremental_margin"].to_dict() == pytest.approx(
+        {PERSONALISED: 150.0, NON_PERSONALISED: -50.0, HOLDOUT: 0.0}
+    )
+    assert results["net_incremental_margin_per_user"].to_dict() == pytest.approx(
+        {PERSONALISED: 0.75, NON_PERSONALISED: -0.5, HOLDOUT: 0.0}
+    )
+    # 450 / 200 = 2.25 QAR per user against 200 / 100 = 2.0: personalised spent more, and the verdict says so.
+    assert not results["personalised_cost_within_non_personalised"].any()
+    sentence = readout.verdict(results.reset_index())
+    assert "2.25 QAR per user" in sentence and "personalised spent more" in sentence
+    # At equal spend (200 per 100 users = 400 per 200) it spent no more.
+    equal = readout.arm_results(counts.assign(reward_cost=[400.0, 200.0, 0.0]), margin_rate=0.3)
+    assert equal["personalised_cost_within_non_personalised"].all()
+    assert "personalised spent no more" in readout.verdict(equal)
+    # Fewer re-engaged than the holdout rate predicts: no cost per incremental reactivation.
+    fewer = readout.arm_results(counts.assign(re_engaged_users=[29, 20, 6]), margin_rate=0.3).set_index("arm")
+    assert math.isnan(fewer.at[PERSONALISED, "cost_per_incremental_reactivation"])
+    assert fewer.at[PERSONALISED, "incremental_reactivations"] == pytest.approx(-1.0)
+    # Without a holdout nothing is incremental, but the reward cost is still known.
+    no_holdout = readout.arm_results(counts.iloc[:2], margin_rate=0.3).set_index("arm")
+    assert no_holdout.at[PERSONALISED, "reward_cost_per_user"] == 2.25
+    assert no_holdout[["incremental_reactivations", "net_incremental_margin"]].isna().all().all()
+
+
 def test_a_duplicate_checkout_counts_once_in_the_revenue(campaign_conn):
     raw_revenue = campaign_conn.execute(
         "SELECT sum(order_total) FROM raw.events WHERE user_id = 1 AND event_type = 'checkout_completed'"
     ).fetchone()[0]
     assert raw_revenue == 130  # 50 + 30, and the re-sent 50: what reading raw.events would have counted
 
-    results = readout.readout(campaign_conn, CAMPAIGN, window_days=14).set_index("arm")
+    results = readout.readout(campaign_conn, CAMPAIGN, 14, MARGIN_RATE).set_index("arm")
 
     # personalised: users 1-4, revenue 80 + 40 + 20 + 10 = 150 (not 200), 15.0 per user (not 20.0)
     assert results.at[PERSONALISED, "revenue"] == 150.0
@@ -259,11 +369,11 @@ def test_a_duplicate_checkout_counts_once_in_the_revenue(campaign_conn):
 
 
 def test_readout_of_an_unknown_campaign_is_empty(campaign_conn):
-    assert readout.readout(campaign_conn, "winback-1999-01-01", 14).empty
+    assert readout.readout(campaign_conn, "winback-1999-01-01", 14, MARGIN_RATE).empty
 
 
 def test_write_results_replaces_the_campaign_rows(campaign_conn):
-    results = readout.readout(campaign_conn, CAMPAIGN, 14)
+    results = readout.readout(campaign_conn, CAMPAIGN, 14, MARGIN_RATE)
     readout.write_results(campaign_conn, results)
     readout.write_results(campaign_conn, results)
     stored = campaign_conn.execute(
@@ -276,6 +386,43 @@ def test_write_results_replaces_the_campaign_rows(campaign_conn):
         (NON_PERSONALISED, 2, pytest.approx(0.0), True),
         (PERSONALISED, 4, pytest.approx(0.2), True),
     ]
+    economics = campaign_conn.execute(
+        "SELECT arm, redeemed_users, reward_cost, reward_cost_per_user, cost_per_incremental_reactivation, "
+        "net_incremental_margin, net_incremental_margin_per_user, personalised_cost_within_non_personalised, "
+        "order_margin_rate FROM crm.experiment_results WHERE campaign_id = %s ORDER BY arm",
+        (CAMPAIGN,),
+    ).fetchall()
+    assert economics == [
+        (HOLDOUT, 0, 0.0, 0.0, None, 0.0, 0.0, True, MARGIN_RATE),
+        (NON_PERSONALISED, 2, 20.0, 2.0, None, pytest.approx(-11.0), pytest.approx(-1.1), True, MARGIN_RATE),
+        (PERSONALISED, 3, 18.0, 1.8, pytest.approx(9.0), pytest.approx(13.5), pytest.approx(1.35), True, MARGIN_RATE),
+    ]
+
+
+def test_a_warehouse_from_before_the_economics_gains_their_columns(campaign_conn):
+    """Day 2: crm.experiment_results exists without the cost columns; the DDL adds them and keeps the rows."""
+    from ml.warehouse import ddl
+
+    with campaign_conn.transaction(force_rollback=True):
+        campaign_conn.execute("DROP TABLE IF EXISTS crm.experiment_results")
+        campaign_conn.execute(
+            "CREATE TABLE crm.experiment_results (campaign_id text NOT NULL, arm text NOT NULL, users bigint, "
+            "PRIMARY KEY (campaign_id, arm))"
+        )
+        campaign_conn.execute("INSERT INTO crm.experiment_results VALUES ('old', 'holdout', 7)")
+        ddl.ensure(campaign_conn, "crm")
+        ddl.ensure(campaign_conn, "crm")  # and again: nothing left to add
+        columns = {
+            name
+            for (name,) in campaign_conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = 'crm' AND table_name = 'experiment_results'"
+            )
+        }
+        assert set(readout.ECONOMICS_COLUMNS) | {"personalised_cost_within_non_personalised", "order_margin_rate"} <= (
+            columns
+        )
+        assert campaign_conn.execute("SELECT users, reward_cost FROM crm.experiment_results").fetchall() == [(7, None)]
 
 
 def test_run_readout_stores_logs_and_judges_the_campaign(campaign_conn, campaign_url, settings):
@@ -285,16 +432,36 @@ def test_run_readout_stores_logs_and_judges_the_campaign(campaign_conn, campaign
 
     assert json.loads(json.dumps(summary, allow_nan=False)) == summary  # what Airflow's XCom stores
     assert summary["campaign_id"] == CAMPAIGN and summary["window_complete"]
+    # settings.order_margin_rate is 0.30: 0.3 x (150 - 24) - 18 = 19.8 for personalised, 0.3 x 36 - 20 = -9.2
+    assert settings.order_margin_rate == 0.3 and summary["order_margin_rate"] == 0.3
     assert summary["arms"][PERSONALISED] == {
         "users": 10,
         "re_engaged_users": 4,
         "re_engagement_rate": 0.4,
         "revenue_per_user": 15.0,
+        "redeemed_users": 3,
+        "reward_cost": 18.0,
+        "reward_cost_per_user": 1.8,
+        "incremental_reactivations": 2.0,
+        "cost_per_incremental_reactivation": 9.0,
+        "net_incremental_margin": 19.8,
+        "net_incremental_margin_per_user": 1.98,
     }
+    assert summary["arms"][NON_PERSONALISED]["cost_per_incremental_reactivation"] is None
+    assert summary["arms"][NON_PERSONALISED]["net_incremental_margin"] == -9.2
     assert summary["meets_seed_criterion"] is True and summary["seed_criterion_significant"] is False
+    assert summary["personalised_cost_within_non_personalised"] is True
     assert "not significantly" in summary["verdict"]
+    assert "1.80 QAR per user" in summary["verdict"] and "2.00" in summary["verdict"]
+    assert "personalised spent no more" in summary["verdict"]
     run = mlflow.get_run(summary["mlflow_run_id"])
     assert run.data.metrics["personalised.re_engagement_rate"] == 0.4
+    assert run.data.metrics["personalised.reward_cost"] == 18.0
+    assert run.data.metrics["personalised.cost_per_incremental_reactivation"] == 9.0
+    assert run.data.metrics["non_personalised.net_incremental_margin"] == pytest.approx(-9.2)
+    assert "non_personalised.cost_per_incremental_reactivation" not in run.data.metrics
+    assert run.data.tags["personalised_cost_within_non_personalised"] == "True"
+    assert run.data.params["order_margin_rate"] == "0.3"
     assert run.data.params["campaign_id"] == CAMPAIGN
     count = campaign_conn.execute("SELECT count(*) FROM crm.experiment_results WHERE campaign_id = %s", (CAMPAIGN,))
     assert count.fetchone()[0] == 3
@@ -354,9 +521,9 @@ def test_measured_lift_covers_the_true_lift(settings):
         publish_offers(conn, offers)
         loaded = ingest.load_frame(conn, "events", events, "simulated")
         assert loaded.rows_quarantined == 0
-    build_orders_mart(settings, url, end_date + timedelta(days=14))
+    build_readout_marts(settings, url, end_date + timedelta(days=14))
     with psycopg.connect(url) as conn:
-        results = readout.readout(conn, assignment.campaign_id_for(end_date), 14).set_index("arm")
+        results = readout.readout(conn, assignment.campaign_id_for(end_date), 14, MARGIN_RATE).set_index("arm")
 
     for arm, baseline in ((PERSONALISED, HOLDOUT), (NON_PERSONALISED, HOLDOUT), (PERSONALISED, NON_PERSONALISED)):
         row = results.loc[arm]
@@ -367,5 +534,17 @@ def test_measured_lift_covers_the_true_lift(settings):
     for arm, rate in true_rates.items():
         wilson = statistics.wilson_interval(int(results.at[arm, "re_engaged_users"]), int(results.at[arm, "users"]))
         assert wilson.low <= rate <= wilson.high
+    # The world pays each treated responder's reward with a reward_redeemed event carrying its size: the readout's
+    # realised cost is what those events add up to, per arm.
+    redemptions = events[events["event_type"].eq("reward_redeemed")]
+    paid = redemptions["properties"].map(lambda text: json.loads(text)["reward_size"])
+    arm_of = offers.set_index("user_id")["arm"]
+    true_cost = paid.groupby(redemptions["user_id"].map(arm_of)).sum()
+    assert true_cost[NON_PERSONALISED] > 0
+    for arm in ARMS:
+        assert results.at[arm, "reward_cost"] == pytest.approx(true_cost.get(arm, 0.0)), arm
+    assert (
+        results.at[NON_PERSONALISED, "redeemed_users"] == redemptions["user_id"].map(arm_of).eq(NON_PERSONALISED).sum()
+    )
     # Offers move people in this world: free delivery beats doing nothing, clearly.
     assert results.at[NON_PERSONALISED, "p_value_vs_holdout"] < 0.05

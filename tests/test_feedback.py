@@ -153,7 +153,9 @@ def test_the_readout_command_prints_the_truth_beside_the_measurement(settings, p
     result = campaign_replay.simulate_campaign(settings, days=14, seed=3)
     # What the daily run on the day the window closes does before the readout: load, then build the marts.
     ingest.ingest_path(settings.warehouse_url, settings.input_dir)
-    run_dbt(settings, settings.warehouse_url, ["run"], RUN_DATE + timedelta(days=14), select="+orders")
+    run_dbt(
+        settings, settings.warehouse_url, ["run"], RUN_DATE + timedelta(days=14), select="+orders +reward_redemptions"
+    )
     parser = argparse.ArgumentParser()
     experiments_cli.add_readout_arguments(parser)
 
@@ -162,3 +164,4 @@ def test_the_readout_command_prints_the_truth_beside_the_measurement(settings, p
     for arm, rate in result["true_re_engagement"].items():
         assert f"{rate:.2%}" in next(line for line in output.splitlines() if line.startswith(arm + " "))
     assert "relative to non-personalised" in output
+    assert "net incr. margin" in output and "QAR per user in the personalised arm" in output

@@ -155,11 +155,14 @@ def test_the_readout_counts_the_offered_users_in_their_arms(world):
     with psycopg.connect(url) as conn:
         conn.execute("CREATE TABLE marts.orders (user_id bigint, ordered_at timestamptz, order_total numeric(12, 2))")
         conn.execute(
+            "CREATE TABLE marts.reward_redemptions (campaign_id text, user_id bigint, redeemed_at timestamptz)"
+        )
+        conn.execute(
             "INSERT INTO marts.orders SELECT user_id, %s, 30 FROM crm.inactive_user_offers WHERE user_id %% 2 = 0",
             (readout.campaign_start(DAY) + timedelta(days=1),),
         )
 
-        results = readout.readout(conn, campaign_id_for(DAY), world.reactivation_window_days)
+        results = readout.readout(conn, campaign_id_for(DAY), world.reactivation_window_days, world.order_margin_rate)
 
     assert set(results["arm"]) == set(ARMS)
     assert results["users"].sum() == len(offered)

@@ -72,10 +72,29 @@ def cmd_readout(args: argparse.Namespace) -> int:
             f"{arm:<18}{numbers['users']:>8,}{numbers['re_engaged_users']:>12,}{numbers['re_engagement_rate']:>9.2%}"
             f"{true_rate:>11}{numbers['revenue_per_user']:>14.2f}"
         )
+    print(
+        f"{'arm':<18}{'redeemed':>10}{'reward cost':>13}{'cost/user':>11}{'cost/incr. react.':>19}"
+        f"{'net incr. margin':>18}{'net/user':>10}"
+    )
+    for arm, numbers in summary["arms"].items():
+        print(
+            f"{arm:<18}{numbers['redeemed_users']:>10,}{_money(numbers['reward_cost'], 13)}"
+            f"{_money(numbers['reward_cost_per_user'], 11)}{_money(numbers['cost_per_incremental_reactivation'], 19)}"
+            f"{_money(numbers['net_incremental_margin'], 18)}{_money(numbers['net_incremental_margin_per_user'], 10)}"
+        )
+    print(
+        f"QAR; reward cost = rewards redeemed in the window; increments against the holdout; "
+        f"margin = {summary['order_margin_rate']:.0%} of order value"
+    )
     if not summary["window_complete"]:
         print(f"interim readout: the window closes at {summary['window_end']}")
     print(summary["verdict"])
     return 0
+
+
+def _money(value: float | None, width: int) -> str:
+    """QAR with two decimals, right-aligned; "-" when undefined (e.g. no incremental reactivation)."""
+    return f"{'-':>{width}}" if value is None else f"{value:>{width},.2f}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,9 @@ Every daily campaign ``winback-<run_date>`` splits its inactive users into three
 (campaign_id, user_id): ``personalised`` (the offer model's choice and ranked merchants),
 ``non_personalised`` (one default offer and popular merchants) and ``holdout`` (nothing). Once the
 reactivation window is over, ``readout`` measures each arm's re-engagement against the holdout and
-against the non-personalised arm, and ``run_readout`` stores and logs it.
+against the non-personalised arm, and what it cost and earned: the rewards actually paid (an offered reward is
+paid when the user redeems it in the window, ``marts.reward_redemptions``), the cost per incremental
+reactivation and the net incremental margin against the holdout. ``run_readout`` stores and logs it.
 
 Intent to treat: a user counts in the arm they were assigned to, even when the personalised policy
 chose to send them no offer (event_type ``none``)."""
@@ -41,7 +43,20 @@ from ml.warehouse import ddl, marts, postgres
 
 MLFLOW_EXPERIMENT = "rekindle-experiments"
 
-COUNT_COLUMNS = ["arm", "users", "re_engaged_users", "revenue"]
+COUNT_COLUMNS = ["arm", "users", "re_engaged_users", "revenue", "redeemed_users", "reward_cost"]
+
+# What each arm cost and earned against the holdout (all per arm; the holdout's increments are 0 by definition).
+ECONOMICS_COLUMNS = [
+    "redeemed_users",
+    "reward_cost",
+    "reward_cost_per_user",
+    "incremental_reactivations",
+    "cost_per_incremental_reactivation",
+    "net_incremental_margin",
+    "net_incremental_margin_per_user",
+]
+# Per-user costs closer than this (QAR) count as equal spend.
+SPEND_TOLERANCE = 1e-9
 
 
 def _comparison_columns(baseline: str) -> list[str]:
@@ -68,9 +83,12 @@ RESULT_COLUMNS = [
     "re_engagement_rate",
     "revenue",
     "revenue_per_user",
+    *ECONOMICS_COLUMNS,
     *(column for baseline in BASELINES for column in _comparison_columns(baseline)),
     "meets_seed_criterion",
     "seed_criterion_significant",
+    "personalised_cost_within_non_personalised",
+    "order_margin_rate",
 ]
 
 
@@ -85,9 +103,10 @@ def campaign_date_due(run_date: date, window_days: int) -> date:
     return run_date - timedelta(days=window_days)
 
 
-def readout(conn: psycopg.Connection, campaign_id: str, window_days: int) -> pd.DataFrame:
+def readout(conn: psycopg.Connection, campaign_id: str, window_days: int, margin_rate: float) -> pd.DataFrame:
     """One row per arm of ``campaign_id``: users, re-engaged users (at least one checkout_completed in
-    [run_date 00:00 UTC, + window_days)), revenue, and lifts against the holdout and the
+    [run_date 00:00 UTC, + window_days)), revenue, the rewards paid in that window and what the arm earned
+    against the holdout at ``margin_rate`` (settings.order_margin_rate), and lifts against the holdout and the
     non-personalised arm. Empty when the campaign has no published offers."""
     campaign_date = _campaign_date(conn, campaign_id)
     if campaign_date is None:
@@ -96,7 +115,7 @@ def readout(conn: psycopg.Connection, campaign_id: str, window_days: int) -> pd.
     window_end = window_start + timedelta(days=window_days)
     _check_one_arm_per_user(conn, campaign_id)
     counts = _arm_counts(conn, campaign_id, window_start, window_end)
-    results = arm_results(counts)
+    results = arm_results(counts, margin_rate)
     return results.assign(
         campaign_id=campaign_id,
         campaign_date=campaign_date,
@@ -129,26 +148,44 @@ def _check_one_arm_per_user(conn: psycopg.Connection, campaign_id: str) -> None:
 def _arm_counts(
     conn: psycopg.Connection, campaign_id: str, window_start: datetime, window_end: datetime
 ) -> pd.DataFrame:
-    """Per arm: users, users with at least one order in the window, and their revenue. Orders come from
-    ``marts.orders``, where staging has removed duplicate and invalid checkouts, so each order counts once."""
+    """Per arm: users, users with at least one order in the window, and their revenue; users who redeemed their
+    reward in the window, and the rewards paid (the offered reward_size, once per redeeming user). Orders come
+    from ``marts.orders``, where staging has removed duplicate and invalid checkouts, so each order counts once;
+    redemptions from ``marts.reward_redemptions``, the definition ``marts.campaign_history`` uses too."""
     campaign = pd.DataFrame(
         conn.execute(
-            "SELECT DISTINCT user_id, arm FROM crm.inactive_user_offers WHERE campaign_id = %s", (campaign_id,)
+            """SELECT user_id, arm, max(reward_size) FROM crm.inactive_user_offers WHERE campaign_id = %s
+               GROUP BY user_id, arm""",
+            (campaign_id,),
         ).fetchall(),
-        columns=["user_id", "arm"],
+        columns=["user_id", "arm", "reward_size"],
     )
     revenue = marts.order_revenue(conn, campaign["user_id"].tolist(), window_start, window_end)
     campaign["revenue"] = campaign["user_id"].map(revenue)
+    redeemed = campaign["user_id"].isin(marts.redeemed_users(conn, campaign_id, window_start, window_end))
+    campaign["redeemed"] = redeemed
+    campaign["paid"] = np.where(redeemed, campaign["reward_size"].astype(float), 0.0)
     counts = campaign.groupby("arm", sort=False).agg(
-        users=("user_id", "size"), re_engaged_users=("revenue", "count"), revenue=("revenue", "sum")
+        users=("user_id", "size"),
+        re_engaged_users=("revenue", "count"),
+        revenue=("revenue", "sum"),
+        redeemed_users=("redeemed", "sum"),
+        reward_cost=("paid", "sum"),
     )
     return counts.reset_index()[COUNT_COLUMNS].astype(
-        {"users": "int64", "re_engaged_users": "int64", "revenue": "float64"}
+        {
+            "users": "int64",
+            "re_engaged_users": "int64",
+            "revenue": "float64",
+            "redeemed_users": "int64",
+            "reward_cost": "float64",
+        }
     )
 
 
-def arm_results(counts: pd.DataFrame) -> pd.DataFrame:
-    """Per-arm rates and comparisons from counts (arm, users, re_engaged_users, revenue)."""
+def arm_results(counts: pd.DataFrame, margin_rate: float) -> pd.DataFrame:
+    """Per-arm rates, economics and comparisons from counts (``COUNT_COLUMNS``); ``margin_rate`` is the share of
+    an order's value the marketplace keeps."""
     by_arm = counts.set_index("arm")
     unknown = set(by_arm.index) - set(ARMS)
     if unknown:
@@ -163,6 +200,7 @@ def arm_results(counts: pd.DataFrame) -> pd.DataFrame:
             "re_engagement_rate": re_engaged / users,
             "revenue": float(revenue),
             "revenue_per_user": revenue / users,
+            **_economics(by_arm, arm, margin_rate),
         }
         for baseline in BASELINES:
             row.update(_comparison_row(baseline, _compare(by_arm, arm, baseline)))
@@ -171,7 +209,51 @@ def arm_results(counts: pd.DataFrame) -> pd.DataFrame:
     seed = _compare(by_arm, PERSONALISED, NON_PERSONALISED)
     results["meets_seed_criterion"] = meets_seed_criterion(seed)
     results["seed_criterion_significant"] = seed_criterion_significant(seed)
+    results["personalised_cost_within_non_personalised"] = _cost_within(results)
+    results["order_margin_rate"] = float(margin_rate)
     return results
+
+
+def _economics(by_arm: pd.DataFrame, arm: str, margin_rate: float) -> dict:
+    """The arm's realised reward cost and what it bought against the holdout:
+
+    - incremental reactivations = re-engaged users - users x the holdout's re-engagement rate;
+    - cost per incremental reactivation = reward cost / incremental reactivations (NaN unless the increment > 0);
+    - net incremental margin = margin_rate x (revenue - users x the holdout's revenue per user) - reward cost.
+
+    Without a holdout the increments are NaN (the reward cost is still known)."""
+    users = int(by_arm.at[arm, "users"])
+    cost = float(by_arm.at[arm, "reward_cost"])
+    if HOLDOUT in by_arm.index and by_arm.at[HOLDOUT, "users"] > 0:
+        holdout_users = int(by_arm.at[HOLDOUT, "users"])
+        # users x re-engaged / holdout users, in this order: exact for the holdout itself (its increment is 0)
+        incremental = (
+            int(by_arm.at[arm, "re_engaged_users"])
+            - users * int(by_arm.at[HOLDOUT, "re_engaged_users"]) / holdout_users
+        )
+        incremental_revenue = (
+            float(by_arm.at[arm, "revenue"]) - users * float(by_arm.at[HOLDOUT, "revenue"]) / holdout_users
+        )
+    else:
+        incremental = incremental_revenue = math.nan
+    net = margin_rate * incremental_revenue - cost
+    return {
+        "redeemed_users": int(by_arm.at[arm, "redeemed_users"]),
+        "reward_cost": cost,
+        "reward_cost_per_user": cost / users,
+        "incremental_reactivations": incremental,
+        "cost_per_incremental_reactivation": cost / incremental if incremental > 0 else math.nan,
+        "net_incremental_margin": net,
+        "net_incremental_margin_per_user": net / users,
+    }
+
+
+def _cost_within(results: pd.DataFrame) -> bool | None:
+    """Did personalised pay no more reward per user than non-personalised? None without both arms."""
+    per_user = results.set_index("arm")["reward_cost_per_user"]
+    if PERSONALISED not in per_user.index or NON_PERSONALISED not in per_user.index:
+        return None
+    return bool(per_user[PERSONALISED] <= per_user[NON_PERSONALISED] + SPEND_TOLERANCE)
 
 
 def _compare(by_arm: pd.DataFrame, arm: str, baseline: str) -> Comparison:
@@ -246,6 +328,7 @@ def log_to_mlflow(results: pd.DataFrame, settings: Settings, url: str) -> str:
                 "campaign_date": str(first["campaign_date"]),
                 "window_days": int(first["window_days"]),
                 "seed_relative_lift": SEED_RELATIVE_LIFT,
+                "order_margin_rate": float(first["order_margin_rate"]),
             }
         )
         mlflow.log_metrics(mlflow_metrics(results))
@@ -253,6 +336,9 @@ def log_to_mlflow(results: pd.DataFrame, settings: Settings, url: str) -> str:
             {
                 "meets_seed_criterion": str(_plain(first["meets_seed_criterion"])),
                 "seed_criterion_significant": str(_plain(first["seed_criterion_significant"])),
+                "personalised_cost_within_non_personalised": str(
+                    _plain(first["personalised_cost_within_non_personalised"])
+                ),
             }
         )
         mlflow.log_text(results.to_csv(index=False), "readout.csv")
@@ -266,6 +352,7 @@ def mlflow_metrics(results: pd.DataFrame) -> dict[str, float]:
         "re_engaged_users",
         "re_engagement_rate",
         "revenue_per_user",
+        *ECONOMICS_COLUMNS,
         *(column for baseline in BASELINES for column in _comparison_columns(baseline)),
     ]
     metrics = {}
@@ -285,7 +372,7 @@ def run_readout(settings: Settings, campaign_date: date) -> dict:
     campaign_id = campaign_id_for(campaign_date)
     url = postgres.start(settings)
     with psycopg.connect(url) as conn:
-        results = readout(conn, campaign_id, settings.reactivation_window_days)
+        results = readout(conn, campaign_id, settings.reactivation_window_days, settings.order_margin_rate)
         if results.empty:
             return {"campaign_id": campaign_id, "status": "no published offers for this campaign"}
         write_results(conn, results)
@@ -295,7 +382,7 @@ def run_readout(settings: Settings, campaign_date: date) -> dict:
 
 
 def summarise(results: pd.DataFrame) -> dict:
-    """A JSON-able digest of a readout that says whether the 15% criterion is met."""
+    """A JSON-able digest of a readout that says whether the 15% criterion is met, and at what spend."""
     first = results.iloc[0]
     window_end = first["window_end"]
     arms = {
@@ -304,6 +391,8 @@ def summarise(results: pd.DataFrame) -> dict:
             "re_engaged_users": int(row.re_engaged_users),
             "re_engagement_rate": _rounded(row.re_engagement_rate),
             "revenue_per_user": _rounded(row.revenue_per_user),
+            "redeemed_users": int(row.redeemed_users),
+            **{column: _rounded(getattr(row, column)) for column in ECONOMICS_COLUMNS[1:]},
         }
         for row in results.itertuples(index=False)
     }
@@ -319,6 +408,8 @@ def summarise(results: pd.DataFrame) -> dict:
         "personalised_vs_holdout": _lift_summary(by_arm, HOLDOUT),
         "meets_seed_criterion": _plain(first["meets_seed_criterion"]),
         "seed_criterion_significant": _plain(first["seed_criterion_significant"]),
+        "personalised_cost_within_non_personalised": _plain(first["personalised_cost_within_non_personalised"]),
+        "order_margin_rate": float(first["order_margin_rate"]),
         "verdict": verdict(results),
     }
 
@@ -348,10 +439,28 @@ def _rounded(value, digits: int = 4) -> float | None:
 
 
 def verdict(results: pd.DataFrame) -> str:
-    """One sentence on the seed criterion for people who will not read the table."""
+    """One sentence on the seed criterion, and on whether the arms spent alike (the seed's test is at equal spend),
+    for people who will not read the table."""
     by_arm = results.set_index("arm")
     if PERSONALISED not in by_arm.index or NON_PERSONALISED not in by_arm.index:
         return "cannot judge the 15% criterion: the campaign lacks a personalised or non-personalised arm"
+    return f"{_lift_verdict(by_arm)}; {_spend_verdict(by_arm)}"
+
+
+def _spend_verdict(by_arm: pd.DataFrame) -> str:
+    personalised, non_personalised = (
+        by_arm.at[arm, "reward_cost_per_user"] for arm in (PERSONALISED, NON_PERSONALISED)
+    )
+    spend = (
+        f"rewards paid {personalised:.2f} QAR per user in the personalised arm against {non_personalised:.2f} "
+        "in the non-personalised one"
+    )
+    if _plain(by_arm.at[PERSONALISED, "personalised_cost_within_non_personalised"]) is True:
+        return f"{spend}: personalised spent no more, as the seed's equal-spend test requires"
+    return f"{spend}: personalised spent more, so this is not the seed's equal-spend test"
+
+
+def _lift_verdict(by_arm: pd.DataFrame) -> str:
     row = by_arm.loc[PERSONALISED]
     lift, low, high = (
         _plain(row[column])

@@ -135,3 +135,14 @@ def order_revenue(conn: psycopg.Connection, user_ids: Sequence[int], start: date
     return pd.Series(
         [float(revenue) for _, revenue in rows], index=[user_id for user_id, _ in rows], name="revenue", dtype=float
     )
+
+
+def redeemed_users(conn: psycopg.Connection, campaign_id: str, start: datetime, end: datetime) -> list[int]:
+    """The users who redeemed a reward of ``campaign_id`` in ``[start, end)`` (``marts.reward_redemptions``, the
+    definition ``marts.campaign_history``'s redeemed flag uses), each once: a reward is paid once per offer."""
+    rows = conn.execute(
+        """SELECT DISTINCT user_id FROM marts.reward_redemptions
+           WHERE campaign_id = %s AND redeemed_at >= %s AND redeemed_at < %s ORDER BY user_id""",
+        (campaign_id, start, end),
+    ).fetchall()
+    return [user_id for (user_id,) in rows]

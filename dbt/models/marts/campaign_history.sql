@@ -77,9 +77,7 @@ redemptions as (
         campaign_id,
         user_id,
         count(*) as redemptions
-    from {{ ref('stg_events') }}
-    where event_type = 'reward_redeemed'
-      and campaign_id is not null
+    from {{ ref('reward_redemptions') }}
     group by campaign_id, user_id
 )
 

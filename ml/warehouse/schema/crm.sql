@@ -77,4 +77,36 @@ create table if not exists crm.experiment_results (
     seed_criterion_significant     boolean,
     computed_at                    timestamptz not null default now(),
     primary key (campaign_id, arm)
+    -- and the columns added below
 );
+
+-- What each arm cost and earned (issue 13): added in place, so a warehouse created before them migrates the
+-- next time this file runs. Guarded, so that once they exist no ALTER (and no exclusive lock on the table)
+-- runs: this file runs before every crm write.
+do $$
+begin
+    if exists (
+        select from unnest(array[
+            'redeemed_users', 'reward_cost', 'reward_cost_per_user', 'incremental_reactivations',
+            'cost_per_incremental_reactivation', 'net_incremental_margin', 'net_incremental_margin_per_user',
+            'personalised_cost_within_non_personalised', 'order_margin_rate'
+        ]) as wanted (column_name)
+        where not exists (
+            select from information_schema.columns c
+            where c.table_schema = 'crm' and c.table_name = 'experiment_results'
+              and c.column_name = wanted.column_name
+        )
+    ) then
+        alter table crm.experiment_results
+            add column if not exists redeemed_users                     bigint,
+            add column if not exists reward_cost                        double precision,
+            add column if not exists reward_cost_per_user               double precision,
+            add column if not exists incremental_reactivations          double precision,
+            add column if not exists cost_per_incremental_reactivation  double precision,
+            add column if not exists net_incremental_margin             double precision,
+            add column if not exists net_incremental_margin_per_user    double precision,
+            add column if not exists personalised_cost_within_non_personalised boolean,
+            add column if not exists order_margin_rate                  double precision;
+    end if;
+end
+$$;
