@@ -33,7 +33,6 @@ from ml.offers.uplift import (
     BoosterConfig,
     DRLearner,
     RLearner,
-    TLearner,
     XLearner,
     mean_uplift,
     shrink_uplift,
@@ -246,9 +245,8 @@ def rct():
         RLearner(CONTROL, effect_config=SMALL_EFFECT, seed=1),
         DRLearner(CONTROL, effect_config=SMALL_EFFECT, seed=1),
         XLearner(CONTROL, effect_config=SMALL_EFFECT, seed=1),
-        TLearner(CONTROL, BoosterConfig(min_child_samples=100), seed=1),
     ],
-    ids=["r", "dr", "x", "t"],
+    ids=["r", "dr", "x"],
 )
 def test_learned_policy_beats_uniform_and_random_and_finds_the_planted_best_arm(rct, learner):
     X, arm, y, true_best, train = rct

@@ -153,30 +153,6 @@ class _UpliftFromOutcomes:
         return self.arms_[1:]
 
 
-class TLearner(_UpliftFromOutcomes):
-    """One outcome model per arm; uplift is the difference of their predictions."""
-
-    def __init__(self, control: Hashable, config: BoosterConfig = BoosterConfig(), seed: int = 0):
-        self.control = control
-        self.config = config
-        self.seed = seed
-
-    def fit(self, X: pd.DataFrame, arm: Sequence, y: Sequence[float]) -> TLearner:
-        arm, y = np.asarray(arm, dtype=object), np.asarray(y, dtype=float)
-        self.arms_ = _arms_in(arm, self.control)
-        self.encoder_ = FeatureEncoder().fit(X)
-        features = self.encoder_.transform(X)
-        self.models_ = {
-            a: BoostedRegressor(self.config, seed=self.seed + i).fit(features[arm == a], y[arm == a])
-            for i, a in enumerate(self.arms_)
-        }
-        return self
-
-    def predict_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
-        features = self.encoder_.transform(X)
-        return pd.DataFrame({a: model.predict(features) for a, model in self.models_.items()}, index=X.index)
-
-
 class _CrossFittedOutcomes:
     """Per-arm outcome models fitted on K-1 folds: out-of-fold predictions for the training rows and,
     for new rows, the mean of the K fold models (which doubles as bagging)."""
