@@ -11,6 +11,10 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+# What the personalised offers maximise (Settings.offer_objective); ml.offers.policy.expected_gain computes each.
+OFFER_OBJECTIVES = ("reengagement", "margin")
+
+
 def _default_home() -> Path:
     return PROJECT_ROOT / ".rekindle"
 
@@ -50,6 +54,8 @@ class Settings:
     score_segments: tuple[str, ...] = ("lapsed", "dormant")
 
     # Offers (ml/offers/decide.py, the offer model in ml/pipeline/tasks.py)
+    offer_objective: str = "reengagement"
+    personalised_budget_per_user: float = 0.0
     campaign_budget: float = 20000.0
     offer_segment_budget_share: float = 0.5
     holdout_share: float = 0.10
@@ -73,6 +79,12 @@ class Settings:
     # MLflow model names
     ranker_model_name: str = "rekindle-ranker"
     offer_model_name: str = "rekindle-offer"
+
+    def __post_init__(self) -> None:
+        if self.offer_objective not in OFFER_OBJECTIVES:
+            raise ValueError(
+                f"REKINDLE_OFFER_OBJECTIVE={self.offer_objective!r} is not one of {', '.join(OFFER_OBJECTIVES)}"
+            )
 
     @property
     def data_dir(self) -> Path:
@@ -164,10 +176,15 @@ DESCRIPTIONS: dict[str, str] = {
     "(1 + this margin), both judged on the same held-out data (0.05 = 5% better).",
     "score_segments": "Lifecycle segments (comma-separated) whose members and their recommendations are written "
     "to `crm.segment_members`.",
-    "campaign_budget": "Total expected reward cost (QAR) of one day's personalised offers: the policy stops "
-    "allocating when it is spent.",
+    "offer_objective": "What the personalised offers maximise within their budget: `reengagement` (incremental "
+    "reactivations, the seed's criterion) or `margin` (incremental margin minus reward cost; sends no offer where "
+    "none pays).",
+    "personalised_budget_per_user": "Expected reward cost (QAR) per personalised user. 0: the non-personalised "
+    "offer's expected cost for the same users, so both arms of the controlled test spend the same.",
+    "campaign_budget": "Cap on the total expected reward cost (QAR) of one day's personalised offers, on top of "
+    "`personalised_budget_per_user`.",
     "offer_segment_budget_share": "Each inactive segment (at_risk, lapsed, dormant, churned) may use at most this "
-    "share of `campaign_budget`.",
+    "share of the personalised offers' budget.",
     "holdout_share": "Share of inactive users in the holdout arm (by a hash of campaign and user): never offered.",
     "personalised_share": "Share of inactive users in the personalised arm (the model's offer); the rest get the "
     "fixed default offer (non-personalised arm).",

@@ -56,7 +56,7 @@ class OfferModel:
 
     reward_size_ = {"free_delivery:5": 5.0}
 
-    def gain_and_cost(self, users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    def gain_and_cost(self, users: pd.DataFrame, objective: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         def frame(none: float, offer: float) -> pd.DataFrame:
             return pd.DataFrame({CONTROL: none, "free_delivery:5": offer}, index=users.index)
 

@@ -25,6 +25,7 @@ from ml.offers.policy import (
     OfferPolicy,
     allocate_offers,
     best_offers,
+    expected_gain,
     expected_incremental_margin,
     tune_shrinkage,
 )
@@ -353,27 +354,37 @@ class _StubResponseModel:
     margin_rate = 0.3
     reward_size_ = PRODUCTION_ARMS
 
-    def gain_and_cost(self, users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    def gain_and_cost(self, users: pd.DataFrame, objective: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         rng = np.random.default_rng(list(users["user_id"]))
         p = pd.DataFrame(rng.uniform(0.05, 0.35, (len(users), len(PRODUCTION_ARMS))), columns=list(PRODUCTION_ARMS))
         p.insert(0, CONTROL, 0.10)
         value = pd.DataFrame(100.0, index=p.index, columns=p.columns)
-        gain = expected_incremental_margin(p, value, PRODUCTION_ARMS, CONTROL, self.margin_rate)
+        gain = expected_gain(objective, p, value, PRODUCTION_ARMS, CONTROL, self.margin_rate)
         return p, gain, p[list(PRODUCTION_ARMS)] * pd.Series(PRODUCTION_ARMS)
 
 
-def _production_day(budget: float):
+def _production_day(budget: float, **overrides):
     from ml.experiments.assignment import assign_arms
     from ml.offers.decide import decide_offers
     from ml.recommend.lifecycle import INACTIVE_SEGMENTS
     from ml.settings import Settings
 
-    settings = Settings(campaign_budget=budget, offer_segment_budget_share=0.3, holdout_share=0.1)
+    # By default: the margin objective and a per-user budget that never binds, so `budget` is the only cap.
+    settings = Settings(
+        **{
+            "campaign_budget": budget,
+            "offer_segment_budget_share": 0.3,
+            "holdout_share": 0.1,
+            "offer_objective": "margin",
+            "personalised_budget_per_user": 1e9,
+            **overrides,
+        }
+    )
     # Half the users lapsed: their segment's cap (30% of the budget) binds as well as the total.
     segments = np.resize(["lapsed", "lapsed", "lapsed", *(s for s in INACTIVE_SEGMENTS if s != "lapsed")], 2000)
     users = pd.DataFrame({"user_id": np.arange(1, 2001), "segment": segments})
     offers = decide_offers(_StubResponseModel(), users, "winback-2026-02-01", settings)
-    p, gain, cost = _StubResponseModel().gain_and_cost(users)
+    p, gain, cost = _StubResponseModel().gain_and_cost(users, settings.offer_objective)
     arms = assign_arms("winback-2026-02-01", users["user_id"], settings.holdout_share, settings.personalised_share)
     offers["arm_label"] = [
         CONTROL if e == CONTROL else arm_label(e, r) for e, r in zip(offers["event_type"], offers["reward_size"])
@@ -420,3 +431,54 @@ def test_a_binding_budget_caps_the_personalised_offers_each_getting_its_best_aff
             assert gain.at[row, label] > 0
         better = gain.columns[(gain.loc[row] > (gain.at[row, label] if label != CONTROL else 0)).to_numpy()]
         assert (cost.loc[row, better] > room[segment] + 1e-9).all(), (row, label, list(better))
+
+
+def test_by_default_the_personalised_arm_spends_what_the_blanket_offer_would_maximising_reactivations():
+    # The defaults: objective reengagement, a per-user budget equal to the default offer's expected cost.
+    settings, offers, gain, cost, arms = _production_day(
+        budget=1e9, offer_objective="reengagement", personalised_budget_per_user=0.0
+    )
+    personalised, default = offers[arms == "personalised"], offers[arms == "non_personalised"]
+    blanket_cost = cost.loc[arms == "personalised", "free_delivery:10"].mean()
+    # Equal spend: what free_delivery:10 would cost for these very users, and no more.
+    assert personalised["expected_cost"].mean() == pytest.approx(blanket_cost, rel=0.02)
+    assert personalised["expected_cost"].mean() <= blanket_cost + 1e-9
+    assert default["expected_cost"].mean() == pytest.approx(
+        cost.loc[arms == "non_personalised", "free_delivery:10"].mean()
+    )
+    # Reactivations, not margin: the gain is the rise in P(reactivate), and the chosen arms beat the blanket on it.
+    chosen = personalised["arm_label"].to_numpy()
+    rows = np.flatnonzero(arms == "personalised")
+    uplift = np.array([0.0 if a == CONTROL else gain.at[r, a] for r, a in zip(rows, chosen, strict=True)])
+    np.testing.assert_allclose(personalised["expected_uplift"], uplift)
+    assert uplift.sum() > gain.loc[rows, "free_delivery:10"].clip(lower=0).sum()
+
+
+def test_a_binding_budget_is_spread_over_many_modest_offers_when_returns_diminish():
+    # Ten alike users: a small offer gains 0.10 for 1 QAR, a big one 0.12 for 3 QAR. Ten QAR buy ten small
+    # offers (1.0 in all); handing the big offer to the first users would buy three big and one small (0.46).
+    gain = pd.DataFrame({"small": [0.10] * 10, "big": [0.12] * 10})
+    cost = pd.DataFrame({"small": [1.0] * 10, "big": [3.0] * 10})
+    offers = allocate_offers(gain, cost, np.full(10, "s"), BudgetLimits(total_budget=10.0), CONTROL)
+    assert offers["arm"].tolist() == ["small"] * 10
+    # Budget left over by the relaxation upgrades users: 13 QAR buy ten small offers and one upgrade to big.
+    offers = allocate_offers(gain, cost, np.full(10, "s"), BudgetLimits(total_budget=13.0), CONTROL)
+    assert sorted(offers["arm"].tolist()) == ["big"] + ["small"] * 9
+    assert offers["expected_cost"].sum() == pytest.approx(12.0)
+
+
+def test_the_objectives_value_an_offer_differently():
+    p = pd.DataFrame({CONTROL: [0.30], "cashback:20": [0.40]})
+    value = pd.DataFrame({CONTROL: [50.0], "cashback:20": [50.0]})
+    # More reactivations (+0.10) but the reward costs more than the margin they bring (0.3 * 5 - 8 < 0).
+    assert expected_gain("reengagement", p, value, {"cashback:20": 20.0}, CONTROL, 0.3).iloc[0, 0] == pytest.approx(0.1)
+    assert expected_gain("margin", p, value, {"cashback:20": 20.0}, CONTROL, 0.3).iloc[0, 0] == pytest.approx(-6.5)
+    with pytest.raises(ValueError, match="unknown offer objective"):
+        expected_gain("clicks", p, value, {"cashback:20": 20.0}, CONTROL, 0.3)
+
+
+def test_settings_reject_an_unknown_offer_objective():
+    from ml.settings import Settings
+
+    with pytest.raises(ValueError, match="REKINDLE_OFFER_OBJECTIVE='clicks' is not one of reengagement, margin"):
+        Settings.from_env(environ={"REKINDLE_OFFER_OBJECTIVE": "clicks"})

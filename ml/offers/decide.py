@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import pandas as pd
 
+from ml.experiments.assignment import PERSONALISED, draw_arms
 from ml.offers.arms import NO_OFFER, arm_event_type, arm_label
 from ml.offers.policy import BudgetLimits, OfferPolicy
 from ml.offers.response import OfferResponseModel
 from ml.recommend.lifecycle import INACTIVE_SEGMENTS
 
+log = logging.getLogger(__name__)
 
-def production_policy(model: OfferResponseModel, campaign_id: str, settings) -> OfferPolicy:
+
+def production_policy(model: OfferResponseModel, campaign_id: str, settings, budget: float) -> OfferPolicy:
     """Today's :class:`OfferPolicy`: the experiment's shares, the default offer for the non-personalised arm,
-    and the campaign budget for the personalised offers, no inactive segment taking more than its share."""
+    and ``budget`` for the personalised offers (maximising ``settings.offer_objective``), no inactive segment
+    taking more than its share."""
     default_arm = arm_label(settings.default_offer_event_type, settings.default_offer_reward)
-    segment_budget = settings.campaign_budget * settings.offer_segment_budget_share
     return OfferPolicy(
         campaign_id=campaign_id,
         reward_size={**model.reward_size_, default_arm: settings.default_offer_reward},
@@ -24,22 +30,43 @@ def production_policy(model: OfferResponseModel, campaign_id: str, settings) -> 
         personalised_share=settings.personalised_share,
         default_arm=default_arm,
         limits=BudgetLimits(
-            total_budget=settings.campaign_budget,
-            segment_budgets=dict.fromkeys(INACTIVE_SEGMENTS, segment_budget),
+            total_budget=budget,
+            segment_budgets=dict.fromkeys(INACTIVE_SEGMENTS, budget * settings.offer_segment_budget_share),
         ),
+        objective=settings.offer_objective,
     )
+
+
+def personalised_budget(cost: pd.DataFrame, personalised: np.ndarray, settings) -> float:
+    """The personalised offers' expected reward budget: ``personalised_budget_per_user`` per personalised user,
+    or (0, the default) what the non-personalised offer is expected to cost for those same users, so that the
+    controlled test compares the two arms at equal spend; never more than ``campaign_budget``."""
+    per_user = settings.personalised_budget_per_user
+    default_arm = arm_label(settings.default_offer_event_type, settings.default_offer_reward)
+    if per_user <= 0:
+        if default_arm not in cost.columns:
+            log.warning(
+                "the default offer %s was never sent: no estimate of its cost, using campaign_budget", default_arm
+            )
+            return settings.campaign_budget
+        per_user = float(cost.loc[personalised, default_arm].mean()) if personalised.any() else 0.0
+    return min(settings.campaign_budget, per_user * int(personalised.sum()))
 
 
 def decide_offers(model: OfferResponseModel, users: pd.DataFrame, campaign_id: str, settings) -> pd.DataFrame:
     """Today's campaign: each inactive user's experiment arm (hash of campaign and user), then the offer.
 
-    personalised: the policy's most profitable affordable offer ("none" when nothing pays) under the
-    campaign budget, no segment taking more than its share; non_personalised: the fixed default offer;
-    holdout: nothing, ever. Gains and costs are the model's (:meth:`OfferResponseModel.gain_and_cost`).
+    personalised: the offers that maximise ``settings.offer_objective`` within :func:`personalised_budget`
+    (no segment taking more than its share; "none" where no offer gains); non_personalised: the fixed default
+    offer; holdout: nothing, ever. Gains and costs are the model's (:meth:`OfferResponseModel.gain_and_cost`).
     """
     users = users.reset_index(drop=True)
-    policy = production_policy(model, campaign_id, settings)
-    p, gain, cost = model.gain_and_cost(users)
+    p, gain, cost = model.gain_and_cost(users, settings.offer_objective)
+    experiment = draw_arms(
+        campaign_id, users["user_id"].to_numpy(), settings.holdout_share, settings.personalised_share
+    )
+    budget = personalised_budget(cost, experiment == PERSONALISED, settings)
+    policy = production_policy(model, campaign_id, settings, budget)
     decided = policy.choose(users["user_id"].to_numpy(), p, gain, cost, users["segment"].to_numpy())
     reward_of = {**policy.reward_size, NO_OFFER: 0.0}
     return pd.DataFrame(
@@ -56,10 +83,15 @@ def decide_offers(model: OfferResponseModel, users: pd.DataFrame, campaign_id: s
     )
 
 
-def offer_summary(offers: pd.DataFrame, budget: float) -> dict:
+def offer_summary(offers: pd.DataFrame, objective: str) -> dict:
+    """The day's offers in figures: expected cost in total and per user of each experiment arm (the controlled
+    test compares personalised and non-personalised at equal spend), users per arm and segment."""
     offered = offers[offers["event_type"] != NO_OFFER]
     return {
-        "budget": budget,
+        "objective": objective,
+        "expected_cost_per_user": {
+            arm: round(float(members["expected_cost"].mean()), 3) for arm, members in offers.groupby("arm")
+        },
         "expected_cost_personalised": round(
             float(offered.loc[offered["arm"] == "personalised", "expected_cost"].sum()), 2
         ),

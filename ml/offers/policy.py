@@ -42,6 +42,25 @@ def expected_incremental_margin(
     return incremental - expected_cost(p_reactivate, reward_size, control)
 
 
+def expected_gain(
+    objective: str,
+    p_reactivate: pd.DataFrame,
+    order_value: pd.DataFrame,
+    reward_size: Mapping[Hashable, float],
+    control: Hashable,
+    margin_rate: float,
+) -> pd.DataFrame:
+    """What an offer is worth per user (rows) and treated arm (columns) under ``objective``:
+    ``reengagement``, the rise in P(reactivate) over the control; ``margin``, the expected incremental
+    margin minus the expected reward cost (:func:`expected_incremental_margin`)."""
+    if objective == "reengagement":
+        arms = [a for a in p_reactivate.columns if a != control]
+        return p_reactivate[arms].sub(p_reactivate[control], axis=0)
+    if objective == "margin":
+        return expected_incremental_margin(p_reactivate, order_value, reward_size, control, margin_rate)
+    raise ValueError(f"unknown offer objective {objective!r}: use reengagement or margin")
+
+
 def best_offers(gain: pd.DataFrame, cost: pd.DataFrame, no_offer: Hashable) -> pd.DataFrame:
     """Per user the arm with the largest expected gain, or ``no_offer`` when no gain is positive.
 
@@ -81,44 +100,123 @@ def allocate_offers(
     limits: BudgetLimits,
     no_offer: Hashable,
 ) -> pd.DataFrame:
-    """Greedy allocation under ``limits``.
+    """The largest total expected gain that fits ``limits`` (a multiple-choice knapsack).
 
-    Users are served in decreasing order of their best arm's gain per unit of expected cost (free
-    offers first); each gets the highest-gain positive arm that still fits every remaining cap, or
-    ``no_offer``. Without binding caps this is exactly :func:`best_offers`.
+    Each user takes the arm that maximises ``gain - price * cost`` (``no_offer`` when none is positive),
+    ``price`` being the smallest price of a unit of budget at which the spend fits every cap: the
+    Lagrangian relaxation, found by bisection; a segment over its own budget gets its own, higher price.
+    Spreading the budget this way gives many users a modest offer where handing the biggest offers to the
+    first users would run dry, since an offer's effect saturates with its reward. Budget the relaxation
+    leaves unspent then upgrades users, the largest gain per extra cost first. Offers per segment are
+    capped by keeping that segment's best offers. Without binding caps this is exactly :func:`best_offers`.
     """
     best = best_offers(gain, cost, no_offer)
     if limits.total_budget is None and not limits.segment_budgets and not limits.segment_max_offers:
         return best
     segment = np.asarray(segment, dtype=object)
-    candidates = best["arm"].to_numpy() != no_offer
-    with np.errstate(divide="ignore", invalid="ignore"):
-        efficiency = np.where(best["expected_cost"] > 0, best["expected_gain"] / best["expected_cost"], np.inf)
-    order = np.lexsort((-best["expected_gain"].to_numpy(), -efficiency))
-
-    remaining_total = np.inf if limits.total_budget is None else float(limits.total_budget)
-    remaining_budget = dict(limits.segment_budgets)
-    remaining_offers = dict(limits.segment_max_offers)
     gains = np.nan_to_num(gain.to_numpy(dtype=float), nan=-np.inf)
-    costs, arms = cost[gain.columns].to_numpy(dtype=float), np.asarray(gain.columns, dtype=object)
-    chosen = np.full(len(gain), no_offer, dtype=object)
-    chosen_gain, chosen_cost = np.zeros(len(gain)), np.zeros(len(gain))
-    for row in order[candidates[order]]:
-        group = segment[row]
-        if remaining_offers.get(group, 1) < 1:
+    costs = cost[gain.columns].to_numpy(dtype=float)
+    everyone = np.ones(len(gain), dtype=bool)
+    caps = {group: float(budget) for group, budget in limits.segment_budgets.items()}
+    total = np.inf if limits.total_budget is None else float(limits.total_budget)
+    # Each segment's price for its own budget, then one price for the total on top of them (a row pays the higher).
+    floor = np.zeros(len(gain))
+    for group, budget in caps.items():
+        rows = segment == group
+        floor[rows] = _clearing_price(gains, costs, rows, budget, floor)
+    price = np.maximum(_clearing_price(gains, costs, everyone, total, floor), floor)
+    pick, offered = _priced_choice(gains, costs, price)
+    pick, offered = _cap_offers(gains, costs, price, segment, pick, offered, limits.segment_max_offers)
+    pick, offered = _upgrade(gains, costs, segment, pick, offered, total, caps, limits.segment_max_offers)
+    rows = np.arange(len(gain))
+    arms = np.asarray(gain.columns, dtype=object)
+    return pd.DataFrame(
+        {
+            "arm": np.where(offered, arms[pick], no_offer).astype(object),
+            "expected_gain": np.where(offered, gains[rows, pick], 0.0),
+            "expected_cost": np.where(offered, costs[rows, pick], 0.0),
+        },
+        index=gain.index,
+    )
+
+
+def _priced_choice(gains: np.ndarray, costs: np.ndarray, price: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row the arm with the largest ``gain - price * cost`` and whether it is worth offering at all."""
+    with np.errstate(invalid="ignore"):
+        score = gains - price[:, None] * costs
+    score = np.where(np.isfinite(gains), score, -np.inf)
+    pick = score.argmax(axis=1)
+    rows = np.arange(len(gains))
+    return pick, (score[rows, pick] > 0) & (gains[rows, pick] > 0)
+
+
+def _spend(gains: np.ndarray, costs: np.ndarray, price: np.ndarray, rows: np.ndarray) -> float:
+    pick, offered = _priced_choice(gains, costs, price)
+    return float(costs[np.arange(len(gains)), pick][offered & rows].sum())
+
+
+def _clearing_price(gains: np.ndarray, costs: np.ndarray, rows: np.ndarray, budget: float, floor: np.ndarray) -> float:
+    """The smallest price at which ``rows`` spend no more than ``budget``, each row paying at least its ``floor``."""
+    if not np.isfinite(budget):
+        return 0.0
+
+    def fits(value: float) -> bool:
+        return _spend(gains, costs, np.maximum(value, floor), rows) <= budget + 1e-9
+
+    if fits(0.0):
+        return 0.0
+    low, high = 0.0, 1.0
+    while not fits(high):
+        low, high = high, 2.0 * high
+    for _ in range(50):
+        middle = 0.5 * (low + high)
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
+
+
+def _cap_offers(gains, costs, price, segment, pick, offered, max_offers) -> tuple[np.ndarray, np.ndarray]:
+    """Keep at most ``max_offers[group]`` offers per segment: those with the largest priced score."""
+    rows = np.arange(len(gains))
+    score = gains[rows, pick] - price * costs[rows, pick]
+    offered = offered.copy()
+    for group, cap in max_offers.items():
+        members = np.flatnonzero(offered & (segment == group))
+        if len(members) > cap:
+            offered[members[np.argsort(-score[members], kind="stable")[int(cap) :]]] = False
+    return pick, offered
+
+
+def _upgrade(gains, costs, segment, pick, offered, total, caps, max_offers) -> tuple[np.ndarray, np.ndarray]:
+    """Spend what the relaxation left: move users to an arm with more gain, best gain per extra cost first."""
+    rows = np.arange(len(gains))
+    current_gain = np.where(offered, gains[rows, pick], 0.0)
+    current_cost = np.where(offered, costs[rows, pick], 0.0)
+    extra_gain = gains - current_gain[:, None]
+    extra_cost = costs - current_cost[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where((extra_gain > 0) & np.isfinite(gains), extra_gain / np.maximum(extra_cost, 1e-12), -np.inf)
+    best_arm = ratio.argmax(axis=1)
+    best_ratio = ratio[rows, best_arm]
+    left = total - current_cost.sum()
+    left_in = {g: caps[g] - current_cost[segment == g].sum() for g in caps}
+    offers_in = {g: int((offered & (segment == g)).sum()) for g in max_offers}
+    pick, offered = pick.copy(), offered.copy()
+    for row in np.argsort(-best_ratio, kind="stable"):
+        if best_ratio[row] == -np.inf:
+            break
+        group, arm = segment[row], best_arm[row]
+        extra = extra_cost[row, arm]
+        if extra > left + 1e-9 or extra > left_in.get(group, np.inf) + 1e-9:
             continue
-        room = min(remaining_total, remaining_budget.get(group, np.inf))
-        affordable = np.where((gains[row] > 0) & (costs[row] <= room), gains[row], -np.inf)
-        pick = int(np.argmax(affordable))
-        if affordable[pick] == -np.inf:
+        if not offered[row] and offers_in.get(group, 0) >= max_offers.get(group, np.inf):
             continue
-        chosen[row], chosen_gain[row], chosen_cost[row] = arms[pick], gains[row, pick], costs[row, pick]
-        remaining_total -= costs[row, pick]
-        if group in remaining_budget:
-            remaining_budget[group] -= costs[row, pick]
-        if group in remaining_offers:
-            remaining_offers[group] -= 1
-    return pd.DataFrame({"arm": chosen, "expected_gain": chosen_gain, "expected_cost": chosen_cost}, index=gain.index)
+        if not offered[row] and group in offers_in:
+            offers_in[group] += 1
+        pick[row], offered[row] = arm, True
+        left -= extra
+        if group in left_in:
+            left_in[group] -= extra
+    return pick, offered
 
 
 @dataclass(frozen=True)
@@ -134,7 +232,7 @@ class OfferPolicy:
 
     ``reward_size`` maps every treated arm (the default arm included) to its reward (QAR); ``control`` is the
     arm that stands for "no offer" in the predictions and in the output. ``limits`` cap the personalised
-    offers' expected cost.
+    offers' expected cost; ``objective`` is what they maximise (:func:`expected_gain`).
     """
 
     campaign_id: str
@@ -145,6 +243,7 @@ class OfferPolicy:
     personalised_share: float | None = None
     default_arm: Hashable | None = None
     limits: BudgetLimits = BudgetLimits()
+    objective: str = "margin"
 
     def decide(
         self,
@@ -154,7 +253,9 @@ class OfferPolicy:
         segment: Sequence[Hashable] | None = None,
     ) -> pd.DataFrame:
         """Expected gain and cost from the predictions, then :meth:`choose`."""
-        gain = expected_incremental_margin(p_reactivate, order_value, self.reward_size, self.control, self.margin_rate)
+        gain = expected_gain(
+            self.objective, p_reactivate, order_value, self.reward_size, self.control, self.margin_rate
+        )
         cost = expected_cost(p_reactivate, self.reward_size, self.control)
         return self.choose(user_id, p_reactivate, gain, cost, segment)
 

@@ -19,7 +19,7 @@ from ml.offers.evaluation import (
 from ml.offers.policy import (
     OfferPolicy,
     expected_cost,
-    expected_incremental_margin,
+    expected_gain,
     tune_shrinkage,
 )
 from ml.offers.uplift import (
@@ -124,9 +124,12 @@ class OfferResponseModel:
             p = shrink_uplift(p, CONTROL, self.shrinkage_, self.centre_).clip(0.0, 1.0)
         return p, self._per_arm(users, self.value_).clip(lower=0)
 
-    def gain_and_cost(self, users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    def gain_and_cost(
+        self, users: pd.DataFrame, objective: str = "margin"
+    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """P(reactivate) per arm, and per treated arm the gain under ``objective`` and the expected reward cost."""
         p, value = self.predict(users)
-        gain = expected_incremental_margin(p, value, self.reward_size_, CONTROL, self.margin_rate)
+        gain = expected_gain(objective, p, value, self.reward_size_, CONTROL, self.margin_rate)
         cost = expected_cost(p, self.reward_size_, CONTROL)
         return p, gain, cost
 

@@ -128,8 +128,10 @@ def render(steps: dict[str, dict], tasks: list) -> str:
                 f"Offers (crm.inactive_user_offers, model v{offers['model_version']}): arms {arms}",
                 f"  users targeted per segment: {targeted}",
                 f"  expected reward cost {offers['expected_cost_total']:,.0f} QAR of which personalised "
-                f"{offers['expected_cost_personalised']:,.0f} (budget {offers['budget']:,.0f}); "
+                f"{offers['expected_cost_personalised']:,.0f}; "
                 f"expected incremental orders {offers['expected_incremental_orders']:,.1f}",
+                f"  personalised offers maximise {offers['objective']} at expected cost per user "
+                + ", ".join(f"{arm} {cost:.2f}" for arm, cost in offers["expected_cost_per_user"].items()),
             ]
         if published.get("crm_segments"):
             out += ["CRM segments: " + ", ".join(f"{k} {v:,}" for k, v in published["crm_segments"].items())]

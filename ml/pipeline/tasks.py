@@ -481,7 +481,7 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             expired_rows=expired,
             offers=None
             if offers is None
-            else {"model_version": offer_version, **decide.offer_summary(offers, settings.campaign_budget)},
+            else {"model_version": offer_version, **decide.offer_summary(offers, settings.offer_objective)},
             exports={segment: str(path) for segment, path in exports.items()},
         )
     return summary
