@@ -293,55 +293,9 @@ class RLearner(_TwoStageLearner):
         )
 
 
-class DRLearner(_TwoStageLearner):
-    """Doubly robust learner (Kennedy 2023): regress, on all rows, the pseudo-outcome
-    mu_a - mu_c + 1[arm = a](y - mu_a)/e_a - 1[arm = c](y - mu_c)/e_c, whose mean given X is the uplift."""
-
-    def _fit_effect(
-        self,
-        a: Hashable,
-        features: pd.DataFrame,
-        arm: np.ndarray,
-        y: np.ndarray,
-        mu: pd.DataFrame,
-        propensity: dict,
-        seed: int,
-    ) -> BoostedRegressor:
-        mu_a, mu_c = mu[a].to_numpy(), mu[self.control].to_numpy()
-        pseudo_outcome = (
-            mu_a
-            - mu_c
-            + np.where(arm == a, (y - mu_a) / propensity[a], 0.0)
-            - np.where(arm == self.control, (y - mu_c) / propensity[self.control], 0.0)
-        )
-        return self._effect_model(seed).fit(features, pseudo_outcome)
-
-
-class XLearner(_TwoStageLearner):
-    """X-learner (Künzel et al. 2019): treated rows impute y - mu_c(x), control rows mu_a(x) - y;
-    one effect model per side, blended with weight e = P(a | a or control) on the control side's
-    model, whose imputations lean on mu_a and so improve as arm ``a`` grows."""
-
-    def _fit_effect(
-        self,
-        a: Hashable,
-        features: pd.DataFrame,
-        arm: np.ndarray,
-        y: np.ndarray,
-        mu: pd.DataFrame,
-        propensity: dict,
-        seed: int,
-    ) -> _BlendedEffect:
-        treated, control = arm == a, arm == self.control
-        on_treated = self._effect_model(seed).fit(features[treated], (y - mu[self.control].to_numpy())[treated])
-        on_control = self._effect_model(seed + 1).fit(features[control], (mu[a].to_numpy() - y)[control])
-        share = propensity[a] / (propensity[a] + propensity[self.control])
-        return _BlendedEffect(on_control, on_treated, share)
-
-
 class _BlendedEffect:
-    """Two effect models for one arm, blended: ``weight`` on ``first``, the rest on ``second`` (the X-learner's
-    two sides; an arm's own effect and the pooled "any offer" effect in the R-learner)."""
+    """Two effect models for one arm, blended: ``weight`` on ``first``, the rest on ``second`` (an arm's own
+    effect and the pooled "any offer" effect in the R-learner)."""
 
     def __init__(self, first, second, weight: float):
         self.first = first
