@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	@mkdir -p $(LOGS)
 	@echo "installing rekindle and its dependencies into $(VENV) (about a minute the first time; log: $(INSTALL_LOG)) ..."
 	@{ test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); } >$(INSTALL_LOG) 2>&1 \
-		&& $(BIN)/$(PIP) install -c $(LOCK) -e '.[test]' >>$(INSTALL_LOG) 2>&1 \
+		&& $(BIN)/$(PIP) install -c $(LOCK) -e '.[test,bench]' >>$(INSTALL_LOG) 2>&1 \
 		|| { echo "install failed; the end of $(INSTALL_LOG):"; tail -n 25 $(INSTALL_LOG); exit 1; }
 	@touch $(STAMP)
 
@@ -43,9 +43,9 @@ lock:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	@mkdir -p $(LOGS) && rm -rf $(LOCK_VENV)
 	@echo "resolving the dependencies in a fresh $(LOCK_VENV) (a few minutes; log: $(LOGS)/lock.log) ..."
-	@{ $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/$(PIP) install -e '.[test]'; } >$(LOGS)/lock.log 2>&1 \
+	@{ $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/$(PIP) install -e '.[test,bench]'; } >$(LOGS)/lock.log 2>&1 \
 		|| { echo "resolve failed; the end of $(LOGS)/lock.log:"; tail -n 25 $(LOGS)/lock.log; exit 1; }
-	@{ echo "# Exact versions \`make\` installs (pip install -c $(LOCK) -e '.[test]'); what CI tested."; \
+	@{ echo "# Exact versions \`make\` installs (pip install -c $(LOCK) -e '.[test,bench]'); what CI tested."; \
 	   echo "# Regenerate with \`make lock\` (a fresh venv, the newest versions pyproject.toml allows, pip freeze)."; \
 	   $(LOCK_VENV)/bin/$(PIP) freeze --exclude-editable; } >$(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
 	@rm -rf $(LOCK_VENV)
