@@ -478,3 +478,17 @@ def test_settings_reject_an_unknown_offer_objective():
 
     with pytest.raises(ValueError, match="REKINDLE_OFFER_OBJECTIVE='clicks' is not one of reengagement, margin"):
         Settings.from_env(environ={"REKINDLE_OFFER_OBJECTIVE": "clicks"})
+
+
+def test_an_exposure_pays_its_reward_only_when_redeemed():
+    from ml.offers.response import realised_margin
+
+    history = pd.DataFrame(
+        {
+            "reward_size": [10.0, 10.0, 10.0],
+            "redeemed": [True, False, False],
+            "reactivated": [True, True, False],  # the second came back without redeeming
+            "order_value_in_window": [50.0, 40.0, 0.0],
+        }
+    )
+    np.testing.assert_allclose(realised_margin(history, 0.3), [0.3 * 50 - 10, 0.3 * 40, 0.0])

@@ -139,8 +139,9 @@ class OfferResponseModel:
 
 
 def realised_margin(history: pd.DataFrame, margin_rate: float) -> np.ndarray:
-    """What an exposure earned: margin on the orders in the window minus the reward paid on redemption."""
-    paid = np.where(history["redeemed"] | history["reactivated"], history["reward_size"], 0.0)
+    """What an exposure earned: margin on the orders in the window minus the reward paid on redemption (the
+    readout's definition: a user who comes back without redeeming costs nothing)."""
+    paid = np.where(history["redeemed"], history["reward_size"], 0.0)
     return margin_rate * history["order_value_in_window"].to_numpy() - paid
 
 
