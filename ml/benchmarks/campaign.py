@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -135,8 +136,6 @@ def _cli(settings: Settings, *command: str) -> None:
 
 
 def _stop_and_clear(settings: Settings) -> None:
-    import shutil
-
     from ml.warehouse import postgres
 
     if settings.home.exists():
@@ -150,7 +149,6 @@ def _score(settings: Settings, seed: int, campaign_date: dt.date) -> SeedResult:
     from ml.synthetic.marketplace import Marketplace
     from ml.warehouse import postgres
 
-    os.environ["REKINDLE_HOME"] = str(settings.home)
     summary = run_readout(settings, campaign_date)
     if "arms" not in summary:
         raise RuntimeError(f"no readout for {campaign_date}: {summary.get('status')}")
@@ -202,7 +200,7 @@ def oracle_ratio(offer_truth: pd.DataFrame, user_ids: pd.Series, settings: Setti
     p = truth.assign(arm=arms).pivot_table(index="user_id", columns="arm", values="p_reactivate")
     reward = {a: float(r) for a, r in zip(arms, truth["reward_size"], strict=True) if a != NO_OFFER}
     default = arm_label(settings.default_offer_event_type, settings.default_offer_reward)
-    gain = expected_gain("reengagement", p, p, reward, NO_OFFER, settings.order_margin_rate)
+    gain = expected_gain("reengagement", p, None, reward, NO_OFFER, settings.order_margin_rate)
     cost = expected_cost(p, reward, NO_OFFER)
     chosen = allocate_offers(
         gain, cost, np.zeros(len(p)), BudgetLimits(total_budget=float(cost[default].sum())), NO_OFFER

@@ -67,7 +67,7 @@ def decide_offers(model: OfferResponseModel, users: pd.DataFrame, campaign_id: s
     )
     budget = personalised_budget(cost, experiment == PERSONALISED, settings)
     policy = production_policy(model, campaign_id, settings, budget)
-    decided = policy.choose(users["user_id"].to_numpy(), p, gain, cost, users["segment"].to_numpy())
+    decided = policy.choose(users["user_id"].to_numpy(), p, gain, cost, users["segment"].to_numpy(), experiment)
     reward_of = {**policy.reward_size, NO_OFFER: 0.0}
     return pd.DataFrame(
         {

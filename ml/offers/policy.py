@@ -45,14 +45,14 @@ def expected_incremental_margin(
 def expected_gain(
     objective: str,
     p_reactivate: pd.DataFrame,
-    order_value: pd.DataFrame,
+    order_value: pd.DataFrame | None,
     reward_size: Mapping[Hashable, float],
     control: Hashable,
     margin_rate: float,
 ) -> pd.DataFrame:
     """What an offer is worth per user (rows) and treated arm (columns) under ``objective``:
     ``reengagement``, the rise in P(reactivate) over the control; ``margin``, the expected incremental
-    margin minus the expected reward cost (:func:`expected_incremental_margin`)."""
+    margin minus the expected reward cost (:func:`expected_incremental_margin`; only it needs ``order_value``)."""
     if objective == "reengagement":
         arms = [a for a in p_reactivate.columns if a != control]
         return p_reactivate[arms].sub(p_reactivate[control], axis=0)
@@ -266,13 +266,16 @@ class OfferPolicy:
         gain: pd.DataFrame,
         cost: pd.DataFrame,
         segment: Sequence[Hashable] | None = None,
+        experiment: np.ndarray | None = None,
     ) -> pd.DataFrame:
         """One row per user (same order as the inputs): user_id, segment, experiment_arm, holdout, arm,
         expected_gain, expected_cost (reward size x P(reactivate | arm)) and expected_uplift (P(reactivate)
-        over the control's); both are 0 for the control. ``gain`` and ``cost`` are per user and treated arm."""
+        over the control's); both are 0 for the control. ``gain`` and ``cost`` are per user and treated arm;
+        ``experiment``: the users' arms if the caller drew them already (the same ``draw_arms``)."""
         segment = np.asarray([None] * len(p_reactivate) if segment is None else segment, dtype=object)
         user_id = np.asarray(user_id, dtype=object)
-        experiment = draw_arms(self.campaign_id, user_id, self.holdout_share, self.personalised_share)
+        if experiment is None:
+            experiment = draw_arms(self.campaign_id, user_id, self.holdout_share, self.personalised_share)
         personalised = experiment == PERSONALISED
         candidates = gain.copy()
         candidates.iloc[np.flatnonzero(~personalised)] = np.nan

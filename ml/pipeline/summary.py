@@ -10,6 +10,10 @@ from ml.settings import Settings
 
 REPORTED_METRICS = ("precision@5", "recall@10", "hit_rate@5", "ndcg@10", "coverage")
 
+# What the offer model's evaluation values: each user's most profitable offer with no budget. The published
+# campaign maximises `offer_objective` within its budget (the summary's Offers line says which and at what cost).
+MODEL_CHOICE = "model's most profitable offer per user (no budget)"
+
 
 def _table(headers: list[str], rows: list[list]) -> str:
     cells = [headers] + [[_fmt(v) for v in row] for row in rows]
@@ -75,7 +79,7 @@ def render(steps: dict[str, dict], tasks: list) -> str:
     elif offers_model:
         m = offers_model["metrics"]
         rows = [
-            ["offer policy (model)", m["policy_value"]],
+            [MODEL_CHOICE, m["policy_value"]],
             [
                 f"best uniform offer ({offers_model['best_uniform_arm']}, chosen on training users)",
                 m["best_uniform_value"],
@@ -91,7 +95,7 @@ def render(steps: dict[str, dict], tasks: list) -> str:
         ]
         if "truth_policy_value" in m:
             truth_rows = [
-                ["offer policy (model)", m["truth_policy_value"]],
+                [MODEL_CHOICE, m["truth_policy_value"]],
                 ["oracle (true best per user)", m["truth_oracle_value"]],
                 ["oracle on the model's features (regression fitted to the truth)", m["truth_observable_oracle_value"]],
                 ["best uniform offer", m["truth_best_uniform_value"]],
