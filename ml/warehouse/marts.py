@@ -34,7 +34,7 @@ USER_FEATURE_COLUMNS = {
 }
 USER_FEATURES = list(USER_FEATURE_COLUMNS)
 _MONEY_FEATURES = ("order_value_before", "avg_order_value_before", "avg_price_level_before")
-MERCHANT_COLUMNS = ["merchant_id", "merchant_name", "category", "zone", "price_level", "opened_at"]
+MERCHANT_COLUMNS = ["merchant_id", "merchant_name", "category", "zone", "lat", "lng", "price_level", "opened_at"]
 USER_PROFILE_COLUMNS = ["user_id", "home_zone", "signup_at"]
 
 
