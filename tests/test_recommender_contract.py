@@ -2,7 +2,7 @@
 
 Merchant level (what the pipeline serves): every generator through ``MerchantRecommender`` and the two-stage
 ranker through ``RankedMerchantRecommender`` return columns user_id, rank, merchant_id, score, reason; every
-requested user gets ranks 1..k (k <= n) over distinct known merchants; discovery (exclude_seen=True) never lists
+requested user gets ranks 1..k (k <= n) over distinct known merchants in both modes; discovery never lists
 a merchant the user ordered from; the same seed gives the same lists; a pickle round trip recommends the same.
 Matrix level: every class of ``ml.recommend`` returns [users, n] item indices and scores, -1 / -inf padding only
 at the end, and no seen item when asked.
@@ -27,6 +27,7 @@ from ml.recommend import (
     RankerRecommender,
 )
 from ml.recommend.merchant import RECOMMENDATION_COLUMNS, MarketContext, ModelSpec
+from ml.recommend.modes import DISCOVERY, MODES, WINBACK
 
 AS_OF = pd.Timestamp("2026-06-01", tz="UTC")
 N = 8
@@ -112,11 +113,11 @@ def _requested(context: MarketContext) -> list:
 
 
 @pytest.mark.parametrize("name", list(SPECS))
-@pytest.mark.parametrize("exclude_seen", [True, False], ids=["discovery", "repeat"])
-def test_lists_have_the_shared_shape(name, exclude_seen, fitted, market):
+@pytest.mark.parametrize("mode", list(MODES))
+def test_lists_have_the_shared_shape(name, mode, fitted, market):
     _, context = market
     users = _requested(context)
-    recs = fitted[name].recommend(users, n=N, exclude_seen=exclude_seen)
+    recs = fitted[name].recommend(users, n=N, mode=mode)
     assert list(recs.columns) == RECOMMENDATION_COLUMNS
     assert set(recs["user_id"]) == set(users)
     ranks = recs.groupby("user_id", sort=False)["rank"].agg(list)
@@ -130,12 +131,12 @@ def test_lists_have_the_shared_shape(name, exclude_seen, fitted, market):
 @pytest.mark.parametrize("name", list(SPECS))
 def test_discovery_never_lists_a_merchant_the_user_ordered_from(name, fitted, market):
     orders, context = market
-    recs = fitted[name].recommend(_requested(context), n=N, exclude_seen=True)
+    recs = fitted[name].recommend(_requested(context), n=N, mode=DISCOVERY)
     seen = set(zip(orders["user_id"], orders["merchant_id"]))
     assert not [pair for pair in zip(recs["user_id"], recs["merchant_id"]) if pair in seen]
-    # The check has teeth: in repeat mode the personalised models do list known merchants.
+    # The check has teeth: in winback mode the personalised models do list known merchants.
     if name not in {"random", "popularity", "zone_popularity"}:
-        repeat = fitted[name].recommend(_requested(context), n=N, exclude_seen=False)
+        repeat = fitted[name].recommend(_requested(context), n=N, mode=WINBACK)
         assert any(pair in seen for pair in zip(repeat["user_id"], repeat["merchant_id"]))
 
 
@@ -152,10 +153,9 @@ def test_a_pickle_round_trip_recommends_the_same(name, fitted, market):
     _, context = market
     users = _requested(context)
     restored = pickle.loads(pickle.dumps(fitted[name]))
-    for exclude_seen in (True, False):
+    for mode in MODES:
         pd.testing.assert_frame_equal(
-            restored.recommend(users, n=N, exclude_seen=exclude_seen),
-            fitted[name].recommend(users, n=N, exclude_seen=exclude_seen),
+            restored.recommend(users, n=N, mode=mode), fitted[name].recommend(users, n=N, mode=mode)
         )
 
 

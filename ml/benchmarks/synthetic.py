@@ -16,7 +16,8 @@ import pandas as pd
 
 from ml.recommend.evaluation import Judge, TemporalSplit
 from ml.recommend.lifecycle import LifecycleRule
-from ml.recommend.merchant import MODES, MarketContext, comparison_specs, ranker_spec
+from ml.recommend.merchant import MarketContext, comparison_specs, ranker_spec
+from ml.recommend.modes import MODES
 from ml.settings import Settings
 from ml.synthetic.marketplace import SCALES, Marketplace, generate_marketplace
 

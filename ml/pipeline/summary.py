@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import date
 
 from ml.recommend.lifecycle import LIFECYCLE_SEGMENTS
+from ml.recommend.modes import MODE_MEANINGS
 from ml.settings import Settings
 
 REPORTED_METRICS = ("precision@5", "recall@10", "hit_rate@5", "ndcg@10", "coverage")
@@ -65,11 +66,15 @@ def render(steps: dict[str, dict], tasks: list) -> str:
         out += ["Users per lifecycle segment", _table(["segment", "users"], rows), ""]
     train = steps.get("train_ranker", {})
     if train:
-        models = {train["model"]: train["metrics"], **train["baselines"]}
-        rows = [[name] + [values.get(m, float("nan")) for m in REPORTED_METRICS] for name, values in models.items()]
+        for mode, metrics in train["metrics"].items():
+            models = {train["model"]: metrics, **train["baselines"][mode]}
+            rows = [[name] + [values.get(m, float("nan")) for m in REPORTED_METRICS] for name, values in models.items()]
+            out += [
+                f"Recommendation quality, {mode} ({MODE_MEANINGS[mode]}; last-window temporal split, "
+                f"{int(metrics.get('users', 0))} test users)",
+                _table(["model"] + list(REPORTED_METRICS), rows),
+            ]
         out += [
-            f"Recommendation quality (discovery, last-window temporal split, {int(train['metrics'].get('users', 0))} test users)",
-            _table(["model"] + list(REPORTED_METRICS), rows),
             f"registered version {train['version']}; champion is v{train['champion_version']} ({train['gate']})",
             "",
         ]
@@ -176,10 +181,8 @@ def key_figure(step: str, summary: dict) -> str:
     if step == "build_marts":
         return ", ".join(f"{k} {v}" for k, v in summary.get("dbt", {}).items())
     if step == "train_ranker":
-        return (
-            f"ndcg@10 {summary['metrics']['ndcg@10']:.4f}; registered v{summary['version']}, "
-            f"champion v{summary['champion_version']}"
-        )
+        per_mode = ", ".join(f"{mode} {metrics['ndcg@10']:.4f}" for mode, metrics in summary["metrics"].items())
+        return f"ndcg@10 {per_mode}; registered v{summary['version']}, champion v{summary['champion_version']}"
     if step == "train_offer_model":
         if summary.get("skipped"):
             return f"skipped: {summary['skipped']}"

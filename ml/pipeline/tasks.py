@@ -25,16 +25,16 @@ from ml.experiments.assignment import campaign_id_for
 from ml.offers import decide, response
 from ml.offers.truth import truth_values
 from ml.pipeline import tracking
-from ml.recommend.evaluation import Judge, TemporalSplit, evaluate_spec
+from ml.recommend.evaluation import Judge, TemporalSplit
 from ml.recommend.lifecycle import INACTIVE_SEGMENTS, LifecycleRule
 from ml.recommend.merchant import (
-    MODES,
     MarketContext,
     ModelSpec,
     RankerRecipe,
     comparison_specs,
     ranker_spec,
 )
+from ml.recommend.modes import MODES
 from ml.runtime import PROGRESS_LOGGER
 from ml.settings import Settings, redact
 from ml.warehouse import ddl, ingest, marts, postgres, quality
@@ -42,6 +42,7 @@ from ml.warehouse import ddl, ingest, marts, postgres, quality
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)
 
+# Per mode; the gate compares the mean over the modes (``gate_value``), so a ranker must not trade one for the other.
 GATE_METRIC = "ndcg@10"
 
 
@@ -165,9 +166,14 @@ def load_market_context(conn: psycopg.Connection) -> MarketContext:
     return MarketContext(merchants=marts.load_merchants(conn), users=marts.load_user_profiles(conn))
 
 
+def gate_value(scorecard: dict) -> float:
+    """What the ranker gate compares: ``GATE_METRIC`` averaged over the modes of one model's scorecard."""
+    return sum(scorecard[mode].overall[GATE_METRIC] for mode in MODES) / len(MODES)
+
+
 def train_ranker(settings: Settings, run_date: date) -> dict:
-    """Judge the ranker beside its generators and the baselines on the last ``eval_test_days`` (discovery and
-    repeat-inclusive, per lifecycle segment, on at most ``eval_users`` test users), register the judged ranker
+    """Judge the ranker beside its generators and the baselines on the last ``eval_test_days`` (winback and
+    discovery, per lifecycle segment, on at most ``eval_users`` test users), register the judged ranker
     refitted on all orders, run the gate."""
     import mlflow
 
@@ -200,15 +206,17 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
                 fitted[name] = model_spec.recommender().fit(split.train, split.cut, context)
                 scorecards[name] = judge.scorecard(fitted[name])
                 progress.info(
-                    "judged %s on %d test users: ndcg@10 %.4f (%.1fs)",
+                    "judged %s on %d test users: %s (%.1fs)",
                     name,
                     len(split.relevant_with_repeats),
-                    scorecards[name]["discovery"].overall[GATE_METRIC],
+                    ", ".join(
+                        f"{mode} {GATE_METRIC} {scorecards[name][mode].overall[GATE_METRIC]:.4f}" for mode in MODES
+                    ),
                     time.perf_counter() - started,
                 )
-            metrics = scorecards["ranker"]["discovery"].overall
-            champion_metric = _champion_metric(settings, split, context, spec, metrics[GATE_METRIC])
-            importance = fitted["ranker"].feature_importance()
+            challenger_value = gate_value(scorecards["ranker"])
+            champion_metric = _champion_metric(settings, split, context, spec, challenger_value)
+            importance = {mode: fitted["ranker"].feature_importance(mode) for mode in MODES}
             _log_comparison(spec, split, scorecards, importance, run_date)
             started = time.perf_counter()
             final = fitted["ranker"].refit(orders, as_of(run_date), context)
@@ -219,27 +227,37 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
             decision = tracking.gate(
                 settings.ranker_model_name,
                 version,
-                GATE_METRIC,
-                metrics[GATE_METRIC],
+                f"mean {GATE_METRIC} over {' and '.join(MODES)}",
+                challenger_value,
                 champion_metric,
                 settings.promotion_margin,
             )
             mlflow.set_tags({"gate": decision.reason, "promoted": str(decision.promoted)})
-        discovery = {name: _summary_metrics(card["discovery"].overall) for name, card in scorecards.items()}
         summary.update(
             model=spec.kind,
-            metrics=discovery.pop("ranker"),
-            baselines=discovery,
-            repeat_inclusive={name: _summary_metrics(card["repeat"].overall) for name, card in scorecards.items()},
-            ndcg_at_10_by_segment={
-                segment: {
-                    name: round(card["discovery"].by_segment[segment][GATE_METRIC], 4)
-                    for name, card in scorecards.items()
+            gate_value=round(challenger_value, 4),
+            metrics={mode: _summary_metrics(scorecards["ranker"][mode].overall) for mode in MODES},
+            baselines={
+                mode: {
+                    name: _summary_metrics(card[mode].overall) for name, card in scorecards.items() if name != "ranker"
                 }
-                for segment in scorecards["ranker"]["discovery"].by_segment
+                for mode in MODES
+            },
+            ndcg_at_10_by_segment={
+                mode: {
+                    segment: {
+                        name: round(card[mode].by_segment[segment][GATE_METRIC], 4) for name, card in scorecards.items()
+                    }
+                    for segment in scorecards["ranker"][mode].by_segment
+                }
+                for mode in MODES
             },
             feature_importance={
-                name: round(float(share), 4) for name, share in (importance / importance.sum()).head(10).items()
+                mode: {
+                    name: round(float(share), 4)
+                    for name, share in (importance[mode] / importance[mode].sum()).head(10).items()
+                }
+                for mode in MODES
             },
             version=version,
             champion_version=decision.champion_version,
@@ -255,7 +273,7 @@ def _summary_metrics(report: dict) -> dict:
 
 
 def _log_comparison(
-    spec: ModelSpec, split: TemporalSplit, scorecards: dict, importance: pd.Series, run_date: date
+    spec: ModelSpec, split: TemporalSplit, scorecards: dict, importance: dict[str, pd.Series], run_date: date
 ) -> None:
     """Params, every model's metrics in both modes and per segment, and the plots, into the active MLflow run."""
     import mlflow
@@ -275,15 +293,11 @@ def _log_comparison(
             "test_users": len(split.relevant),
         }
     )
+    # The ranker's metrics as "<mode>_<metric>", every other model's as "<mode>_<model>_<metric>".
+    mlflow.log_metric("gate_" + _metric_key(GATE_METRIC), gate_value(scorecards["ranker"]))
     for name, card in scorecards.items():
         for mode, result in card.items():
-            prefix = (
-                ""
-                if (name, mode) == ("ranker", "discovery")
-                else f"{name}_"
-                if mode == "discovery"
-                else f"{mode}_{name}_"
-            )
+            prefix = f"{mode}_" if name == "ranker" else f"{mode}_{name}_"
             mlflow.log_metrics({prefix + _metric_key(k): v for k, v in _summary_metrics(result.overall).items()})
             mlflow.log_metrics(
                 {
@@ -295,7 +309,10 @@ def _log_comparison(
         results = {name: card[mode] for name, card in scorecards.items()}
         mlflow.log_figure(_curves_figure(results, mode), f"metric_at_k_{mode}.png")
         mlflow.log_figure(_segments_figure(results, mode), f"ndcg_at_10_by_segment_{mode}.png")
-    mlflow.log_dict({name: float(gain) for name, gain in importance.items()}, "feature_importance.json")
+    mlflow.log_dict(
+        {mode: {name: float(gain) for name, gain in gains.items()} for mode, gains in importance.items()},
+        "feature_importance.json",
+    )
 
 
 def _curves_figure(results: dict, mode: str):
@@ -436,7 +453,8 @@ def _champion_metric(
     champion = tracking.load_alias(settings.ranker_model_name).recommender
     if champion.spec == spec:
         return challenger_value
-    return evaluate_spec(champion.spec, split, len(context.merchants), context)[GATE_METRIC]
+    judge = Judge(split, len(context.merchants), ks=(5, 10))
+    return gate_value(judge.scorecard(champion.spec.recommender().fit(split.train, split.cut, context)))
 
 
 def _metric_key(name: str) -> str:

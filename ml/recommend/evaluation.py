@@ -1,4 +1,4 @@
-"""Judging recommenders on a temporal split: discovery and repeat modes, per lifecycle segment
+"""Judging recommenders on a temporal split: winback and discovery modes, per lifecycle segment
 (segments from :class:`ml.recommend.lifecycle.LifecycleRule`)."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from ml.recommend.merchant import HALF_LIFE_DAYS, MODES, MarketContext, ModelSpec
+from ml.recommend.merchant import HALF_LIFE_DAYS, MarketContext, ModelSpec
 from ml.recommend.metrics import ranking_report
+from ml.recommend.modes import DISCOVERY, MODES, exclude_seen
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class TemporalSplit:
         )
 
     def truth(self, mode: str) -> dict:
-        return self.relevant if MODES[mode] else self.relevant_with_repeats
+        return self.relevant if exclude_seen(mode) else self.relevant_with_repeats
 
     def sample(self, max_users: int, seed: int) -> TemporalSplit:
         """The same split judged on a seeded sample of at most ``max_users`` test users (both modes).
@@ -86,7 +87,7 @@ class Judge:
         return (train.groupby("merchant_id")["user_id"].nunique() / train["user_id"].nunique()).to_dict()
 
     def scorecard(self, recommender) -> dict[str, ModeResult]:
-        """Per mode (discovery, repeat): the report over all test users and per segment."""
+        """Per mode (winback, discovery): the report over all test users and per segment."""
         results = {}
         for mode in MODES:
             recommended = self.lists(recommender, mode)
@@ -95,7 +96,7 @@ class Judge:
 
     def lists(self, recommender, mode: str) -> dict:
         users = list(self.split.truth(mode))
-        recs = recommender.recommend(users, n=max(self.ks), exclude_seen=MODES[mode], explain=False)
+        recs = recommender.recommend(users, n=max(self.ks), mode=mode, explain=False)
         return recs.sort_values(["user_id", "rank"]).groupby("user_id")["merchant_id"].agg(list).to_dict()
 
     def report(self, recommended: dict, mode: str, users: Iterable | None = None) -> dict[str, float]:
@@ -122,10 +123,12 @@ class Judge:
         }
 
 
-def evaluate(recommender, split: TemporalSplit, catalog_size: int, k: int = 10) -> dict[str, float]:
-    """Discovery-mode metrics (merchants already ordered from are excluded) on the split's test users."""
+def evaluate(
+    recommender, split: TemporalSplit, catalog_size: int, k: int = 10, mode: str = DISCOVERY
+) -> dict[str, float]:
+    """``mode``'s metrics on the split's test users."""
     judge = Judge(split, catalog_size, ks=(5, k))
-    return judge.report(judge.lists(recommender, "discovery"), "discovery")
+    return judge.report(judge.lists(recommender, mode), mode)
 
 
 def evaluate_spec(
@@ -134,6 +137,7 @@ def evaluate_spec(
     catalog_size: int,
     context: MarketContext | None = None,
     half_life_days: float = HALF_LIFE_DAYS,
+    mode: str = DISCOVERY,
 ) -> dict[str, float]:
     recommender = spec.recommender(half_life_days).fit(split.train, split.cut, context)
-    return evaluate(recommender, split, catalog_size)
+    return evaluate(recommender, split, catalog_size, mode=mode)

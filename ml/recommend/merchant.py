@@ -1,10 +1,10 @@
-"""Merchant recommendations by user id: what to build (``ModelSpec``), fitting it on orders as of a date,
-and judging it on a temporal split in discovery and repeat-inclusive mode.
+"""Merchant recommendations by user id: what to build (``ModelSpec``) and fitting it on orders as of a date.
 
 Two recommenders share one interface, ``fit(orders, as_of, context=None)`` and
-``recommend(user_ids, n, exclude_seen=True) -> DataFrame[user_id, rank, merchant_id, score, reason]``:
-``MerchantRecommender`` (one generator) and ``RankedMerchantRecommender`` (generators + LightGBM ranker).
-Users without orders get the popular merchants of their home zone."""
+``recommend(user_ids, n, mode="discovery") -> DataFrame[user_id, rank, merchant_id, score, reason]``
+(modes: ``ml.recommend.modes``): ``MerchantRecommender`` (one generator) and ``RankedMerchantRecommender``
+(generators + LightGBM ranker, one booster per mode). Users without orders get the popular merchants of
+their home zone."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from ml.experiments.assignment import hash_units
 from ml.recommend import (
     ALSRecommender,
     CategoryAffinityRecommender,
@@ -26,21 +27,22 @@ from ml.recommend import (
     RankerRecommender,
     top_n,
 )
+from ml.recommend.modes import DISCOVERY, MODES, exclude_seen
 from ml.recommend.ranker import REASONS
 
 HALF_LIFE_DAYS = 14.0
 NEW_MERCHANT_DAYS = 14
 UNKNOWN_CATEGORY = "unknown"
 RECOMMENDATION_COLUMNS = ["user_id", "rank", "merchant_id", "score", "reason"]
-# Evaluation modes: name -> exclude_seen (discovery never re-recommends a merchant the user ordered from).
-MODES = {"discovery": True, "repeat": False}
+# What the ranker may know of a merchant besides its orders and category (MarketContext.merchants columns).
+ITEM_CONTEXT_COLUMNS = ["zone", "lat", "lng", "price_level"]
 
 
 @dataclass(frozen=True)
 class MarketContext:
     """What the marts know besides orders.
 
-    ``merchants`` is indexed by merchant_id with columns category, zone, merchant_name, price_level,
+    ``merchants`` is indexed by merchant_id with columns category, zone, merchant_name, lat, lng, price_level,
     opened_at; ``users`` is indexed by user_id with columns home_zone, signup_at.
     """
 
@@ -52,7 +54,7 @@ class MarketContext:
         """From ``ml.generate.Marketplace`` raw tables (benchmarks and tests)."""
         return cls(
             merchants=marketplace.merchants.set_index("merchant_id")[
-                ["category", "zone", "merchant_name", "price_level", "opened_at"]
+                ["category", "zone", "merchant_name", "lat", "lng", "price_level", "opened_at"]
             ],
             users=marketplace.users.set_index("user_id")[["home_zone", "signup_at"]],
         )
@@ -164,6 +166,8 @@ class RankerRecipe:
     candidates_per_generator: int = 50
     label_share: float = 0.5
     training_windows: int = 2
+    modes: tuple[str, ...] = tuple(MODES)
+    without_features: tuple[str, ...] = ()
     max_train_users: int = 5_000
     num_boost_round: int = 300
     # Fewer rows per leaf than the ranker's default: a day's marketplace yields few labelled users.
@@ -264,16 +268,14 @@ class MerchantRecommender:
         self.trained_until = pd.Timestamp(as_of)
         return self
 
-    def recommend(
-        self, user_ids: Iterable, n: int = 10, exclude_seen: bool = True, explain: bool = True
-    ) -> pd.DataFrame:
+    def recommend(self, user_ids: Iterable, n: int = 10, mode: str = DISCOVERY, explain: bool = True) -> pd.DataFrame:
         """Columns user_id, rank (1 = best), merchant_id, score, reason (set for cold-start rows only)."""
         user_ids = _unique(user_ids)
         rows = self.matrix.user_indices(user_ids)
         warm = _has_orders(self.matrix, rows)
         frames = []
         if warm.any():
-            items, scores = self.model.recommend(rows[warm], n, exclude_seen=exclude_seen)
+            items, scores = self.model.recommend(rows[warm], n, exclude_seen=exclude_seen(mode))
             frames.append(_frame(user_ids[warm], items, scores, self.matrix.item_ids))
         if (~warm).any():
             frames.append(self.cold_start.recommend(user_ids[~warm], n))
@@ -303,6 +305,8 @@ class RankedMerchantRecommender:
             candidates_per_generator=recipe.candidates_per_generator,
             label_share=recipe.label_share,
             training_windows=recipe.training_windows,
+            modes=recipe.modes,
+            without_features=recipe.without_features,
             max_train_users=recipe.max_train_users,
             num_boost_round=recipe.num_boost_round,
             lgbm_params=recipe.lgbm_params,
@@ -338,48 +342,50 @@ class RankedMerchantRecommender:
         return {
             "item_categories": pd.Series(self.axes.merchant_categories, index=self.axes.merchant_ids),
             "item_names": None if context is None else context.merchants["merchant_name"].to_dict(),
-            "item_features": None if context is None else context.merchants[["price_level"]],
+            "item_context": None
+            if context is None
+            else context.merchants[[c for c in ITEM_CONTEXT_COLUMNS if c in context.merchants]],
+            "user_context": None if context is None else context.users[["home_zone"]],
         }
 
     def _ready(self, recipe: RankerRecipe, as_of: datetime) -> RankedMerchantRecommender:
         self.matrix = self.ranker.matrix
         self.cold_start = ColdStart().fit(self.axes, self.matrix.csr)
-        self.exploration = NewMerchantSlot(recipe.exploration_rate, [recipe.seed, pd.Timestamp(as_of).toordinal()]).fit(
-            self.axes, self.matrix.csr
-        )
+        self.exploration = NewMerchantSlot(
+            recipe.exploration_rate, f"new-merchant-slot:{recipe.seed}:{pd.Timestamp(as_of).date()}"
+        ).fit(self.axes, self.matrix.csr)
         self.trained_until = pd.Timestamp(as_of)
         return self
 
-    def recommend(
-        self, user_ids: Iterable, n: int = 10, exclude_seen: bool = True, explain: bool = True
-    ) -> pd.DataFrame:
+    def recommend(self, user_ids: Iterable, n: int = 10, mode: str = DISCOVERY, explain: bool = True) -> pd.DataFrame:
         user_ids = _unique(user_ids)
         rows = self.matrix.user_indices(user_ids)
         warm = _has_orders(self.matrix, rows)
         frames = []
         if warm.any():
             warm_rows = rows[warm]
-            items, scores = self.ranker.recommend(warm_rows, n, exclude_seen=exclude_seen)
+            items, scores = self.ranker.recommend(warm_rows, n, exclude_seen=exclude_seen(mode))
             reasons = _pad(self.ranker.explain(warm_rows, items), n) if explain else None
             items, scores, reasons = self.exploration.apply(
-                user_ids[warm], warm_rows, items, scores, reasons, exclude_seen
+                user_ids[warm], warm_rows, items, scores, reasons, exclude_seen(mode)
             )
             frames.append(_frame(user_ids[warm], items, scores, self.matrix.item_ids, reasons))
         if (~warm).any():
             frames.append(self.cold_start.recommend(user_ids[~warm], n))
         return _concat(frames)
 
-    def feature_importance(self) -> pd.Series:
-        return self.ranker.feature_importance()
+    def feature_importance(self, mode: str | None = None) -> pd.Series:
+        return self.ranker.feature_importance(mode=mode)
 
 
 class NewMerchantSlot:
     """With probability ``rate`` per user and day, the last slot shows the new merchant the user's
-    category taste scores highest (merchants without orders never reach the ranker's top otherwise)."""
+    category taste scores highest (merchants without orders never reach the ranker's top otherwise).
+    Who explores is the seeded hash of (``key``, user id), so any id works and a re-run draws the same."""
 
-    def __init__(self, rate: float, seed: list[int]):
+    def __init__(self, rate: float, key: str):
         self.rate = rate
-        self.seed = seed
+        self.key = key
 
     def fit(self, axes: MarketAxes, user_items) -> NewMerchantSlot:
         self.axes = axes
@@ -390,7 +396,7 @@ class NewMerchantSlot:
     def apply(self, user_ids, rows, items, scores, reasons, exclude_seen: bool):
         if self.rate <= 0 or not len(self.new_columns):
             return items, scores, reasons
-        draws = np.array([np.random.default_rng([*self.seed, int(user)]).random() for user in user_ids])
+        draws = hash_units(self.key, user_ids)
         exploring = np.flatnonzero(draws < self.rate)
         if not len(exploring):
             return items, scores, reasons

@@ -9,6 +9,10 @@ WINBACK = "winback"
 DISCOVERY = "discovery"
 # name -> exclude_seen
 MODES = {WINBACK: False, DISCOVERY: True}
+MODE_MEANINGS = {
+    WINBACK: "favourites count: merchants the user ordered from may be recommended",
+    DISCOVERY: "only merchants the user never ordered from",
+}
 
 
 def exclude_seen(mode: str) -> bool:

@@ -3,6 +3,10 @@
 Training is temporal inside the data given to ``fit``: each user's last ``label_share`` of
 interactions are the labels, the generators and features see only the interactions before them.
 For serving, the generators are refitted on everything and the same features are rebuilt.
+
+One booster per mode (``ml.recommend.modes``): ``winback`` learns from labels that include repeat
+orders, over candidates that include the user's own past items; ``discovery`` from new items only,
+over candidates the user never interacted with. Both share the generators fitted on each window.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from ml.recommend.base import Recommender, top_n
 from ml.recommend.content import CategoryAffinityRecommender
 from ml.recommend.cosine import cosine_similarity, keep_top_per_row
 from ml.recommend.matrix import InteractionMatrix
+from ml.recommend.modes import DISCOVERY, MODES, WINBACK
 from ml.recommend.popularity import PopularityRecommender
 from ml.recommend.rerank import mmr_rerank_rows
 from ml.recommend.split import temporal_split, unix_seconds
@@ -29,6 +34,33 @@ DAY = 86400.0
 _BATCH_USERS = 512
 # Below this cosine similarity a past item is too weak a link to name as the reason.
 _SIMILAR_REASON_MIN = 0.1
+# Time-of-day habit bins: 3-hour slices of the UTC day; 1970-01-01 was a Thursday (weekday 3, Monday = 0).
+_HOUR_BINS = 8
+_EPOCH_WEEKDAY = 3
+_EARTH_RADIUS_KM = 6371.0
+
+# Features that can be left out together (``without_features``), for ablations.
+FEATURE_GROUPS = {
+    # what the user did at this item and how much they come back in general
+    "repeat": (
+        "user_item_interactions",
+        "user_item_days_since",
+        "user_item_share",
+        "user_item_recent_weight",
+        "user_reorder_ratio",
+        "item_reorder_rate",
+        "user_idle_days",
+    ),
+    # when and where: habit match, distance, zone, price fit, the item's age
+    "context": (
+        "daypart_match",
+        "weekday_match",
+        "zone_match",
+        "distance_km",
+        "price_level_gap",
+        "item_age_at_user_time_days",
+    ),
+}
 
 DEFAULT_LGBM_PARAMS = {
     "objective": "lambdarank",
@@ -72,6 +104,13 @@ class History:
     item_users: np.ndarray
     events_by_item: np.ndarray  # item * _time_span(times) + (time - time_origin), sorted
     event_times: np.ndarray  # sorted
+    item_events: np.ndarray  # interactions per item (repeats count)
+    user_hours: np.ndarray  # (users, _HOUR_BINS): share of the user's interactions per time-of-day bin
+    item_hours: np.ndarray  # (items, _HOUR_BINS)
+    user_weekdays: np.ndarray  # (users, 7)
+    item_weekdays: np.ndarray  # (items, 7)
+    hour_shares: np.ndarray  # (_HOUR_BINS,): all interactions
+    weekday_shares: np.ndarray  # (7,)
 
     @classmethod
     def from_indices(
@@ -108,6 +147,9 @@ class History:
 
         binary = counts.copy()
         binary.data[:] = 1.0
+        days = np.floor(times / DAY)
+        hour_bins = ((times - days * DAY) // (DAY / _HOUR_BINS)).astype(np.int64)
+        weekdays = ((days.astype(np.int64) + _EPOCH_WEEKDAY) % 7).astype(np.int64)
         return cls(
             user_items=counts,
             recent_user_items=recent,
@@ -121,6 +163,13 @@ class History:
             item_users=np.asarray(binary.sum(axis=0)).ravel(),
             events_by_item=np.sort(items.astype(np.float64) * _time_span(times) + (times - origin)),
             event_times=np.sort(times),
+            item_events=np.bincount(items, minlength=n_items).astype(np.float32),
+            user_hours=_shares(users, hour_bins, n_users, _HOUR_BINS),
+            item_hours=_shares(items, hour_bins, n_items, _HOUR_BINS),
+            user_weekdays=_shares(users, weekdays, n_users, 7),
+            item_weekdays=_shares(items, weekdays, n_items, 7),
+            hour_shares=_shares(np.zeros(len(times), np.int64), hour_bins, 1, _HOUR_BINS)[0],
+            weekday_shares=_shares(np.zeros(len(times), np.int64), weekdays, 1, 7)[0],
         )
 
     def item_events_between(self, items: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -136,6 +185,26 @@ class History:
 
     def events_between(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.event_times, end, side="right") - np.searchsorted(self.event_times, start)
+
+
+def _shares(rows: np.ndarray, bins: np.ndarray, n_rows: int, n_bins: int) -> np.ndarray:
+    """Per row, the share of its events in each bin (rows without events are all zero)."""
+    counts = np.zeros((n_rows, n_bins), dtype=np.float32)
+    np.add.at(counts, (rows, bins), 1.0)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+
+
+def _habit_match(user_shares: np.ndarray, item_shares: np.ndarray, overall: np.ndarray) -> np.ndarray:
+    """How much more the user's habit overlaps the item's than the marketplace's (1 = no better than it)."""
+    expected = user_shares @ overall
+    return np.einsum("ij,ij->i", user_shares, item_shares) / np.maximum(expected, 1e-9)
+
+
+def _haversine_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Great-circle km between rows of (lat, lng) degrees; NaN where either is unknown."""
+    lat1, lng1, lat2, lng2 = (np.radians(v) for v in (a[:, 0], a[:, 1], b[:, 0], b[:, 1]))
+    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lng2 - lng1) / 2) ** 2
+    return 2 * _EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
 
 
 def _time_span(times: np.ndarray) -> float:
@@ -156,6 +225,9 @@ class _Stage:
     affinity: CategoryAffinityRecommender | None
     similarity: sp.csr_matrix  # item x its top neighbours
     similarity_to: sp.csr_matrix  # the transpose: row i holds every item's similarity to item i
+    user_locations: np.ndarray  # (users, 2): interaction-weighted mean (lat, lng) of their items, NaN if unknown
+    user_price_levels: np.ndarray  # interaction-weighted mean price level of their items, NaN if unknown
+    recent_category_shares: sp.csr_matrix | None  # users x categories: shares of recency-weighted interactions
 
 
 class RankerRecommender(Recommender):
@@ -163,8 +235,10 @@ class RankerRecommender(Recommender):
 
     ``generators`` are unfitted prototypes (copied, never mutated). Generators that hold per-item or
     per-user arrays must be aligned with the ``users`` / ``items`` order passed to ``fit``.
-    ``item_categories`` (item id -> category), ``user_features`` (indexed by user id) and
-    ``item_features`` (indexed by item id) add features; their numeric columns are used as they are.
+    ``item_categories`` (item id -> category) adds category features; ``item_context`` (indexed by item
+    id; any of the columns zone, lat, lng, price_level) and ``user_context`` (indexed by user id; column
+    home_zone) add the zone, distance and price-fit features. ``modes`` are the modes to learn (one
+    booster each); ``without_features`` names groups of ``FEATURE_GROUPS`` to leave out.
     ``max_train_users`` caps the users sampled for training (rows are about users x windows x
     candidates). ``diversity_lambda`` < 1 re-ranks each list by MMR over categories.
     """
@@ -173,16 +247,17 @@ class RankerRecommender(Recommender):
         self,
         generators: Mapping[str, Recommender],
         item_categories: pd.Series | None = None,
-        user_features: pd.DataFrame | None = None,
-        item_features: pd.DataFrame | None = None,
+        item_context: pd.DataFrame | None = None,
+        user_context: pd.DataFrame | None = None,
         item_names: Mapping | None = None,
+        modes: Sequence[str] = (DISCOVERY,),
+        without_features: Sequence[str] = (),
         candidates_per_generator: int = 100,
         label_share: float = 0.2,
         training_windows: int = 2,
         validation_share: float = 0.2,
         recent_days: float = 14.0,
         recency_half_lives: Sequence[float] = (1.0, 4.0, 16.0),
-        include_repeats: bool = False,
         max_train_users: int | None = 20_000,
         lgbm_params: Mapping | None = None,
         num_boost_round: int = 1000,
@@ -192,17 +267,24 @@ class RankerRecommender(Recommender):
         seed: int = 0,
     ):
         self.generators = dict(generators)
+        unknown = [m for m in modes if m not in MODES] + [g for g in without_features if g not in FEATURE_GROUPS]
+        if unknown or not modes:
+            raise ValueError(
+                f"unknown modes or feature groups {unknown}; modes: {', '.join(MODES)}; "
+                f"feature groups: {', '.join(FEATURE_GROUPS)}"
+            )
         self.item_categories = item_categories
-        self.user_features = user_features
-        self.item_features = item_features
+        self.item_context = item_context
+        self.user_context = user_context
         self.item_names = item_names
+        self.modes = tuple(modes)
+        self.without_features = tuple(without_features)
         self.candidates_per_generator = candidates_per_generator
         self.label_share = label_share
         self.training_windows = training_windows
         self.validation_share = validation_share
         self.recent_days = recent_days
         self.recency_half_lives = tuple(recency_half_lives)
-        self.include_repeats = include_repeats
         self.max_train_users = max_train_users
         self.lgbm_params = {**DEFAULT_LGBM_PARAMS, **(lgbm_params or {})}
         self.num_boost_round = num_boost_round
@@ -228,19 +310,30 @@ class RankerRecommender(Recommender):
             all_users = all_users[: self.max_train_users]
         n_valid = int(round(self.validation_share * len(all_users)))
         user_sets = {"train": np.sort(all_users[n_valid:]), "valid": np.sort(all_users[:n_valid])}
-        parts: dict[str, list] = {"train": [], "valid": []}
+        parts: dict[tuple[str, str], list] = {(mode, part): [] for mode in self.modes for part in user_sets}
         # Each window moves the cut one label share further back, adding training groups from older data.
         current = frame
         for _ in range(self.training_windows):
             past, future = temporal_split(current, 1.0 - self.label_share)
             stage = self._fit_stage(past)
-            positives = self._positives(stage, future)
-            for part, part_users in user_sets.items():
-                parts[part].append(self._training_rows(stage, part_users, positives))
+            for mode in self.modes:
+                positives = self._positives(stage, future, mode)
+                for part, part_users in user_sets.items():
+                    parts[mode, part].append(self._training_rows(stage, part_users, positives, mode))
             current = past
-        train = _concat_rows(parts["train"])
-        valid = _concat_rows(parts["valid"])
+        self.boosters = {
+            mode: self._train_booster(_concat_rows(parts[mode, "train"]), _concat_rows(parts[mode, "valid"]), mode)
+            for mode in self.modes
+        }
+        self.stage = self._fit_stage(frame)
+        return self
 
+    def _train_booster(self, train: tuple, valid: tuple, mode: str) -> lgb.Booster:
+        if not len(train[2]):
+            raise ValueError(
+                f"no {mode} training groups: no sampled user has a {mode} label among their candidates "
+                "(too little history before the label window?)"
+            )
         params = {**self.lgbm_params, "num_threads": self.num_threads, "seed": self.seed}
         train_set = lgb.Dataset(train[0], train[1], group=train[2], free_raw_data=True)
         callbacks = []
@@ -248,12 +341,15 @@ class RankerRecommender(Recommender):
         if len(valid[2]):
             valid_sets = [lgb.Dataset(valid[0], valid[1], group=valid[2], reference=train_set)]
             callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
-        self.booster = lgb.train(
+        self.feature_names = list(train[0].columns)
+        return lgb.train(
             params, train_set, num_boost_round=self.num_boost_round, valid_sets=valid_sets, callbacks=callbacks
         )
-        self.feature_names = list(train[0].columns)
-        self.stage = self._fit_stage(frame)
-        return self
+
+    def _booster(self, exclude_seen: bool) -> lgb.Booster:
+        """The booster of the mode ``exclude_seen`` asks for, else the one mode this ranker learned."""
+        mode = DISCOVERY if exclude_seen else WINBACK
+        return self.boosters[mode] if mode in self.boosters else next(iter(self.boosters.values()))
 
     def refit(
         self,
@@ -262,7 +358,8 @@ class RankerRecommender(Recommender):
         items: Sequence | None = None,
         generators: Mapping[str, Recommender] | None = None,
         item_categories: pd.Series | None = None,
-        item_features: pd.DataFrame | None = None,
+        item_context: pd.DataFrame | None = None,
+        user_context: pd.DataFrame | None = None,
         item_names: Mapping | None = None,
         user_col: str = "user_id",
         item_col: str = "item_id",
@@ -277,7 +374,8 @@ class RankerRecommender(Recommender):
         refreshed = copy.copy(self)
         refreshed.generators = dict(generators) if generators is not None else self.generators
         refreshed.item_categories = item_categories if item_categories is not None else self.item_categories
-        refreshed.item_features = item_features if item_features is not None else self.item_features
+        refreshed.item_context = item_context if item_context is not None else self.item_context
+        refreshed.user_context = user_context if user_context is not None else self.user_context
         refreshed.item_names = item_names if item_names is not None else self.item_names
         frame = refreshed._index(interactions, users, items, user_col, item_col, time_col)
         refreshed.stage = refreshed._fit_stage(frame)
@@ -299,7 +397,27 @@ class RankerRecommender(Recommender):
         if self.item_categories is not None:
             self._item_code = self.item_categories.reindex(self.matrix.item_ids).to_numpy(dtype=object)
             self._category_codes = pd.factorize(self._item_code, use_na_sentinel=False)[0]
+        self._set_context()
         return frame[(frame["u"] >= 0) & (frame["i"] >= 0)]
+
+    def _set_context(self) -> None:
+        """Per-column location, price level and zone code, per-row zone code (NaN / -1 when unknown)."""
+        n_users, n_items = self.matrix.shape
+        items = pd.DataFrame(index=self.matrix.item_ids)
+        if self.item_context is not None:
+            items = self.item_context.reindex(self.matrix.item_ids)
+        self._item_locations = np.column_stack(
+            [pd.to_numeric(items.get(c, pd.Series(np.nan, index=items.index)), errors="coerce") for c in ("lat", "lng")]
+        ).astype(np.float64)
+        self._item_price_levels = pd.to_numeric(
+            items.get("price_level", pd.Series(np.nan, index=items.index)), errors="coerce"
+        ).to_numpy(np.float64)
+        user_zones = pd.Series(np.nan, index=self.matrix.user_ids, dtype=object)
+        if self.user_context is not None and "home_zone" in self.user_context:
+            user_zones = self.user_context["home_zone"].reindex(self.matrix.user_ids)
+        item_zones = items["zone"] if "zone" in items else pd.Series(np.nan, index=items.index, dtype=object)
+        codes, _ = pd.factorize(pd.concat([item_zones, user_zones], ignore_index=True))
+        self._item_zones, self._user_zones = codes[:n_items], codes[n_items:]
 
     def _fit_stage(self, frame: pd.DataFrame) -> _Stage:
         users, items = frame["u"].to_numpy(), frame["i"].to_numpy()
@@ -316,24 +434,35 @@ class RankerRecommender(Recommender):
             affinity=affinity,
             similarity=similarity,
             similarity_to=similarity.T.tocsr(),
+            user_locations=np.column_stack(
+                [_weighted_mean(history.user_items, self._item_locations[:, k]) for k in range(2)]
+            ),
+            user_price_levels=_weighted_mean(history.user_items, self._item_price_levels),
+            recent_category_shares=None
+            if affinity is None
+            else _row_shares(_category_sums(history.recent_user_items[self._middle_half_life], affinity.item_codes)),
         )
 
-    def _positives(self, stage: _Stage, future: pd.DataFrame) -> sp.csr_matrix:
+    @property
+    def _middle_half_life(self) -> float:
+        return self.recency_half_lives[len(self.recency_half_lives) // 2]
+
+    def _positives(self, stage: _Stage, future: pd.DataFrame, mode: str) -> sp.csr_matrix:
         labels = future[["u", "i"]].drop_duplicates()
-        if not self.include_repeats:
+        if MODES[mode]:
             seen = _pair_lookup(stage.history.user_items, labels["u"].to_numpy(), labels["i"].to_numpy())
             labels = labels[seen == 0]
         return sp.csr_matrix((np.ones(len(labels), np.float32), (labels["u"], labels["i"])), shape=self.matrix.shape)
 
     def _training_rows(
-        self, stage: _Stage, users: np.ndarray, positives: sp.csr_matrix
+        self, stage: _Stage, users: np.ndarray, positives: sp.csr_matrix, mode: str
     ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
         """Features, labels and per-user group sizes, keeping users with a positive among their candidates."""
         users = users[np.diff(positives.indptr)[users] > 0]
         parts = []
         for start in range(0, len(users), _BATCH_USERS):
             batch = users[start : start + _BATCH_USERS]
-            local_rows, cols, features = self._candidates(stage, batch, not self.include_repeats)
+            local_rows, cols, features = self._candidates(stage, batch, MODES[mode])
             label = _pair_lookup(positives, batch[local_rows], cols)
             keep = (np.bincount(local_rows, label, minlength=len(batch)) > 0)[local_rows]
             sizes = np.bincount(local_rows[keep], minlength=len(batch))
@@ -360,6 +489,9 @@ class RankerRecommender(Recommender):
             best = np.where(np.isfinite(top_scores[:, 0]), top_scores[:, 0], 0.0)
             scores[name] = (dense, np.abs(best) + 1e-9)
             ranks[name] = rank
+        if not exclude_seen:
+            # Win-back: every item the user already ordered from is a candidate, whatever the generators say.
+            listed[seen.nonzero()] = True
         local_rows, cols = np.nonzero(listed)
         rows = users[local_rows]
 
@@ -376,8 +508,10 @@ class RankerRecommender(Recommender):
             similarity = np.asarray((recent[users] @ stage.similarity).todense())
             columns[f"similarity_to_recent_items_hl{half_life:g}"] = similarity[local_rows, cols]
         columns.update(self._history_features(stage, rows, cols))
-        features = self._join_external(pd.DataFrame(columns), rows, cols).astype(np.float32)
-        return local_rows, cols, features
+        columns.update(self._context_features(stage, rows, cols))
+        features = pd.DataFrame(columns).astype(np.float32)
+        dropped = [name for group in self.without_features for name in FEATURE_GROUPS[group]]
+        return local_rows, cols, features.drop(columns=dropped, errors="ignore")
 
     def _history_features(self, stage: _Stage, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         history = stage.history
@@ -392,6 +526,8 @@ class RankerRecommender(Recommender):
             cols, np.full(len(cols), history.reference_time - window), np.full(len(cols), history.reference_time)
         ).astype(np.float32)
         last_seen = _pair_lookup(history.last_seen, rows, cols)
+        user_item_n = _pair_lookup(history.user_items, rows, cols)
+        user_distinct = np.diff(history.user_items.indptr).astype(np.float32)
         features = {
             "item_users": history.item_users[cols].astype(np.float32),
             "item_recent_events": recent,
@@ -402,10 +538,14 @@ class RankerRecommender(Recommender):
             "user_interactions": user_n[rows].astype(np.float32),
             "user_span_days": (user_time - history.user_first[rows]) / DAY,
             "user_idle_days": (history.reference_time - user_time) / DAY,
-            "user_item_interactions": _pair_lookup(history.user_items, rows, cols),
+            "user_item_interactions": user_item_n,
             "user_item_days_since": np.where(
                 last_seen > 0, (user_time - (last_seen - 1.0 + history.time_origin)) / DAY, np.nan
             ),
+            "user_item_share": user_item_n / np.maximum(user_n[rows], 1.0),
+            "user_item_recent_weight": _pair_lookup(history.recent_user_items[self._middle_half_life], rows, cols),
+            "user_reorder_ratio": 1.0 - user_distinct[rows] / np.maximum(user_n[rows], 1.0),
+            "item_reorder_rate": 1.0 - history.item_users[cols] / np.maximum(history.item_events[cols], 1.0),
         }
         if stage.affinity is not None:
             affinity = stage.affinity
@@ -415,18 +555,23 @@ class RankerRecommender(Recommender):
             features["category_user_share"] = counts / np.maximum(user_n[rows], 1.0)
             features["category_user_count"] = counts
             features["item_share_in_category"] = affinity.item_share_in_category[cols]
+            # Recent taste: the category's share of the user's recency-weighted interactions, so a changed
+            # taste moves the ranking before the lifetime counts catch up.
+            features["category_recent_share"] = _pair_lookup(stage.recent_category_shares, rows, codes)
         return features
 
-    def _join_external(self, features: pd.DataFrame, rows: np.ndarray, cols: np.ndarray) -> pd.DataFrame:
-        for prefix, table, ids in (
-            ("user_", self.user_features, self.matrix.user_ids[rows]),
-            ("item_", self.item_features, self.matrix.item_ids[cols]),
-        ):
-            if table is None:
-                continue
-            numeric = table.select_dtypes("number").add_prefix(prefix).reindex(ids)
-            features = pd.concat([features, numeric.reset_index(drop=True)], axis=1)
-        return features
+    def _context_features(self, stage: _Stage, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+        history = stage.history
+        user_zone, item_zone = self._user_zones[rows], self._item_zones[cols]
+        return {
+            "daypart_match": _habit_match(history.user_hours[rows], history.item_hours[cols], history.hour_shares),
+            "weekday_match": _habit_match(
+                history.user_weekdays[rows], history.item_weekdays[cols], history.weekday_shares
+            ),
+            "zone_match": np.where((user_zone >= 0) & (item_zone >= 0), user_zone == item_zone, np.nan),
+            "distance_km": _haversine_km(stage.user_locations[rows], self._item_locations[cols]),
+            "price_level_gap": np.abs(self._item_price_levels[cols] - stage.user_price_levels[rows]),
+        }
 
     def score(self, user_indices: np.ndarray, exclude_seen: bool = True) -> np.ndarray:
         """Ranker scores on each user's candidates, -inf for items that are not candidates."""
@@ -434,7 +579,8 @@ class RankerRecommender(Recommender):
         local_rows, cols, features = self._candidates(self.stage, users, exclude_seen)
         dense = np.full((len(users), self.matrix.shape[1]), -np.inf, dtype=np.float32)
         if len(cols):
-            dense[local_rows, cols] = self.booster.predict(features[self.feature_names], num_threads=self.num_threads)
+            booster = self._booster(exclude_seen)
+            dense[local_rows, cols] = booster.predict(features[self.feature_names], num_threads=self.num_threads)
         return dense
 
     def recommend(
@@ -456,9 +602,11 @@ class RankerRecommender(Recommender):
             items[batch], scores[batch] = top[:, :n], top_scores[:, :n]
         return items, scores
 
-    def feature_importance(self, importance_type: str = "gain") -> pd.Series:
+    def feature_importance(self, importance_type: str = "gain", mode: str | None = None) -> pd.Series:
+        """The booster's feature importance (of ``mode``, default the first mode learned)."""
+        booster = self.boosters[mode or self.modes[0]]
         return pd.Series(
-            self.booster.feature_importance(importance_type=importance_type), index=self.feature_names
+            booster.feature_importance(importance_type=importance_type), index=self.feature_names
         ).sort_values(ascending=False)
 
     def explain(self, user_indices: np.ndarray, item_indices: np.ndarray) -> list[list[str]]:
@@ -507,6 +655,29 @@ class RankerRecommender(Recommender):
     def _item_name(self, item: int) -> str:
         item_id = self.matrix.item_ids[item]
         return str(self.item_names.get(item_id, item_id)) if self.item_names is not None else str(item_id)
+
+
+def _weighted_mean(user_items: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
+    """Per user, the mean of ``values`` over their items weighted by interactions, NaN-valued items skipped."""
+    known = np.isfinite(values)
+    total = user_items @ np.where(known, values, 0.0)
+    weight = user_items @ known.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 0, total / weight, np.nan)
+
+
+def _category_sums(user_items: sp.csr_matrix, item_codes: np.ndarray) -> sp.csr_matrix:
+    """users x categories: each user's interaction weight summed per category."""
+    n_items = user_items.shape[1]
+    one_hot = sp.csr_matrix(
+        (np.ones(n_items, np.float32), (np.arange(n_items), item_codes)), shape=(n_items, int(item_codes.max()) + 1)
+    )
+    return (user_items @ one_hot).tocsr()
+
+
+def _row_shares(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    return (sp.diags(1.0 / np.maximum(totals, 1e-12)) @ matrix).tocsr()
 
 
 def _concat_rows(
