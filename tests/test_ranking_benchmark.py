@@ -1,16 +1,24 @@
-"""``rekindle benchmark ranking``: the split protocol, a CSV input, and a MovieLens slice when the data is present."""
+"""``rekindle benchmark ranking``: the split protocol, CSV and Parquet order logs with string ids in both modes
+(the win-back baselines beside the generators), a clear error for a missing column, and a MovieLens slice when
+the data is present."""
 
 from __future__ import annotations
 
 import argparse
+import re
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from ml.benchmarks import ranking
+from ml.benchmarks.order_log import order_log
+from ml.cli import main as rekindle
 from ml.recommend import temporal_split
 
 MODELS = ["random", "popularity", "cosine", "als", "ease", "category", "ranker"]
+WINBACK_BASELINES = ["own most frequent", "own most recent"]
+FAST = ["--no-tune", "--threads", "1", "--candidates", "30"]
 
 
 def run_benchmark(argv: list[str]) -> int:
@@ -19,15 +27,18 @@ def run_benchmark(argv: list[str]) -> int:
     return ranking.run(parser.parse_args(argv))
 
 
-def _is_table_row(line: str) -> bool:
-    tokens = line.split()
-    if len(tokens) < 8 or tokens[0] not in MODELS:
-        return False
-    try:
-        [float(token) for token in tokens[-7:]]
-    except ValueError:
-        return False
-    return True
+def table(printed: str) -> dict[str, list[float]]:
+    """Model name without its parameters (``ease``, ``own most frequent``) -> the seven numbers of its row."""
+    rows = {}
+    for line in printed.splitlines():
+        tokens = line.split()
+        try:
+            numbers = [float(token) for token in tokens[-7:]]
+        except ValueError:
+            continue
+        if len(tokens) >= 8:
+            rows[" ".join(tokens[:-7]).split(" (")[0]] = numbers
+    return rows
 
 
 def test_split_keeps_the_first_ceil_80_percent_of_each_user():
@@ -69,8 +80,7 @@ def test_benchmark_on_a_csv_with_iso_times(tmp_path, capsys):
         "20",
     ]
     assert run_benchmark(argv) == 0
-    printed = capsys.readouterr().out
-    assert all(name in printed for name in MODELS)
+    assert set(table(capsys.readouterr().out)) == set(MODELS)
     recs = pd.read_csv(recs_path)
     assert list(recs.columns) == ["user_id", "item_id", "rank"]
     assert recs.groupby("user_id")["rank"].max().max() == 10
@@ -92,10 +102,9 @@ def test_movielens_slice(shared_data, tmp_path, capsys):
         "50",
     ]
     assert run_benchmark(argv) == 0
-    printed = capsys.readouterr().out
-    table = {line.split()[0]: line.split() for line in printed.splitlines() if _is_table_row(line)}
-    assert set(table) == set(MODELS)
-    ndcg = {name: float(values[-5]) for name, values in table.items()}
+    rows = table(capsys.readouterr().out)
+    assert set(rows) == set(MODELS)
+    ndcg = {name: values[2] for name, values in rows.items()}
     assert ndcg["ranker"] > ndcg["popularity"] > ndcg["random"]
     recs = pd.read_csv(recs_path)
     assert recs["user_id"].nunique() == 150
@@ -103,3 +112,83 @@ def test_movielens_slice(shared_data, tmp_path, capsys):
     train, _ = temporal_split(ranking.load_movielens(shared_data / "ml-100k"))
     seen = set(zip(train["user_id"], train["item_id"]))
     assert not any(pair in seen for pair in zip(recs["user_id"], recs["item_id"]))
+
+
+@pytest.fixture(scope="module")
+def order_log_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("orders") / "orders.csv"
+    assert rekindle(["benchmark", "ranking", "--write-order-log", str(path)]) == 0
+    return path
+
+
+def test_the_stand_in_order_log_has_the_real_logs_shape(order_log_file):
+    log = pd.read_csv(order_log_file, dtype=str)
+    assert list(log.columns) == ["user_id", "merchant_id", "event_time", "category", "lat", "lng"]
+    assert 500 <= log["user_id"].nunique() <= 700
+    assert 90 <= log["merchant_id"].nunique() <= 100
+    assert 5_000 <= len(log) <= 9_000
+    assert log["user_id"].str.fullmatch(r"c\d{4}").all() and log["merchant_id"].str.fullmatch(r"r\d{3}").all()
+    times = pd.to_datetime(log["event_time"], utc=True)
+    assert 110 <= (times.max() - times.min()).days <= 120
+    # Seeded: the same log every time.
+    assert order_log().equals(pd.read_csv(order_log_file, dtype={"user_id": str, "merchant_id": str}))
+
+
+def _held_out(path, mode: str) -> tuple[pd.DataFrame, dict]:
+    train, test = temporal_split(ranking.load_interactions(path))
+    return train, ranking.held_out_relevance(train, test, mode)
+
+
+@pytest.mark.parametrize("mode", ["winback", "discovery"])
+def test_an_order_log_with_string_ids_in_each_mode(order_log_file, mode, tmp_path, capsys):
+    recs_path = tmp_path / "recs.csv"
+    argv = ["--interactions", str(order_log_file), "--mode", mode, "--recs-out", str(recs_path), *FAST]
+    assert run_benchmark(argv) == 0
+    printed = capsys.readouterr().out
+    rows = table(printed)
+    if mode == "winback":
+        assert set(rows) == {*MODELS, *WINBACK_BASELINES}
+        assert re.search(r"^ranker NDCG@10 / own most frequent = \d+\.\d{3}$", printed, re.MULTILINE)
+        # Most win-back orders go to a merchant the customer already had: their own history beats popularity.
+        assert rows["own most frequent"][2] > 2 * rows["popularity"][2]
+    else:
+        assert set(rows) == set(MODELS)
+        assert "own most" not in printed
+    assert re.search(r"^ranker NDCG@10 / best generator \(.+\) = \d+\.\d{3}$", printed, re.MULTILINE)
+
+    recs = pd.read_csv(recs_path, dtype={"user_id": str, "item_id": str})
+    train, relevant = _held_out(order_log_file, mode)
+    assert list(recs.columns) == ["user_id", "item_id", "rank"]
+    assert set(recs["user_id"]) == set(relevant)
+    assert recs["item_id"].str.fullmatch(r"r\d{3}").all()
+    assert all(sorted(ranks) == list(range(1, 11)) for ranks in recs.groupby("user_id")["rank"].apply(list))
+    seen = set(zip(train["user_id"], train["item_id"]))
+    repeats = [pair in seen for pair in zip(recs["user_id"], recs["item_id"])]
+    assert any(repeats) if mode == "winback" else not any(repeats)
+
+
+def test_string_ids_stay_strings_in_csv_and_parquet(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "user_id": ["007", "007", "10"],
+            "merchant_id": ["0042", "1e3", "0042"],
+            "event_time": ["2025-01-01T10:00:00Z", "2025-01-02T10:00:00Z", "2025-01-01T12:00:00Z"],
+            "lat": [25.3, 25.2, 25.3],
+        }
+    )
+    frame.to_csv(tmp_path / "orders.csv", index=False)
+    frame.to_parquet(tmp_path / "orders.parquet", index=False)
+    for name in ("orders.csv", "orders.parquet"):
+        loaded = ranking.load_interactions(tmp_path / name)
+        assert list(loaded.columns) == ["user_id", "item_id", "event_time", "lat"]
+        assert list(loaded["user_id"]) == ["007", "007", "10"]
+        assert list(loaded["item_id"]) == ["0042", "1e3", "0042"]
+        assert list(loaded["event_time"]) == [1735725600.0, 1735812000.0, 1735732800.0]
+
+
+def test_a_missing_column_is_named(tmp_path, capsys):
+    path = tmp_path / "orders.csv"
+    pd.DataFrame({"user_id": ["a"], "merchant_id": ["m"], "when": ["2025-01-01"]}).to_csv(path, index=False)
+    assert rekindle(["benchmark", "ranking", "--interactions", str(path), "--mode", "winback"]) == 2
+    error = capsys.readouterr().err
+    assert "has no column event_time" in error and "when" in error

@@ -1,8 +1,13 @@
 """Ranking benchmark: baselines, candidate generators and the LightGBM ranker side by side on one split.
 
 Protocol: each user's interactions sorted by (event_time, item_id); the first ceil(0.8 n) train, the
-rest are the test items; items the user saw in train are never recommended; K = 10. Generator
-hyperparameters are picked on a validation split carved from train by the same per-user protocol.
+rest are the test items; K = 10. In ``discovery`` mode items the user saw in train are neither recommended
+nor relevant; in ``winback`` mode they may be recommended and count as hits, and the user's own most
+frequent and most recent items (then popular) are the baselines. Generator hyperparameters are picked on a
+validation split carved from train by the same per-user protocol.
+
+Input: MovieLens 100K, or any interaction / order log (CSV or Parquet) with user_id, item_id (or
+merchant_id), event_time (unix seconds or ISO-8601) and optional category, lat, lng; ids are kept as strings.
 """
 
 from __future__ import annotations
@@ -16,23 +21,34 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml.benchmarks.order_log import write_order_log
+from ml.cli.options import UsageError
 from ml.recommend import (
     ALSRecommender,
     CategoryAffinityRecommender,
     EASERecommender,
+    FrequentItemsRecommender,
     InteractionMatrix,
     ItemCosineRecommender,
     PopularityRecommender,
     RandomRecommender,
     RankerRecommender,
+    RecentItemsRecommender,
     Recommender,
+    last_interaction_times,
     temporal_split,
     unix_seconds,
 )
 from ml.recommend.metrics import ranking_report
+from ml.recommend.modes import DISCOVERY, MODES, WINBACK, exclude_seen
 
 K = 10
 TRAIN_SHARE = 0.8
+REQUIRED_COLUMNS = ("user_id", "item_id", "event_time")
+ITEM_ID_ALIAS = "merchant_id"
+LOCATION_COLUMNS = ["lat", "lng"]
+FREQUENT_BASELINE = "own most frequent"
+RECENT_BASELINE = "own most recent"
 COLUMNS = [
     ("P@10", "precision@10"),
     ("R@10", "recall@10"),
@@ -77,9 +93,25 @@ MOVIELENS_GENRES = [
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--interactions", type=Path, help="CSV with user_id, item_id, event_time (unix s or ISO), optional category"
+        "--interactions",
+        type=Path,
+        help="CSV or Parquet with user_id, item_id (or merchant_id), event_time (unix s or ISO), "
+        "optional category, lat, lng",
     )
     source.add_argument("--movielens", type=Path, help="MovieLens 100K directory (u.data, u.item)")
+    source.add_argument(
+        "--write-order-log",
+        type=Path,
+        help="write a synthetic food-delivery order log (about 600 customers, 100 restaurants, four months) "
+        "to this CSV or Parquet file for --interactions, and stop",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=list(MODES),
+        default=DISCOVERY,
+        help="discovery: only items the user never had; winback: the user's own items count too, "
+        "with their most frequent / most recent items as baselines",
+    )
     parser.add_argument(
         "--recs-out", type=Path, help="write the ranker's top-10 per test user (user_id, item_id, rank)"
     )
@@ -100,11 +132,38 @@ def load_movielens(directory: Path) -> pd.DataFrame:
 
 
 def load_interactions(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path)
-    missing = {"user_id", "item_id", "event_time"} - set(frame.columns)
+    """user_id, item_id (string ids), event_time (unix seconds) and whichever of category, lat, lng the file has."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path} is not a file")
+    if Path(path).suffix in (".parquet", ".pq"):
+        frame = pd.read_parquet(path)
+    else:
+        frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str, ITEM_ID_ALIAS: str, "category": str})
+    if "item_id" not in frame.columns and ITEM_ID_ALIAS in frame.columns:
+        frame = frame.rename(columns={ITEM_ID_ALIAS: "item_id"})
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
-        raise ValueError(f"{path} lacks columns {sorted(missing)}")
-    return frame.assign(event_time=unix_seconds(frame["event_time"]))
+        raise ValueError(
+            f"{path} has no column {', '.join(missing)}: it needs user_id, item_id (or {ITEM_ID_ALIAS}) and "
+            f"event_time; it has {', '.join(map(str, frame.columns))}"
+        )
+    blank = [column for column in REQUIRED_COLUMNS if frame[column].isna().any()]
+    if blank:
+        raise ValueError(f"{path} has rows without {', '.join(blank)}")
+    optional = [column for column in ("category", *LOCATION_COLUMNS) if column in frame.columns]
+    return frame[[*REQUIRED_COLUMNS, *optional]].assign(
+        user_id=frame["user_id"].astype(str),
+        item_id=frame["item_id"].astype(str),
+        event_time=unix_seconds(frame["event_time"]),
+    )
+
+
+def held_out_relevance(train: pd.DataFrame, held_out: pd.DataFrame, mode: str) -> dict:
+    """user -> the held-out items that count as hits; discovery drops the items the user had in ``train``."""
+    if exclude_seen(mode):
+        seen = pd.MultiIndex.from_frame(train[["user_id", "item_id"]])
+        held_out = held_out[~pd.MultiIndex.from_frame(held_out[["user_id", "item_id"]]).isin(seen)]
+    return held_out.groupby("user_id")["item_id"].apply(set).to_dict()
 
 
 def build_generators(
@@ -122,16 +181,16 @@ def build_generators(
     return generators
 
 
-def recommend_ids(recommender: Recommender, matrix: InteractionMatrix, users: np.ndarray) -> dict:
-    items, _ = recommender.recommend(matrix.user_indices(users), K)
+def recommend_ids(recommender: Recommender, matrix: InteractionMatrix, users: np.ndarray, mode: str) -> dict:
+    items, _ = recommender.recommend(matrix.user_indices(users), K, exclude_seen=exclude_seen(mode))
     return {user: list(matrix.item_ids[row[row >= 0]]) for user, row in zip(users, items)}
 
 
-def tune(train: pd.DataFrame, users: list, items: list, seed: int, threads: int) -> dict[str, dict]:
+def tune(train: pd.DataFrame, users: list, items: list, mode: str, seed: int, threads: int) -> dict[str, dict]:
     """Grid search per generator on the last 20% of each user's train interactions."""
     inner_train, validation = temporal_split(train, TRAIN_SHARE)
     matrix = InteractionMatrix.from_frame(inner_train, users=users, items=items)
-    relevant = validation.groupby("user_id")["item_id"].apply(set).to_dict()
+    relevant = held_out_relevance(inner_train, validation, mode)
     eval_users = np.array(sorted(relevant))
     factories: dict[str, Callable[..., Recommender]] = {
         "cosine": ItemCosineRecommender,
@@ -144,7 +203,8 @@ def tune(train: pd.DataFrame, users: list, items: list, seed: int, threads: int)
         for values in itertools.product(*grid.values()):
             params = dict(zip(grid, values))
             recommender = factories[name](**params).fit(matrix.csr)
-            report = ranking_report(recommend_ids(recommender, matrix, eval_users), relevant, len(items), ks=(K,))
+            listed = recommend_ids(recommender, matrix, eval_users, mode)
+            report = ranking_report(listed, relevant, len(items), ks=(K,))
             scored.append((report["ndcg@10"], params))
         chosen[name] = max(scored, key=lambda pair: pair[0])[1]
     return chosen
@@ -164,57 +224,97 @@ def format_table(rows: list[tuple[str, dict, float]]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    frame = load_movielens(args.movielens) if args.movielens else load_interactions(args.interactions)
+def load(args: argparse.Namespace) -> pd.DataFrame:
+    """The benchmark's interactions, a seeded sample of ``--max-users`` users when asked."""
+    if args.movielens:
+        frame = load_movielens(args.movielens)
+    else:
+        try:
+            frame = load_interactions(args.interactions)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if args.max_users:
         rng = np.random.default_rng(args.seed)
         all_users = frame["user_id"].unique()
         frame = frame[frame["user_id"].isin(rng.choice(all_users, min(args.max_users, len(all_users)), replace=False))]
+    return frame
+
+
+def evaluate(recommender: Recommender, matrix: InteractionMatrix, users: np.ndarray, relevant: dict, mode: str):
+    return ranking_report(recommend_ids(recommender, matrix, users, mode), relevant, len(matrix.item_ids), ks=(K,))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.write_order_log:
+        log = write_order_log(args.write_order_log, seed=args.seed)
+        print(
+            f"wrote {len(log):,} orders of {log['user_id'].nunique():,} customers at "
+            f"{log['merchant_id'].nunique():,} restaurants to {args.write_order_log}"
+        )
+        return 0
+    mode = args.mode
+    frame = load(args)
     train, test = temporal_split(frame, TRAIN_SHARE)
     users = sorted(frame["user_id"].unique())
     items = sorted(frame["item_id"].unique())
-    relevant = test.groupby("user_id")["item_id"].apply(set).to_dict()
+    relevant = held_out_relevance(train, test, mode)
     test_users = np.array(sorted(relevant))
-    has_categories = "category" in frame.columns
-    item_categories = frame.drop_duplicates("item_id").set_index("item_id")["category"] if has_categories else None
-    categories = item_categories.reindex(items).to_numpy(dtype=object) if has_categories else None
+    per_item = frame.drop_duplicates("item_id").set_index("item_id")
+    item_categories = per_item["category"] if "category" in frame.columns else None
+    categories = item_categories.reindex(items).to_numpy(dtype=object) if item_categories is not None else None
+    has_location = set(LOCATION_COLUMNS) <= set(frame.columns)
+    item_locations = frame.groupby("item_id")[LOCATION_COLUMNS].median() if has_location else None
     print(
         f"{len(frame):,} interactions, {len(users):,} users, {len(items):,} items; "
-        f"train {len(train):,}, test {len(test):,} over {len(test_users):,} users"
+        f"train {len(train):,}, test {len(test):,}; {mode} mode: {len(test_users):,} test users"
     )
 
     started = time.perf_counter()
-    params = tune(train, users, items, args.seed, args.threads) if args.tune else DEFAULTS
+    params = tune(train, users, items, mode, args.seed, args.threads) if args.tune else DEFAULTS
     if args.tune:
         print(f"tuned on validation carved from train in {time.perf_counter() - started:.0f}s: {params}")
 
     matrix = InteractionMatrix.from_frame(train, users=users, items=items)
     generators = build_generators(params, categories, args.seed, args.threads)
-    candidates: list[tuple[str, Recommender]] = [("random", RandomRecommender(seed=args.seed))]
-    candidates += [(_label(name, params.get(name, {})), generator) for name, generator in generators.items()]
+    # (name, model, fit arguments)
+    models: list[tuple[str, Recommender, tuple]] = [("random", RandomRecommender(seed=args.seed), (matrix.csr,))]
+    models += [(_label(name, params.get(name, {})), model, (matrix.csr,)) for name, model in generators.items()]
+    if mode == WINBACK:
+        last_times = last_interaction_times(train, matrix)
+        models += [
+            (f"{FREQUENT_BASELINE} (then popular)", FrequentItemsRecommender(), (matrix.csr, last_times)),
+            (f"{RECENT_BASELINE} (then popular)", RecentItemsRecommender(), (matrix.csr, last_times)),
+        ]
     rows = []
-    for name, recommender in candidates:
+    for name, model, fit_arguments in models:
         started = time.perf_counter()
-        recommender.fit(matrix.csr)
+        model.fit(*fit_arguments)
         seconds = time.perf_counter() - started
-        report = ranking_report(recommend_ids(recommender, matrix, test_users), relevant, len(items), ks=(K,))
-        rows.append((name, report, seconds))
+        rows.append((name, evaluate(model, matrix, test_users, relevant, mode), seconds))
 
-    started = time.perf_counter()
     ranker = RankerRecommender(
         build_generators(params, categories, args.seed, args.threads),
         item_categories=item_categories,
+        item_context=item_locations,
+        modes=(mode,),
         candidates_per_generator=args.candidates,
         num_threads=args.threads,
         seed=args.seed,
-    ).fit(train, users=users, items=items)
+    )
+    started = time.perf_counter()
+    ranker.fit(train, users=users, items=items)
     seconds = time.perf_counter() - started
-    ranked = recommend_ids(ranker, ranker.matrix, test_users)
+    ranked = recommend_ids(ranker, ranker.matrix, test_users, mode)
     rows.append(("ranker (LightGBM lambdarank)", ranking_report(ranked, relevant, len(items), ks=(K,)), seconds))
 
     print(format_table(rows))
-    best_name, best_report, _ = max(rows[1:-1], key=lambda row: row[1]["ndcg@10"])
-    print(f"ranker NDCG@10 / best generator ({best_name}) = {rows[-1][1]['ndcg@10'] / best_report['ndcg@10']:.3f}")
+    ranker_ndcg = rows[-1][1]["ndcg@10"]
+    generator_rows = rows[1 : 1 + len(generators)]
+    best_name, best_report, _ = max(generator_rows, key=lambda row: row[1]["ndcg@10"])
+    if mode == WINBACK:
+        frequent = rows[1 + len(generators)][1]
+        print(f"ranker NDCG@10 / {FREQUENT_BASELINE} = {_ratio(ranker_ndcg, frequent['ndcg@10'])}")
+    print(f"ranker NDCG@10 / best generator ({best_name}) = {_ratio(ranker_ndcg, best_report['ndcg@10'])}")
     print("top ranker features (gain):", ", ".join(ranker.feature_importance().head(5).index))
     if args.recs_out:
         recs = pd.DataFrame(
@@ -225,3 +325,7 @@ def run(args: argparse.Namespace) -> int:
         recs.to_csv(args.recs_out, index=False)
         print(f"wrote {len(recs):,} recommendations to {args.recs_out}")
     return 0
+
+
+def _ratio(numerator: float, denominator: float) -> str:
+    return f"{numerator / denominator:.3f}" if denominator > 0 else "n/a (the baseline scores 0)"
