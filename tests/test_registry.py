@@ -55,6 +55,14 @@ def test_gate_promotes_first_then_only_a_better_challenger(settings, warehouse_u
     decision = tracking.gate("gate-test-model", better, "ndcg@10", 0.30, champion_value=0.20, margin=0.05)
     assert decision.promoted and tracking.alias_version("gate-test-model", "champion") == better
 
+    # The champion's own recipe refitted on newer data replaces it, even on an equal score.
+    refreshed = _register(settings, orders, ModelSpec("item_cosine"))
+    decision = tracking.gate(
+        "gate-test-model", refreshed, "ndcg@10", 0.30, champion_value=0.30, margin=0.05, same_recipe=True
+    )
+    assert decision.promoted and "same recipe" in decision.reason
+    assert tracking.alias_version("gate-test-model", "champion") == refreshed
+
 
 def test_scoring_loads_whatever_has_the_champion_alias(settings, warehouse_url, orders):
     tracking.configure(settings, warehouse_url)

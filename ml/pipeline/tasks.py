@@ -215,7 +215,7 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
                     time.perf_counter() - started,
                 )
             challenger_value = gate_value(scorecards["ranker"])
-            champion_metric = _champion_metric(settings, split, context, spec, challenger_value)
+            champion_metric, same_recipe = _champion_metric(settings, split, context, spec, challenger_value)
             importance = {mode: fitted["ranker"].feature_importance(mode) for mode in MODES}
             _log_comparison(spec, split, scorecards, importance, run_date)
             started = time.perf_counter()
@@ -231,6 +231,7 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
                 challenger_value,
                 champion_metric,
                 settings.promotion_margin,
+                same_recipe,
             )
             mlflow.set_tags({"gate": decision.reason, "promoted": str(decision.promoted)})
         summary.update(
@@ -376,7 +377,7 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
             if truth.exists() and not users.empty:
                 evaluation.extra.update(truth_values(final, users, truth))
             metrics = evaluation.metrics()
-            champion_value = _champion_offer_value(settings, model, train, test, metrics["policy_value"])
+            champion_value, same_recipe = _champion_offer_value(settings, model, train, test, metrics["policy_value"])
             mlflow.log_params(
                 {
                     "learner": "s_learner_lightgbm",
@@ -405,6 +406,7 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
                 metrics["policy_value"],
                 champion_value,
                 settings.promotion_margin,
+                same_recipe,
             )
             mlflow.set_tags({"gate": decision.reason, "promoted": str(decision.promoted)})
         summary.update(
@@ -424,37 +426,39 @@ def _champion_offer_value(
     train: pd.DataFrame,
     test: pd.DataFrame,
     challenger_value: float,
-) -> float | None:
-    """Refit the champion's configuration on today's training users and value it on the same held-out users.
+) -> tuple[float | None, bool]:
+    """The champion's value on today's held-out users (its configuration refitted on today's training users),
+    and whether it has the challenger's own configuration; (None, False) without a champion.
 
     Fitting is seeded and deterministic, so a champion with the challenger's own configuration scores exactly
     the challenger's value: reusing it saves a refit.
     """
     if tracking.alias_version(settings.offer_model_name, tracking.CHAMPION) is None:
-        return None
+        return None, False
     champion = tracking.load_alias(settings.offer_model_name).model
     recipe = (champion.margin_rate, champion.config, champion.seed)
     if recipe == (challenger.margin_rate, challenger.config, challenger.seed):
-        return challenger_value
+        return challenger_value, True
     refit = response.OfferResponseModel(*recipe).fit(train)
-    return response.evaluate(refit, train, test, settings.order_margin_rate).policy_value
+    return response.evaluate(refit, train, test, settings.order_margin_rate).policy_value, False
 
 
 def _champion_metric(
     settings: Settings, split: TemporalSplit, context: MarketContext, spec: ModelSpec, challenger_value: float
-) -> float | None:
-    """Refit the champion's spec on today's training window, so both are judged on the same window.
+) -> tuple[float | None, bool]:
+    """The champion's gate value on today's split (its spec refitted on today's training window, so both are
+    judged on the same window), and whether it has the challenger's own spec; (None, False) without one.
 
     Fitting is seeded and deterministic, so a champion with the challenger's own recipe scores exactly the
     challenger's value: reusing it saves a second ranker fit.
     """
     if tracking.alias_version(settings.ranker_model_name, tracking.CHAMPION) is None:
-        return None
+        return None, False
     champion = tracking.load_alias(settings.ranker_model_name).recommender
     if champion.spec == spec:
-        return challenger_value
+        return challenger_value, True
     judge = Judge(split, len(context.merchants), ks=(5, 10))
-    return gate_value(judge.scorecard(champion.spec.recommender().fit(split.train, split.cut, context)))
+    return gate_value(judge.scorecard(champion.spec.recommender().fit(split.train, split.cut, context))), False
 
 
 def _metric_key(name: str) -> str:

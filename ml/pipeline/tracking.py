@@ -139,10 +139,13 @@ def gate(
     challenger_value: float,
     champion_value: float | None,
     margin: float,
+    same_recipe: bool = False,
 ) -> GateDecision:
     """Tag the new version ``challenger``; make it ``champion`` only if it beats the champion by ``margin``.
 
-    Both values must come from the same evaluation window. With no champion yet, the first version wins.
+    Both values must come from the same evaluation window. With no champion yet, the first version wins. A
+    challenger built from the champion's own recipe (``same_recipe``) is that champion refitted on newer data,
+    so it replaces it: comparing the two would compare a model with itself.
     """
     from mlflow import MlflowClient
 
@@ -151,6 +154,9 @@ def gate(
     champion_version = alias_version(name, CHAMPION)
     if champion_version is None or champion_value is None:
         promoted, reason = True, "no champion yet: first version becomes champion"
+    elif same_recipe:
+        promoted = True
+        reason = f"same recipe as champion v{champion_version}, refitted on today's data: it replaces it"
     elif challenger_value > champion_value * (1.0 + margin):
         promoted = True
         reason = f"{metric} {challenger_value:.4f} beats champion v{champion_version}'s {champion_value:.4f} by more than {margin:.0%}"
