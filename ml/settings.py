@@ -39,6 +39,12 @@ class Settings:
     # Interaction strength (dbt)
     recency_half_life_days: float = 14.0
 
+    # Taste drift (dbt: int_user_category_profile, int_user_taste -> marts.user_features)
+    taste_recent_days: int = 28
+    taste_half_life_days: float = 30.0
+    taste_drift_threshold: float = 0.5
+    taste_drift_min_recent_orders: int = 3
+
     # Recommendation / evaluation
     top_n: int = 10
     eval_test_days: int = 7
@@ -84,6 +90,17 @@ class Settings:
         if self.offer_objective not in OFFER_OBJECTIVES:
             raise ValueError(
                 f"REKINDLE_OFFER_OBJECTIVE={self.offer_objective!r} is not one of {', '.join(OFFER_OBJECTIVES)}"
+            )
+        if self.taste_recent_days < 1 or self.taste_half_life_days <= 0 or self.taste_drift_min_recent_orders < 1:
+            raise ValueError(
+                "REKINDLE_TASTE_RECENT_DAYS and REKINDLE_TASTE_DRIFT_MIN_RECENT_ORDERS must be at least 1 and "
+                f"REKINDLE_TASTE_HALF_LIFE_DAYS positive, got {self.taste_recent_days}, "
+                f"{self.taste_drift_min_recent_orders} and {self.taste_half_life_days}"
+            )
+        if not 0 <= self.taste_drift_threshold <= 1:
+            raise ValueError(
+                f"REKINDLE_TASTE_DRIFT_THRESHOLD={self.taste_drift_threshold} is not in [0, 1] "
+                "(a base-2 Jensen-Shannon divergence)"
             )
 
     @property
@@ -158,6 +175,14 @@ DESCRIPTIONS: dict[str, str] = {
     "recency_half_life_days": "Half-life in days of the recency decay of user x merchant interaction strength in "
     "dbt's `int_user_merchant_interactions` (dbt var). The recommenders weight orders with their own fixed "
     "14-day half-life (`HALF_LIFE_DAYS` in `ml/recommend/merchant.py`).",
+    "taste_recent_days": "Taste drift: orders in this many days before the run date are the user's recent category "
+    "mix, compared with the mix of every earlier order (`category_divergence` in `marts.user_features`; dbt var).",
+    "taste_half_life_days": "Half-life in days of the order weights behind each user's recency-weighted category "
+    "shares (`int_user_category_profile`) and so `recent_favourite_category` (dbt var).",
+    "taste_drift_threshold": "`taste_drift` is true when `category_divergence` (Jensen-Shannon, base 2, in [0, 1]) "
+    "is at least this and the user has `taste_drift_min_recent_orders` recent orders (dbt var).",
+    "taste_drift_min_recent_orders": "Recent orders (within `taste_recent_days`) a user needs before a divergent mix "
+    "counts as `taste_drift`: one or two orders elsewhere are not yet a changed taste (dbt var).",
     "top_n": "Merchants published per user in `crm.recommendations` (and `crm.segment_members`).",
     "eval_test_days": "Held-out window of the daily evaluation: models are fitted on orders before the last this "
     "many days and judged on the orders inside them.",

@@ -45,9 +45,9 @@
     ((({{ column }}) at time zone 'UTC') + interval '{{ var("local_utc_offset_hours") | int }} hours')
 {%- endmacro %}
 
-{#- Exponential recency decay weight: 1 at run_cutoff, 0.5 after one half-life. -#}
-{% macro recency_decay(column) -%}
-    power(0.5::double precision, ({{ elapsed_days(run_cutoff(), column) }})::double precision / {{ var('recency_half_life_days') | float }})
+{#- Exponential recency decay weight: 1 at run_cutoff, 0.5 after one half-life (the days in var half_life_var). -#}
+{% macro recency_decay(column, half_life_var='recency_half_life_days') -%}
+    power(0.5::double precision, ({{ elapsed_days(run_cutoff(), column) }})::double precision / {{ var(half_life_var) | float }})
 {%- endmacro %}
 
 {#- Bounded trend in [-1, 1]: (recent - previous) / (recent + previous), 0 when both are 0. -#}

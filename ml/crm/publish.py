@@ -103,9 +103,9 @@ def replace_run(
         (
             (
                 run_date,
-                int(r.user_id),
+                str(r.user_id),
                 int(r.rank),
-                int(r.merchant_id),
+                str(r.merchant_id),
                 r.merchant_name,
                 float(r.score),
                 r.reason,
@@ -126,9 +126,9 @@ def replace_run(
             (
                 run_date,
                 r.segment,
-                int(r.user_id),
+                str(r.user_id),
                 int(r.rank),
-                int(r.merchant_id),
+                str(r.merchant_id),
                 r.merchant_name,
                 float(r.score),
                 model_version,

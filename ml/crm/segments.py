@@ -129,7 +129,7 @@ CROSS_SELL_TARGETS = Segment(
     "and a normalised score above crm_affinity_threshold.",
     (
         RANK,
-        ("ordered_merchant_id", "bigint"),
+        ("ordered_merchant_id", "text"),
         ("ordered_merchant_name", "text"),
         ("ordered_category", "text"),
         ("recommended_category", "text"),
@@ -200,8 +200,8 @@ def _table_sql(segment: Segment) -> str:
 CREATE TABLE IF NOT EXISTS {table} (
     run_date                  date   NOT NULL,
     segment                   text   NOT NULL,
-    user_id                   bigint NOT NULL,
-    recommended_merchant_id   bigint NOT NULL,
+    user_id                   text   NOT NULL,
+    recommended_merchant_id   text   NOT NULL,
     recommended_merchant_name text,
     score                     double precision NOT NULL,
     platform                  text,

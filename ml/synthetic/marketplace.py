@@ -9,7 +9,8 @@ offer arm, the true probability of coming back and the expected incremental marg
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, fields
+import uuid
+from dataclasses import dataclass, fields, replace
 from itertools import product
 from pathlib import Path
 
@@ -126,6 +127,14 @@ TABLE_FILES = {
     "offer_truth": f"{TRUTH_FOLDER}/offer_truth.parquet",
 }
 
+# How `rekindle generate --ids` names users and merchants: the world's integers, or UUIDs derived from them
+# (uuid5 in a fixed namespace per kind, so the same world always gets the same UUIDs).
+ID_FORMATS = ("integer", "uuid")
+UUID_NAMESPACES = {
+    "user_id": uuid.uuid5(uuid.NAMESPACE_URL, "https://rekindle.invalid/synthetic/users"),
+    "merchant_id": uuid.uuid5(uuid.NAMESPACE_URL, "https://rekindle.invalid/synthetic/merchants"),
+}
+
 
 @dataclass
 class Marketplace:
@@ -136,16 +145,44 @@ class Marketplace:
     user_truth: pd.DataFrame
     offer_truth: pd.DataFrame
 
-    def write(self, folder: Path) -> None:
-        """Raw tables as Parquet in ``folder``, the truth under ``folder/ground_truth``."""
-        for table in fields(self):
+    def write(self, folder: Path, ids: str = "integer") -> None:
+        """Raw tables as Parquet in ``folder``, the truth under ``folder/ground_truth``; users and merchants named by
+        ``ids``, one of ID_FORMATS."""
+        if ids not in ID_FORMATS:
+            raise ValueError(f"unknown id format {ids!r}; choose one of {', '.join(ID_FORMATS)}")
+        market = self.with_uuid_ids() if ids == "uuid" else self
+        for table in fields(market):
             path = Path(folder) / TABLE_FILES[table.name]
             path.parent.mkdir(parents=True, exist_ok=True)
-            getattr(self, table.name).to_parquet(path, index=False)
+            getattr(market, table.name).to_parquet(path, index=False)
+
+    def with_uuid_ids(self) -> Marketplace:
+        """The same world with every user_id and merchant_id, in every table, replaced by its UUID (as text)."""
+        renamed = {}
+        for table in fields(self):
+            frame = getattr(self, table.name)
+            renamed[table.name] = frame.assign(
+                **{column: _uuid_ids(frame[column], column) for column in UUID_NAMESPACES if column in frame.columns}
+            )
+        return replace(self, **renamed)
 
     @classmethod
     def read(cls, folder: Path) -> Marketplace:
-        return cls(**{table.name: pd.read_parquet(Path(folder) / TABLE_FILES[table.name]) for table in fields(cls)})
+        """The world written to ``folder``; campaign replay simulates users by their integer ids, so a world written
+        with UUID ids is refused."""
+        market = cls(**{table.name: pd.read_parquet(Path(folder) / TABLE_FILES[table.name]) for table in fields(cls)})
+        if not pd.api.types.is_integer_dtype(market.users["user_id"]):
+            raise ValueError(
+                f"{folder} holds a synthetic world written with UUID ids (rekindle generate --ids uuid); "
+                "simulating campaigns needs the integer-id world: generate it again without --ids uuid"
+            )
+        return market
+
+
+def _uuid_ids(ids: pd.Series, column: str) -> pd.Series:
+    distinct = ids.dropna().unique()
+    names = {n: str(uuid.uuid5(UUID_NAMESPACES[column], str(n))) for n in distinct}
+    return ids.map(names).astype(object)
 
 
 def generate_marketplace(

@@ -174,6 +174,10 @@ def settings_vars(settings: Settings) -> dict:
         "reactivation_window_days": int(settings.reactivation_window_days),
         # Not (yet) a Settings field everywhere: fall back to the dbt project's default.
         "recency_half_life_days": float(getattr(settings, "recency_half_life_days", 14)),
+        "taste_recent_days": int(settings.taste_recent_days),
+        "taste_half_life_days": float(settings.taste_half_life_days),
+        "taste_drift_threshold": float(settings.taste_drift_threshold),
+        "taste_drift_min_recent_orders": int(settings.taste_drift_min_recent_orders),
     }
 
 

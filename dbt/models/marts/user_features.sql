@@ -1,6 +1,6 @@
 {{ config(indexes=[{'columns': ['user_id'], 'unique': true}]) }}
--- One row per user in stg_users: RFM, tenure, trend, category / day-part / weekday habits, marketing consent.
--- Order-derived shares and averages are NULL for users who never ordered; counts are 0.
+-- One row per user in stg_users: RFM, tenure, trend, category / day-part / weekday habits, taste drift,
+-- marketing consent. Order-derived shares and averages are NULL for users who never ordered; counts are 0.
 with users as (
     select * from {{ ref('stg_users') }}
 ),
@@ -70,6 +70,10 @@ engagement as (
     group by user_id
 ),
 
+taste as (
+    select * from {{ ref('int_user_taste') }}
+),
+
 joined as (
     select
         users.user_id,
@@ -91,6 +95,9 @@ joined as (
         coalesce(s.distinct_categories, 0)                                as distinct_categories,
         f.favourite_category,
         round(f.favourite_category_orders::numeric / nullif(s.order_count, 0), 4) as favourite_category_share,
+        t.recent_favourite_category,
+        t.category_divergence,
+        coalesce(t.taste_drift, false)                                    as taste_drift,
         round(s.weekend_order_share, 4)                                   as weekend_order_share,
         round(s.breakfast_order_share, 4)                                 as breakfast_order_share,
         round(s.lunch_order_share, 4)                                     as lunch_order_share,
@@ -108,6 +115,8 @@ joined as (
         on v.user_id = users.user_id
     left join engagement g
         on g.user_id = users.user_id
+    left join taste t
+        on t.user_id = users.user_id
 ),
 
 ordering_users_scored as (
@@ -142,6 +151,9 @@ select
     joined.distinct_categories,
     joined.favourite_category,
     joined.favourite_category_share,
+    joined.recent_favourite_category,
+    joined.category_divergence,
+    joined.taste_drift,
     joined.weekend_order_share,
     joined.breakfast_order_share,
     joined.lunch_order_share,

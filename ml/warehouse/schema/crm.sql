@@ -6,9 +6,9 @@ create schema if not exists crm;
 -- Every user's top-N merchants per run_date (the in-app recommendations: every user, not only marketable ones).
 create table if not exists crm.recommendations (
     run_date      date    not null,
-    user_id       bigint  not null,
+    user_id       text    not null,
     rank          integer not null,
-    merchant_id   bigint  not null,
+    merchant_id   text    not null,
     merchant_name text,
     score         double precision not null,
     reason        text,
@@ -20,9 +20,9 @@ create table if not exists crm.recommendations (
 create table if not exists crm.segment_members (
     run_date      date    not null,
     segment       text    not null,
-    user_id       bigint  not null,
+    user_id       text    not null,
     rank          integer not null,
-    merchant_id   bigint  not null,
+    merchant_id   text    not null,
     merchant_name text,
     score         double precision not null,
     model_version text    not null,
@@ -34,7 +34,7 @@ create table if not exists crm.segment_members (
 create table if not exists crm.inactive_user_offers (
     run_date        date    not null,
     campaign_id     text    not null,
-    user_id         bigint  not null,
+    user_id         text    not null,
     segment         text    not null,
     arm             text    not null,
     event_type      text    not null,
