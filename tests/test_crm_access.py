@@ -29,7 +29,7 @@ def _build_warehouse(url: str, settings: Settings) -> str:
             conn.execute(f"CREATE TABLE {schema}.secrets AS SELECT 1 AS id")
         conn.execute("CREATE TABLE public.secrets AS SELECT 1 AS id")
         segments.ensure_tables(conn)
-        conn.execute("INSERT INTO crm.recommendations VALUES ('2026-11-01', 1, 1, 10, 'Pizza Place', 0.9, NULL, '1')")
+        conn.execute("INSERT INTO crm.recommendations VALUES ('2026-11-01', 1, 'winback', 1, 10, 'Pizza Place', 0.9, NULL, '1')")
         segments.ensure_reader_role(conn, settings)
     return url
 
@@ -54,7 +54,7 @@ def _as_reader(url: str, role: str = READER) -> psycopg.Connection:
 def test_reader_can_select_every_crm_table(probed_warehouse):
     with _as_reader(probed_warehouse) as reader:
         assert reader.execute("SELECT user_id, merchant_name FROM crm.recommendations").fetchall() == [
-            (1, "Pizza Place")
+            ("1", "Pizza Place")
         ]
         for table in ["segment_members", *segments.SEGMENTS]:
             assert reader.execute(f"SELECT count(*) FROM crm.{table}").fetchone() == (0,)
@@ -69,7 +69,7 @@ def test_reader_cannot_read_outside_crm(probed_warehouse, schema):
 @pytest.mark.parametrize(
     "statement",
     [
-        "INSERT INTO crm.recommendations VALUES ('2026-11-02', 2, 1, 10, 'Pizza Place', 0.5, NULL, '1')",
+        "INSERT INTO crm.recommendations VALUES ('2026-11-02', 2, 'winback', 1, 10, 'Pizza Place', 0.5, NULL, '1')",
         "UPDATE crm.recommendations SET score = 0",
         "DELETE FROM crm.recommendations",
         "TRUNCATE crm.lapsed_personalised",

@@ -14,6 +14,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from ml.crm import segments
+from ml.recommend.modes import DISCOVERY, MODES, WINBACK
 
 RUN_DATE = date(2026, 11, 1)
 NEXT_DATE = date(2026, 11, 2)
@@ -106,13 +107,16 @@ def _insert(conn: psycopg.Connection, table: str, rows: list[tuple]) -> None:
     conn.cursor().executemany(f"INSERT INTO {table} VALUES ({placeholders})", rows)
 
 
-def _insert_recommendations(conn: psycopg.Connection, run_date: date, recommended: dict) -> None:
+def _insert_recommendations(
+    conn: psycopg.Connection, run_date: date, recommended: dict, modes: tuple[str, ...] = tuple(MODES)
+) -> None:
     names = {merchant_id: name for merchant_id, name, _, _ in MERCHANTS}
     _insert(
         conn,
         "crm.recommendations",
         [
-            (run_date, user_id, rank, merchant_id, names[merchant_id], score, None, "3")
+            (run_date, user_id, mode, rank, merchant_id, names[merchant_id], score, None, "3")
+            for mode in modes
             for user_id, merchants in recommended.items()
             for rank, (merchant_id, score) in enumerate(merchants, start=1)
         ],
@@ -140,6 +144,29 @@ def test_each_segment_has_exactly_the_expected_members(marketplace, crm_settings
 
     assert {segment: _members(marketplace, segment) for segment in segments.SEGMENTS} == EXPECTED
     assert counts == {segment: len(members) for segment, members in EXPECTED.items()}
+
+
+def test_each_segment_reads_its_own_mode(marketplace, crm_settings):
+    """Win-back segments take the winback list (favourites included), the prospecting ones the discovery list."""
+    with psycopg.connect(marketplace) as conn:
+        conn.execute("DELETE FROM crm.recommendations WHERE mode = %s AND user_id = '1'", (WINBACK,))
+        # User 1 (lapsed) gets their favourite pizza 10 first in winback; discovery keeps RECOMMENDED.
+        _insert_recommendations(conn, RUN_DATE, {1: [(10, 9.0), (20, 6.0), (11, 3.0)]}, modes=(WINBACK,))
+    _refresh(marketplace, RUN_DATE, crm_settings)
+
+    by_mode = {name: segment.mode for name, segment in segments.SEGMENTS.items()}
+    assert by_mode == {
+        "high_affinity_prospects": DISCOVERY,
+        "lapsed_personalised": WINBACK,
+        "category_explorers": DISCOVERY,
+        "merchant_superfans": None,
+        "cross_sell_targets": DISCOVERY,
+        "new_user_onboarding": WINBACK,
+    }
+    user_1 = {segment: {m for u, m in _members(marketplace, segment) if str(u) == "1"} for segment in by_mode}
+    assert {str(m) for m in user_1["lapsed_personalised"]} == {"10", "20"}
+    assert {str(m) for m in user_1["high_affinity_prospects"]} == {"11"}
+    assert {str(m) for m in user_1["category_explorers"]} == {"30"}
 
 
 def test_rows_carry_the_export_fields_and_the_normalised_score(marketplace, crm_settings):

@@ -3,6 +3,7 @@ real GX checkpoints, a real MLflow registry, published CRM rows; re-runs and bad
 
 from __future__ import annotations
 
+import uuid
 from datetime import date, timedelta
 
 import pandas as pd
@@ -19,9 +20,10 @@ DAG_ID = "reengagement_daily"
 
 @pytest.fixture
 def pipeline_settings(settings, airflow_db, monkeypatch):
-    """A small marketplace in the drop folder; Airflow tasks read their settings from the environment."""
+    """A small marketplace in the drop folder, its users and merchants named by UUIDs (integer ids go through every
+    pipeline step in tests/test_feedback_loop.py); Airflow tasks read their settings from the environment."""
     market = generate_marketplace(seed=7, days=30, end_date=RUN_DATE, n_users=700, n_merchants=90)
-    market.write(settings.input_dir)
+    market.write(settings.input_dir, ids="uuid")
     monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
     monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
     return settings
@@ -65,6 +67,8 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
     assert not published.duplicated(["user_id", "merchant_id"]).any()
     assert set(published["merchant_id"]) <= merchants and published["merchant_name"].notna().all()
     assert set(published["model_version"]) == {"1"}
+    _assert_both_modes_published(url, published)
+    _assert_published_ids_are_the_worlds_uuids(pipeline_settings)
     for segment, members in published.groupby("segment"):
         export = pd.read_csv(pipeline_settings.exports_dir / f"{segment}_{RUN_DATE}.csv")
         assert len(export) == len(members)
@@ -126,15 +130,67 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
         [(step_summary,)] = conn.execute(
             "SELECT summary FROM ops.pipeline_steps WHERE run_date = %s AND step = 'train_ranker'", (RUN_DATE,)
         ).fetchall()
-    # Version 2 was registered; it is the same recipe on the same window, so the gate keeps version 1.
-    assert step_summary["version"] == "2" and step_summary["champion_version"] == "1"
-    assert set(again["model_version"]) == {"1"}
+    # Version 2 is the champion's own recipe refitted on today's data, so it replaces version 1; fitting is
+    # seeded, so the lists it publishes are the same.
+    assert step_summary["version"] == "2" and step_summary["champion_version"] == "2"
+    assert "same recipe as champion v1" in step_summary["gate"]
+    assert set(again["model_version"]) == {"2"}
+
+
+def _assert_both_modes_published(url: str, published: pd.DataFrame) -> None:
+    """crm.recommendations holds a winback and a discovery list per user; discovery never names a merchant the
+    user ordered from, winback does (favourites), and crm.segment_members carries the winback lists."""
+    with psycopg.connect(url) as conn:
+        recs = pd.DataFrame(
+            conn.execute(
+                "SELECT r.user_id, r.mode, r.rank, r.merchant_id, o.user_id IS NOT NULL AS ordered "
+                "FROM crm.recommendations r LEFT JOIN marts.user_merchant_orders o USING (user_id, merchant_id) "
+                "WHERE r.run_date = %s",
+                (RUN_DATE,),
+            ).fetchall(),
+            columns=["user_id", "mode", "rank", "merchant_id", "ordered"],
+        )
+    assert set(recs["mode"]) == {"winback", "discovery"}
+    users_per_mode = recs.groupby("mode")["user_id"].nunique()
+    assert users_per_mode["winback"] == users_per_mode["discovery"]
+    assert not recs.loc[recs["mode"] == "discovery", "ordered"].any()
+    assert recs.loc[recs["mode"] == "winback", "ordered"].mean() > 0.1
+    winback = recs[recs["mode"] == "winback"].merge(published[["user_id"]].drop_duplicates(), on="user_id")
+    merged = published.merge(winback, on=["user_id", "rank"], suffixes=("", "_winback"))
+    assert len(merged) == len(published) and (merged["merchant_id"] == merged["merchant_id_winback"]).all()
+
+
+def _assert_published_ids_are_the_worlds_uuids(settings) -> None:
+    """The world was written with UUID ids: none of its rows was quarantined for an id, and every user and merchant
+    the CRM tables and the exports name is one of its UUIDs."""
+    users = set(pd.read_parquet(settings.input_dir / "users.parquet")["user_id"])
+    merchants = set(pd.read_parquet(settings.input_dir / "merchants.parquet")["merchant_id"])
+    assert all(str(uuid.UUID(i)) == i for i in users | merchants)
+    with psycopg.connect(settings.warehouse_url) as conn:
+        quarantined_ids = conn.execute("SELECT count(*) FROM raw.quarantine WHERE reason ~ '(user|merchant)_id'")
+        recommended = conn.execute(
+            "SELECT user_id, merchant_id FROM crm.recommendations WHERE run_date = %(day)s "
+            "UNION ALL SELECT user_id, merchant_id FROM crm.segment_members WHERE run_date = %(day)s",
+            {"day": RUN_DATE},
+        ).fetchall()
+        offered = conn.execute("SELECT user_id FROM crm.inactive_user_offers WHERE run_date = %s", (RUN_DATE,))
+        offered = {user_id for (user_id,) in offered.fetchall()}
+        assert quarantined_ids.fetchone()[0] == 0
+    assert recommended and offered
+    assert {user_id for user_id, _ in recommended} | offered <= users
+    assert {merchant_id for _, merchant_id in recommended} <= merchants
+    exports = [pd.read_csv(path, dtype=str) for path in settings.exports_dir.glob(f"*_{RUN_DATE}.csv")]
+    assert sum(len(export) for export in exports) > 0
+    for export in exports:
+        assert set(export["user_id"]) <= users
+        for column in [c for c in export.columns if c.endswith("merchant_id")]:
+            assert set(export[column].dropna()) <= merchants, column
 
 
 BAD_EVENTS = """event_id,user_id,event_type,event_time,merchant_id,merchant_name,order_total,platform,zone,properties
 late-1,1,checkout_completed,{yesterday}T12:00:00Z,1,X,20.0,ios,Z01,{{}}
 late-1,1,checkout_completed,{yesterday}T12:00:00Z,1,X,20.0,ios,Z01,{{}}
-late-2,oops,checkout_completed,{yesterday}T12:00:00Z,1,X,20.0,ios,Z01,{{}}
+late-2,{too_long_id},checkout_completed,{yesterday}T12:00:00Z,1,X,20.0,ios,Z01,{{}}
 late-3,1,checkout_completed,2099-01-01T00:00:00Z,1,X,20.0,ios,Z01,{{}}
 late-4,1,checkout_completed,{yesterday}T13:00:00Z,1,X,-9.0,ios,Z01,{{}}
 """
@@ -147,7 +203,9 @@ def test_bad_input_is_quarantined_and_a_failed_gate_keeps_the_old_crm_rows(pipel
     before = _crm_rows(url, RUN_DATE)
 
     yesterday = RUN_DATE - timedelta(days=1)
-    (pipeline_settings.input_dir / "events_late.csv").write_text(BAD_EVENTS.format(yesterday=yesterday))
+    (pipeline_settings.input_dir / "events_late.csv").write_text(
+        BAD_EVENTS.format(yesterday=yesterday, too_long_id="u" * 129)
+    )
     with psycopg.connect(url) as conn:
         # A loader that bypassed validation wrote impossible rows straight into raw.events.
         conn.execute(
@@ -171,7 +229,7 @@ def test_bad_input_is_quarantined_and_a_failed_gate_keeps_the_old_crm_rows(pipel
         )
         loaded = conn.execute("SELECT count(*) FROM raw.events WHERE event_id = 'late-1'").fetchone()[0]
     assert quarantined == {
-        "late-2": "user_id is not an integer",
+        "late-2": "user_id is longer than 128 characters",
         "late-3": "event_time in the future",
         "late-4": "negative order_total",
     }

@@ -10,6 +10,7 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
+from ml.recommend.modes import MODES, WINBACK
 from ml.runtime import PROGRESS_LOGGER
 from ml.warehouse import marts
 
@@ -23,25 +24,37 @@ progress = logging.getLogger(PROGRESS_LOGGER)
 # is left out of an earlier day's file. The tables are in ml/warehouse/schema/crm.sql.
 
 
-def recommend_all(recommender, user_ids: list, names: pd.DataFrame, n: int, batch_users: int = 10_000) -> pd.DataFrame:
-    """Top-n merchants (with names and a short reason where the model gives one) for every user, scored in
-    batches with progress in the log."""
+# Which list each CRM output uses (ml/recommend/modes.py): crm.segment_members scores the lifecycle segments a
+# win-back campaign targets, so it takes the winback list; the segment tables name their own (ml/crm/segments.py).
+SEGMENT_MEMBERS_MODE = WINBACK
+RECOMMENDATION_COLUMNS = ["user_id", "mode", "rank", "merchant_id", "merchant_name", "score", "reason"]
+
+
+def recommend_all(
+    recommender, user_ids: list, names: pd.DataFrame, n: int, modes=tuple(MODES), batch_users: int = 10_000
+) -> pd.DataFrame:
+    """Top-n merchants in each of ``modes`` (with names and a short reason where the model gives one) for every
+    user, scored in batches with progress in the log."""
     started = time.perf_counter()
     batches = []
     for start in range(0, len(user_ids), batch_users):
-        batches.append(recommender.recommend(user_ids[start : start + batch_users], n=n))
+        batch = user_ids[start : start + batch_users]
+        batches += [recommender.recommend(batch, n=n, mode=mode).assign(mode=mode) for mode in modes]
         done = min(start + batch_users, len(user_ids))
         progress.info(
-            "scored %s / %s users (%s users/s)",
+            "scored %s / %s users in %s (%s users/s)",
             f"{done:,}",
             f"{len(user_ids):,}",
+            " and ".join(modes),
             f"{done / max(time.perf_counter() - started, 1e-9):,.0f}",
         )
-    recs = pd.concat(batches, ignore_index=True) if batches else recommender.recommend([], n=n)
+    if not batches:
+        return pd.DataFrame(columns=RECOMMENDATION_COLUMNS)
+    recs = pd.concat(batches, ignore_index=True)
     if "reason" not in recs.columns:
         recs["reason"] = None
     recs = recs.merge(names, on="merchant_id", how="left")
-    return recs[["user_id", "rank", "merchant_id", "merchant_name", "score", "reason"]]
+    return recs[RECOMMENDATION_COLUMNS]
 
 
 def _copy_rows(conn: psycopg.Connection, table: str, columns: list[str], rows) -> None:
@@ -88,8 +101,9 @@ def replace_run(
     segments: tuple[str, ...],
     model_version: str,
 ) -> pd.DataFrame:
-    """Replace run_date's recommendations (every user's) and scored segment members (only users marketing may
-    reach, see ``marts.MARKETABLE_USERS_SQL``); call inside a transaction.
+    """Replace run_date's recommendations (every user's, every mode) and scored segment members (only users
+    marketing may reach, see ``marts.MARKETABLE_USERS_SQL``, with their ``SEGMENT_MEMBERS_MODE`` list); call
+    inside a transaction.
 
     Returns the segment_members rows written (marketable members of ``segments`` joined to their
     recommendations).
@@ -99,11 +113,12 @@ def replace_run(
     _copy_rows(
         conn,
         "crm.recommendations",
-        ["run_date", "user_id", "rank", "merchant_id", "merchant_name", "score", "reason", "model_version"],
+        ["run_date", "user_id", "mode", "rank", "merchant_id", "merchant_name", "score", "reason", "model_version"],
         (
             (
                 run_date,
                 str(r.user_id),
+                r.mode,
                 int(r.rank),
                 str(r.merchant_id),
                 r.merchant_name,
@@ -116,7 +131,7 @@ def replace_run(
     )
     marketable = marts.load_marketable_user_ids(conn)
     scored = members[members["segment"].isin(segments) & members["user_id"].isin(marketable)].merge(
-        recommendations, on="user_id", how="inner"
+        recommendations[recommendations["mode"] == SEGMENT_MEMBERS_MODE].drop(columns="mode"), on="user_id", how="inner"
     )
     _copy_rows(
         conn,

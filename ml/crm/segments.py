@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from ml.crm.publish import analyze
+from ml.recommend.modes import DISCOVERY, WINBACK
 from ml.settings import Settings
 from ml.warehouse import ddl
 from ml.warehouse.marts import MARKETABLE_USERS_SQL
@@ -43,15 +44,20 @@ class Segment:
 
     ``members_sql`` selects the user, the recommended merchant's id and name, the normalised score
     and then ``fields``, in that order (columns are named by position). It can use the CTEs
-    ``scored`` (run_date's recommendations with the normalised score and the merchant's category)
-    and ``ordered`` (the merchants each user ordered from, with counts and category).
+    ``scored`` (run_date's recommendations in the segment's ``mode``, with the normalised score and the
+    merchant's category) and ``ordered`` (the merchants each user ordered from, with counts and category).
     """
 
     name: str
     description: str
     fields: tuple[tuple[str, str], ...]
     members_sql: str
+    mode: str | None
     score_description: str = SHARE_OF_BEST
+
+    @property
+    def table_comment(self) -> str:
+        return self.description + (f" Recommendations: the {self.mode} list." if self.mode else "")
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -70,6 +76,7 @@ HIGH_AFFINITY_PROSPECTS = Segment(
           SELECT 1 FROM ordered o WHERE o.user_id = s.user_id AND o.merchant_id = s.merchant_id
       )
     """,
+    DISCOVERY,
 )
 
 LAPSED_PERSONALISED = Segment(
@@ -83,6 +90,7 @@ LAPSED_PERSONALISED = Segment(
     WHERE u.days_since_last_order >= %(lapsed_days)s
       AND s.rank <= %(top_k)s
     """,
+    WINBACK,
 )
 
 CATEGORY_EXPLORERS = Segment(
@@ -102,6 +110,7 @@ CATEGORY_EXPLORERS = Segment(
     ) untried
     WHERE pick <= %(top_k)s
     """,
+    DISCOVERY,
 )
 
 MERCHANT_SUPERFANS = Segment(
@@ -120,6 +129,7 @@ MERCHANT_SUPERFANS = Segment(
     ) fans
     WHERE fan_rank <= %(superfans_per_merchant)s
     """,
+    None,  # ranks customers by their orders, not by recommendations
     SHARE_OF_TOP_FAN,
 )
 
@@ -155,6 +165,7 @@ CROSS_SELL_TARGETS = Segment(
     ) cross_sell
     WHERE pick <= %(top_k)s
     """,
+    DISCOVERY,
 )
 
 NEW_USER_ONBOARDING = Segment(
@@ -168,6 +179,7 @@ NEW_USER_ONBOARDING = Segment(
     WHERE u.order_count < %(new_user_max_orders)s
       AND s.rank <= %(top_k)s
     """,
+    WINBACK,
 )
 
 SEGMENTS: dict[str, Segment] = {
@@ -208,7 +220,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     home_zone                 text,{own}
     PRIMARY KEY (run_date, user_id, recommended_merchant_id)
 );
-COMMENT ON TABLE {table} IS {sql.Literal(segment.description).as_string()};
+COMMENT ON TABLE {table} IS {sql.Literal(segment.table_comment).as_string()};
 COMMENT ON COLUMN {table}.score IS {sql.Literal(segment.score_description).as_string()};"""
 
 
@@ -221,7 +233,7 @@ _SOURCES_SQL = """
 WITH score_ranges AS (
     SELECT user_id, max(score) AS best, least(0, min(score)) AS zero
     FROM crm.recommendations
-    WHERE run_date = %(run_date)s
+    WHERE run_date = %(run_date)s AND mode = %(mode)s
     GROUP BY user_id
 ),
 scored AS (
@@ -230,7 +242,7 @@ scored AS (
     FROM crm.recommendations r
     JOIN score_ranges g ON g.user_id = r.user_id
     LEFT JOIN marts.merchant_features m ON m.merchant_id = r.merchant_id
-    WHERE r.run_date = %(run_date)s
+    WHERE r.run_date = %(run_date)s AND r.mode = %(mode)s
 ),
 ordered AS (
     -- pairs with at least one order: page views alone do not make a merchant "ordered from"
@@ -272,7 +284,7 @@ def _params(run_date: date, settings: Settings) -> dict:
 def _replace_segment(conn: psycopg.Connection, segment: Segment, params: dict) -> int:
     table = sql.Identifier("crm", segment.name)
     conn.execute(sql.SQL("DELETE FROM {} WHERE run_date = %(run_date)s").format(table), params)
-    inserted = conn.execute(_insert_sql(segment), {**params, "segment": segment.name})
+    inserted = conn.execute(_insert_sql(segment), {**params, "segment": segment.name, "mode": segment.mode})
     analyze(conn, f"crm.{segment.name}")
     return inserted.rowcount
 

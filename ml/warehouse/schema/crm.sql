@@ -3,18 +3,36 @@
 -- their Segment definitions in ml/crm/segments.py, where each one's fields sit beside the query that fills them.
 create schema if not exists crm;
 
--- Every user's top-N merchants per run_date (the in-app recommendations: every user, not only marketable ones).
+-- Every user's top-N merchants per run_date and mode (ml/recommend/modes.py: winback lists favourites too,
+-- discovery only merchants the user never ordered from); the in-app recommendations: every user, not only
+-- marketable ones.
 create table if not exists crm.recommendations (
     run_date      date    not null,
     user_id       text    not null,
+    mode          text    not null,
     rank          integer not null,
     merchant_id   text    not null,
     merchant_name text,
     score         double precision not null,
     reason        text,
     model_version text    not null,
-    primary key (run_date, user_id, rank)
+    primary key (run_date, user_id, mode, rank)
 );
+
+-- A warehouse made before the modes held one discovery list per user: its rows become discovery rows.
+do $$
+begin
+    if not exists (
+        select from information_schema.columns
+        where table_schema = 'crm' and table_name = 'recommendations' and column_name = 'mode'
+    ) then
+        alter table crm.recommendations add column mode text not null default 'discovery';
+        alter table crm.recommendations alter column mode drop default;
+        alter table crm.recommendations drop constraint recommendations_pkey;
+        alter table crm.recommendations add primary key (run_date, user_id, mode, rank);
+    end if;
+end
+$$;
 
 -- The scored lifecycle segments (settings.score_segments) with their recommendations, marketable users only.
 create table if not exists crm.segment_members (
