@@ -9,7 +9,7 @@ import great_expectations as gx
 from great_expectations import expectations as gxe
 
 from ml.recommend.lifecycle import LIFECYCLE_SEGMENTS
-from ml.warehouse.contract import EVENT_TYPES, INGEST_EVENT_RULES, EventRule
+from ml.warehouse.contract import EVENT_TYPES, ID_COLUMNS, ID_MAX_LENGTH, INGEST_EVENT_RULES, EventRule
 
 VALUE_TIERS = ["high", "medium", "low"]
 
@@ -29,7 +29,8 @@ def raw_events() -> list:
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         gxe.ExpectColumnValuesToBeUnique(column="event_id"),
         *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("event_id", "user_id", "event_type", "event_time")],
-        gxe.ExpectColumnValuesToBeInTypeList(column="user_id", type_list=["BIGINT", "INTEGER"]),
+        gxe.ExpectColumnValuesToBeInTypeList(column="user_id", type_list=["TEXT"]),
+        *[gxe.ExpectColumnValueLengthsToBeBetween(column=c, min_value=1, max_value=ID_MAX_LENGTH) for c in ID_COLUMNS],
         gxe.ExpectColumnValuesToBeInTypeList(column="event_time", type_list=["TIMESTAMP", "TIMESTAMP WITH TIME ZONE"]),
         *[event_rule_expectation(rule) for rule in INGEST_EVENT_RULES],
     ]

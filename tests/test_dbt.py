@@ -120,24 +120,24 @@ EXPOSURES = [
 ]
 
 EXPECTED_SEGMENTS = {
-    1: "active",
-    2: "at_risk",
-    3: "lapsed",
-    4: "dormant",
-    5: "churned",
-    6: "new",
-    7: "lapsed",
-    8: "new",
-    9: "at_risk",
+    "1": "active",
+    "2": "at_risk",
+    "3": "lapsed",
+    "4": "dormant",
+    "5": "churned",
+    "6": "new",
+    "7": "lapsed",
+    "8": "new",
+    "9": "at_risk",
 }
 
 EXPECTED_EARLY_SEGMENTS = {  # as of 2025-02-15: users 6, 8, 9 have not signed up yet
-    1: "active",  # 02-10 order, 5 days
-    2: "lapsed",  # 02-01 order, 14 days (the 02-20 one is in the future)
-    3: "active",  # 02-10 order, 5 days
-    4: "dormant",  # 36 days
-    5: "churned",  # 72 days
-    7: "new",  # signed up 14 days before, never ordered
+    "1": "active",  # 02-10 order, 5 days
+    "2": "lapsed",  # 02-01 order, 14 days (the 02-20 one is in the future)
+    "3": "active",  # 02-10 order, 5 days
+    "4": "dormant",  # 36 days
+    "5": "churned",  # 72 days
+    "7": "new",  # signed up 14 days before, never ordered
 }
 
 
@@ -261,20 +261,33 @@ def test_schemas_are_used_verbatim(built):
         assert found[("marts", mart)] == "BASE TABLE"
 
 
+def test_user_and_merchant_ids_are_text_in_every_layer(built):
+    _, url, _ = built
+    id_columns = query(
+        url,
+        "SELECT table_schema || '.' || table_name || '.' || column_name AS id_column, data_type"
+        " FROM information_schema.columns WHERE table_schema IN ('staging', 'intermediate', 'marts')"
+        " AND column_name ~ '(^|_)(user|merchant)_id$'",
+    )
+    found = {r["id_column"]: r["data_type"] for r in id_columns}
+    assert {"staging.stg_users.user_id", "marts.orders.merchant_id", "marts.user_segments.user_id"} <= set(found)
+    assert set(found.values()) == {"text"}, found
+
+
 def test_lifecycle_segments(built):
     _, url, _ = built
     rows = query(url, "SELECT * FROM marts.user_segments")
     assert {r["user_id"]: r["lifecycle_segment"] for r in rows} == EXPECTED_SEGMENTS
     seg = by_key(rows, "user_id")
     assert all(r["run_date"] == RUN_DATE for r in rows)
-    assert seg[1]["days_since_last_order"] == 6
-    assert seg[2]["days_since_last_order"] == 9
-    assert seg[9]["days_since_last_order"] == 7
-    assert seg[7]["days_since_last_order"] is None and seg[7]["days_inactive"] == 28
+    assert seg["1"]["days_since_last_order"] == 6
+    assert seg["2"]["days_since_last_order"] == 9
+    assert seg["9"]["days_since_last_order"] == 7
+    assert seg["7"]["days_since_last_order"] is None and seg["7"]["days_inactive"] == 28
     for r in rows:
         assert r["value_tier"] in {"high", "medium", "low"}
         assert 3 <= r["rfm_score"] <= 15
-    assert seg[8]["value_tier"] == "low" and seg[8]["rfm_score"] == 3  # never ordered
+    assert seg["8"]["value_tier"] == "low" and seg["8"]["rfm_score"] == 3  # never ordered
 
 
 def test_staging_drops_duplicates_and_bad_rows_with_reasons(built):
@@ -300,7 +313,7 @@ def test_staging_drops_duplicates_and_bad_rows_with_reasons(built):
     users = {r["user_id"] for r in query(url, "SELECT user_id FROM staging.stg_users")}
     assert users == set(EXPECTED_SEGMENTS)  # user 10 signed up after run_date
     merchants = {r["merchant_id"] for r in query(url, "SELECT merchant_id FROM staging.stg_merchants")}
-    assert merchants == {1, 2}
+    assert merchants == {"1", "2"}
 
 
 def test_int_orders(built):
@@ -339,8 +352,19 @@ def test_user_merchant_orders_are_the_interactions_with_orders(built):
 def test_interactions_strength(built):
     _, url, _ = built
     rows = by_key(query(url, "SELECT * FROM intermediate.int_user_merchant_interactions"), "user_id", "merchant_id")
-    assert set(rows) == {(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2), (4, 2), (5, 1), (6, 1), (9, 2)}
-    recent, older = rows[(1, 1)], rows[(1, 2)]
+    assert set(rows) == {
+        ("1", "1"),
+        ("1", "2"),
+        ("2", "1"),
+        ("2", "2"),
+        ("3", "1"),
+        ("3", "2"),
+        ("4", "2"),
+        ("5", "1"),
+        ("6", "1"),
+        ("9", "2"),
+    }
+    recent, older = rows[("1", "1")], rows[("1", "2")]
     assert recent["order_count"] == 1 and older["order_count"] == 1  # duplicate removed
     assert recent["view_count"] == 1 and recent["last_view_at"] == ts("2025-02-22 11:00")
     assert recent["days_since_last_order"] == 6 and older["days_since_last_order"] == 19
@@ -351,8 +375,8 @@ def test_interactions_strength(built):
         0.5 ** (((cutoff - ts(at)).total_seconds() / 86400) / 14) * (1 + math.log(1 + total))
         for at, total in [("2025-01-20 12:00", 30), ("2025-01-25 12:00", 35)]
     )
-    assert rows[(3, 2)]["strength"] == pytest.approx(expected, rel=1e-6)
-    assert rows[(3, 2)]["order_value"] == 65
+    assert rows[("3", "2")]["strength"] == pytest.approx(expected, rel=1e-6)
+    assert rows[("3", "2")]["order_value"] == 65
     # a view adds a weaker signal than an order
     assert recent["view_signal"] > 0 and recent["strength"] == pytest.approx(
         recent["order_signal"] + 0.25 * recent["view_signal"]
@@ -363,11 +387,11 @@ def test_user_features(built):
     _, url, _ = built
     f = by_key(query(url, "SELECT * FROM marts.user_features"), "user_id")
     assert set(f) == set(EXPECTED_SEGMENTS)
-    u1 = f[1]
+    u1 = f["1"]
     assert (u1["order_count"], float(u1["order_value"]), u1["distinct_merchants"]) == (2, 100.0, 2)
     assert (u1["orders_last_7d"], u1["orders_prev_7d"], float(u1["order_trend"])) == (1, 0, 1.0)
     assert u1["view_count_30d"] == 1 and u1["days_since_last_order"] == 6
-    u3 = f[3]
+    u3 = f["3"]
     assert u3["favourite_category"] == "sushi" and float(u3["favourite_category_share"]) == pytest.approx(
         2 / 3, abs=1e-4
     )
@@ -377,19 +401,19 @@ def test_user_features(built):
     assert float(u3["avg_order_value"]) == pytest.approx(125 / 3, abs=0.01)
     assert float(u3["avg_price_level"]) == pytest.approx(8 / 3, abs=1e-4)  # merchants 2, 2 and 1 (levels 3, 3, 2)
     # engagement as of run_date: sessions in [02-15, 03-01), offers received (holdouts get none), opens, redemptions
-    u5 = f[5]
+    u5 = f["5"]
     assert (u5["sessions_14d"], u5["days_since_session"]) == (1, 9)
     assert (u5["offers_received"], u5["campaign_opens"], u5["offers_redeemed"]) == (1, 1, 1)
-    assert (f[3]["offers_received"], f[3]["offers_redeemed"], f[4]["offers_received"]) == (1, 1, 0)
-    assert (f[7]["sessions_14d"], f[7]["days_since_session"]) == (0, 19)  # the 02-10 session is older than 14 days
-    assert f[1]["offers_received"] == 0  # c3 is sent after run_date
-    u8 = f[8]
+    assert (f["3"]["offers_received"], f["3"]["offers_redeemed"], f["4"]["offers_received"]) == (1, 1, 0)
+    assert (f["7"]["sessions_14d"], f["7"]["days_since_session"]) == (0, 19)  # the 02-10 session is older than 14 days
+    assert f["1"]["offers_received"] == 0  # c3 is sent after run_date
+    u8 = f["8"]
     assert u8["sessions_14d"] == 0 and u8["days_since_session"] is None and u8["avg_price_level"] is None
     assert u8["order_count"] == 0 and u8["days_since_last_order"] is None and u8["avg_order_value"] is None
     assert (u8["recency_score"], u8["frequency_score"], u8["monetary_score"]) == (1, 1, 1)
     # no answer is no consent
-    assert {u: row["marketing_opt_in"] for u, row in f.items()} == {u: u not in (4, 8) for u in EXPECTED_SEGMENTS}
-    assert f[6]["tenure_days"] == 4
+    assert {u: row["marketing_opt_in"] for u, row in f.items()} == {u: u not in ("4", "8") for u in EXPECTED_SEGMENTS}
+    assert f["6"]["tenure_days"] == 4
     # 1-5 quintile scores follow the last order date among the 7 users who ordered (5 = most recent)
     ordered = sorted((r for r in f.values() if r["order_count"]), key=lambda r: r["last_order_at"])
     assert [r["recency_score"] for r in ordered] == [1, 1, 2, 3, 4, 5, 5]
@@ -398,22 +422,22 @@ def test_user_features(built):
 def test_merchant_features(built):
     _, url, _ = built
     m = by_key(query(url, "SELECT * FROM marts.merchant_features"), "merchant_id")
-    assert set(m) == {1, 2}  # merchant 3 opens after run_date
+    assert set(m) == {"1", "2"}  # merchant 3 opens after run_date
     # merchant 1: orders e1a, e2b, e3c, e5a, e6a (5 customers, none repeat); merchant 2: e1b, e2a, e3a, e3b, e4a, e9a, e9b
-    assert (m[1]["order_count"], m[1]["distinct_customers"], float(m[1]["repeat_customer_share"])) == (5, 5, 0.0)
-    assert (m[2]["order_count"], m[2]["distinct_customers"]) == (7, 5)
-    assert float(m[2]["repeat_customer_share"]) == pytest.approx(2 / 5)
-    assert m[2]["popularity_rank"] == 1 and m[1]["popularity_rank"] == 2
-    assert m[1]["orders_last_7d"] == 2  # e1a (02-23), e6a (02-26)
-    assert m[1]["category"] == "burgers" and m[1]["age_days"] == (RUN_DATE - dt.date(2024, 1, 1)).days
+    assert (m["1"]["order_count"], m["1"]["distinct_customers"], float(m["1"]["repeat_customer_share"])) == (5, 5, 0.0)
+    assert (m["2"]["order_count"], m["2"]["distinct_customers"]) == (7, 5)
+    assert float(m["2"]["repeat_customer_share"]) == pytest.approx(2 / 5)
+    assert m["2"]["popularity_rank"] == 1 and m["1"]["popularity_rank"] == 2
+    assert m["1"]["orders_last_7d"] == 2  # e1a (02-23), e6a (02-26)
+    assert m["1"]["category"] == "burgers" and m["1"]["age_days"] == (RUN_DATE - dt.date(2024, 1, 1)).days
 
 
 def test_campaign_history(built):
     _, url, _ = built
     rows = by_key(query(url, "SELECT * FROM marts.campaign_history"), "campaign_id", "user_id")
-    assert set(rows) == {("c1", 3), ("c1", 4), ("c1", 5), ("c2", 2)}  # c3 is sent after run_date
+    assert set(rows) == {("c1", "3"), ("c1", "4"), ("c1", "5"), ("c2", "2")}  # c3 is sent after run_date
 
-    u3 = rows[("c1", 3)]  # reactivated by the campaign and redeemed it
+    u3 = rows[("c1", "3")]  # reactivated by the campaign and redeemed it
     assert (u3["order_count_before"], float(u3["order_value_before"]), float(u3["avg_order_value_before"])) == (
         2,
         65.0,
@@ -425,19 +449,19 @@ def test_campaign_history(built):
     assert u3["reactivated"] and u3["orders_in_window"] == 1 and float(u3["order_value_in_window"]) == 60.0
     assert u3["redeemed"] and u3["outcome_observed"] and not u3["is_holdout"]
 
-    u4 = rows[("c1", 4)]  # holdout, stayed away
+    u4 = rows[("c1", "4")]  # holdout, stayed away
     assert u4["is_holdout"] and u4["assignment"] == "holdout" and u4["event_type"] == "none"
     assert u4["recency_days"] == 26 and u4["order_count_before"] == 1
     assert not u4["reactivated"] and u4["orders_in_window"] == 0 and not u4["redeemed"]
 
-    u5 = rows[("c1", 5)]  # redeemed another campaign only
+    u5 = rows[("c1", "5")]  # redeemed another campaign only
     assert u5["recency_days"] == 62 and not u5["reactivated"] and not u5["redeemed"]
     # engagement strictly before sent_at: the 01-25 session only; c1 itself, its opening and the later
     # session and redemption are not features of this exposure
     assert (u5["sessions_14d"], u5["days_since_session"]) == (1, 11)
     assert (u5["offers_received"], u5["campaign_opens"], u5["offers_redeemed"]) == (0, 0, 0)
 
-    u2 = rows[("c2", 2)]  # the 09:00 order is before the 10:00 send: a feature, not an outcome
+    u2 = rows[("c2", "2")]  # the 09:00 order is before the 10:00 send: a feature, not an outcome
     assert u2["order_count_before"] == 2 and u2["recency_days"] == 0
     assert not u2["reactivated"] and not u2["outcome_observed"]  # window ends 03-06, after run_date
 
@@ -462,15 +486,15 @@ def test_no_look_ahead_with_an_earlier_run_date(settings):
     assert later == {e[0] for e in EVENTS if ts(e[3]) >= cutoff}
 
     f = by_key(query(url, "SELECT * FROM marts.user_features"), "user_id")
-    assert f[1]["order_count"] == 1 and f[2]["order_count"] == 1  # 02-23 / 02-20 orders not visible yet
-    assert f[1]["view_count_30d"] == 0
+    assert f["1"]["order_count"] == 1 and f["2"]["order_count"] == 1  # 02-23 / 02-20 orders not visible yet
+    assert f["1"]["view_count_30d"] == 0
     m = by_key(query(url, "SELECT * FROM marts.merchant_features"), "merchant_id")
-    assert m[1]["order_count"] == 2  # e3c (02-10), e5a (12-05)
+    assert m["1"]["order_count"] == 2  # e3c (02-10), e5a (12-05)
 
     rows = by_key(query(url, "SELECT * FROM marts.campaign_history"), "campaign_id", "user_id")
-    assert set(rows) == {("c1", 3), ("c1", 4), ("c1", 5)}  # c2 is sent 02-20
+    assert set(rows) == {("c1", "3"), ("c1", "4"), ("c1", "5")}  # c2 is sent 02-20
     assert not any(r["outcome_observed"] for r in rows.values())  # windows end 02-19 > 02-15
-    assert rows[("c1", 3)]["reactivated"]
+    assert rows[("c1", "3")]["reactivated"]
 
 
 def test_failing_dbt_test_raises_dbt_error_naming_it(settings):

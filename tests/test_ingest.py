@@ -21,7 +21,7 @@ NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 BAD_EVENTS_CSV = """event_id,user_id,event_type,event_time,merchant_id,merchant_name,order_total,platform,zone,properties
 e1,1,checkout_completed,2026-11-20T10:00:00Z,5,Foo,25.5,ios,Z1,{}
 e1,1,checkout_completed,2026-11-20T10:00:00Z,5,Foo,25.5,ios,Z1,{}
-e2,abc,checkout_completed,2026-11-20T10:00:00Z,5,Foo,25.5,ios,Z1,
+e2,LONG_ID,checkout_completed,2026-11-20T10:00:00Z,5,Foo,25.5,ios,Z1,
 e3,2,checkout_completed,2030-01-01T10:00:00Z,5,Foo,25.5,ios,Z1,
 e4,2,checkout_completed,2026-11-20T10:00:00Z,5,Foo,-3,ios,Z1,
 e5,2,app_opened,2026-11-20T11:00:00+03:00,,,,android,Z1,"{""screen"": ""home""}"
@@ -30,7 +30,7 @@ e7,,app_opened,2026-11-20T11:00:00Z,,,,ios,Z1,
 e8,3,app_opened,not-a-time,,,,ios,Z1,
 e9,3,checkout_completed,2026-11-20T12:00:00Z,,,30,ios,Z1,
 e10,3,app_opened,2026-11-20T12:00:00Z,,,,ios,Z1,[1 2
-"""
+""".replace("LONG_ID", "u" * 129)
 
 
 def _rows(url: str, sql: str) -> list[tuple]:
@@ -48,7 +48,7 @@ def test_bad_rows_are_quarantined_with_reasons_and_good_rows_load(warehouse_url,
     assert _rows(warehouse_url, "SELECT event_id FROM raw.events ORDER BY event_id") == [("e1",), ("e5",)]
     reasons = dict(_rows(warehouse_url, "SELECT record->>'event_id', reason FROM raw.quarantine"))
     assert reasons == {
-        "e2": "user_id is not an integer",
+        "e2": "user_id is longer than 128 characters",
         "e3": "event_time in the future",
         "e4": "negative order_total",
         "e6": "unknown event_type",
@@ -170,7 +170,10 @@ def test_parquet_and_json_lines_drop_folder(warehouse_url, tmp_path):
         ("users", 2, 0),
         ("campaign_exposures", 2, 2),
     ]
-    assert _rows(warehouse_url, "SELECT user_id, marketing_opt_in FROM raw.users ORDER BY 1") == [(1, True), (2, False)]
+    assert _rows(warehouse_url, "SELECT user_id, marketing_opt_in FROM raw.users ORDER BY 1") == [
+        ("1", True),
+        ("2", False),
+    ]
     assert sorted(r[0] for r in _rows(warehouse_url, "SELECT reason FROM raw.quarantine")) == [
         "unknown offer event_type",
         "unparseable record",
@@ -214,9 +217,9 @@ def test_duplicates_within_a_file_and_across_files_load_once_first_copy_wins(war
     counts = [(r.rows_read, r.rows_loaded, r.rows_duplicate, r.rows_quarantined) for r in results]
     assert counts == [(3, 2, 1, 0), (2, 1, 1, 0)]
     assert _rows(warehouse_url, "SELECT event_id, user_id, order_total, source_file FROM raw.events ORDER BY 1") == [
-        ("k1", 1, Decimal("10.00"), str(first.resolve())),
-        ("k2", 1, None, str(first.resolve())),
-        ("k3", 2, None, str(second.resolve())),
+        ("k1", "1", Decimal("10.00"), str(first.resolve())),
+        ("k2", "1", None, str(first.resolve())),
+        ("k3", "2", None, str(second.resolve())),
     ]
     [(event_time,)] = _rows(warehouse_url, "SELECT event_time FROM raw.events WHERE event_id = 'k2'")
     assert event_time == datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=UTC)
@@ -236,9 +239,9 @@ def test_composite_keys_are_matched_on_every_column(warehouse_url, tmp_path):
 
     assert [(r.rows_loaded, r.rows_duplicate) for r in results] == [(1, 0), (2, 1)]
     assert _rows(warehouse_url, "SELECT campaign_id, user_id FROM raw.campaign_exposures ORDER BY 1, 2") == [
-        ("c1", 1),
-        ("c1", 2),
-        ("c2", 1),
+        ("c1", "1"),
+        ("c1", "2"),
+        ("c2", "1"),
     ]
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from ml.experiments.assignment import HOLDOUT, assign_arms, hash_unit, unit_interval
+from ml.experiments.assignment import HOLDOUT, PERSONALISED, assign_arms, hash_unit, unit_interval
 from ml.offers.policy import OfferPolicy
 from ml.offers.response import split_by_user, user_folds
 
@@ -46,3 +47,18 @@ def test_experiment_arms_offer_holdout_and_offer_model_splits_draw_from_the_same
     _, test = split_by_user(history, 0.3, seed)
     assert (history.index.isin(test.index) == (seeded < 0.3)).all()
     assert (user_folds(history, 3, seed) == np.floor(seeded * 3)).all()
+
+
+def test_string_ids_hash_as_their_text_and_get_arms():
+    uuid_ids = [f"8c5e3f1a-0000-4000-8000-{n:012d}" for n in range(2_000)]
+    assert hash_unit("c", uuid_ids[0]) == hash_unit("c", str(uuid_ids[0]))
+    assert hash_unit("c", "0042") != hash_unit("c", "42")  # a leading zero makes another id
+    # The text the warehouse holds for an integer id draws what the integer drew before ids were text.
+    assert hash_unit("winback-2026-01-01", "4") == hash_unit("winback-2026-01-01", 4)
+
+    arms = assign_arms("winback-2026-03-01", uuid_ids, holdout_share=0.1, personalised_share=0.45)
+
+    assert list(arms.index) == uuid_ids
+    shares = arms.value_counts(normalize=True)
+    assert shares[HOLDOUT] == pytest.approx(0.10, abs=0.03)
+    assert shares[PERSONALISED] == pytest.approx(0.45, abs=0.04)

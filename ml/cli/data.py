@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ml.cli.options import existing_path, fail, iso_date, non_negative_int, positive_int, settings_from
 from ml.settings import redact
+from ml.synthetic.marketplace import ID_FORMATS
 from ml.warehouse import postgres
 
 
@@ -24,10 +25,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         days=settings.days,
         end_date=args.end_date,
     )
-    market.write(out)
+    market.write(out, ids=args.ids)
     print(
         f"wrote {len(market.users):,} users, {len(market.merchants):,} merchants, {len(market.events):,} events, "
-        f"{len(market.campaign_exposures):,} campaign exposures to {out} "
+        f"{len(market.campaign_exposures):,} campaign exposures ({args.ids} ids) to {out} "
         f"(ground truth in {out / 'ground_truth'}) in {time.perf_counter() - started:.1f}s"
     )
     return 0
@@ -78,6 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--end-date", type=iso_date, default=None, help="last day is the day before this (default: today, UTC)"
     )
     gen.add_argument("--out", default=None, help="folder (default: the drop folder the daily DAG loads)")
+    gen.add_argument(
+        "--ids",
+        choices=ID_FORMATS,
+        default="integer",
+        help="name users and merchants by integers or by UUIDs derived from them (rekindle simulate needs integer)",
+    )
     gen.set_defaults(func=cmd_generate)
 
     ing = sub.add_parser("ingest", help="load a CSV / Parquet / JSON-lines file or a drop folder into raw.*")

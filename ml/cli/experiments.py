@@ -26,7 +26,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     seed = settings.seed if args.seed is None else args.seed
     try:
         result = simulate_campaign(settings, days, seed)
-    except (LookupError, FileNotFoundError, psycopg.errors.UndefinedTable) as exc:
+    except (LookupError, FileNotFoundError, ValueError, psycopg.errors.UndefinedTable) as exc:
         return fail("rekindle simulate", str(exc))
     print(
         f"simulated {', '.join(result['campaign_ids'])} for {days} days from {result['start']} (seed {seed}): "

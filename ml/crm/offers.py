@@ -37,7 +37,7 @@ def replace_offers(
                     (
                         run_date,
                         campaign_id,
-                        int(r.user_id),
+                        str(r.user_id),
                         r.segment,
                         r.arm,
                         r.event_type,

@@ -25,8 +25,9 @@ def hash_unit(key: object, unit: Hashable) -> float:
     """A uniform number in [0, 1) fixed by (key, unit): the top 53 bits of sha256("<key>:<unit>").
 
     The one seeded hash of the project: experiment arms (key = campaign id), the offer policy's holdout and the
-    offer model's user splits and folds (key = seed) all draw from it. An integer unit hashes as its decimal
-    digits, so 42, numpy's int64(42) and "42" land on the same number.
+    offer model's user splits and folds (key = seed) all draw from it. A unit hashes as its text: a string id (a
+    UUID, an Amplitude id) as itself and an integer as its decimal digits, so 42, numpy's int64(42) and the
+    warehouse's text id "42" land on the same number.
 
     53 bits, because a float holds no more: dividing all 64 could round up to exactly 1.0."""
     if isinstance(unit, numbers.Integral):
@@ -72,12 +73,12 @@ def draw_arms(
 
 def assign_arms(
     campaign_id: str,
-    user_ids: Iterable[int],
+    user_ids: Iterable[Hashable],
     holdout_share: float = 0.10,
     personalised_share: float = 0.45,
 ) -> pd.Series:
     """Each user's arm (index user_id) by :func:`draw_arms`."""
-    ids = pd.Index(list(user_ids), dtype="int64", name="user_id")
+    ids = pd.Index(list(user_ids), name="user_id")
     return pd.Series(
         draw_arms(campaign_id, ids, holdout_share, personalised_share), index=ids, name="arm", dtype=object
     )

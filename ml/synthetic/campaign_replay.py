@@ -44,7 +44,7 @@ def latest_offers(conn: psycopg.Connection) -> pd.DataFrame:
            ORDER BY campaign_id, user_id"""
     ).fetchall()
     offers = pd.DataFrame(rows, columns=OFFER_COLUMNS)
-    return offers.astype({"user_id": "int64", "reward_size": "float64"})
+    return offers.astype({"reward_size": "float64"})
 
 
 def simulation_offers(offers: pd.DataFrame) -> pd.DataFrame:
@@ -120,7 +120,9 @@ def simulate_campaign(settings: Settings, days: int, seed: int) -> dict:
     if offers.empty:
         raise LookupError("crm.inactive_user_offers has no offers: run the daily pipeline first")
     start = offers["run_date"].iloc[0]
-    marketplace = Marketplace.read(settings.input_dir)
+    marketplace = Marketplace.read(settings.input_dir)  # refuses a world written with UUID ids
+    # The simulated world numbers its users; the warehouse holds their ids as text.
+    offers = offers.astype({"user_id": "int64"})
     sent = simulation_offers(offers)
     events, exposures = simulate_days(marketplace, start, days, sent, seed)
     paths = write_drop_files(settings.input_dir, start, days, events, exposures)

@@ -29,6 +29,12 @@ NO_OFFER = "none"
 OFFER_EVENT_TYPES = ("free_delivery", "percent_discount", "cashback", "double_points", NO_OFFER)
 ASSIGNMENTS = ("treatment", "holdout")
 
+# Users and merchants keep their source system's ids (a UUID, an Amplitude id, a database's integer): an id is any
+# string that is not empty after trimming whitespace, at most ID_MAX_LENGTH characters long, without control
+# characters. An integer id is its decimal text, so 42 and "42" are the same user; "0042" is another one.
+ID_COLUMNS = ("user_id", "merchant_id")
+ID_MAX_LENGTH = 128
+
 # Clocks on phones drift; anything further ahead than this is a bad timestamp, not skew.
 FUTURE_TOLERANCE_MINUTES = 5
 FUTURE_TOLERANCE = timedelta(minutes=FUTURE_TOLERANCE_MINUTES)

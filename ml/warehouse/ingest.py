@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import numbers
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +35,8 @@ from ml.warehouse.contract import (
     CHECKOUT,
     EVENT_TYPES,
     FUTURE_TOLERANCE,
+    ID_COLUMNS,
+    ID_MAX_LENGTH,
     INGEST_EVENT_RULES,
     OFFER_EVENT_TYPES,
 )
@@ -51,6 +55,7 @@ class TableContract:
     key: tuple[str, ...]
     required: tuple[str, ...]
     optional: tuple[str, ...]
+    ids: tuple[str, ...] = ()  # user and merchant ids: text (see ID_COLUMNS in ml/warehouse/contract.py)
     integers: tuple[str, ...] = ()
     floats: tuple[str, ...] = ()
     timestamps: tuple[str, ...] = ()
@@ -68,7 +73,7 @@ CONTRACTS: dict[str, TableContract] = {
         key=("event_id",),
         required=("event_id", "user_id", "event_type", "event_time"),
         optional=("merchant_id", "merchant_name", "order_total", "platform", "zone", "properties"),
-        integers=("user_id", "merchant_id"),
+        ids=("user_id", "merchant_id"),
         floats=("order_total",),
         timestamps=("event_time",),
         json_columns=("properties",),
@@ -78,7 +83,8 @@ CONTRACTS: dict[str, TableContract] = {
         key=("merchant_id",),
         required=("merchant_id", "merchant_name", "category", "zone", "opened_at"),
         optional=("lat", "lng", "price_level"),
-        integers=("merchant_id", "price_level"),
+        ids=("merchant_id",),
+        integers=("price_level",),
         floats=("lat", "lng"),
         timestamps=("opened_at",),
     ),
@@ -87,7 +93,7 @@ CONTRACTS: dict[str, TableContract] = {
         key=("user_id",),
         required=("user_id", "signup_at"),
         optional=("platform", "home_zone", "marketing_opt_in"),
-        integers=("user_id",),
+        ids=("user_id",),
         timestamps=("signup_at",),
         booleans=("marketing_opt_in",),
     ),
@@ -96,11 +102,13 @@ CONTRACTS: dict[str, TableContract] = {
         key=("campaign_id", "user_id"),
         required=("campaign_id", "user_id", "sent_at", "event_type", "reward_size", "assignment"),
         optional=(),
-        integers=("user_id",),
+        ids=("user_id",),
         floats=("reward_size",),
         timestamps=("sent_at",),
     ),
 }
+if any(set(c.ids) - set(ID_COLUMNS) for c in CONTRACTS.values()):
+    raise ImportError(f"ml.warehouse.ingest: every id column must be one of the contract's ID_COLUMNS {ID_COLUMNS}")
 # Load order matters only for readability of the summary; raw has no foreign keys on purpose.
 TABLE_ORDER = ("users", "merchants", "events", "campaign_exposures")
 
@@ -152,7 +160,10 @@ def table_for_file(path: Path) -> str:
 
 
 def read_file(path: Path) -> pd.DataFrame:
-    """Read every column as text (typing happens in validation, so bad values can be quarantined)."""
+    """Read a file's rows; typing happens in validation, so bad values can be quarantined.
+
+    CSV is read as text ("00123" stays "00123"); Parquet and JSON lines keep their own types, and validation
+    turns an integer id into its decimal text."""
     suffixes = "".join(path.suffixes[-2:]).lower()
     if suffixes.endswith(".parquet"):
         return pd.read_parquet(path)
@@ -172,6 +183,10 @@ def _read_json_lines(path: Path) -> pd.DataFrame:
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
+            # As text before pandas sees them: a column of integers with a gap would become floats.
+            for column in ID_COLUMNS:
+                if type(record.get(column)) is int:
+                    record[column] = str(record[column])
         except ValueError as exc:
             record = {"__unparseable__": f"line {number}: {exc}: {line[:200]}"}
         records.append(record)
@@ -207,6 +222,9 @@ def validate(frame: pd.DataFrame, contract: TableContract, now: datetime) -> tup
         absent = pd.Series(None, index=original.index, dtype=object)
         raw = original[column] if column in original.columns else absent
         blank = _blank(raw)
+        if column in contract.ids:
+            typed[column] = _flag_ids(raw, blank, column, column in contract.required, flag)
+            continue
         if column in contract.required:
             flag(blank, f"missing {column}")
         if column in contract.integers:
@@ -242,6 +260,51 @@ def validate(frame: pd.DataFrame, contract: TableContract, now: datetime) -> tup
         reason=np.array(reasons, dtype=object)[reason_codes[is_bad] - 1],
     )
     return typed[~is_bad], bad
+
+
+def _flag_ids(raw: pd.Series, blank: pd.Series, column: str, required: bool, flag) -> pd.Series:
+    """The ids of ``column`` as trimmed text (None where blank), flagging the rows that break the id contract.
+
+    A required id that is absent is missing, one that is only whitespace is empty; a blank optional id is NULL.
+    Each distinct value is checked once: a file holds far fewer ids than rows.
+    """
+    if required:
+        flag(raw.isna(), f"missing {column}")
+        flag(blank & raw.notna(), f"{column} is empty")
+    values = raw.where(~blank)
+    try:
+        codes, distinct = pd.factorize(values)
+    except TypeError:  # a JSON object or array among the ids cannot be hashed: check each row on its own
+        codes, distinct = np.where(blank, -1, np.arange(len(values))), values.to_numpy()
+    texts, problems = zip(*(_id_text(value) for value in distinct)) if len(distinct) else ((), ())
+    problem = pd.Series(np.array([*problems, None], dtype=object)[codes], index=raw.index)
+    for reason in set(problems) - {None}:
+        flag(problem == reason, f"{column} {reason}")
+    return pd.Series(np.array([*texts, None], dtype=object)[codes], index=raw.index)
+
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _id_text(value) -> tuple[str | None, str | None]:
+    """An id value as its text, or what is wrong with it (completing "<column> ...")."""
+    if isinstance(value, bool | np.bool_):
+        return None, "is a boolean, not text or an integer"
+    if isinstance(value, numbers.Integral):
+        return str(int(value)), None
+    if isinstance(value, numbers.Real):
+        # Parquet and JSON store integer ids with gaps as floats; 123.0 is the id 123, 123.5 is no id.
+        if not float(value).is_integer():
+            return None, "is a number that is not an integer"
+        return str(int(value)), None
+    if not isinstance(value, str):
+        return None, f"is a {type(value).__name__}, not text or an integer"
+    text = value.strip()
+    if len(text) > ID_MAX_LENGTH:
+        return None, f"is longer than {ID_MAX_LENGTH} characters"
+    if _CONTROL_CHARACTER.search(text):
+        return None, "contains a control character"
+    return text, None
 
 
 def _blank(raw: pd.Series) -> pd.Series:

@@ -38,7 +38,7 @@ MERCHANT_COLUMNS = ["merchant_id", "merchant_name", "category", "zone", "lat", "
 USER_PROFILE_COLUMNS = ["user_id", "home_zone", "signup_at"]
 
 
-def load_marketable_user_ids(conn: psycopg.Connection) -> list[int]:
+def load_marketable_user_ids(conn: psycopg.Connection) -> list[str]:
     """The users marketing may reach (``MARKETABLE_USERS_SQL``)."""
     return [user_id for (user_id,) in conn.execute(MARKETABLE_USERS_SQL)]
 
@@ -123,21 +123,21 @@ def load_inactive_users(conn: psycopg.Connection, segments: Sequence[str]) -> pd
     return users
 
 
-def order_revenue(conn: psycopg.Connection, user_ids: Sequence[int], start: datetime, end: datetime) -> pd.Series:
+def order_revenue(conn: psycopg.Connection, user_ids: Sequence[str], start: datetime, end: datetime) -> pd.Series:
     """Revenue (QAR) per user of ``user_ids`` who ordered in ``[start, end)``, indexed by user_id; users with no
     order there are absent. Each order counts once: ``marts.orders`` is deduplicated by staging."""
     rows = conn.execute(
         """SELECT user_id, sum(order_total) FROM marts.orders
            WHERE user_id = ANY(%s) AND ordered_at >= %s AND ordered_at < %s
            GROUP BY user_id""",
-        ([int(user_id) for user_id in user_ids], start, end),
+        ([str(user_id) for user_id in user_ids], start, end),
     ).fetchall()
     return pd.Series(
         [float(revenue) for _, revenue in rows], index=[user_id for user_id, _ in rows], name="revenue", dtype=float
     )
 
 
-def redeemed_users(conn: psycopg.Connection, campaign_id: str, start: datetime, end: datetime) -> list[int]:
+def redeemed_users(conn: psycopg.Connection, campaign_id: str, start: datetime, end: datetime) -> list[str]:
     """The users who redeemed a reward of ``campaign_id`` in ``[start, end)`` (``marts.reward_redemptions``, the
     definition ``marts.campaign_history``'s redeemed flag uses), each once: a reward is paid once per offer."""
     rows = conn.execute(

@@ -31,10 +31,10 @@ merchants as (
 checked as (
     select
         e.event_id::text                            as event_id,
-        e.user_id::bigint                           as user_id,
+        e.user_id::text                             as user_id,
         e.event_type::text                          as event_type,
         e.event_time,
-        e.merchant_id::bigint                       as merchant_id,
+        e.merchant_id::text                         as merchant_id,
         nullif(trim(e.merchant_name), '')           as merchant_name,
         e.order_total::numeric(12, 2)               as order_total,
         nullif(lower(trim(e.platform)), '')         as platform,
@@ -58,14 +58,14 @@ checked as (
 
 ranked as (
     -- one sort over all rows; invalid rows sit in their own partitions (by invalid_reason).
-    -- Cheap, selective keys first (bigint, timestamptz) so text comparisons are rarely needed.
+    -- The cheap, selective timestamptz first, so the text ids are rarely compared.
     select
         checked.*,
         row_number() over content_copies                  as copy_number,
         first_value(checked.event_id) over content_copies as kept_event_id
     from checked
     window content_copies as (
-        partition by user_id, event_time, merchant_id, order_total, event_type, invalid_reason
+        partition by event_time, user_id, merchant_id, order_total, event_type, invalid_reason
         order by loaded_at, event_id, source_file
     )
 )

@@ -1,6 +1,6 @@
 -- One row per merchant open before run_date (a merchant opening later is not visible yet).
 select
-    merchant_id::bigint                  as merchant_id,
+    merchant_id::text                    as merchant_id,
     trim(merchant_name)                  as merchant_name,
     trim(category)                       as category,
     trim(zone)                           as zone,

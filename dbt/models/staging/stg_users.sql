@@ -1,6 +1,6 @@
 -- One row per user who had signed up before run_date (no look-ahead).
 select
-    user_id::bigint                    as user_id,
+    user_id::text                      as user_id,
     signup_at,
     {{ utc_date('signup_at') }}        as signup_date,
     nullif(lower(trim(platform)), '')  as platform,

@@ -1,12 +1,13 @@
--- Raw layer: append-only, loaded idempotently by natural key (see ml/ingest.py).
+-- Raw layer: append-only, loaded idempotently by natural key (see ml/ingest.py). User and merchant ids are text
+-- (the id contract in ml/warehouse/contract.py); ml/warehouse/ddl.py converts a warehouse made with bigint ids.
 CREATE SCHEMA IF NOT EXISTS raw;
 
 CREATE TABLE IF NOT EXISTS raw.events (
     event_id      text PRIMARY KEY,
-    user_id       bigint      NOT NULL,
+    user_id       text        NOT NULL,
     event_type    text        NOT NULL,
     event_time    timestamptz NOT NULL,
-    merchant_id   bigint,
+    merchant_id   text,
     merchant_name text,
     order_total   numeric(12, 2),
     platform      text,
@@ -23,7 +24,7 @@ DROP INDEX IF EXISTS raw.events_event_time_idx;
 CREATE INDEX IF NOT EXISTS events_event_time_brin ON raw.events USING brin (event_time);
 
 CREATE TABLE IF NOT EXISTS raw.merchants (
-    merchant_id   bigint PRIMARY KEY,
+    merchant_id   text   PRIMARY KEY,
     merchant_name text        NOT NULL,
     category      text        NOT NULL,
     zone          text        NOT NULL,
@@ -36,7 +37,7 @@ CREATE TABLE IF NOT EXISTS raw.merchants (
 );
 
 CREATE TABLE IF NOT EXISTS raw.users (
-    user_id          bigint PRIMARY KEY,
+    user_id          text   PRIMARY KEY,
     signup_at        timestamptz NOT NULL,
     platform         text,
     home_zone        text,
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS raw.users (
 
 CREATE TABLE IF NOT EXISTS raw.campaign_exposures (
     campaign_id  text        NOT NULL,
-    user_id      bigint      NOT NULL,
+    user_id      text        NOT NULL,
     sent_at      timestamptz NOT NULL,
     event_type   text        NOT NULL,
     reward_size  numeric(8, 2) NOT NULL,
