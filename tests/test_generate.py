@@ -11,9 +11,12 @@ import pytest
 
 from ml.synthetic.marketplace import CATEGORIES, Marketplace, generate_marketplace
 from ml.synthetic.world import (
+    DAYPARTS,
     EVENT_TYPES,
     REWARD_SIZES,
     baseline_reactivation_probability,
+    daypart_at,
+    distance_km,
     simulate_days,
     true_reactivation_probability,
 )
@@ -193,6 +196,46 @@ def test_tastes_are_distributions_and_drive_what_users_order(large_market):
     assert (ordered_category == favourite).mean() > 0.5
 
 
+# --------------------------------------------------------------------------- context: distance and day-part
+
+
+def test_the_truth_holds_home_locations_and_day_part_profiles(market):
+    assert market.user_truth[["home_lat", "home_lng"]].notna().all().all()
+    truth = market.merchant_truth
+    assert truth["merchant_id"].tolist() == market.merchants["merchant_id"].tolist()
+    profile = truth[[f"daypart_{daypart}" for daypart in DAYPARTS]].to_numpy()
+    np.testing.assert_allclose(profile.sum(axis=1), 1.0)
+    assert (profile > 0).all()
+
+
+def test_users_order_closer_to_home_than_the_open_merchants_around_them(large_market):
+    placed = orders(large_market.events)
+    homes = large_market.user_truth.set_index("user_id").loc[placed["user_id"], ["home_lat", "home_lng"]].to_numpy()
+    merchants = large_market.merchants.set_index("merchant_id")
+    chosen = merchants.loc[placed["merchant_id"], ["lat", "lng"]].to_numpy()
+    ordered_km = distance_km(homes[:, 0], homes[:, 1], chosen[:, 0], chosen[:, 1]).mean()
+    # Every order against every merchant open at its time: the distance a context-blind choice would travel.
+    km_to_all = distance_km(
+        homes[:, 0, None], homes[:, 1, None], merchants["lat"].to_numpy()[None, :], merchants["lng"].to_numpy()[None, :]
+    )
+    is_open = merchants["opened_at"].to_numpy()[None, :] <= placed["event_time"].to_numpy()[:, None]
+    open_km = (km_to_all * is_open).sum() / is_open.sum()
+    assert ordered_km < 0.7 * open_km
+
+
+def test_merchants_take_their_orders_in_the_day_parts_of_their_profile(large_market):
+    placed = orders(large_market.events)
+    time_of_day_s = (placed["event_time"] - placed["event_time"].dt.normalize()).dt.total_seconds().to_numpy()
+    share = pd.crosstab(placed["merchant_id"], daypart_at(time_of_day_s), normalize="index")
+    share.columns = [DAYPARTS[code] for code in share.columns]
+    profile = large_market.merchant_truth.set_index("merchant_id").loc[share.index]
+    leaning = profile[[f"daypart_{daypart}" for daypart in DAYPARTS]].to_numpy().argmax(axis=1)
+    lunch_merchants, late_merchants = share[leaning == 0], share[leaning == 2]
+    assert len(lunch_merchants) >= 5 and len(late_merchants) >= 5
+    assert late_merchants["late"].mean() > lunch_merchants["late"].mean() + 0.1
+    assert lunch_merchants["lunch"].mean() > late_merchants["lunch"].mean() + 0.1
+
+
 def test_campaigns_are_randomised_and_holdout_gets_no_offer(market):
     exposures = market.campaign_exposures
     assert 2 <= exposures["campaign_id"].nunique() <= 3
@@ -310,7 +353,7 @@ def test_marketplace_round_trips_through_parquet(market, tmp_path):
     market.write(tmp_path)
     assert (tmp_path / "ground_truth" / "offer_truth.parquet").is_file()
     again = Marketplace.read(tmp_path)
-    for table in ("users", "merchants", "events", "campaign_exposures", "user_truth", "offer_truth"):
+    for table in ("users", "merchants", "events", "campaign_exposures", "user_truth", "merchant_truth", "offer_truth"):
         pd.testing.assert_frame_equal(getattr(again, table), getattr(market, table))
 
 

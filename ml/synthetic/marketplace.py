@@ -2,8 +2,10 @@
 
 ``generate_marketplace`` draws merchants, users and their hidden traits, runs the world
 (``ml.synthetic.world``) through the window [end_date - days, end_date) with a few randomised win-back
-campaigns, and returns the raw tables plus the truth: each user's tastes and traits and, for every
-offer arm, the true probability of coming back and the expected incremental margin.
+campaigns, and returns the raw tables plus the truth: each user's tastes, traits and home location, each
+merchant's latent popularity and day-part profile and, for every offer arm, the true probability of coming
+back and the expected incremental margin. How users pick merchants (taste, popularity, price fit, distance
+from home, day-part) is written out in ``ml.synthetic.world``'s docstring.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ import pandas as pd
 from ml.offers.arms import NO_OFFER
 from ml.synthetic.world import (
     CAMPAIGN_SEND_HOUR,
+    DAYPARTS,
+    DOHA_LAT,
     EVENT_TYPES,
     GENERATED_EVENT_IDS,
+    KM_PER_DEGREE,
     MEAN_ORDER_TOTAL_BY_PRICE_LEVEL,
     PRICE_AVERSION,
     REWARD_SIZES,
@@ -32,6 +37,7 @@ from ml.synthetic.world import (
     Population,
     UserState,
     expected_orders_per_reactivation,
+    habitual_dayparts,
     sample_rows,
     timestamps,
     true_reactivation_probability,
@@ -81,6 +87,27 @@ CATEGORY_PRICE_MIX = np.array(
         [0.45, 0.40, 0.15, 0.00],
     ]
 )
+# Each category's typical share of business at lunch, dinner and late night, in CATEGORIES order; a merchant's
+# own profile is a Dirichlet draw around its category's (MERCHANT_DAYPART_CONCENTRATION), floored so that every
+# merchant takes some orders in every day-part.
+CATEGORY_DAYPART = np.array(
+    [
+        [0.25, 0.45, 0.30],
+        [0.20, 0.50, 0.30],
+        [0.30, 0.40, 0.30],
+        [0.35, 0.55, 0.10],
+        [0.35, 0.50, 0.15],
+        [0.35, 0.55, 0.10],
+        [0.65, 0.30, 0.05],
+        [0.15, 0.45, 0.40],
+        [0.70, 0.20, 0.10],
+        [0.50, 0.40, 0.10],
+        [0.35, 0.50, 0.15],
+        [0.85, 0.10, 0.05],
+    ]
+)
+MERCHANT_DAYPART_CONCENTRATION = 6.0
+MIN_DAYPART_SHARE = 0.02
 NAME_STEMS = {
     "burgers": ("Burger Barn", "Grill Stack", "Patty Lab", "Smash House"),
     "pizza": ("Pizza Forno", "Slice Republic", "Napoli Oven", "Crust & Co"),
@@ -96,8 +123,9 @@ NAME_STEMS = {
     "breakfast": ("Morning Table", "Sunny Side", "Fatayer Oven", "Early Bird"),
 }
 
-DOHA_LAT, DOHA_LNG = 25.2854, 51.5310
-KM_PER_DEGREE = 111.0
+DOHA_LNG = 51.5310
+MERCHANT_JITTER_DEGREES = 0.008  # sd around the zone centre
+HOME_JITTER_DEGREES = 0.010
 PLATFORMS = ("ios", "android", "web")
 PLATFORM_SHARE = (0.45, 0.40, 0.15)
 
@@ -124,6 +152,7 @@ TABLE_FILES = {
     "events": "events.parquet",
     "campaign_exposures": "campaign_exposures.parquet",
     "user_truth": f"{TRUTH_FOLDER}/user_truth.parquet",
+    "merchant_truth": f"{TRUTH_FOLDER}/merchant_truth.parquet",
     "offer_truth": f"{TRUTH_FOLDER}/offer_truth.parquet",
 }
 
@@ -143,6 +172,7 @@ class Marketplace:
     events: pd.DataFrame
     campaign_exposures: pd.DataFrame
     user_truth: pd.DataFrame
+    merchant_truth: pd.DataFrame
     offer_truth: pd.DataFrame
 
     def write(self, folder: Path, ids: str = "integer") -> None:
@@ -209,13 +239,14 @@ def generate_marketplace(
     )
 
     zones = _draw_zones(n_merchants, world_rng)
-    merchants, popularity = _draw_merchants(n_merchants, zones, start, days, world_rng)
+    merchants, merchant_truth = _draw_merchants(n_merchants, zones, start, days, world_rng)
+    popularity = merchant_truth["popularity"].to_numpy(float)
     users = _draw_users(n_users, zones, start, days, user_rng)
     traits = _draw_user_traits(users, zones, user_rng)
 
     zone_names, categories = list(zones["zone"]), list(CATEGORIES)
     population = Population.from_frames(users, traits, start, categories, zone_names)
-    catalog = Catalog.from_frame(merchants, popularity, start, categories, zone_names)
+    catalog = Catalog.from_frame(merchants, merchant_truth, popularity, start, categories, zone_names)
     simulator = MarketSimulator(
         population,
         catalog,
@@ -238,6 +269,7 @@ def generate_marketplace(
         events=simulator.events_frame(id_rng),
         campaign_exposures=simulator.exposures_frame(),
         user_truth=user_truth,
+        merchant_truth=merchant_truth,
         offer_truth=offer_truth(user_truth, margin_rate),
     )
 
@@ -306,8 +338,9 @@ def _draw_merchants(
     start: pd.Timestamp,
     days: int,
     rng: np.random.Generator,
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """The merchants table and each merchant's latent popularity (Zipf by rank within its category)."""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The merchants table and their truth: latent popularity (Zipf by rank within the category) and the
+    day-part profile (shares of business at lunch, dinner, late night)."""
     category = rng.choice(len(CATEGORIES), size=n_merchants, p=CATEGORY_SHARE)
     zone = rng.choice(len(zones), size=n_merchants, p=zones["merchant_share"].to_numpy())
     price_level = sample_rows(CATEGORY_PRICE_MIX[category], rng) + 1
@@ -327,13 +360,18 @@ def _draw_merchants(
             "merchant_name": pd.array(_merchant_names(categories, rng), dtype="str"),
             "category": pd.array(categories, dtype="str"),
             "zone": pd.array(zones["zone"].to_numpy()[zone], dtype="str"),
-            "lat": zones["lat"].to_numpy()[zone] + rng.normal(0, 0.008, n_merchants),
-            "lng": zones["lng"].to_numpy()[zone] + rng.normal(0, 0.008, n_merchants),
+            "lat": zones["lat"].to_numpy()[zone] + rng.normal(0, MERCHANT_JITTER_DEGREES, n_merchants),
+            "lng": zones["lng"].to_numpy()[zone] + rng.normal(0, MERCHANT_JITTER_DEGREES, n_merchants),
             "price_level": price_level.astype(np.int64),
             "opened_at": timestamps(start, np.floor(opened_days * SECONDS_PER_DAY)),
         }
     )
-    return merchants, popularity
+    draws = rng.gamma(MERCHANT_DAYPART_CONCENTRATION * CATEGORY_DAYPART[category])  # Dirichlet rows
+    profile = MIN_DAYPART_SHARE + (1.0 - len(DAYPARTS) * MIN_DAYPART_SHARE) * draws / draws.sum(axis=1, keepdims=True)
+    merchant_truth = pd.DataFrame({"merchant_id": merchants["merchant_id"], "popularity": popularity})
+    for code, daypart in enumerate(DAYPARTS):
+        merchant_truth[f"daypart_{daypart}"] = profile[:, code]
+    return merchants, merchant_truth
 
 
 def _merchant_names(categories: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -383,7 +421,10 @@ def _draw_user_traits(users: pd.DataFrame, zones: pd.DataFrame, rng: np.random.G
     traits["activity_rate"] = np.clip(rng.lognormal(np.log(0.12), 0.8, n_users), 0.01, 1.5)  # orders per day
     traits["price_sensitivity"] = rng.beta(1.5, 2.0, n_users)
     traits["deal_responsiveness"] = np.where(responsive, rng.beta(3.0, 1.5, n_users), 0.0)
-    traits["remoteness"] = zones.set_index("zone")["remoteness"].reindex(users["home_zone"]).to_numpy()
+    home_zone = zones.set_index("zone").reindex(users["home_zone"])
+    traits["remoteness"] = home_zone["remoteness"].to_numpy()
+    traits["home_lat"] = home_zone["lat"].to_numpy() + rng.normal(0, HOME_JITTER_DEGREES, n_users)
+    traits["home_lng"] = home_zone["lng"].to_numpy() + rng.normal(0, HOME_JITTER_DEGREES, n_users)
     traits["churn_hazard"] = np.where(fragile, rng.uniform(0.03, 0.10, n_users), rng.uniform(0.001, 0.01, n_users))
     traits["loyalty"] = rng.beta(6.0, 3.0, n_users)  # chance an order goes to a merchant used before
     traits["weekend_multiplier"] = rng.lognormal(0.1, 0.35, n_users)
@@ -422,7 +463,8 @@ def _history_before_window(population: Population, catalog: Catalog, rng: np.ran
     chooser = MerchantChooser(population, catalog)
     for order in range(past_orders.max(initial=0)):
         users = np.flatnonzero(past_orders > order)
-        state.remember_orders(users, chooser.choose(users, 0, state, rng))
+        dayparts = habitual_dayparts(population.daypart[users], rng)
+        state.remember_orders(users, chooser.choose(users, dayparts, 0, state, rng))
     return state
 
 
@@ -465,7 +507,7 @@ def _user_truth(
 
 def _expected_order_value(population: Population, catalog: Catalog, popularity: np.ndarray) -> np.ndarray:
     """Mean order total: the user's basket size x the mean total at the price levels their taste and
-    price sensitivity lead them to (ignoring the zone preference)."""
+    price sensitivity lead them to (ignoring distance and day-part)."""
     price_levels = np.arange(1, 5)
     supply = np.zeros((len(CATEGORIES), len(price_levels)))
     np.add.at(supply, (catalog.category, catalog.price_level - 1), popularity)

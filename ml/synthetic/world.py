@@ -3,6 +3,19 @@
 ``ml.synthetic.marketplace`` builds a world and runs it through the window it writes; ``simulate_days`` continues
 the same world past that window. Both use the one response model, ``true_reactivation_probability``.
 Times inside the simulation are integer seconds since the simulation's first midnight (UTC).
+
+Merchant choice (``MerchantChooser``) depends on the order's context. An order's day-part d (lunch, dinner,
+late) comes first: an organic order's from the user's day-part habit, any other order's from its clock time
+(``daypart_at``). With probability ``loyalty`` (if the user has regulars) the user reorders, picking regular r
+with weight ``orders_r x profile_r[d]``. Otherwise the user explores: a category c with weight
+``taste[c] x D_c[d]`` (D_c: the popularity-weighted mean day-part profile of the category's merchants), then
+an open merchant m of c with weight
+
+    popularity_m x exp(-PRICE_AVERSION x price_sensitivity x (price_level_m - 1))
+                 x exp(-km(home, m) / DISTANCE_SCALE_KM) x profile_m[d]
+
+where ``profile_m`` is the merchant's day-part profile and ``home`` the user's home location (both in the
+ground truth: merchant_truth daypart_*, user_truth home_lat/home_lng) and km the straight-line distance.
 """
 
 from __future__ import annotations
@@ -35,7 +48,9 @@ REACTIVATION_WINDOW_S = REACTIVATION_WINDOW_DAYS * SECONDS_PER_DAY
 
 # Merchant choice
 REGULAR_SLOTS = 5
-ZONE_MATCH_BOOST = 5.0
+DISTANCE_SCALE_KM = 4.0  # a merchant this much further from home is e (2.7) times less likely to be picked
+KM_PER_DEGREE = 111.0  # of latitude; a degree of longitude is this x cos(DOHA_LAT)
+DOHA_LAT = 25.2854
 PRICE_AVERSION = 1.2  # log-weight lost per price level by a fully price-sensitive user
 MEAN_ORDER_TOTAL_BY_PRICE_LEVEL = np.array([45.0, 70.0, 110.0, 170.0])  # QAR, price levels 1..4
 ORDER_TOTAL_SIGMA = 0.35
@@ -43,7 +58,10 @@ MIN_ORDER_TOTAL = 8.0
 
 # Time of day: lunch, dinner, late night; late night runs past midnight and folds back onto the
 # same calendar day so every session of a day starts after 00:30 and ends before 24:00.
+DAYPARTS = ("lunch", "dinner", "late")
 DAYPART_HOURS = np.array([[11.0, 14.5], [18.0, 21.5], [22.0, 25.4]])
+# Where a clock hour (UTC) belongs: lunch from 05:00, dinner from 16:00, late from 21:45 until 05:00.
+LUNCH_FROM_HOUR, DINNER_FROM_HOUR, LATE_FROM_HOUR = 5.0, 16.0, 21.75
 EARLIEST_HOUR = 0.5
 LATEST_HOUR = 23.9
 WEEKEND_DAYS = (4, 5)  # Friday and Saturday in Qatar
@@ -154,27 +172,49 @@ class Catalog:
     name: np.ndarray
     category: np.ndarray
     zone: np.ndarray
+    x_km: np.ndarray  # position on the city's plane (``plane_km``), float32 like the choice weights
+    y_km: np.ndarray
     price_level: np.ndarray
     popularity: np.ndarray
     opened_s: np.ndarray
+    daypart_profile: np.ndarray  # (merchants, 3): share of the merchant's business at lunch, dinner, late
+    category_daypart: np.ndarray  # (categories, 3): popularity-weighted mean profile of each category
 
     @classmethod
     def from_frame(
         cls,
         merchants: pd.DataFrame,
+        merchant_truth: pd.DataFrame,
         popularity: np.ndarray,
         start: pd.Timestamp,
         categories: list[str],
         zones: list[str],
     ) -> Catalog:
+        truth = merchant_truth.set_index("merchant_id").reindex(merchants["merchant_id"])
+        profile = truth[[f"daypart_{daypart}" for daypart in DAYPARTS]].to_numpy(float)
+        if np.isnan(profile).any():
+            raise ValueError("merchant_truth is missing merchants")
+        category = _codes(merchants["category"], categories)
+        popularity = np.asarray(popularity, dtype=float)
+        category_daypart = np.zeros((len(categories), len(DAYPARTS)))
+        np.add.at(category_daypart, category, popularity[:, None] * profile)
+        category_daypart /= np.maximum(category_daypart.sum(axis=1, keepdims=True), 1e-12)
+        x_km, y_km = (
+            coordinate.astype(np.float32)
+            for coordinate in plane_km(merchants["lat"].to_numpy(float), merchants["lng"].to_numpy(float))
+        )
         return cls(
             merchant_id=merchants["merchant_id"].to_numpy(np.int64),
             name=merchants["merchant_name"].to_numpy(object),
-            category=_codes(merchants["category"], categories),
+            category=category,
             zone=_codes(merchants["zone"], zones),
+            x_km=x_km,
+            y_km=y_km,
             price_level=merchants["price_level"].to_numpy(np.int64),
-            popularity=np.asarray(popularity, dtype=float),
+            popularity=popularity,
             opened_s=seconds_since(merchants["opened_at"], start),
+            daypart_profile=profile,
+            category_daypart=category_daypart,
         )
 
     def open_before(self, time_s: int) -> np.ndarray:
@@ -189,6 +229,8 @@ class Population:
     platform: np.ndarray
     zone_name: np.ndarray
     zone: np.ndarray
+    home_x_km: np.ndarray  # home on the city's plane (``plane_km``)
+    home_y_km: np.ndarray
     signup_s: np.ndarray
     opted_in: np.ndarray
     taste: np.ndarray  # (users, categories)
@@ -213,11 +255,17 @@ class Population:
         truth = user_truth.set_index("user_id").reindex(users["user_id"])
         if truth["activity_rate"].isna().any():
             raise ValueError("user_truth is missing users")
+        home_x_km, home_y_km = (
+            coordinate.astype(np.float32)
+            for coordinate in plane_km(truth["home_lat"].to_numpy(float), truth["home_lng"].to_numpy(float))
+        )
         return cls(
             user_id=users["user_id"].to_numpy(np.int64),
             platform=users["platform"].to_numpy(object),
             zone_name=users["home_zone"].to_numpy(object),
             zone=_codes(users["home_zone"], zones),
+            home_x_km=home_x_km,
+            home_y_km=home_y_km,
             signup_s=seconds_since(users["signup_at"], start),
             opted_in=users["marketing_opt_in"].to_numpy(bool),
             taste=truth[[f"taste_{category}" for category in categories]].to_numpy(float),
@@ -282,44 +330,70 @@ class UserState:
 
 
 class MerchantChooser:
-    """Picks merchants: a regular (by past order counts) with the user's loyalty, else a new one by
-    category taste, then popularity x home-zone match x price fit among merchants already open."""
+    """Picks merchants for orders and views at day-part ``dayparts`` (codes into DAYPARTS): a regular (by past
+    order counts x its day-part share) with the user's loyalty, else a new one by the choice model in the
+    module docstring."""
 
     def __init__(self, population: Population, catalog: Catalog):
         self._population = population
         self._catalog = catalog
 
-    def choose(self, users: np.ndarray, day_start_s: int, state: UserState, rng: np.random.Generator) -> np.ndarray:
+    def choose(
+        self,
+        users: np.ndarray,
+        dayparts: np.ndarray,
+        day_start_s: int,
+        state: UserState,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
         counts = state.regular_counts[users]
         reorder = (counts.sum(axis=1) > 0) & (rng.random(len(users)) < self._population.loyalty[users])
+        regulars = state.regulars[users[reorder]]
+        # Empty slots (-1) have no orders, so whatever profile row they index gets weight zero.
+        fit = self._catalog.daypart_profile[regulars, dayparts[reorder, None]]
         chosen = np.empty(len(users), dtype=np.int64)
-        chosen[reorder] = state.regulars[users[reorder], sample_rows(counts[reorder], rng)]
-        chosen[~reorder] = self.explore(users[~reorder], day_start_s, rng)
+        chosen[reorder] = regulars[np.arange(len(regulars)), sample_rows(counts[reorder] * fit, rng)]
+        chosen[~reorder] = self.explore(users[~reorder], dayparts[~reorder], day_start_s, rng)
         return chosen
 
-    def explore(self, users: np.ndarray, day_start_s: int, rng: np.random.Generator) -> np.ndarray:
-        open_now = self._catalog.open_before(day_start_s)
-        category = sample_rows(self._population.taste[users], rng)
+    def explore(
+        self, users: np.ndarray, dayparts: np.ndarray, day_start_s: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        catalog = self._catalog
+        open_now = catalog.open_before(day_start_s)
+        category = sample_rows(self._population.taste[users] * catalog.category_daypart.T[dayparts], rng)
         chosen = np.full(len(users), -1, dtype=np.int64)
         for code in np.unique(category):
             rows = np.flatnonzero(category == code)
-            candidates = np.flatnonzero(open_now & (self._catalog.category == code))
+            candidates = np.flatnonzero(open_now & (catalog.category == code))
             if candidates.size:
-                chosen[rows] = candidates[sample_rows(self._weights(users[rows], candidates), rng)]
+                weights = self._weights(users[rows], dayparts[rows], candidates)
+                chosen[rows] = candidates[sample_rows(weights, rng)]
         # Small worlds can have a category with nothing open yet; those users pick from everything.
         stranded = np.flatnonzero(chosen < 0)
         if stranded.size:
             candidates = np.flatnonzero(open_now)
-            chosen[stranded] = candidates[sample_rows(self._weights(users[stranded], candidates), rng)]
+            weights = self._weights(users[stranded], dayparts[stranded], candidates)
+            chosen[stranded] = candidates[sample_rows(weights, rng)]
         return chosen
 
-    def _weights(self, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    def _weights(self, users: np.ndarray, dayparts: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """(users, candidates) choice weights. Generation's hot loop: float32 and in place, the price fit and
+        distance decay as one exponential."""
         catalog, population = self._catalog, self._population
-        zone_match = np.where(population.zone[users, None] == catalog.zone[None, candidates], ZONE_MATCH_BOOST, 1.0)
-        price_fit = np.exp(
-            -PRICE_AVERSION * population.price_sensitivity[users, None] * (catalog.price_level[None, candidates] - 1)
-        )
-        return catalog.popularity[None, candidates] * zone_match * price_fit
+        weights = population.home_x_km[users, None] - catalog.x_km[None, candidates]
+        north = population.home_y_km[users, None] - catalog.y_km[None, candidates]
+        weights *= weights
+        north *= north
+        weights += north
+        np.sqrt(weights, out=weights)  # km from home
+        weights *= np.float32(-1.0 / DISTANCE_SCALE_KM)
+        price_aversion = np.float32(PRICE_AVERSION) * population.price_sensitivity[users].astype(np.float32)
+        weights -= price_aversion[:, None] * (catalog.price_level[candidates] - 1).astype(np.float32)[None, :]
+        np.exp(weights, out=weights)
+        weights *= catalog.popularity[candidates].astype(np.float32)[None, :]
+        weights *= catalog.daypart_profile[candidates].T.astype(np.float32)[dayparts]
+        return weights
 
 
 class EventLog:
@@ -501,7 +575,7 @@ class MarketSimulator:
         )
         free = present & ~(state.locked_until_s > day_start)
         users = np.flatnonzero(free & (rng.random(len(population)) < 1.0 - np.exp(-rate)))
-        order_s = day_start + time_of_day_s(population.daypart[users], rng)
+        order_s = day_start + time_in_daypart_s(habitual_dayparts(population.daypart[users], rng), rng)
         self._record_orders(users, order_s, day_start, np.full(len(users), None, dtype=object), np.zeros(len(users)))
         state.churned[users] = False
 
@@ -522,7 +596,8 @@ class MarketSimulator:
         """A session per order: app open, browsing of alternatives, the merchant page (and maybe
         products) minutes before checkout; campaign orders also open the message and redeem the reward."""
         rng, log = self._rng, self.log
-        merchants = self.chooser.choose(users, day_start, self.state, rng)
+        dayparts = daypart_at(order_s)
+        merchants = self.chooser.choose(users, dayparts, day_start, self.state, rng)
         session_s = order_s - rng.integers(300, 1_500, len(users))
         from_campaign = np.flatnonzero(pd.notna(campaign_id))
         log.add(
@@ -539,7 +614,7 @@ class MarketSimulator:
             MERCHANT_VIEWED,
             users[rows],
             session_s[rows] + 20 * (_position_in_group(rows) + 1),
-            self.chooser.explore(users[rows], day_start, rng),
+            self.chooser.explore(users[rows], dayparts[rows], day_start, rng),
         )
 
         merchant_view_s = order_s - rng.integers(60, 181, len(users))
@@ -575,13 +650,14 @@ class MarketSimulator:
         active_rate = BROWSE_RATE_PER_ORDER_RATE * population.activity_rate + BASE_BROWSE_RATE
         rate = np.where(state.churned, CHURNED_APP_OPEN_RATE, active_rate)
         users = np.flatnonzero(present & (rng.random(len(population)) < 1.0 - np.exp(-rate)))
-        session_s = day_start + time_of_day_s(population.daypart[users], rng)
+        dayparts = habitual_dayparts(population.daypart[users], rng)
+        session_s = day_start + time_in_daypart_s(dayparts, rng)
         self.log.add(APP_OPENED, users, session_s)
 
         looking = np.flatnonzero(~state.churned[users])
         n_views = rng.integers(1, 4, len(looking))
         rows = np.repeat(looking, n_views)
-        viewed = self.chooser.choose(users[rows], day_start, state, rng)
+        viewed = self.chooser.choose(users[rows], dayparts[rows], day_start, state, rng)
         self.log.add(MERCHANT_VIEWED, users[rows], session_s[rows] + 30 * (_position_in_group(rows) + 1), viewed)
 
         last_view = np.cumsum(n_views) - 1
@@ -619,8 +695,9 @@ def simulate_days(
 
     Every user in ``offers`` (campaign_id, user_id, event_type, reward_size, assignment) is exposed
     on ``start`` and answers by the true response model; holdout rows get no offer. Returns
-    (events, campaign_exposures) in the generator's formats. The users' state is ``user_truth``'s;
-    merchant popularity is re-estimated from the orders in ``marketplace.events``.
+    (events, campaign_exposures) in the generator's formats. The users' state is ``user_truth``'s and the
+    merchants' day-part profiles ``merchant_truth``'s; merchant popularity is re-estimated from the orders in
+    ``marketplace.events``.
     """
     start_ts = pd.Timestamp(start, tz="UTC")
     categories = taste_categories(marketplace.user_truth)
@@ -628,6 +705,7 @@ def simulate_days(
     population = Population.from_frames(marketplace.users, marketplace.user_truth, start_ts, categories, zones)
     catalog = Catalog.from_frame(
         marketplace.merchants,
+        marketplace.merchant_truth,
         _observed_popularity(marketplace.merchants, marketplace.events),
         start_ts,
         categories,
@@ -702,12 +780,39 @@ def sample_rows(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum((cumulative <= draw[:, None]).sum(axis=1), weights.shape[1] - 1)
 
 
-def time_of_day_s(daypart: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Seconds after midnight in [00:30, 23:54), in each user's habitual day part."""
-    bounds = DAYPART_HOURS[sample_rows(daypart, rng)]
-    hours = bounds[:, 0] + rng.random(len(daypart)) * (bounds[:, 1] - bounds[:, 0])
+def habitual_dayparts(daypart_habits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One day-part code per row, drawn from that user's (lunch, dinner, late) habit weights."""
+    return sample_rows(daypart_habits, rng)
+
+
+def time_in_daypart_s(dayparts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Seconds after midnight in [00:30, 23:54), uniform within each row's day-part (codes into DAYPARTS)."""
+    bounds = DAYPART_HOURS[dayparts]
+    hours = bounds[:, 0] + rng.random(len(dayparts)) * (bounds[:, 1] - bounds[:, 0])
     hours = np.where(hours >= LATEST_HOUR, hours - LATEST_HOUR + EARLIEST_HOUR, hours)
     return (hours * 3_600).astype(np.int64)
+
+
+def daypart_at(time_s: np.ndarray) -> np.ndarray:
+    """The day-part code (into DAYPARTS) of each time: lunch from 05:00, dinner from 16:00, late from 21:45 (UTC).
+
+    Every time ``time_in_daypart_s`` draws falls in the day-part it was drawn for."""
+    hours = (np.asarray(time_s) % SECONDS_PER_DAY) / 3_600
+    return np.where(
+        (hours >= LATE_FROM_HOUR) | (hours < LUNCH_FROM_HOUR), 2, np.where(hours >= DINNER_FROM_HOUR, 1, 0)
+    ).astype(np.int64)
+
+
+def plane_km(lat: np.ndarray, lng: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(east, north) km of points given in degrees, on a flat map of the city: exact enough across Doha."""
+    return np.asarray(lng) * KM_PER_DEGREE * np.cos(np.radians(DOHA_LAT)), np.asarray(lat) * KM_PER_DEGREE
+
+
+def distance_km(lat_a, lng_a, lat_b, lng_b) -> np.ndarray:
+    """Straight-line km between points given in degrees (broadcast), on the city's flat map."""
+    x_a, y_a = plane_km(lat_a, lng_a)
+    x_b, y_b = plane_km(lat_b, lng_b)
+    return np.hypot(x_a - x_b, y_a - y_b)
 
 
 def seconds_since(times: pd.Series, start: pd.Timestamp) -> np.ndarray:
