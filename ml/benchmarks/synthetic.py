@@ -1,6 +1,10 @@
 """Synthetic marketplace benchmark of the pipeline's model: the ranker beside each of its generators, popularity
 and random, on the pipeline's own temporal split (the last ``--test-days`` days), in discovery and
 repeat-inclusive mode; then every user scored by the ranker. Prints wall time per stage and peak memory.
+
+``--ablation`` instead fits the ranker four ways on the same split (all features, without the context features,
+without the repeat features, without both: ``ml.recommend.ranker.FEATURE_GROUPS``) and prints each beside the
+best single generator, in both modes.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import pandas as pd
 
 from ml.recommend.evaluation import Judge, TemporalSplit
 from ml.recommend.lifecycle import LifecycleRule
-from ml.recommend.merchant import MarketContext, comparison_specs, ranker_spec
+from ml.recommend.merchant import MarketContext, ModelSpec, comparison_specs, ranker_spec
 from ml.recommend.modes import MODES
 from ml.settings import Settings
 from ml.synthetic.marketplace import SCALES, Marketplace, generate_marketplace
@@ -40,6 +44,16 @@ COLUMNS = [
     ("diversity", "diversity"),
     ("novelty", "novelty"),
 ]
+ABLATION_COLUMNS = [("NDCG@10", "ndcg@10"), ("P@5", "precision@5"), ("HR@5", "hit_rate@5"), ("coverage", "coverage")]
+# variant name -> the ranker's feature groups left out
+ABLATION_VARIANTS = {
+    "ranker, all features": (),
+    "ranker without context": ("context",),
+    "ranker without repeat": ("repeat",),
+    "ranker without context and repeat": ("context", "repeat"),
+}
+# Not generators of the ranker: never "the best single generator".
+BASELINES = {"ranker", "popularity", "random"}
 DEFAULT_END_DATE = dt.date(2026, 11, 1)
 
 
@@ -58,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=lambda text: [float(v) for v in text.split(",")],
         default=[1.0, 0.9, 0.7, 0.5, 0.3],
         help="MMR lambdas for the accuracy/diversity trade-off table (comma-separated)",
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="only the feature ablation: the ranker with and without its context and repeat features, both modes",
     )
 
 
@@ -83,13 +102,26 @@ def orders_of(marketplace: Marketplace) -> pd.DataFrame:
     return orders
 
 
-def format_table(reports: dict[str, dict]) -> str:
+def format_table(reports: dict[str, dict], columns: list[tuple[str, str]] = COLUMNS) -> str:
     width = max(len(name) for name in reports)
-    header = f"{'model':<{width}}  " + "  ".join(f"{title:>9}" for title, _ in COLUMNS)
+    header = f"{'model':<{width}}  " + "  ".join(f"{title:>9}" for title, _ in columns)
     lines = [header, "-" * len(header)]
     for name, report in reports.items():
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{report[key]:>9.4f}" for _, key in COLUMNS))
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{report[key]:>9.4f}" for _, key in columns))
     return "\n".join(lines)
+
+
+def best_generator(reports: dict[str, dict]) -> str:
+    """The ranker's generator with the highest NDCG@10 in ``reports``."""
+    return max((name for name in reports if name not in BASELINES), key=lambda name: reports[name]["ndcg@10"])
+
+
+def ablation_specs(ranker: ModelSpec) -> dict[str, ModelSpec]:
+    """The ranker's recipe once per ABLATION_VARIANTS entry, leaving out that entry's feature groups."""
+    return {
+        name: ModelSpec("ranker", {**ranker.params, "without_features": groups})
+        for name, groups in ABLATION_VARIANTS.items()
+    }
 
 
 def target_lines(report: dict) -> list[str]:
@@ -104,7 +136,11 @@ def peak_memory_mb() -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    clock = StageClock()
+    return (run_ablation if args.ablation else run_comparison)(args)
+
+
+def _prepare(args: argparse.Namespace, clock: StageClock) -> tuple[Settings, MarketContext, TemporalSplit, Judge]:
+    """The world (generated or read), the pipeline's temporal split and the judge of both modes."""
     with clock.stage("generate" if args.data is None else "read"):
         marketplace = (
             Marketplace.read(args.data)
@@ -124,7 +160,36 @@ def run(args: argparse.Namespace) -> int:
         f"train {len(split.train):,} orders; test users: {len(split.relevant):,} discovery, "
         f"{len(split.relevant_with_repeats):,} repeat-inclusive"
     )
+    return settings, context, split, judge
 
+
+def run_ablation(args: argparse.Namespace) -> int:
+    clock = StageClock()
+    settings, context, split, judge = _prepare(args, clock)
+    ranker = ranker_spec(settings)
+    specs = {
+        **ablation_specs(ranker),
+        **{name: spec for name, spec in comparison_specs(ranker).items() if name not in BASELINES},
+    }
+    cards = {}
+    for name, spec in specs.items():
+        with clock.stage(f"fit and evaluate {name}"):
+            cards[name] = judge.scorecard(spec.recommender().fit(split.train, split.cut, context))
+    for mode in MODES:
+        reports = {name: card[mode].overall for name, card in cards.items()}
+        best = best_generator(reports)
+        shown = {name: reports[name] for name in ABLATION_VARIANTS} | {f"best generator ({best})": reports[best]}
+        print(f"\nablation, {mode} mode")
+        print(format_table(shown, ABLATION_COLUMNS))
+    print("\nstage                                            seconds")
+    for stage, seconds in clock.seconds.items():
+        print(f"{stage:<48} {seconds:>7.1f}")
+    return 0
+
+
+def run_comparison(args: argparse.Namespace) -> int:
+    clock = StageClock()
+    settings, context, split, judge = _prepare(args, clock)
     specs = comparison_specs(ranker_spec(settings))
     cards, fitted = {}, {}
     for name, spec in specs.items():
@@ -140,10 +205,7 @@ def run(args: argparse.Namespace) -> int:
         reports = {name: card[mode].overall for name, card in cards.items()}
         print(f"\n{mode} ({'merchants already ordered from excluded' if MODES[mode] else 'repeat orders count'})")
         print(format_table(reports))
-        best = max(
-            (name for name in reports if name not in {"ranker", "popularity", "random"}),
-            key=lambda name: reports[name]["ndcg@10"],
-        )
+        best = best_generator(reports)
         print(
             f"ranker NDCG@10 / best generator ({best}) = {reports['ranker']['ndcg@10'] / reports[best]['ndcg@10']:.3f}"
         )
