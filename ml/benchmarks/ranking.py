@@ -119,7 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", type=int, default=100, help="candidates per generator for the ranker")
     parser.add_argument("--no-tune", dest="tune", action="store_false", help="skip the validation grid search")
     parser.add_argument("--threads", type=int, default=2, help="threads for ALS and LightGBM (at most the cores)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the user sample, ALS, LightGBM and the --write-order-log world"
+    )
 
 
 def load_movielens(directory: Path) -> pd.DataFrame:
@@ -224,7 +226,7 @@ def format_table(rows: list[tuple[str, dict, float]]) -> str:
     return "\n".join(lines)
 
 
-def load(args: argparse.Namespace) -> pd.DataFrame:
+def benchmark_interactions(args: argparse.Namespace) -> pd.DataFrame:
     """The benchmark's interactions, a seeded sample of ``--max-users`` users when asked."""
     if args.movielens:
         frame = load_movielens(args.movielens)
@@ -240,7 +242,9 @@ def load(args: argparse.Namespace) -> pd.DataFrame:
     return frame
 
 
-def evaluate(recommender: Recommender, matrix: InteractionMatrix, users: np.ndarray, relevant: dict, mode: str):
+def evaluate(
+    recommender: Recommender, matrix: InteractionMatrix, users: np.ndarray, relevant: dict, mode: str
+) -> dict[str, float]:
     return ranking_report(recommend_ids(recommender, matrix, users, mode), relevant, len(matrix.item_ids), ks=(K,))
 
 
@@ -253,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
     mode = args.mode
-    frame = load(args)
+    frame = benchmark_interactions(args)
     train, test = temporal_split(frame, TRAIN_SHARE)
     users = sorted(frame["user_id"].unique())
     items = sorted(frame["item_id"].unique())
