@@ -21,8 +21,8 @@ def orders() -> pd.DataFrame:
     rows = [(1, 10), (1, 11), (2, 10), (2, 11), (3, 10), (3, 11), (4, 10), (5, 12), (6, 12), (7, 12), (8, 12), (9, 12)]
     return pd.DataFrame(
         {
-            "user_id": [u for u, _ in rows],
-            "merchant_id": [m for _, m in rows],
+            "user_id": [str(u) for u, _ in rows],
+            "merchant_id": [str(m) for _, m in rows],
             "event_time": pd.Timestamp("2026-10-20", tz="UTC"),
             "order_total": 40.0,
         }
@@ -78,8 +78,12 @@ def test_scoring_loads_whatever_has_the_champion_alias(settings, warehouse_url, 
 
     # The pyfunc takes user ids; user 4 ordered only from 10, and 11 is what 10's co-customers also use.
     loaded = mlflow.pyfunc.load_model("models:/gate-test-model@champion")
-    top = loaded.predict(pd.DataFrame({"user_id": [4]}), params={"n": 1})
-    assert top["merchant_id"].tolist() == [11]
+    top = loaded.predict(pd.DataFrame({"user_id": ["4"]}), params={"n": 1})
+    assert top["merchant_id"].tolist() == ["11"]
+    # The mode param reaches the model: winback may list 10, the only merchant user 4 ever ordered from.
+    for mode, expected in (("winback", {"10", "11"}), ("discovery", {"11", "12"})):
+        listed = loaded.predict(pd.DataFrame({"user_id": ["4"]}), params={"n": 2, "mode": mode})
+        assert set(listed["merchant_id"]) == expected
     # An unknown user falls back to the most popular merchant rather than failing.
-    unknown = loaded.predict(pd.DataFrame({"user_id": [999]}), params={"n": 1})
-    assert unknown["merchant_id"].tolist() == [12]
+    unknown = loaded.predict(pd.DataFrame({"user_id": ["999"]}), params={"n": 1})
+    assert unknown["merchant_id"].tolist() == ["12"]

@@ -13,6 +13,7 @@ import psycopg
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+from ml.recommend.modes import DISCOVERY
 from ml.settings import Settings
 from ml.warehouse.postgres import sqlalchemy_url
 
@@ -48,28 +49,31 @@ def experiment_id(settings: Settings, name: str) -> str:
 
 
 class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
-    """A fitted MerchantRecommender behind MLflow's pyfunc: ``predict`` takes user ids, returns their top-N."""
+    """A fitted MerchantRecommender behind MLflow's pyfunc: ``predict`` takes user ids (strings), returns their
+    top-N in the ``mode`` param's mode (ml/recommend/modes.py)."""
 
     def __init__(self, recommender):
         self.recommender = recommender
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        n = int((params or {}).get("n", 10))
-        return self.recommender.recommend(model_input["user_id"].tolist(), n=n)
+        params = params or {}
+        return self.recommender.recommend(
+            model_input["user_id"].tolist(), n=int(params.get("n", 10)), mode=params.get("mode", DISCOVERY)
+        )
 
 
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("long", "user_id")]),
+    inputs=Schema([ColSpec("string", "user_id")]),
     outputs=Schema(
         [
-            ColSpec("long", "user_id"),
+            ColSpec("string", "user_id"),
             ColSpec("long", "rank"),
-            ColSpec("long", "merchant_id"),
+            ColSpec("string", "merchant_id"),
             ColSpec("double", "score"),
             ColSpec("string", "reason", required=False),
         ]
     ),
-    params=ParamSchema([ParamSpec("n", "long", 10)]),
+    params=ParamSchema([ParamSpec("n", "long", 10), ParamSpec("mode", "string", DISCOVERY)]),
 )
 
 
