@@ -83,17 +83,17 @@ def shared_data() -> Path:
 
 
 def hand_built_marts_sql(users: int, merchants: int, opted_in: str) -> str:
-    """The marts publishing reads, with dbt's indexes, for ``users`` x ``merchants``; ``opted_in``
-    is a SQL condition on the user number ``u``. Users with u % 5 = 0 never ordered; everyone else ordered from
+    """The marts publishing reads, with dbt's indexes, for ``users`` x ``merchants``; ids are the numbers' text,
+    as the warehouse holds integer ids; ``opted_in`` is a SQL condition on the user number ``u``. Users with u % 5 = 0 never ordered; everyone else ordered from
     three merchants."""
     return f"""
 CREATE SCHEMA marts;
 CREATE TABLE marts.merchant_features AS
-SELECT m::bigint AS merchant_id, 'Merchant ' || m AS merchant_name, 'category_' || m % 8 AS category
+SELECT m::text AS merchant_id, 'Merchant ' || m AS merchant_name, 'category_' || m % 8 AS category
 FROM generate_series(1, {merchants}) m;
 CREATE UNIQUE INDEX ON marts.merchant_features (merchant_id);
 CREATE TABLE marts.user_features AS
-SELECT u::bigint AS user_id, {opted_in} AS marketing_opt_in,
+SELECT u::text AS user_id, {opted_in} AS marketing_opt_in,
        (ARRAY['ios', 'android', 'web'])[1 + u % 3] AS platform, 'zone_' || u % 5 AS home_zone,
        10 + u % 300 AS tenure_days, CASE WHEN u % 5 = 0 THEN 0 ELSE 1 + u % 7 END::bigint AS order_count,
        CASE WHEN u % 5 = 0 THEN NULL ELSE u % 90 END AS days_since_last_order,
@@ -116,11 +116,11 @@ CREATE UNIQUE INDEX ON marts.user_segments (user_id);
 CREATE INDEX ON marts.user_segments (lifecycle_segment);
 CREATE TABLE marts.user_merchant_orders AS
 SELECT u.user_id, m.merchant_id, m.merchant_name, m.category,
-       (1 + (u.user_id + j) % 4)::bigint AS order_count,
-       (20 * (1 + (u.user_id + j) % 4))::numeric(14, 2) AS order_value,
+       (1 + (u.user_id::int + j) % 4)::bigint AS order_count,
+       (20 * (1 + (u.user_id::int + j) % 4))::numeric(14, 2) AS order_value,
        timestamptz '2026-10-01' + j * interval '1 day' AS last_order_at
 FROM marts.user_features u, generate_series(0, 2) j, marts.merchant_features m
-WHERE u.order_count > 0 AND m.merchant_id = (u.user_id * 13 + j * 29) % {merchants} + 1;
+WHERE u.order_count > 0 AND m.merchant_id = ((u.user_id::int * 13 + j * 29) % {merchants} + 1)::text;
 CREATE UNIQUE INDEX ON marts.user_merchant_orders (user_id, merchant_id);
 ANALYZE marts.merchant_features, marts.user_features, marts.user_segments, marts.user_merchant_orders;
 """

@@ -24,12 +24,12 @@ NEXT_DATE = date(2026, 11, 2)
 MARTS_SQL = """
 CREATE SCHEMA marts;
 CREATE TABLE marts.user_features (
-    user_id bigint, platform text, home_zone text, tenure_days integer, order_count bigint,
+    user_id text, platform text, home_zone text, tenure_days integer, order_count bigint,
     order_value numeric(14, 2), days_since_last_order integer, marketing_opt_in boolean NOT NULL DEFAULT true
 );
-CREATE TABLE marts.merchant_features (merchant_id bigint, merchant_name text, category text, zone text);
+CREATE TABLE marts.merchant_features (merchant_id text, merchant_name text, category text, zone text);
 CREATE TABLE marts.user_merchant_orders (
-    user_id bigint, merchant_id bigint, merchant_name text, category text, order_count bigint,
+    user_id text, merchant_id text, merchant_name text, category text, order_count bigint,
     order_value numeric(14, 2), last_order_at timestamptz
 );
 """
@@ -135,14 +135,21 @@ def _rows(url: str, segment: str, run_date: date = RUN_DATE) -> list[dict]:
         ).fetchall()
 
 
-def _members(url: str, segment: str, run_date: date = RUN_DATE) -> set[tuple[int, int]]:
+def _members(url: str, segment: str, run_date: date = RUN_DATE) -> set[tuple[str, str]]:
     return {(row["user_id"], row["recommended_merchant_id"]) for row in _rows(url, segment, run_date)}
+
+
+def _text_ids(pairs: set[tuple[int, int]]) -> set[tuple[str, str]]:
+    """(user, merchant) pairs of this world's integer ids as the warehouse holds them: their decimal text."""
+    return {(str(user_id), str(merchant_id)) for user_id, merchant_id in pairs}
 
 
 def test_each_segment_has_exactly_the_expected_members(marketplace, crm_settings):
     counts = _refresh(marketplace, RUN_DATE, crm_settings)
 
-    assert {segment: _members(marketplace, segment) for segment in segments.SEGMENTS} == EXPECTED
+    assert {segment: _members(marketplace, segment) for segment in segments.SEGMENTS} == {
+        segment: _text_ids(members) for segment, members in EXPECTED.items()
+    }
     assert counts == {segment: len(members) for segment, members in EXPECTED.items()}
 
 
@@ -172,26 +179,26 @@ def test_each_segment_reads_its_own_mode(marketplace, crm_settings):
 def test_rows_carry_the_export_fields_and_the_normalised_score(marketplace, crm_settings):
     _refresh(marketplace, RUN_DATE, crm_settings)
 
-    prospect = next(r for r in _rows(marketplace, "high_affinity_prospects") if r["user_id"] == 1)
+    prospect = next(r for r in _rows(marketplace, "high_affinity_prospects") if r["user_id"] == "1")
     assert prospect == {
         "run_date": RUN_DATE,
         "segment": "high_affinity_prospects",
-        "user_id": 1,
-        "recommended_merchant_id": 11,
+        "user_id": "1",
+        "recommended_merchant_id": "11",
         "recommended_merchant_name": "Pizza Two",
         "score": 0.8,
         "platform": "ios",
         "home_zone": "west",
         "rank": 2,
     }
-    lapsed = {r["recommended_merchant_id"]: r for r in _rows(marketplace, "lapsed_personalised") if r["user_id"] == 4}
-    assert {merchant: row["score"] for merchant, row in lapsed.items()} == {10: 1.0, 30: 0.75}
-    assert lapsed[30]["days_since_last_order"] == 14 and lapsed[30]["rank"] == 2
-    assert {r["category"] for r in _rows(marketplace, "category_explorers") if r["user_id"] == 2} == {
+    lapsed = {r["recommended_merchant_id"]: r for r in _rows(marketplace, "lapsed_personalised") if r["user_id"] == "4"}
+    assert {merchant: row["score"] for merchant, row in lapsed.items()} == {"10": 1.0, "30": 0.75}
+    assert lapsed["30"]["days_since_last_order"] == 14 and lapsed["30"]["rank"] == 2
+    assert {r["category"] for r in _rows(marketplace, "category_explorers") if r["user_id"] == "2"} == {
         "sushi",
         "burgers",
     }
-    onboarding = [r for r in _rows(marketplace, "new_user_onboarding") if r["user_id"] == 3]
+    onboarding = [r for r in _rows(marketplace, "new_user_onboarding") if r["user_id"] == "3"]
     assert [(r["order_count"], r["tenure_days"], r["rank"]) for r in onboarding] == [(0, 3, 1), (0, 3, 2)]
 
 
@@ -208,10 +215,10 @@ def test_superfans_have_order_count_total_spent_and_a_rank_per_merchant(marketpl
         for r in _rows(marketplace, "merchant_superfans")
     }
     assert fans == {
-        (10, 1): (1, 4, 120.0, 1.0),
-        (10, 2): (2, 3, 90.0, 0.75),  # ties user 5 on orders (3) but spent more
-        (20, 1): (1, 1, 30.0, 1.0),
-        (30, 4): (1, 1, 25.0, 1.0),
+        ("10", "1"): (1, 4, 120.0, 1.0),
+        ("10", "2"): (2, 3, 90.0, 0.75),  # ties user 5 on orders (3) but spent more
+        ("20", "1"): (1, 1, 30.0, 1.0),
+        ("30", "4"): (1, 1, 25.0, 1.0),
     }
 
 
@@ -229,9 +236,9 @@ def test_cross_sell_names_the_most_ordered_merchant_and_both_categories(marketpl
         for r in _rows(marketplace, "cross_sell_targets")
     }
     assert targets == {
-        1: (10, "Pizza Place", "pizza", 20, "sushi"),
-        2: (10, "Pizza Place", "pizza", 20, "sushi"),
-        4: (30, "Burger Joint", "burgers", 10, "pizza"),
+        "1": ("10", "Pizza Place", "pizza", "20", "sushi"),
+        "2": ("10", "Pizza Place", "pizza", "20", "sushi"),
+        "4": ("30", "Burger Joint", "burgers", "10", "pizza"),
     }
 
 
@@ -241,9 +248,9 @@ def test_thresholds_come_from_settings(marketplace, crm_settings):
     )
     _refresh(marketplace, RUN_DATE, stricter)
 
-    assert _members(marketplace, "high_affinity_prospects") == {(1, 11), (2, 20), (2, 11), (3, 10), (4, 10)}
-    assert _members(marketplace, "lapsed_personalised") == {(1, 20), (1, 11)}
-    assert _members(marketplace, "new_user_onboarding") == {(3, 10), (3, 20)}
+    assert _members(marketplace, "high_affinity_prospects") == _text_ids({(1, 11), (2, 20), (2, 11), (3, 10), (4, 10)})
+    assert _members(marketplace, "lapsed_personalised") == _text_ids({(1, 20), (1, 11)})
+    assert _members(marketplace, "new_user_onboarding") == _text_ids({(3, 10), (3, 20)})
 
 
 def test_refreshing_again_replaces_the_rows_without_duplicates(marketplace, crm_settings):
@@ -265,7 +272,7 @@ def test_a_new_run_date_leaves_earlier_dates_untouched(marketplace, crm_settings
     counts = _refresh(marketplace, NEXT_DATE, crm_settings)
 
     assert {segment: _rows(marketplace, segment) for segment in segments.SEGMENTS} == before
-    assert _members(marketplace, "new_user_onboarding", NEXT_DATE) == {(3, 10), (3, 20)}
+    assert _members(marketplace, "new_user_onboarding", NEXT_DATE) == _text_ids({(3, 10), (3, 20)})
     assert counts["new_user_onboarding"] == 2
 
 

@@ -63,7 +63,7 @@ def published(postgres_server_url) -> str:
             "INSERT INTO crm.recommendations VALUES (%s, 1, 1, 10, 'Pizza Place', 1.0, NULL, '1')",
             [(RUN_DATE,), (EARLIER,)],
         )
-        conn.execute("CREATE SCHEMA marts; CREATE TABLE marts.user_features (user_id bigint, marketing_opt_in boolean)")
+        conn.execute("CREATE SCHEMA marts; CREATE TABLE marts.user_features (user_id text, marketing_opt_in boolean)")
         conn.cursor().executemany("INSERT INTO marts.user_features VALUES (%s, %s)", list(OPTED_IN.items()))
     return url
 

@@ -153,12 +153,10 @@ def test_the_readout_counts_the_offered_users_in_their_arms(world):
     tasks.publish_segments(world, DAY)
     offered = _users(url, "crm.inactive_user_offers")
     with psycopg.connect(url) as conn:
-        conn.execute("CREATE TABLE marts.orders (user_id bigint, ordered_at timestamptz, order_total numeric(12, 2))")
+        conn.execute("CREATE TABLE marts.orders (user_id text, ordered_at timestamptz, order_total numeric(12, 2))")
+        conn.execute("CREATE TABLE marts.reward_redemptions (campaign_id text, user_id text, redeemed_at timestamptz)")
         conn.execute(
-            "CREATE TABLE marts.reward_redemptions (campaign_id text, user_id bigint, redeemed_at timestamptz)"
-        )
-        conn.execute(
-            "INSERT INTO marts.orders SELECT user_id, %s, 30 FROM crm.inactive_user_offers WHERE user_id %% 2 = 0",
+            "INSERT INTO marts.orders SELECT user_id, %s, 30 FROM crm.inactive_user_offers WHERE user_id::int %% 2 = 0",
             (readout.campaign_start(DAY) + timedelta(days=1),),
         )
 
