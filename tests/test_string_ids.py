@@ -14,6 +14,8 @@ import psycopg
 import pytest
 
 from ml.crm import segments
+from ml.offers.response import CONTROL
+from ml.offers.truth import read_offer_truth, truth_scorecard
 from ml.synthetic.marketplace import Marketplace, generate_marketplace
 from ml.warehouse import ddl, ingest
 
@@ -177,3 +179,15 @@ def test_generate_with_uuid_ids_names_everyone_by_the_same_uuid_in_every_file(tm
 
 def _written(folder):
     return {str(path.relative_to(folder)): path for path in sorted(folder.rglob("*.parquet"))}
+
+
+def test_the_offer_truth_of_an_integer_world_scores_the_warehouses_text_ids(tmp_path):
+    market = generate_marketplace(seed=3, days=10, end_date=date(2026, 11, 1), n_users=60, n_merchants=10)
+    market.write(tmp_path)
+
+    offer_truth = read_offer_truth(tmp_path / "ground_truth" / "offer_truth.parquet")
+    user_ids = [str(user_id) for user_id in market.users["user_id"]]  # as the marts return them
+    card = truth_scorecard(pd.Series(CONTROL, index=user_ids), offer_truth)
+
+    assert set(offer_truth["user_id"]) == set(user_ids)
+    assert card["truth_policy_value"] == 0.0 and card["truth_oracle_value"] > 0

@@ -19,12 +19,19 @@ from ml.offers.uplift import (
 def truth_values(model: OfferResponseModel, users: pd.DataFrame, offer_truth_path: Path) -> dict[str, float]:
     """On synthetic data: :func:`truth_scorecard` of the model's unconstrained choices for ``users``, and the
     value and best-offer share of :func:`observable_oracle`, the most any model of these features could get."""
-    offer_truth = pd.read_parquet(offer_truth_path)
+    offer_truth = read_offer_truth(offer_truth_path)
     card = truth_scorecard(pd.Series(model.best_arms(users), index=users["user_id"].to_numpy()), offer_truth)
     ceiling = truth_scorecard(observable_oracle(users, offer_truth, model.seed), offer_truth)
     card["truth_observable_oracle_value"] = ceiling["truth_policy_value"]
     card["truth_observable_oracle_best_offer_share"] = ceiling["truth_best_offer_share"]
     return card
+
+
+def read_offer_truth(path: Path) -> pd.DataFrame:
+    """The generator's offer truth file with its user ids as text, as the warehouse (and so the models) hold them:
+    the generator writes integers or UUIDs."""
+    offer_truth = pd.read_parquet(path)
+    return offer_truth.assign(user_id=offer_truth["user_id"].astype(str))
 
 
 def _true_values(offer_truth: pd.DataFrame) -> pd.DataFrame:
