@@ -14,6 +14,7 @@ from datetime import date, datetime
 from airflow.providers.standard.sensors.external_task import ExternalTaskSensor
 from airflow.sdk import dag, task
 
+from ml.pipeline.airflow import TASK_RETRIES
 from ml.settings import Settings
 
 
@@ -23,6 +24,7 @@ from ml.settings import Settings
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
+    default_args=TASK_RETRIES,
     tags=["rekindle"],
     doc_md=__doc__,
 )

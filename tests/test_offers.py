@@ -404,6 +404,31 @@ def test_production_decisions_follow_the_experiment_arms_and_an_unbinding_budget
     assert {CONTROL, "free_delivery:10", "cashback:5"} <= set(best[personalised])
 
 
+@pytest.mark.parametrize("holdout_share", [0.1, 0.2])
+def test_production_holdout_users_get_nothing_in_the_settings_share_the_same_on_every_rerun(holdout_share):
+    from ml.offers.decide import decide_offers
+    from ml.settings import Settings
+
+    settings = Settings(holdout_share=holdout_share, campaign_budget=1e9)
+    users = pd.DataFrame({"user_id": np.arange(1, 4001), "segment": "lapsed"})
+
+    def today(campaign_id: str) -> pd.DataFrame:
+        return decide_offers(_StubResponseModel(), users, campaign_id, settings)
+
+    offers = today("winback-2026-02-01")
+    held = offers["is_holdout"].to_numpy()
+    # The experiment's seeded hash of campaign and user decides, user by user.
+    assert held.tolist() == [hash_unit("winback-2026-02-01", u) < holdout_share for u in users["user_id"]]
+    assert held.mean() == pytest.approx(holdout_share, abs=4 * np.sqrt(holdout_share * (1 - holdout_share) / 4000))
+    holdout = offers[held]
+    assert (holdout["arm"] == "holdout").all() and (holdout["event_type"] == CONTROL).all()
+    assert (holdout[["reward_size", "expected_cost", "expected_uplift"]] == 0).all().all()
+    assert (offers.loc[~held, "arm"] != "holdout").all() and (offers.loc[~held, "event_type"] != CONTROL).any()
+    pd.testing.assert_frame_equal(today("winback-2026-02-01"), offers)
+    tomorrow = today("winback-2026-02-02")["is_holdout"].to_numpy()
+    assert (tomorrow != held).sum() > 0.5 * held.sum()
+
+
 def test_a_binding_budget_caps_the_personalised_offers_each_getting_its_best_affordable_arm_or_none():
     budget = 60.0
     settings, offers, gain, cost, arms = _production_day(budget)
@@ -411,6 +436,12 @@ def test_a_binding_budget_caps_the_personalised_offers_each_getting_its_best_aff
     chosen = offers.loc[personalised]
     spent = chosen["expected_cost"].sum()
     assert spent <= budget + 1e-9 and (chosen["arm_label"] != CONTROL).sum() > 20
+    # Without the cap the same users would cost far more, and users offered something then get less or nothing.
+    unconstrained = _production_day(1e9)[1].loc[personalised]
+    assert unconstrained["expected_cost"].sum() > 3 * budget
+    offered_without_cap = unconstrained["event_type"] != CONTROL
+    cut_back = (chosen["event_type"] == CONTROL) | (chosen["expected_cost"] < unconstrained["expected_cost"])
+    assert (offered_without_cap & cut_back).sum() > 100
     by_segment = chosen.groupby("segment")["expected_cost"].sum()
     assert (by_segment <= budget * settings.offer_segment_budget_share + 1e-9).all()
     # The budget binds: users with a profitable offer are left without it ...

@@ -25,9 +25,24 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _uniform_draws(seed, n_rows: int) -> np.ndarray:
+    """The rule's uniforms rebuilt from the raw PCG64 stream (a double is the top 53 bits of a 64-bit word),
+    not through the Generator call the implementation makes."""
+    return (np.random.PCG64(seed).random_raw(n_rows) >> np.uint64(11)) * 2.0**-53
+
+
 def test_test_split_is_exactly_the_documented_rule():
-    mask = offers.test_mask(1000, seed=3)
-    assert np.array_equal(mask, np.random.default_rng(3).random(1000) < 0.3)
+    # A row is a test row when its uniform draw from PCG64(seed) is below 0.3; the published splits 100-111 rest
+    # on these rows, so the first test rows of split 100 are pinned as well.
+    test = offers.test_mask(64_000, seed=100)
+    assert np.flatnonzero(test[:30]).tolist() == [2, 3, 9, 11, 29]
+    assert np.array_equal(test, _uniform_draws(100, 64_000) < 0.3)
+    assert test.mean() == pytest.approx(0.3, abs=0.01)
+    # Validation rows come from PCG64([seed, 1]) over the train rows only: another stream than the test split's.
+    validation = offers.validation_mask(int((~test).sum()), seed=100)
+    assert np.array_equal(validation, _uniform_draws([100, 1], len(validation)) < 0.3)
+    assert not np.array_equal(validation, _uniform_draws(100, len(validation)) < 0.3)
+    assert not np.array_equal(test, offers.test_mask(64_000, seed=101))
 
 
 def test_default_seeds_are_the_unused_ones_and_seed_lists_parse():

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -23,6 +23,18 @@ from ml.runtime import PROGRESS_LOGGER
 from ml.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
+
+
+# The DAGs' default_args. Every task is idempotent (loading skips files already loaded, dbt and publishing replace
+# their own output, training reuses a model fitted from the same recipe and data), so a task that dies with its
+# worker or loses the warehouse is retried: after 2-4, 4-8, then 8-16 minutes (Airflow adds jitter of up to one
+# base delay), then it fails. A gate's verdict on the data does not change on retry; it only comes later.
+TASK_RETRIES = {
+    "retries": 3,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+}
 
 
 def load_dag(dag_id: str):
@@ -49,8 +61,13 @@ def _state(value) -> str:
 
 
 def run_dag_in_process(dag_id: str, run_date: date, conf: dict | None = None) -> tuple[str, list[TaskOutcome]]:
-    """Run every task of the DAG for ``run_date`` in this process; returns the run state and each task's outcome."""
+    """Run every task of the DAG for ``run_date`` in this process; returns the run state and each task's outcome.
+
+    Without retries: someone is watching an in-process run, and a failed task fails it at once (``dag.test``
+    would otherwise sit out ``TASK_RETRIES``' back-off); running the same day again is the retry."""
     dag = load_dag(dag_id)
+    for task in dag.tasks:
+        task.retries = 0
     logical_date = datetime(run_date.year, run_date.month, run_date.day, tzinfo=UTC)
     dag_run = dag.test(logical_date=logical_date, run_conf=conf)
     outcomes = []
