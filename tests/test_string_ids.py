@@ -5,7 +5,10 @@ contract, every warehouse table keeps them as text, an old warehouse with bigint
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import uuid
 from datetime import UTC, date, datetime
 
@@ -191,3 +194,24 @@ def test_the_offer_truth_of_an_integer_world_scores_the_warehouses_text_ids(tmp_
 
     assert set(offer_truth["user_id"]) == set(user_ids)
     assert card["truth_policy_value"] == 0.0 and card["truth_oracle_value"] > 0
+
+
+def test_rekindle_generate_writes_uuid_ids_on_request_and_refuses_an_unknown_format(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REKINDLE_", "AIRFLOW"))}
+    env["REKINDLE_HOME"] = str(tmp_path / "home")
+    command = [sys.executable, "-m", "ml.cli", "generate", "--days", "2", "--end-date", "2026-11-01"]
+
+    written = subprocess.run(
+        [*command, "--ids", "uuid", "--out", str(tmp_path / "world")],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    refused = subprocess.run([*command, "--ids", "amplitude"], env=env, text=True, capture_output=True, timeout=120)
+
+    assert written.returncode == 0, written.stderr
+    assert "(uuid ids)" in written.stdout
+    events = pd.read_parquet(tmp_path / "world" / "events.parquet")
+    assert all(str(uuid.UUID(user_id)) == user_id for user_id in events["user_id"].unique())
+    assert refused.returncode == 2 and "amplitude" in refused.stderr and "Traceback" not in refused.stderr
