@@ -9,6 +9,7 @@ import pytest
 
 from ml.benchmarks.synthetic import ABLATION_COLUMNS, ABLATION_VARIANTS
 from ml.cli import main as rekindle
+from ml.recommend.merchant import DEFAULT_GENERATORS
 from ml.recommend.modes import MODES
 from ml.synthetic.marketplace import generate_marketplace
 
@@ -51,6 +52,7 @@ def test_ablation_prints_the_four_variants_and_the_best_generator_in_both_modes(
         assert list(rows)[: len(ABLATION_VARIANTS)] == list(ABLATION_VARIANTS), mode
         best = [name for name in rows if name.startswith("best generator (")]
         assert len(best) == 1 and len(rows) == len(ABLATION_VARIANTS) + 1, mode
+        assert best[0].removeprefix("best generator (").removesuffix(")") in DEFAULT_GENERATORS, mode
         assert all(0.0 <= value <= 1.0 for numbers in rows.values() for value in numbers), mode
     # Each variant is its own model: leaving features out changes what the ranker recommends.
     assert any(len({tuple(tables[mode][name]) for name in ABLATION_VARIANTS}) > 1 for mode in MODES)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ml.recommend.evaluation import Judge, TemporalSplit
 from ml.recommend.lifecycle import LifecycleRule
-from ml.recommend.merchant import MarketContext, ModelSpec, comparison_specs, ranker_spec
+from ml.recommend.merchant import MarketContext, ModelSpec, RankerRecipe, comparison_specs, ranker_spec
 from ml.recommend.modes import MODES
 from ml.settings import Settings
 from ml.synthetic.marketplace import SCALES, Marketplace, generate_marketplace
@@ -52,8 +52,6 @@ ABLATION_VARIANTS = {
     "ranker without repeat": ("repeat",),
     "ranker without context and repeat": ("context", "repeat"),
 }
-# Not generators of the ranker: never "the best single generator".
-BASELINES = {"ranker", "popularity", "random"}
 DEFAULT_END_DATE = dt.date(2026, 11, 1)
 
 
@@ -111,9 +109,9 @@ def format_table(reports: dict[str, dict], columns: list[tuple[str, str]] = COLU
     return "\n".join(lines)
 
 
-def best_generator(reports: dict[str, dict]) -> str:
-    """The ranker's generator with the highest NDCG@10 in ``reports``."""
-    return max((name for name in reports if name not in BASELINES), key=lambda name: reports[name]["ndcg@10"])
+def best_generator(reports: dict[str, dict], ranker: ModelSpec) -> str:
+    """The generator of ``ranker`` whose report has the highest NDCG@10."""
+    return max(RankerRecipe(**ranker.params).generator_specs(), key=lambda name: reports[name]["ndcg@10"])
 
 
 def ablation_specs(ranker: ModelSpec) -> dict[str, ModelSpec]:
@@ -167,17 +165,14 @@ def run_ablation(args: argparse.Namespace) -> int:
     clock = StageClock()
     settings, context, split, judge = _prepare(args, clock)
     ranker = ranker_spec(settings)
-    specs = {
-        **ablation_specs(ranker),
-        **{name: spec for name, spec in comparison_specs(ranker).items() if name not in BASELINES},
-    }
+    specs = {**ablation_specs(ranker), **RankerRecipe(**ranker.params).generator_specs()}
     cards = {}
     for name, spec in specs.items():
         with clock.stage(f"fit and evaluate {name}"):
             cards[name] = judge.scorecard(spec.recommender().fit(split.train, split.cut, context))
     for mode in MODES:
         reports = {name: card[mode].overall for name, card in cards.items()}
-        best = best_generator(reports)
+        best = best_generator(reports, ranker)
         shown = {name: reports[name] for name in ABLATION_VARIANTS} | {f"best generator ({best})": reports[best]}
         print(f"\nablation, {mode} mode")
         print(format_table(shown, ABLATION_COLUMNS))
@@ -205,7 +200,7 @@ def run_comparison(args: argparse.Namespace) -> int:
         reports = {name: card[mode].overall for name, card in cards.items()}
         print(f"\n{mode} ({'merchants already ordered from excluded' if MODES[mode] else 'repeat orders count'})")
         print(format_table(reports))
-        best = best_generator(reports)
+        best = best_generator(reports, specs["ranker"])
         print(
             f"ranker NDCG@10 / best generator ({best}) = {reports['ranker']['ndcg@10'] / reports[best]['ndcg@10']:.3f}"
         )
