@@ -356,7 +356,7 @@ def test_the_economics_of_arms_built_by_hand():
 
 def test_a_duplicate_checkout_counts_once_in_the_revenue(campaign_conn):
     raw_revenue = campaign_conn.execute(
-        "SELECT sum(order_total) FROM raw.events WHERE user_id = 1 AND event_type = 'checkout_completed'"
+        "SELECT sum(order_total) FROM raw.events WHERE user_id = '1' AND event_type = 'checkout_completed'"
     ).fetchone()[0]
     assert raw_revenue == 130  # 50 + 30, and the re-sent 50: what reading raw.events would have counted
 
