@@ -82,9 +82,28 @@ class Settings:
     crm_reader_role: str = "rekindle_crm_reader"
     crm_reader_password: str = ""
 
+    # Privacy (ml/privacy): erasure tombstones, retention, the dashboard's role
+    erasure_salt: str = field(default="", repr=False)
+    raw_retention_days: int = 400
+    dashboard_role: str = "rekindle_dashboard"
+    dashboard_role_password: str = field(default="", repr=False)
+
     # MLflow model names
     ranker_model_name: str = "rekindle-ranker"
     offer_model_name: str = "rekindle-offer"
+
+    # The real-time API (ml/serving, `rekindle serve`)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_role: str = "rekindle_api"
+    api_role_password: str = field(default="", repr=False)
+    api_cache_ttl_seconds: float = 300.0
+    api_cache_max_users: int = 100_000
+    api_publication_poll_seconds: float = 1.0
+    api_zone_boost: float = 0.1
+    api_daypart_boost: float = 0.1
+    api_view_boost: float = 0.2
+    serving_experiment: str = "serving-1"
+    serving_strategies: tuple[str, ...] = ("champion:0.8", "popularity:0.1", "cosine:0.1")
 
     def __post_init__(self) -> None:
         if self.offer_objective not in OFFER_OBJECTIVES:
@@ -234,8 +253,40 @@ DESCRIPTIONS: dict[str, str] = {
     "crm_reader_role": "The LOGIN role the CRM reads with: SELECT on schema `crm` only.",
     "crm_reader_password": "Password of `crm_reader_role`; empty gives the role no password (fine for the "
     "embedded server's local trust authentication). Never printed.",
+    "erasure_salt": "Key of the salted hash (HMAC-SHA256) that `ops.erased_users` keeps of each erased user id; "
+    "empty: a random salt generated once into `<home>/erasure_salt` (mode 0600). Every process that ingests must "
+    "use the same salt, or erased users' rows load again. Never printed.",
+    "raw_retention_days": "The daily load deletes `raw.events` older than this many days before the run date "
+    "(the marts rebuild from what remains).",
+    "dashboard_role": "The LOGIN role the dashboard reads with: SELECT on `crm` and `marts`, nothing else.",
+    "dashboard_role_password": "Password of `dashboard_role`; empty gives the role no password (fine for the "
+    "embedded server's local trust authentication). Never printed.",
     "ranker_model_name": "MLflow registered model of the merchant ranker.",
     "offer_model_name": "MLflow registered model of the offer (response) model.",
+    "api_keys": "API keys of `rekindle serve`, comma-separated `scope:key` with scope `read` or `write` (a write "
+    "key may also read). Empty: `rekindle serve` generates one key per scope into `<home>/.rekindle/api_keys.json` "
+    "(mode 0600) and prints that path. Never printed or logged.",
+    "api_role": "The LOGIN role the API connects as: SELECT on `crm` and `marts`, INSERT into `raw.events` and "
+    "`raw.quarantine`, nothing else (`rekindle serve` creates it when it can).",
+    "api_role_password": "Password of `api_role`; empty gives the role no password (fine for the embedded server's "
+    "local trust authentication). Never printed.",
+    "api_cache_ttl_seconds": "How long the API keeps a user's response in its in-process cache; a new publication "
+    "and the user's own events empty it sooner.",
+    "api_cache_max_users": "Users whose responses the API keeps cached per worker (least recently used go first).",
+    "api_publication_poll_seconds": "How often the API looks for a new run_date in `crm.recommendations` (a new "
+    "publication is served without a restart, and empties the cache).",
+    "api_zone_boost": "Request-time re-scoring: added to the normalised score (0-1) of a recommended merchant in the "
+    "request's zone (or the user's home zone).",
+    "api_daypart_boost": "Request-time re-scoring: added, times the user's share of orders in the request's day-part, "
+    "to every recommendation's normalised score of a user who orders at that time of day (orders what they like "
+    "then higher: merchants of the user's favourite category).",
+    "api_view_boost": "In-session adaptation: added, times the similarity, to the normalised score of the "
+    "neighbours of a merchant the user viewed since the last publication (per view, at most three views).",
+    "serving_experiment": "Key of the serving A/B test's hash (`hash_unit(serving_experiment, user_id)`): change it "
+    "to re-draw every user's variant.",
+    "serving_strategies": "The serving A/B test: comma-separated `strategy:share` (shares add up to 1) from "
+    "`champion` (the published list, re-scored for context and session), `popularity` (the zone's most ordered "
+    "merchants) and `cosine` (item-item co-order neighbours of the user's merchants).",
 }
 
 

@@ -1,4 +1,4 @@
-"""``rekindle`` command line: generate, ingest, warehouse, run, ui, export, simulate, readout, benchmark.
+"""``rekindle`` command line: generate, ingest, warehouse, run, ui, export, simulate, readout, benchmark, serve.
 
 One module per command group; each has ``register(subparsers)``. A bad argument gets one line on stderr and
 exit status 2 (argument types in ``options``; errors found later raise ``options.UsageError``).
@@ -11,11 +11,11 @@ import logging
 import sys
 
 from ml import runtime
-from ml.cli import benchmark, crm, data, experiments, pipeline
+from ml.cli import benchmark, crm, data, experiments, pipeline, serve
 from ml.cli.options import Parser, UsageError, fail
 from ml.settings import Settings
 
-COMMAND_GROUPS = (data, pipeline, crm, experiments, benchmark)
+COMMAND_GROUPS = (data, pipeline, crm, experiments, benchmark, serve)
 VERBOSE_HELP = "stream the full log (Airflow, dbt, the warehouse) to the terminal too, at debug level"
 
 
