@@ -53,16 +53,17 @@ def ids_to_text(conn: psycopg.Connection, schema: str) -> None:
     ).fetchall()
     for table, columns in tables:
         views = conn.execute(
-            """SELECT DISTINCT v.oid::regclass::text
+            """SELECT DISTINCT v.oid::regclass::text, v.relkind = 'm'
                FROM pg_depend d
                JOIN pg_rewrite r ON r.oid = d.objid
                JOIN pg_class v ON v.oid = r.ev_class
                WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = %s::regclass AND v.oid <> d.refobjid""",
             (table,),
         ).fetchall()
-        for (view,) in views:
+        for view, materialized in views:
             log.warning("dropping view %s: it reads %s, whose id columns become text (dbt recreates it)", view, table)
-            conn.execute(sql.SQL("DROP VIEW IF EXISTS {} CASCADE").format(sql.SQL(view)))
+            drop = "DROP MATERIALIZED VIEW IF EXISTS {} CASCADE" if materialized else "DROP VIEW IF EXISTS {} CASCADE"
+            conn.execute(sql.SQL(drop).format(sql.SQL(view)))
         log.warning("converting the id columns %s of %s from integers to text", ", ".join(columns), table)
         conn.execute(
             sql.SQL("ALTER TABLE {} {}").format(
