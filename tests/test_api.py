@@ -16,6 +16,7 @@ import pandas as pd
 import psycopg
 import pytest
 from api_server import (
+    API_KEYS,
     BOTH_KEY,
     READ_KEY,
     RUN_DATE,
@@ -413,6 +414,29 @@ def test_serve_without_keys_writes_the_keys_file_and_prints_only_its_path(world,
         stop_server(server)
     log = server.log.read_text()
     assert str(settings.home / "api_keys.json") in log and not any(key in log for key in keys.values())
+
+
+def test_benchmark_serve_measures_open_loop_latency_and_counts_every_accepted_event(world):
+    settings = world["settings"]
+    env = {
+        **os.environ,
+        "REKINDLE_HOME": str(settings.home),
+        "REKINDLE_WAREHOUSE_URL": world["url"],
+        "REKINDLE_API_KEYS": API_KEYS,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ml.cli", "benchmark", "serve", "--url", world["server"].base_url, "--rates", "40"]
+        + ["--seconds", "2", "--event-seconds", "1", "--users", "50"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| 40 |"))
+    assert row.split("|")[2].strip() == "80" and row.split("|")[-2].strip() == "0"  # 80 requests, no errors
+    events = next(line for line in result.stdout.splitlines() if line.startswith("events:"))
+    assert "(0 lost)" in events and not events.startswith("events: 0 accepted")
 
 
 def test_a_new_publication_is_served_without_a_restart(world):
