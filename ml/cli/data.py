@@ -35,12 +35,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from ml.privacy.tombstones import erasure_salt
     from ml.warehouse import ingest
 
     settings = settings_from(args)
     url = postgres.start(settings)
     try:
-        results = ingest.ingest_path(url, args.path)
+        results = ingest.ingest_path(url, args.path, erasure_salt=erasure_salt(settings))
     except (ingest.SchemaDriftError, ValueError, FileNotFoundError) as exc:
         return fail("rekindle ingest", str(exc))
     for result in results:

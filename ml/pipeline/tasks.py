@@ -25,6 +25,7 @@ from ml.experiments.assignment import campaign_id_for
 from ml.offers import decide, response
 from ml.offers.truth import truth_values
 from ml.pipeline import tracking
+from ml.privacy import retention, roles, tombstones
 from ml.recommend.evaluation import Judge, TemporalSplit
 from ml.recommend.lifecycle import INACTIVE_SEGMENTS, LifecycleRule
 from ml.recommend.merchant import (
@@ -116,16 +117,20 @@ def prepare_warehouse(settings: Settings, run_date: date) -> dict:
 
 
 def load_events(settings: Settings, run_date: date) -> dict:
-    """Ingest every contract file in the drop folder; loading the same files again changes nothing."""
+    """Ingest every contract file in the drop folder (loading the same files again changes nothing; erased users'
+    rows are dropped), then delete raw events past ``raw_retention_days``."""
     url = postgres.start(settings)
     with recorded_step(url, run_date, "load_events") as summary:
         if not settings.input_dir.is_dir():
             log.warning("drop folder %s does not exist: nothing to load today", settings.input_dir)
             results = []
         else:
-            results = ingest.ingest_path(url, settings.input_dir)
+            results = ingest.ingest_path(url, settings.input_dir, erasure_salt=tombstones.erasure_salt(settings))
+        with psycopg.connect(url) as conn:
+            expired = retention.purge_raw_events(conn, run_date, settings.raw_retention_days)
         summary["files"] = len(results)
         summary["tables"] = ingest.summarise(results).to_dict("records")
+        summary["expired_raw_events"] = expired
     return summary
 
 
@@ -492,7 +497,7 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
                 if offers is not None:
                     replace_offers(conn, run_date, campaign_id_for(run_date), offers, offer_version)
                 segment_rows = segments.refresh_segments(conn, run_date, settings)
-            segments.ensure_reader_role(conn, settings)
+            roles.ensure_roles(conn, settings)
             exports = export.export_all(conn, run_date, settings)
         summary.update(
             model_version=version,

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv as arrow_csv
 
+from ml.privacy.tombstones import ErasedUsers
 from ml.runtime import PROGRESS_LOGGER
 from ml.warehouse import ddl
 from ml.warehouse.contract import (
@@ -125,6 +126,7 @@ class LoadResult:
     rows_loaded: int = 0
     rows_duplicate: int = 0
     rows_quarantined: int = 0
+    rows_erased: int = 0  # rows of erased users (ops.erased_users), dropped without a trace
     seconds: float = 0.0  # the file from reading to commit; set by ingest_path
 
     @property
@@ -371,13 +373,25 @@ def _is_json_object(value) -> bool:
 
 
 def load_frame(
-    conn: psycopg.Connection, table: str, frame: pd.DataFrame, source_file: str, now: datetime | None = None
+    conn: psycopg.Connection,
+    table: str,
+    frame: pd.DataFrame,
+    source_file: str,
+    now: datetime | None = None,
+    erased: ErasedUsers | None = None,
 ) -> LoadResult:
-    """Validate and load one file's rows into ``raw.<table>`` inside the caller's transaction."""
+    """Validate and load one file's rows into ``raw.<table>`` inside the caller's transaction; rows of ``erased``
+    users are dropped (counted, neither loaded nor quarantined)."""
     contract = CONTRACTS[table]
     now = now or datetime.now(UTC)
     result = LoadResult(table=table, source_file=source_file, rows_read=len(frame))
     good, bad = validate(frame, contract, now)
+    if erased is not None and "user_id" in contract.ids:
+        good_erased = erased.mask(good["user_id"])
+        bad_ids = bad["user_id"] if "user_id" in bad.columns else pd.Series(None, index=bad.index, dtype=object)
+        bad_erased = erased.mask(bad_ids.map(lambda value: _id_text(value)[0]))
+        result.rows_erased = int(good_erased.sum() + bad_erased.sum())
+        good, bad = good[~good_erased], bad[~bad_erased]
     result.rows_quarantined = _quarantine(conn, table, source_file, bad)
     result.rows_loaded = _insert_new(conn, contract, good, source_file)
     result.rows_duplicate = len(good) - result.rows_loaded
@@ -490,19 +504,21 @@ def discover_files(path: Path) -> list[Path]:
     return [file for _, file in sorted(recognised)]
 
 
-def ingest_path(url: str, path: Path, now: datetime | None = None) -> list[LoadResult]:
+def ingest_path(url: str, path: Path, now: datetime | None = None, erasure_salt: str | None = None) -> list[LoadResult]:
     """Load a file or a drop folder; each file commits on its own, so a crash loses at most the file in flight.
 
     A file is recorded in ``raw.ingested_files`` in the transaction that loads its rows, and is skipped
     (no result for it) while its path, size and modification time are unchanged. A changed file is read
     again: rows already there come out as duplicates, so a re-sent file with a few new rows loads exactly
-    those. A file that fails is not recorded, so the next run tries it again.
+    those. A file that fails is not recorded, so the next run tries it again. Rows of users erased by
+    ``ml.privacy`` (their ids' hashes under ``erasure_salt`` in ``ops.erased_users``) are dropped.
     """
     results = []
     with psycopg.connect(url) as conn:
         ensure_raw_schema(conn)
         files = discover_files(Path(path))
         recorded = _recorded_files(conn, [str(file.resolve()) for file in files])
+        erased = ErasedUsers.load(conn, erasure_salt)
         conn.commit()
         skipped = 0
         for file in files:
@@ -518,17 +534,18 @@ def ingest_path(url: str, path: Path, now: datetime | None = None) -> list[LoadR
             table = table_for_file(file)
             frame = read_file(file)
             with conn.transaction():
-                result = load_frame(conn, table, frame, source_file, now=now)
+                result = load_frame(conn, table, frame, source_file, now=now, erased=erased)
                 _record_file(conn, result, stat.st_size, stat.st_mtime_ns)
             result.seconds = time.perf_counter() - started
             progress.info(
-                "%s -> raw.%s: %d read, %d loaded, %d duplicate, %d quarantined in %.1fs (%s rows/s)",
+                "%s -> raw.%s: %d read, %d loaded, %d duplicate, %d quarantined, %d erased in %.1fs (%s rows/s)",
                 file.name,
                 table,
                 result.rows_read,
                 result.rows_loaded,
                 result.rows_duplicate,
                 result.rows_quarantined,
+                result.rows_erased,
                 result.seconds,
                 f"{result.rows_per_second:,}",
             )
@@ -570,7 +587,7 @@ def _record_file(conn: psycopg.Connection, result: LoadResult, size: int, modifi
     )
 
 
-SUMMARY_TOTALS = ["rows_read", "rows_loaded", "rows_duplicate", "rows_quarantined", "seconds"]
+SUMMARY_TOTALS = ["rows_read", "rows_loaded", "rows_duplicate", "rows_quarantined", "rows_erased", "seconds"]
 
 
 def summarise(results: list[LoadResult]) -> pd.DataFrame:

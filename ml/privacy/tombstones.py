@@ -1,0 +1,90 @@
+"""Tombstones of erased users: a salted hash of each id in ``ops.erased_users``, never the id in clear.
+
+Ingest (``ml/warehouse/ingest.py``) drops every row whose user_id hashes to a tombstone, so re-loading an old file
+never brings an erased user back. The hash is HMAC-SHA256 keyed by the salt (``Settings.erasure_salt``, else a
+random one generated once into ``<home>/erasure_salt``): without the salt a tombstone cannot be tested against a
+guessed id. Every process that ingests must use the same salt (set ``REKINDLE_ERASURE_SALT`` when they do not
+share the home folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+
+from ml.settings import Settings
+
+SALT_FILE = "erasure_salt"
+
+
+def ensure_tables(conn: psycopg.Connection) -> None:
+    """Create ``ops.erased_users`` and ``ops.erasure_audit`` if missing (idempotent)."""
+    conn.execute(resources.files("ml.privacy").joinpath("schema.sql").read_text())
+
+
+def salt_file(settings: Settings) -> Path:
+    return settings.home / SALT_FILE
+
+
+def erasure_salt(settings: Settings) -> str:
+    """``settings.erasure_salt``, else the one in ``<home>/erasure_salt``, generated (mode 0600) on first use."""
+    if settings.erasure_salt:
+        return settings.erasure_salt
+    path = salt_file(settings)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process generated it first: use theirs
+            pass
+        else:
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_hex(32))
+    salt = path.read_text().strip()
+    if not salt:
+        raise ValueError(f"{path} is empty: delete it to have a new salt generated, or set REKINDLE_ERASURE_SALT")
+    return salt
+
+
+def user_hash(salt: str, user_id: str) -> str:
+    """The tombstone of one user id (as the warehouse holds it: trimmed text)."""
+    return hmac.new(salt.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class ErasedUsers:
+    """The tombstones, loaded once per ingest, and the salt to test ids against them."""
+
+    salt: str | None
+    hashes: frozenset[str]
+
+    @classmethod
+    def load(cls, conn: psycopg.Connection, salt: str | None) -> ErasedUsers:
+        ensure_tables(conn)
+        hashes = frozenset(h for (h,) in conn.execute("SELECT user_hash FROM ops.erased_users"))
+        if hashes and not salt:
+            raise ValueError(
+                f"{len(hashes)} user(s) were erased, and ingest was given no erasure salt to recognise their rows "
+                "by: pass the settings' salt (ml.privacy.tombstones.erasure_salt)"
+            )
+        return cls(salt, hashes)
+
+    def mask(self, user_ids: pd.Series) -> np.ndarray:
+        """True for the rows whose user id (canonical text; None for none) belongs to an erased user. Each
+        distinct id is hashed once."""
+        if not self.hashes or user_ids.empty:
+            return np.zeros(len(user_ids), dtype=bool)
+        codes, distinct = pd.factorize(user_ids)
+        erased = np.array(
+            [isinstance(u, str) and user_hash(self.salt, u) in self.hashes for u in distinct] + [False], dtype=bool
+        )
+        return erased[codes]
