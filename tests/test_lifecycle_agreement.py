@@ -68,9 +68,10 @@ def _raw_data(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         users.append((user, signup))
         for _ in range(rng.poisson(2.0)):
             order(user, signup + (AT - signup) * float(rng.uniform(0.01, 0.999)))
-    users = pd.DataFrame(users, columns=["user_id", "signup_at"])
+    # User ids as the warehouse holds them: text.
+    users = pd.DataFrame(users, columns=["user_id", "signup_at"]).astype({"user_id": str})
     orders = pd.DataFrame(orders, columns=["event_id", "user_id", "merchant_id", "event_time", "order_total"])
-    return users, orders
+    return users, orders.astype({"user_id": str})
 
 
 def _load_raw(url: str, users: pd.DataFrame, orders: pd.DataFrame) -> None:
@@ -80,7 +81,7 @@ def _load_raw(url: str, users: pd.DataFrame, orders: pd.DataFrame) -> None:
             cur.executemany(
                 "INSERT INTO raw.users (user_id, signup_at, platform, home_zone, marketing_opt_in, source_file)"
                 " VALUES (%s, %s, 'ios', 'West Bay', true, 'test')",
-                [(int(u), s.to_pydatetime()) for u, s in zip(users["user_id"], users["signup_at"])],
+                [(u, s.to_pydatetime()) for u, s in zip(users["user_id"], users["signup_at"])],
             )
             cur.executemany(
                 "INSERT INTO raw.merchants (merchant_id, merchant_name, category, zone, lat, lng, price_level,"
@@ -92,7 +93,7 @@ def _load_raw(url: str, users: pd.DataFrame, orders: pd.DataFrame) -> None:
                 " order_total, platform, zone, properties, source_file, loaded_at)"
                 " VALUES (%s, %s, 'checkout_completed', %s, %s, NULL, %s, 'ios', 'West Bay', NULL, 'test', %s)",
                 [
-                    (e, int(u), t.to_pydatetime(), int(m), total, (t + pd.Timedelta(minutes=1)).to_pydatetime())
+                    (e, u, t.to_pydatetime(), int(m), total, (t + pd.Timedelta(minutes=1)).to_pydatetime())
                     for e, u, m, t, total in orders[
                         ["event_id", "user_id", "merchant_id", "event_time", "order_total"]
                     ].itertuples(index=False)
