@@ -30,6 +30,7 @@ from conftest import publish_offers
 
 from ml.experiments.assignment import HOLDOUT, NON_PERSONALISED, PERSONALISED
 from ml.serving import auth
+from ml.serving.readout import serving_counts, serving_readout
 from ml.serving.role import api_role_url, ensure_api_role
 from ml.serving.variants import ServingExperiment
 from ml.settings import Settings
@@ -414,6 +415,51 @@ def test_serve_without_keys_writes_the_keys_file_and_prints_only_its_path(world,
         stop_server(server)
     log = server.log.read_text()
     assert str(settings.home / "api_keys.json") in log and not any(key in log for key in keys.values())
+
+
+def test_serving_readout_attributes_clicks_and_orders_to_the_variant_shown(world):
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    users = world["users"]["user_id"]
+    champions = [u for u in users if EXPERIMENT.variant(u) == "champion"][-3:]
+    popular = [u for u in users if EXPERIMENT.variant(u) == "popularity"][-2:]
+    events = []
+    with world["server"].client(BOTH_KEY) as client:
+        for user_id in champions + popular:
+            shown = client.get(f"/v1/users/{user_id}/recommendations", params={"n": 2}).json()
+            for item in shown["items"]:
+                properties = {"recommendation_id": shown["recommendation_id"], "variant": shown["variant"]}
+                events.append(
+                    _event(
+                        user_id,
+                        "impression",
+                        item["merchant_id"],
+                        properties=properties | {"position": item["position"]},
+                    )
+                )
+            first = shown["items"][0]["merchant_id"]
+            attributed = {"properties": {"recommendation_id": shown["recommendation_id"]}}
+            if user_id in champions[:2] or user_id == popular[0]:
+                events.append(_event(user_id, "merchant_page_viewed", first, **attributed))
+            if user_id == champions[0]:
+                events.append(_event(user_id, "checkout_completed", first, order_total=20, **attributed))
+        assert client.post("/v1/events", json={"events": events}).json()["accepted"] == len(events)
+    with psycopg.connect(world["url"]) as conn:
+        counts = serving_counts(conn, since)
+    assert counts.loc["champion"].tolist() == [3, 2, 1]
+    assert counts.loc["popularity"].tolist() == [2, 1, 0]
+    readout = serving_readout(counts).set_index(["variant", "metric"])
+    assert readout.loc[("champion", "click_through"), "rate"] == pytest.approx(2 / 3)
+    assert readout.loc[("popularity", "click_through"), "lift_vs_champion"] == pytest.approx(1 / 2 - 2 / 3)
+    assert 0 < readout.loc[("popularity", "order_conversion"), "p_value"] <= 1
+    printed = subprocess.run(
+        [sys.executable, "-m", "ml.cli", "readout", "--serving", "--since", since.date().isoformat()],
+        env={**os.environ, "REKINDLE_HOME": str(world["settings"].home), "REKINDLE_WAREHOUSE_URL": world["url"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert any(line.split()[:3] == ["popularity", "click_through", "2"] for line in printed.stdout.splitlines())
 
 
 def test_benchmark_serve_measures_open_loop_latency_and_counts_every_accepted_event(world):

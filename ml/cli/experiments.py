@@ -51,6 +51,14 @@ def add_readout_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="campaign run date YYYY-MM-DD (default: the campaign whose window closed today, UTC)",
     )
+    parser.add_argument(
+        "--serving",
+        action="store_true",
+        help="the serving A/B test instead: click-through and order conversion per variant vs champion",
+    )
+    parser.add_argument(
+        "--since", type=iso_date, default=None, help="with --serving: events from this date on (default: all)"
+    )
 
 
 def cmd_readout(args: argparse.Namespace) -> int:
@@ -58,6 +66,8 @@ def cmd_readout(args: argparse.Namespace) -> int:
     from ml.experiments.readout import campaign_date_due, load_campaign_truth, run_readout
 
     settings = Settings.from_env()
+    if args.serving:
+        return _serving_readout(settings, args.since)
     campaign_date = args.date or campaign_date_due(today(), settings.reactivation_window_days)
     summary = run_readout(settings, campaign_date)
     print(f"{summary['campaign_id']}: {summary['status']}")
@@ -89,6 +99,22 @@ def cmd_readout(args: argparse.Namespace) -> int:
     if not summary["window_complete"]:
         print(f"interim readout: the window closes at {summary['window_end']}")
     print(summary["verdict"])
+    return 0
+
+
+def _serving_readout(settings: Settings, since) -> int:
+    from datetime import UTC, datetime
+
+    from ml.serving.readout import format_readout, serving_counts, serving_readout
+    from ml.warehouse import postgres
+
+    start = datetime(since.year, since.month, since.day, tzinfo=UTC) if since else datetime.min.replace(tzinfo=UTC)
+    with psycopg.connect(postgres.start(settings)) as conn:
+        counts = serving_counts(conn, start)
+    if counts.empty:
+        print("no impressions with a variant yet: the app sends them as `impression` events (docs/api.md)")
+        return 1
+    print(format_readout(serving_readout(counts)))
     return 0
 
 

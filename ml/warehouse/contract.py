@@ -22,7 +22,10 @@ from datetime import timedelta
 CHECKOUT = "checkout_completed"
 # Views of a merchant's or a product's page: the implicit-feedback signals besides checkouts.
 VIEW_EVENT_TYPES = ("merchant_page_viewed", "product_page_viewed")
-EVENT_TYPES = (CHECKOUT, *VIEW_EVENT_TYPES, "app_opened", "campaign_opened", "reward_redeemed")
+# A recommended merchant shown to the user (sent by the app: merchant_id, properties recommendation_id, variant and
+# position): what `rekindle readout --serving` attributes clicks and orders to. The marts ignore it.
+IMPRESSION = "impression"
+EVENT_TYPES = (CHECKOUT, *VIEW_EVENT_TYPES, "app_opened", "campaign_opened", "reward_redeemed", IMPRESSION)
 
 # The arm of a campaign exposure that sends no offer (the control / holdout).
 NO_OFFER = "none"
