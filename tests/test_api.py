@@ -30,6 +30,7 @@ from conftest import publish_offers
 
 from ml.experiments.assignment import HOLDOUT, NON_PERSONALISED, PERSONALISED
 from ml.serving import auth
+from ml.serving.app import Event, EventBatch, Server, receive_events, recommend
 from ml.serving.readout import serving_counts, serving_readout
 from ml.serving.role import api_role_url, ensure_api_role
 from ml.serving.variants import ServingExperiment
@@ -330,6 +331,32 @@ def test_cache_hits_and_an_order_takes_the_merchant_out_of_discovery_at_once(wor
         'rekindle_api_request_seconds_bucket{le="0.01",method="GET",route="/v1/users/{user_id}/recommendations"}'
         in metrics
     )
+
+
+def test_an_event_accepted_by_one_worker_adapts_and_invalidates_the_others(world, tmp_path):
+    """Two server states on the warehouse, as two `--workers`: the second hears of the first's events (NOTIFY)."""
+    settings = Settings.from_env(environ={"REKINDLE_API_KEYS": API_KEYS}, home=tmp_path, warehouse_url=world["url"])
+    url = api_role_url(world["url"], settings)
+    receiver, other = Server(settings, url), Server(settings, url)
+    receiver.refresh_publication()
+    other.refresh_publication()
+    other.start_watching()
+    user_id = _user(world, "new")
+    try:
+        assert other.listening.wait(30)
+        before = recommend(other, user_id, 10, "discovery", None, None, set(), set(), 1.0, datetime.now(UTC))
+        top = before["items"][0]["merchant_id"]
+        other.cache.put(user_id, "any", before)
+        order = _event(user_id, "checkout_completed", top, order_total=12)
+        assert receive_events(receiver, EventBatch(events=[Event(**order)]))["accepted"] == 1
+        deadline = time.monotonic() + 30
+        while other.cache.get(user_id, "any") is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = recommend(other, user_id, 10, "discovery", None, None, set(), set(), 1.0, datetime.now(UTC))
+    finally:
+        other.stop_watching()
+    assert other.cache.get(user_id, "any") is None
+    assert top not in {i["merchant_id"] for i in after["items"]}
 
 
 def test_views_lift_the_viewed_merchants_neighbours(world):

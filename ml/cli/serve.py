@@ -29,7 +29,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"API keys: {auth.ensure_keys_file(settings)} (readable by you only)")
     owner_url = postgres.start(settings)
     with psycopg.connect(owner_url, autocommit=True) as conn:
-        ensure_api_role(conn, settings)
+        try:
+            ensure_api_role(conn, settings)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # An external warehouse whose administrator made the role: connect as it all the same.
+            print(f"could not create or grant role {settings.api_role} ({exc.diag.message_primary}); using it as it is")
     print(f"warehouse: {redact(owner_url)} as role {settings.api_role}")
     print(f"serving on http://{args.host}:{args.port} (OpenAPI: /docs)", flush=True)
     # Workers are separate processes: each builds the app from the environment (ml.serving.app).

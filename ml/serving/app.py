@@ -208,6 +208,7 @@ class Server:
         self.catalogue: Catalogue | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self.listening = threading.Event()  # set once the watcher hears other workers' events
 
     # publication ------------------------------------------------------------------------------------------------
 
@@ -237,6 +238,7 @@ class Server:
             try:
                 with psycopg.connect(self.warehouse.url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    self.listening.set()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=self.settings.api_publication_poll_seconds):
                             self._apply_notification(note.payload)
