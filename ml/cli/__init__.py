@@ -1,5 +1,5 @@
 """``rekindle`` command line: generate, ingest, warehouse, run, ui, export, simulate, readout, benchmark, serve,
-forget, roles.
+forget, roles, dashboard.
 
 One module per command group; each has ``register(subparsers)``. A bad argument gets one line on stderr and
 exit status 2 (argument types in ``options``; errors found later raise ``options.UsageError``).
@@ -12,11 +12,11 @@ import logging
 import sys
 
 from ml import runtime
-from ml.cli import benchmark, crm, data, experiments, pipeline, privacy, serve
+from ml.cli import benchmark, crm, dashboard, data, experiments, pipeline, privacy, serve
 from ml.cli.options import Parser, UsageError, fail
 from ml.settings import Settings
 
-COMMAND_GROUPS = (data, pipeline, crm, experiments, benchmark, serve, privacy)
+COMMAND_GROUPS = (data, pipeline, crm, experiments, benchmark, serve, privacy, dashboard)
 VERBOSE_HELP = "stream the full log (Airflow, dbt, the warehouse) to the terminal too, at debug level"
 
 

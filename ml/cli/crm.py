@@ -16,6 +16,7 @@ import psycopg
 from ml.cli.options import iso_date
 from ml.crm import segments
 from ml.crm.export import UnknownSegmentError, export_segment, latest_run_date
+from ml.recommend.lifecycle import LIFECYCLE_SEGMENTS
 from ml.settings import Settings
 from ml.warehouse import postgres
 
@@ -28,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-score", type=float, default=None, help="keep rows with a normalised score >= this (0-1)")
     parser.add_argument("--platform", default=None, help="keep users who signed up on this platform")
     parser.add_argument("--zone", default=None, help="keep users whose home zone is this")
+    parser.add_argument(
+        "--lifecycle-segment",
+        choices=LIFECYCLE_SEGMENTS,
+        default=None,
+        help="keep users in this lifecycle segment (as of the latest marts build)",
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="folder (default: the exports folder under REKINDLE_HOME)"
     )
@@ -44,7 +51,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             print("error: nothing published to crm yet: run `rekindle run` first", file=sys.stderr)
             return 1
         path = export_segment(
-            conn, args.segment, run_date, args.out or settings.exports_dir, args.min_score, args.platform, args.zone
+            conn,
+            args.segment,
+            run_date,
+            args.out or settings.exports_dir,
+            args.min_score,
+            args.platform,
+            args.zone,
+            args.lifecycle_segment,
         )
     print(f"wrote {path}")
     return 0

@@ -68,14 +68,25 @@ def export_segment(
     min_score: float | None = None,
     platform: str | None = None,
     zone: str | None = None,
+    lifecycle_segment: str | None = None,
 ) -> Path:
     """Write run_date's rows of one CRM segment table for the users marketing may reach as of now
-    (``marts.MARKETABLE_USERS_SQL``), optionally only score >= min_score and the user's platform / zone.
-    With filters the file name carries them (see ``export_path``)."""
+    (``marts.MARKETABLE_USERS_SQL``), optionally only score >= min_score, the user's platform / zone and the
+    user's lifecycle segment in the latest marts build. With filters the file name carries them (see
+    ``export_path``)."""
     if segment not in segments.SEGMENTS:
         raise UnknownSegmentError(segment)
-    path = export_path(exports_dir, segment, run_date, min_score=min_score, platform=platform, zone=zone)
-    return write_csv(conn, _segment_sql(segments.SEGMENTS[segment], run_date, min_score, platform, zone), path)
+    path = export_path(
+        exports_dir,
+        segment,
+        run_date,
+        min_score=min_score,
+        platform=platform,
+        zone=zone,
+        lifecycle_segment=lifecycle_segment,
+    )
+    query = _segment_sql(segments.SEGMENTS[segment], run_date, min_score, platform, zone, lifecycle_segment)
+    return write_csv(conn, query, path)
 
 
 def _segment_sql(
@@ -84,6 +95,7 @@ def _segment_sql(
     min_score: float | None,
     platform: str | None,
     zone: str | None,
+    lifecycle_segment: str | None,
 ) -> sql.Composed:
     columns = [
         *(sql.Identifier(name) for name in LEADING_FIELDS),
@@ -101,6 +113,12 @@ def _segment_sql(
         filters.append(sql.SQL("platform = {}").format(sql.Literal(platform)))
     if zone is not None:
         filters.append(sql.SQL("home_zone = {}").format(sql.Literal(zone)))
+    if lifecycle_segment is not None:
+        filters.append(
+            sql.SQL("user_id IN (SELECT user_id FROM marts.user_segments WHERE lifecycle_segment = {})").format(
+                sql.Literal(lifecycle_segment)
+            )
+        )
     return sql.SQL(
         "SELECT {columns} FROM {table} WHERE {filters} ORDER BY user_id, score DESC, recommended_merchant_id"
     ).format(

@@ -164,6 +164,9 @@ def check_mart_quality(settings: Settings, run_date: date) -> dict:
 
 
 CURVE_KS = tuple(range(1, 11))
+CURVE_METRICS = ("precision", "recall", "hit_rate", "ndcg")
+# Every model's metric@K for K in CURVE_KS, per mode, in each ranker run (the dashboard draws its curves from it).
+METRIC_AT_K_ARTIFACT = "metric_at_k.json"
 SUMMARY_KS = ("@5", "@10")
 
 
@@ -316,6 +319,16 @@ def _log_comparison(
         mlflow.log_figure(_curves_figure(results, mode), f"metric_at_k_{mode}.png")
         mlflow.log_figure(_segments_figure(results, mode), f"ndcg_at_10_by_segment_{mode}.png")
     mlflow.log_dict(
+        {
+            mode: {
+                name: {m: [float(card[mode].overall[f"{m}@{k}"]) for k in CURVE_KS] for m in CURVE_METRICS}
+                for name, card in scorecards.items()
+            }
+            for mode in MODES
+        },
+        METRIC_AT_K_ARTIFACT,
+    )
+    mlflow.log_dict(
         {mode: {name: float(gain) for name, gain in gains.items()} for mode, gains in importance.items()},
         "feature_importance.json",
     )
@@ -325,7 +338,7 @@ def _curves_figure(results: dict, mode: str):
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(11, 3.2))
-    for axes, metric in zip(figure.subplots(1, 4), ("precision", "recall", "hit_rate", "ndcg")):
+    for axes, metric in zip(figure.subplots(1, len(CURVE_METRICS)), CURVE_METRICS):
         for name, result in results.items():
             axes.plot(CURVE_KS, [result.overall[f"{metric}@{k}"] for k in CURVE_KS], marker=".", label=name)
         axes.set_xlabel("K")

@@ -1,0 +1,1 @@
+"""The stakeholder dashboard: a Streamlit app (app.py) reading through the API's query layer."""
