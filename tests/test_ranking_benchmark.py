@@ -5,6 +5,7 @@ the data is present."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 
 import numpy as np
@@ -192,3 +193,19 @@ def test_a_missing_column_is_named(tmp_path, capsys):
     assert rekindle(["benchmark", "ranking", "--interactions", str(path), "--mode", "winback"]) == 2
     error = capsys.readouterr().err
     assert "has no column event_time" in error and "when" in error
+
+
+def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(monkeypatch):
+    log = order_log(seed=3).rename(columns={"merchant_id": "item_id"})
+    log = log[log["user_id"].isin(sorted(log["user_id"].unique())[:150])]
+    train, _ = temporal_split(log, ranking.TRAIN_SHARE)
+    users, items = sorted(log["user_id"].unique()), sorted(log["item_id"].unique())
+    monkeypatch.setattr(ranking, "GRIDS", {"ease": {"l2": (50.0, 250.0)}})
+    inputs = {"candidates": 20, "categories": None, "item_categories": None, "item_locations": None}
+
+    chosen = ranking.tune(train, users, items, "discovery", seed=0, threads=1, ranker_inputs=inputs)
+    grid = [dict(zip(ranking.RANKER_GRID, values)) for values in itertools.product(*ranking.RANKER_GRID.values())]
+    assert chosen["ranker"] in grid and chosen["ease"]["l2"] in (50.0, 250.0)
+
+    monkeypatch.setattr(ranking, "RANKER_TUNING_MAX_INTERACTIONS", len(train) // 2)
+    assert ranking.tune(train, users, items, "discovery", 0, 1, inputs)["ranker"] == ranking.DEFAULTS["ranker"]

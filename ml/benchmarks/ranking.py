@@ -62,10 +62,15 @@ GRIDS: dict[str, dict[str, tuple]] = {
     "als": {"factors": (32, 64, 128), "regularization": (0.01, 0.1), "alpha": (1.0, 4.0)},
     "ease": {"l2": (50.0, 100.0, 250.0, 500.0, 1000.0)},
 }
+# The ranker's own grid, searched only on small logs (at most RANKER_TUNING_MAX_INTERACTIONS train rows), where
+# one fit takes seconds and the defaults (two label windows, 200 rows per leaf) leave the booster few groups.
+RANKER_GRID: dict[str, tuple] = {"training_windows": (2, 4), "min_data_in_leaf": (50, 200)}
+RANKER_TUNING_MAX_INTERACTIONS = 50_000
 DEFAULTS: dict[str, dict] = {
     "cosine": {"neighbours": 100, "shrinkage": 0.0},
     "als": {"factors": 64, "regularization": 0.05, "alpha": 2.0},
     "ease": {"l2": 250.0},
+    "ranker": {"training_windows": 2, "min_data_in_leaf": 200},
 }
 MOVIELENS_GENRES = [
     "unknown",
@@ -188,8 +193,11 @@ def recommend_ids(recommender: Recommender, matrix: InteractionMatrix, users: np
     return {user: list(matrix.item_ids[row[row >= 0]]) for user, row in zip(users, items)}
 
 
-def tune(train: pd.DataFrame, users: list, items: list, mode: str, seed: int, threads: int) -> dict[str, dict]:
-    """Grid search per generator on the last 20% of each user's train interactions."""
+def tune(
+    train: pd.DataFrame, users: list, items: list, mode: str, seed: int, threads: int, ranker_inputs: dict
+) -> dict[str, dict]:
+    """Grid search per generator on the last 20% of each user's train interactions; on a small log, then the
+    ranker's ``RANKER_GRID`` over the chosen generators (``ranker_inputs``: build_ranker's keyword arguments)."""
     inner_train, validation = temporal_split(train, TRAIN_SHARE)
     matrix = InteractionMatrix.from_frame(inner_train, users=users, items=items)
     relevant = held_out_relevance(inner_train, validation, mode)
@@ -199,7 +207,7 @@ def tune(train: pd.DataFrame, users: list, items: list, mode: str, seed: int, th
         "als": lambda **p: ALSRecommender(**p, random_state=seed, num_threads=threads),
         "ease": EASERecommender,
     }
-    chosen = {}
+    chosen = dict(DEFAULTS)
     for name, grid in GRIDS.items():
         scored = []
         for values in itertools.product(*grid.values()):
@@ -209,7 +217,43 @@ def tune(train: pd.DataFrame, users: list, items: list, mode: str, seed: int, th
             report = ranking_report(listed, relevant, len(items), ks=(K,))
             scored.append((report["ndcg@10"], params))
         chosen[name] = max(scored, key=lambda pair: pair[0])[1]
+    if len(inner_train) <= RANKER_TUNING_MAX_INTERACTIONS:
+        scored = []
+        for values in itertools.product(*RANKER_GRID.values()):
+            settings = dict(zip(RANKER_GRID, values))
+            ranker = build_ranker(
+                {**chosen, "ranker": settings}, mode=mode, seed=seed, threads=threads, **ranker_inputs
+            )
+            ranker.fit(inner_train, users=users, items=items)
+            listed = recommend_ids(ranker, ranker.matrix, eval_users, mode)
+            scored.append((ranking_report(listed, relevant, len(items), ks=(K,))["ndcg@10"], settings))
+        chosen["ranker"] = max(scored, key=lambda pair: pair[0])[1]
     return chosen
+
+
+def build_ranker(
+    params: Mapping[str, dict],
+    mode: str,
+    seed: int,
+    threads: int,
+    candidates: int,
+    categories: np.ndarray | None,
+    item_categories: pd.Series | None,
+    item_locations: pd.DataFrame | None,
+) -> RankerRecommender:
+    """The benchmark's ranker for ``mode`` over the generators of ``params`` and its own ``params["ranker"]``."""
+    ranker_params = params.get("ranker", DEFAULTS["ranker"])
+    return RankerRecommender(
+        build_generators(params, categories, seed, threads),
+        item_categories=item_categories,
+        item_context=item_locations,
+        modes=(mode,),
+        candidates_per_generator=candidates,
+        training_windows=ranker_params["training_windows"],
+        lgbm_params={"min_data_in_leaf": ranker_params["min_data_in_leaf"]},
+        num_threads=threads,
+        seed=seed,
+    )
 
 
 def _label(name: str, params: Mapping) -> str:
@@ -274,7 +318,13 @@ def run(args: argparse.Namespace) -> int:
     )
 
     started = time.perf_counter()
-    params = tune(train, users, items, mode, args.seed, args.threads) if args.tune else DEFAULTS
+    ranker_inputs = {
+        "candidates": args.candidates,
+        "categories": categories,
+        "item_categories": item_categories,
+        "item_locations": item_locations,
+    }
+    params = tune(train, users, items, mode, args.seed, args.threads, ranker_inputs) if args.tune else DEFAULTS
     if args.tune:
         print(f"tuned on validation carved from train in {time.perf_counter() - started:.0f}s: {params}")
 
@@ -296,15 +346,7 @@ def run(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
         rows.append((name, evaluate(model, matrix, test_users, relevant, mode), seconds))
 
-    ranker = RankerRecommender(
-        build_generators(params, categories, args.seed, args.threads),
-        item_categories=item_categories,
-        item_context=item_locations,
-        modes=(mode,),
-        candidates_per_generator=args.candidates,
-        num_threads=args.threads,
-        seed=args.seed,
-    )
+    ranker = build_ranker(params, mode=mode, seed=args.seed, threads=args.threads, **ranker_inputs)
     started = time.perf_counter()
     ranker.fit(train, users=users, items=items)
     seconds = time.perf_counter() - started
