@@ -22,6 +22,7 @@ import orjson
 import pandas as pd
 import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -45,6 +46,8 @@ from ml.warehouse.ingest import CONTRACTS, validate
 log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "rekindle_api_events"
+# A line of an EVENTS_CHANNEL payload telling every worker to drop an erased user's cache and session.
+FORGET_LINE = "forget\t"
 MAX_EVENTS = 1000
 # NOTIFY payloads must stay below 8000 bytes.
 NOTIFY_PAYLOAD_BYTES = 7000
@@ -252,7 +255,15 @@ class Server:
         if origin == self.origin:
             return
         for line in body.splitlines():
-            self.apply(SessionEvent.decode(line))
+            if line.startswith(FORGET_LINE):
+                self.forget(line.removeprefix(FORGET_LINE))
+            else:
+                self.apply(SessionEvent.decode(line))
+
+    def forget(self, user_id: str) -> None:
+        """Drop an erased user's cached responses and session events in this process."""
+        self.cache.invalidate(user_id)
+        self.sessions.forget(user_id)
 
     def apply(self, event: SessionEvent) -> None:
         if self.sessions.apply(event):
@@ -578,7 +589,7 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
     app.add_middleware(LatencyMiddleware, metrics=server.metrics)
 
     def require(scope: str):
-        def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
             if credentials is None:
                 raise HTTPException(
                     401, "missing API key: send Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
@@ -597,7 +608,7 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
         return OrjsonResponse({"detail": "; ".join(problems), "errors": problems}, status_code=422)
 
     @app.get("/healthz", include_in_schema=True, tags=["operations"])
-    def healthz() -> dict:
+    async def healthz() -> dict:
         """The process is up."""
         return {"status": "ok"}
 
@@ -615,16 +626,17 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
         return {"status": "ready", "run_date": server.catalogue.run_date.isoformat()}
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
-    def metrics() -> Response:
+    async def metrics() -> Response:
         """Prometheus text: latency per route, cache hits and misses, events by outcome (this process)."""
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    def cached(user_id: str, key: tuple, compute: Callable[[], dict]) -> dict:
+    async def cached(user_id: str, key: tuple, compute: Callable[[], dict]) -> dict:
+        """A hit is answered on the event loop; a miss reads the warehouse on the thread pool."""
         hit = server.cache.get(user_id, key)
         server.metrics.cache.labels("hit" if hit is not None else "miss").inc()
         if hit is not None:
             return {**hit, "cached": True}
-        answer = compute()
+        answer = await run_in_threadpool(compute)
         server.cache.put(user_id, key, answer)
         return answer
 
@@ -635,7 +647,7 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
         dependencies=[require(auth.READ)],
         tags=["recommendations"],
     )
-    def recommendations(
+    async def recommendations(
         user_id: UserId,
         n: Annotated[int, Query(ge=1, le=100, description="how many merchants")] = 10,
         mode: Annotated[
@@ -665,7 +677,7 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
         categories, excluded = _split(category), _split(exclude)
         key = ("recommendations", n, mode, zone, daypart, frozenset(categories), frozenset(excluded), lam)
         now = datetime.now(UTC)
-        return cached(
+        return await cached(
             user_id, key, lambda: recommend(server, user_id, n, mode, zone, daypart, categories, excluded, lam, now)
         )
 
@@ -676,9 +688,9 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
         dependencies=[require(auth.READ)],
         tags=["offers"],
     )
-    def offer(user_id: UserId):
+    async def offer(user_id: UserId):
         """Today's win-back offer, or null with the reason."""
-        return cached(user_id, ("offer",), lambda: {**offer_answer(server, user_id), "cached": False})
+        return await cached(user_id, ("offer",), lambda: {**offer_answer(server, user_id), "cached": False})
 
     @app.get(
         "/v1/merchants/{merchant_id}/similar",
@@ -691,7 +703,7 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
         dependencies=[require(auth.READ)],
         tags=["recommendations"],
     )
-    def similar(merchant_id: MerchantId, n: Annotated[int, Query(ge=1, le=50)] = 10):
+    async def similar(merchant_id: MerchantId, n: Annotated[int, Query(ge=1, le=50)] = 10):
         """The merchants most often ordered by the same customers: co-order cosine of the publication's marts."""
         catalogue = server.require_catalogue()
         if merchant_id not in catalogue.merchants:
@@ -733,6 +745,29 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
         """1-1,000 events: valid ones loaded into raw.events (idempotent by event_id), the others quarantined
         with the reason; the outcome of every event in order."""
         return receive_events(server, batch)
+
+    @app.delete(
+        "/v1/users/{user_id}",
+        response_model=None,
+        dependencies=[require(auth.WRITE)],
+        tags=["users"],
+    )
+    def forget_user(
+        user_id: UserId,
+        request_id: Annotated[
+            str | None, Query(min_length=1, max_length=200, description="the erasure request's id")
+        ] = None,
+    ):
+        """Erase the user everywhere the project writes them (``ml.privacy.erasure.forget_users``: raw, every dbt
+        model, crm, the CSV exports, the registered ranker; tombstoned and audited) and from every worker's cache and
+        session. Runs as the pipeline's owner, not the API role; rows removed per place, never the id."""
+        from ml.privacy.erasure import forget_users
+
+        report = forget_users(settings, [user_id], request_id)
+        server.forget(user_id)
+        with psycopg.connect(server.warehouse.url, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, f"{server.origin}\n{FORGET_LINE}{user_id}"))
+        return report.as_dict()
 
     return app
 
