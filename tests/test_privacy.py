@@ -224,3 +224,67 @@ def test_the_daily_load_purges_raw_events_past_retention_on_day_two(settings):
     assert day_one["expired_raw_events"] == 1 and day_two["expired_raw_events"] == 1
     with psycopg.connect(settings.warehouse_url) as conn:
         assert [e for (e,) in conn.execute("SELECT event_id FROM raw.events")] == ["new"]
+
+
+MARTS_FOR_REFIT_SQL = """
+CREATE SCHEMA IF NOT EXISTS marts;
+CREATE TABLE marts.orders AS
+    SELECT * FROM (VALUES
+        ('user-gone-1', 'm10', '2026-10-20'::timestamptz, 40.0),
+        ('kept-1', 'm10', '2026-10-20'::timestamptz, 40.0),
+        ('kept-1', 'm11', '2026-10-21'::timestamptz, 40.0),
+        ('kept-2', 'm11', '2026-10-21'::timestamptz, 40.0)
+    ) AS o (user_id, merchant_id, ordered_at, order_total);
+CREATE TABLE marts.user_features AS
+    SELECT * FROM (VALUES ('user-gone-1', 'Z1', '2026-10-01'::timestamptz), ('kept-1', 'Z1', '2026-10-01'::timestamptz),
+                          ('kept-2', 'Z2', '2026-10-01'::timestamptz))
+    AS u (user_id, home_zone, signup_at);
+CREATE TABLE marts.merchant_features AS
+    SELECT * FROM (VALUES ('m10', 'Foo', 'pizza', 'Z1', 25.3, 51.5, 2, '2026-01-01'::timestamptz),
+                          ('m11', 'Bar', 'sushi', 'Z2', 25.3, 51.5, 3, '2026-01-01'::timestamptz))
+    AS m (merchant_id, merchant_name, category, zone, lat, lng, price_level, opened_at);
+"""
+
+
+def test_the_registered_ranker_is_refitted_without_the_user_under_the_same_aliases(settings):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ml.pipeline import tracking
+    from ml.privacy import models
+    from ml.recommend.merchant import MerchantRecommender, ModelSpec
+
+    url = settings.warehouse_url
+    with psycopg.connect(url) as conn:
+        conn.execute(MARTS_FOR_REFIT_SQL)
+        orders = models.marts.load_orders(conn)
+        context = tasks.load_market_context(conn)
+    tracking.configure(settings, url)
+    name = settings.ranker_model_name
+    as_of = datetime(2026, 11, 1, tzinfo=UTC)
+    versions = []
+    for _ in range(2):
+        with mlflow.start_run(experiment_id=tracking.experiment_id(settings, "privacy-test")):
+            model = MerchantRecommender(ModelSpec("item_cosine")).fit(orders, as_of, context)
+            versions.append(tracking.log_model(tracking.RecommenderPyfunc(model), name))
+    client = MlflowClient()
+    for alias in (tracking.CHAMPION, tracking.CHALLENGER):
+        client.set_registered_model_alias(name, alias, versions[1])
+    assert models.held_users(tracking.load_alias(name).recommender, ["user-gone-1"]) == 1
+
+    removed = models.remove_users(settings, url, ["user-gone-1"], "req-models")
+
+    champion = tracking.alias_version(name, tracking.CHAMPION)
+    assert champion not in versions and tracking.alias_version(name, tracking.CHALLENGER) == champion
+    assert removed == {
+        f"mlflow:{name} v{versions[1]} -> v{champion} (challenger, champion)": 1,
+        f"mlflow:{name} v{versions[0]} (deleted)": 1,
+        f"mlflow:{name} v{versions[1]} (deleted)": 1,
+    }
+    cleaned = tracking.load_alias(name).recommender
+    assert models.held_users(cleaned, ["user-gone-1"]) == 0
+    assert models.held_users(cleaned, ["kept-1", "kept-2"]) == 2
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == [champion]
+    assert not [p for p in settings.mlflow_artifacts_dir.rglob("*") if p.is_file() and b"user-gone-1" in p.read_bytes()]
+    run = client.get_run(client.get_model_version(name, champion).run_id)
+    assert run.data.tags[models.ERASURE_TAG] == "req-models"

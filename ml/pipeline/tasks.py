@@ -118,7 +118,8 @@ def prepare_warehouse(settings: Settings, run_date: date) -> dict:
 
 def load_events(settings: Settings, run_date: date) -> dict:
     """Ingest every contract file in the drop folder (loading the same files again changes nothing; erased users'
-    rows are dropped), then delete raw events past ``raw_retention_days``."""
+    rows are dropped), delete what the API inserted for erased users since, and raw events past
+    ``raw_retention_days``."""
     url = postgres.start(settings)
     with recorded_step(url, run_date, "load_events") as summary:
         if not settings.input_dir.is_dir():
@@ -127,10 +128,11 @@ def load_events(settings: Settings, run_date: date) -> dict:
         else:
             results = ingest.ingest_path(url, settings.input_dir, erasure_salt=tombstones.erasure_salt(settings))
         with psycopg.connect(url) as conn:
-            expired = retention.purge_raw_events(conn, run_date, settings.raw_retention_days)
+            erased = tombstones.ErasedUsers.load(conn, tombstones.erasure_salt(settings))
+            summary["erased_api_rows"] = tombstones.purge_api_rows(conn, erased)
+            summary["expired_raw_events"] = retention.purge_raw_events(conn, run_date, settings.raw_retention_days)
         summary["files"] = len(results)
         summary["tables"] = ingest.summarise(results).to_dict("records")
-        summary["expired_raw_events"] = expired
     return summary
 
 

@@ -46,24 +46,26 @@ def remove_users(settings: Settings, url: str, user_ids: list[str], request_id: 
         return {}
     ids = pd.Index(user_ids)
     aliases: dict[str, list[str]] = {}
-    for alias, number in client.get_registered_model(name).aliases.items():
-        aliases.setdefault(str(number), []).append(alias)
+    for alias in (tracking.CHAMPION, tracking.CHALLENGER):
+        number = tracking.alias_version(name, alias)
+        if number is not None:
+            aliases.setdefault(number, []).append(alias)
     removed: dict[str, int] = {}
-    for version in sorted((v for v in versions if v.version in aliases), key=lambda v: int(v.version)):
-        recommender = _load(name, version.version)
+    # The store's version numbers are integers, alias_version's strings.
+    for version in sorted((v for v in versions if str(v.version) in aliases), key=lambda v: int(v.version)):
+        number = str(version.version)
+        recommender = _load(name, number)
         held = held_users(recommender, ids)
         if not held:
             continue
         new_version = _register_cleaned(settings, url, client, version, recommender, ids, request_id)
-        for alias in aliases[version.version]:
+        for alias in aliases[number]:
             client.set_registered_model_alias(name, alias, new_version)
-        removed[
-            f"mlflow:{name} v{version.version} -> v{new_version} ({', '.join(sorted(aliases[version.version]))})"
-        ] = held
-    for version in versions:
+        removed[f"mlflow:{name} v{number} -> v{new_version} ({', '.join(sorted(aliases[number]))})"] = held
+    for version in sorted(versions, key=lambda v: int(v.version)):
         if not _may_hold(version, user_ids, client):
             continue
-        held = held_users(_load(name, version.version), ids)
+        held = held_users(_load(name, str(version.version)), ids)
         if held:
             _delete_version(client, version)
             removed[f"mlflow:{name} v{version.version} (deleted)"] = held
@@ -96,19 +98,28 @@ def _register_cleaned(settings: Settings, url: str, client, version, recommender
         cleaned = recommender.spec.recommender().fit(orders, as_of, context)
     experiment = client.get_run(version.run_id).info.experiment_id
     with mlflow.start_run(experiment_id=experiment, run_name=f"erasure {request_id}"):
-        mlflow.set_tags({ERASURE_TAG: request_id, CLEANED_FROM_TAG: version.version})
+        mlflow.set_tags({ERASURE_TAG: request_id, CLEANED_FROM_TAG: str(version.version)})
         return tracking.log_model(tracking.RecommenderPyfunc(cleaned), version.name)
 
 
 def _artifact_dir(version, client) -> Path | None:
     """The local folder of a version's logged model, or None when its artifacts are not on this machine."""
-    model_id = getattr(version, "model_id", None)
+    model_id = _model_id(version)
     location = client.get_logged_model(model_id).artifact_location if model_id else version.source
     parsed = urlparse(location)
     if parsed.scheme not in ("", "file"):
         return None
     path = Path(unquote(parsed.path))
     return path if path.is_dir() else None
+
+
+def _model_id(version) -> str | None:
+    """The logged model behind a version (``models:/<model_id>`` is its source; the SQL store leaves
+    ``model_id`` unset)."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    source = version.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
 def _may_hold(version, user_ids: list[str], client) -> bool:
@@ -129,7 +140,7 @@ def _may_hold(version, user_ids: list[str], client) -> bool:
 def _delete_version(client, version) -> None:
     folder = _artifact_dir(version, client)
     client.delete_model_version(version.name, version.version)
-    model_id = getattr(version, "model_id", None)
+    model_id = _model_id(version)
     if model_id:
         client.delete_logged_model(model_id)
     if folder is not None:

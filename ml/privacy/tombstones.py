@@ -88,3 +88,37 @@ class ErasedUsers:
             [isinstance(u, str) and user_hash(self.salt, u) in self.hashes for u in distinct] + [False], dtype=bool
         )
         return erased[codes]
+
+
+# Rows the API inserts (POST /v1/events) carry this source_file prefix (ml/serving/app.py receive_events).
+API_SOURCE_PREFIX = "api:"
+
+
+def purge_api_rows(conn: psycopg.Connection, erased: ErasedUsers) -> int:
+    """Delete the events and quarantined records the API inserted for erased users (the API role cannot read the
+    tombstones, so the daily load drops them after the fact); returns the rows deleted."""
+    if not erased.hashes:
+        return 0
+    users = pd.Series(
+        [
+            u
+            for (u,) in conn.execute(
+                "SELECT DISTINCT user_id FROM raw.events WHERE starts_with(source_file, %(api)s) "
+                "UNION SELECT DISTINCT btrim(record ->> 'user_id') FROM raw.quarantine "
+                "WHERE starts_with(source_file, %(api)s)",
+                {"api": API_SOURCE_PREFIX},
+            )
+        ],
+        dtype=object,
+    )
+    gone = users[erased.mask(users)].tolist()
+    if not gone:
+        return 0
+    events = conn.execute(
+        "DELETE FROM raw.events WHERE starts_with(source_file, %s) AND user_id = ANY(%s)", (API_SOURCE_PREFIX, gone)
+    ).rowcount
+    quarantined = conn.execute(
+        "DELETE FROM raw.quarantine WHERE starts_with(source_file, %s) AND btrim(record ->> 'user_id') = ANY(%s)",
+        (API_SOURCE_PREFIX, gone),
+    ).rowcount
+    return events + quarantined

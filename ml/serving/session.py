@@ -78,6 +78,11 @@ class Sessions:
                 session.viewed[event.merchant_id] += 1
         return True
 
+    def forget(self, user_id: str) -> None:
+        """Drop everything held about the user (an erasure)."""
+        with self._lock:
+            self._users.pop(user_id, None)
+
     def of(self, user_id: str) -> UserSession:
         with self._lock:
             session = self._users.get(user_id)

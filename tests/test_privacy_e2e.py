@@ -1,0 +1,142 @@
+"""Erasure and minimal data end to end: the daily DAG through Airflow's ``dag.test()`` on the embedded warehouse
+(real dbt, GX, MLflow registry, publish, exports), ``forget_users``, the original drop folder loaded again and the
+DAG run again: the forgotten user is nowhere (any text column of any table of any schema, the exports, the MLflow
+artifacts), and no export or log of the run carries the PII planted in the events' properties."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from ml.pipeline.airflow import logs_to_file, run_dag_in_process
+from ml.privacy.erasure import forget_users
+from ml.synthetic.marketplace import generate_marketplace
+from ml.warehouse import ingest
+
+RUN_DATE = date(2026, 11, 1)
+DAG_ID = "reengagement_daily"
+# PII-looking strings an app might put in an event's free-text properties.
+PLANTED_PII = ("jane.doe@example.com", "+974 5555 1234", "Jane Quillfeather")
+
+
+@pytest.fixture
+def pipeline_settings(settings, airflow_db, monkeypatch):
+    """A small UUID-id marketplace in the drop folder; every tenth event carries an e-mail, a phone number and a
+    name in its properties."""
+    market = generate_marketplace(seed=7, days=30, end_date=RUN_DATE, n_users=700, n_merchants=90)
+    planted = json.dumps({"email": PLANTED_PII[0], "phone": PLANTED_PII[1], "name": PLANTED_PII[2]})
+    properties = market.events["properties"].astype(object).to_numpy(copy=True)
+    properties[::10] = planted
+    market.events["properties"] = properties
+    market.write(settings.input_dir, ids="uuid")
+    monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
+    monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
+    # Cosmos lists the dbt project while the DAG file is parsed; on a busy machine that outlasts the default 30 s.
+    monkeypatch.setenv("AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT", "600")
+    return settings
+
+
+def _run_dag(settings) -> None:
+    """The daily DAG, its whole output in ``<home>/logs`` as ``rekindle run`` writes it."""
+    with logs_to_file(settings.home / "logs" / f"{DAG_ID}_{RUN_DATE}.log"):
+        state, tasks = run_dag_in_process(DAG_ID, RUN_DATE)
+    assert state == "success", {t.task_id: t.state for t in tasks}
+
+
+def _tables_naming(url: str, needle: str) -> dict[str, int]:
+    """Rows per ``schema.table.column`` whose text (any text, varchar or JSON column, of every table of every
+    schema) contains ``needle``."""
+    with psycopg.connect(url) as conn:
+        columns = conn.execute(
+            """SELECT c.table_schema, c.table_name, c.column_name
+               FROM information_schema.columns c
+               JOIN information_schema.tables t USING (table_schema, table_name)
+               WHERE t.table_type = 'BASE TABLE' AND c.table_schema NOT IN ('pg_catalog', 'information_schema')
+                 AND c.data_type IN ('text', 'character varying', 'character', 'json', 'jsonb')"""
+        ).fetchall()
+        found = {}
+        for schema, table, column in columns:
+            rows = conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE strpos({}::text, %s) > 0").format(
+                    sql.Identifier(schema, table), sql.Identifier(column)
+                ),
+                (needle,),
+            ).fetchone()[0]
+            if rows:
+                found[f"{schema}.{table}.{column}"] = rows
+    return found
+
+
+def _files_naming(folder, needle: str) -> list[str]:
+    return sorted(
+        str(path.relative_to(folder))
+        for path in folder.rglob("*")
+        if path.is_file() and needle.encode() in path.read_bytes()
+    )
+
+
+def _victim(url: str) -> str:
+    """A user in every kind of table: scored segment member, offered, exposed to a campaign, with orders."""
+    with psycopg.connect(url) as conn:
+        [(user_id,)] = conn.execute(
+            """SELECT m.user_id FROM crm.segment_members m
+               JOIN crm.inactive_user_offers o USING (run_date, user_id)
+               WHERE m.run_date = %s
+                 AND EXISTS (SELECT FROM raw.campaign_exposures e WHERE e.user_id = m.user_id)
+                 AND EXISTS (SELECT FROM marts.orders r WHERE r.user_id = m.user_id)
+                 AND EXISTS (SELECT FROM crm.recommendations r WHERE r.user_id = m.user_id)
+               ORDER BY m.user_id LIMIT 1""",
+            (RUN_DATE,),
+        ).fetchall()
+    return user_id
+
+
+def test_a_forgotten_user_stays_gone_after_the_files_are_loaded_again(pipeline_settings, tmp_path):
+    settings = pipeline_settings
+    url = settings.warehouse_url
+    _run_dag(settings)
+    victim = _victim(url)
+    bad_row = tmp_path / "events_bad.csv"  # and a quarantined row naming them
+    bad_row.write_text(f"event_id,user_id,event_type,event_time\nbad-1,{victim},teleported,2026-10-30T12:00:00Z\n")
+    ingest.ingest_path(url, bad_row)
+    everywhere = _tables_naming(url, victim)
+    for table in ("raw.events", "raw.users", "raw.campaign_exposures", "raw.quarantine", "crm.segment_members"):
+        assert any(place.startswith(table + ".") for place in everywhere), table
+    assert any(place.startswith("marts.") for place in everywhere)
+    assert _files_naming(settings.exports_dir, victim)
+    assert _files_naming(settings.mlflow_artifacts_dir, victim)
+
+    report = forget_users(settings, [victim], request_id="e2e-request")
+
+    assert report.rows_removed["raw.events"] > 0 and report.rows_removed["raw.quarantine"] == 1
+    cleaned = [place for place in report.rows_removed if place.startswith("mlflow:") and "->" in place]
+    assert cleaned and "champion" in cleaned[0]
+    assert _tables_naming(url, victim) == {}
+    assert _files_naming(settings.exports_dir, victim) == []
+    assert _files_naming(settings.mlflow_artifacts_dir, victim) == []
+
+    # The original drop folder again (its files changed on disk, so every one is read), and the DAG again.
+    for file in settings.input_dir.iterdir():
+        if file.is_file():
+            os.utime(file, ns=(file.stat().st_atime_ns, file.stat().st_mtime_ns + 10**9))
+    _run_dag(settings)
+
+    assert _tables_naming(url, victim) == {}
+    assert _files_naming(settings.exports_dir, victim) == []
+    assert _files_naming(settings.mlflow_artifacts_dir, victim) == []
+    with psycopg.connect(url) as conn:
+        [(load_summary,)] = conn.execute(
+            "SELECT summary FROM ops.pipeline_steps WHERE run_date = %s AND step = 'load_events'", (RUN_DATE,)
+        ).fetchall()
+    assert sum(table["rows_erased"] for table in load_summary["tables"]) > 0
+
+    # Minimal data: the exports and every log carry ids, never the PII planted in the properties.
+    for folder in (settings.exports_dir, settings.home / "logs"):
+        assert any(folder.rglob("*")), folder
+        for pii in PLANTED_PII:
+            assert _files_naming(folder, pii) == [], (folder, pii)
