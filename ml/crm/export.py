@@ -47,6 +47,7 @@ def write_csv(conn: psycopg.Connection, query: sql.Composable, path: Path) -> Pa
     """Stream ``query``'s rows as CSV with a header into ``path``: written beside its final name and renamed
     into place, so a reader never sees half a file and an export run again replaces it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_partials_of_dead_writers(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     copy_sql = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER)").format(query)
     try:
@@ -58,6 +59,25 @@ def write_csv(conn: psycopg.Connection, query: sql.Composable, path: Path) -> Pa
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def _remove_partials_of_dead_writers(path: Path) -> None:
+    """A writer killed mid-copy (SIGKILL skips ``finally``) leaves its partial file behind; one whose process
+    still runs is another export of the same file in progress."""
+    for partial in path.parent.glob(f".{path.name}.*.partial"):
+        pid = partial.name[len(path.name) + 2 : -len(".partial")]
+        if pid.isdigit() and not _running(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def export_segment(

@@ -52,12 +52,22 @@ def as_of(run_date: date) -> datetime:
     return datetime.combine(run_date, dtime.min, tzinfo=UTC)
 
 
+class WarehouseUnavailableError(RuntimeError):
+    """The warehouse went away while a step ran (server stopped, connection lost)."""
+
+
 @contextmanager
 def recorded_step(url: str, run_date: date, step: str) -> Iterator[dict]:
     summary: dict = {}
     started = time.perf_counter()
-    with PeakMemory() as memory:
-        yield summary
+    try:
+        with PeakMemory() as memory:
+            yield summary
+    except psycopg.OperationalError as error:
+        raise WarehouseUnavailableError(
+            f"{step} for {run_date} lost the warehouse ({redact(url)}): {str(error).strip()}. Every step is "
+            "idempotent: run it again once the warehouse is back (Airflow retries it on its own)."
+        ) from error
     seconds = time.perf_counter() - started
     summary["peak_rss_mb"] = memory.peak_mb
     with psycopg.connect(url) as conn:
@@ -233,7 +243,11 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
             progress.info(
                 "refitted the ranker's candidates on %d orders (%.1fs)", len(orders), time.perf_counter() - started
             )
-            version = tracking.log_model(tracking.RecommenderPyfunc(final), settings.ranker_model_name)
+            version = tracking.log_model_once(
+                tracking.RecommenderPyfunc(final),
+                settings.ranker_model_name,
+                tracking.fit_key((spec, as_of(run_date)), orders, context.merchants, context.users),
+            )
             decision = tracking.gate(
                 settings.ranker_model_name,
                 version,
@@ -418,7 +432,12 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
                 test["reactivated"].astype(float).to_numpy(),
             )
             mlflow.log_figure(qini_plot({"s-learner": curve}), "qini.png")
-            version = tracking.log_model(tracking.OfferPyfunc(final), settings.offer_model_name, signature=None)
+            version = tracking.log_model_once(
+                tracking.OfferPyfunc(final),
+                settings.offer_model_name,
+                tracking.fit_key((final.margin_rate, final.config, final.seed), history),
+                signature=None,
+            )
             decision = tracking.gate(
                 settings.offer_model_name,
                 version,

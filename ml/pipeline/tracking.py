@@ -110,6 +110,44 @@ def log_model(python_model, registered_name: str, signature: ModelSignature | No
     return str(info.registered_model_version)
 
 
+# A run's tag: what the model it registers was fitted from (recipe and data); see log_model_once.
+FIT_KEY_TAG = "rekindle.fit_key"
+
+
+def fit_key(recipe: object, *frames: pd.DataFrame) -> str:
+    """A digest of a recipe (its repr) and the data a model is fitted on: fitting is seeded, so equal keys mean
+    equal models."""
+    import hashlib
+
+    digest = hashlib.sha256(repr(recipe).encode())
+    for frame in frames:
+        digest.update(repr(list(frame.columns)).encode())
+        digest.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def log_model_once(python_model, registered_name: str, key: str, signature: ModelSignature | None = SIGNATURE) -> str:
+    """``log_model``, unless a version fitted from ``key`` is registered already (a re-run of a day whose run
+    registered its model and then died): that version is returned, so a re-run leaves the registry and the
+    published model_version as one uninterrupted run would."""
+    from mlflow import MlflowClient
+
+    active = mlflow.active_run()
+    mlflow.set_tag(FIT_KEY_TAG, key)
+    client = MlflowClient()
+    same_fit = client.search_runs([active.info.experiment_id], f"tags.`{FIT_KEY_TAG}` = '{key}'")
+    versions = [
+        int(version.version)
+        for run in same_fit
+        if run.info.run_id != active.info.run_id
+        for version in client.search_model_versions(f"name = '{registered_name}' AND run_id = '{run.info.run_id}'")
+    ]
+    if versions:
+        log.info("%s v%s was fitted from the same recipe and data: reusing it", registered_name, min(versions))
+        return str(min(versions))
+    return log_model(python_model, registered_name, signature)
+
+
 def alias_version(name: str, alias: str) -> str | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -158,6 +196,8 @@ def gate(
     champion_version = alias_version(name, CHAMPION)
     if champion_version is None or champion_value is None:
         promoted, reason = True, "no champion yet: first version becomes champion"
+    elif champion_version == challenger_version:
+        promoted, reason = True, f"v{champion_version} is champion already: the same recipe fitted on the same data"
     elif same_recipe:
         promoted = True
         reason = f"same recipe as champion v{champion_version}, refitted on today's data: it replaces it"
