@@ -60,7 +60,7 @@ def published(postgres_server_url) -> str:
             rows,
         )
         conn.cursor().executemany(
-            "INSERT INTO crm.recommendations VALUES (%s, 1, 1, 10, 'Pizza Place', 1.0, NULL, '1')",
+            "INSERT INTO crm.recommendations VALUES (%s, 1, 'winback', 1, 10, 'Pizza Place', 1.0, NULL, '1')",
             [(RUN_DATE,), (EARLIER,)],
         )
         conn.execute("CREATE SCHEMA marts; CREATE TABLE marts.user_features (user_id text, marketing_opt_in boolean)")

@@ -29,8 +29,9 @@ USERS = 240
 MERCHANTS = 40
 # Every third user did not opt in.
 MARTS_SQL = hand_built_marts_sql(USERS, MERCHANTS, opted_in="u % 3 <> 0")
-OPTED_OUT = {u for u in range(1, USERS + 1) if u % 3 == 0}
-OPTED_IN = set(range(1, USERS + 1)) - OPTED_OUT
+# User ids are text in the warehouse; this world's are the decimal text of 1..USERS.
+OPTED_OUT = {str(u) for u in range(1, USERS + 1) if u % 3 == 0}
+OPTED_IN = {str(u) for u in range(1, USERS + 1)} - OPTED_OUT
 MARKETING_TABLES = ("crm.inactive_user_offers", "crm.segment_members", *(f"crm.{name}" for name in segments.SEGMENTS))
 USER_ID = 2  # the user_id's position in every marketing table's rows
 
@@ -38,14 +39,15 @@ USER_ID = 2  # the user_id's position in every marketing table's rows
 class Recommender:
     """Ten distinct merchants per user, best first."""
 
-    def recommend(self, user_ids: list, n: int) -> pd.DataFrame:
-        users = np.repeat(np.asarray(user_ids, dtype=np.int64), n)
+    def recommend(self, user_ids: list, n: int, mode: str = "discovery") -> pd.DataFrame:
+        users = np.repeat(np.asarray(user_ids, dtype=object), n)
+        numbers = users.astype(np.int64)  # the ids are text; this world's are integers
         ranks = np.tile(np.arange(1, n + 1), len(user_ids))
         return pd.DataFrame(
             {
                 "user_id": users,
                 "rank": ranks,
-                "merchant_id": (users * 7 + ranks * 3) % MERCHANTS + 1,
+                "merchant_id": ((numbers * 7 + ranks * 3) % MERCHANTS + 1).astype(str),
                 "score": (n + 1 - ranks) / n,
             }
         )
@@ -98,12 +100,12 @@ def _marts_users(url: str, where: str) -> set[int]:
         }
 
 
-def _csv_users(settings) -> dict[str, set[int]]:
+def _csv_users(settings) -> dict[str, set[str]]:
     files = sorted(settings.exports_dir.glob(f"*_{DAY.isoformat()}.csv"))
     users = {}
     for path in files:
         with path.open(newline="") as f:
-            users[path.name] = {int(row["user_id"]) for row in csv.DictReader(f)}
+            users[path.name] = {row["user_id"] for row in csv.DictReader(f)}
     return users
 
 
@@ -164,7 +166,7 @@ def test_the_readout_counts_the_offered_users_in_their_arms(world):
 
     assert set(results["arm"]) == set(ARMS)
     assert results["users"].sum() == len(offered)
-    assert results["re_engaged_users"].sum() == len({u for u in offered if u % 2 == 0})
+    assert results["re_engaged_users"].sum() == len({u for u in offered if int(u) % 2 == 0})
 
 
 def test_exports_read_consent_when_written(world):

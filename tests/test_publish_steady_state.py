@@ -20,6 +20,7 @@ from psycopg import sql
 
 from ml.crm import segments
 from ml.pipeline import tasks, tracking
+from ml.recommend.modes import MODES
 
 DAY = date(2026, 11, 1)
 USERS = 5000
@@ -40,14 +41,15 @@ class Recommender:
     def __init__(self, run_date: date):
         self.shift = run_date.toordinal() % MERCHANTS
 
-    def recommend(self, user_ids: list, n: int) -> pd.DataFrame:
-        users = np.repeat(np.asarray(user_ids, dtype=np.int64), n)
+    def recommend(self, user_ids: list, n: int, mode: str = "discovery") -> pd.DataFrame:
+        users = np.repeat(np.asarray(user_ids, dtype=object), n)
+        numbers = users.astype(np.int64)  # the ids are text; this world's are integers
         ranks = np.tile(np.arange(1, n + 1), len(user_ids))
         return pd.DataFrame(
             {
                 "user_id": users,
                 "rank": ranks,
-                "merchant_id": (users * 37 + ranks * 53 + self.shift) % MERCHANTS + 1,
+                "merchant_id": ((numbers * 37 + ranks * 53 + self.shift) % MERCHANTS + 1).astype(str),
                 "score": (n + 1 - ranks) / n,
             }
         )
@@ -61,7 +63,7 @@ def _offers(conn: psycopg.Connection) -> pd.DataFrame:
         ).fetchall(),
         columns=["user_id", "segment"],
     )
-    arm = np.array(["personalised", "non_personalised", "holdout"])[users["user_id"] % 3]
+    arm = np.array(["personalised", "non_personalised", "holdout"])[users["user_id"].astype(int) % 3]
     return users.assign(
         arm=arm,
         event_type=np.where(arm == "holdout", "none", "free_delivery"),
@@ -125,7 +127,7 @@ def _executed_plans(url: str, run_date: date, settings) -> dict[str, dict]:
                 )
                 plans[name] = conn.execute(
                     sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(segments._insert_sql(segment)),
-                    {**params, "segment": name},
+                    {**params, "segment": name, "mode": segment.mode},
                 ).fetchone()[0][0]["Plan"]
     return plans
 
@@ -153,7 +155,8 @@ def test_the_second_day_is_planned_with_statistics_that_know_it(publishing):
     assert {table: sorted(days_in_statistics.get(table) or []) for table in CRM_TABLES} == {
         table: [DAY, second] for table in CRM_TABLES
     }
-    assert reltuples == pytest.approx(2 * USERS * publishing.top_n, rel=0.05)
+    # two days, each with a winback and a discovery list per user
+    assert reltuples == pytest.approx(2 * len(MODES) * USERS * publishing.top_n, rel=0.05)
     plans = _executed_plans(url, second, publishing)
     assert {name for name, plan in plans.items() if _recommendation_scans(plan)} == set(segments.SEGMENTS) - {
         "merchant_superfans"  # reads the orders only
