@@ -482,7 +482,7 @@ def test_the_dag_reads_out_the_campaign_whose_window_just_closed():
 def simulated_campaign(end_date: date, seed: int):
     """A generated world and a three-arm campaign on its inactive users at ``end_date``: personalised
     users get their truly best offer (often none), non-personalised free delivery for 10 QAR."""
-    marketplace = generate_marketplace(n_users=3_000, n_merchants=80, seed=seed, end_date=end_date)
+    marketplace = generate_marketplace(n_users=6_000, n_merchants=80, seed=seed, end_date=end_date)
     truth = marketplace.user_truth
     inactive = truth.loc[truth["days_since_last_order"] >= 7, "user_id"]
     campaign_id = assignment.campaign_id_for(end_date)
