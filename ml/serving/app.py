@@ -332,20 +332,19 @@ def recommend(
     now: datetime,
 ) -> dict:
     catalogue = server.require_catalogue()
-    warehouse = server.warehouse
-    user = warehouse.user(user_id)
+    user, published_rows, ordered_rows = server.warehouse.user_context(catalogue.run_date, user_id)
     mode = mode or default_mode(user)
     variant = server.experiment.variant(user_id)
     zone = zone or (user["home_zone"] if user else None)
     day_part = day_part or day_part_at(now, server.offset_hours)
     session = server.sessions.of(user_id)
-    ordered = {row["merchant_id"]: row["merchant_name"] for row in warehouse.user_merchants(user_id)} if user else {}
+    ordered = {row["merchant_id"]: row["merchant_name"] for row in ordered_rows}
     popular_reason = f"popular in {zone}" if zone else "popular"
     model_version = None
 
     # (merchant, raw score, reason) from the user's variant.
     if variant == CHAMPION:
-        published = warehouse.published_list(catalogue.run_date, user_id, mode)
+        published = [r for r in published_rows if r["mode"] == mode]
         candidates = [(r["merchant_id"], r["score"], r["reason"]) for r in published]
         model_version = published[0]["model_version"] if published else None
     elif variant == COSINE:

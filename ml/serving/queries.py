@@ -57,10 +57,6 @@ def day_part_at(moment: datetime, offset_hours: int) -> str:
 
 
 LATEST_RUN_DATE_SQL = "SELECT max(run_date) FROM crm.recommendations"
-PUBLISHED_LIST_SQL = """
-SELECT merchant_id, score, reason, model_version FROM crm.recommendations
-WHERE run_date = %(run_date)s AND user_id = %(user_id)s AND mode = %(mode)s
-ORDER BY rank"""
 OFFER_SQL = """
 SELECT campaign_id, segment, arm, event_type, reward_size::float8 AS reward_size, expected_uplift, is_holdout,
        model_version
@@ -70,6 +66,16 @@ SELECT f.user_id, s.lifecycle_segment, s.value_tier, f.home_zone, f.platform, f.
        f.days_since_last_order, f.favourite_category, f.recent_favourite_category, f.taste_drift
 FROM marts.user_features f LEFT JOIN marts.user_segments s USING (user_id)
 WHERE f.user_id = %(user_id)s"""
+# What a recommendation needs of one user, in one round trip: the user's row (USER_SQL), both modes' published
+# lists and the merchants they ordered from.
+USER_CONTEXT_SQL = f"""
+SELECT
+    (SELECT row_to_json(u) FROM ({USER_SQL}) u) AS user,
+    (SELECT json_agg(json_build_object('mode', mode, 'merchant_id', merchant_id, 'score', score, 'reason', reason,
+                                       'model_version', model_version) ORDER BY mode, rank)
+     FROM crm.recommendations WHERE run_date = %(run_date)s AND user_id = %(user_id)s) AS published,
+    (SELECT json_agg(json_build_object('merchant_id', merchant_id, 'merchant_name', merchant_name))
+     FROM marts.user_merchant_orders WHERE user_id = %(user_id)s) AS ordered"""
 USER_MERCHANTS_SQL = """
 SELECT merchant_id, merchant_name, category, order_count, last_order_at
 FROM marts.user_merchant_orders WHERE user_id = %(user_id)s
@@ -152,14 +158,16 @@ class Warehouse:
         row = self._one(LATEST_RUN_DATE_SQL)
         return row["max"] if row else None
 
-    def published_list(self, run_date: date, user_id: str, mode: str) -> list[dict]:
-        return self._all(PUBLISHED_LIST_SQL, {"run_date": run_date, "user_id": user_id, "mode": mode})
-
     def offer(self, run_date: date, user_id: str) -> dict | None:
         return self._one(OFFER_SQL, {"run_date": run_date, "user_id": user_id})
 
     def user(self, user_id: str) -> dict | None:
         return self._one(USER_SQL, {"user_id": user_id})
+
+    def user_context(self, run_date: date, user_id: str) -> tuple[dict | None, list[dict], list[dict]]:
+        """The user's row (None when unknown), run_date's published rows of both modes, the merchants ordered from."""
+        row = self._one(USER_CONTEXT_SQL, {"run_date": run_date, "user_id": user_id})
+        return row["user"], row["published"] or [], row["ordered"] or []
 
     def user_merchants(self, user_id: str) -> list[dict]:
         """The merchants the user ordered from, the most recent first."""
