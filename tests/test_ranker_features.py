@@ -1,0 +1,86 @@
+"""The ranker's repeat and context features on a hand-built history whose values are worked out by hand.
+
+User u1 lives in zone A and orders lunch (12:00 UTC) on weekdays at m1 (three times) and m2 (once); u2 orders
+late (23:00) at m3, twice. Merchants m1, m2 are in zone A at the same spot; m3 and m4 in zone B 1 degree of
+latitude north (111.19 km); price levels 1, 1, 3, 3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml.recommend import PopularityRecommender, RankerRecommender
+
+MONDAY = pd.Timestamp("2026-11-02", tz="UTC")
+ORDERS = pd.DataFrame(
+    {
+        "user_id": ["u1", "u1", "u1", "u1", "u2", "u2"],
+        "item_id": ["m1", "m1", "m2", "m1", "m3", "m3"],
+        "event_time": [
+            MONDAY + pd.Timedelta(days=d, hours=h) for d, h in ((0, 12), (1, 12), (2, 12), (3, 12), (0, 23), (1, 23))
+        ],
+    }
+)
+ITEMS = pd.DataFrame(
+    {"zone": ["A", "A", "B", "B"], "lat": [25.0, 25.0, 26.0, 26.0], "lng": [51.5] * 4, "price_level": [1, 1, 3, 3]},
+    index=pd.Index(["m1", "m2", "m3", "m4"], name="item_id"),
+)
+USERS = pd.DataFrame({"home_zone": ["A", "B"]}, index=pd.Index(["u1", "u2"], name="user_id"))
+
+
+@pytest.fixture(scope="module")
+def features() -> pd.DataFrame:
+    ranker = RankerRecommender({"popularity": PopularityRecommender()}, item_context=ITEMS, user_context=USERS)
+    # The features of every (user, merchant) pair, as the ranker builds them for scoring in winback mode.
+    frame = ranker._index(
+        ORDERS, users=USERS.index, items=ITEMS.index, user_col="user_id", item_col="item_id", time_col="event_time"
+    )
+    stage = ranker._fit_stage(frame)
+    rows, cols, table = ranker._candidates(stage, np.arange(2), exclude_seen=False)
+    table.index = pd.MultiIndex.from_arrays([USERS.index[rows], ITEMS.index[cols]], names=["user", "merchant"])
+    return table
+
+
+def test_repeat_features(features):
+    u1_m1 = features.loc[("u1", "m1")]
+    assert u1_m1["user_item_interactions"] == 3
+    assert u1_m1["user_item_share"] == pytest.approx(0.75)
+    assert u1_m1["user_reorder_ratio"] == pytest.approx(1 - 2 / 4)  # two merchants in four orders
+    assert u1_m1["item_reorder_rate"] == pytest.approx(1 - 1 / 3)  # one customer, three orders
+    assert u1_m1["user_item_days_since"] == pytest.approx(0.0)  # m1 was u1's last order
+    assert features.loc[("u1", "m2"), "user_item_days_since"] == pytest.approx(1.0)
+    # Decayed counts: m1's orders were 0, 2 and 3 days before u1's last order.
+    expected = sum(0.5 ** (days / 7.0) for days in (0, 2, 3))
+    assert u1_m1["user_item_decayed_7d"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_context_features(features):
+    assert features.loc[("u1", "m1"), "zone_match"] == 1 and features.loc[("u1", "m3"), "zone_match"] == 0
+    assert features.loc[("u2", "m3"), "zone_match"] == 1
+    # u1's usual location is m1/m2's spot; m3 lies one degree of latitude north of it.
+    assert features.loc[("u1", "m1"), "distance_km"] == pytest.approx(0.0, abs=1e-6)
+    assert features.loc[("u1", "m3"), "distance_km"] == pytest.approx(111.19, rel=1e-3)
+    assert features.loc[("u1", "m3"), "price_level_gap"] == pytest.approx(2.0)
+    # Lunch-time u1 matches lunch-time m1 better than late-night m3; late-night u2 the other way round.
+    assert features.loc[("u1", "m1"), "daypart_match"] > 1 > features.loc[("u1", "m3"), "daypart_match"]
+    assert features.loc[("u2", "m3"), "daypart_match"] > 1 > features.loc[("u2", "m1"), "daypart_match"]
+
+
+def test_feature_groups_can_be_left_out():
+    ranker = RankerRecommender(
+        {"popularity": PopularityRecommender()},
+        item_context=ITEMS,
+        user_context=USERS,
+        without_features=("context", "repeat"),
+    )
+    frame = ranker._index(
+        ORDERS, users=USERS.index, items=ITEMS.index, user_col="user_id", item_col="item_id", time_col="event_time"
+    )
+    _, _, table = ranker._candidates(ranker._fit_stage(frame), np.arange(2), exclude_seen=False)
+    left = {"distance_km", "zone_match", "daypart_match", "user_item_interactions", "user_item_decayed_7d"}
+    assert not left & set(table.columns)
+    assert "popularity_score" in table.columns
+    with pytest.raises(ValueError, match="feature groups"):
+        RankerRecommender({}, without_features=("weather",))
