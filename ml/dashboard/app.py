@@ -69,7 +69,7 @@ def curves(run_date: date | None, run_id: str) -> pd.DataFrame | None:
     return runs.metric_at_k(runs.client_for(owner_url()), run_id)
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=2)  # this publication's and the one before
 def catalogue(run_date: date):
     return load_catalogue(warehouse().connection(), run_date)
 
@@ -138,13 +138,16 @@ def model_performance(run_date: date | None) -> None:
         st.info("No ranker run in MLflow yet: run `rekindle run` first.")
         return
     mode = st.radio("Mode", MODES, horizontal=True, key="performance_mode")
-    latest = table.iloc[-1]
-    run = details[latest["run_id"]]
+    # The champion's own run (the judged comparison it won), else the latest run.
+    champion_runs = table[table["version"] == champion]
+    shown = (champion_runs if not champion_runs.empty else table).iloc[-1]
+    run = details[shown["run_id"]]
     st.caption(
-        f"Latest ranker run: {latest['run_date']} (v{latest['version']}); champion: "
-        f"{'v' + champion if champion else 'none'}. Judged on the last days before the run date, per mode."
+        f"{'Champion' if shown['version'] == champion else 'Latest'} ranker run: {shown['run_date']} "
+        f"(v{shown['version']}; champion: {'v' + champion if champion else 'none'}), judged beside its generators "
+        "and the baselines on the last days before its run date."
     )
-    k_curves = curves(run_date, latest["run_id"])
+    k_curves = curves(run_date, shown["run_id"])
     if k_curves is None or k_curves.empty:
         st.info("This run predates the metric@K curves: the next daily run logs them.")
     else:
@@ -165,7 +168,10 @@ def model_performance(run_date: date | None) -> None:
         )
     st.subheader("Every model at a glance")
     st.dataframe(runs.summary_table(run, mode), width="stretch")
-    st.caption("coverage: share of the catalogue recommended; diversity: 1 - mean same-category share within a list.")
+    st.caption(
+        "coverage: share of the catalogue in at least one list; diversity: share of pairs within a list from "
+        "different categories; novelty: mean -log2 of the items' popularity (bits)."
+    )
     by_segment = runs.segment_table(run, mode)
     if not by_segment.empty:
         st.subheader("NDCG@10 per lifecycle segment")
@@ -205,8 +211,11 @@ def user_lookup(run_date: date | None) -> None:
     if not user_id:
         st.info("Enter a user id to see their profile, orders, recommendations and offer.")
         return
+    if run_date is None:
+        st.info("Nothing published yet: run `rekindle run` first.")
+        return
     db = warehouse()
-    user = db.user(user_id)
+    user, published, _ = db.user_context(run_date, user_id)
     if user is None:
         st.warning(f"Unknown user {user_id!r}: not in marts.user_features.")
         return
@@ -227,13 +236,10 @@ def user_lookup(run_date: date | None) -> None:
     st.dataframe(db.user_orders(user_id), width="stretch", hide_index=True)
     st.caption("Merchants ordered from, the most recent first:")
     st.dataframe(pd.DataFrame(db.user_merchants(user_id)), width="stretch", hide_index=True)
-    if run_date is None:
-        st.info("Nothing published yet: no recommendations or offers.")
-        return
     merchants = catalogue(run_date).merchants
     for mode, column in zip((WINBACK, DISCOVERY), st.columns(2)):
         column.subheader(f"Recommendations: {mode}")
-        rows = pd.DataFrame(db.published_list(run_date, user_id, mode))
+        rows = pd.DataFrame([{k: v for k, v in row.items() if k != "mode"} for row in published if row["mode"] == mode])
         if rows.empty:
             column.write(f"No {mode} list published for this user on {run_date}.")
             continue
