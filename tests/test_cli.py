@@ -52,6 +52,8 @@ def _cli_env(home: Path, **extra: str) -> dict[str, str]:
         (["ingest", "/no/such/path"], {}, "/no/such/path"),
         (["benchmark", "daily", "--days", "0"], {}, "'0'"),
         (["ui", "--airflow-port", "99999"], {}, "99999"),
+        (["dashboard", "--port", "99999"], {}, "99999"),
+        (["export", "lapsed_personalised", "--lifecycle-segment", "sleepy"], {}, "sleepy"),
         (["nosuch"], {}, "nosuch"),
         (["run"], {"REKINDLE_SEED": "forty-two"}, "forty-two"),
     ],
