@@ -93,7 +93,7 @@ SELECT m::text AS merchant_id, 'Merchant ' || m AS merchant_name, 'category_' ||
 FROM generate_series(1, {merchants}) m;
 CREATE UNIQUE INDEX ON marts.merchant_features (merchant_id);
 CREATE TABLE marts.user_features AS
-SELECT u::text AS user_id, {opted_in} AS marketing_opt_in,
+SELECT u::text AS user_id, {opted_in} AS marketing_opt_in, false AS personalisation_opt_out,
        (ARRAY['ios', 'android', 'web'])[1 + u % 3] AS platform, 'zone_' || u % 5 AS home_zone,
        10 + u % 300 AS tenure_days, CASE WHEN u % 5 = 0 THEN 0 ELSE 1 + u % 7 END::bigint AS order_count,
        CASE WHEN u % 5 = 0 THEN NULL ELSE u % 90 END AS days_since_last_order,

@@ -1,7 +1,8 @@
-"""Erasure and minimal data end to end: the daily DAG through Airflow's ``dag.test()`` on the embedded warehouse
-(real dbt, GX, MLflow registry, publish, exports), ``forget_users``, the original drop folder loaded again and the
-DAG run again: the forgotten user is nowhere (any text column of any table of any schema, the exports, the MLflow
-artifacts), and no export or log of the run carries the PII planted in the events' properties."""
+"""Consent, erasure and minimal data end to end: the daily DAG through Airflow's ``dag.test()`` on the embedded
+warehouse (real dbt, GX, MLflow registry, publish, exports). Opt-out events are honoured by the publication;
+``forget_users``, the original drop folder loaded again and the DAG run again leave the forgotten user nowhere (any
+text column of any table of any schema, the exports, the MLflow artifacts); no export or log of the run carries the
+PII planted in the events' properties."""
 
 from __future__ import annotations
 
@@ -9,19 +10,24 @@ import json
 import os
 from datetime import date
 
+import pandas as pd
 import psycopg
 import pytest
 from psycopg import sql
 
+from ml.crm.segments import SEGMENTS
 from ml.pipeline.airflow import logs_to_file, run_dag_in_process
 from ml.privacy.erasure import forget_users
+from ml.recommend.ranker import REASONS
 from ml.synthetic.marketplace import generate_marketplace
 from ml.warehouse import ingest
+from ml.warehouse.contract import CHECKOUT, MARKETING_OPT_OUT, PERSONALISATION_OPT_OUT
 
 RUN_DATE = date(2026, 11, 1)
 DAG_ID = "reengagement_daily"
 # PII-looking strings an app might put in an event's free-text properties.
 PLANTED_PII = ("jane.doe@example.com", "+974 5555 1234", "Jane Quillfeather")
+MARKETING_TABLES = ("crm.segment_members", "crm.inactive_user_offers", *(f"crm.{name}" for name in SEGMENTS))
 
 
 @pytest.fixture
@@ -33,12 +39,34 @@ def pipeline_settings(settings, airflow_db, monkeypatch):
     properties = market.events["properties"].astype(object).to_numpy(copy=True)
     properties[::10] = planted
     market.events["properties"] = properties
+    market.events = pd.concat([market.events, _opt_outs(market)], ignore_index=True)
     market.write(settings.input_dir, ids="uuid")
     monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
     monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
     # Cosmos lists the dbt project while the DAG file is parsed; on a busy machine that outlasts the default 30 s.
     monkeypatch.setenv("AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT", "600")
     return settings
+
+
+def _opt_outs(market) -> pd.DataFrame:
+    """Two opted-in users whose last order is 15 to 25 days before the run (so inactive: each would get an offer)
+    withdraw consent two days before the run: the first to marketing, the second to personalisation."""
+    checkouts = market.events[market.events["event_type"] == CHECKOUT]
+    last = checkouts.groupby("user_id")["event_time"].max()
+    days_ago = (pd.Timestamp(RUN_DATE, tz="UTC") - last).dt.days
+    opted_in = set(market.users.loc[market.users["marketing_opt_in"], "user_id"])
+    first, second = [u for u in days_ago[(days_ago >= 15) & (days_ago <= 25)].index if u in opted_in][:2]
+    rows = market.events[market.events["user_id"].isin([first, second])].drop_duplicates("user_id").copy()
+    rows = rows.set_index("user_id").loc[[first, second]].reset_index()
+    return rows.assign(
+        event_id=["opt-out-1", "opt-out-2"],
+        event_type=[MARKETING_OPT_OUT, PERSONALISATION_OPT_OUT],
+        event_time=pd.Timestamp(RUN_DATE, tz="UTC") - pd.Timedelta(days=2),
+        merchant_id=pd.array([None, None], dtype="Int64"),
+        merchant_name=None,
+        order_total=float("nan"),
+        properties="{}",
+    )[market.events.columns]
 
 
 def _run_dag(settings) -> None:
@@ -80,6 +108,59 @@ def _files_naming(folder, needle: str) -> list[str]:
     )
 
 
+def _assert_consent_is_honoured(settings) -> None:
+    """The marketing opt-out reaches no marketing table or export though raw.users says opted in; the
+    personalisation opt-out keeps the user's offer but gives them the zone's popular merchants in both modes."""
+    url = settings.warehouse_url
+    opted_out_at = pd.Timestamp(RUN_DATE, tz="UTC") - pd.Timedelta(days=2)
+    with psycopg.connect(url) as conn:
+        by_type = dict(
+            conn.execute(
+                "SELECT event_type, user_id FROM raw.events WHERE event_type IN (%s, %s)",
+                (MARKETING_OPT_OUT, PERSONALISATION_OPT_OUT),
+            ).fetchall()
+        )
+        no_marketing, no_personalisation = by_type[MARKETING_OPT_OUT], by_type[PERSONALISATION_OPT_OUT]
+        consent = {
+            user_id: row
+            for user_id, *row in conn.execute(
+                "SELECT f.user_id, u.marketing_opt_in, f.marketing_opt_in, f.marketing_opted_out_at, "
+                "f.personalisation_opt_out, f.personalisation_opted_out_at "
+                "FROM marts.user_features f JOIN raw.users u USING (user_id) WHERE f.user_id IN (%s, %s)",
+                (no_marketing, no_personalisation),
+            ).fetchall()
+        }
+        assert consent[no_marketing] == [True, False, opted_out_at, False, None]
+        assert consent[no_personalisation] == [True, True, None, True, opted_out_at]
+        for table in MARKETING_TABLES:
+            rows = conn.execute(
+                sql.SQL("SELECT user_id FROM {} WHERE run_date = %s AND user_id IN (%s, %s)").format(
+                    sql.Identifier(*table.split("."))
+                ),
+                (RUN_DATE, no_marketing, no_personalisation),
+            ).fetchall()
+            assert (no_marketing,) not in rows, table
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM crm.inactive_user_offers WHERE run_date = %s AND user_id = %s",
+                (RUN_DATE, no_personalisation),
+            ).fetchone()[0]
+            == 1
+        )
+        lists = pd.DataFrame(
+            conn.execute(
+                "SELECT mode, rank, merchant_id, reason FROM crm.recommendations "
+                "WHERE run_date = %s AND user_id = %s ORDER BY mode, rank",
+                (RUN_DATE, no_personalisation),
+            ).fetchall(),
+            columns=["mode", "rank", "merchant_id", "reason"],
+        )
+    winback, discovery = (lists[lists["mode"] == mode]["merchant_id"].tolist() for mode in ("winback", "discovery"))
+    assert winback and winback == discovery
+    assert set(lists["reason"]) <= {REASONS["zone"], REASONS["popular"]}
+    assert _files_naming(settings.exports_dir, no_marketing) == []
+
+
 def _victim(url: str) -> str:
     """A user in every kind of table: scored segment member, offered, exposed to a campaign, with orders."""
     with psycopg.connect(url) as conn:
@@ -100,6 +181,7 @@ def test_a_forgotten_user_stays_gone_after_the_files_are_loaded_again(pipeline_s
     settings = pipeline_settings
     url = settings.warehouse_url
     _run_dag(settings)
+    _assert_consent_is_honoured(settings)
     victim = _victim(url)
     bad_row = tmp_path / "events_bad.csv"  # and a quarantined row naming them
     bad_row.write_text(f"event_id,user_id,event_type,event_time\nbad-1,{victim},teleported,2026-10-30T12:00:00Z\n")

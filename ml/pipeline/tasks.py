@@ -25,7 +25,7 @@ from ml.experiments.assignment import campaign_id_for
 from ml.offers import decide, response
 from ml.offers.truth import truth_values
 from ml.pipeline import tracking
-from ml.privacy import retention, roles, tombstones
+from ml.privacy import consent, retention, roles, tombstones
 from ml.recommend.evaluation import Judge, TemporalSplit
 from ml.recommend.lifecycle import INACTIVE_SEGMENTS, LifecycleRule
 from ml.recommend.merchant import (
@@ -521,6 +521,7 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
         with psycopg.connect(url) as conn:
             segments.ensure_tables(conn)
             members = marts.load_lifecycle_members(conn)
+            recommender = consent.NonPersonalisedFor(recommender, marts.load_personalisation_opt_outs(conn))
             recommendations = publish.recommend_all(
                 recommender, members["user_id"].tolist(), marts.load_merchant_names(conn), settings.top_n
             )

@@ -25,7 +25,21 @@ VIEW_EVENT_TYPES = ("merchant_page_viewed", "product_page_viewed")
 # A recommended merchant shown to the user (sent by the app: merchant_id, properties recommendation_id, variant and
 # position): what `rekindle readout --serving` attributes clicks and orders to. The marts ignore it.
 IMPRESSION = "impression"
-EVENT_TYPES = (CHECKOUT, *VIEW_EVENT_TYPES, "app_opened", "campaign_opened", "reward_redeemed", IMPRESSION)
+# The user withdrew consent in the app (ml/privacy, docs/operations.md "Privacy"): to marketing (no offer, in no CRM
+# segment or export from the next publication) or to personalisation (published lists are the zone's popular
+# merchants). Recorded with its event_time; marts.user_features reads them.
+MARKETING_OPT_OUT = "marketing_opt_out"
+PERSONALISATION_OPT_OUT = "personalisation_opt_out"
+EVENT_TYPES = (
+    CHECKOUT,
+    *VIEW_EVENT_TYPES,
+    "app_opened",
+    "campaign_opened",
+    "reward_redeemed",
+    IMPRESSION,
+    MARKETING_OPT_OUT,
+    PERSONALISATION_OPT_OUT,
+)
 
 # The arm of a campaign exposure that sends no offer (the control / holdout).
 NO_OFFER = "none"
@@ -115,6 +129,8 @@ def dbt_vars() -> dict:
     return {
         "event_types": list(EVENT_TYPES),
         "view_event_types": list(VIEW_EVENT_TYPES),
+        "marketing_opt_out_event_type": MARKETING_OPT_OUT,
+        "personalisation_opt_out_event_type": PERSONALISATION_OPT_OUT,
         "offer_event_types": list(OFFER_EVENT_TYPES),
         "assignments": list(ASSIGNMENTS),
         "event_rules": [{"name": r.name, "violation": r.violation} for r in STAGING_EVENT_RULES],

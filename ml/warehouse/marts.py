@@ -43,6 +43,11 @@ def load_marketable_user_ids(conn: psycopg.Connection) -> list[str]:
     return [user_id for (user_id,) in conn.execute(MARKETABLE_USERS_SQL)]
 
 
+def load_personalisation_opt_outs(conn: psycopg.Connection) -> list[str]:
+    """The users who opted out of personalisation (``marts.user_features.personalisation_opt_out``)."""
+    return [u for (u,) in conn.execute("SELECT user_id FROM marts.user_features WHERE personalisation_opt_out")]
+
+
 def load_orders(conn: psycopg.Connection) -> pd.DataFrame:
     """Every completed order before the marts' run_date, each once (``marts.orders``), as the recommenders
     take them: user_id, merchant_id, event_time (UTC), order_total."""

@@ -74,13 +74,34 @@ taste as (
     select * from {{ ref('int_user_taste') }}
 ),
 
+opt_outs as (
+    -- consent withdrawn in the app; raw.users.marketing_opt_in has no time, so an opt-out is always the latest word
+    select
+        user_id,
+        min(event_time) filter (
+            where event_type = '{{ contract_var("marketing_opt_out_event_type") }}'
+        )                   as marketing_opted_out_at,
+        min(event_time) filter (
+            where event_type = '{{ contract_var("personalisation_opt_out_event_type") }}'
+        )                   as personalisation_opted_out_at
+    from {{ ref('stg_events') }}
+    where event_type in (
+        '{{ contract_var("marketing_opt_out_event_type") }}',
+        '{{ contract_var("personalisation_opt_out_event_type") }}'
+    )
+    group by user_id
+),
+
 joined as (
     select
         users.user_id,
         users.platform,
         users.home_zone,
         users.signup_at,
-        coalesce(users.marketing_opt_in, false)                           as marketing_opt_in,
+        coalesce(users.marketing_opt_in, false) and o.marketing_opted_out_at is null as marketing_opt_in,
+        o.marketing_opted_out_at,
+        o.personalisation_opted_out_at is not null                        as personalisation_opt_out,
+        o.personalisation_opted_out_at,
         {{ days_before_run_date('users.signup_at') }}                     as tenure_days,
         coalesce(s.order_count, 0)                                        as order_count,
         coalesce(s.order_value, 0)::numeric(14, 2)                        as order_value,
@@ -117,6 +138,8 @@ joined as (
         on g.user_id = users.user_id
     left join taste t
         on t.user_id = users.user_id
+    left join opt_outs o
+        on o.user_id = users.user_id
 ),
 
 ordering_users_scored as (
@@ -136,6 +159,9 @@ select
     joined.home_zone,
     joined.signup_at,
     joined.marketing_opt_in,
+    joined.marketing_opted_out_at,
+    joined.personalisation_opt_out,
+    joined.personalisation_opted_out_at,
     joined.tenure_days,
     joined.order_count,
     joined.order_value,
