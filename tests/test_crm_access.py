@@ -29,7 +29,9 @@ def _build_warehouse(url: str, settings: Settings) -> str:
             conn.execute(f"CREATE TABLE {schema}.secrets AS SELECT 1 AS id")
         conn.execute("CREATE TABLE public.secrets AS SELECT 1 AS id")
         segments.ensure_tables(conn)
-        conn.execute("INSERT INTO crm.recommendations VALUES ('2026-11-01', 1, 'winback', 1, 10, 'Pizza Place', 0.9, NULL, '1')")
+        conn.execute(
+            "INSERT INTO crm.recommendations VALUES ('2026-11-01', 1, 'winback', 1, 10, 'Pizza Place', 0.9, NULL, '1')"
+        )
         segments.ensure_reader_role(conn, settings)
     return url
 
