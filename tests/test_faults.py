@@ -230,3 +230,16 @@ def test_a_warehouse_stopped_in_the_middle_of_publishing_fails_the_step_clearly_
         _assert_same_day(_published(settings), uninterrupted)
     finally:
         postgres.stop(settings)
+
+
+def test_the_fit_key_follows_recipe_and_rows_not_the_order_a_mart_returns_them_in():
+    import pandas as pd
+
+    merchants = pd.DataFrame(
+        {"category": ["pizza", "sushi", "thai"], "lat": [25.1, 25.2, 25.3]}, index=["m1", "m2", "m3"]
+    )
+    key = tracking.fit_key(("ranker", 50), merchants)
+    assert tracking.fit_key(("ranker", 50), merchants.iloc[[2, 0, 1]]) == key
+    assert tracking.fit_key(("ranker", 2), merchants) != key
+    assert tracking.fit_key(("ranker", 50), merchants.assign(lat=[25.1, 25.2, 25.4])) != key
+    assert tracking.fit_key(("ranker", 50), merchants.rename(index={"m3": "m4"})) != key

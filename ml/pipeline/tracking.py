@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import mlflow
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 import psycopg
 from mlflow.models import ModelSignature
@@ -116,13 +118,11 @@ FIT_KEY_TAG = "rekindle.fit_key"
 
 def fit_key(recipe: object, *frames: pd.DataFrame) -> str:
     """A digest of a recipe (its repr) and the data a model is fitted on: fitting is seeded, so equal keys mean
-    equal models."""
-    import hashlib
-
+    equal models. Each frame counts as a set of rows: a mart rebuilt by dbt may return its rows in another order."""
     digest = hashlib.sha256(repr(recipe).encode())
     for frame in frames:
         digest.update(repr(list(frame.columns)).encode())
-        digest.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
+        digest.update(np.sort(pd.util.hash_pandas_object(frame, index=True).to_numpy()).tobytes())
     return digest.hexdigest()
 
 
