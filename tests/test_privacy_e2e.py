@@ -1,6 +1,6 @@
 """Consent, erasure and minimal data end to end: the daily DAG through Airflow's ``dag.test()`` on the embedded
 warehouse (real dbt, GX, MLflow registry, publish, exports). Opt-out events are honoured by the publication;
-``forget_users``, the original drop folder loaded again and the DAG run again leave the forgotten user nowhere (any
+``rekindle forget``, the original drop folder loaded again and the DAG run again leave the forgotten user nowhere (any
 text column of any table of any schema, the exports, the MLflow artifacts); no export or log of the run carries the
 PII planted in the events' properties."""
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from datetime import date
 
 import pandas as pd
@@ -17,7 +19,6 @@ from psycopg import sql
 
 from ml.crm.segments import SEGMENTS
 from ml.pipeline.airflow import logs_to_file, run_dag_in_process
-from ml.privacy.erasure import forget_users
 from ml.recommend.ranker import REASONS
 from ml.synthetic.marketplace import generate_marketplace
 from ml.warehouse import ingest
@@ -193,10 +194,20 @@ def test_a_forgotten_user_stays_gone_after_the_files_are_loaded_again(pipeline_s
     assert _files_naming(settings.exports_dir, victim)
     assert _files_naming(settings.mlflow_artifacts_dir, victim)
 
-    report = forget_users(settings, [victim], request_id="e2e-request")
+    forget = subprocess.run(
+        [sys.executable, "-m", "ml.cli", "forget", victim, "--request-id", "e2e-request"],
+        capture_output=True,
+        text=True,
+    )
 
-    assert report.rows_removed["raw.events"] > 0 and report.rows_removed["raw.quarantine"] == 1
-    cleaned = [place for place in report.rows_removed if place.startswith("mlflow:") and "->" in place]
+    assert forget.returncode == 0, forget.stderr
+    assert "1 user(s) forgotten" in forget.stdout and victim not in forget.stdout + forget.stderr
+    with psycopg.connect(url) as conn:
+        audit = dict(
+            conn.execute("SELECT location, rows_removed FROM ops.erasure_audit WHERE request_id = 'e2e-request'")
+        )
+    assert audit["raw.events"] > 0 and audit["raw.quarantine"] == 1
+    cleaned = [place for place in audit if place.startswith("mlflow:") and "->" in place]
     assert cleaned and "champion" in cleaned[0]
     assert _tables_naming(url, victim) == {}
     assert _files_naming(settings.exports_dir, victim) == []
@@ -216,6 +227,8 @@ def test_a_forgotten_user_stays_gone_after_the_files_are_loaded_again(pipeline_s
             "SELECT summary FROM ops.pipeline_steps WHERE run_date = %s AND step = 'load_events'", (RUN_DATE,)
         ).fetchall()
     assert sum(table["rows_erased"] for table in load_summary["tables"]) > 0
+
+    assert _files_naming(settings.home / "logs", victim) == []
 
     # Minimal data: the exports and every log carry ids, never the PII planted in the properties.
     for folder in (settings.exports_dir, settings.home / "logs"):
