@@ -36,7 +36,7 @@ from ml.serving import auth
 from ml.serving.cache import ResponseCache
 from ml.serving.queries import DAY_PARTS, Catalogue, Warehouse, day_part_at, local_utc_offset_hours
 from ml.serving.role import api_role_url
-from ml.serving.session import SessionEvent, Sessions, adapts
+from ml.serving.session import SessionEvent, Sessions, adapts, needs_merchant
 from ml.serving.variants import CHAMPION, COSINE, ServingExperiment
 from ml.settings import Settings
 from ml.warehouse import postgres
@@ -89,6 +89,7 @@ class Recommendations(BaseModel):
     mode: str
     model_version: str | None
     variant: str
+    personalised: bool  # false after a personalisation opt-out: the zone's popular merchants
     cached: bool
     items: list[Item]
 
@@ -341,9 +342,15 @@ def recommend(
     ordered = {row["merchant_id"]: row["merchant_name"] for row in ordered_rows}
     popular_reason = f"popular in {zone}" if zone else "popular"
     model_version = None
+    personalised = not (session.personalisation_opt_out or (user or {}).get("personalisation_opt_out"))
 
     # (merchant, raw score, reason) from the user's variant.
-    if variant == CHAMPION:
+    if not personalised:
+        # Opted out of personalisation: the zone's popular merchants, nothing from the user's own history.
+        candidates = []
+        popular_reason = f"{popular_reason} (not personalised: you opted out of personalisation)"
+        ordered, session = {}, type(session)()
+    elif variant == CHAMPION:
         published = [r for r in published_rows if r["mode"] == mode]
         candidates = [(r["merchant_id"], r["score"], r["reason"]) for r in published]
         model_version = published[0]["model_version"] if published else None
@@ -416,6 +423,7 @@ def recommend(
         "mode": mode,
         "model_version": model_version,
         "variant": variant,
+        "personalised": personalised,
         "cached": False,
         "items": [
             {
@@ -438,6 +446,9 @@ def offer_answer(server: Server, user_id: str) -> dict:
     catalogue = server.require_catalogue()
     row = server.warehouse.offer(catalogue.run_date, user_id)
     answer = {"user_id": user_id, "run_date": catalogue.run_date.isoformat(), "offer": None, "reason": None}
+    if server.sessions.of(user_id).marketing_opt_out:
+        answer["reason"] = "opted out"  # since the publication: today's offer is withdrawn at once
+        return answer
     if row is not None and not row["is_holdout"] and row["event_type"] != NO_OFFER:
         valid_until = catalogue.run_date + pd.Timedelta(days=server.settings.reactivation_window_days)
         answer["offer"] = {
@@ -526,9 +537,12 @@ def receive_events(server: Server, batch: EventBatch) -> dict:
     source_file = f"api:{uuid.uuid4().hex}"
     bad_positions = (bad["row_number"] - 1).tolist()
     session_events = [
-        (row.event_id, SessionEvent(row.user_id, row.event_type, row.merchant_id, row.event_time.to_pydatetime()))
+        (
+            row.event_id,
+            SessionEvent(row.user_id, row.event_type, row.merchant_id or "", row.event_time.to_pydatetime()),
+        )
         for row in good.itertuples()
-        if adapts(row.event_type) and row.merchant_id is not None
+        if adapts(row.event_type) and (row.merchant_id is not None or not needs_merchant(row.event_type))
     ]
     quarantined = bad[["row_number", "reason"]].assign(
         record=[json.dumps(records[i], default=str) for i in bad_positions]

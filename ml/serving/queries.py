@@ -62,7 +62,8 @@ SELECT campaign_id, segment, arm, event_type, reward_size::float8 AS reward_size
        model_version
 FROM crm.inactive_user_offers WHERE run_date = %(run_date)s AND user_id = %(user_id)s"""
 USER_SQL = """
-SELECT f.user_id, s.lifecycle_segment, s.value_tier, f.home_zone, f.platform, f.marketing_opt_in, f.order_count,
+SELECT f.user_id, s.lifecycle_segment, s.value_tier, f.home_zone, f.platform, f.marketing_opt_in,
+       f.personalisation_opt_out, f.order_count,
        f.days_since_last_order, f.favourite_category, f.recent_favourite_category, f.taste_drift
 FROM marts.user_features f LEFT JOIN marts.user_segments s USING (user_id)
 WHERE f.user_id = %(user_id)s"""
