@@ -21,6 +21,7 @@ from ml.privacy.roles import login_url
 from ml.recommend.modes import DISCOVERY, MODES, WINBACK
 from ml.serving.app import offer_answer
 from ml.serving.queries import load_catalogue
+from ml.serving.session import Sessions
 from ml.serving.variants import ServingExperiment
 from ml.settings import Settings
 from ml.warehouse import postgres
@@ -197,10 +198,12 @@ def model_performance(run_date: date | None) -> None:
 
 
 class _OfferLookup:
-    """What ``ml.serving.app.offer_answer`` reads of the API's server, so the dashboard gives the API's answer."""
+    """What ``ml.serving.app.offer_answer`` reads of the API's server, so the dashboard gives the API's answer
+    (from the publication alone: the dashboard holds no API sessions, so their opt-outs since are not seen)."""
 
     def __init__(self, db: DashboardWarehouse, run_date: date):
         self.warehouse, self.settings, self._catalogue = db, settings(), catalogue(run_date)
+        self.sessions = Sessions()
 
     def require_catalogue(self):
         return self._catalogue
