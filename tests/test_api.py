@@ -512,6 +512,27 @@ def test_benchmark_serve_measures_open_loop_latency_and_counts_every_accepted_ev
     assert "(0 lost)" in events and not events.startswith("events: 0 accepted")
 
 
+def test_opt_outs_apply_at_once(world):
+    """A marketing opt-out withdraws today's offer before the next publication; a personalisation opt-out turns
+    the user's lists into the zone's popular merchants, saying so."""
+    with world["server"].client(BOTH_KEY) as client:
+        offered = sorted(world["offered"])[0]  # opted in, with a row in today's offers (an offer or the holdout)
+        before = client.get(f"/v1/users/{offered}/offer").json()
+        accepted = client.post("/v1/events", json={"events": [_event(offered, "marketing_opt_out")]}).json()
+        withdrawn = client.get(f"/v1/users/{offered}/offer").json()
+
+        user_id = _user(world, "active")
+        path = f"/v1/users/{user_id}/recommendations"
+        before = client.get(path, params={"mode": "winback"}).json()
+        client.post("/v1/events", json={"events": [_event(user_id, "personalisation_opt_out")]})
+        after = client.get(path, params={"mode": "winback"}).json()
+    assert accepted["accepted"] == 1
+    assert before.get("reason") != "opted out", before
+    assert withdrawn["offer"] is None and withdrawn["reason"] == "opted out"
+    assert before["personalised"] is True and after["personalised"] is False
+    assert after["items"] and all("not personalised" in item["reason"] for item in after["items"])
+
+
 def test_a_new_publication_is_served_without_a_restart(world):
     """Last: it changes the module's publication."""
     user_id = _user(world, "lapsed")
@@ -524,24 +545,3 @@ def test_a_new_publication_is_served_without_a_restart(world):
             time.sleep(0.1)
         answer = client.get(f"/v1/users/{user_id}/recommendations").json()
     assert answer["run_date"] == next_day.isoformat() and answer["model_version"] == "2" and not answer["cached"]
-
-
-def test_opt_outs_apply_at_once(world):
-    """A marketing opt-out withdraws today's offer before the next publication; a personalisation opt-out turns
-    the user's lists into the zone's popular merchants, saying so."""
-    with world["server"].client(BOTH_KEY) as client:
-        offered = next(
-            u for u in sorted(world["offered"]) if client.get(f"/v1/users/{u}/offer").json()["offer"] is not None
-        )
-        accepted = client.post("/v1/events", json={"events": [_event(offered, "marketing_opt_out")]}).json()
-        withdrawn = client.get(f"/v1/users/{offered}/offer").json()
-
-        user_id = _user(world, "active")
-        path = f"/v1/users/{user_id}/recommendations"
-        before = client.get(path, params={"mode": "winback"}).json()
-        client.post("/v1/events", json={"events": [_event(user_id, "personalisation_opt_out")]})
-        after = client.get(path, params={"mode": "winback"}).json()
-    assert accepted["accepted"] == 1
-    assert withdrawn["offer"] is None and withdrawn["reason"] == "opted out"
-    assert before["personalised"] is True and after["personalised"] is False
-    assert after["items"] and all("not personalised" in item["reason"] for item in after["items"])
