@@ -17,6 +17,7 @@ from ml.pipeline import tasks
 from ml.privacy import roles, tombstones
 from ml.privacy.erasure import forget_users
 from ml.warehouse import ingest
+from ml.warehouse.postgres import login_url
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 GONE = "user-to-forget"
@@ -192,7 +193,7 @@ def test_each_role_reads_what_it_needs_and_is_refused_the_rest(loaded):
         names = roles.ensure_roles(conn, loaded)
         roles.ensure_roles(conn, loaded)  # idempotent
     for reader, (read, write) in REFUSED.items():
-        reader_url = roles.login_url(url, names[reader])
+        reader_url = login_url(url, names[reader])
         for statement in (read, write):
             with psycopg.connect(reader_url, autocommit=True) as conn:
                 with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
@@ -200,7 +201,7 @@ def test_each_role_reads_what_it_needs_and_is_refused_the_rest(loaded):
         with psycopg.connect(reader_url, autocommit=True) as conn:
             for statement in ALLOWED_READS[reader]:
                 conn.execute(statement)
-    with psycopg.connect(roles.login_url(url, names["api"]), autocommit=True) as conn:
+    with psycopg.connect(login_url(url, names["api"]), autocommit=True) as conn:
         conn.execute(
             "INSERT INTO raw.events (event_id, user_id, event_type, event_time, source_file) "
             "VALUES ('api-1', 'u', 'app_opened', now(), 'api')"

@@ -17,7 +17,6 @@ from ml.crm import segments
 from ml.dashboard import runs
 from ml.dashboard.queries import DashboardWarehouse, ExportFilters
 from ml.experiments.statistics import wilson_interval
-from ml.privacy.roles import login_url
 from ml.recommend.modes import DISCOVERY, MODES, WINBACK
 from ml.serving.app import offer_answer
 from ml.serving.queries import load_catalogue
@@ -25,6 +24,7 @@ from ml.serving.session import Sessions
 from ml.serving.variants import ServingExperiment
 from ml.settings import Settings
 from ml.warehouse import postgres
+from ml.warehouse.postgres import login_url
 
 TABS = ("Model performance", "User lookup", "Merchant analysis", "CRM export", "Experiments", "Pipeline health")
 PIPELINE_RUN_DATES = 7

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ml.crm.segments import _ensure_login_role, ensure_reader_role
 from ml.serving.role import ensure_api_role
@@ -60,13 +59,3 @@ def ensure_dashboard_role(conn: psycopg.Connection, settings: Settings) -> None:
         ]
     for statement in statements:
         conn.execute(statement)
-
-
-def login_url(owner_url: str, role: str, password: str = "") -> str:
-    """The warehouse's connection string with ``role`` as the user (and its password, if it has one)."""
-    params = conninfo_to_dict(owner_url)
-    params["user"] = role
-    params.pop("password", None)
-    if password:
-        params["password"] = password
-    return make_conninfo(**params)

