@@ -326,14 +326,26 @@ def ensure_reader_role(conn: psycopg.Connection, settings: Settings) -> None:
         sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
         sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(role),
         # Start from nothing so a grant made by hand cannot survive, then give exactly read access.
-        sql.SQL("REVOKE ALL ON SCHEMA crm FROM {}").format(role),
-        sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA crm FROM {}").format(role),
-        sql.SQL("GRANT USAGE ON SCHEMA crm TO {}").format(role),
-        sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA crm TO {}").format(role),
-        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA crm GRANT SELECT ON TABLES TO {}").format(role),
+        *read_grants(role, ("crm",)),
     ]
     for statement in statements:
         conn.execute(statement)
+
+
+def read_grants(role: sql.Identifier, schemas) -> list[sql.Composed]:
+    """Exactly read access to every table of ``schemas``, also tables created later by the role running them;
+    anything granted by hand before is revoked first."""
+    statements = []
+    for schema in schemas:
+        name = sql.Identifier(schema)
+        statements += [
+            sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(name, role),
+            sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(name, role),
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(name, role),
+            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(name, role),
+            sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(name, role),
+        ]
+    return statements
 
 
 def _ensure_login_role(conn: psycopg.Connection, role: str, password: str) -> None:

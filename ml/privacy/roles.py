@@ -16,7 +16,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from ml.crm.segments import _ensure_login_role, ensure_reader_role
+from ml.crm.segments import _ensure_login_role, ensure_reader_role, read_grants
 from ml.serving.role import ensure_api_role
 from ml.settings import Settings
 
@@ -47,15 +47,7 @@ def ensure_dashboard_role(conn: psycopg.Connection, settings: Settings) -> None:
         sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
         sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(role),
     ]
-    for schema in DASHBOARD_SCHEMAS:
-        name = sql.Identifier(schema)
-        statements += [
-            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name),
-            sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(name, role),
-            sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(name, role),
-            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(name, role),
-            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(name, role),
-            sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(name, role),
-        ]
+    statements += [sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(s)) for s in DASHBOARD_SCHEMAS]
+    statements += read_grants(role, DASHBOARD_SCHEMAS)
     for statement in statements:
         conn.execute(statement)

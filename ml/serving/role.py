@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from ml.crm.segments import _ensure_login_role
+from ml.crm.segments import _ensure_login_role, read_grants
 from ml.settings import Settings
 from ml.warehouse import ddl
 from ml.warehouse.postgres import login_url
@@ -37,15 +37,7 @@ def ensure_api_role(conn: psycopg.Connection, settings: Settings) -> None:
         sql.SQL("GRANT SELECT (table_name, source_file, row_number) ON raw.quarantine TO {}").format(role),
         sql.SQL("GRANT USAGE ON SEQUENCE raw.quarantine_quarantine_id_seq TO {}").format(role),
     ]
-    for schema in READ_SCHEMAS:
-        name = sql.Identifier(schema)
-        statements += [
-            sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(name, role),
-            sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(name, role),
-            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(name, role),
-            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(name, role),
-            sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(name, role),
-        ]
+    statements += read_grants(role, READ_SCHEMAS)
     for statement in statements:
         conn.execute(statement)
 
