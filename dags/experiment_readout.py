@@ -14,7 +14,7 @@ from datetime import date, datetime
 from airflow.providers.standard.sensors.external_task import ExternalTaskSensor
 from airflow.sdk import dag, task
 
-from ml.pipeline.airflow import TASK_RETRIES
+from ml.pipeline.airflow import task_retries
 from ml.settings import Settings
 
 
@@ -24,7 +24,7 @@ from ml.settings import Settings
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args=TASK_RETRIES,
+    default_args=task_retries(Settings.from_env()),
     tags=["rekindle"],
     doc_md=__doc__,
 )

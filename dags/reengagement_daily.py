@@ -7,7 +7,7 @@ from datetime import date, datetime
 
 from airflow.sdk import dag, task
 
-from ml.pipeline.airflow import TASK_RETRIES
+from ml.pipeline.airflow import task_retries
 from ml.pipeline.cosmos import dbt_task_group
 from ml.settings import Settings
 
@@ -22,7 +22,7 @@ def _run_date(ds: str) -> date:
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args=TASK_RETRIES,
+    default_args=task_retries(Settings.from_env()),
     tags=["rekindle"],
     doc_md=__doc__,
 )

@@ -88,9 +88,17 @@ class Settings:
     dashboard_role: str = "rekindle_dashboard"
     dashboard_role_password: str = field(default="", repr=False)
 
-    # MLflow model names
+    # MLflow model names and where MLflow lives
     ranker_model_name: str = "rekindle-ranker"
     offer_model_name: str = "rekindle-offer"
+    mlflow_tracking_uri: str = ""
+    mlflow_artifact_root: str = ""
+
+    # Shared locations and scale-out (issue 18: every task may run on another worker)
+    input_path: str = ""
+    exports_path: str = ""
+    score_shards: int = 4
+    task_retry_delay_seconds: float = 120.0
 
     # The real-time API (ml/serving, `rekindle serve`)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -116,6 +124,8 @@ class Settings:
                 f"REKINDLE_TASTE_HALF_LIFE_DAYS positive, got {self.taste_recent_days}, "
                 f"{self.taste_drift_min_recent_orders} and {self.taste_half_life_days}"
             )
+        if self.score_shards < 1:
+            raise ValueError(f"REKINDLE_SCORE_SHARDS={self.score_shards} must be at least 1")
         if not 0 <= self.taste_drift_threshold <= 1:
             raise ValueError(
                 f"REKINDLE_TASTE_DRIFT_THRESHOLD={self.taste_drift_threshold} is not in [0, 1] "
@@ -129,7 +139,7 @@ class Settings:
     @property
     def input_dir(self) -> Path:
         """The drop folder the daily load ingests; ``rekindle generate`` writes here."""
-        return self.data_dir / "incoming"
+        return Path(self.input_path) if self.input_path else self.data_dir / "incoming"
 
     @property
     def warehouse_dir(self) -> Path:
@@ -145,7 +155,7 @@ class Settings:
 
     @property
     def exports_dir(self) -> Path:
-        return self.home / "exports"
+        return Path(self.exports_path) if self.exports_path else self.home / "exports"
 
     @property
     def dbt_project_dir(self) -> Path:
@@ -263,6 +273,21 @@ DESCRIPTIONS: dict[str, str] = {
     "embedded server's local trust authentication). Never printed.",
     "ranker_model_name": "MLflow registered model of the merchant ranker.",
     "offer_model_name": "MLflow registered model of the offer (response) model.",
+    "mlflow_tracking_uri": "An MLflow tracking server (`http://host:5000`) every task logs and loads models through; "
+    "the server stores the artifacts (`--serve-artifacts`), so no task reads a file another wrote. Empty: the "
+    "warehouse's `mlflow` schema directly, artifacts in `mlflow_artifact_root` (`rekindle ui --executor celery` "
+    "sets it to the MLflow server it starts).",
+    "mlflow_artifact_root": "Where new MLflow experiments keep their artifacts when there is no tracking server: any "
+    "URI MLflow writes (`s3://bucket/mlruns`, `gs://...`, a shared file path). Empty: `<home>/mlruns`.",
+    "input_path": "The drop folder the daily load ingests (a path every worker can read, e.g. a shared mount). "
+    "Empty: `<home>/data/incoming`.",
+    "exports_path": "Where the CSV exports for the CRM are written (a path every worker and the CRM can reach). "
+    "Empty: `<home>/exports`.",
+    "score_shards": "Scoring shards of the daily DAG: `score_shard` is mapped over this many user hash buckets "
+    "(Airflow dynamic task mapping), each written to a staging table that `publish_segments` swaps into `crm` "
+    "in one transaction.",
+    "task_retry_delay_seconds": "First retry delay of every daily task (doubling on each retry, at most 30 "
+    "minutes; Airflow adds jitter) after its worker died or the warehouse was unreachable.",
     "api_keys": "API keys of `rekindle serve`, comma-separated `scope:key` with scope `read` or `write` (a write "
     "key may also read). Empty: `rekindle serve` generates one key per scope into `<home>/.rekindle/api_keys.json` "
     "(mode 0600) and prints that path. Never printed or logged.",

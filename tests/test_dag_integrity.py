@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ml.settings import PROJECT_ROOT
+from ml.settings import PROJECT_ROOT, Settings
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +112,13 @@ def test_parsing_a_dag_file_imports_nothing_heavy_and_writes_nothing(dag_file, a
 
 
 def test_every_task_retries_with_exponential_back_off(dagbag):
-    from ml.pipeline.airflow import TASK_RETRIES
+    from ml.pipeline.airflow import task_retries
+
+    retries = task_retries(Settings.from_env())
 
     for dag in dagbag.dags.values():
         for task in dag.tasks:  # the Cosmos dbt tasks as well: they inherit the DAG's default_args
-            assert task.retries == TASK_RETRIES["retries"] >= 2, (dag.dag_id, task.task_id)
-            assert task.retry_exponential_backoff == TASK_RETRIES["retry_exponential_backoff"] > 1
-            assert task.retry_delay == TASK_RETRIES["retry_delay"]
-            assert task.max_retry_delay == TASK_RETRIES["max_retry_delay"] > task.retry_delay
+            assert task.retries == retries["retries"] >= 2, (dag.dag_id, task.task_id)
+            assert task.retry_exponential_backoff == retries["retry_exponential_backoff"] > 1
+            assert task.retry_delay == retries["retry_delay"]
+            assert task.max_retry_delay == retries["max_retry_delay"] > task.retry_delay

@@ -27,14 +27,15 @@ log = logging.getLogger(__name__)
 
 # The DAGs' default_args. Every task is idempotent (loading skips files already loaded, dbt and publishing replace
 # their own output, training reuses a model fitted from the same recipe and data), so a task that dies with its
-# worker or loses the warehouse is retried: after 2-4, 4-8, then 8-16 minutes (Airflow adds jitter of up to one
-# base delay), then it fails. A gate's verdict on the data does not change on retry; it only comes later.
-TASK_RETRIES = {
-    "retries": 3,
-    "retry_delay": timedelta(minutes=2),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=30),
-}
+# worker or loses the warehouse is retried: by default after 2-4, 4-8, then 8-16 minutes (Airflow adds jitter of up
+# to one base delay), then it fails. A gate's verdict on the data does not change on retry; it only comes later.
+def task_retries(settings: Settings) -> dict:
+    return {
+        "retries": 3,
+        "retry_delay": timedelta(seconds=settings.task_retry_delay_seconds),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+    }
 
 
 def load_dag(dag_id: str):
@@ -64,7 +65,7 @@ def run_dag_in_process(dag_id: str, run_date: date, conf: dict | None = None) ->
     """Run every task of the DAG for ``run_date`` in this process; returns the run state and each task's outcome.
 
     Without retries: someone is watching an in-process run, and a failed task fails it at once (``dag.test``
-    would otherwise sit out ``TASK_RETRIES``' back-off); running the same day again is the retry."""
+    would otherwise sit out ``task_retries``' back-off); running the same day again is the retry."""
     dag = load_dag(dag_id)
     for task in dag.tasks:
         task.retries = 0
@@ -257,7 +258,7 @@ def serve_uis(settings: Settings, warehouse_url: str, airflow_port: int, mlflow_
     """``airflow standalone`` plus ``mlflow ui`` on localhost until Ctrl-C (SIGINT) or SIGTERM, then stop both
     with all their children within ``STOP_GRACE_SECONDS`` and a little. Each runs in its own session, so the
     terminal's Ctrl-C reaches only this process, which then signals each whole process group."""
-    from ml.pipeline.tracking import configure, tracking_uri
+    from ml.pipeline.tracking import artifact_root, configure, tracking_uri
 
     configure(settings, warehouse_url)
     env = dict(
@@ -280,7 +281,7 @@ def serve_uis(settings: Settings, warehouse_url: str, airflow_port: int, mlflow_
         "--backend-store-uri",
         tracking_uri(warehouse_url),
         "--default-artifact-root",
-        settings.mlflow_artifacts_dir.as_uri(),
+        artifact_root(settings),
     ]
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -33,21 +33,35 @@ def tracking_uri(url: str) -> str:
 
 
 def configure(settings: Settings, url: str) -> str:
-    """Point this process's MLflow client at the warehouse-backed store; returns the tracking URI."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {MLFLOW_SCHEMA}")
-    uri = tracking_uri(url)
+    """Point this process's MLflow client at the tracking server of ``settings.mlflow_tracking_uri`` if set (it
+    stores the artifacts too), else at the warehouse-backed store; returns the tracking URI."""
+    if settings.mlflow_tracking_uri:
+        uri = settings.mlflow_tracking_uri
+    else:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {MLFLOW_SCHEMA}")
+        uri = tracking_uri(url)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def artifact_root(settings: Settings) -> str:
+    """Where experiments created without a tracking server keep their artifacts (a URI)."""
+    if settings.mlflow_artifact_root:
+        return settings.mlflow_artifact_root.rstrip("/")
+    return settings.mlflow_artifacts_dir.as_uri()
 
 
 def experiment_id(settings: Settings, name: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
-    return mlflow.create_experiment(name, artifact_location=(settings.mlflow_artifacts_dir / name).as_uri())
+    if settings.mlflow_tracking_uri:  # the server's own artifact store (mlflow-artifacts:/...)
+        return mlflow.create_experiment(name)
+    if not settings.mlflow_artifact_root:
+        settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    return mlflow.create_experiment(name, artifact_location=f"{artifact_root(settings)}/{name}")
 
 
 class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
