@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ml import runtime
-from ml.cli.options import UsageError, iso_date, port, settings_from, today
+from ml.cli.options import UsageError, iso_date, port, positive_int, settings_from, today
 from ml.settings import Settings, redact
 from ml.warehouse import postgres
 
@@ -68,13 +68,31 @@ def _migrate_airflow_db(say: Callable[[str], None] = print, output: int | None =
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if args.executor == "celery":
+        return _ui_celery(settings, args)
     from ml.pipeline.airflow import serve_uis
 
-    settings = settings_from(args)
     url = postgres.start(settings)
     runtime.configure(settings, url)
     _migrate_airflow_db()
     return serve_uis(Settings.from_env(), url, args.airflow_port, args.mlflow_port)
+
+
+def _ui_celery(settings: Settings, args: argparse.Namespace) -> int:
+    import shutil
+
+    from ml.pipeline import cluster
+
+    if shutil.which("redis-server") is None:
+        print(cluster.REDIS_INSTALL_HINT, file=sys.stderr)
+        return 2
+    url = postgres.start(settings)
+    runtime.configure(settings, url)
+    stack = cluster.CeleryStack(
+        Settings.from_env(), url, args.airflow_port, args.mlflow_port, args.redis_port, args.workers
+    )
+    return cluster.serve_celery(stack)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,4 +103,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     ui = sub.add_parser("ui", help="Airflow UI and MLflow UI on localhost against the same warehouse")
     ui.add_argument("--airflow-port", type=port, default=8080)
     ui.add_argument("--mlflow-port", type=port, default=5000)
+    ui.add_argument(
+        "--executor",
+        choices=("local", "celery"),
+        default="local",
+        help="local: `airflow standalone` (LocalExecutor, SQLite metadata); celery: CeleryExecutor with a Redis "
+        "broker, the metadata in the warehouse, an MLflow server for the artifacts and --workers workers",
+    )
+    ui.add_argument("--workers", type=positive_int, default=2, help="Celery workers (with --executor celery)")
+    ui.add_argument("--redis-port", type=port, default=6379, help="Redis broker port (with --executor celery)")
     ui.set_defaults(func=cmd_ui)
