@@ -1,5 +1,6 @@
 """Daily re-engagement: load events, gate raw data, build dbt marts, gate marts, train the recommender and
-the offer model, publish recommendations, offers and CRM segments."""
+the offer model, score users in hash-bucket shards (mapped tasks), publish recommendations, offers and CRM
+segments."""
 
 from __future__ import annotations
 
@@ -65,14 +66,25 @@ def reengagement_daily():
         return tasks.train_offer_model(Settings.from_env(), _run_date(ds))
 
     @task
+    def score_shard(shard: int, ds: str | None = None) -> dict:
+        from ml.pipeline import tasks
+
+        return tasks.score_shard(Settings.from_env(), _run_date(ds), shard)
+
+    @task
     def publish_segments(ds: str | None = None) -> dict:
         from ml.pipeline import tasks
 
         return tasks.publish_segments(Settings.from_env(), _run_date(ds))
 
-    dbt = dbt_task_group(Settings.from_env())
+    settings = Settings.from_env()
+    dbt = dbt_task_group(settings)
     marts_ready = prepare_warehouse() >> load_events() >> check_raw_quality() >> dbt >> check_mart_quality()
-    marts_ready >> [train_ranker(), train_offer_model()] >> publish_segments()
+    ranker, offer_model, publish = train_ranker(), train_offer_model(), publish_segments()
+    marts_ready >> [ranker, offer_model]
+    # Scoring needs only the ranker: its shards may run while the offer model trains.
+    ranker >> score_shard.expand(shard=list(range(settings.score_shards))) >> publish
+    offer_model >> publish
 
 
 reengagement_daily()

@@ -157,7 +157,10 @@ def _run_day(settings: Settings, url: str, run_date: dt.date) -> DayRun:
         name = DBT_GROUP if task.task_id.startswith(f"{DBT_GROUP}.") else task.task_id
         day.task_seconds[name] = day.task_seconds.get(name, 0.0) + (task.seconds or 0.0)
     for step in step_summaries(Settings.from_env(home=settings.home, warehouse_url=url), run_date):
-        day.task_peak_mb[step["step"]] = step["summary"].get("peak_rss_mb", float("nan"))
+        # A mapped task's instances (score_shard[0], score_shard[1], ...) as their task: the largest peak.
+        name = step["step"].partition("[")[0]
+        peak = step["summary"].get("peak_rss_mb", float("nan"))
+        day.task_peak_mb[name] = max(day.task_peak_mb.get(name, peak), peak)
     return day
 
 

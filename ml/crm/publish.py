@@ -6,10 +6,12 @@ import logging
 import time
 from datetime import date, timedelta
 
+import numpy as np
 import pandas as pd
 import psycopg
 from psycopg import sql
 
+from ml.experiments.assignment import hash_units
 from ml.recommend.modes import MODES, WINBACK
 from ml.runtime import PROGRESS_LOGGER
 from ml.warehouse import marts
@@ -28,6 +30,10 @@ progress = logging.getLogger(PROGRESS_LOGGER)
 # win-back campaign targets, so it takes the winback list; the segment tables name their own (ml/crm/segments.py).
 SEGMENT_MEMBERS_MODE = WINBACK
 RECOMMENDATION_COLUMNS = ["user_id", "mode", "rank", "merchant_id", "merchant_name", "score", "reason"]
+
+# The key of the seeded hash that puts users in scoring shards: a user's shard depends on their id and the number
+# of shards only, never on who else is scored.
+SHARD_KEY = "score-shards"
 
 
 def recommend_all(
@@ -55,6 +61,104 @@ def recommend_all(
         recs["reason"] = None
     recs = recs.merge(names, on="merchant_id", how="left")
     return recs[RECOMMENDATION_COLUMNS]
+
+
+def shard_of(user_ids, shard_count: int) -> np.ndarray:
+    """Each user's scoring shard, in order: ``int(hash_unit(SHARD_KEY, user_id) * shard_count)``."""
+    if shard_count < 1:
+        raise ValueError(f"shard_count must be at least 1, got {shard_count}")
+    return (hash_units(SHARD_KEY, user_ids) * shard_count).astype(int)
+
+
+class ShardsNotReadyError(RuntimeError):
+    """publish_segments found the day's scoring shards incomplete or scored by another model version."""
+
+
+def stage_shard(
+    conn: psycopg.Connection,
+    run_date: date,
+    shard_count: int,
+    shard: int,
+    recommendations: pd.DataFrame,
+    users: int,
+    model_version: str,
+) -> None:
+    """Replace one scoring shard's staged recommendations and its ``ops.scored_shards`` row in one transaction:
+    a re-run of the shard replaces its rows, never adds to them."""
+    key = (run_date, shard_count, shard)
+    with conn.transaction():
+        for table in ("ops.staged_recommendations", "ops.scored_shards"):
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE run_date = %s AND shard_count = %s AND shard = %s").format(
+                    sql.Identifier(*table.split("."))
+                ),
+                key,
+            )
+        _copy_rows(
+            conn,
+            "ops.staged_recommendations",
+            ["run_date", "shard_count", "shard", *RECOMMENDATION_COLUMNS],
+            ((*key, *row) for row in _recommendation_rows(recommendations)),
+        )
+        conn.execute(
+            "INSERT INTO ops.scored_shards (run_date, shard_count, shard, users, model_version) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (*key, users, model_version),
+        )
+
+
+def load_staged(
+    conn: psycopg.Connection, run_date: date, shard_count: int, model_version: str, users: int
+) -> pd.DataFrame:
+    """The recommendations of all ``shard_count`` shards of run_date, once every shard is staged with
+    ``model_version`` and together they scored ``users`` users; ``ShardsNotReadyError`` naming what is missing
+    or different otherwise."""
+    staged = {
+        shard: (scored, version)
+        for shard, scored, version in conn.execute(
+            "SELECT shard, users, model_version FROM ops.scored_shards WHERE run_date = %s AND shard_count = %s",
+            (run_date, shard_count),
+        ).fetchall()
+    }
+    missing = [shard for shard in range(shard_count) if shard not in staged]
+    if missing:
+        raise ShardsNotReadyError(
+            f"shards {missing} of {shard_count} for {run_date} are not scored: run score_shard for them first"
+        )
+    other_versions = {shard: version for shard, (_, version) in staged.items() if version != model_version}
+    if other_versions:
+        raise ShardsNotReadyError(
+            f"shards of {run_date} scored by another ranker version than @champion v{model_version}: "
+            + ", ".join(f"shard {shard} by v{version}" for shard, version in sorted(other_versions.items()))
+            + "; run score_shard for them again"
+        )
+    scored = sum(count for count, _ in staged.values())
+    if scored != users:
+        raise ShardsNotReadyError(
+            f"the {shard_count} shards of {run_date} scored {scored} users but the marts now have {users} "
+            "lifecycle members (rebuilt since): run score_shard again"
+        )
+    rows = conn.execute(
+        sql.SQL("SELECT {} FROM ops.staged_recommendations WHERE run_date = %s AND shard_count = %s").format(
+            sql.SQL(", ").join(map(sql.Identifier, RECOMMENDATION_COLUMNS))
+        ),
+        (run_date, shard_count),
+    ).fetchall()
+    return pd.DataFrame(rows, columns=RECOMMENDATION_COLUMNS)
+
+
+def clear_staged(conn: psycopg.Connection, run_date: date) -> int:
+    """Delete run_date's staged shards (of any shard count); returns the recommendation rows deleted."""
+    conn.execute("DELETE FROM ops.scored_shards WHERE run_date = %s", (run_date,))
+    return conn.execute("DELETE FROM ops.staged_recommendations WHERE run_date = %s", (run_date,)).rowcount
+
+
+def _recommendation_rows(recommendations: pd.DataFrame):
+    """``RECOMMENDATION_COLUMNS`` of each row with the warehouse's types."""
+    return (
+        (str(r.user_id), r.mode, int(r.rank), str(r.merchant_id), r.merchant_name, float(r.score), r.reason)
+        for r in recommendations[RECOMMENDATION_COLUMNS].itertuples(index=False)
+    )
 
 
 def _copy_rows(conn: psycopg.Connection, table: str, columns: list[str], rows) -> None:
@@ -113,21 +217,8 @@ def replace_run(
     _copy_rows(
         conn,
         "crm.recommendations",
-        ["run_date", "user_id", "mode", "rank", "merchant_id", "merchant_name", "score", "reason", "model_version"],
-        (
-            (
-                run_date,
-                str(r.user_id),
-                r.mode,
-                int(r.rank),
-                str(r.merchant_id),
-                r.merchant_name,
-                float(r.score),
-                r.reason,
-                model_version,
-            )
-            for r in recommendations.itertuples(index=False)
-        ),
+        ["run_date", *RECOMMENDATION_COLUMNS, "model_version"],
+        ((run_date, *row, model_version) for row in _recommendation_rows(recommendations)),
     )
     marketable = marts.load_marketable_user_ids(conn)
     scored = members[members["segment"].isin(segments) & members["user_id"].isin(marketable)].merge(

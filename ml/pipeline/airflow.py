@@ -78,10 +78,11 @@ def run_dag_in_process(dag_id: str, run_date: date, conf: dict | None = None) ->
     return _state(dag_run.state), outcomes
 
 
-_TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
-_TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
+_TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\S+)(?: map_index=(-?\d+))?")
+_TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)(?: map_index=(-?\d+))?")
 _TASK_STATE = re.compile(r"\bnew_state=(\w+)")
-_STEP_SUMMARY = re.compile(r"\] (\w+) finished in [\d.]+s: (\{.*\}) \[ml\.pipeline\.tasks\]")
+# A mapped task's step records itself as "<task_id>[<map_index>]" (score_shard[0]), as the view names it.
+_STEP_SUMMARY = re.compile(r"\] ([\w\[\]]+) finished in [\d.]+s: (\{.*\}) \[ml\.pipeline\.tasks\]")
 _PROGRESS = re.compile(r"\]\s+(.*?)\s+\[" + re.escape(PROGRESS_LOGGER) + r"\]")
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z?)\s")
 
@@ -126,13 +127,13 @@ class ProgressView:
         if self.verbose:
             self._write(line)
         if match := _TASK_START.search(line):
-            task_id = match.group(1)
+            task_id = _task_name(*match.groups())
             if self.group and not task_id.startswith(self.group.name + "."):
                 self.close_group()
             self.started[task_id] = _seconds_of(line)
             self.state = None
         elif match := _TASK_END.search(line):
-            task_id = match.group(1)
+            task_id = _task_name(*match.groups())
             ended = _seconds_of(line)
             seconds = max(0.0, ended - self.started.pop(task_id, ended))
             state = self.state or "ended"
@@ -184,6 +185,11 @@ class ProgressView:
         with self._lock:
             self.console.write(text + "\n")
             self.console.flush()
+
+
+def _task_name(task_id: str, map_index: str | None) -> str:
+    """A mapped task instance as ``task_id[map_index]`` (``score_shard[2]``), any other task as its id."""
+    return task_id if map_index in (None, "-1") else f"{task_id}[{map_index}]"
 
 
 def _kind(member: str) -> str:

@@ -126,7 +126,8 @@ def render(steps: dict[str, dict], tasks: list) -> str:
             for segment, users in published["users_per_segment"].items()
         ]
         out += [
-            f"Published to crm.segment_members with model v{published['model_version']}",
+            f"Published to crm.segment_members with model v{published['model_version']} "
+            f"(scored in {published['score_shards']} shards)",
             _table(["segment", "users", "rows"], rows),
         ]
         offers = published.get("offers")
@@ -188,6 +189,11 @@ def key_figure(step: str, summary: dict) -> str:
             return f"skipped: {summary['skipped']}"
         m = summary["metrics"]
         return f"policy value {m['policy_value']:.1f} QAR/user (best uniform offer {m['best_uniform_value']:.1f})"
+    if step.startswith("score_shard["):
+        return (
+            f"{summary['users']:,} users scored (shard {summary['shard'] + 1} of {summary['shards']}), "
+            f"model v{summary['model_version']}"
+        )
     if step == "publish_segments":
         users = sum(summary.get("users_per_segment", {}).values())
         return f"{users:,} users published, {len(summary.get('exports', {}))} CSV exports"

@@ -508,23 +508,64 @@ def _rounded(metrics: dict) -> dict:
     return {k: round(float(v), 4) for k, v in metrics.items()}
 
 
+def _champion_ranker_version(settings: Settings) -> str:
+    version = tracking.alias_version(settings.ranker_model_name, tracking.CHAMPION)
+    if version is None:
+        raise RuntimeError(f"no model has alias @{tracking.CHAMPION} in {settings.ranker_model_name}: train first")
+    return version
+
+
+def score_shard(settings: Settings, run_date: date, shard: int) -> dict:
+    """Top-N merchants in both modes from ``@champion`` for the lifecycle members in one user hash bucket of
+    ``settings.score_shards`` (``publish.shard_of``), the personalisation opt-outs' lists non-personalised;
+    staged in ``ops.staged_recommendations`` for publish_segments (a re-run replaces the shard's rows)."""
+    if not 0 <= shard < settings.score_shards:
+        raise ValueError(
+            f"shard {shard} is not one of 0..{settings.score_shards - 1} (REKINDLE_SCORE_SHARDS={settings.score_shards})"
+        )
+    url = postgres.start(settings)
+    with recorded_step(url, run_date, f"score_shard[{shard}]") as summary:
+        tracking.configure(settings, url)
+        version = _champion_ranker_version(settings)
+        recommender = tracking.load_alias(settings.ranker_model_name).recommender
+        with psycopg.connect(url) as conn:
+            ddl.ensure(conn, "ops")
+            members = marts.load_lifecycle_members(conn)
+            in_shard = publish.shard_of(members["user_id"], settings.score_shards) == shard
+            user_ids = members.loc[in_shard, "user_id"].tolist()
+            recommender = consent.NonPersonalisedFor(recommender, marts.load_personalisation_opt_outs(conn))
+            recommendations = publish.recommend_all(
+                recommender, user_ids, marts.load_merchant_names(conn), settings.top_n
+            )
+            publish.stage_shard(conn, run_date, settings.score_shards, shard, recommendations, len(user_ids), version)
+        summary.update(
+            shard=shard,
+            shards=settings.score_shards,
+            model_version=version,
+            users=len(user_ids),
+            recommendations=len(recommendations),
+        )
+    return summary
+
+
+def score_all_shards(settings: Settings, run_date: date) -> list[dict]:
+    """Every scoring shard of run_date in turn, for callers without Airflow (the DAG maps score_shard instead)."""
+    return [score_shard(settings, run_date, shard) for shard in range(settings.score_shards)]
+
+
 def publish_segments(settings: Settings, run_date: date) -> dict:
-    """Top-N merchants for every user from ``@champion``; scored segments and CRM segment tables, all
-    replacing run_date's rows in one transaction (readers see the old day or the new one, never a mix)."""
+    """Swap the scored shards of run_date (all ``settings.score_shards`` of them, by the ``@champion`` ranker)
+    into crm with today's offers and the CRM segment tables, replacing run_date's rows in one transaction
+    (readers see the old day or the new one, never a mix), and write the exports."""
     url = postgres.start(settings)
     with recorded_step(url, run_date, "publish_segments") as summary:
         tracking.configure(settings, url)
-        version = tracking.alias_version(settings.ranker_model_name, tracking.CHAMPION)
-        if version is None:
-            raise RuntimeError(f"no model has alias @{tracking.CHAMPION} in {settings.ranker_model_name}: train first")
-        recommender = tracking.load_alias(settings.ranker_model_name).recommender
+        version = _champion_ranker_version(settings)
         with psycopg.connect(url) as conn:
             segments.ensure_tables(conn)
+            ddl.ensure(conn, "ops")
             members = marts.load_lifecycle_members(conn)
-            recommender = consent.NonPersonalisedFor(recommender, marts.load_personalisation_opt_outs(conn))
-            recommendations = publish.recommend_all(
-                recommender, members["user_id"].tolist(), marts.load_merchant_names(conn), settings.top_n
-            )
+            recommendations = publish.load_staged(conn, run_date, settings.score_shards, version, len(members))
             offers, offer_version = _todays_offers(settings, conn, run_date)
             with conn.transaction():
                 expired = publish.drop_expired(conn, run_date, settings.crm_retention_days)
@@ -534,8 +575,12 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
                 segment_rows = segments.refresh_segments(conn, run_date, settings)
             roles.ensure_roles(conn, settings)
             exports = export.export_all(conn, run_date, settings)
+            # Last, and in the connection's transaction with the crm rows: a publish that fails before the commit
+            # (in the exports, say) leaves the staged shards for its retry.
+            publish.clear_staged(conn, run_date)
         summary.update(
             model_version=version,
+            score_shards=settings.score_shards,
             users_per_segment={k: int(v) for k, v in scored.groupby("segment")["user_id"].nunique().items()},
             rows_per_segment={k: int(v) for k, v in scored.groupby("segment").size().items()},
             recommendations=len(recommendations),
