@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 AIRFLOW_SCHEMA = "airflow"
 # The long-running Airflow components besides the workers, by their ``airflow`` sub-command.
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+# Task processes per Celery worker on localhost (a daily task may take a few GB at full scale).
+WORKER_CONCURRENCY = 2
 REDIS_INSTALL_HINT = (
     "redis-server is not on PATH: the CeleryExecutor needs Redis as its broker. Install it with "
     "`sudo apt-get install redis-server` (Debian/Ubuntu) or `brew install redis` (macOS), or leave out "
@@ -48,7 +50,7 @@ def topology(workers: int) -> list[str]:
 def airflow_command(service: str) -> list[str]:
     """The ``airflow`` arguments a service of ``topology`` runs (docker-compose.yml runs the same)."""
     if service.startswith("airflow-worker-"):
-        return ["airflow", "celery", "worker", "--hostname", f"{service.removeprefix('airflow-')}@%h"]
+        return ["airflow", "celery", "worker", "--celery-hostname", f"{service.removeprefix('airflow-')}@%h"]
     component = service.removeprefix("airflow-")
     if component not in AIRFLOW_COMPONENTS:
         raise ValueError(f"{service!r} is not an Airflow service")
@@ -91,6 +93,8 @@ class CeleryStack:
             os.environ,
             AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=metadata,
+            # The api-server's async engine: psycopg 3 (already installed) instead of asyncpg.
+            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC=metadata.replace("+psycopg2://", "+psycopg_async://", 1),
             AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:{self.redis_port}/0",
             AIRFLOW__CELERY__RESULT_BACKEND="db+" + metadata.replace("postgresql+psycopg2://", "postgresql://", 1),
             AIRFLOW__API__HOST="127.0.0.1",
@@ -144,20 +148,25 @@ class CeleryStack:
 
     def commands(self) -> dict[str, list[str]]:
         """Every process of ``topology`` but Postgres, in start order."""
-        airflow = [sys.executable, "-m"]
-        return {
-            "redis": self.redis_command(),
-            "mlflow": self.mlflow_command(),
-            **{service: airflow + airflow_command(service) for service in topology(self.workers)[3:]},
-        }
+        commands = {"redis": self.redis_command(), "mlflow": self.mlflow_command()}
+        for service in topology(self.workers)[3:]:
+            commands[service] = [sys.executable, "-m", *airflow_command(service)]
+            if service.startswith("airflow-worker-"):
+                # One machine: the api-server reads task logs from the shared log folder, and the workers' log
+                # servers would all want the same port.
+                commands[service] += ["--skip-serve-logs", "--concurrency", str(WORKER_CONCURRENCY)]
+        return commands
 
 
 def migrate_metadata(stack: CeleryStack, output) -> None:
-    """Create (or upgrade) Airflow's metadata tables in their schema of the warehouse."""
+    """Create (or upgrade) Airflow's metadata tables in their schema of the warehouse; create MLflow's schema."""
     import psycopg
 
+    from ml.pipeline.tracking import MLFLOW_SCHEMA
+
     with psycopg.connect(stack.warehouse_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {AIRFLOW_SCHEMA}")
+        for schema in (AIRFLOW_SCHEMA, MLFLOW_SCHEMA):
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"],
         env=stack.environment(),
