@@ -59,7 +59,7 @@ def operations() -> DashboardWarehouse:
 
 @st.cache_data(show_spinner=False)
 def model_runs(run_date: date | None) -> tuple[pd.DataFrame, dict, str | None]:
-    client = runs.client_for(owner_url())
+    client = runs.client_for(settings(), owner_url())
     name = settings().ranker_model_name
     table, details = runs.ranker_runs(client, name)
     return table, details, runs.champion_version(client, name)
@@ -67,7 +67,7 @@ def model_runs(run_date: date | None) -> tuple[pd.DataFrame, dict, str | None]:
 
 @st.cache_data(show_spinner=False)
 def curves(run_date: date | None, run_id: str) -> pd.DataFrame | None:
-    return runs.metric_at_k(runs.client_for(owner_url()), run_id)
+    return runs.metric_at_k(runs.client_for(settings(), owner_url()), run_id)
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)  # this publication's and the one before

@@ -17,6 +17,7 @@ from ml.pipeline import tracking
 from ml.pipeline.tasks import METRIC_AT_K_ARTIFACT
 from ml.recommend.lifecycle import LIFECYCLE_SEGMENTS
 from ml.recommend.modes import MODES
+from ml.settings import Settings
 
 RANKER = "ranker"
 BASELINES = ("popularity", "random")
@@ -25,10 +26,11 @@ SUMMARY_METRICS = ("precision_at_5", "recall_at_5", "ndcg_at_10", "hit_rate_at_5
 RUN_COLUMNS = ["run_id", "run_date", "started_at", "version", "promoted", "gate", GATE_METRIC_KEY]
 
 
-def client_for(url: str) -> MlflowClient:
-    """A client of the pipeline's tracking store and registry (``ml.pipeline.tracking``), without touching this
-    process's global MLflow state."""
-    uri = tracking.tracking_uri(url)
+def client_for(settings: Settings, url: str) -> MlflowClient:
+    """A client of the pipeline's tracking store and registry (``ml.pipeline.tracking``: the MLflow server of
+    ``settings.mlflow_tracking_uri``, which also serves the artifacts, else the warehouse's store), without
+    touching this process's global MLflow state."""
+    uri = settings.mlflow_tracking_uri or tracking.tracking_uri(url)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
