@@ -74,7 +74,7 @@ def test_airflow_environment_is_the_celery_stacks(compose, monkeypatch):
     stack = CeleryStack(
         Settings.from_env(environ={}), warehouse_url, airflow_port=8080, mlflow_port=5000, redis_port=6379, workers=2
     )
-    expected = {k: v for k, v in stack.environment().items() if k.startswith(("AIRFLOW__", "REKINDLE_"))}
+    expected = stack.overrides()
     assert expected["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
 
     for name in airflow_services(compose):

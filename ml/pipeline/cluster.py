@@ -88,9 +88,16 @@ class CeleryStack:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
     def environment(self) -> dict[str, str]:
+        """This stack's own Airflow home (logs, the api-server's passwords, Cosmos's cache), then ``overrides``."""
+        from ml.runtime import airflow_environment
+
+        own_home = {**airflow_environment(self.settings), "REKINDLE_HOME": str(self.settings.home)}
+        return {**os.environ, **own_home, **self.overrides()}
+
+    def overrides(self) -> dict[str, str]:
+        """What the Celery deployment sets (docker-compose.yml sets the same, with its own hosts)."""
         metadata = metadata_url(self.warehouse_url)
         return dict(
-            os.environ,
             AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=metadata,
             # The api-server's async engine: psycopg 3 (already installed) instead of asyncpg.
