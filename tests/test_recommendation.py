@@ -167,3 +167,11 @@ def test_sampled_split_judges_a_seeded_subset_in_both_modes(orders):
     assert sample.relevant == {u: split.relevant[u] for u in sample.relevant_with_repeats if u in split.relevant}
     assert split.sample(100, seed=3).relevant_with_repeats == sample.relevant_with_repeats
     assert split.sample(10**6, seed=3) is split
+
+
+def test_split_after_the_last_order_has_nothing_to_judge(orders):
+    """A run date weeks after the data ends: an empty held-out window, not a crash inside pandas."""
+    split = TemporalSplit.last_days(orders, AS_OF + pd.Timedelta(days=30), 7)
+
+    assert split.relevant == {} and split.relevant_with_repeats == {}
+    assert len(split.train) == len(orders)

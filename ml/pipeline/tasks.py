@@ -207,6 +207,12 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
         split = TemporalSplit.last_days(orders, as_of(run_date), settings.eval_test_days).sample(
             settings.eval_users, settings.seed
         )
+        if not split.relevant_with_repeats:
+            raise ValueError(
+                f"no orders of known users in the {settings.eval_test_days} days before {run_date} to judge the "
+                f"models on (the latest order is from {orders['event_time'].max():%Y-%m-%d}): run a date the "
+                "data reaches, or raise REKINDLE_EVAL_TEST_DAYS"
+            )
         rule = LifecycleRule.from_settings(settings)
         judge = Judge(
             split,

@@ -35,7 +35,8 @@ class TemporalSplit:
         test = orders[(orders["event_time"] >= cut) & (orders["event_time"] < pd.Timestamp(as_of))]
         test = test[test["user_id"].isin(set(train["user_id"]))]
         seen = set(zip(train["user_id"], train["merchant_id"]))
-        new_pairs = test[[(u, m) not in seen for u, m in zip(test["user_id"], test["merchant_id"])]]
+        unseen = np.array([(u, m) not in seen for u, m in zip(test["user_id"], test["merchant_id"])], dtype=bool)
+        new_pairs = test[unseen]
         return cls(
             cut=cut.to_pydatetime(),
             train=train,
