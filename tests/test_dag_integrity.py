@@ -73,8 +73,13 @@ def test_daily_dag_order_gates_before_publishing(dagbag):
     assert dag.schedule == "@daily"
     publish = dag.get_task("publish_segments")
     upstream = publish.get_flat_relative_ids(upstream=True)
-    for gate in ("load_events", "check_raw_quality", "check_mart_quality", "train_ranker"):
+    for gate in ("load_events", "check_raw_quality", "check_mart_quality", "train_ranker", "train_offer_model"):
         assert gate in upstream
+    # Scoring is mapped over one task per user hash bucket, after the ranker, while the offer model may train.
+    score = dag.get_task("score_shard")
+    assert score.upstream_task_ids == {"train_ranker"} and score.downstream_task_ids == {"publish_segments"}
+    assert score.op_kwargs_expand_input.value == {"shard": list(range(Settings.from_env().score_shards))}
+    assert "train_offer_model" not in score.get_flat_relative_ids(upstream=True)
     # Cosmos turned every dbt model into one task that builds it and runs its tests, all before the mart gate.
     dbt_tasks = {t for t in dag.task_ids if t.startswith("dbt_build.")}
     models = {path.stem for path in (PROJECT_ROOT / "dbt" / "models").rglob("*.sql")}

@@ -3,9 +3,10 @@ warehouse stopped in the middle of a step; each time, running the interrupted st
 (what Airflow does for a task whose worker died) leaves every crm table, the export files and the MLflow aliases
 exactly as one uninterrupted run of the same day on an identical warehouse.
 
-The day runs through the pipeline's own step functions (the DAG's tasks without Airflow), killed after every task
-and at two points inside one: in train_offer_model after its model version is registered and before the gate
-aliases it, and in publish_segments after the crm transaction committed and one export file was written.
+The day runs through the pipeline's own step functions (the DAG's tasks without Airflow, the scoring shards one
+after another), killed after every step up to train_ranker and at a point inside each later one: in
+train_offer_model after its model version is registered and before the gate aliases it, in the scoring after its
+first shard is staged, and in publish_segments after the crm rows and one export file were written.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ STEPS = (
     "check_mart_quality",
     "train_ranker",
     "train_offer_model",
+    "score_all_shards",
     "publish_segments",
 )
 
 # Runs steps of the day in a process of its own that SIGKILLs itself at the kill point (if any): "after:<step>" once
 # the step returned, "offer_registered" when the offer model's gate is about to run (its version is registered, without an
-# alias yet), "publish_committed" when publish_segments has committed the crm rows and written one export file.
+# alias yet), "shard_staged" when the first scoring shard is staged, "publish_committed" when publish_segments has
+# written the crm rows and one export file.
 DAY_UNTIL_KILLED = """
 import os, signal, sys
 from datetime import date
@@ -61,6 +64,9 @@ def die(*args, **kwargs):
 if kill_point == "offer_registered":
     real_gate = tracking.gate
     tracking.gate = lambda name, *args: die() if name == settings.offer_model_name else real_gate(name, *args)
+if kill_point == "shard_staged":
+    real_score_shard = tasks.score_shard
+    tasks.score_shard = lambda *args: (real_score_shard(*args), die())
 if kill_point == "publish_committed":
     real_write = export.write_csv
     export.write_csv = lambda *args: (real_write(*args), die())
@@ -144,7 +150,8 @@ def uninterrupted(tmp_path_factory, postgres_server_url) -> dict:
 
 
 # Each kill point, in the order the day reaches them, with the step Airflow runs first afterwards: the killed one
-# (its worker died before reporting it finished).
+# (its worker died before reporting it finished). The kills inside train_offer_model and the scoring stand for the
+# ones after them: the suite pays for every kill point with a process and a step run again.
 KILL_POINTS = (
     ("after:prepare_warehouse", "prepare_warehouse"),
     ("after:load_events", "load_events"),
@@ -153,7 +160,7 @@ KILL_POINTS = (
     ("after:check_mart_quality", "check_mart_quality"),
     ("after:train_ranker", "train_ranker"),
     ("offer_registered", "train_offer_model"),
-    ("after:train_offer_model", "train_offer_model"),
+    ("shard_staged", "score_all_shards"),
     ("publish_committed", "publish_segments"),
 )
 

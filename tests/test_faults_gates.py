@@ -1,5 +1,5 @@
 """Gates that decide, through the pipeline's own steps (train_ranker, train_offer_model, check_mart_quality,
-publish_segments) on one small marketplace: a challenger with another recipe that is better is promoted and
+score_all_shards, publish_segments) on one small marketplace: a challenger with another recipe that is better is promoted and
 published, a worse one is kept out with the gate's reason in the step's summary, and bad mart rows stop the day
 until they are fixed.
 
@@ -116,6 +116,7 @@ def test_the_ranker_gate_promotes_a_better_recipe_publishes_it_and_keeps_a_worse
     )
     assert better["gate_value"] > first["gate_value"]
     assert _recorded_summary(settings, "train_ranker")["gate"] == better["gate"]
+    tasks.score_all_shards(settings, RUN_DATE)
     published = tasks.publish_segments(settings, RUN_DATE)
     assert published["model_version"] == "2"
     assert _published_versions(settings)["recommendations"] == {"2"}
@@ -130,6 +131,7 @@ def test_the_ranker_gate_promotes_a_better_recipe_publishes_it_and_keeps_a_worse
     )
     assert _recorded_summary(settings, "train_ranker")["gate"] == worse["gate"]
     assert _aliases(settings, settings.ranker_model_name) == {"champion": "2", "challenger": "1"}
+    tasks.score_all_shards(weak, RUN_DATE)
     assert tasks.publish_segments(weak, RUN_DATE)["model_version"] == "2"
     assert _published_versions(settings)["segment_members"] == {"2"}
 
@@ -159,6 +161,7 @@ def test_the_offer_gate_promotes_a_challenger_over_its_bar_publishes_it_and_keep
     assert cleared["gate"].startswith(f"policy_value {cleared['metrics']['policy_value']:.4f} beats champion v1's")
     assert cleared["gate"].endswith("by more than -50%")
     assert _recorded_summary(settings, "train_offer_model")["gate"] == cleared["gate"]
+    tasks.score_all_shards(settings, RUN_DATE)
     tasks.publish_segments(settings, RUN_DATE)
     assert _published_versions(settings)["inactive_user_offers"] == {"2"}
 
@@ -172,5 +175,6 @@ def test_the_offer_gate_promotes_a_challenger_over_its_bar_publishes_it_and_keep
     assert kept_out["gate"].endswith("by more than 1000%")
     assert _recorded_summary(settings, "train_offer_model")["gate"] == kept_out["gate"]
     assert _aliases(settings, settings.offer_model_name) == {"champion": "2", "challenger": "1"}
+    tasks.score_all_shards(settings, RUN_DATE)
     tasks.publish_segments(settings, RUN_DATE)
     assert _published_versions(settings)["inactive_user_offers"] == {"2"}

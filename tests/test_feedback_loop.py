@@ -27,6 +27,7 @@ def _run_day(settings, run_date: date) -> dict:
         tasks.check_mart_quality,
         tasks.train_ranker,
         tasks.train_offer_model,
+        tasks.score_all_shards,
         tasks.publish_segments,
     ):
         summaries[step.__name__] = step(settings, run_date)

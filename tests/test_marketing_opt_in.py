@@ -112,6 +112,7 @@ def _csv_users(settings) -> dict[str, set[str]]:
 def test_no_marketing_output_holds_a_user_who_did_not_opt_in(world):
     url = world.warehouse_url
 
+    tasks.score_all_shards(world, DAY)
     summary = tasks.publish_segments(world, DAY)
 
     for table in MARKETING_TABLES:
@@ -138,11 +139,13 @@ def test_the_rule_removes_the_opted_out_users_rows_and_nothing_else(world):
     """Everyone else keeps the same rows, offers and experiment arms included: the arms are drawn after the
     opted-out users are left out, by a hash per user, so leaving them out shifts no one's arm."""
     url = world.warehouse_url
+    tasks.score_all_shards(world, DAY)
     tasks.publish_segments(world, DAY)
     published = {table: _rows(url, table) for table in MARKETING_TABLES}
     with psycopg.connect(url) as conn:
         conn.execute("UPDATE marts.user_features SET marketing_opt_in = true")
 
+    tasks.score_all_shards(world, DAY)
     tasks.publish_segments(world, DAY)
 
     for table in MARKETING_TABLES:
@@ -152,6 +155,7 @@ def test_the_rule_removes_the_opted_out_users_rows_and_nothing_else(world):
 
 def test_the_readout_counts_the_offered_users_in_their_arms(world):
     url = world.warehouse_url
+    tasks.score_all_shards(world, DAY)
     tasks.publish_segments(world, DAY)
     offered = _users(url, "crm.inactive_user_offers")
     with psycopg.connect(url) as conn:
@@ -172,6 +176,7 @@ def test_the_readout_counts_the_offered_users_in_their_arms(world):
 def test_exports_read_consent_when_written(world):
     """A user who opts out after the day was published is left out of that day's files written from then on."""
     url = world.warehouse_url
+    tasks.score_all_shards(world, DAY)
     tasks.publish_segments(world, DAY)
     lapsed = _users(url, "crm.lapsed_personalised")
     leaving = min(lapsed)

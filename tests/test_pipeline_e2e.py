@@ -52,6 +52,8 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
     state, tasks = run_dag_in_process(DAG_ID, RUN_DATE)
 
     assert state == "success", _states(tasks)
+    shards = [t for t in tasks if t.task_id == "score_shard"]
+    assert [t.state for t in shards] == ["success"] * pipeline_settings.score_shards == ["success"] * 4
     published = _crm_rows(url, RUN_DATE)
     assert set(published["segment"]) == {"lapsed", "dormant"}
     with psycopg.connect(url) as conn:
@@ -104,6 +106,7 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
         "random",
         "champion is v1",
         "Published",
+        f"scored in {pipeline_settings.score_shards} shards",
         "Offer policy value",
         "best uniform offer",
         "chosen on training users",

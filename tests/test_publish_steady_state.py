@@ -94,6 +94,7 @@ def _publish(settings, run_date: date) -> dict:
     champion = type("Champion", (), {"recommender": Recommender(run_date)})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tracking, "load_alias", lambda name: champion)
+        tasks.score_all_shards(settings, run_date)
         return tasks.publish_segments(settings, run_date)
 
 

@@ -1,4 +1,5 @@
-"""Score segment members with the champion model and publish them to ``crm`` atomically per run_date."""
+"""Score segment members with the champion model in user hash shards, stage each shard in ``ops``, and publish
+the staged shards to ``crm`` atomically per run_date."""
 
 from __future__ import annotations
 
