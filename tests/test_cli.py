@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -112,8 +113,36 @@ def _answers(url: str) -> bool:
     return True
 
 
-def test_ctrl_c_on_ui_stops_every_process_it_started_within_10_seconds(settings, tmp_path):
+def test_ui_on_celery_without_redis_says_how_to_install_it(tmp_path):
+    no_redis = tmp_path / "bin"
+    no_redis.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "ml.cli", "ui", "--executor", "celery"],
+        env=_cli_env(tmp_path / "home", PATH=str(no_redis)),
+        capture_output=True,
+        text=True,
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert "apt-get install redis-server" in done.stderr
+    assert not (tmp_path / "home" / "warehouse").exists()  # nothing started
+
+
+@pytest.mark.parametrize(
+    "executor",
+    [
+        "local",
+        pytest.param(
+            "celery",
+            marks=pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt-get)"),
+        ),
+    ],
+)
+def test_ctrl_c_on_ui_stops_every_process_it_started_within_10_seconds(executor, settings, tmp_path):
     airflow_port, mlflow_port = _free_port(), _free_port()
+    celery = (
+        ["--executor", "celery", "--workers", "2", "--redis-port", str(_free_port())] if executor == "celery" else []
+    )
     output = tmp_path / "ui.out"
     with open(output, "wb") as out:
         # Its own session, as a shell gives a foreground job: Ctrl-C is SIGINT to that whole process group.
@@ -127,6 +156,7 @@ def test_ctrl_c_on_ui_stops_every_process_it_started_within_10_seconds(settings,
                 str(airflow_port),
                 "--mlflow-port",
                 str(mlflow_port),
+                *celery,
             ],
             env=_cli_env(settings.home, REKINDLE_WAREHOUSE_URL=settings.warehouse_url),
             stdout=out,
@@ -145,6 +175,11 @@ def test_ctrl_c_on_ui_stops_every_process_it_started_within_10_seconds(settings,
         assert ui.poll() is None, output.read_text()[-3000:]
         seen.update(_tree(ui.pid))
         assert len(seen) >= 3, f"Airflow and MLflow did not start: {output.read_text()[-3000:]}"
+        if executor == "celery":  # Redis, MLflow, api-server, scheduler, dag-processor, triggerer, two workers
+            commands = [psutil.Process(pid).cmdline() for pid in seen if _still_running(pid, seen[pid])]
+            workers = {c[c.index("--celery-hostname") + 1] for c in commands if "--celery-hostname" in c}
+            assert workers == {"worker-1@%h", "worker-2@%h"}, commands
+            assert any(c[0].startswith("redis-server") for c in commands), commands
 
         os.killpg(ui.pid, signal.SIGINT)
         stop_deadline = time.monotonic() + 10
