@@ -4,6 +4,7 @@ pipeline's own publish writers) and ``rekindle serve`` in a subprocess on a free
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from ml.crm.segments import ensure_tables
 from ml.recommend.modes import DISCOVERY, WINBACK
 from ml.settings import Settings
 from ml.synthetic.marketplace import generate_marketplace
-from ml.warehouse import ddl, ingest
+from ml.warehouse import ddl, ingest, postgres
 from ml.warehouse.dbt_runner import run_dbt, write_profile
 
 RUN_DATE = date(2026, 11, 1)
@@ -44,6 +45,36 @@ def build_published_day(settings: Settings, run_date: date = RUN_DATE, top_n: in
     write_profile(settings, url)
     run_dbt(settings, url, ["build", "--exclude", "test_type:unit"], run_date)
     publish_day(settings, run_date, top_n)
+
+
+# Server URL -> (database, home) that build_published_day filled once this session: a template for copies.
+_published_templates: dict[str, tuple[str, Path]] = {}
+
+
+def copy_of_published_day(server_url: str, home: Path) -> Settings:
+    """Settings for a new database on ``server_url`` holding build_published_day's result, with a copy of its drop
+    folder under ``home``. The day is built once per server into a template database that every caller copies
+    (CREATE DATABASE ... TEMPLATE), so callers may change their copy freely."""
+    if server_url not in _published_templates:
+        name = f"published_day_{os.getpid()}"
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        template_home = home.parent / f"{name}_home"
+        build_published_day(
+            Settings.from_env(environ={}, home=template_home, warehouse_url=_database_url(server_url, name))
+        )
+        _published_templates[server_url] = (name, template_home)
+    template, template_home = _published_templates[server_url]
+    name = f"{template}_copy_{os.urandom(4).hex()}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    settings = Settings.from_env(environ={}, home=home, warehouse_url=_database_url(server_url, name))
+    shutil.copytree(Settings.from_env(environ={}, home=template_home).input_dir, settings.input_dir)
+    return settings
+
+
+def _database_url(server_url: str, name: str) -> str:
+    return server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
 
 
 def publish_day(settings: Settings, run_date: date, top_n: int = 10, model_version: str = "1") -> pd.DataFrame:

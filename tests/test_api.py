@@ -21,7 +21,7 @@ from api_server import (
     READ_KEY,
     RUN_DATE,
     WRITE_KEY,
-    build_published_day,
+    copy_of_published_day,
     publish_day,
     start_server,
     stop_server,
@@ -35,7 +35,6 @@ from ml.serving.readout import serving_counts, serving_readout
 from ml.serving.role import api_role_url, ensure_api_role
 from ml.serving.variants import ServingExperiment
 from ml.settings import Settings
-from ml.warehouse import postgres
 
 STRATEGIES = "champion:0.5,popularity:0.25,cosine:0.25"
 EXPERIMENT = ServingExperiment.from_settings("serving-1", tuple(STRATEGIES.split(",")))
@@ -44,13 +43,9 @@ EXPERIMENT = ServingExperiment.from_settings("serving-1", tuple(STRATEGIES.split
 @pytest.fixture(scope="module")
 def world(postgres_server_url, tmp_path_factory):
     """One published day and one server for the module; tests that change the publication come last."""
-    name = f"api_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
     home = tmp_path_factory.mktemp("api")
-    settings = Settings.from_env(environ={}, home=home / "home", warehouse_url=url)
-    build_published_day(settings)
+    settings = copy_of_published_day(postgres_server_url, home / "home")
+    url = settings.warehouse_url
     with psycopg.connect(url) as conn:
         users = pd.DataFrame(
             conn.execute(

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from api_server import API_KEYS, READ_KEY, RUN_DATE, WRITE_KEY, build_published_day, start_server, stop_server
+from api_server import API_KEYS, READ_KEY, RUN_DATE, WRITE_KEY, copy_of_published_day, start_server, stop_server
 
 from ml.pipeline import tasks
 from ml.serving.app import Server
@@ -19,8 +19,8 @@ from ml.settings import Settings
 
 
 @pytest.fixture
-def served(settings, tmp_path):
-    build_published_day(settings)
+def served(postgres_server_url, tmp_path):
+    settings = copy_of_published_day(postgres_server_url, tmp_path / "home")
     server = start_server(settings, tmp_path / "serve.log", {"REKINDLE_API_CACHE_TTL_SECONDS": "600"})
     yield settings, server
     stop_server(server)
