@@ -45,7 +45,7 @@ def _offers(url: str, run_date: date) -> pd.DataFrame:
 
 def test_campaign_outcomes_train_the_next_offer_model_and_backfill_reproduces_the_day(settings):
     url = settings.warehouse_url
-    generate_marketplace(seed=3, days=30, end_date=DAY_ONE, n_users=900, n_merchants=80).write(settings.input_dir)
+    generate_marketplace(seed=3, days=30, end_date=DAY_ONE, n_users=400, n_merchants=50).write(settings.input_dir)
 
     first = _run_day(settings, DAY_ONE)
     offers_day_one = _offers(url, DAY_ONE)
