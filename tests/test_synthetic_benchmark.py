@@ -38,7 +38,7 @@ def ablation_tables(printed: str) -> dict[str, dict[str, list[float]]]:
 @pytest.fixture(scope="module")
 def world_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("world")
-    generate_marketplace(seed=5, days=30, end_date=END_DATE, n_users=600, n_merchants=60).write(folder)
+    generate_marketplace(seed=5, days=30, end_date=END_DATE, n_users=300, n_merchants=30).write(folder)
     return folder
 
 
