@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +61,27 @@ def settings(tmp_path, warehouse_url) -> Settings:
 def airflow_db():
     """Airflow's SQLite metadata database in the session's throw-away home (Cosmos caches ``dbt ls`` there)."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+
+def run_daily_steps(settings: Settings, run_date: date) -> dict[str, dict]:
+    """The daily DAG's steps in its order, in this process and without Airflow (dbt as one ``dbt build``); each
+    step's summary by name. For tests of what a day leaves behind rather than of the orchestration."""
+    from ml.pipeline import tasks
+
+    summaries = {}
+    for step in (
+        tasks.prepare_warehouse,
+        tasks.load_events,
+        tasks.check_raw_quality,
+        tasks.build_marts,
+        tasks.check_mart_quality,
+        tasks.train_ranker,
+        tasks.train_offer_model,
+        tasks.score_all_shards,
+        tasks.publish_segments,
+    ):
+        summaries[step.__name__] = step(settings, run_date)
+    return summaries
 
 
 def publish_offers(conn: psycopg.Connection, offers: pd.DataFrame) -> None:

@@ -1,6 +1,7 @@
-"""The stakeholder dashboard (ml/dashboard/app.py) on a small real day: the daily DAG run in-process on the embedded
-warehouse (real ingest, dbt, GX, MLflow runs and registry, publish), a campaign readout and a few API-tracked
-events. Each tab through Streamlit's AppTest; all six in a real browser (Debian's chromium driven by playwright)."""
+"""The stakeholder dashboard (ml/dashboard/app.py) on a small real day: the daily DAG's steps run in-process on the
+embedded warehouse (real ingest, dbt, GX, MLflow runs and registry, publish; without Airflow, which the dashboard never
+reads and tests/test_pipeline_e2e.py covers), a campaign readout and a few API-tracked events. Each tab through
+Streamlit's AppTest; all six in a real browser (Debian's chromium driven by playwright)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
+from conftest import run_daily_steps
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest, app_test
 
@@ -24,7 +26,6 @@ from ml.cli import main as rekindle
 from ml.crm import segments
 from ml.dashboard.app import TABS
 from ml.experiments import readout
-from ml.pipeline.airflow import run_dag_in_process
 from ml.privacy.roles import ensure_dashboard_role
 from ml.recommend.modes import DISCOVERY, MODES, WINBACK
 from ml.serving.variants import ServingExperiment
@@ -44,7 +45,7 @@ BAD_EVENTS_CSV = (
 
 
 @pytest.fixture(scope="module")
-def day(postgres_server_url, tmp_path_factory, airflow_db):
+def day(postgres_server_url, tmp_path_factory):
     """One published day, shared by every test of the module; the environment points the app at it."""
     name = f"dashboard_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
@@ -59,10 +60,7 @@ def day(postgres_server_url, tmp_path_factory, airflow_db):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("REKINDLE_HOME", str(home))
         env.setenv("REKINDLE_WAREHOUSE_URL", url)
-        # Parsing the DAG may exceed Airflow's 30 s on a busy CI machine; that is not what this module tests.
-        env.setenv("AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT", "300")
-        state, tasks = run_dag_in_process("reengagement_daily", RUN_DATE)
-        assert state == "success", {t.task_id: t.state for t in tasks}
+        run_daily_steps(settings, RUN_DATE)
         with psycopg.connect(url, autocommit=True) as conn:
             ensure_dashboard_role(conn, settings)
             (campaign_id,) = conn.execute(
