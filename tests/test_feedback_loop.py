@@ -8,30 +8,13 @@ from datetime import date, timedelta
 
 import pandas as pd
 import psycopg
+from conftest import run_daily_steps
 
 from ml.experiments.assignment import campaign_id_for
-from ml.pipeline import tasks
 from ml.synthetic import campaign_replay
 from ml.synthetic.marketplace import generate_marketplace
 
 DAY_ONE = date(2026, 9, 1)
-
-
-def _run_day(settings, run_date: date) -> dict:
-    summaries = {}
-    for step in (
-        tasks.prepare_warehouse,
-        tasks.load_events,
-        tasks.check_raw_quality,
-        tasks.build_marts,
-        tasks.check_mart_quality,
-        tasks.train_ranker,
-        tasks.train_offer_model,
-        tasks.score_all_shards,
-        tasks.publish_segments,
-    ):
-        summaries[step.__name__] = step(settings, run_date)
-    return summaries
 
 
 def _offers(url: str, run_date: date) -> pd.DataFrame:
@@ -47,7 +30,7 @@ def test_campaign_outcomes_train_the_next_offer_model_and_backfill_reproduces_th
     url = settings.warehouse_url
     generate_marketplace(seed=3, days=30, end_date=DAY_ONE, n_users=400, n_merchants=50).write(settings.input_dir)
 
-    first = _run_day(settings, DAY_ONE)
+    first = run_daily_steps(settings, DAY_ONE)
     offers_day_one = _offers(url, DAY_ONE)
     assert not offers_day_one.empty
     train_rows_day_one = first["train_offer_model"]["metrics"]["test_rows"]
@@ -56,7 +39,7 @@ def test_campaign_outcomes_train_the_next_offer_model_and_backfill_reproduces_th
     assert simulated["campaign_ids"] == [campaign_id_for(DAY_ONE)]
 
     day_two = DAY_ONE + timedelta(days=settings.reactivation_window_days + 1)
-    second = _run_day(settings, day_two)
+    second = run_daily_steps(settings, day_two)
 
     with psycopg.connect(url) as conn:
         [(exposures, observed)] = conn.execute(
@@ -68,5 +51,5 @@ def test_campaign_outcomes_train_the_next_offer_model_and_backfill_reproduces_th
     assert second["train_offer_model"]["metrics"]["test_rows"] > train_rows_day_one
 
     # Backfill day one after day two: same members, same segments, same arms — nothing from later days leaks in.
-    _run_day(settings, DAY_ONE)
+    run_daily_steps(settings, DAY_ONE)
     assert _offers(url, DAY_ONE).equals(offers_day_one)
