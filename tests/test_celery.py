@@ -1,17 +1,18 @@
 """The daily DAG on Airflow's CeleryExecutor (``rekindle ui --executor celery``): a Redis broker, the metadata in the
-warehouse's Postgres, an MLflow server holding the artifacts, two Celery workers. One run, triggered as the Airflow
-CLI triggers it, has a worker SIGKILLed while it runs a scoring shard; the scheduler notices the task's lost
-heartbeat and retries it on the other worker, the run succeeds, and every crm table and export file equals the
-in-process run's (``dag.test()``) for the same data and date.
+warehouse's Postgres, an MLflow server holding the artifacts, two Celery workers. One run, triggered through
+Airflow's REST API as its UI triggers it, has a worker SIGKILLed while it runs a scoring shard; the scheduler
+notices the task's lost heartbeat and retries it on the other worker, the run succeeds, and every crm table and
+export file equals the in-process run's (``dag.test()``) for the same data and date.
 
 Needs ``redis-server`` (``.ci/run`` installs it with apt-get); skips only when it is absent."""
 
 from __future__ import annotations
 
+import json
 import shutil
-import subprocess
-import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import date
 
 import psycopg
@@ -39,11 +40,40 @@ def _world(settings: Settings) -> None:
     market.write(settings.input_dir, ids="uuid")
 
 
-def _airflow(stack: CeleryStack, *args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "airflow", *args], env=stack.environment(), capture_output=True, text=True
+def _airflow_api(stack: CeleryStack, method: str, path: str, body: dict | None = None, token: str = ""):
+    """One call of Airflow's REST API, as the UI makes it; returns the decoded JSON answer."""
+    request = urllib.request.Request(
+        f"http://localhost:{stack.airflow_port}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+def _trigger_as_the_ui_does(stack: CeleryStack) -> None:
+    """Log in as admin, wait for the dag-processor to have parsed the DAG, unpause it and trigger RUN_ID."""
+    passwords = stack.settings.airflow_home / "simple_auth_manager_passwords.json.generated"
+    credentials = {"username": "admin", "password": json.loads(passwords.read_text())["admin"]}
+    token = _airflow_api(stack, "POST", "/auth/token", credentials)["access_token"]
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            _airflow_api(stack, "GET", f"/api/v2/dags/{DAG_ID}", token=token)
+            break
+        except urllib.error.HTTPError as error:
+            if error.code != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+    _airflow_api(stack, "PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False}, token)
+    _airflow_api(
+        stack,
+        "POST",
+        f"/api/v2/dags/{DAG_ID}/dagRuns",
+        {"dag_run_id": RUN_ID, "logical_date": f"{RUN_DATE}T00:00:00Z"},
+        token,
+    )
 
 
 def _task_instances(url: str) -> list[tuple]:
@@ -108,7 +138,11 @@ def test_celery_run_survives_a_killed_worker_and_publishes_the_in_process_rows(
 ):
     expected_tables, expected_exports = in_process_day
     url = new_database(postgres_server_url)
-    settings = Settings.from_env(environ={}, home=tmp_path / "celery", warehouse_url=url)
+    # The drop folder and the exports outside the home, as shared locations every worker reaches.
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("REKINDLE_INPUT_PATH", str(shared / "incoming"))
+    monkeypatch.setenv("REKINDLE_EXPORTS_PATH", str(shared / "exports"))
+    settings = Settings.from_env(home=tmp_path / "celery", warehouse_url=url)
     _world(settings)
     # Only the triggered run (no scheduled one); a task whose worker died is noticed after 20 s without a heartbeat
     # and retried a few seconds later (the DAG's retries, with a short first delay).
@@ -121,9 +155,7 @@ def test_celery_run_survives_a_killed_worker_and_publishes_the_in_process_rows(
     processes = start_stack(stack, log_dir)
     try:
         wait_for_port(stack.airflow_port, timeout=180)
-        _airflow(stack, "dags", "reserialize")
-        _airflow(stack, "dags", "unpause", DAG_ID)
-        _airflow(stack, "dags", "trigger", DAG_ID, "--run-id", RUN_ID, "--logical-date", f"{RUN_DATE}T00:00:00+00:00")
+        _trigger_as_the_ui_does(stack)
         workers = {name: p for name, p in processes.items() if name.startswith("airflow-worker-")}
 
         killed, shard = _kill_worker_running_a_shard(url, workers)
@@ -139,4 +171,10 @@ def test_celery_run_survives_a_killed_worker_and_publishes_the_in_process_rows(
     assert shards == list(range(settings.score_shards))
     assert instances[("score_shard", shard)] == ("success", 2), f"{killed} died running shard {shard}"
     assert_same_crm_tables(crm_tables(url), expected_tables)
-    assert_same_exports(export_files(settings.exports_dir), expected_exports)
+    assert_same_exports(export_files(shared / "exports"), expected_exports)
+    assert not (settings.home / "exports").exists()
+    # The models went through the MLflow server, which stores their artifacts: no task read another's files.
+    with psycopg.connect(url) as conn:
+        locations = dict(conn.execute("SELECT name, artifact_location FROM mlflow.experiments").fetchall())
+    assert locations[settings.ranker_model_name].startswith("mlflow-artifacts:")
+    assert locations[settings.offer_model_name].startswith("mlflow-artifacts:")
