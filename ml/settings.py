@@ -66,6 +66,7 @@ class Settings:
     offer_segment_budget_share: float = 0.5
     holdout_share: float = 0.10
     personalised_share: float = 0.45
+    offer_exploration_share: float = 0.10
     default_offer_event_type: str = "free_delivery"
     default_offer_reward: float = 10.0
     order_margin_rate: float = 0.30
@@ -124,6 +125,8 @@ class Settings:
                 f"REKINDLE_TASTE_HALF_LIFE_DAYS positive, got {self.taste_recent_days}, "
                 f"{self.taste_drift_min_recent_orders} and {self.taste_half_life_days}"
             )
+        if not 0 <= self.offer_exploration_share <= 1:
+            raise ValueError(f"REKINDLE_OFFER_EXPLORATION_SHARE={self.offer_exploration_share} is not in [0, 1]")
         if self.score_shards < 1:
             raise ValueError(f"REKINDLE_SCORE_SHARDS={self.score_shards} must be at least 1")
         if not 0 <= self.taste_drift_threshold <= 1:
@@ -242,6 +245,9 @@ DESCRIPTIONS: dict[str, str] = {
     "holdout_share": "Share of inactive users in the holdout arm (by a hash of campaign and user): never offered.",
     "personalised_share": "Share of inactive users in the personalised arm (the model's offer); the rest get the "
     "fixed default offer (non-personalised arm).",
+    "offer_exploration_share": "Share of the personalised arm (by a hash of campaign and user) sent an offer drawn "
+    "uniformly from the offer model's arms (\"none\" included) instead of the policy's, so the offer model keeps "
+    "learning every arm's effect; each offer logs its propensity and the model weights exposures by its inverse.",
     "default_offer_event_type": "Event type of the non-personalised arm's fixed offer.",
     "default_offer_reward": "Reward size (QAR) of the non-personalised arm's fixed offer.",
     "order_margin_rate": "Share of an order's value the marketplace keeps: the offer model values a reactivation "

@@ -97,6 +97,8 @@ def publish_offers(conn: psycopg.Connection, offers: pd.DataFrame) -> None:
         expected_uplift=0.0,
         expected_cost=0.0,
         is_holdout=offers["arm"].eq(HOLDOUT),
+        explored=False,
+        propensity=offers.get("propensity", 1.0),
     )
     for (run_date, campaign_id), day in filled.groupby(["run_date", "campaign_id"]):
         replace_offers(conn, run_date, campaign_id, day, model_version="test")

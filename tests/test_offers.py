@@ -365,9 +365,11 @@ def _production_day(budget: float, **overrides):
     from ml.recommend.lifecycle import INACTIVE_SEGMENTS
     from ml.settings import Settings
 
-    # By default: the margin objective and a per-user budget that never binds, so `budget` is the only cap.
+    # By default: the margin objective and a per-user budget that never binds, so `budget` is the only cap; no
+    # exploration, so every personalised offer is the policy's (tests/test_offer_propensity.py explores).
     settings = Settings(
         **{
+            "offer_exploration_share": 0.0,
             "campaign_budget": budget,
             "offer_segment_budget_share": 0.3,
             "holdout_share": 0.1,

@@ -28,6 +28,8 @@ def replace_offers(
         "expected_uplift",
         "expected_cost",
         "is_holdout",
+        "explored",
+        "propensity",
         "model_version",
     ]
     with conn.cursor() as cur:
@@ -45,6 +47,8 @@ def replace_offers(
                         float(r.expected_uplift),
                         float(r.expected_cost),
                         bool(r.is_holdout),
+                        bool(r.explored),
+                        float(r.propensity),
                         model_version,
                     )
                 )

@@ -287,10 +287,10 @@ class OfferPolicy:
             if self.default_arm is None:
                 raise ValueError("non-personalised users need a default_arm")
             arm[non_personalised] = self.default_arm
-            expected_gain[non_personalised] = _pick(gain, arm)[non_personalised]
+            expected_gain[non_personalised] = value_of_arm(gain, arm)[non_personalised]
         offered = arm != self.control
         reward = np.array([self.reward_size[a] if o else 0.0 for a, o in zip(arm, offered, strict=True)], dtype=float)
-        p_chosen = _pick(p_reactivate, arm)
+        p_chosen = value_of_arm(p_reactivate, arm)
         p_control = p_reactivate[self.control].to_numpy(dtype=float)
         return pd.DataFrame(
             {
@@ -306,7 +306,7 @@ class OfferPolicy:
         )
 
 
-def _pick(frame: pd.DataFrame, arm: np.ndarray) -> np.ndarray:
+def value_of_arm(frame: pd.DataFrame, arm: np.ndarray) -> np.ndarray:
     """Per row the value in column ``arm[row]``; NaN where the frame has no such column."""
     columns = frame.columns.get_indexer(pd.Index(arm, dtype=object))
     values = frame.to_numpy(dtype=float)[np.arange(len(frame)), np.maximum(columns, 0)]

@@ -3,6 +3,7 @@ policy on held-out randomised exposures, register ``rekindle-offer``, and publis
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,10 +32,15 @@ from ml.offers.uplift import (
 )
 from ml.warehouse.marts import USER_FEATURES  # the user features of marts.campaign_history, as of sending
 
+log = logging.getLogger(__name__)
+
 # The response model's control arm: no offer.
 CONTROL = NO_OFFER
 OFFER_FEATURES = ["event_type", "reward_size"]
 SHRINKAGE_FOLDS = 3
+# Inverse-propensity weights are capped here: one explored exposure (propensity 0.10 / 13 arms) may count for
+# at most this many, trading a little bias for far less variance.
+MAX_INVERSE_PROPENSITY = 20.0
 
 
 class OfferResponseModel:
@@ -97,12 +103,15 @@ class OfferResponseModel:
         X = history[USER_FEATURES + OFFER_FEATURES]
         self.encoder_ = FeatureEncoder().fit(X)
         features = self.encoder_.transform(X)
+        weight = inverse_propensity_weights(history)
         self.reactivation_ = BoostedRegressor(self.config, seed=self.seed).fit(
-            features, history["reactivated"].astype(float)
+            features, history["reactivated"].astype(float), sample_weight=weight
         )
         came_back = history["reactivated"].to_numpy()
         self.value_ = BoostedRegressor(self.config, objective="regression", seed=self.seed + 1).fit(
-            features[came_back], history.loc[came_back, "order_value_in_window"].to_numpy()
+            features[came_back],
+            history.loc[came_back, "order_value_in_window"].to_numpy(),
+            sample_weight=weight[came_back],
         )
 
     def _per_arm(self, users: pd.DataFrame, model: BoostedRegressor) -> pd.DataFrame:
@@ -136,6 +145,22 @@ class OfferResponseModel:
     def best_arms(self, users: pd.DataFrame) -> np.ndarray:
         """Each user's most profitable arm with no budget or cap ("none" when no offer pays)."""
         return self._choose(*self.predict(users))
+
+
+def inverse_propensity_weights(history: pd.DataFrame) -> np.ndarray:
+    """Each exposure's weight: 1 / the probability its offer was chosen (``propensity``, logged with the offer),
+    capped at :data:`MAX_INVERSE_PROPENSITY`. Weighted so, the exposures a policy chose for its favourite users
+    stand for every user again, and the arms' effects learnt from the policy's own campaigns stay unbiased.
+    Exposures logged without a propensity (before it was logged, or from a fully randomised test) weigh 1."""
+    if "propensity" not in history.columns:
+        return np.ones(len(history))
+    propensity = history["propensity"].to_numpy(dtype=float)
+    unknown = np.isnan(propensity)
+    if unknown.any() and not unknown.all():
+        log.warning("%d of %d exposures have no logged propensity: weighted as 1", unknown.sum(), len(history))
+    if ((propensity <= 0) | (propensity > 1)).any():
+        raise ValueError("an exposure's propensity must lie in (0, 1]")
+    return np.minimum(1.0 / np.where(unknown, 1.0, propensity), MAX_INVERSE_PROPENSITY)
 
 
 def realised_margin(history: pd.DataFrame, margin_rate: float) -> np.ndarray:

@@ -32,19 +32,28 @@ from ml.synthetic.world import (
 )
 from ml.warehouse import postgres
 
-OFFER_COLUMNS = ["run_date", "campaign_id", "user_id", "arm", "event_type", "reward_size"]
+OFFER_COLUMNS = ["run_date", "campaign_id", "user_id", "arm", "event_type", "reward_size", "propensity"]
 
 
 def latest_offers(conn: psycopg.Connection) -> pd.DataFrame:
     """The latest run_date's published offers, one row per (campaign, user)."""
     rows = conn.execute(
-        """SELECT DISTINCT ON (campaign_id, user_id) run_date, campaign_id, user_id, arm, event_type, reward_size
+        """SELECT DISTINCT ON (campaign_id, user_id)
+                  run_date, campaign_id, user_id, arm, event_type, reward_size, propensity
            FROM crm.inactive_user_offers
            WHERE run_date = (SELECT max(run_date) FROM crm.inactive_user_offers)
            ORDER BY campaign_id, user_id"""
     ).fetchall()
     offers = pd.DataFrame(rows, columns=OFFER_COLUMNS)
-    return offers.astype({"reward_size": "float64"})
+    return offers.astype({"reward_size": "float64", "propensity": "float64"})
+
+
+def with_propensity(exposures: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFrame:
+    """The exposures with the probability their offer was chosen (crm.inactive_user_offers.propensity), so the
+    offer model can weight what its own policy chose; null for offers published before propensities."""
+    propensity = offers.set_index(["campaign_id", "user_id"])["propensity"]
+    keys = pd.MultiIndex.from_arrays([exposures["campaign_id"].astype(str), exposures["user_id"].astype("int64")])
+    return exposures.assign(propensity=propensity.reindex(keys).to_numpy(dtype=float))
 
 
 def simulation_offers(offers: pd.DataFrame) -> pd.DataFrame:
@@ -125,6 +134,7 @@ def simulate_campaign(settings: Settings, days: int, seed: int) -> dict:
     offers = offers.astype({"user_id": "int64"})
     sent = simulation_offers(offers)
     events, exposures = simulate_days(marketplace, start, days, sent, seed)
+    exposures = with_propensity(exposures, offers)
     paths = write_drop_files(settings.input_dir, start, days, events, exposures)
     rates = true_re_engagement_by_arm(offers, true_response_probability(marketplace, sent, start))
     result = {

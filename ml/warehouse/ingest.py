@@ -102,9 +102,10 @@ CONTRACTS: dict[str, TableContract] = {
         name="campaign_exposures",
         key=("campaign_id", "user_id"),
         required=("campaign_id", "user_id", "sent_at", "event_type", "reward_size", "assignment"),
-        optional=(),
+        # The probability the offer was chosen (ml/offers/decide.py); files from before it load it as null.
+        optional=("propensity",),
         ids=("user_id",),
-        floats=("reward_size",),
+        floats=("reward_size", "propensity"),
         timestamps=("sent_at",),
     ),
 }
@@ -340,6 +341,7 @@ def _flag_business_rules(typed: pd.DataFrame, contract: TableContract, now: date
         flag(~typed["event_type"].isin(OFFER_EVENT_TYPES), "unknown offer event_type")
         flag(~typed["assignment"].isin(ASSIGNMENTS), "unknown assignment")
         flag(typed["reward_size"] < 0, "negative reward_size")
+        flag((typed["propensity"] <= 0) | (typed["propensity"] > 1), "propensity not in (0, 1]")
         flag(typed["sent_at"] > future, "sent_at in the future")
     elif contract.name == "users":
         flag(typed["signup_at"] > future, "signup_at in the future")

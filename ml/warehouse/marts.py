@@ -99,12 +99,13 @@ def load_history(conn: psycopg.Connection) -> pd.DataFrame:
         "reactivated",
         "order_value_in_window",
         "redeemed",
+        "propensity",
     ]
     rows = conn.execute(
         f"SELECT {', '.join(columns)} FROM marts.campaign_history WHERE outcome_observed ORDER BY campaign_id, user_id"
     ).fetchall()
     history = pd.DataFrame(rows, columns=columns)
-    for column in ("reward_size", *_MONEY_FEATURES, "order_value_in_window"):
+    for column in ("reward_size", *_MONEY_FEATURES, "order_value_in_window", "propensity"):
         history[column] = history[column].astype(float)
     history["reactivated"] = history["reactivated"].astype(bool)
     return history

@@ -89,6 +89,7 @@ select
     e.reward_size,
     e.assignment,
     e.is_holdout,
+    e.propensity,
     -- features as of sent_at
     {{ utc_date('e.sent_at') }} - {{ utc_date('h.last_order_before_at') }}      as recency_days,
     coalesce(h.order_count_before, 0)                                          as order_count_before,

@@ -6,6 +6,7 @@ select
     lower(trim(event_type))                as event_type,
     reward_size::numeric(8, 2)             as reward_size,
     lower(trim(assignment))                as assignment,
-    lower(trim(assignment)) = 'holdout'    as is_holdout
+    lower(trim(assignment)) = 'holdout'    as is_holdout,
+    propensity
 from {{ source('raw', 'campaign_exposures') }}
 where sent_at < {{ run_cutoff() }}

@@ -62,7 +62,26 @@ create table if not exists crm.inactive_user_offers (
     is_holdout      boolean not null,
     model_version   text    not null,
     primary key (run_date, user_id)
+    -- and the columns added below
 );
+
+-- Exploration (issue 13): whether the personalised offer was drawn uniformly instead of chosen by the policy,
+-- and the probability that this offer was the one sent given the user's experiment arm (the offer model
+-- weights exposures by its inverse). Added in place and guarded, like crm.experiment_results' columns below;
+-- rows published before them read explored false and propensity null (unknown).
+do $$
+begin
+    if not exists (
+        select from information_schema.columns
+        where table_schema = 'crm' and table_name = 'inactive_user_offers' and column_name = 'propensity'
+    ) then
+        alter table crm.inactive_user_offers
+            add column if not exists explored   boolean not null default false,
+            add column if not exists propensity double precision
+                check (propensity > 0 and propensity <= 1);
+    end if;
+end
+$$;
 
 -- One row per arm of a read-out campaign, replaced when the campaign is read out again.
 create table if not exists crm.experiment_results (

@@ -57,6 +57,18 @@ CREATE TABLE IF NOT EXISTS raw.campaign_exposures (
     loaded_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (campaign_id, user_id)
 );
+-- The probability the exposure's offer was chosen (issue 13); added in place to warehouses made before it, guarded
+-- so no ALTER runs once it exists. Null for exposures logged without it.
+do $$
+begin
+    if not exists (
+        select from information_schema.columns
+        where table_schema = 'raw' and table_name = 'campaign_exposures' and column_name = 'propensity'
+    ) then
+        alter table raw.campaign_exposures add column propensity double precision;
+    end if;
+end
+$$;
 
 -- Rows that could not be loaded, with the reason; nothing is dropped silently.
 CREATE TABLE IF NOT EXISTS raw.quarantine (
