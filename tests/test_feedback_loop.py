@@ -46,7 +46,16 @@ def test_campaign_outcomes_train_the_next_offer_model_and_backfill_reproduces_th
             "SELECT count(*), count(*) FILTER (WHERE outcome_observed) FROM marts.campaign_history WHERE campaign_id = %s",
             (campaign_id_for(DAY_ONE),),
         ).fetchall()
+        # Each exposure carries the probability its offer was chosen, as published, for the model's weights.
+        [(mismatched, lowest_propensity)] = conn.execute(
+            """SELECT count(*) FILTER (WHERE h.propensity IS DISTINCT FROM o.propensity), min(h.propensity)
+               FROM marts.campaign_history h
+               JOIN crm.inactive_user_offers o ON o.campaign_id = h.campaign_id AND o.user_id = h.user_id
+               WHERE h.campaign_id = %s""",
+            (campaign_id_for(DAY_ONE),),
+        ).fetchall()
     assert exposures == len(offers_day_one) and observed == exposures
+    assert mismatched == 0 and lowest_propensity < 1
     # The day-one campaign's users are now part of the offer model's held-out and training data.
     assert second["train_offer_model"]["metrics"]["test_rows"] > train_rows_day_one
 
