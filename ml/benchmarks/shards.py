@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date
+from multiprocessing.context import SpawnContext
 
 import psycopg
 
@@ -139,30 +140,20 @@ def _load_champion(settings: Settings) -> tuple[float, float]:
     return time.perf_counter() - started, loading.peak_mb - before.peak_mb
 
 
-def _score_shard(settings: Settings, run_date: date, shard: int) -> dict:
+def _score_and_publish(settings: Settings, run_date: date, parallel: int, spawn: SpawnContext) -> ShardRound:
     from ml.pipeline import tasks
 
-    return tasks.score_shard(settings, run_date, shard)
-
-
-def _publish(settings: Settings, run_date: date) -> dict:
-    from ml.pipeline import tasks
-
-    return tasks.publish_segments(settings, run_date)
-
-
-def _score_and_publish(settings: Settings, run_date: date, parallel: int, spawn) -> ShardRound:
     count = settings.score_shards
     started = time.perf_counter()
     # One fresh process per shard, as a Celery worker slot runs each task instance.
     with ProcessPoolExecutor(min(parallel, count), mp_context=spawn, max_tasks_per_child=1) as pool:
         scored = [
             future.result()
-            for future in [pool.submit(_score_shard, settings, run_date, shard) for shard in range(count)]
+            for future in [pool.submit(tasks.score_shard, settings, run_date, shard) for shard in range(count)]
         ]
     scoring_seconds = time.perf_counter() - started
     with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-        published = pool.submit(_publish, settings, run_date).result()
+        published = pool.submit(tasks.publish_segments, settings, run_date).result()
     seconds = _step_seconds(settings, run_date)
     rows, md5 = published_checksum(settings, run_date)
     return ShardRound(
