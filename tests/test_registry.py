@@ -87,3 +87,37 @@ def test_scoring_loads_whatever_has_the_champion_alias(settings, warehouse_url, 
     # An unknown user falls back to the most popular merchant rather than failing.
     unknown = loaded.predict(pd.DataFrame({"user_id": ["999"]}), params={"n": 1})
     assert unknown["merchant_id"].tolist() == ["12"]
+
+
+OLD_RELEASE_MODULE = '''
+from ml.pipeline.tracking import RecommenderPyfunc
+
+
+class OldReleasePyfunc(RecommenderPyfunc):
+    """A model class of an older release: pickled by reference to this module, which the next release drops."""
+'''
+
+
+def test_a_champion_this_code_cannot_load_is_judged_as_absent(settings, warehouse_url, orders, tmp_path, monkeypatch):
+    """An upgrade: @champion was logged by a release whose classes no longer exist. The gate must not crash on it;
+    the challenger is judged as the first model and replaces it."""
+    import sys
+
+    tracking.configure(settings, warehouse_url)
+    (tmp_path / "old_release_models.py").write_text(OLD_RELEASE_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import old_release_models
+
+    with mlflow.start_run(experiment_id=tracking.experiment_id(settings, "gate-test")):
+        model = MerchantRecommender(ModelSpec("popularity")).fit(orders, AS_OF)
+        old = tracking.log_model(old_release_models.OldReleasePyfunc(model), "gate-test-model")
+    MlflowClient().set_registered_model_alias("gate-test-model", "champion", old)
+    assert tracking.loadable_champion("gate-test-model").recommender.spec.kind == "popularity"
+
+    monkeypatch.delitem(sys.modules, "old_release_models")
+    (tmp_path / "old_release_models.py").unlink()
+
+    assert tracking.loadable_champion("gate-test-model") is None
+    challenger = _register(settings, orders, ModelSpec("item_cosine"))
+    decision = tracking.gate("gate-test-model", challenger, "ndcg@10", 0.2, champion_value=None, margin=0.0)
+    assert decision.promoted and tracking.alias_version("gate-test-model", "champion") == challenger

@@ -473,14 +473,15 @@ def _champion_offer_value(
     challenger_value: float,
 ) -> tuple[float | None, bool]:
     """The champion's value on today's held-out users (its configuration refitted on today's training users),
-    and whether it has the challenger's own configuration; (None, False) without a champion.
+    and whether it has the challenger's own configuration; (None, False) without a champion this code can load.
 
     Fitting is seeded and deterministic, so a champion with the challenger's own configuration scores exactly
     the challenger's value: reusing it saves a refit.
     """
-    if tracking.alias_version(settings.offer_model_name, tracking.CHAMPION) is None:
+    loaded = tracking.loadable_champion(settings.offer_model_name)
+    if loaded is None:
         return None, False
-    champion = tracking.load_alias(settings.offer_model_name).model
+    champion = loaded.model
     recipe = (champion.margin_rate, champion.config, champion.seed)
     if recipe == (challenger.margin_rate, challenger.config, challenger.seed):
         return challenger_value, True
@@ -492,14 +493,16 @@ def _champion_metric(
     settings: Settings, split: TemporalSplit, context: MarketContext, spec: ModelSpec, challenger_value: float
 ) -> tuple[float | None, bool]:
     """The champion's gate value on today's split (its spec refitted on today's training window, so both are
-    judged on the same window), and whether it has the challenger's own spec; (None, False) without one.
+    judged on the same window), and whether it has the challenger's own spec; (None, False) without one this code
+    can load.
 
     Fitting is seeded and deterministic, so a champion with the challenger's own recipe scores exactly the
     challenger's value: reusing it saves a second ranker fit.
     """
-    if tracking.alias_version(settings.ranker_model_name, tracking.CHAMPION) is None:
+    loaded = tracking.loadable_champion(settings.ranker_model_name)
+    if loaded is None:
         return None, False
-    champion = tracking.load_alias(settings.ranker_model_name).recommender
+    champion = loaded.recommender
     if champion.spec == spec:
         return challenger_value, True
     judge = Judge(split, len(context.merchants), ks=(5, 10))

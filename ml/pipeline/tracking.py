@@ -177,6 +177,27 @@ def load_alias(name: str, alias: str = CHAMPION):
     return mlflow.pyfunc.load_model(f"models:/{name}@{alias}").unwrap_python_model()
 
 
+def loadable_champion(name: str):
+    """The ``@champion`` python model of ``name``, or None when there is none or this code cannot load it (a version
+    logged by an older release whose classes are gone): the gate then judges the challenger as if it were the
+    first model, since a champion that cannot be loaded cannot score either."""
+    version = alias_version(name, CHAMPION)
+    if version is None:
+        return None
+    try:
+        return load_alias(name)
+    except (ImportError, AttributeError) as error:
+        log.warning(
+            "@%s v%s of %s cannot be loaded by this code (%s: %s): judging the challenger without it",
+            CHAMPION,
+            version,
+            name,
+            type(error).__name__,
+            error,
+        )
+        return None
+
+
 @dataclass(frozen=True)
 class GateDecision:
     promoted: bool
