@@ -289,3 +289,37 @@ def test_the_registered_ranker_is_refitted_without_the_user_under_the_same_alias
     assert not [p for p in settings.mlflow_artifacts_dir.rglob("*") if p.is_file() and b"user-gone-1" in p.read_bytes()]
     run = client.get_run(client.get_model_version(name, champion).run_id)
     assert run.data.tags[models.ERASURE_TAG] == "req-models"
+
+
+def test_a_registered_ranker_this_code_cannot_load_is_deleted_unread(settings, tmp_path, monkeypatch):
+    """A version an older release logged may hold the user and can be neither read nor cleaned: erasure deletes it
+    (with its alias) rather than failing or leaving it."""
+    import mlflow
+    from mlflow import MlflowClient
+    from old_release import OldRelease
+
+    from ml.pipeline import tracking
+    from ml.privacy import models
+    from ml.recommend.merchant import MerchantRecommender, ModelSpec
+
+    url = settings.warehouse_url
+    with psycopg.connect(url) as conn:
+        conn.execute(MARTS_FOR_REFIT_SQL)
+        orders = models.marts.load_orders(conn)
+        context = tasks.load_market_context(conn)
+    tracking.configure(settings, url)
+    name = settings.ranker_model_name
+    old_release = OldRelease(tmp_path, monkeypatch)
+    with mlflow.start_run(experiment_id=tracking.experiment_id(settings, "privacy-test")):
+        model = MerchantRecommender(ModelSpec("item_cosine")).fit(orders, datetime(2026, 11, 1, tzinfo=UTC), context)
+        old = old_release.log(model, name)
+    client = MlflowClient()
+    client.set_registered_model_alias(name, tracking.CHAMPION, old)
+    old_release.upgrade()
+
+    removed = models.remove_users(settings, url, ["user-gone-1"], "req-old-release")
+
+    assert removed == {f"mlflow:{name} v{old} (deleted unread: this code cannot load it)": 1}
+    assert client.search_model_versions(f"name = '{name}'") == []
+    assert tracking.alias_version(name, tracking.CHAMPION) is None
+    assert not [p for p in settings.mlflow_artifacts_dir.rglob("*") if p.is_file() and b"user-gone-1" in p.read_bytes()]

@@ -8,6 +8,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from old_release import OldRelease
 
 from ml.pipeline import tracking
 from ml.recommend.merchant import MerchantRecommender, ModelSpec
@@ -89,33 +90,17 @@ def test_scoring_loads_whatever_has_the_champion_alias(settings, warehouse_url, 
     assert unknown["merchant_id"].tolist() == ["12"]
 
 
-OLD_RELEASE_MODULE = '''
-from ml.pipeline.tracking import RecommenderPyfunc
-
-
-class OldReleasePyfunc(RecommenderPyfunc):
-    """A model class of an older release: pickled by reference to this module, which the next release drops."""
-'''
-
-
 def test_a_champion_this_code_cannot_load_is_judged_as_absent(settings, warehouse_url, orders, tmp_path, monkeypatch):
     """An upgrade: @champion was logged by a release whose classes no longer exist. The gate must not crash on it;
     the challenger is judged as the first model and replaces it."""
-    import sys
-
     tracking.configure(settings, warehouse_url)
-    (tmp_path / "old_release_models.py").write_text(OLD_RELEASE_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import old_release_models
-
+    old_release = OldRelease(tmp_path, monkeypatch)
     with mlflow.start_run(experiment_id=tracking.experiment_id(settings, "gate-test")):
-        model = MerchantRecommender(ModelSpec("popularity")).fit(orders, AS_OF)
-        old = tracking.log_model(old_release_models.OldReleasePyfunc(model), "gate-test-model")
+        old = old_release.log(MerchantRecommender(ModelSpec("popularity")).fit(orders, AS_OF), "gate-test-model")
     MlflowClient().set_registered_model_alias("gate-test-model", "champion", old)
     assert tracking.loadable_champion("gate-test-model").recommender.spec.kind == "popularity"
 
-    monkeypatch.delitem(sys.modules, "old_release_models")
-    (tmp_path / "old_release_models.py").unlink()
+    old_release.upgrade()
 
     assert tracking.loadable_champion("gate-test-model") is None
     challenger = _register(settings, orders, ModelSpec("item_cosine"))

@@ -6,7 +6,8 @@ recommender's ``refit`` on today's marts, which no longer hold them: the learned
 and per-user features are rebuilt, so it takes one candidate stage, not a training) and registered as a new
 version under the same aliases; its MLflow run is tagged with the request id. Every other version that holds one
 of them is deleted from the registry together with its artifacts: a superseded model is no reason to keep a
-person's data. The offer model holds no per-user rows (boosters over features), so it is left as it is.
+person's data. So is a version this code cannot load (logged by an older release) whose files may hold them: it
+can be neither cleaned nor used. The offer model holds no per-user rows (boosters over features), so it is left as it is.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def remove_users(settings: Settings, url: str, user_ids: list[str], request_id: 
     for version in sorted((v for v in versions if str(v.version) in aliases), key=lambda v: int(v.version)):
         number = str(version.version)
         recommender = _load(name, number)
+        if recommender is None:
+            continue  # deleted below, with its aliases
         held = held_users(recommender, ids)
         if not held:
             continue
@@ -65,7 +68,13 @@ def remove_users(settings: Settings, url: str, user_ids: list[str], request_id: 
     for version in sorted(versions, key=lambda v: int(v.version)):
         if not _may_hold(version, user_ids, client):
             continue
-        held = held_users(_load(name, str(version.version)), ids)
+        recommender = _load(name, str(version.version))
+        if recommender is None:
+            # It may hold them and cannot be cleaned or even read (nor score): it goes, as a superseded one does.
+            _delete_version(client, version)
+            removed[f"mlflow:{name} v{version.version} (deleted unread: this code cannot load it)"] = len(ids)
+            continue
+        held = held_users(recommender, ids)
         if held:
             _delete_version(client, version)
             removed[f"mlflow:{name} v{version.version} (deleted)"] = held
@@ -78,7 +87,13 @@ def held_users(recommender, user_ids: pd.Index) -> int:
 
 
 def _load(name: str, version: str):
-    return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().recommender
+    """The version's recommender, or None when this code cannot load it (logged by a release whose classes are
+    gone)."""
+    try:
+        return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().recommender
+    except (ImportError, AttributeError) as error:
+        log.warning("%s v%s cannot be loaded by this code (%s: %s)", name, version, type(error).__name__, error)
+        return None
 
 
 def _register_cleaned(settings: Settings, url: str, client, version, recommender, user_ids: pd.Index, request_id: str):
