@@ -71,6 +71,8 @@ def _offers(conn: psycopg.Connection) -> pd.DataFrame:
         expected_uplift=0.01,
         expected_cost=1.0,
         is_holdout=arm == "holdout",
+        explored=False,
+        propensity=1.0,
     )
 
 
