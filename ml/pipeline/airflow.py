@@ -289,20 +289,31 @@ def serve_uis(settings: Settings, warehouse_url: str, airflow_port: int, mlflow_
         "--default-artifact-root",
         artifact_root(settings),
     ]
-    stop = threading.Event()
-    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    processes: dict[str, subprocess.Popen] = {}
-    try:
+
+    def start(processes: dict[str, subprocess.Popen]) -> None:
         processes["Airflow"] = subprocess.Popen(
             [sys.executable, "-m", "airflow", "standalone"], env=env, start_new_session=True
         )
         processes["MLflow"] = subprocess.Popen(mlflow_command, env=env, start_new_session=True)
-        password_file = settings.airflow_home / "simple_auth_manager_passwords.json.generated"
-        print(
-            f"Airflow UI: http://localhost:{airflow_port}  (user 'admin'; password printed by Airflow below and kept "
-            f"in {password_file})\nMLflow UI:  http://localhost:{mlflow_port}\nCtrl-C stops both.",
-            flush=True,
-        )
+
+    password_file = settings.airflow_home / "simple_auth_manager_passwords.json.generated"
+    return supervise(
+        start,
+        f"Airflow UI: http://localhost:{airflow_port}  (user 'admin'; password printed by Airflow below and kept "
+        f"in {password_file})\nMLflow UI:  http://localhost:{mlflow_port}\nCtrl-C stops both.",
+    )
+
+
+def supervise(start: Callable[[dict[str, subprocess.Popen]], None], ready: str) -> int:
+    """Run the processes ``start`` adds to its dict (each in a session of its own, by name) and print ``ready``;
+    on Ctrl-C (SIGINT) or SIGTERM, or when one of them exits, stop them all with their children within
+    ``STOP_GRACE_SECONDS`` and a little. Returns 0, or the status of the process that exited first."""
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        start(processes)
+        print(ready, flush=True)
         while not stop.wait(0.5):
             for name, process in processes.items():
                 if process.poll() is not None:
@@ -314,7 +325,7 @@ def serve_uis(settings: Settings, warehouse_url: str, airflow_port: int, mlflow_
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         if processes:
-            print(f"stopped Airflow and MLflow ({signalled} processes)", flush=True)
+            print(f"stopped {', '.join(processes)} ({signalled} processes)", flush=True)
 
 
 def stop_process_groups(processes: list[subprocess.Popen], grace_seconds: float) -> int:

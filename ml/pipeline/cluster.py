@@ -7,17 +7,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from ml.pipeline.airflow import STOP_GRACE_SECONDS, stop_process_groups
+from ml.pipeline.airflow import STOP_GRACE_SECONDS, stop_process_groups, supervise
 from ml.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -208,38 +206,14 @@ def start_stack(stack: CeleryStack, log_dir: Path) -> dict[str, subprocess.Popen
 def serve_celery(stack: CeleryStack) -> int:
     """``start_stack`` until Ctrl-C (SIGINT) or SIGTERM, or until a process of it exits; then stop them all."""
     log_dir = stack.settings.home / "logs" / "celery"
-    stop = threading.Event()
-    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    processes: dict[str, subprocess.Popen] = {}
-    try:
-        print(
-            f"starting Redis, MLflow and Airflow with {stack.workers} Celery workers (logs: {log_dir}) ...", flush=True
-        )
-        processes = start_stack(stack, log_dir)
-        password_file = stack.settings.airflow_home / "simple_auth_manager_passwords.json.generated"
-        print(
-            f"Airflow UI: http://localhost:{stack.airflow_port}  (CeleryExecutor, {stack.workers} workers; user "
-            f"'admin', password in {password_file})\nMLflow UI:  {stack.mlflow_url}\n"
-            f"Redis:      redis://127.0.0.1:{stack.redis_port}/0\nCtrl-C stops them all.",
-            flush=True,
-        )
-        while not stop.wait(0.5):
-            for service, process in processes.items():
-                if process.poll() is not None:
-                    log.warning(
-                        "%s exited with status %s (log: %s); stopping the rest",
-                        service,
-                        process.returncode,
-                        log_dir / f"{service}.log",
-                    )
-                    return process.returncode or 1
-        return 0
-    finally:
-        signalled = stop_process_groups(list(processes.values()), STOP_GRACE_SECONDS)
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        if processes:
-            print(f"stopped {', '.join(processes)} ({signalled} processes)", flush=True)
+    print(f"starting Redis, MLflow and Airflow with {stack.workers} Celery workers (logs: {log_dir}) ...", flush=True)
+    password_file = stack.settings.airflow_home / "simple_auth_manager_passwords.json.generated"
+    return supervise(
+        lambda processes: processes.update(start_stack(stack, log_dir)),
+        f"Airflow UI: http://localhost:{stack.airflow_port}  (CeleryExecutor, {stack.workers} workers; user "
+        f"'admin', password in {password_file})\nMLflow UI:  {stack.mlflow_url}\n"
+        f"Redis:      redis://127.0.0.1:{stack.redis_port}/0\nCtrl-C stops them all; each one's log is in {log_dir}.",
+    )
 
 
 def wait_for_port(port: int, timeout: float) -> None:
