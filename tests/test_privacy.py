@@ -247,6 +247,20 @@ CREATE TABLE marts.merchant_features AS
 """
 
 
+def _marts_for_refit(settings):
+    """The small marts a ranker is refitted on (user-gone-1 among the customers); the orders and the market context,
+    MLflow pointed at the warehouse."""
+    from ml.pipeline import tracking
+    from ml.warehouse import marts
+
+    with psycopg.connect(settings.warehouse_url) as conn:
+        conn.execute(MARTS_FOR_REFIT_SQL)
+        orders = marts.load_orders(conn)
+        context = tasks.load_market_context(conn)
+    tracking.configure(settings, settings.warehouse_url)
+    return orders, context
+
+
 def test_the_registered_ranker_is_refitted_without_the_user_under_the_same_aliases(settings):
     import mlflow
     from mlflow import MlflowClient
@@ -256,11 +270,7 @@ def test_the_registered_ranker_is_refitted_without_the_user_under_the_same_alias
     from ml.recommend.merchant import MerchantRecommender, ModelSpec
 
     url = settings.warehouse_url
-    with psycopg.connect(url) as conn:
-        conn.execute(MARTS_FOR_REFIT_SQL)
-        orders = models.marts.load_orders(conn)
-        context = tasks.load_market_context(conn)
-    tracking.configure(settings, url)
+    orders, context = _marts_for_refit(settings)
     name = settings.ranker_model_name
     as_of = datetime(2026, 11, 1, tzinfo=UTC)
     versions = []
@@ -303,11 +313,7 @@ def test_a_registered_ranker_this_code_cannot_load_is_deleted_unread(settings, t
     from ml.recommend.merchant import MerchantRecommender, ModelSpec
 
     url = settings.warehouse_url
-    with psycopg.connect(url) as conn:
-        conn.execute(MARTS_FOR_REFIT_SQL)
-        orders = models.marts.load_orders(conn)
-        context = tasks.load_market_context(conn)
-    tracking.configure(settings, url)
+    orders, context = _marts_for_refit(settings)
     name = settings.ranker_model_name
     old_release = OldRelease(tmp_path, monkeypatch)
     with mlflow.start_run(experiment_id=tracking.experiment_id(settings, "privacy-test")):
