@@ -35,6 +35,7 @@ from ml.warehouse.dbt_runner import (
     connection_params,
     dbt_vars,
     run_dbt,
+    skip_dbt_stack_walks,
     write_profile,
 )
 
@@ -576,3 +577,21 @@ def test_profile_keeps_jinja_like_passwords_literal(tmp_path):
     text = (settings.dbt_profiles_dir / "profiles.yml").read_text()
     raw = json.loads("".join(line for line in text.splitlines() if not line.startswith("#")))
     assert get_rendered(raw["rekindle"]["outputs"]["dev"]["password"], {}) == "p{{w}}"
+
+
+def _flag_source_named_here() -> str:
+    from dbt_common.behavior_flags import BehaviorFlagRendered
+
+    flag = {"name": "rekindle_test_flag", "default": False, "description": "a flag declared by this test"}
+    return BehaviorFlagRendered(flag, user_overrides={})._behavior_change_event.flag_source
+
+
+def test_behaviour_flags_name_their_module_without_walking_the_stack(monkeypatch):
+    """Every dbt invocation registers an adapter with ~30 behaviour flags; dbt-common's default source lookup calls
+    ``inspect.stack()`` for each, which under Airflow or pytest took most of a model task's time."""
+    import inspect
+
+    skip_dbt_stack_walks()
+    monkeypatch.setattr(inspect, "stack", lambda *args, **kwargs: pytest.fail("inspect.stack() was called"))
+
+    assert _flag_source_named_here() == __name__

@@ -29,6 +29,7 @@ from ml.warehouse.dbt_runner import (
     connection_params,
     profile_target,
     settings_vars,
+    skip_dbt_stack_walks,
 )
 
 
@@ -67,7 +68,8 @@ class WarehouseProfileMapping(BaseProfileMapping):
         return {self.get_env_var_name("password"): connection_params(self._url)["password"]}
 
 
-def _freeze_heap(context: Any) -> None:
+def _before_dbt(context: Any) -> None:
+    skip_dbt_stack_walks()
     gc.freeze()
 
 
@@ -112,7 +114,7 @@ def dbt_task_group(settings: Settings, group_id: str = "dbt_build") -> DbtTaskGr
             # Cosmos runs a full gc.collect() after every dbt invocation; without the freeze it walks the whole
             # heap of the task's process (over a second when the DAG runs in-process with GX and pandas loaded),
             # with it only the objects dbt created.
-            "pre_execute": _freeze_heap,
+            "pre_execute": _before_dbt,
             "post_execute": _unfreeze_heap,
         },
     )
