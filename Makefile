@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/sqlfluff lint dbt
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 # Re-resolve the dependencies to the newest versions pyproject.toml allows, in a fresh venv, and pin
 # them all in $(LOCK) (the project itself excluded). Then `make` installs exactly those.
