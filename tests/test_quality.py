@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from ml.warehouse import ingest, quality
+from ml.warehouse.contract import ID_MAX_LENGTH
 
 NOW = datetime.now(UTC)
 
@@ -32,22 +33,31 @@ def test_raw_gate_passes_clean_events_and_builds_data_docs(settings, warehouse_u
     assert str(settings.home) in str(report.data_docs)
 
 
-def test_raw_gate_failure_names_expectation_table_and_bad_values(settings, warehouse_url):
+def test_raw_gate_failure_names_expectation_table_and_counts_and_writes_no_values(settings, warehouse_url):
     _seed_clean_events(warehouse_url)
+    too_long_id = "user-" + "x" * ID_MAX_LENGTH
     with psycopg.connect(warehouse_url) as conn:
         # A loader that bypassed ml.warehouse.ingest wrote these straight into raw.
         conn.execute(
             """INSERT INTO raw.events (event_id, user_id, event_type, event_time, merchant_id, order_total, source_file)
                VALUES ('neg', 2, 'checkout_completed', now() - interval '1 day', 7, -12.5, 'rogue'),
                       ('fut', 2, 'app_opened', now() + interval '3 days', NULL, NULL, 'rogue'),
-                      ('odd', 2, 'teleported', now() - interval '1 day', NULL, NULL, 'rogue')"""
+                      ('odd', 2, 'teleported', now() - interval '1 day', NULL, NULL, 'rogue'),
+                      ('long', %s, 'app_opened', now() - interval '1 day', NULL, NULL, 'rogue')""",
+            (too_long_id,),
         )
 
     with pytest.raises(quality.DataQualityError) as failure:
         quality.check_raw(settings, warehouse_url)
 
     message = str(failure.value)
-    assert "raw.events" in message
-    assert "order_total" in message and "-12.5" in message
+    assert "raw.events: order_total is not negative | column order_total | 1 bad row(s)" in message
+    assert "raw.events: event_type is one of the contract's event types (exact spelling) | column event_type" in message
+    assert "raw.events: expect_column_value_lengths_to_be_between | column user_id | 1 bad row(s)" in message
     assert "event_time is not in the future" in message and "'fut'" in message
-    assert "event_type" in message and "teleported" in message
+    # GX's validation results and data docs under the home report counts, never a bad value: no user id lands there.
+    gx_files = [path for path in (settings.home / "gx").rglob("*") if path.is_file()]
+    assert any(path.suffix == ".html" and "validations" in path.parts for path in gx_files)
+    for value in (too_long_id, "teleported", "-12.5"):
+        assert [path for path in gx_files if value.encode() in path.read_bytes()] == [], value
+    assert too_long_id not in message
