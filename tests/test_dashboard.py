@@ -22,6 +22,7 @@ from conftest import run_daily_steps
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest, app_test
 
+from ml.benchmarks.dashboard import WHOLE_APP
 from ml.cli import main as rekindle
 from ml.crm import segments
 from ml.dashboard.app import TABS
@@ -280,6 +281,17 @@ def test_pipeline_health_tab_shows_steps_checks_quarantine_and_freshness(day):
     assert dict(zip(quarantine["reason"], quarantine["rows"])) == dict(quarantined)
     events = freshness.set_index("source").loc["raw.events"]
     assert pd.Timestamp(events["latest_record"]) == pd.Timestamp("2026-11-01 13:00", tz="UTC")
+
+
+def test_benchmark_dashboard_prints_each_tabs_cold_and_warm_seconds(day, capsys):
+    assert rekindle(["benchmark", "dashboard", "--runs", "1"]) == 0
+
+    table = [line.strip("|").split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    header, rows = table[0], table[1:]
+    assert [cell.strip() for cell in header[:3]] == ["tab", "cold s", "warm s (median)"]
+    assert [row[0].strip() for row in rows] == [*TABS, WHOLE_APP]
+    for tab, cold, warm, *_ in rows:
+        assert float(cold) > 0 and float(warm) > 0, tab
 
 
 def _free_port() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("ranking", "offers", "synthetic", "daily", "growth", "campaign", "serve", "shards")
+BENCHMARKS = ("ranking", "offers", "synthetic", "daily", "growth", "campaign", "serve", "shards", "dashboard")
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:

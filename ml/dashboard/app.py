@@ -95,6 +95,14 @@ def segment_export(segment: str, run_date: date, filters: ExportFilters) -> tupl
     return warehouse().segment_export(segment, run_date, filters)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def export_preview(segment: str, run_date: date, filters: ExportFilters) -> tuple[int, pd.DataFrame]:
+    """The export's row count and first rows: parsed once per export, not on every rerun of the page."""
+    _, content = segment_export(segment, run_date, filters)
+    rows = pd.read_csv(io.BytesIO(content), dtype={"user_id": str, "recommended_merchant_id": str})
+    return len(rows), rows.head(PREVIEW_ROWS)
+
+
 @st.cache_data(show_spinner=False)
 def experiments(run_date: date | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     return warehouse().experiment_results(), operations().serving_ab()
@@ -328,9 +336,9 @@ def crm_export(run_date: date | None, run_dates: list[date]) -> None:
         lifecycle_segment=None if lifecycle == "all" else lifecycle,
     )
     name, content = segment_export(segment, chosen_date, filters)
-    rows = pd.read_csv(io.BytesIO(content), dtype={"user_id": str, "recommended_merchant_id": str})
-    st.metric("Rows", len(rows))
-    st.dataframe(rows.head(PREVIEW_ROWS), width="stretch", hide_index=True)
+    row_count, preview = export_preview(segment, chosen_date, filters)
+    st.metric("Rows", row_count)
+    st.dataframe(preview, width="stretch", hide_index=True)
     st.download_button("Download CSV", content, file_name=name, mime="text/csv", key="export_download")
     st.caption(f"The same bytes as `rekindle export {segment}` with these filters: {name}")
 
