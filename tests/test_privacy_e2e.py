@@ -1,8 +1,9 @@
 """Consent, erasure and minimal data end to end: the daily DAG through Airflow's ``dag.test()`` on the embedded
 warehouse (real dbt, GX, MLflow registry, publish, exports). Opt-out events are honoured by the publication;
 ``rekindle forget``, the original drop folder loaded again and the DAG run again leave the forgotten user nowhere (any
-text column of any table of any schema, the exports, the MLflow artifacts); no export or log of the run carries the
-PII planted in the events' properties."""
+text column of any table of any schema, any file under the home but the drop folder: exports, MLflow artifacts, GX
+results and data docs, logs, Airflow's state); no export or log of the run carries the PII planted in the events'
+properties."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import subprocess
 import sys
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 import psycopg
@@ -109,6 +111,21 @@ def _files_naming(folder, needle: str) -> list[str]:
     )
 
 
+def _home_files_naming(settings, needle: str) -> list[str]:
+    """Every file under the home (exports, MLflow artifacts, GX results, logs, ...) and Airflow's home
+    (``<home>/airflow`` in ``rekindle run``, the session's throw-away one here) that contains ``needle``; but for the
+    embedded warehouse's data directory (its rows are checked through SQL) and the drop folder (the source system's
+    files, which erasure leaves to their owner: the tombstones keep them from loading the user again)."""
+    skipped = (settings.warehouse_dir, settings.input_dir)
+    found = [
+        str(settings.home / place)
+        for place in _files_naming(settings.home, needle)
+        if not any((settings.home / place).is_relative_to(folder) for folder in skipped)
+    ]
+    airflow_home = Path(os.environ["AIRFLOW_HOME"])
+    return found + [str(airflow_home / place) for place in _files_naming(airflow_home, needle)]
+
+
 def _assert_consent_is_honoured(settings) -> None:
     """The marketing opt-out reaches no marketing table or export though raw.users says opted in; the
     personalisation opt-out keeps the user's offer but gives them the zone's popular merchants in both modes."""
@@ -193,6 +210,7 @@ def test_a_forgotten_user_stays_gone_after_the_files_are_loaded_again(pipeline_s
     assert any(place.startswith("marts.") for place in everywhere)
     assert _files_naming(settings.exports_dir, victim)
     assert _files_naming(settings.mlflow_artifacts_dir, victim)
+    assert {"exports", "mlruns", "gx", "logs"} <= {path.name for path in settings.home.iterdir()}
 
     forget = subprocess.run(
         [sys.executable, "-m", "ml.cli", "forget", victim, "--request-id", "e2e-request"],
@@ -210,8 +228,7 @@ def test_a_forgotten_user_stays_gone_after_the_files_are_loaded_again(pipeline_s
     cleaned = [place for place in audit if place.startswith("mlflow:") and "->" in place]
     assert cleaned and "champion" in cleaned[0]
     assert _tables_naming(url, victim) == {}
-    assert _files_naming(settings.exports_dir, victim) == []
-    assert _files_naming(settings.mlflow_artifacts_dir, victim) == []
+    assert _home_files_naming(settings, victim) == []
 
     # The original drop folder again (its files changed on disk, so every one is read), and the DAG again.
     for file in settings.input_dir.iterdir():
@@ -220,15 +237,12 @@ def test_a_forgotten_user_stays_gone_after_the_files_are_loaded_again(pipeline_s
     _run_dag(settings)
 
     assert _tables_naming(url, victim) == {}
-    assert _files_naming(settings.exports_dir, victim) == []
-    assert _files_naming(settings.mlflow_artifacts_dir, victim) == []
+    assert _home_files_naming(settings, victim) == []
     with psycopg.connect(url) as conn:
         [(load_summary,)] = conn.execute(
             "SELECT summary FROM ops.pipeline_steps WHERE run_date = %s AND step = 'load_events'", (RUN_DATE,)
         ).fetchall()
     assert sum(table["rows_erased"] for table in load_summary["tables"]) > 0
-
-    assert _files_naming(settings.home / "logs", victim) == []
 
     # Minimal data: the exports and every log carry ids, never the PII planted in the properties.
     for folder in (settings.exports_dir, settings.home / "logs"):
