@@ -328,6 +328,67 @@ def test_cache_hits_and_an_order_takes_the_merchant_out_of_discovery_at_once(wor
     )
 
 
+def _cache_hits(client) -> float:
+    metrics = client.get("/metrics").text.splitlines()
+    return float(
+        next(line for line in metrics if line.startswith('rekindle_api_cache_total{result="hit"}')).split()[-1]
+    )
+
+
+def test_a_repeated_request_is_replayed_byte_for_byte_and_counted_as_a_hit(world):
+    path = f"/v1/users/{_user(world, 'active', 'popularity')}/recommendations"
+    with world["server"].client() as client:
+        hits_before = _cache_hits(client)
+        first = client.get(path, params={"n": 5, "mode": "winback"})
+        second = client.get(path, params={"n": 5, "mode": "winback"})
+        offers = [client.get(path.replace("recommendations", "offer")) for _ in range(2)]
+        hits_after = _cache_hits(client)
+    assert first.json()["cached"] is False and second.json()["cached"] is True
+    assert second.content == first.content.replace(b'"cached":false', b'"cached":true')
+    assert second.headers["content-type"] == first.headers["content-type"] == "application/json"
+    assert [o.json()["cached"] for o in offers] == [False, True]
+    assert hits_after - hits_before == 2
+
+
+def test_a_cached_answer_is_only_given_to_a_key_with_the_read_scope(world):
+    path = f"/v1/users/{_user(world, 'active', 'cosine')}/recommendations"
+    with world["server"].client(READ_KEY) as reader:
+        reader.get(path)
+        assert reader.get(path).json()["cached"] is True
+    with world["server"].client(None) as anonymous, world["server"].client("wrong") as wrong:
+        with world["server"].client(WRITE_KEY) as writer:
+            refused = [anonymous.get(path), wrong.get(path), writer.get(path)]
+            basic = anonymous.get(path, headers={"Authorization": f"Basic {READ_KEY}"})
+    assert [r.status_code for r in refused] == [401, 401, 403]
+    assert basic.status_code == 401
+    assert all("items" not in r.json() for r in [*refused, basic])
+
+
+def test_a_query_differing_in_one_parameter_is_not_given_the_others_cached_answer(world):
+    path = f"/v1/users/{_user(world, 'new', 'cosine')}/recommendations"
+    with world["server"].client() as client:
+        three = [client.get(path, params={"n": 3}).json() for _ in range(2)]
+        four = client.get(path, params={"n": 4}).json()
+        invalid = client.get(path, params={"n": 0})
+    assert [a["cached"] for a in three] == [False, True] and len(three[1]["items"]) == 3
+    assert four["cached"] is False and len(four["items"]) == 4
+    assert invalid.status_code == 422
+
+
+def test_a_cached_answer_is_dropped_after_the_users_event_and_after_their_erasure(world):
+    user_id = _user(world, "new", "popularity")
+    path = f"/v1/users/{user_id}/recommendations"
+    with world["server"].client(BOTH_KEY) as client:
+        client.get(path)
+        cached = client.get(path).json()["cached"]
+        client.post("/v1/events", json={"events": [_event(user_id, "marketing_opt_out")]})
+        after_event = client.get(path).json()["cached"]
+        assert client.get(path).json()["cached"] is True
+        assert client.delete(f"/v1/users/{user_id}").status_code == 200
+        after_erasure = client.get(path).json()["cached"]
+    assert (cached, after_event, after_erasure) == (True, False, False)
+
+
 def test_an_event_accepted_by_one_worker_adapts_and_invalidates_the_others(world, tmp_path):
     """Two server states on the warehouse, as two `--workers`: the second hears of the first's events (NOTIFY)."""
     settings = Settings.from_env(environ={"REKINDLE_API_KEYS": API_KEYS}, home=tmp_path, warehouse_url=world["url"])

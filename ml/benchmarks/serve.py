@@ -64,8 +64,9 @@ async def _open_loop(session, url: str, users: list[str], rate: int, seconds: in
     total = rate * seconds
     latencies = np.full(total, np.nan)
     errors = 0
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.1
+    # perf_counter, not loop.time(): uvloop's loop clock is libuv's cached millisecond time, which would round
+    # every latency to whole milliseconds.
+    start = time.perf_counter() + 0.1
 
     async def one(i: int, scheduled: float) -> None:
         nonlocal errors
@@ -76,17 +77,17 @@ async def _open_loop(session, url: str, users: list[str], rate: int, seconds: in
                     errors += 1
         except Exception:  # a refused or dropped connection is an error of the run, not of the generator
             errors += 1
-        latencies[i] = loop.time() - scheduled
+        latencies[i] = time.perf_counter() - scheduled
 
     tasks = []
     for i in range(total):
         scheduled = start + i / rate
-        delay = scheduled - loop.time()
+        delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.ensure_future(one(i, scheduled)))
     await asyncio.gather(*tasks)
-    elapsed = loop.time() - start
+    elapsed = time.perf_counter() - start
     ms = latencies * 1000
     return {
         "rate": rate,

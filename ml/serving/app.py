@@ -26,6 +26,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,11 +64,15 @@ BEARER = HTTPBearer(auto_error=False, description="an API key with the read or w
 OFFER_REASONS = ("holdout", "not inactive", "nothing profitable", "opted out", "unknown user")
 
 
+def to_json(content: Any) -> bytes:
+    return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
 class OrjsonResponse(JSONResponse):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+        return to_json(content)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,6 +173,8 @@ class Metrics:
             registry=self.registry,
         )
         self.cache = Counter("rekindle_api_cache", "Response cache look-ups", ["result"], registry=self.registry)
+        self.cache_hits = self.cache.labels("hit")
+        self.cache_misses = self.cache.labels("miss")
         self.events = Counter("rekindle_api_events", "Events received by outcome", ["outcome"], registry=self.registry)
 
 
@@ -190,6 +197,60 @@ class LatencyMiddleware:
             self.metrics.latency.labels(getattr(route, "path", "unmatched"), scope["method"]).observe(
                 time.perf_counter() - started
             )
+
+
+# The routes whose 200 answers are cached per user, by the last part of their path.
+CACHED_ROUTES = {
+    "recommendations": "/v1/users/{user_id}/recommendations",
+    "offer": "/v1/users/{user_id}/offer",
+}
+USERS_PREFIX = "/v1/users/"
+
+
+class CachedAnswers:
+    """Pure ASGI, in front of FastAPI: answers a GET of a cached route from the bytes FastAPI's route stored for
+    exactly this path and query string (``Server.cache``), once the request's key has the read scope
+    (``auth.refusal``, as the routes check it). Everything else, misses and refused keys included, goes to FastAPI,
+    so validation, errors and computing an answer happen there only."""
+
+    def __init__(self, app, server: Server):
+        self.app = app
+        self.server = server
+        self.latency = {name: server.metrics.latency.labels(route, "GET") for name, route in CACHED_ROUTES.items()}
+
+    @staticmethod
+    def key(scope) -> tuple[str, bytes]:
+        return scope["path"], scope["query_string"]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith(USERS_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        user_id, _, route = scope["path"][len(USERS_PREFIX) :].partition("/")
+        body = self.server.cache.get(user_id, self.key(scope)) if route in CACHED_ROUTES else None
+        if body is None or auth.refusal(self.server.keys, _bearer_key(scope), auth.READ) is not None:
+            await self.app(scope, receive, send)
+            return
+        self.server.metrics.cache_hits.inc()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        self.latency[route].observe(time.perf_counter() - started)
+
+
+def _bearer_key(scope) -> str | None:
+    """The key of the first Authorization header, parsed as the routes' HTTPBearer parses it; None without one."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, key = get_authorization_scheme_param(value.decode("latin-1"))
+            return key if scheme.lower() == "bearer" and key else None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -529,10 +590,9 @@ def receive_events(server: Server, batch: EventBatch) -> dict:
     the others with the reason, and apply the new ones to the sessions."""
     records = [event.model_dump(exclude_unset=True) for event in batch.events]
     contract = CONTRACTS["events"]
-    frame = pd.DataFrame(records, index=range(len(records)))  # from_records drops rows of empty objects
-    for column in contract.columns:
-        if column not in frame.columns:
-            frame[column] = None  # absent everywhere: each event is then quarantined for it, not the batch refused
+    # The contract's columns only (validate reads no others), None where an event lacks one: each event is then
+    # quarantined for it, not the batch refused.
+    frame = pd.DataFrame({column: [record.get(column) for record in records] for column in contract.columns})
     good, bad = validate(frame, contract, datetime.now(UTC))
     source_file = f"api:{uuid.uuid4().hex}"
     bad_positions = (bad["row_number"] - 1).tolist()
@@ -544,9 +604,10 @@ def receive_events(server: Server, batch: EventBatch) -> dict:
         for row in good.itertuples()
         if adapts(row.event_type) and (row.merchant_id is not None or not needs_merchant(row.event_type))
     ]
-    quarantined = bad[["row_number", "reason"]].assign(
-        record=[json.dumps(records[i], default=str) for i in bad_positions]
-    )
+    quarantined = [
+        (position + 1, reason, json.dumps(records[position], default=str))
+        for position, reason in zip(bad_positions, bad["reason"].tolist())
+    ]
     try:
         inserted = server.warehouse.load_events(good, quarantined, source_file, server.notifications(session_events))
     except (psycopg.DataError, UnicodeEncodeError) as exc:
@@ -600,18 +661,14 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
     )
     app.state.server = server
     app.add_middleware(LatencyMiddleware, metrics=server.metrics)
+    app.add_middleware(CachedAnswers, server=server)
 
     def require(scope: str):
         async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
-            if credentials is None:
-                raise HTTPException(
-                    401, "missing API key: send Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
-                )
-            scopes = server.keys.scopes(credentials.credentials)
-            if scopes is None:
-                raise HTTPException(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
-            if scope not in scopes:
-                raise HTTPException(403, f"this API key lacks the {scope} scope")
+            refused = auth.refusal(server.keys, None if credentials is None else credentials.credentials, scope)
+            if refused is not None:
+                status, message = refused
+                raise HTTPException(status, message, {"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
         return Depends(check)
 
@@ -643,15 +700,13 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
         """Prometheus text: latency per route, cache hits and misses, events by outcome (this process)."""
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def cached(user_id: str, key: tuple, compute: Callable[[], dict]) -> dict:
-        """A hit is answered on the event loop; a miss reads the warehouse on the thread pool."""
-        hit = server.cache.get(user_id, key)
-        server.metrics.cache.labels("hit" if hit is not None else "miss").inc()
-        if hit is not None:
-            return {**hit, "cached": True}
+    async def computed(request: Request, user_id: str, compute: Callable[[], dict]) -> OrjsonResponse:
+        """A miss (CachedAnswers answered the hits before FastAPI saw them): read the warehouse on the thread pool
+        and keep the answer, serialised as a hit sends it, under this exact path and query."""
+        server.metrics.cache_misses.inc()
         answer = await run_in_threadpool(compute)
-        server.cache.put(user_id, key, answer)
-        return answer
+        server.cache.put(user_id, CachedAnswers.key(request.scope), to_json({**answer, "cached": True}))
+        return OrjsonResponse(answer)
 
     @app.get(
         "/v1/users/{user_id}/recommendations",
@@ -661,6 +716,7 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
         tags=["recommendations"],
     )
     async def recommendations(
+        request: Request,
         user_id: UserId,
         n: Annotated[int, Query(ge=1, le=100, description="how many merchants")] = 10,
         mode: Annotated[
@@ -688,10 +744,9 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
         filtered, diversified."""
         lam = settings.diversity_lambda if diversity is None else diversity
         categories, excluded = _split(category), _split(exclude)
-        key = ("recommendations", n, mode, zone, daypart, frozenset(categories), frozenset(excluded), lam)
         now = datetime.now(UTC)
-        return await cached(
-            user_id, key, lambda: recommend(server, user_id, n, mode, zone, daypart, categories, excluded, lam, now)
+        return await computed(
+            request, user_id, lambda: recommend(server, user_id, n, mode, zone, daypart, categories, excluded, lam, now)
         )
 
     @app.get(
@@ -701,9 +756,9 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
         dependencies=[require(auth.READ)],
         tags=["offers"],
     )
-    async def offer(user_id: UserId):
+    async def offer(request: Request, user_id: UserId):
         """Today's win-back offer, or null with the reason."""
-        return await cached(user_id, ("offer",), lambda: {**offer_answer(server, user_id), "cached": False})
+        return await computed(request, user_id, lambda: {**offer_answer(server, user_id), "cached": False})
 
     @app.get(
         "/v1/merchants/{merchant_id}/similar",
@@ -757,7 +812,7 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
     def events(batch: EventBatch):
         """1-1,000 events: valid ones loaded into raw.events (idempotent by event_id), the others quarantined
         with the reason; the outcome of every event in order."""
-        return receive_events(server, batch)
+        return OrjsonResponse(receive_events(server, batch))
 
     @app.delete(
         "/v1/users/{user_id}",

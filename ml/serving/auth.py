@@ -81,3 +81,16 @@ class KeyRing:
             if hmac.compare_digest(key.encode(), presented.encode()):
                 found = scopes
         return found
+
+
+def refusal(keys: KeyRing, presented: str | None, scope: str) -> tuple[int, str] | None:
+    """Why a request presenting this key (None: no key) may not use ``scope``, as (status, message); None when it
+    may."""
+    if presented is None:
+        return 401, "missing API key: send Authorization: Bearer <key>"
+    scopes = keys.scopes(presented)
+    if scopes is None:
+        return 401, "unknown API key"
+    if scope not in scopes:
+        return 403, f"this API key lacks the {scope} scope"
+    return None

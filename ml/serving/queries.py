@@ -177,24 +177,25 @@ class Warehouse:
     def load_events(
         self,
         good: pd.DataFrame,
-        quarantined: pd.DataFrame,
+        quarantined: list[tuple[int, str, str]],
         source_file: str,
         notifications: Callable[[set[str]], Iterable[tuple[str, str]]],
     ) -> set[str]:
         """In one transaction: insert validated event rows (``ml.warehouse.ingest.validate``'s typed frame) whose
-        event_id is new, quarantine the rejected ones (row_number, reason, record as JSON text) and send the
+        event_id is new, quarantine the rejected ones ((row_number, reason, record as JSON text)) and send the
         ``notifications`` of the new event_ids as (channel, payload) pairs, which listeners hear on commit.
         Returns the new event_ids."""
         conn = self.connection()
         with conn.transaction():
-            if not quarantined.empty:
+            if quarantined:
+                row_numbers, reasons, records = zip(*quarantined)
                 conn.execute(
                     QUARANTINE_SQL,
                     {
                         "source_file": source_file,
-                        "row_number": quarantined["row_number"].tolist(),
-                        "reason": quarantined["reason"].tolist(),
-                        "record": quarantined["record"].tolist(),
+                        "row_number": list(row_numbers),
+                        "reason": list(reasons),
+                        "record": list(records),
                     },
                 )
             inserted = set()

@@ -311,10 +311,23 @@ def _id_text(value) -> tuple[str | None, str | None]:
 
 
 def _blank(raw: pd.Series) -> pd.Series:
+    """Missing, or text that is only whitespace (a value of another type is never blank)."""
     blank = raw.isna()
-    if raw.dtype == object or isinstance(raw.dtype, pd.StringDtype):
-        blank |= raw.astype(str).str.strip().eq("")
+    if isinstance(raw.dtype, pd.StringDtype):
+        blank |= raw.str.strip().eq("")
+    elif raw.dtype == object:
+        # Python objects: checked one by one, not converted to an Arrow string column first (most of a small
+        # batch's validation time).
+        blank |= np.fromiter((_whitespace_only(value) for value in raw), bool, len(raw))
     return blank
+
+
+def _whitespace_only(value) -> bool:
+    """Whether a value's text is only whitespace, as converting it to text sees it: bytes are UTF-8 text; numbers,
+    booleans, objects and arrays never are."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    return isinstance(value, str) and not value.strip()
 
 
 # The contract's event rules that ingest applies (ml/warehouse/contract.py), as vectorised checks on the typed
