@@ -597,12 +597,11 @@ def receive_events(server: Server, batch: EventBatch) -> dict:
     source_file = f"api:{uuid.uuid4().hex}"
     bad_positions = (bad["row_number"] - 1).tolist()
     session_events = [
-        (
-            row.event_id,
-            SessionEvent(row.user_id, row.event_type, row.merchant_id or "", row.event_time.to_pydatetime()),
+        (event_id, SessionEvent(user_id, event_type, merchant_id or "", event_time.to_pydatetime()))
+        for event_id, user_id, event_type, merchant_id, event_time in zip(
+            *(good[column].tolist() for column in ("event_id", "user_id", "event_type", "merchant_id", "event_time"))
         )
-        for row in good.itertuples()
-        if adapts(row.event_type) and (row.merchant_id is not None or not needs_merchant(row.event_type))
+        if adapts(event_type) and (merchant_id is not None or not needs_merchant(event_type))
     ]
     quarantined = [
         (position + 1, reason, json.dumps(records[position], default=str))

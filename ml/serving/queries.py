@@ -228,7 +228,7 @@ INSERT_COLUMNS = (
 def _column_values(column: pd.Series) -> list:
     if isinstance(column.dtype, pd.DatetimeTZDtype):
         return [value.to_pydatetime() if not pd.isna(value) else None for value in column]
-    return [None if pd.isna(value) else value for value in column.astype(object)]
+    return column.to_numpy(dtype=object, na_value=None).tolist()
 
 
 def load_catalogue(conn: psycopg.Connection, run_date: date) -> Catalogue:
