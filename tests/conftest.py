@@ -22,8 +22,12 @@ from ml.warehouse import postgres
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 _database_numbers = itertools.count()
 
-# Before Airflow, dbt, GX or MLflow are imported: no telemetry, Airflow state in a throw-away home.
-runtime.configure(Settings.from_env(environ={}, home=Path(tempfile.mkdtemp(prefix="rekindle-tests-"))))
+# Before Airflow, dbt, GX or MLflow are imported: no telemetry, Airflow state in a throw-away home of this process's
+# own (set, not defaulted: pytest-xdist workers inherit the environment of the process that started them, and two
+# workers' DAG runs in one Airflow metadata database collide).
+_session_settings = Settings.from_env(environ={}, home=Path(tempfile.mkdtemp(prefix="rekindle-tests-")))
+os.environ.update(runtime.airflow_environment(_session_settings))
+runtime.configure(_session_settings)
 
 
 @pytest.fixture(scope="session")
