@@ -14,10 +14,9 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -44,36 +43,15 @@ WHERE run_date = (SELECT max(run_date) FROM crm.inactive_user_offers) AND NOT is
 ORDER BY user_id LIMIT 1"""
 
 
-def tab_views() -> dict[str, Callable[[date | None, list[date]], None]]:
-    """Each tab's view, as app.main() calls it within its tab. (Streamlit is imported here, not with the module:
-    every `rekindle` command imports the benchmark modules.)"""
-    from ml.dashboard import app
-
-    return {
-        "Model performance": lambda run_date, run_dates: app.model_performance(run_date),
-        "User lookup": lambda run_date, run_dates: app.user_lookup(run_date),
-        "Merchant analysis": lambda run_date, run_dates: app.merchant_analysis(run_date),
-        "CRM export": lambda run_date, run_dates: app.crm_export(run_date, run_dates),
-        "Experiments": lambda run_date, run_dates: app.experiment_results(run_date),
-        "Pipeline health": lambda run_date, run_dates: app.pipeline_health_tab(run_date),
-    }
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=positive_int, default=5, help="warm renders per tab (default: 5)")
 
 
 def render_tab(label: str) -> None:
     """The app's page with one tab's view: the header main() draws, then the view."""
-    import streamlit as st
-
     from ml.dashboard import app
 
-    st.title("Rekindle")
-    run_dates = app.warehouse().run_dates()
-    run_date = run_dates[0] if run_dates else None
-    st.caption(f"Publication of {run_date}" if run_date else "Nothing published yet.")
-    tab_views()[label](run_date, run_dates)
+    app.TAB_VIEWS[label](*app.page_header())
 
 
 def timed_render(label: str) -> None:
@@ -182,8 +160,6 @@ def _app_environment(url: str) -> Iterator[None]:
 def run(args: argparse.Namespace) -> int:
     from ml.dashboard import app
 
-    if list(tab_views()) != list(app.TABS):
-        raise RuntimeError(f"the benchmark's tabs {list(tab_views())} are not the app's {list(app.TABS)}")
     settings = Settings.from_env()
     url = postgres.start(settings)
     with psycopg.connect(url, autocommit=True) as conn:

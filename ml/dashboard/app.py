@@ -7,6 +7,7 @@ publication is a new cache key.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from datetime import date
 
 import altair as alt
@@ -26,7 +27,6 @@ from ml.settings import Settings
 from ml.warehouse import postgres
 from ml.warehouse.postgres import login_url
 
-TABS = ("Model performance", "User lookup", "Merchant analysis", "CRM export", "Experiments", "Pipeline health")
 PIPELINE_RUN_DATES = 7
 PREVIEW_ROWS = 20
 
@@ -442,26 +442,33 @@ def pipeline_health_tab(run_date: date | None) -> None:
     st.dataframe(health["freshness"], width="stretch", hide_index=True)
 
 
-def main() -> None:
-    st.set_page_config(page_title="Rekindle dashboard", layout="wide")
+# Each tab's view, given the latest publication's run date and every published one.
+TAB_VIEWS: dict[str, Callable[[date | None, list[date]], None]] = {
+    "Model performance": lambda run_date, run_dates: model_performance(run_date),
+    "User lookup": lambda run_date, run_dates: user_lookup(run_date),
+    "Merchant analysis": lambda run_date, run_dates: merchant_analysis(run_date),
+    "CRM export": crm_export,
+    "Experiments": lambda run_date, run_dates: experiment_results(run_date),
+    "Pipeline health": lambda run_date, run_dates: pipeline_health_tab(run_date),
+}
+TABS = tuple(TAB_VIEWS)
+
+
+def page_header() -> tuple[date | None, list[date]]:
+    """The title and the publication shown; returns the latest run date and every published one."""
     st.title("Rekindle")
-    db = warehouse()
-    run_dates = db.run_dates()
+    run_dates = warehouse().run_dates()
     run_date = run_dates[0] if run_dates else None
     st.caption(f"Publication of {run_date}" if run_date else "Nothing published yet.")
-    tabs = st.tabs(TABS)
-    with tabs[0]:
-        model_performance(run_date)
-    with tabs[1]:
-        user_lookup(run_date)
-    with tabs[2]:
-        merchant_analysis(run_date)
-    with tabs[3]:
-        crm_export(run_date, run_dates)
-    with tabs[4]:
-        experiment_results(run_date)
-    with tabs[5]:
-        pipeline_health_tab(run_date)
+    return run_date, run_dates
+
+
+def main() -> None:
+    st.set_page_config(page_title="Rekindle dashboard", layout="wide")
+    run_date, run_dates = page_header()
+    for tab, view in zip(st.tabs(TABS), TAB_VIEWS.values(), strict=True):
+        with tab:
+            view(run_date, run_dates)
 
 
 if __name__ == "__main__":  # streamlit runs this file as __main__; importing it draws nothing
