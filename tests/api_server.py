@@ -140,7 +140,9 @@ class RunningServer:
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
 
 
-def start_server(settings: Settings, log: Path, extra_env: dict[str, str] | None = None) -> RunningServer:
+def start_server(
+    settings: Settings, log: Path, extra_env: dict[str, str] | None = None, workers: int = 1
+) -> RunningServer:
     """``rekindle serve`` in a subprocess; returns once /healthz answers (or fails with the server's log)."""
     port = free_port()
     env = {
@@ -152,7 +154,10 @@ def start_server(settings: Settings, log: Path, extra_env: dict[str, str] | None
     }
     handle = log.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "ml.cli", "serve", "--port", str(port)], env=env, stdout=handle, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "ml.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
     )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

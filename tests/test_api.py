@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import psycopg
 import pytest
 from api_server import (
@@ -387,6 +389,67 @@ def test_a_cached_answer_is_dropped_after_the_users_event_and_after_their_erasur
         assert client.delete(f"/v1/users/{user_id}").status_code == 200
         after_erasure = client.get(path).json()["cached"]
     assert (cached, after_event, after_erasure) == (True, False, False)
+
+
+def _listening_workers(server, port: int) -> dict[int, psutil.Process]:
+    """The server's worker processes: its children that listen on the port."""
+    return {
+        child.pid: child
+        for child in psutil.Process(server.process.pid).children()
+        if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in child.net_connections("tcp"))
+    }
+
+
+def test_workers_share_connections_opened_at_once_and_a_dead_worker_is_replaced(world, tmp_path):
+    server = start_server(world["settings"], tmp_path / "serve.log", workers=2)
+    port = int(server.base_url.rsplit(":", 1)[1])
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers := _listening_workers(server, port)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(workers) == 2
+        # A client opening its pool at once: each worker must get some of the connections.
+        clients = [server.client() for _ in range(32)]
+        for client in clients:
+            assert client.get("/healthz").status_code == 200
+        held = {
+            pid: sum(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port for c in p.net_connections("tcp"))
+            for pid, p in workers.items()
+        }
+        for client in clients:
+            client.close()
+        assert sum(held.values()) == 32 and min(held.values()) > 0, held
+
+        dead = next(iter(workers))
+        os.kill(dead, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            replaced = _listening_workers(server, port)
+            if len(replaced) == 2 and dead not in replaced:
+                break
+            time.sleep(0.2)
+        assert len(replaced) == 2 and dead not in replaced, replaced
+        with server.client() as client:
+            assert client.get("/healthz").status_code == 200
+    finally:
+        stop_server(server)
+    assert server.process.returncode == 0
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in replaced.values())
+
+
+def test_serve_refuses_a_port_in_use_with_workers(world, tmp_path):
+    port = int(world["server"].base_url.rsplit(":", 1)[1])
+    env = {**os.environ, "REKINDLE_HOME": str(world["settings"].home), "REKINDLE_API_KEYS": API_KEYS}
+    env["REKINDLE_WAREHOUSE_URL"] = world["settings"].warehouse_url
+    done = subprocess.run(
+        [sys.executable, "-m", "ml.cli", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
 
 
 def test_an_event_accepted_by_one_worker_adapts_and_invalidates_the_others(world, tmp_path):

@@ -9,6 +9,7 @@ import psycopg
 
 from ml.cli.options import UsageError, port, positive_int
 from ml.serving import auth
+from ml.serving.workers import PortInUseError, Workers
 from ml.settings import Settings, redact
 from ml.warehouse import postgres
 
@@ -38,16 +39,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving on http://{args.host}:{args.port} (OpenAPI: /docs)", flush=True)
     # Workers are separate processes: each builds the app from the environment (ml.serving.app).
     os.environ["REKINDLE_WAREHOUSE_URL"] = owner_url
-    uvicorn.run(
-        "ml.serving.app:app_from_environment",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="warning",
-        access_log=False,
-    )
-    return 0
+    uvicorn_options = {
+        "app": "ml.serving.app:app_from_environment",
+        "factory": True,
+        "log_level": "warning",
+        "access_log": False,
+    }
+    if args.workers == 1:
+        uvicorn.run(host=args.host, port=args.port, **uvicorn_options)
+        return 0
+    try:
+        return Workers(args.host, args.port, args.workers, uvicorn_options).run()
+    except PortInUseError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
