@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ml.runtime import PROGRESS_LOGGER
@@ -177,6 +179,27 @@ def test_parquet_and_json_lines_drop_folder(warehouse_url, tmp_path):
     assert sorted(r[0] for r in _rows(warehouse_url, "SELECT reason FROM raw.quarantine")) == [
         "unknown offer event_type",
         "unparseable record",
+    ]
+
+
+def test_bytes_that_are_not_utf8_in_a_parquet_binary_column_are_quarantined(warehouse_url, tmp_path):
+    events = pa.table(
+        {
+            "event_id": ["b1", "b2", "b3"],
+            "user_id": ["1", "1", "1"],
+            "event_type": ["app_opened"] * 3,
+            "event_time": ["2026-11-20T10:00:00Z"] * 3,
+            "zone": pa.array([b"Z1", b"\xff\xfe", b" "], pa.binary()),
+        }
+    )
+    pq.write_table(events, tmp_path / "events.parquet")
+
+    [result] = ingest.ingest_path(warehouse_url, tmp_path / "events.parquet", now=NOW)
+
+    assert (result.rows_loaded, result.rows_quarantined) == (2, 1)
+    assert _rows(warehouse_url, "SELECT event_id, zone FROM raw.events ORDER BY 1") == [("b1", "Z1"), ("b3", None)]
+    assert _rows(warehouse_url, "SELECT row_number, reason, record->>'zone' FROM raw.quarantine") == [
+        (2, "zone is not UTF-8 text", "\\xff\\xfe")
     ]
 
 

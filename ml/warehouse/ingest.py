@@ -226,6 +226,11 @@ def validate(frame: pd.DataFrame, contract: TableContract, now: datetime) -> tup
             raw = original[column]
         else:
             raw = pd.Series(None, index=original.index, dtype=object)
+        if raw.dtype == object:
+            undecodable = _undecodable_bytes(raw)
+            if undecodable.any():
+                flag(undecodable, f"{column} is not UTF-8 text")
+                raw = raw.where(~undecodable)
         blank = _blank(raw)
         if column in contract.ids:
             typed[column] = _flag_ids(raw, blank, column, column in contract.required, flag)
@@ -353,6 +358,19 @@ def _as_str(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _undecodable_bytes(raw: pd.Series) -> pd.Series:
+    """Which values are bytes that are not UTF-8 text (a Parquet binary column can hold any bytes)."""
+    return pd.Series([isinstance(value, bytes) and not _is_utf8(value) for value in raw.to_numpy()], index=raw.index)
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _whitespace_only(value) -> bool:
     """Whether a value's text is only whitespace, as converting it to text sees it: bytes are UTF-8 text; numbers,
     booleans, objects and arrays never are."""
@@ -444,10 +462,20 @@ def load_frame(
     return result
 
 
+def _bytes_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Bytes values as text for the quarantined record's JSON; bytes that are not UTF-8 keep escapes (``\\xff``)."""
+    as_text = {
+        column: frame[column].map(lambda v: v.decode(errors="backslashreplace") if isinstance(v, bytes) else v)
+        for column in frame.columns
+        if frame[column].dtype == object
+    }
+    return frame.assign(**as_text)
+
+
 def _quarantine(conn: psycopg.Connection, table: str, source_file: str, bad: pd.DataFrame) -> int:
     if bad.empty:
         return 0
-    records = bad.drop(columns=["row_number", "reason"]).to_json(
+    records = _bytes_as_text(bad.drop(columns=["row_number", "reason"])).to_json(
         orient="records", lines=True, date_format="iso", default_handler=str
     )
     rows = pd.DataFrame(
