@@ -24,11 +24,13 @@ from api_server import (
     RUN_DATE,
     WRITE_KEY,
     copy_of_published_day,
+    free_port,
     publish_day,
     start_server,
     stop_server,
 )
 from conftest import publish_offers
+from uvicorn.config import STARTUP_FAILURE
 
 from ml.experiments.assignment import HOLDOUT, NON_PERSONALISED, PERSONALISED
 from ml.serving import auth
@@ -36,6 +38,7 @@ from ml.serving.app import Event, EventBatch, Server, receive_events, recommend
 from ml.serving.readout import serving_counts, serving_readout
 from ml.serving.role import api_role_url, ensure_api_role
 from ml.serving.variants import ServingExperiment
+from ml.serving.workers import Workers
 from ml.settings import Settings
 
 STRATEGIES = "champion:0.5,popularity:0.25,cosine:0.25"
@@ -435,6 +438,11 @@ def test_workers_share_connections_opened_at_once_and_a_dead_worker_is_replaced(
         stop_server(server)
     assert server.process.returncode == 0
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in replaced.values())
+
+
+def test_workers_that_exit_before_serving_stop_the_command_instead_of_restarting():
+    workers = Workers("127.0.0.1", free_port(), 2, {"app": "ml.serving.no_such_module:app", "log_level": "critical"})
+    assert workers.run() == STARTUP_FAILURE  # the worker's own exit code
 
 
 def test_serve_refuses_a_port_in_use_with_workers(world, tmp_path):

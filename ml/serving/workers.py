@@ -21,6 +21,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 15.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class PortInUseError(RuntimeError):
@@ -68,8 +69,14 @@ class Workers:
         # Without SO_REUSEPORT, so that a port another server (even another `rekindle serve`) listens on is refused
         # here instead of being shared with it.
         listening_socket(self.host, self.port, reuse_port=False).close()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: self._stop.set())
+        previous = {signum: signal.signal(signum, lambda *_: self._stop.set()) for signum in STOP_SIGNALS}
+        try:
+            return self._supervise()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _supervise(self) -> int:
         processes = [self._start() for _ in range(self.count)]
         exit_code = 0
         while not self._stop.wait(0.5):
