@@ -405,7 +405,7 @@ def _listening_workers(server, port: int) -> dict[int, psutil.Process]:
 
 def test_workers_share_connections_opened_at_once_and_a_dead_worker_is_replaced(world, tmp_path):
     server = start_server(world["settings"], tmp_path / "serve.log", workers=2)
-    port = int(server.base_url.rsplit(":", 1)[1])
+    port = server.port
     try:
         deadline = time.monotonic() + 60
         while len(workers := _listening_workers(server, port)) < 2 and time.monotonic() < deadline:
@@ -446,7 +446,7 @@ def test_workers_that_exit_before_serving_stop_the_command_instead_of_restarting
 
 
 def test_serve_refuses_a_port_in_use_with_workers(world, tmp_path):
-    port = int(world["server"].base_url.rsplit(":", 1)[1])
+    port = world["server"].port
     env = {**os.environ, "REKINDLE_HOME": str(world["settings"].home), "REKINDLE_API_KEYS": API_KEYS}
     env["REKINDLE_WAREHOUSE_URL"] = world["settings"].warehouse_url
     done = subprocess.run(
