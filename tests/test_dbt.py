@@ -595,3 +595,94 @@ def test_behaviour_flags_name_their_module_without_walking_the_stack(monkeypatch
     monkeypatch.setattr(inspect, "stack", lambda *args, **kwargs: pytest.fail("inspect.stack() was called"))
 
     assert _flag_source_named_here() == __name__
+
+
+# --------------------------------------------------------------------------------------------
+# incremental staging: each build re-classifies only the event days that can have changed
+
+STAGING = "stg_users stg_merchants stg_events_classified stg_events stg_events_rejected"
+
+
+def classified(url: str) -> dict[str, tuple]:
+    """event_id -> (reason, the row version's transaction id): a row a build did not rewrite keeps its xmin."""
+    rows = query(url, "SELECT event_id, reason, xmin::text AS version FROM staging.stg_events_classified")
+    return {r["event_id"]: (r["reason"], r["version"]) for r in rows}
+
+
+def reasons(rows: dict[str, tuple]) -> dict[str, str | None]:
+    return {event_id: reason for event_id, (reason, _) in rows.items()}
+
+
+def rebuild_in_full(settings: Settings, run_date: dt.date) -> dict[str, str | None]:
+    assert_staging_built(run_dbt(settings, settings.warehouse_url, ["run", "--full-refresh"], run_date, STAGING))
+    return reasons(classified(settings.warehouse_url))
+
+
+def assert_staging_built(result) -> None:
+    assert result.success and result.counts == {"success": 5}, result.counts
+
+
+def test_incremental_staging_reclassifies_only_the_days_that_changed_and_matches_a_full_rebuild(settings):
+    url = settings.warehouse_url
+    first_day = [e for e in EVENTS if e[0] not in {"e6a", "e9a", "e9b"}]
+    load_raw(url, events=first_day)
+    assert_staging_built(run_dbt(settings, url, ["run"], RUN_DATE, STAGING))
+    before = classified(url)
+    assert before["e99"][0] == "unknown_user" and before["e3future"][0] == "after_run_date"
+
+    # The next day brings: new orders (02-21, 02-22, 02-26), a copy of 02-10's order re-sent under another id,
+    # and user 99's sign-up, which makes their 02-15 event valid.
+    late = [
+        ("e1b-late", 1, "checkout_completed", "2025-02-10 12:00", 2, 50, None),
+        *[e[:7] for e in EVENTS if e[0] in {"e6a", "e9a", "e9b"}],
+    ]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO raw.users (user_id, signup_at, platform, home_zone, marketing_opt_in, source_file)"
+            " VALUES ('99', '2025-01-01', 'ios', 'Lusail', true, 'test')"
+        )
+        conn.cursor().executemany(
+            "INSERT INTO raw.events (event_id, user_id, event_type, event_time, merchant_id, order_total,"
+            " properties, source_file) VALUES (%s, %s, %s, %s, %s, %s, %s, 'test')",  # loaded_at: now()
+            [(e, u, t, ts(at), m, total, props) for e, u, t, at, m, total, props in late],
+        )
+    assert_staging_built(run_dbt(settings, url, ["run"], RUN_DATE + dt.timedelta(days=1), STAGING))
+    after = classified(url)
+    assert after["e1b-late"][0] == "duplicate_event" and after["e1b"][0] is None
+    assert after["e99"][0] is None and after["e9a"][0] is None
+    # The days to re-classify: those with new rows, with unknown_user (02-15) or unknown_merchant (02-20) rows,
+    # and those on or after the first build's run date (after_run_date).
+    stale_days = {"02-10", "02-21", "02-22", "02-26", "02-15", "02-20", "03-03", "03-06"}
+    day = {e[0]: e[3][5:10] for e in EVENTS}
+    untouched = {e for e in before if day[e] not in stale_days}
+    rewritten = sorted(e for e in untouched if after[e][1] != before[e][1])
+    assert untouched and not rewritten, f"rows of unchanged days were rewritten: {rewritten}"
+    kept = sorted(e for e in before if day[e] in stale_days and after[e][1] == before[e][1])
+    assert not kept, f"rows of stale days were not re-classified: {kept}"
+    assert reasons(after) == rebuild_in_full(settings, RUN_DATE + dt.timedelta(days=1))
+
+    # A backfill of an earlier day moves the cutoff back: what is on or after it becomes after_run_date again.
+    assert_staging_built(run_dbt(settings, url, ["run"], EARLY_RUN_DATE, STAGING))
+    backfilled = reasons(classified(url))
+    assert backfilled["e9a"] == "after_run_date"
+    assert backfilled == rebuild_in_full(settings, EARLY_RUN_DATE)
+
+    # Another fingerprint (the model or the contract's rules changed): every day is classified again.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("COMMENT ON TABLE staging.stg_events_classified IS 'rekindle:another version'")
+    versions = classified(url)
+    assert_staging_built(run_dbt(settings, url, ["run"], EARLY_RUN_DATE, STAGING))
+    again = classified(url)
+    assert reasons(again) == reasons(versions)
+    assert all(again[e][1] != versions[e][1] for e in again)
+
+    # The data tests on staging's events check the rows the latest build wrote (`__latest_build_only__`), so a
+    # bad row left by an earlier build is not read again, and one the latest build wrote still fails the build.
+    staged = "UPDATE staging.stg_events_classified SET order_total = -1, classified_at = {} WHERE event_id = 'e2a'"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(staged.format("classified_at - interval '1 day'"))
+    assert run_dbt(settings, url, ["test"], EARLY_RUN_DATE, "stg_events").success
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(staged.format("(SELECT max(classified_at) FROM staging.stg_events_classified)"))
+    with pytest.raises(DbtError, match="not_negative_stg_events_order_total"):
+        run_dbt(settings, url, ["test"], EARLY_RUN_DATE, "stg_events")

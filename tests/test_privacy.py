@@ -17,6 +17,7 @@ from ml.pipeline import tasks
 from ml.privacy import roles, tombstones
 from ml.privacy.erasure import forget_users
 from ml.warehouse import ingest
+from ml.warehouse.dbt_runner import run_dbt
 from ml.warehouse.postgres import login_url
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -220,11 +221,15 @@ def test_the_daily_load_purges_raw_events_past_retention_on_day_two(settings):
     tasks.prepare_warehouse(settings, date(2026, 11, 1))
 
     day_one = tasks.load_events(settings, date(2026, 11, 1))  # cutoff 2026-10-22 00:00
+    staging = "stg_users stg_merchants stg_events_classified"
+    assert run_dbt(settings, settings.warehouse_url, ["run"], date(2026, 11, 1), staging).success
     day_two = tasks.load_events(settings, date(2026, 11, 2))  # cutoff 2026-10-23 00:00
 
     assert day_one["expired_raw_events"] == 1 and day_two["expired_raw_events"] == 1
     with psycopg.connect(settings.warehouse_url) as conn:
         assert [e for (e,) in conn.execute("SELECT event_id FROM raw.events")] == ["new"]
+        # dbt's incremental staging keeps a copy of each raw event: it goes with the raw row
+        assert [e for (e,) in conn.execute("SELECT event_id FROM staging.stg_events_classified")] == ["new"]
 
 
 MARTS_FOR_REFIT_SQL = """

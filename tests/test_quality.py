@@ -61,3 +61,21 @@ def test_raw_gate_failure_names_expectation_table_and_counts_and_writes_no_value
     for value in (too_long_id, "teleported", "-12.5"):
         assert [path for path in gx_files if value.encode() in path.read_bytes()] == [], value
     assert too_long_id not in message
+
+
+def test_raw_gate_reads_the_rows_that_arrived_since_it_last_passed(settings, warehouse_url):
+    _seed_clean_events(warehouse_url)
+    assert quality.check_raw(settings, warehouse_url).success
+    assert quality.check_raw(settings, warehouse_url).success  # a day without new events passes too
+    insert = """INSERT INTO raw.events (event_id, user_id, event_type, event_time, merchant_id, order_total,
+                                        source_file, loaded_at)
+                VALUES (%s, 2, 'checkout_completed', now() - interval '1 day', 7, -12.5, 'rogue', %s)"""
+    with psycopg.connect(warehouse_url) as conn:
+        # arrived before the last passing run (beyond its margin): that run read it, this one does not again
+        conn.execute(insert, ("old-neg", datetime.now(UTC) - 2 * quality.ARRIVAL_MARGIN))
+    assert quality.check_raw(settings, warehouse_url).success
+
+    with psycopg.connect(warehouse_url) as conn:
+        conn.execute(insert, ("new-neg", datetime.now(UTC)))
+    with pytest.raises(quality.DataQualityError, match=r"order_total is not negative \| column order_total \| 1 bad"):
+        quality.check_raw(settings, warehouse_url)

@@ -2,11 +2,14 @@
 
 Every top-level name here is a variable in the templates. ``var`` answers what ml/warehouse/dbt_runner.py
 passes: the defaults in dbt_project.yml plus the event data contract (``ml.warehouse.contract.dbt_vars``);
-``run_date`` empty -> ``run_started_at``. ``modules``, ``exceptions`` and ``run_started_at`` stand in for
-dbt's. ``ref``, ``source``, ``config`` and ``is_incremental`` are sqlfluff's dbt builtins.
+``run_date`` empty -> ``run_started_at``. ``modules``, ``exceptions``, ``run_started_at``, ``execute`` (False:
+nothing queries the database), ``model``, ``local_md5`` and ``tojson`` stand in for dbt's. ``ref``, ``source``,
+``config``, ``this`` and ``is_incremental`` (False: the first build's SQL is linted) are sqlfluff's dbt builtins.
 """
 
 import datetime as _datetime
+import hashlib as _hashlib
+import json as _json
 import re as _re
 import types as _types
 from pathlib import Path as _Path
@@ -29,6 +32,16 @@ _VARS = _project_vars()
 
 modules = _types.SimpleNamespace(re=_re, datetime=_datetime)
 run_started_at = _datetime.datetime(2024, 1, 1, tzinfo=_datetime.UTC)
+execute = False
+model = _types.SimpleNamespace(raw_code="")
+
+
+def local_md5(value):
+    return _hashlib.md5(str(value).encode()).hexdigest()
+
+
+def tojson(value):
+    return _json.dumps(value)
 
 
 def _raise_compiler_error(message):

@@ -226,11 +226,14 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
         with mlflow.start_run(
             experiment_id=tracking.experiment_id(settings, settings.ranker_model_name), run_name=f"ranker-{run_date}"
         ):
-            scorecards, fitted = {}, {}
+            scorecards = {}
             for name, model_spec in comparison_specs(spec).items():
                 started = time.perf_counter()
-                fitted[name] = model_spec.recommender().fit(split.train, split.cut, context)
-                scorecards[name] = judge.scorecard(fitted[name])
+                model = model_spec.recommender().fit(split.train, split.cut, context)
+                scorecards[name] = judge.scorecard(model)
+                if name == "ranker":
+                    ranker = model  # only the ranker is kept: the others are judged, then let go
+                del model
                 progress.info(
                     "judged %s on %d test users: %s (%.1fs)",
                     name,
@@ -242,10 +245,11 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
                 )
             challenger_value = gate_value(scorecards["ranker"])
             champion_metric, same_recipe = _champion_metric(settings, split, context, spec, challenger_value)
-            importance = {mode: fitted["ranker"].feature_importance(mode) for mode in MODES}
+            importance = {mode: ranker.feature_importance(mode) for mode in MODES}
             _log_comparison(spec, split, scorecards, importance, run_date)
             started = time.perf_counter()
-            final = fitted["ranker"].refit(orders, as_of(run_date), context)
+            final = ranker.refit(orders, as_of(run_date), context)
+            del ranker
             progress.info(
                 "refitted the ranker's candidates on %d orders (%.1fs)", len(orders), time.perf_counter() - started
             )

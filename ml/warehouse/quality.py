@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
 
 from ml.runtime import disable_telemetry
 from ml.settings import Settings
+from ml.warehouse import ddl
 from ml.warehouse.postgres import sqlalchemy_url
 
 log = logging.getLogger(__name__)
@@ -18,6 +20,9 @@ log = logging.getLogger(__name__)
 # Counts, never values: GX writes every result into its validation store and data docs under the home, and a failed
 # expectation on a user id column would list the ids there, out of erasure's reach (docs/operations.md, Privacy).
 RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
+# A suite with an arrival column validates the rows that arrived since its last passing run, with this margin for a
+# load whose transaction began before that run (its rows carry its start time) and committed after it.
+ARRIVAL_MARGIN = timedelta(hours=1)
 
 
 class DataQualityError(RuntimeError):
@@ -53,13 +58,21 @@ def run_checkpoint(settings: Settings, url: str, name: str, suites) -> Checkpoin
 
     context = _context(settings)
     datasource = context.data_sources.add_or_update_sql(name="warehouse", connection_string=sqlalchemy_url(url))
+    started = _arrivals_until(url)
     validations = []
+    batches: dict[str, tuple[str, str]] = {}  # asset name -> (the table it reads, its rows as SQL)
     for spec in suites:
-        asset_name = f"{spec.schema}.{spec.table}"
-        try:
-            asset = datasource.get_asset(asset_name)
-        except LookupError:
-            asset = datasource.add_table_asset(name=asset_name, table_name=spec.table, schema_name=spec.schema)
+        table = f"{spec.schema}.{spec.table}"
+        if spec.arrival_column:
+            query = _arrived_rows_query(url, spec, table)
+            asset = _replace_query_asset(datasource, f"{table} since the last gate", query)
+            batches[asset.name] = (table, f"({query}) AS batch")
+        else:
+            try:
+                asset = datasource.get_asset(table)
+            except LookupError:
+                asset = datasource.add_table_asset(name=table, table_name=spec.table, schema_name=spec.schema)
+            batches[asset.name] = (table, table)
         batch_definition = _whole_table(asset)
         suite = context.suites.add_or_update(gx.ExpectationSuite(name=spec.name, expectations=spec.build()))
         validations.append(
@@ -80,19 +93,57 @@ def run_checkpoint(settings: Settings, url: str, name: str, suites) -> Checkpoin
         checkpoint=name, success=bool(result.success), evaluated=0, data_docs=_data_docs_index(settings)
     )
     for validation_result in result.run_results.values():
-        table = _table_of(validation_result)
+        table, rows = batches.get(_asset_of(validation_result), ("?", "?"))
         for expectation_result in validation_result.results:
             report.evaluated += 1
             if not expectation_result.success:
-                report.failed.append(_describe_failure(url, table, expectation_result))
+                report.failed.append(_describe_failure(url, table, rows, expectation_result))
     if not report.success:
         raise DataQualityError(
             f"checkpoint {name} failed {len(report.failed)} of {report.evaluated} expectations:\n  "
             + "\n  ".join(report.failed)
             + (f"\nData docs: {report.data_docs}" if report.data_docs else "")
         )
+    _record_arrivals_validated(url, [spec.name for spec in suites if spec.arrival_column], started)
     log.info("checkpoint %s: %d expectations passed", name, report.evaluated)
     return report
+
+
+def _arrivals_until(url: str) -> datetime:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT now()").fetchone()[0]
+
+
+def _arrived_rows_query(url: str, spec, table: str) -> str:
+    """The suite's rows that arrived since its last passing run (all of them before its first)."""
+    with psycopg.connect(url) as conn:
+        ddl.ensure(conn, "ops")
+        found = conn.execute(
+            "SELECT validated_through FROM ops.quality_gates WHERE suite = %s", (spec.name,)
+        ).fetchone()
+    if found is None:
+        return f"SELECT * FROM {table}"
+    since = found[0] - ARRIVAL_MARGIN
+    return f"SELECT * FROM {table} WHERE {spec.arrival_column} > '{since.isoformat()}'::timestamptz"
+
+
+def _replace_query_asset(datasource, name: str, query: str):
+    try:
+        datasource.delete_asset(name)
+    except LookupError:
+        pass
+    return datasource.add_query_asset(name=name, query=query)
+
+
+def _record_arrivals_validated(url: str, suites: list[str], through: datetime) -> None:
+    if not suites:
+        return
+    with psycopg.connect(url) as conn:
+        conn.cursor().executemany(
+            """INSERT INTO ops.quality_gates (suite, validated_through) VALUES (%s, %s)
+               ON CONFLICT (suite) DO UPDATE SET validated_through = EXCLUDED.validated_through""",
+            [(suite, through) for suite in suites],
+        )
 
 
 def _whole_table(asset):
@@ -102,11 +153,11 @@ def _whole_table(asset):
         return asset.add_batch_definition_whole_table("whole_table")
 
 
-def _table_of(validation_result) -> str:
+def _asset_of(validation_result) -> str:
     return str(validation_result.meta.get("active_batch_definition", {}).get("data_asset_name", "?"))
 
 
-def _describe_failure(url: str, table: str, expectation_result) -> str:
+def _describe_failure(url: str, table: str, rows: str, expectation_result) -> str:
     config = expectation_result.expectation_config
     kwargs = config.kwargs
     what = config.description or config.type
@@ -115,7 +166,7 @@ def _describe_failure(url: str, table: str, expectation_result) -> str:
     examples = None
     if kwargs.get("unexpected_rows_query"):
         count = details.get("observed_value")
-        examples = _example_rows(url, kwargs["unexpected_rows_query"].replace("{batch}", table))
+        examples = _example_rows(url, kwargs["unexpected_rows_query"].replace("{batch}", rows))
     elif "observed_value" in details:
         examples = f"observed {details['observed_value']}"
     parts = [f"{table}: {what}"]

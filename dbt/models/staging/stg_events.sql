@@ -5,7 +5,7 @@ select
     user_id,
     event_type,
     event_time,
-    {{ utc_date('event_time') }} as event_date,
+    event_date,
     merchant_id,
     merchant_name,
     order_total,
@@ -14,6 +14,7 @@ select
     properties,
     campaign_id,
     source_file,
-    loaded_at
+    loaded_at,
+    classified_at
 from {{ ref('stg_events_classified') }}
 where reason is null

@@ -39,3 +39,10 @@ create table if not exists ops.staged_recommendations (
     reason        text,
     primary key (run_date, shard_count, shard, user_id, mode, rank)
 );
+
+-- How far each data-quality suite with an arrival column has validated (ml/warehouse/quality.py): its next run
+-- reads the rows that arrived after validated_through (less a margin), not the whole table.
+create table if not exists ops.quality_gates (
+    suite             text        primary key,
+    validated_through timestamptz not null
+);

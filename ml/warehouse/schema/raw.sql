@@ -22,6 +22,8 @@ CREATE TABLE IF NOT EXISTS raw.events (
 -- warehouses made with the b-tree.
 DROP INDEX IF EXISTS raw.events_event_time_idx;
 CREATE INDEX IF NOT EXISTS events_event_time_brin ON raw.events USING brin (event_time);
+-- The rows loaded since the last dbt build (incremental staging); loaded_at only grows with the table.
+CREATE INDEX IF NOT EXISTS events_loaded_at_brin ON raw.events USING brin (loaded_at);
 
 CREATE TABLE IF NOT EXISTS raw.merchants (
     merchant_id   text   PRIMARY KEY,
