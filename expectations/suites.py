@@ -20,8 +20,8 @@ class SuiteSpec:
     schema: str
     table: str
     build: Callable[[], list[gx.expectations.Expectation]]
-    # A column that only grows as rows arrive (raw.events.loaded_at): the suite then validates the rows that arrived
-    # since its last passing run (ml/warehouse/quality.py), so a daily gate reads a day's rows, not the whole log.
+    # The id of the transaction that wrote each row (raw.events.load_xid): the suite then validates the rows that
+    # arrived since its last passing run (ml/warehouse/quality.py), so a daily gate reads a day's rows, not the log.
     arrival_column: str | None = None
 
 
@@ -92,7 +92,7 @@ def merchant_features() -> list:
 
 RAW_SUITES = (
     SuiteSpec("raw_events_table", "raw", "events", raw_events_table),
-    SuiteSpec("raw_events", "raw", "events", raw_events, arrival_column="loaded_at"),
+    SuiteSpec("raw_events", "raw", "events", raw_events, arrival_column="load_xid"),
 )
 MART_SUITES = (
     SuiteSpec("marts_user_segments", "marts", "user_segments", user_segments),

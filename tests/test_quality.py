@@ -68,14 +68,14 @@ def test_raw_gate_reads_the_rows_that_arrived_since_it_last_passed(settings, war
     assert quality.check_raw(settings, warehouse_url).success
     assert quality.check_raw(settings, warehouse_url).success  # a day without new events passes too
     insert = """INSERT INTO raw.events (event_id, user_id, event_type, event_time, merchant_id, order_total,
-                                        source_file, loaded_at)
-                VALUES (%s, 2, 'checkout_completed', now() - interval '1 day', 7, -12.5, 'rogue', %s)"""
+                                        source_file, load_xid)
+                VALUES (%s, 2, 'checkout_completed', now() - interval '1 day', 7, -12.5, 'rogue', {})"""
     with psycopg.connect(warehouse_url) as conn:
-        # arrived before the last passing run (beyond its margin): that run read it, this one does not again
-        conn.execute(insert, ("old-neg", datetime.now(UTC) - 2 * quality.ARRIVAL_MARGIN))
+        # written by a transaction that had ended before the last passing run: that run read it, this one does not
+        conn.execute(insert.format("1"), ("old-neg",))
     assert quality.check_raw(settings, warehouse_url).success
 
     with psycopg.connect(warehouse_url) as conn:
-        conn.execute(insert, ("new-neg", datetime.now(UTC)))
+        conn.execute(insert.format("DEFAULT"), ("new-neg",))
     with pytest.raises(quality.DataQualityError, match=r"order_total is not negative \| column order_total \| 1 bad"):
         quality.check_raw(settings, warehouse_url)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -20,9 +19,6 @@ log = logging.getLogger(__name__)
 # Counts, never values: GX writes every result into its validation store and data docs under the home, and a failed
 # expectation on a user id column would list the ids there, out of erasure's reach (docs/operations.md, Privacy).
 RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
-# A suite with an arrival column validates the rows that arrived since its last passing run, with this margin for a
-# load whose transaction began before that run (its rows carry its start time) and committed after it.
-ARRIVAL_MARGIN = timedelta(hours=1)
 
 
 class DataQualityError(RuntimeError):
@@ -58,7 +54,7 @@ def run_checkpoint(settings: Settings, url: str, name: str, suites) -> Checkpoin
 
     context = _context(settings)
     datasource = context.data_sources.add_or_update_sql(name="warehouse", connection_string=sqlalchemy_url(url))
-    started = _arrivals_until(url)
+    seen_through = _snapshot_xmin(url)
     validations = []
     batches: dict[str, tuple[str, str]] = {}  # asset name -> (the table it reads, its rows as SQL)
     for spec in suites:
@@ -104,27 +100,28 @@ def run_checkpoint(settings: Settings, url: str, name: str, suites) -> Checkpoin
             + "\n  ".join(report.failed)
             + (f"\nData docs: {report.data_docs}" if report.data_docs else "")
         )
-    _record_arrivals_validated(url, [spec.name for spec in suites if spec.arrival_column], started)
+    _record_arrivals_validated(url, [spec.name for spec in suites if spec.arrival_column], seen_through)
     log.info("checkpoint %s: %d expectations passed", name, report.evaluated)
     return report
 
 
-def _arrivals_until(url: str) -> datetime:
+def _snapshot_xmin(url: str) -> int:
+    """Every transaction below this id has ended: its rows are visible to the validation that follows."""
     with psycopg.connect(url) as conn:
-        return conn.execute("SELECT now()").fetchone()[0]
+        return conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetchone()[0]
 
 
 def _arrived_rows_query(url: str, spec, table: str) -> str:
-    """The suite's rows that arrived since its last passing run (all of them before its first)."""
+    """The suite's rows that arrived since its last passing run (all of them before its first): those written by
+    a transaction that had not ended when that run began (``raw.events.load_xid``, see ml/warehouse/schema/raw.sql)."""
     with psycopg.connect(url) as conn:
         ddl.ensure(conn, "ops")
         found = conn.execute(
-            "SELECT validated_through FROM ops.quality_gates WHERE suite = %s", (spec.name,)
+            "SELECT validated_through_xid FROM ops.quality_gates WHERE suite = %s", (spec.name,)
         ).fetchone()
     if found is None:
         return f"SELECT * FROM {table}"
-    since = found[0] - ARRIVAL_MARGIN
-    return f"SELECT * FROM {table} WHERE {spec.arrival_column} > '{since.isoformat()}'::timestamptz"
+    return f"SELECT * FROM {table} WHERE {spec.arrival_column} >= {int(found[0])}"
 
 
 def _replace_query_asset(datasource, name: str, query: str):
@@ -135,14 +132,14 @@ def _replace_query_asset(datasource, name: str, query: str):
     return datasource.add_query_asset(name=name, query=query)
 
 
-def _record_arrivals_validated(url: str, suites: list[str], through: datetime) -> None:
+def _record_arrivals_validated(url: str, suites: list[str], through_xid: int) -> None:
     if not suites:
         return
     with psycopg.connect(url) as conn:
         conn.cursor().executemany(
-            """INSERT INTO ops.quality_gates (suite, validated_through) VALUES (%s, %s)
-               ON CONFLICT (suite) DO UPDATE SET validated_through = EXCLUDED.validated_through""",
-            [(suite, through) for suite in suites],
+            """INSERT INTO ops.quality_gates (suite, validated_through_xid) VALUES (%s, %s)
+               ON CONFLICT (suite) DO UPDATE SET validated_through_xid = EXCLUDED.validated_through_xid""",
+            [(suite, through_xid) for suite in suites],
         )
 
 

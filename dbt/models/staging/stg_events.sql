@@ -15,6 +15,6 @@ select
     campaign_id,
     source_file,
     loaded_at,
-    classified_at
+    classified_through_xid
 from {{ ref('stg_events_classified') }}
 where reason is null

@@ -9,7 +9,7 @@
     incremental_strategy='delete+insert',
     unique_key='event_date',
     on_schema_change='sync_all_columns',
-    indexes=[{'columns': ['event_date']}, {'columns': ['classified_at']}],
+    indexes=[{'columns': ['event_date']}, {'columns': ['classified_through_xid']}],
     pre_hook="{% if is_incremental() and reclassify_all_events() %}truncate table {{ this }}{% endif %}",
     post_hook="comment on table {{ this }} is '{{ classification_fingerprint() }}'",
 ) }}
@@ -26,12 +26,12 @@
 with
 {%- if not reclassify_all %}
 stale_days as (  -- noqa: ST03
-    -- read in source's where clause (ST03 misses that): the days with rows loaded since the last build,
-    -- with an hour's margin for a load that committed late
+    -- read in source's where clause (ST03 misses that): the days with rows the last build could not see, those
+    -- of transactions that had not ended when it took its snapshot (raw.events.load_xid, see raw.sql)
     select distinct {{ utc_date('arrived.event_time') }} as event_date
     from {{ source('raw', 'events') }} arrived
-    where arrived.loaded_at > (
-        select coalesce(max(built.loaded_at) - interval '1 hour', '-infinity') from {{ this }} built
+    where arrived.load_xid >= (
+        select coalesce(max(built.classified_through_xid), 0) from {{ this }} built
     )
     union
     -- days whose verdicts depend on the run date, or on users and merchants that may have arrived since
@@ -109,7 +109,7 @@ ranked as (
 select
     event_id, user_id, event_type, event_time, event_date, merchant_id, merchant_name, order_total,
     platform, zone, properties, campaign_id, source_file, loaded_at,
-    transaction_timestamp() as classified_at,
+    pg_snapshot_xmin(pg_current_snapshot())::text::bigint as classified_through_xid,
     case
         when invalid_reason is not null then invalid_reason
         when copy_number = 1 then null

@@ -40,9 +40,9 @@ create table if not exists ops.staged_recommendations (
     primary key (run_date, shard_count, shard, user_id, mode, rank)
 );
 
--- How far each data-quality suite with an arrival column has validated (ml/warehouse/quality.py): its next run
--- reads the rows that arrived after validated_through (less a margin), not the whole table.
+-- How far each data-quality suite with an arrival column has validated (ml/warehouse/quality.py): the xmin of the
+-- snapshot its last passing run began with; its next run reads the rows whose load_xid is at or above it.
 create table if not exists ops.quality_gates (
-    suite             text        primary key,
-    validated_through timestamptz not null
+    suite                 text   primary key,
+    validated_through_xid bigint not null
 );

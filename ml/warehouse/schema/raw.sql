@@ -14,16 +14,22 @@ CREATE TABLE IF NOT EXISTS raw.events (
     zone          text,
     properties    jsonb,
     source_file   text        NOT NULL,
-    loaded_at     timestamptz NOT NULL DEFAULT now()
+    loaded_at     timestamptz NOT NULL DEFAULT now(),
+    load_xid      bigint      NOT NULL DEFAULT pg_current_xact_id()::text::bigint
 );
+-- load_xid: the transaction that loaded the row. Readers that take only what arrived since their last pass (dbt's
+-- incremental staging, the GX raw gate) keep the xmin of that pass's snapshot: every transaction below it had
+-- ended, so the rows a later commit brings always have load_xid >= it. A time watermark (loaded_at is the
+-- transaction's start) would need a margin as long as the longest load. Added in place to older warehouses.
+ALTER TABLE raw.events ADD COLUMN IF NOT EXISTS load_xid bigint NOT NULL DEFAULT pg_current_xact_id()::text::bigint;
 -- BRIN, not a b-tree: ingest writes each file in event_id order, which keeps the primary key's
 -- inserts sequential (see ml/ingest.py); a b-tree on event_time would then be written at random
 -- and cost as much again. A daily file keeps each block range within its day. The DROP upgrades
 -- warehouses made with the b-tree.
 DROP INDEX IF EXISTS raw.events_event_time_idx;
 CREATE INDEX IF NOT EXISTS events_event_time_brin ON raw.events USING brin (event_time);
--- The rows loaded since the last dbt build (incremental staging); loaded_at only grows with the table.
-CREATE INDEX IF NOT EXISTS events_loaded_at_brin ON raw.events USING brin (loaded_at);
+-- The rows loaded since a reader's last pass; load_xid grows with the table.
+CREATE INDEX IF NOT EXISTS events_load_xid_brin ON raw.events USING brin (load_xid);
 
 CREATE TABLE IF NOT EXISTS raw.merchants (
     merchant_id   text   PRIMARY KEY,
