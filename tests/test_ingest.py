@@ -307,11 +307,19 @@ def test_each_file_logs_and_the_summary_carries_its_rate(warehouse_url, tmp_path
     assert {"seconds", "rows_per_second"} <= set(ingest.summarise([]).columns)
 
 
-def test_raw_schema_replaces_the_old_event_time_btree(warehouse_url):
+def test_raw_schema_upgrades_an_older_events_table_in_place(warehouse_url):
     with psycopg.connect(warehouse_url) as conn:
         ingest.ensure_raw_schema(conn)
+        # as an older release left it: a b-tree on event_time, no load_xid
         conn.execute("DROP INDEX raw.events_event_time_brin")
         conn.execute("CREATE INDEX events_event_time_idx ON raw.events (event_time)")
+        conn.execute("ALTER TABLE raw.events DROP COLUMN load_xid")
+        conn.execute(
+            "INSERT INTO raw.events (event_id, user_id, event_type, event_time, source_file)"
+            " VALUES ('old', 'u1', 'app_opened', now(), 'old release')"
+        )
         ingest.ensure_raw_schema(conn)
         indexes = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'events' ORDER BY 1").fetchall()
-    assert indexes == [("events_event_time_brin",), ("events_pkey",)]
+        [(load_xid,)] = conn.execute("SELECT load_xid FROM raw.events WHERE event_id = 'old'").fetchall()
+    assert indexes == [("events_event_time_brin",), ("events_load_xid_brin",), ("events_pkey",)]
+    assert load_xid > 0
