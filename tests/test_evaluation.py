@@ -2,8 +2,11 @@
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from ml.recommend.evaluation import TemporalSplit
 from ml.recommend.metrics import (
     average_precision_at_k,
     catalog_coverage,
@@ -14,6 +17,8 @@ from ml.recommend.metrics import (
     precision_at_k,
     ranking_report,
     recall_at_k,
+    summarise,
+    user_metrics,
 )
 
 RECOMMENDED = ["a", "b", "c", "d", "e"]
@@ -72,3 +77,62 @@ def test_ranking_report_averages_over_users_with_relevant_items():
     assert report["coverage"] == pytest.approx(4 / 4)
     assert report["diversity"] == pytest.approx((1.0 + 0.0) / 2)
     assert set(report) >= {"precision@1", "recall@2", "ndcg@1", "map@1", "coverage", "diversity", "novelty"}
+
+
+def test_user_metrics_match_the_pure_functions_user_by_user():
+    rng = np.random.default_rng(7)
+    items = [f"m{i}" for i in range(30)]
+    categories = {item: i % 4 for i, item in enumerate(items[:25])}  # the last five have no category
+    popularity = {item: (i + 1) / 40 for i, item in enumerate(items[:20])}
+    recommended, relevant = {}, {}
+    for user in range(300):
+        recommended[user] = list(rng.choice(items, size=int(rng.integers(0, 13)), replace=False))
+        relevant[user] = set(rng.choice(items, size=int(rng.integers(0, 6)), replace=False))
+    ks = (1, 5, 10)
+    per_user = user_metrics(recommended, relevant, ks, categories, popularity)
+    assert list(per_user.index) == [user for user in relevant if relevant[user]]
+    floor = min(popularity.values())
+    for user, row in per_user.iterrows():
+        top = recommended[user][:10]
+        for k in ks:
+            for name, metric in (
+                ("precision", precision_at_k),
+                ("recall", recall_at_k),
+                ("hit_rate", hit_rate_at_k),
+                ("ndcg", ndcg_at_k),
+                ("map", average_precision_at_k),
+            ):
+                assert row[f"{name}@{k}"] == pytest.approx(metric(top, relevant[user], k)), (user, name, k)
+        if len(top) > 1:
+            assert row["diversity"] == pytest.approx(intra_list_diversity(top, categories))
+        else:
+            assert np.isnan(row["diversity"])
+        assert (np.isnan(row["novelty"]) and not top) or row["novelty"] == pytest.approx(
+            novelty(top, popularity, floor)
+        )
+    segment = per_user.index.to_series().map(lambda user: user % 3 == 0)
+    some = per_user[segment.to_numpy()]
+    assert summarise(some, 30)["ndcg@10"] == pytest.approx(
+        ranking_report({u: recommended[u] for u in some.index}, {u: relevant[u] for u in some.index}, 30, ks)["ndcg@10"]
+    )
+
+
+def test_temporal_split_keeps_known_users_and_separates_new_merchants_from_repeats():
+    at = pd.Timestamp("2026-01-10", tz="UTC")
+    orders = pd.DataFrame(
+        [
+            ("u1", "a", "2026-01-01"),
+            ("u1", "b", "2026-01-02"),
+            ("u2", "a", "2026-01-02"),
+            ("u1", "a", "2026-01-08"),  # a repeat
+            ("u1", "c", "2026-01-09"),  # new to u1
+            ("u2", "b", "2026-01-08"),  # new to u2, though u1 ordered there
+            ("u3", "a", "2026-01-08"),  # u3 has no order before the cut
+            ("u2", "c", "2026-01-10"),  # at as_of: outside the test window
+        ],
+        columns=["user_id", "merchant_id", "event_time"],
+    ).assign(event_time=lambda f: pd.to_datetime(f["event_time"], utc=True))
+    split = TemporalSplit.last_days(orders, at, 3)
+    assert len(split.train) == 3
+    assert split.relevant == {"u1": {"c"}, "u2": {"b"}}
+    assert split.relevant_with_repeats == {"u1": {"a", "c"}, "u2": {"b"}}

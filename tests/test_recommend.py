@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from ml.recommend import (
     ALSRecommender,
@@ -93,7 +94,6 @@ def test_interaction_matrix_sums_duplicates_and_maps_ids():
 
 
 def test_top_n_excludes_and_pads():
-    import scipy.sparse as sp
 
     scores = np.array([[0.1, 0.9, 0.5], [0.3, 0.3, 0.2]], dtype=np.float32)
     exclude = sp.csr_matrix(np.array([[0, 1, 0], [1, 1, 1]], dtype=np.float32))
@@ -105,7 +105,6 @@ def test_top_n_excludes_and_pads():
 
 
 def test_cosine_similarity_is_the_seed_formula():
-    import scipy.sparse as sp
 
     # Item 0 has users {0,1}, item 1 users {1,2,3}: one co-occurrence, sqrt(2*3) in the denominator.
     user_items = sp.csr_matrix(np.array([[1, 0], [3, 1], [0, 1], [0, 1]], dtype=np.float32))
@@ -114,6 +113,18 @@ def test_cosine_similarity_is_the_seed_formula():
     assert model.similarity[0, 0] == 0
     items, scores = model.similar_items(0, n=3)
     assert items.tolist() == [1, -1, -1]
+
+
+def test_ease_weights_are_the_closed_form_of_steck_2019():
+    rng = np.random.default_rng(3)
+    user_items = sp.csr_matrix((rng.random((400, 60)) < 0.08) * rng.integers(1, 4, (400, 60)), dtype=np.float32)
+    model = EASERecommender(l2=20.0).fit(user_items)
+    binary = (user_items.toarray() > 0).astype(np.float64)
+    precision = np.linalg.inv(binary.T @ binary + 20.0 * np.eye(60))
+    expected = -precision / np.diag(precision)
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(model.weights, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(model.score(np.arange(5)), binary[:5] @ expected, atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -106,3 +106,14 @@ def test_a_champion_this_code_cannot_load_is_judged_as_absent(settings, warehous
     challenger = _register(settings, orders, ModelSpec("item_cosine"))
     decision = tracking.gate("gate-test-model", challenger, "ndcg@10", 0.2, champion_value=None, margin=0.0)
     assert decision.promoted and tracking.alias_version("gate-test-model", "champion") == challenger
+
+
+def test_a_champion_differing_only_in_threads_has_the_challengers_recipe():
+    """The gate replaces a champion of the same recipe; a thread count is how a fit runs, not what it fits, so a
+    changed REKINDLE_MODEL_THREADS must not make every later ranker a rival that has to beat its own twin."""
+    recipe = {"candidates_per_generator": 50, "seed": 42}
+    one_thread = ModelSpec("ranker", {**recipe, "num_threads": 1})
+    assert one_thread.same_recipe(ModelSpec("ranker", {**recipe, "num_threads": 0}))
+    assert not one_thread.same_recipe(ModelSpec("ranker", {**recipe, "candidates_per_generator": 60}))
+    assert not one_thread.same_recipe(ModelSpec("ranker", {"seed": 42, "num_threads": 1}))
+    assert not ModelSpec("als", {"seed": 42}).same_recipe(ModelSpec("ease", {"seed": 42}))

@@ -16,6 +16,7 @@ from ml.experiments.assignment import hash_units
 from ml.recommend.modes import MODES, WINBACK
 from ml.runtime import PROGRESS_LOGGER
 from ml.warehouse import marts
+from ml.warehouse.bulk import copy_frame
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)
@@ -95,11 +96,12 @@ def stage_shard(
                 ),
                 key,
             )
-        _copy_rows(
+        copy_frame(
             conn,
             "ops.staged_recommendations",
-            ["run_date", "shard_count", "shard", *RECOMMENDATION_COLUMNS],
-            ((*key, *row) for row in _recommendation_rows(recommendations)),
+            _typed(recommendations[RECOMMENDATION_COLUMNS]).assign(
+                run_date=run_date, shard_count=shard_count, shard=shard
+            ),
         )
         conn.execute(
             "INSERT INTO ops.scored_shards (run_date, shard_count, shard, users, model_version) "
@@ -154,19 +156,13 @@ def clear_staged(conn: psycopg.Connection, run_date: date) -> int:
     return conn.execute("DELETE FROM ops.staged_recommendations WHERE run_date = %s", (run_date,)).rowcount
 
 
-def _recommendation_rows(recommendations: pd.DataFrame):
-    """``RECOMMENDATION_COLUMNS`` of each row with the warehouse's types."""
-    return (
-        (str(r.user_id), r.mode, int(r.rank), str(r.merchant_id), r.merchant_name, float(r.score), r.reason)
-        for r in recommendations[RECOMMENDATION_COLUMNS].itertuples(index=False)
-    )
-
-
-def _copy_rows(conn: psycopg.Connection, table: str, columns: list[str], rows) -> None:
-    with conn.cursor() as cur:
-        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """The recommendation columns present in ``frame`` with the warehouse's types (ids as text, missing names and
+    reasons as NULL), ready for ``copy_frame``."""
+    types = {"user_id": str, "merchant_id": str, "rank": "int64", "score": "float64"}
+    typed = frame.astype({column: kind for column, kind in types.items() if column in frame})
+    texts = [column for column in ("merchant_name", "reason", "mode", "segment") if column in frame]
+    return typed.assign(**{column: typed[column].astype(object).where(typed[column].notna(), None) for column in texts})
 
 
 def analyze(conn: psycopg.Connection, *tables: str) -> None:
@@ -215,32 +211,20 @@ def replace_run(
     """
     conn.execute("DELETE FROM crm.recommendations WHERE run_date = %s", (run_date,))
     conn.execute("DELETE FROM crm.segment_members WHERE run_date = %s", (run_date,))
-    _copy_rows(
+    copy_frame(
         conn,
         "crm.recommendations",
-        ["run_date", *RECOMMENDATION_COLUMNS, "model_version"],
-        ((run_date, *row, model_version) for row in _recommendation_rows(recommendations)),
+        _typed(recommendations[RECOMMENDATION_COLUMNS]).assign(run_date=run_date, model_version=model_version),
     )
     marketable = marts.load_marketable_user_ids(conn)
     scored = members[members["segment"].isin(segments) & members["user_id"].isin(marketable)].merge(
         recommendations[recommendations["mode"] == SEGMENT_MEMBERS_MODE].drop(columns="mode"), on="user_id", how="inner"
     )
-    _copy_rows(
+    copy_frame(
         conn,
         "crm.segment_members",
-        ["run_date", "segment", "user_id", "rank", "merchant_id", "merchant_name", "score", "model_version"],
-        (
-            (
-                run_date,
-                r.segment,
-                str(r.user_id),
-                int(r.rank),
-                str(r.merchant_id),
-                r.merchant_name,
-                float(r.score),
-                model_version,
-            )
-            for r in scored.itertuples(index=False)
+        _typed(scored[["segment", "user_id", "rank", "merchant_id", "merchant_name", "score"]]).assign(
+            run_date=run_date, model_version=model_version
         ),
     )
     analyze(conn, "crm.recommendations", "crm.segment_members")

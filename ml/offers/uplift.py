@@ -120,7 +120,9 @@ class BoostedRegressor:
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return np.mean([booster.predict(X) for booster in self.boosters_], axis=0)
+        # Every core: unlike training on small data, predicting every user x arm is worth the OpenMP workers, and
+        # the predictions do not depend on the thread count.
+        return np.mean([booster.predict(X, num_threads=0) for booster in self.boosters_], axis=0)
 
 
 def _arms_in(arm: np.ndarray, control: Hashable) -> tuple:

@@ -497,7 +497,7 @@ def _champion_metric(
     settings: Settings, split: TemporalSplit, context: MarketContext, spec: ModelSpec, challenger_value: float
 ) -> tuple[float | None, bool]:
     """The champion's gate value on today's split (its spec refitted on today's training window, so both are
-    judged on the same window), and whether it has the challenger's own spec; (None, False) without one this code
+    judged on the same window), and whether it has the challenger's own recipe (threads aside); (None, False) without one this code
     can load.
 
     Fitting is seeded and deterministic, so a champion with the challenger's own recipe scores exactly the
@@ -507,7 +507,7 @@ def _champion_metric(
     if loaded is None:
         return None, False
     champion = loaded.recommender
-    if champion.spec == spec:
+    if champion.spec.same_recipe(spec):
         return challenger_value, True
     judge = Judge(split, len(context.merchants), ks=(5, 10))
     return gate_value(judge.scorecard(champion.spec.recommender().fit(split.train, split.cut, context))), False

@@ -173,8 +173,12 @@ def alias_version(name: str, alias: str) -> str | None:
 
 
 def load_alias(name: str, alias: str = CHAMPION):
-    """The python object behind ``models:/name@alias`` (what scoring uses)."""
-    return mlflow.pyfunc.load_model(f"models:/{name}@{alias}").unwrap_python_model()
+    """The python object behind ``models:/name@alias`` (what scoring uses).
+
+    Without MLflow's check of the model's pinned requirements against the installed packages: they were pinned
+    from this same environment at logging (``log_model_once``), and the check costs 2-3 s of package-metadata
+    scanning in every scoring task."""
+    return mlflow.pyfunc.load_model(f"models:/{name}@{alias}", suppress_warnings=True).unwrap_python_model()
 
 
 def loadable_champion(name: str):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ml.recommend.merchant import HALF_LIFE_DAYS, MarketContext, ModelSpec
-from ml.recommend.metrics import ranking_report
+from ml.recommend.metrics import summarise, user_metrics
 from ml.recommend.modes import DISCOVERY, MODES, exclude_seen
 
 
@@ -33,9 +33,10 @@ class TemporalSplit:
         cut = pd.Timestamp(as_of) - timedelta(days=test_days)
         train = orders[orders["event_time"] < cut]
         test = orders[(orders["event_time"] >= cut) & (orders["event_time"] < pd.Timestamp(as_of))]
-        test = test[test["user_id"].isin(set(train["user_id"]))]
-        seen = set(zip(train["user_id"], train["merchant_id"]))
-        unseen = np.array([(u, m) not in seen for u, m in zip(test["user_id"], test["merchant_id"])], dtype=bool)
+        test = test[test["user_id"].isin(train["user_id"].unique())]
+        pairs = ["user_id", "merchant_id"]
+        seen = train[pairs].drop_duplicates().assign(seen=True)
+        unseen = test[pairs].merge(seen, on=pairs, how="left")["seen"].isna().to_numpy()
         new_pairs = test[unseen]
         return cls(
             cut=cut.to_pydatetime(),
@@ -91,8 +92,8 @@ class Judge:
         """Per mode (winback, discovery): the report over all test users and per segment."""
         results = {}
         for mode in MODES:
-            recommended = self.lists(recommender, mode)
-            results[mode] = ModeResult(self.report(recommended, mode), self.by_segment(recommended, mode))
+            per_user = self.user_metrics(self.lists(recommender, mode), mode)
+            results[mode] = ModeResult(summarise(per_user, self.catalog_size), self.by_segment(per_user))
         return results
 
     def lists(self, recommender, mode: str) -> dict:
@@ -100,27 +101,25 @@ class Judge:
         recs = recommender.recommend(users, n=max(self.ks), mode=mode, explain=False)
         return recs.sort_values(["user_id", "rank"]).groupby("user_id")["merchant_id"].agg(list).to_dict()
 
-    def report(self, recommended: dict, mode: str, users: Iterable | None = None) -> dict[str, float]:
-        truth = self.split.truth(mode)
-        if users is not None:
-            truth = {user: truth[user] for user in users if user in truth}
-        return ranking_report(
+    def user_metrics(self, recommended: dict, mode: str) -> pd.DataFrame:
+        return user_metrics(
             recommended,
-            truth,
-            self.catalog_size,
+            self.split.truth(mode),
             ks=self.ks,
             item_categories=self.merchant_categories,
             item_popularity=self.merchant_popularity,
         )
 
-    def by_segment(self, recommended: dict, mode: str) -> dict[str, dict[str, float]]:
+    def report(self, recommended: dict, mode: str) -> dict[str, float]:
+        return summarise(self.user_metrics(recommended, mode), self.catalog_size)
+
+    def by_segment(self, per_user: pd.DataFrame) -> dict[str, dict[str, float]]:
         if self.segments is None:
             return {}
-        truth_users = pd.Index(list(self.split.truth(mode)))
-        segment_of = self.segments.reindex(truth_users).fillna("unknown")
+        segment_of = self.segments.reindex(per_user.index).fillna("unknown")
         return {
-            segment: self.report(recommended, mode, members.index)
-            for segment, members in segment_of.groupby(segment_of)
+            segment: summarise(per_user[segment_of.to_numpy() == segment], self.catalog_size)
+            for segment in sorted(segment_of.unique())
         }
 
 

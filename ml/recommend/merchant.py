@@ -74,8 +74,8 @@ class MarketAxes:
     def build(cls, orders: pd.DataFrame, as_of: datetime, context: MarketContext | None) -> MarketAxes:
         """Users who ordered or signed up before ``as_of``; merchants ordered from or open before it."""
         as_of = pd.Timestamp(as_of)
-        user_ids = set(orders["user_id"])
-        merchant_ids = set(orders["merchant_id"])
+        user_ids = set(orders["user_id"].unique())
+        merchant_ids = set(orders["merchant_id"].unique())
         if context is not None:
             signup = pd.to_datetime(context.users["signup_at"], utc=True)
             user_ids |= set(context.users.index[signup.isna() | (signup < as_of)])
@@ -127,6 +127,10 @@ _GENERATORS = {
 }
 
 
+# Params that say how a fit runs, not what it fits (LightGBM and implicit are deterministic per thread count).
+EXECUTION_PARAMS = frozenset({"num_threads"})
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What to build: a kind and its hyperparameters (enough to refit on another window).
@@ -143,10 +147,19 @@ class ModelSpec:
             raise ValueError(f"unknown generator kind {self.kind!r}; known: {', '.join(_GENERATORS)}")
         return _GENERATORS[self.kind](axes, self.params)
 
+    def same_recipe(self, other: ModelSpec) -> bool:
+        """Whether ``other`` fits the same model: the same kind and params, apart from how a fit runs
+        (``EXECUTION_PARAMS``), so a change of thread count does not make today's ranker a rival of its champion."""
+        return self.kind == other.kind and _recipe_params(self) == _recipe_params(other)
+
     def recommender(self, half_life_days: float = HALF_LIFE_DAYS):
         if self.kind == "ranker":
             return RankedMerchantRecommender(self)
         return MerchantRecommender(self, half_life_days)
+
+
+def _recipe_params(spec: ModelSpec) -> dict:
+    return {name: value for name, value in spec.params.items() if name not in EXECUTION_PARAMS}
 
 
 DEFAULT_GENERATORS = {

@@ -10,6 +10,7 @@ from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from itertools import combinations
 
 import numpy as np
+import pandas as pd
 
 
 def _hits(recommended: Sequence, relevant: Collection, k: int) -> list[bool]:
@@ -89,6 +90,67 @@ def min_popularity(item_popularity: Mapping[Hashable, float]) -> float:
     return min(p for p in item_popularity.values() if p > 0)
 
 
+def user_metrics(
+    recommended: Mapping[Hashable, Sequence],
+    relevant: Mapping[Hashable, Collection],
+    ks: Sequence[int] = (5, 10),
+    item_categories: Mapping[Hashable, Hashable] | None = None,
+    item_popularity: Mapping[Hashable, float] | None = None,
+) -> pd.DataFrame:
+    """Per user with at least one relevant item (the index): precision, recall, hit rate, NDCG and MAP at each k,
+    as the functions above define them, plus the top max(ks)'s ``diversity`` (NaN below two items) and
+    ``novelty`` (NaN for an empty list) when categories / popularity are given.
+
+    The hits of each list are looked up once and every metric is computed from them for all users at once, so
+    averaging over several groups of users (``summarise``) costs one pass.
+    """
+    users = [user for user, items in relevant.items() if len(items) > 0]
+    depth = max(ks)
+    lists = [list(recommended.get(user, ()))[:depth] for user in users]
+    hits = np.zeros((len(users), depth))
+    n_relevant = np.empty(len(users))
+    for row, (user, items) in enumerate(zip(users, lists)):
+        wanted = set(relevant[user])
+        n_relevant[row] = len(wanted)
+        hits[row, : len(items)] = [item in wanted for item in items]
+    found = hits.cumsum(axis=1)
+    discount = 1.0 / np.log2(np.arange(depth) + 2.0)
+    columns: dict[str, np.ndarray] = {}
+    for k in ks:
+        ideal = np.minimum(n_relevant, k).astype(int)
+        columns[f"precision@{k}"] = found[:, k - 1] / k
+        columns[f"recall@{k}"] = found[:, k - 1] / n_relevant
+        columns[f"hit_rate@{k}"] = (found[:, k - 1] > 0).astype(float)
+        columns[f"ndcg@{k}"] = hits[:, :k] @ discount[:k] / np.cumsum(discount)[ideal - 1]
+        columns[f"map@{k}"] = (hits[:, :k] * found[:, :k] / np.arange(1, k + 1)).sum(axis=1) / ideal
+    if item_categories is not None:
+        columns["diversity"] = np.array(
+            [intra_list_diversity(items, item_categories) if len(items) > 1 else np.nan for items in lists]
+        )
+    if item_popularity is not None:
+        floor = min_popularity(item_popularity) if item_popularity else None
+        columns["novelty"] = np.array([novelty(items, item_popularity, floor) if items else np.nan for items in lists])
+    per_user = pd.DataFrame(columns, index=pd.Index(users, dtype=object))
+    per_user["items"] = pd.Series(lists, index=per_user.index, dtype=object)
+    return per_user
+
+
+def summarise(per_user: pd.DataFrame, catalog_size: int) -> dict[str, float]:
+    """``user_metrics`` rows (all of them, or any subset) averaged: the report of those users."""
+    report: dict[str, float] = {"users": float(len(per_user))}
+    averaged = [column for column in per_user.columns if column != "items"]
+    for column in averaged:
+        if column in ("diversity", "novelty"):
+            continue
+        report[column] = float(per_user[column].mean()) if len(per_user) else 0.0
+    report["coverage"] = catalog_coverage(per_user["items"], catalog_size)
+    for column in ("diversity", "novelty"):
+        if column in per_user:
+            defined = per_user[column].dropna()
+            report[column] = float(defined.mean()) if len(defined) else 0.0
+    return report
+
+
 def ranking_report(
     recommended: Mapping[Hashable, Sequence],
     relevant: Mapping[Hashable, Collection],
@@ -102,27 +164,4 @@ def ranking_report(
     A user with relevant items but no recommendations scores zero. Coverage, diversity and novelty
     look at the top max(ks) of the same users.
     """
-    users = [user for user, items in relevant.items() if len(items) > 0]
-    depth = max(ks)
-    lists = {user: list(recommended.get(user, ()))[:depth] for user in users}
-    report: dict[str, float] = {"users": float(len(users))}
-    metrics = {
-        "precision": precision_at_k,
-        "recall": recall_at_k,
-        "hit_rate": hit_rate_at_k,
-        "ndcg": ndcg_at_k,
-        "map": average_precision_at_k,
-    }
-    for k in ks:
-        for name, metric in metrics.items():
-            values = [metric(lists[user], set(relevant[user]), k) for user in users]
-            report[f"{name}@{k}"] = float(np.mean(values)) if values else 0.0
-    report["coverage"] = catalog_coverage(lists.values(), catalog_size)
-    if item_categories is not None:
-        values = [intra_list_diversity(items, item_categories) for items in lists.values() if len(items) > 1]
-        report["diversity"] = float(np.mean(values)) if values else 0.0
-    if item_popularity is not None:
-        floor = min_popularity(item_popularity) if item_popularity else None
-        values = [novelty(items, item_popularity, floor) for items in lists.values() if items]
-        report["novelty"] = float(np.mean(values)) if values else 0.0
-    return report
+    return summarise(user_metrics(recommended, relevant, ks, item_categories, item_popularity), catalog_size)

@@ -11,7 +11,6 @@ which rows are already there, and the others are copied straight into the raw ta
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import numbers
@@ -24,13 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psycopg
-import pyarrow as pa
-import pyarrow.compute as pc
-from pyarrow import csv as arrow_csv
 
 from ml.privacy.tombstones import ErasedUsers
 from ml.runtime import PROGRESS_LOGGER
 from ml.warehouse import ddl
+from ml.warehouse.bulk import copy_frame
 from ml.warehouse.contract import (
     ASSIGNMENTS,
     CHECKOUT,
@@ -46,8 +43,6 @@ log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)
 
 # Rows per CSV chunk sent to COPY: Postgres parses one chunk while the next one is written.
-COPY_BATCH_ROWS = 100_000
-CSV_OPTIONS = arrow_csv.WriteOptions(include_header=False)
 
 
 @dataclass(frozen=True)
@@ -491,7 +486,7 @@ def _quarantine(conn: psycopg.Connection, table: str, source_file: str, bad: pd.
         "CREATE TEMP TABLE incoming_quarantine AS "
         "SELECT table_name, source_file, row_number, reason, record FROM raw.quarantine WITH NO DATA"
     )
-    _copy_rows(conn, "incoming_quarantine", rows)
+    copy_frame(conn, "incoming_quarantine", rows)
     conn.execute(
         """INSERT INTO raw.quarantine (table_name, source_file, row_number, reason, record)
            SELECT table_name, source_file, row_number, reason, record FROM incoming_quarantine
@@ -513,7 +508,7 @@ def _insert_new(conn: psycopg.Connection, contract: TableContract, good: pd.Data
     conn.execute(f"LOCK TABLE raw.{contract.name} IN SHARE ROW EXCLUSIVE MODE")
     new = rows.drop(index=_already_loaded(conn, contract, rows))
     if not new.empty:
-        _copy_rows(conn, f"raw.{contract.name}", new[list(contract.columns)].assign(source_file=source_file))
+        copy_frame(conn, f"raw.{contract.name}", new[list(contract.columns)].assign(source_file=source_file))
     return len(new)
 
 
@@ -524,7 +519,7 @@ def _already_loaded(conn: psycopg.Connection, contract: TableContract, rows: pd.
         f"CREATE TEMP TABLE incoming_keys AS "
         f"SELECT {', '.join(key)}, 0::bigint AS position FROM raw.{contract.name} WITH NO DATA"
     )
-    _copy_rows(conn, "incoming_keys", rows[key].assign(position=np.arange(len(rows))))
+    copy_frame(conn, "incoming_keys", rows[key].assign(position=np.arange(len(rows))))
     # The planner weighs one primary-key probe per row against a pass over the whole table. It needs
     # the batch's size, and random reads priced as on an SSD with the index cached: at the default 4
     # it scans all of raw.events even for 50k keys, so the cost would grow with the table.
@@ -538,28 +533,6 @@ def _already_loaded(conn: psycopg.Connection, contract: TableContract, rows: pd.
     ).fetchone()
     conn.execute("DROP TABLE incoming_keys")
     return np.fromstring(positions or "", dtype=np.int64, sep=",")
-
-
-def _copy_rows(conn: psycopg.Connection, table: str, frame: pd.DataFrame) -> None:
-    """COPY a frame into ``table`` (columns by name) as CSV, streamed in chunks of rows."""
-    utc = [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
-    naive_utc = frame.assign(**{c: frame[c].dt.tz_convert(None) for c in utc})
-    rows = pa.Table.from_pandas(naive_utc, preserve_index=False)
-    sql = f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)"
-    with conn.cursor() as cur, cur.copy(sql) as copy:
-        for batch in rows.to_batches(max_chunksize=COPY_BATCH_ROWS):
-            chunk = io.BytesIO()
-            arrow_csv.write_csv(_with_utc_suffix(batch, utc), chunk, CSV_OPTIONS)
-            copy.write(chunk.getbuffer())
-
-
-def _with_utc_suffix(batch: pa.RecordBatch, utc: list[str]) -> pa.RecordBatch:
-    """UTC wall-clock text with ``Z``: Arrow writes zone-aware timestamps some 40 times slower."""
-    columns = [
-        pc.binary_join_element_wise(column.cast(pa.string()), "Z", "") if name in utc else column
-        for name, column in zip(batch.schema.names, batch.columns)
-    ]
-    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def discover_files(path: Path) -> list[Path]:

@@ -1,0 +1,40 @@
+"""Bulk writes into the warehouse: a DataFrame through ``COPY ... FROM STDIN`` as CSV written by Arrow.
+
+Arrow writes a batch of rows as CSV in C, some ten times faster than psycopg's row-by-row ``write_row``: nulls
+become empty unquoted fields (NULL to COPY), strings are quoted (so an empty string stays an empty string).
+"""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import csv as arrow_csv
+
+COPY_BATCH_ROWS = 100_000
+CSV_OPTIONS = arrow_csv.WriteOptions(include_header=False)
+
+
+def copy_frame(conn: psycopg.Connection, table: str, frame: pd.DataFrame) -> None:
+    """COPY a frame into ``table`` (``schema.name``; columns by the frame's names) as CSV, in chunks of rows."""
+    utc = [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
+    naive_utc = frame.assign(**{c: frame[c].dt.tz_convert(None) for c in utc})
+    rows = pa.Table.from_pandas(naive_utc, preserve_index=False)
+    sql = f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)"
+    with conn.cursor() as cur, cur.copy(sql) as copy:
+        for batch in rows.to_batches(max_chunksize=COPY_BATCH_ROWS):
+            chunk = io.BytesIO()
+            arrow_csv.write_csv(_with_utc_suffix(batch, utc), chunk, CSV_OPTIONS)
+            copy.write(chunk.getbuffer())
+
+
+def _with_utc_suffix(batch: pa.RecordBatch, utc: list[str]) -> pa.RecordBatch:
+    """UTC wall-clock text with ``Z``: Arrow writes zone-aware timestamps some 40 times slower."""
+    columns = [
+        pc.binary_join_element_wise(column.cast(pa.string()), "Z", "") if name in utc else column
+        for name, column in zip(batch.schema.names, batch.columns)
+    ]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
