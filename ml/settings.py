@@ -219,7 +219,8 @@ DESCRIPTIONS: dict[str, str] = {
     "eval_test_days": "Held-out window of the daily evaluation: models are fitted on orders before the last this "
     "many days and judged on the orders inside them.",
     "eval_users": "At most this many test users (a seeded sample, the same for every model of the day) judge the "
-    "ranker, its generators and the baselines in `train_ranker`.",
+    "ranker, its generators and the baselines in `train_ranker`; on synthetic worlds, as many inactive users (the "
+    "same kind of seeded sample) score the offer model against the generator's ground truth in `train_offer_model`.",
     "cosine_neighbours": "Item-item cosine generator: neighbours kept per merchant.",
     "cosine_shrinkage": "Item-item cosine generator: shrinkage added to the similarity's denominator "
     "(damps pairs with few co-orders).",

@@ -20,6 +20,7 @@ def truth_values(model: OfferResponseModel, users: pd.DataFrame, offer_truth_pat
     """On synthetic data: :func:`truth_scorecard` of the model's unconstrained choices for ``users``, and the
     value and best-offer share of :func:`observable_oracle`, the most any model of these features could get."""
     offer_truth = read_offer_truth(offer_truth_path)
+    offer_truth = offer_truth[offer_truth["user_id"].isin(users["user_id"])]
     card = truth_scorecard(pd.Series(model.best_arms(users), index=users["user_id"].to_numpy()), offer_truth)
     ceiling = truth_scorecard(observable_oracle(users, offer_truth, model.seed), offer_truth)
     card["truth_observable_oracle_value"] = ceiling["truth_policy_value"]

@@ -316,13 +316,15 @@ def _blank(raw: pd.Series) -> pd.Series:
     """Missing, or text that is only whitespace (a value of another type is never blank)."""
     if isinstance(raw.dtype, pd.StringDtype):
         return raw.isna() | raw.str.strip().eq("")
+    if raw.dtype != object:
+        # Numbers and timestamps: only a missing value is blank. (A zone-aware timestamp column's numpy array is one
+        # Timestamp object per row: seconds for a day's events.)
+        return raw.isna()
     # On the numpy array, not the Series: pandas' per-operation cost dominates for a batch of a hundred rows.
     values = raw.to_numpy()
-    blank = pd.isna(values)
-    if raw.dtype == object:
-        # Python objects: checked one by one, not converted to an Arrow string column first (most of a small
-        # batch's validation time).
-        blank |= np.fromiter((_whitespace_only(value) for value in values), bool, len(values))
+    # Python objects: checked one by one, not converted to an Arrow string column first (most of a small batch's
+    # validation time).
+    blank = pd.isna(values) | np.fromiter((_whitespace_only(value) for value in values), bool, len(values))
     return pd.Series(blank, index=raw.index)
 
 
