@@ -499,8 +499,8 @@ def _champion_metric(
     settings: Settings, split: TemporalSplit, context: MarketContext, spec: ModelSpec, challenger_value: float
 ) -> tuple[float | None, bool]:
     """The champion's gate value on today's split (its spec refitted on today's training window, so both are
-    judged on the same window), and whether it has the challenger's own recipe (threads aside); (None, False) without one this code
-    can load.
+    judged on the same window), and whether it has the challenger's own recipe (``ModelSpec.same_recipe``: thread
+    counts aside); (None, False) without one this code can load.
 
     Fitting is seeded and deterministic, so a champion with the challenger's own recipe scores exactly the
     challenger's value: reusing it saves a second ranker fit.

@@ -99,7 +99,8 @@ def user_metrics(
 ) -> pd.DataFrame:
     """Per user with at least one relevant item (the index): precision, recall, hit rate, NDCG and MAP at each k,
     as the functions above define them, plus the top max(ks)'s ``diversity`` (NaN below two items) and
-    ``novelty`` (NaN for an empty list) when categories / popularity are given.
+    ``novelty`` (NaN for an empty list) when categories / popularity are given, and that top itself (``items``,
+    for coverage).
 
     The hits of each list are looked up once and every metric is computed from them for all users at once, so
     averaging over several groups of users (``summarise``) costs one pass.
@@ -136,15 +137,14 @@ def user_metrics(
 
 
 def summarise(per_user: pd.DataFrame, catalog_size: int) -> dict[str, float]:
-    """``user_metrics`` rows (all of them, or any subset) averaged: the report of those users."""
+    """``user_metrics`` rows (all of them, or any subset) averaged: the report of those users. Diversity and novelty
+    average the lists where they are defined."""
+    list_metrics = ("diversity", "novelty")
     report: dict[str, float] = {"users": float(len(per_user))}
-    averaged = [column for column in per_user.columns if column != "items"]
-    for column in averaged:
-        if column in ("diversity", "novelty"):
-            continue
+    for column in per_user.columns.drop(["items", *list_metrics], errors="ignore"):
         report[column] = float(per_user[column].mean()) if len(per_user) else 0.0
     report["coverage"] = catalog_coverage(per_user["items"], catalog_size)
-    for column in ("diversity", "novelty"):
+    for column in list_metrics:
         if column in per_user:
             defined = per_user[column].dropna()
             report[column] = float(defined.mean()) if len(defined) else 0.0

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import csv as arrow_csv
 
+# Rows per CSV chunk sent to COPY: Postgres parses one chunk while the next one is written.
 COPY_BATCH_ROWS = 100_000
 CSV_OPTIONS = arrow_csv.WriteOptions(include_header=False)
 

@@ -42,8 +42,6 @@ from ml.warehouse.contract import (
 log = logging.getLogger(__name__)
 progress = logging.getLogger(PROGRESS_LOGGER)
 
-# Rows per CSV chunk sent to COPY: Postgres parses one chunk while the next one is written.
-
 
 @dataclass(frozen=True)
 class TableContract:
