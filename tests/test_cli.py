@@ -243,3 +243,36 @@ def test_the_tasks_table_shows_a_task_group_as_one_row():
     table = render({}, tasks).splitlines()
     assert len(table) == 2 + 3 + 1  # title, header and rule, three rows
     assert table[-2].split() == ["dbt_build", "(20", "tasks)", "success", "30.0"]
+
+
+def test_the_ground_truth_table_says_when_it_was_judged_on_a_sample():
+    metrics = {
+        "policy_value": 2.0,
+        "best_uniform_value": 1.5,
+        "hindsight_best_uniform_value": 1.8,
+        "random_value": 0.5,
+        "no_offer_value": 0.0,
+        "uplift_at_30": 1.2,
+        "qini": 0.01,
+        "test_rows": 300.0,
+        "truth_policy_value": 2.2,
+        "truth_oracle_value": 5.0,
+        "truth_observable_oracle_value": 3.0,
+        "truth_best_uniform_value": 2.0,
+        "truth_random_value": 0.1,
+        "truth_best_offer_share": 0.3,
+        "truth_observable_oracle_best_offer_share": 0.35,
+        "truth_best_event_type_share": 0.4,
+        "truth_regret_qar": 3.0,
+    }
+    step = {"metrics": metrics, "best_uniform_arm": "cashback:5", "version": "2", "champion_version": "1", "gate": "g"}
+
+    def heading(extra: dict) -> str:
+        text = render({"train_offer_model": {**step, "metrics": {**metrics, **extra}}}, [])
+        return next(line for line in text.splitlines() if line.startswith("Ground truth"))
+
+    assert "a seeded sample of 6,000 of today's 31,000 inactive users" in heading(
+        {"truth_users": 6000.0, "inactive_users": 31000.0}
+    )
+    assert "on today's inactive users" in heading({"truth_users": 4000.0, "inactive_users": 4000.0})
+    assert "on today's inactive users" in heading({})  # a summary from before the sample

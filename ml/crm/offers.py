@@ -9,6 +9,7 @@ import psycopg
 
 from ml.crm.publish import analyze
 from ml.warehouse import ddl
+from ml.warehouse.bulk import copy_frame
 
 
 def replace_offers(
@@ -32,24 +33,20 @@ def replace_offers(
         "propensity",
         "model_version",
     ]
-    with conn.cursor() as cur:
-        with cur.copy(f"COPY crm.inactive_user_offers ({', '.join(columns)}) FROM STDIN") as copy:
-            for r in offers.itertuples(index=False):
-                copy.write_row(
-                    (
-                        run_date,
-                        campaign_id,
-                        str(r.user_id),
-                        r.segment,
-                        r.arm,
-                        r.event_type,
-                        float(r.reward_size),
-                        float(r.expected_uplift),
-                        float(r.expected_cost),
-                        bool(r.is_holdout),
-                        bool(r.explored),
-                        float(r.propensity),
-                        model_version,
-                    )
-                )
+    typed = offers.astype(
+        {
+            "user_id": str,
+            "reward_size": "float64",
+            "expected_uplift": "float64",
+            "expected_cost": "float64",
+            "is_holdout": bool,
+            "explored": bool,
+            "propensity": "float64",
+        }
+    )
+    copy_frame(
+        conn,
+        "crm.inactive_user_offers",
+        typed.assign(run_date=run_date, campaign_id=campaign_id, model_version=model_version)[columns],
+    )
     analyze(conn, "crm.inactive_user_offers")

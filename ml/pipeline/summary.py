@@ -108,7 +108,14 @@ def render(steps: dict[str, dict], tasks: list) -> str:
                 ["no offer", 0.0],
             ]
             out += [
-                "Ground truth of the synthetic world on today's inactive users (true expected margin per user, QAR)",
+                "Ground truth of the synthetic world on "
+                + (
+                    "today's inactive users"
+                    if m.get("truth_users") == m.get("inactive_users")  # summaries from before the sample lack both
+                    else f"a seeded sample of {int(m['truth_users']):,} of today's {int(m['inactive_users']):,} "
+                    "inactive users"
+                )
+                + " (true expected margin per user, QAR)",
                 _table(["policy", "value"], truth_rows),
                 f"chosen offer = true best for {m['truth_best_offer_share']:.0%} of users (oracle on the model's "
                 f"features: {m['truth_observable_oracle_best_offer_share']:.0%}); right event type or no offer for "

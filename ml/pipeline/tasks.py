@@ -422,6 +422,7 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
                 # On a seeded sample, as the ranker is judged: a mean over thousands of users is precise enough.
                 judged = users.sample(n=min(len(users), settings.eval_users), random_state=settings.seed)
                 evaluation.extra.update(truth_values(final, judged, truth))
+                evaluation.extra.update(truth_users=len(judged), inactive_users=len(users))
             metrics = evaluation.metrics()
             champion_value, same_recipe = _champion_offer_value(settings, model, train, test, metrics["policy_value"])
             mlflow.log_params(
