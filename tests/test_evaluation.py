@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.recommend.evaluation import TemporalSplit
+from ml.recommend.evaluation import Judge, TemporalSplit
 from ml.recommend.metrics import (
     average_precision_at_k,
     catalog_coverage,
@@ -136,3 +136,20 @@ def test_temporal_split_keeps_known_users_and_separates_new_merchants_from_repea
     assert len(split.train) == 3
     assert split.relevant == {"u1": {"c"}, "u2": {"b"}}
     assert split.relevant_with_repeats == {"u1": {"a", "c"}, "u2": {"b"}}
+
+
+class _FixedLists:
+    """A recommender stand-in whose lists are given: rows out of order, as a model may return them."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+
+    def recommend(self, users, n, mode, explain):
+        return self.frame[self.frame["user_id"].isin(users)]
+
+
+def test_judge_lists_are_each_users_merchants_in_rank_order():
+    split = TemporalSplit(cut=None, train=pd.DataFrame(), relevant={}, relevant_with_repeats={7: {1}, 3: {2}})
+    recs = pd.DataFrame({"user_id": [7, 3, 7, 3, 7], "rank": [3, 2, 1, 1, 2], "merchant_id": [30, 20, 10, 40, 50]})
+    lists = Judge(split, catalog_size=60).lists(_FixedLists(recs), "winback")
+    assert lists == {3: [40, 20], 7: [10, 50, 30]}

@@ -22,6 +22,8 @@ from ml.recommend import (
     temporal_split,
     top_n,
 )
+from ml.recommend.base import top_n_of_pairs
+from ml.recommend.ease import _mirror_upper, _spd_inverse
 from ml.recommend.metrics import intra_list_diversity, ndcg_at_k
 
 N_CLUSTERS = 4
@@ -125,6 +127,15 @@ def test_ease_weights_are_the_closed_form_of_steck_2019():
     np.fill_diagonal(expected, 0.0)
     np.testing.assert_allclose(model.weights, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
     np.testing.assert_allclose(model.score(np.arange(5)), binary[:5] @ expected, atol=1e-4)
+
+
+def test_spd_inverse_is_the_whole_symmetric_inverse_across_mirroring_bands():
+    rng = np.random.default_rng(4)
+    square = rng.random((50, 50))
+    spd = square @ square.T + 50.0 * np.eye(50)
+    np.testing.assert_allclose(_spd_inverse(spd), np.linalg.inv(spd), rtol=1e-10, atol=1e-14)
+    upper = np.triu(rng.random((23, 23)))
+    np.testing.assert_array_equal(_mirror_upper(upper.copy(), block=5), upper + np.triu(upper, 1).T)
 
 
 @pytest.mark.parametrize(
@@ -254,3 +265,23 @@ def test_ranker_explains_pickles_and_reranks(drifting_ranker):
     assert np.mean([intra_list_diversity(list(row), dict(enumerate(categories))) for row in diverse_items]) > np.mean(
         [intra_list_diversity(list(row), dict(enumerate(categories))) for row in items]
     )
+
+
+def test_top_n_of_scored_pairs_is_top_n_of_the_dense_scores():
+    rng = np.random.default_rng(5)
+    dense = np.full((40, 30), -np.inf, dtype=np.float32)
+    scored = rng.random((40, 30)) < 0.3
+    # Few distinct scores, so there are ties to break.
+    dense[scored] = rng.integers(0, 4, scored.sum()).astype(np.float32)
+    dense[7] = -np.inf  # a row without candidates
+    rows, cols = np.nonzero(np.isfinite(dense))
+    order = rng.permutation(len(rows))
+    for n in (1, 5, 30):
+        items, best = top_n_of_pairs(rows[order], cols[order], dense[rows, cols][order], 40, n)
+        np.testing.assert_array_equal(best, top_n(dense, n)[1])
+        for row in range(40):
+            listed = np.flatnonzero(np.isfinite(dense[row]))
+            # Best first, ties on the lower column, also at the cut (argpartition in top_n may pick either there).
+            expected = listed[np.lexsort((listed, -dense[row, listed]))][:n]
+            np.testing.assert_array_equal(items[row], np.r_[expected, np.full(n - len(expected), -1)])
+    np.testing.assert_array_equal(top_n_of_pairs(rows, cols, dense[rows, cols], 40, 30)[0], top_n(dense, 30)[0])

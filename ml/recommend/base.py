@@ -49,6 +49,25 @@ def top_n(scores: np.ndarray, n: int, exclude: sp.csr_matrix | None = None) -> t
     return items, best
 
 
+def top_n_of_pairs(
+    rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n_rows: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``top_n`` of a sparse score matrix given as (row, column, score) triples, its missing entries -inf: the
+    same lists, ties and padding, sorting only the scored pairs instead of every column of every row."""
+    scores = np.asarray(scores, dtype=np.float32)
+    scored = np.isfinite(scores)
+    rows, cols, scores = rows[scored], cols[scored], scores[scored]
+    order = np.lexsort((cols, -scores, rows))
+    rows, cols, scores = rows[order], cols[order], scores[order]
+    position = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    kept = position < n
+    items = np.full((n_rows, n), -1, dtype=np.int64)
+    best = np.full((n_rows, n), -np.inf, dtype=np.float32)
+    items[rows[kept], position[kept]] = cols[kept]
+    best[rows[kept], position[kept]] = scores[kept]
+    return items, best
+
+
 class Recommender:
     """Fit on a users x items CSR matrix; ``score`` and ``recommend`` take row indices of that matrix."""
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ml.recommend.base import Recommender, top_n
+from ml.recommend.base import Recommender, top_n, top_n_of_pairs
 from ml.recommend.content import CategoryAffinityRecommender
 from ml.recommend.cosine import cosine_similarity, keep_top_per_row
 from ml.recommend.matrix import InteractionMatrix
@@ -600,12 +600,18 @@ class RankerRecommender(Recommender):
     def score(self, user_indices: np.ndarray, exclude_seen: bool = True) -> np.ndarray:
         """Ranker scores on each user's candidates, -inf for items that are not candidates."""
         users = np.asarray(user_indices, dtype=np.int64).reshape(-1)
-        local_rows, cols, features = self._candidates(self.stage, users, exclude_seen)
+        local_rows, cols, scores = self._scored_candidates(users, exclude_seen)
         dense = np.full((len(users), self.matrix.shape[1]), -np.inf, dtype=np.float32)
-        if len(cols):
-            booster = self._booster(exclude_seen)
-            dense[local_rows, cols] = booster.predict(features[self.feature_names], num_threads=self.num_threads)
+        dense[local_rows, cols] = scores
         return dense
+
+    def _scored_candidates(self, users: np.ndarray, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The candidate pairs as (position in ``users``, item index) and the booster's score of each."""
+        local_rows, cols, features = self._candidates(self.stage, users, exclude_seen)
+        if not len(cols):
+            return local_rows, cols, np.empty(0, dtype=np.float32)
+        booster = self._booster(exclude_seen)
+        return local_rows, cols, booster.predict(features[self.feature_names], num_threads=self.num_threads)
 
     def recommend(
         self, user_indices: np.ndarray, n: int = 10, exclude_seen: bool = True
@@ -617,7 +623,10 @@ class RankerRecommender(Recommender):
         scores = np.full((len(users), n), -np.inf, dtype=np.float32)
         for start in range(0, len(users), _BATCH_USERS):
             batch = slice(start, start + _BATCH_USERS)
-            top, top_scores = top_n(self.score(users[batch], exclude_seen), depth)
+            batch_users = users[batch]
+            top, top_scores = top_n_of_pairs(
+                *self._scored_candidates(batch_users, exclude_seen), len(batch_users), depth
+            )
             if reranking:
                 picks = mmr_rerank_rows(top_scores, self._category_codes[np.maximum(top, 0)], self.diversity_lambda, n)
                 picked = picks >= 0
