@@ -551,7 +551,11 @@ def score_shard(settings: Settings, run_date: date, shard: int) -> dict:
             user_ids = members.loc[in_shard, "user_id"].tolist()
             recommender = consent.NonPersonalisedFor(recommender, marts.load_personalisation_opt_outs(conn))
             recommendations = publish.recommend_all(
-                recommender, user_ids, marts.load_merchant_names(conn), settings.top_n
+                recommender,
+                user_ids,
+                marts.load_merchant_names(conn),
+                settings.top_n,
+                workers=settings.model_threads or os.cpu_count() or 1,
             )
             publish.stage_shard(conn, run_date, settings.score_shards, shard, recommendations, len(user_ids), version)
         summary.update(
