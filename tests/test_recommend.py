@@ -133,7 +133,10 @@ def test_spd_inverse_is_the_whole_symmetric_inverse_across_mirroring_bands():
     rng = np.random.default_rng(4)
     square = rng.random((50, 50))
     spd = square @ square.T + 50.0 * np.eye(50)
-    np.testing.assert_allclose(_spd_inverse(spd), np.linalg.inv(spd), rtol=1e-10, atol=1e-14)
+    given = spd.copy()
+    np.testing.assert_allclose(_spd_inverse(spd), np.linalg.inv(given), rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(spd, given)  # only overwrite=True may work in the caller's matrix
+    np.testing.assert_allclose(_spd_inverse(spd, overwrite=True), np.linalg.inv(given), rtol=1e-10, atol=1e-14)
     upper = np.triu(rng.random((23, 23)))
     np.testing.assert_array_equal(_mirror_upper(upper.copy(), block=5), upper + np.triu(upper, 1).T)
 

@@ -23,10 +23,11 @@ class EASERecommender(Recommender):
     def fit(self, user_items: sp.spmatrix) -> EASERecommender:
         self.user_items = as_user_items(user_items)
         binary = binarise(self.user_items)
-        gram = (binary.T @ binary).toarray().astype(np.float32)
+        gram = (binary.T @ binary).toarray().astype(np.float32, copy=False)
         gram[np.diag_indices_from(gram)] += self.l2
-        precision = _spd_inverse(gram)
-        weights = -precision / np.diag(precision)
+        # In place: at 5,700 merchants every temporary is 130 MB.
+        weights = _spd_inverse(gram, overwrite=True)
+        weights /= -np.diag(weights).copy()
         weights[np.diag_indices_from(weights)] = 0.0
         self.weights = weights
         return self
@@ -35,11 +36,14 @@ class EASERecommender(Recommender):
         return np.asarray(binarise(self.user_items[np.asarray(user_indices)]) @ self.weights, dtype=np.float32)
 
 
-def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
+def _spd_inverse(matrix: np.ndarray, overwrite: bool = False) -> np.ndarray:
     """Inverse of a symmetric positive definite matrix through its Cholesky factor, in the matrix's own precision
-    (float32 or float64): LAPACK's potrf then potri (A^-1 = L^-T L^-1, one triangle), mirrored in place."""
+    (float32 or float64): LAPACK's potrf then potri (A^-1 = L^-T L^-1, one triangle), mirrored in place.
+    ``overwrite`` lets LAPACK work in ``matrix`` itself (its content is then undefined)."""
     potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (matrix,))
-    factor, info = potrf(matrix, lower=1, clean=1)
+    # LAPACK works on column-major arrays; a symmetric row-major matrix is its own column-major transpose.
+    column_major = matrix.T if matrix.flags.c_contiguous else matrix
+    factor, info = potrf(column_major, lower=1, clean=1, overwrite_a=int(overwrite))
     if info != 0:
         raise np.linalg.LinAlgError(f"Gram matrix is not positive definite (potrf info {info})")
     inverse, info = potri(factor, lower=1, overwrite_c=1)
