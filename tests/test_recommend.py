@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import pickle
 
 import numpy as np
@@ -289,14 +288,3 @@ def test_top_n_of_scored_pairs_is_top_n_of_the_dense_scores():
             expected = listed[np.lexsort((listed, -dense[row, listed]))][:n]
             np.testing.assert_array_equal(items[row], np.r_[expected, np.full(n - len(expected), -1)])
     np.testing.assert_array_equal(top_n_of_pairs(rows, cols, dense[rows, cols], 40, 30)[0], top_n(dense, 30)[0])
-
-
-def test_ranker_lists_do_not_depend_on_the_scoring_threads(drifting_ranker, monkeypatch):
-    ranker, _, _, _ = drifting_ranker
-    users = np.arange(ranker.matrix.shape[0])
-    serial = ranker.recommend(users, n=10, exclude_seen=False)
-    monkeypatch.setattr("ml.recommend.ranker._BATCH_USERS", 7)  # many batches, finished in any order
-    threaded = copy.copy(ranker)
-    threaded.num_threads = 3
-    for mine, theirs in zip(threaded.recommend(users, n=10, exclude_seen=False), serial):
-        np.testing.assert_array_equal(mine, theirs)

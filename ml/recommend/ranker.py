@@ -12,9 +12,7 @@ over candidates the user never interacted with. Both share the generators fitted
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import lightgbm as lgb
@@ -620,27 +618,24 @@ class RankerRecommender(Recommender):
     def recommend(
         self, user_indices: np.ndarray, n: int = 10, exclude_seen: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-n per user, scored in batches of ``_BATCH_USERS`` on ``num_threads`` threads (0: every core) side
-        by side: the heavy steps (top-n selection, sparse products, LightGBM) release the GIL and the fitted
-        state is only read, so the lists do not depend on the thread count."""
         users = np.asarray(user_indices, dtype=np.int64).reshape(-1)
-        batches = [users[start : start + _BATCH_USERS] for start in range(0, len(users), _BATCH_USERS)]
-        if not batches:
-            return np.full((0, n), -1, dtype=np.int64), np.full((0, n), -np.inf, dtype=np.float32)
-        with ThreadPoolExecutor(max_workers=self.num_threads or os.cpu_count() or 1) as pool:
-            lists = list(pool.map(lambda batch: self._recommend_batch(batch, n, exclude_seen), batches))
-        return np.concatenate([items for items, _ in lists]), np.concatenate([scores for _, scores in lists])
-
-    def _recommend_batch(self, users: np.ndarray, n: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         reranking = self.diversity_lambda < 1.0 and self._item_code is not None
         depth = 3 * n if reranking else n
-        top, top_scores = top_n_of_pairs(*self._scored_candidates(users, exclude_seen), len(users), depth)
-        if reranking:
-            picks = mmr_rerank_rows(top_scores, self._category_codes[np.maximum(top, 0)], self.diversity_lambda, n)
-            picked = picks >= 0
-            top = np.where(picked, np.take_along_axis(top, np.maximum(picks, 0), axis=1), -1)
-            top_scores = np.where(picked, np.take_along_axis(top_scores, np.maximum(picks, 0), axis=1), -np.inf)
-        return top[:, :n], top_scores[:, :n]
+        items = np.full((len(users), n), -1, dtype=np.int64)
+        scores = np.full((len(users), n), -np.inf, dtype=np.float32)
+        for start in range(0, len(users), _BATCH_USERS):
+            batch = slice(start, start + _BATCH_USERS)
+            batch_users = users[batch]
+            top, top_scores = top_n_of_pairs(
+                *self._scored_candidates(batch_users, exclude_seen), len(batch_users), depth
+            )
+            if reranking:
+                picks = mmr_rerank_rows(top_scores, self._category_codes[np.maximum(top, 0)], self.diversity_lambda, n)
+                picked = picks >= 0
+                top = np.where(picked, np.take_along_axis(top, np.maximum(picks, 0), axis=1), -1)
+                top_scores = np.where(picked, np.take_along_axis(top_scores, np.maximum(picks, 0), axis=1), -np.inf)
+            items[batch], scores[batch] = top[:, :n], top_scores[:, :n]
+        return items, scores
 
     def feature_importance(self, importance_type: str = "gain", mode: str | None = None) -> pd.Series:
         """The booster's feature importance (of ``mode``, default the first mode learned)."""
