@@ -699,3 +699,25 @@ def test_incremental_staging_reclassifies_only_the_days_that_changed_and_matches
         conn.execute(staged.format("(SELECT max(classified_through_xid) FROM staging.stg_events_classified)"))
     with pytest.raises(DbtError, match="not_negative_stg_events_order_total"):
         run_dbt(settings, url, ["test"], EARLY_RUN_DATE, "stg_events")
+
+
+def test_every_table_dbt_builds_has_planner_statistics_at_once(built):
+    _, url, _ = built
+    tables = query(
+        url,
+        "SELECT table_schema, table_name FROM information_schema.tables"
+        " WHERE table_schema IN ('staging', 'intermediate', 'marts') AND table_type = 'BASE TABLE'",
+    )
+    assert {("staging", "stg_events_classified"), ("marts", "user_features")} <= {
+        (t["table_schema"], t["table_name"]) for t in tables
+    }
+    # pg_stats has a table's rows only once ANALYZE ran (autovacuum's can lag by minutes; the post-hook's is in
+    # the build itself).
+    analysed = query(
+        url,
+        "SELECT DISTINCT schemaname, tablename FROM pg_stats WHERE schemaname IN ('staging', 'intermediate', 'marts')",
+    )
+    missing = {(t["table_schema"], t["table_name"]) for t in tables} - {
+        (a["schemaname"], a["tablename"]) for a in analysed
+    }
+    assert not missing
