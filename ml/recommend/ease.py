@@ -13,8 +13,8 @@ class EASERecommender(Recommender):
     """B = I - P / diag(P) with P = (X^T X + l2 I)^-1 on the binarised matrix; scores are X B.
 
     Costs O(items^3) time and items^2 memory, fine up to some ten thousand items. The inversion runs in single
-    precision, about twice as fast as double; the l2 ridge keeps
-    the Gram matrix well conditioned, so the weights (kept as float32 anyway) differ by about 1e-6 relative.
+    precision, about twice as fast as double; the l2 ridge keeps the Gram matrix well conditioned, so the weights
+    (kept as float32 anyway) differ by about 1e-6 relative.
     """
 
     def __init__(self, l2: float = 250.0):
