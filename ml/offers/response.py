@@ -200,6 +200,8 @@ class OfferEvaluation:
     uplift_at_30: float
     qini: float
     test_rows: int
+    # Per test row: the largest predicted uplift of any offer over no offer (the qini curve's ranking).
+    predicted_uplift: np.ndarray = field(default_factory=lambda: np.empty(0))
     extra: dict = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
@@ -233,8 +235,8 @@ def evaluate(model: OfferResponseModel, train: pd.DataFrame, test: pd.DataFrame,
     """Policy value (margin per exposed user, IPW with the logged arm shares) beside uniform, random and no offer."""
     logged, propensity = _logged_arms(test)
     y = realised_margin(test, margin_rate)
-    p, _ = model.predict(test)
-    chosen = model.best_arms(test)
+    p, value = model.predict(test)
+    chosen = model._choose(p, value)  # best_arms(test) without predicting the test rows twice
     arms = [a for a in model.arms_ if a in propensity]
     uniform = uniform_policy_values(arms, logged, y, propensity)
     predicted_uplift = p.drop(columns=CONTROL).max(axis=1).to_numpy() - p[CONTROL].to_numpy()
@@ -250,4 +252,5 @@ def evaluate(model: OfferResponseModel, train: pd.DataFrame, test: pd.DataFrame,
         uplift_at_30=uplift_at_k_ratio(predicted_uplift, treated, test["reactivated"].astype(float).to_numpy(), 0.3),
         qini=qini_coefficient(predicted_uplift, treated, test["reactivated"].astype(float).to_numpy()),
         test_rows=len(test),
+        predicted_uplift=predicted_uplift,
     )

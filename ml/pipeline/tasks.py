@@ -450,10 +450,8 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
             )
             mlflow.log_metrics(metrics)
             mlflow.log_metrics({f"uniform_{arm.replace(':', '_')}": v for arm, v in evaluation.uniform_values.items()})
-            p, _ = model.predict(test)
-            uplift = p.drop(columns=response.CONTROL).max(axis=1) - p[response.CONTROL]
             curve = qini_curve(
-                uplift.to_numpy(),
+                evaluation.predicted_uplift,
                 (test["event_type"] != response.CONTROL).to_numpy(),
                 test["reactivated"].astype(float).to_numpy(),
             )
