@@ -201,7 +201,7 @@ class OfferEvaluation:
     qini: float
     test_rows: int
     # Per test row: the largest predicted uplift of any offer over no offer (the qini curve's ranking).
-    predicted_uplift: np.ndarray = field(default_factory=lambda: np.empty(0))
+    predicted_uplift: np.ndarray
     extra: dict = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
