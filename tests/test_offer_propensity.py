@@ -298,3 +298,14 @@ def test_a_model_trained_on_campaigns_its_policy_chose_estimates_the_arm_effects
     favourites = ("free_delivery:10", "double_points:10")
     assert all(unweighted[a] > 0.03 for a in favourites), unweighted
     assert sum(abs(unweighted[a]) for a in favourites) > sum(abs(weighted[a]) for a in favourites) + 0.03
+
+
+def test_the_offer_model_is_the_same_whether_its_folds_are_fitted_one_by_one_or_side_by_side():
+    history = policy_campaigns(n_campaigns=2, users_per_campaign=3000, seed=1)
+    population = inactive_users(500, np.random.default_rng(3))
+    one_by_one = OfferResponseModel(0.3, seed=0).fit(history, workers=1)
+    side_by_side = OfferResponseModel(0.3, seed=0).fit(history, workers=3)
+    assert side_by_side.shrinkage_ == one_by_one.shrinkage_
+    assert side_by_side.centre_ == one_by_one.centre_
+    for mine, theirs in zip(side_by_side.predict(population), one_by_one.predict(population)):
+        pd.testing.assert_frame_equal(mine, theirs)

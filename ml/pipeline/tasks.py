@@ -427,9 +427,13 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
         with mlflow.start_run(
             experiment_id=tracking.experiment_id(settings, settings.offer_model_name), run_name=f"offers-{run_date}"
         ):
-            model = response.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(train)
+            model = response.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(
+                train, settings.worker_threads
+            )
             evaluation = response.evaluate(model, train, test, settings.order_margin_rate)
-            final = response.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(history)
+            final = response.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(
+                history, settings.worker_threads
+            )
             truth = settings.input_dir / "ground_truth" / "offer_truth.parquet"
             if truth.exists() and not users.empty:
                 # On a seeded sample, as the ranker is judged: a mean over thousands of users is precise enough.
@@ -503,7 +507,7 @@ def _champion_offer_value(
     recipe = (champion.margin_rate, champion.config, champion.seed)
     if recipe == (challenger.margin_rate, challenger.config, challenger.seed):
         return challenger_value, True
-    refit = response.OfferResponseModel(*recipe).fit(train)
+    refit = response.OfferResponseModel(*recipe).fit(train, settings.worker_threads)
     return response.evaluate(refit, train, test, settings.order_margin_rate).policy_value, False
 
 
@@ -566,7 +570,7 @@ def score_shard(settings: Settings, run_date: date, shard: int) -> dict:
                 user_ids,
                 marts.load_merchant_names(conn),
                 settings.top_n,
-                workers=settings.model_threads or os.cpu_count() or 1,
+                workers=settings.worker_threads,
             )
             publish.stage_shard(conn, run_date, settings.score_shards, shard, recommendations, len(user_ids), version)
         summary.update(
