@@ -80,6 +80,7 @@ def _database_url(server_url: str, name: str) -> str:
 def publish_day(settings: Settings, run_date: date, top_n: int = 10, model_version: str = "1") -> pd.DataFrame:
     with psycopg.connect(settings.warehouse_url) as conn:
         ensure_tables(conn)
+        ddl.ensure(conn, "ops")
         pairs = pd.DataFrame(
             conn.execute(
                 "SELECT user_id, merchant_id, order_count FROM marts.user_merchant_orders "
@@ -118,8 +119,10 @@ def publish_day(settings: Settings, run_date: date, top_n: int = 10, model_versi
                 ]
         recommendations = pd.DataFrame(rows, columns=["user_id", "mode", "rank", "merchant_id", "score", "reason"])
         recommendations = recommendations.merge(names, on="merchant_id", how="left")[publish.RECOMMENDATION_COLUMNS]
+        publish.stage_shard(conn, run_date, 1, 0, recommendations, len(members), model_version)
         with conn.transaction():
-            publish.replace_run(conn, run_date, recommendations, members, ("lapsed", "dormant"), model_version)
+            publish.replace_run(conn, run_date, 1, ("lapsed", "dormant"), model_version)
+        publish.clear_staged(conn, run_date)
     return recommendations
 
 

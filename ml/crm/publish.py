@@ -129,10 +129,8 @@ def stage_shard(
         )
 
 
-def load_staged(
-    conn: psycopg.Connection, run_date: date, shard_count: int, model_version: str, users: int
-) -> pd.DataFrame:
-    """The recommendations of all ``shard_count`` shards of run_date, once every shard is staged with
+def check_staged(conn: psycopg.Connection, run_date: date, shard_count: int, model_version: str, users: int) -> int:
+    """The number of staged recommendations of run_date, once all ``shard_count`` shards are staged with
     ``model_version`` and together they scored ``users`` users; ``ShardsNotReadyError`` naming what is missing
     or different otherwise."""
     staged = {
@@ -160,13 +158,11 @@ def load_staged(
             f"the {shard_count} shards of {run_date} scored {scored} users but the marts now have {users} "
             "lifecycle members (rebuilt since): run score_shard again"
         )
-    rows = conn.execute(
-        sql.SQL("SELECT {} FROM ops.staged_recommendations WHERE run_date = %s AND shard_count = %s").format(
-            sql.SQL(", ").join(map(sql.Identifier, RECOMMENDATION_COLUMNS))
-        ),
+    (rows,) = conn.execute(
+        "SELECT count(*) FROM ops.staged_recommendations WHERE run_date = %s AND shard_count = %s",
         (run_date, shard_count),
-    ).fetchall()
-    return pd.DataFrame(rows, columns=RECOMMENDATION_COLUMNS)
+    ).fetchone()
+    return rows
 
 
 def clear_staged(conn: psycopg.Connection, run_date: date) -> int:
@@ -216,35 +212,52 @@ def drop_expired(conn: psycopg.Connection, run_date: date, retention_days: int) 
 def replace_run(
     conn: psycopg.Connection,
     run_date: date,
-    recommendations: pd.DataFrame,
-    members: pd.DataFrame,
+    shard_count: int,
     segments: tuple[str, ...],
     model_version: str,
-) -> pd.DataFrame:
-    """Replace run_date's recommendations (every user's, every mode) and scored segment members (only users
-    marketing may reach, see ``marts.MARKETABLE_USERS_SQL``, with their ``SEGMENT_MEMBERS_MODE`` list); call
-    inside a transaction.
+) -> dict[str, dict[str, int]]:
+    """Replace run_date's recommendations (every user's, every mode) with its ``shard_count`` staged shards, and
+    its scored segment members (only users marketing may reach, see ``marts.MARKETABLE_USERS_SQL``, with their
+    ``SEGMENT_MEMBERS_MODE`` list); call inside a transaction, after ``check_staged``. The rows move inside the
+    warehouse: a day's million recommendations never travel through Python.
 
-    Returns the segment_members rows written (marketable members of ``segments`` joined to their
-    recommendations).
+    Returns the segment_members written per segment: users and rows.
     """
-    conn.execute("DELETE FROM crm.recommendations WHERE run_date = %s", (run_date,))
-    conn.execute("DELETE FROM crm.segment_members WHERE run_date = %s", (run_date,))
-    copy_frame(
-        conn,
-        "crm.recommendations",
-        _typed(recommendations[RECOMMENDATION_COLUMNS]).assign(run_date=run_date, model_version=model_version),
+    params = {
+        "run_date": run_date,
+        "shard_count": shard_count,
+        "model_version": model_version,
+        "mode": SEGMENT_MEMBERS_MODE,
+        "segments": list(segments),
+    }
+    conn.execute("DELETE FROM crm.recommendations WHERE run_date = %(run_date)s", params)
+    conn.execute("DELETE FROM crm.segment_members WHERE run_date = %(run_date)s", params)
+    conn.execute(
+        """INSERT INTO crm.recommendations
+               (run_date, user_id, mode, rank, merchant_id, merchant_name, score, reason, model_version)
+           SELECT run_date, user_id, mode, rank, merchant_id, merchant_name, score, reason, %(model_version)s
+           FROM ops.staged_recommendations
+           WHERE run_date = %(run_date)s AND shard_count = %(shard_count)s""",
+        params,
     )
-    marketable = marts.load_marketable_user_ids(conn)
-    scored = members[members["segment"].isin(segments) & members["user_id"].isin(marketable)].merge(
-        recommendations[recommendations["mode"] == SEGMENT_MEMBERS_MODE].drop(columns="mode"), on="user_id", how="inner"
-    )
-    copy_frame(
-        conn,
-        "crm.segment_members",
-        _typed(scored[["segment", "user_id", "rank", "merchant_id", "merchant_name", "score"]]).assign(
-            run_date=run_date, model_version=model_version
-        ),
+    conn.execute(
+        sql.SQL(
+            """INSERT INTO crm.segment_members
+               (run_date, segment, user_id, rank, merchant_id, merchant_name, score, model_version)
+           SELECT r.run_date, s.lifecycle_segment, r.user_id, r.rank, r.merchant_id, r.merchant_name, r.score,
+                  %(model_version)s
+           FROM ops.staged_recommendations r
+           JOIN marts.user_segments s ON s.user_id = r.user_id
+           WHERE r.run_date = %(run_date)s AND r.shard_count = %(shard_count)s AND r.mode = %(mode)s
+             AND s.lifecycle_segment = ANY(%(segments)s)
+             AND r.user_id IN ({marketable})"""
+        ).format(marketable=sql.SQL(marts.MARKETABLE_USERS_SQL)),
+        params,
     )
     analyze(conn, "crm.recommendations", "crm.segment_members")
-    return scored
+    rows = conn.execute(
+        """SELECT segment, count(DISTINCT user_id), count(*) FROM crm.segment_members
+           WHERE run_date = %(run_date)s GROUP BY segment ORDER BY segment""",
+        params,
+    ).fetchall()
+    return {segment: {"users": users, "rows": count} for segment, users, count in rows}

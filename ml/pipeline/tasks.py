@@ -600,14 +600,28 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             segments.ensure_tables(conn)
             ddl.ensure(conn, "ops")
             members = marts.load_lifecycle_members(conn)
-            recommendations = publish.load_staged(conn, run_date, settings.score_shards, version, len(members))
+            recommendations = publish.check_staged(conn, run_date, settings.score_shards, version, len(members))
             offers, offer_version = _todays_offers(settings, conn, run_date)
             with conn.transaction():
+                started = time.perf_counter()
                 expired = publish.drop_expired(conn, run_date, settings.crm_retention_days)
-                scored = publish.replace_run(conn, run_date, recommendations, members, settings.score_segments, version)
+                scored = publish.replace_run(conn, run_date, settings.score_shards, settings.score_segments, version)
                 if offers is not None:
                     replace_offers(conn, run_date, campaign_id_for(run_date), offers, offer_version)
+                progress.info(
+                    "published %s recommendations, %s segment members and %s offers (%.1fs)",
+                    f"{recommendations:,}",
+                    f"{sum(counts['rows'] for counts in scored.values()):,}",
+                    f"{0 if offers is None else len(offers):,}",
+                    time.perf_counter() - started,
+                )
+                started = time.perf_counter()
                 segment_rows = segments.refresh_segments(conn, run_date, settings)
+                progress.info(
+                    "refreshed the CRM segment tables: %s (%.1fs)",
+                    ", ".join(f"{name} {rows:,}" for name, rows in segment_rows.items()),
+                    time.perf_counter() - started,
+                )
             roles.ensure_roles(conn, settings)
             exports = export.export_all(conn, run_date, settings)
             # Last, and in the connection's transaction with the crm rows: a publish that fails before the commit
@@ -616,9 +630,9 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
         summary.update(
             model_version=version,
             score_shards=settings.score_shards,
-            users_per_segment={k: int(v) for k, v in scored.groupby("segment")["user_id"].nunique().items()},
-            rows_per_segment={k: int(v) for k, v in scored.groupby("segment").size().items()},
-            recommendations=len(recommendations),
+            users_per_segment={segment: counts["users"] for segment, counts in scored.items()},
+            rows_per_segment={segment: counts["rows"] for segment, counts in scored.items()},
+            recommendations=recommendations,
             crm_segments=segment_rows,
             expired_rows=expired,
             offers=None
