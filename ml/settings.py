@@ -230,15 +230,14 @@ DESCRIPTIONS: dict[str, str] = {
     "cosine_shrinkage": "Item-item cosine generator: shrinkage added to the similarity's denominator "
     "(damps pairs with few co-orders).",
     "ranker_candidates": "Candidates each generator contributes per user to the LightGBM ranker (40: the NDCG@10 of 50 "
-    "within 0.5% in both modes at demo and full scale, with a fifth fewer candidates to build and score).",
+    "within 0.6% in both modes at demo and full scale, with a fifth fewer candidates to build and score).",
     "ranker_train_users": "At most this many users (a seeded sample) label the ranker's training windows.",
     "diversity_lambda": "MMR re-ranking over categories: 1.0 = ranker order only, lower = more category diversity.",
     "exploration_rate": "Share of users (per user and day, by a seeded draw) whose last slot shows the new merchant "
     "their category taste scores highest; 0 turns it off.",
     "model_threads": "Threads for ALS and LightGBM (the ranker's training and scoring), for the batches a "
     "scoring shard scores side by side and for the offer model's cross-fitting folds; 0 means every core of the "
-    "machine. Set 1 where several tasks share a "
-    "machine's cores (several Celery worker slots per host).",
+    "machine. Set 1 where several tasks share a machine's cores (several Celery worker slots per host).",
     "promotion_margin": "A challenger becomes `@champion` only if its gate metric exceeds the champion's times "
     "(1 + this margin), both judged on the same held-out data (0.05 = 5% better).",
     "score_segments": "Lifecycle segments (comma-separated) whose members and their recommendations are written "

@@ -600,7 +600,7 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             segments.ensure_tables(conn)
             ddl.ensure(conn, "ops")
             members = marts.load_lifecycle_members(conn)
-            recommendations = publish.check_staged(conn, run_date, settings.score_shards, version, len(members))
+            staged_rows = publish.check_staged(conn, run_date, settings.score_shards, version, len(members))
             offers, offer_version = _todays_offers(settings, conn, run_date)
             with conn.transaction():
                 started = time.perf_counter()
@@ -610,7 +610,7 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
                     replace_offers(conn, run_date, campaign_id_for(run_date), offers, offer_version)
                 progress.info(
                     "published %s recommendations, %s segment members and %s offers (%.1fs)",
-                    f"{recommendations:,}",
+                    f"{staged_rows:,}",
                     f"{sum(counts['rows'] for counts in scored.values()):,}",
                     f"{0 if offers is None else len(offers):,}",
                     time.perf_counter() - started,
@@ -632,7 +632,7 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             score_shards=settings.score_shards,
             users_per_segment={segment: counts["users"] for segment, counts in scored.items()},
             rows_per_segment={segment: counts["rows"] for segment, counts in scored.items()},
-            recommendations=recommendations,
+            recommendations=staged_rows,
             crm_segments=segment_rows,
             expired_rows=expired,
             offers=None

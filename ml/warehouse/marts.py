@@ -38,11 +38,6 @@ MERCHANT_COLUMNS = ["merchant_id", "merchant_name", "category", "zone", "lat", "
 USER_PROFILE_COLUMNS = ["user_id", "home_zone", "signup_at"]
 
 
-def load_marketable_user_ids(conn: psycopg.Connection) -> list[str]:
-    """The users marketing may reach (``MARKETABLE_USERS_SQL``)."""
-    return [user_id for (user_id,) in conn.execute(MARKETABLE_USERS_SQL)]
-
-
 def load_personalisation_opt_outs(conn: psycopg.Connection) -> list[str]:
     """The users who opted out of personalisation (``marts.user_features.personalisation_opt_out``)."""
     return [u for (u,) in conn.execute("SELECT user_id FROM marts.user_features WHERE personalisation_opt_out")]
