@@ -129,10 +129,9 @@ def stage_shard(
         )
 
 
-def check_staged(conn: psycopg.Connection, run_date: date, shard_count: int, model_version: str, users: int) -> int:
-    """The number of staged recommendations of run_date, once all ``shard_count`` shards are staged with
-    ``model_version`` and together they scored ``users`` users; ``ShardsNotReadyError`` naming what is missing
-    or different otherwise."""
+def check_staged(conn: psycopg.Connection, run_date: date, shard_count: int, model_version: str, users: int) -> None:
+    """``ShardsNotReadyError`` naming what is missing or different unless all ``shard_count`` shards of run_date
+    are staged with ``model_version`` and together they scored ``users`` users."""
     staged = {
         shard: (scored, version)
         for shard, scored, version in conn.execute(
@@ -158,11 +157,6 @@ def check_staged(conn: psycopg.Connection, run_date: date, shard_count: int, mod
             f"the {shard_count} shards of {run_date} scored {scored} users but the marts now have {users} "
             "lifecycle members (rebuilt since): run score_shard again"
         )
-    (rows,) = conn.execute(
-        "SELECT count(*) FROM ops.staged_recommendations WHERE run_date = %s AND shard_count = %s",
-        (run_date, shard_count),
-    ).fetchone()
-    return rows
 
 
 def clear_staged(conn: psycopg.Connection, run_date: date) -> int:
@@ -215,13 +209,13 @@ def replace_run(
     shard_count: int,
     segments: tuple[str, ...],
     model_version: str,
-) -> dict[str, dict[str, int]]:
+) -> tuple[int, dict[str, dict[str, int]]]:
     """Replace run_date's recommendations (every user's, every mode) with its ``shard_count`` staged shards, and
     its scored segment members (only users marketing may reach, see ``marts.MARKETABLE_USERS_SQL``, with their
     ``SEGMENT_MEMBERS_MODE`` list); call inside a transaction, after ``check_staged``. The rows move inside the
     warehouse: a day's million recommendations never travel through Python.
 
-    Returns the segment_members written per segment: users and rows.
+    Returns the recommendations written, and the segment_members written per segment: users and rows.
     """
     params = {
         "run_date": run_date,
@@ -232,14 +226,14 @@ def replace_run(
     }
     conn.execute("DELETE FROM crm.recommendations WHERE run_date = %(run_date)s", params)
     conn.execute("DELETE FROM crm.segment_members WHERE run_date = %(run_date)s", params)
-    conn.execute(
+    recommendations = conn.execute(
         """INSERT INTO crm.recommendations
                (run_date, user_id, mode, rank, merchant_id, merchant_name, score, reason, model_version)
            SELECT run_date, user_id, mode, rank, merchant_id, merchant_name, score, reason, %(model_version)s
            FROM ops.staged_recommendations
            WHERE run_date = %(run_date)s AND shard_count = %(shard_count)s""",
         params,
-    )
+    ).rowcount
     conn.execute(
         sql.SQL(
             """INSERT INTO crm.segment_members
@@ -260,4 +254,4 @@ def replace_run(
            WHERE run_date = %(run_date)s GROUP BY segment ORDER BY segment""",
         params,
     ).fetchall()
-    return {segment: {"users": users, "rows": count} for segment, users, count in rows}
+    return recommendations, {segment: {"users": users, "rows": count} for segment, users, count in rows}

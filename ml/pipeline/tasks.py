@@ -599,18 +599,20 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
         with psycopg.connect(url) as conn:
             segments.ensure_tables(conn)
             ddl.ensure(conn, "ops")
-            members = marts.load_lifecycle_members(conn)
-            staged_rows = publish.check_staged(conn, run_date, settings.score_shards, version, len(members))
+            members = sum(marts.users_per_segment(conn).values())
+            publish.check_staged(conn, run_date, settings.score_shards, version, members)
             offers, offer_version = _todays_offers(settings, conn, run_date)
             with conn.transaction():
                 started = time.perf_counter()
                 expired = publish.drop_expired(conn, run_date, settings.crm_retention_days)
-                scored = publish.replace_run(conn, run_date, settings.score_shards, settings.score_segments, version)
+                recommendations, scored = publish.replace_run(
+                    conn, run_date, settings.score_shards, settings.score_segments, version
+                )
                 if offers is not None:
                     replace_offers(conn, run_date, campaign_id_for(run_date), offers, offer_version)
                 progress.info(
                     "published %s recommendations, %s segment members and %s offers (%.1fs)",
-                    f"{staged_rows:,}",
+                    f"{recommendations:,}",
                     f"{sum(counts['rows'] for counts in scored.values()):,}",
                     f"{0 if offers is None else len(offers):,}",
                     time.perf_counter() - started,
@@ -632,7 +634,7 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             score_shards=settings.score_shards,
             users_per_segment={segment: counts["users"] for segment, counts in scored.items()},
             rows_per_segment={segment: counts["rows"] for segment, counts in scored.items()},
-            recommendations=staged_rows,
+            recommendations=recommendations,
             crm_segments=segment_rows,
             expired_rows=expired,
             offers=None
