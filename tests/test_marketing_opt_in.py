@@ -52,6 +52,9 @@ class Recommender:
             }
         )
 
+    def recommend_modes(self, user_ids: list, n: int, modes) -> pd.DataFrame:
+        return pd.concat([self.recommend(user_ids, n, mode).assign(mode=mode) for mode in modes], ignore_index=True)
+
 
 class OfferModel:
     """Every user would come back more often with free delivery, at a cost far below the budget."""

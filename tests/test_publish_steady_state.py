@@ -54,6 +54,9 @@ class Recommender:
             }
         )
 
+    def recommend_modes(self, user_ids: list, n: int, modes) -> pd.DataFrame:
+        return pd.concat([self.recommend(user_ids, n, mode).assign(mode=mode) for mode in modes], ignore_index=True)
+
 
 def _offers(conn: psycopg.Connection) -> pd.DataFrame:
     users = pd.DataFrame(

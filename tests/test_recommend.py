@@ -25,6 +25,7 @@ from ml.recommend import (
 from ml.recommend.base import top_n_of_pairs
 from ml.recommend.ease import _mirror_upper, _spd_inverse
 from ml.recommend.metrics import intra_list_diversity, ndcg_at_k
+from ml.recommend.ranker import _generator_tops
 
 N_CLUSTERS = 4
 N_USERS = 240
@@ -288,3 +289,29 @@ def test_top_n_of_scored_pairs_is_top_n_of_the_dense_scores():
             expected = listed[np.lexsort((listed, -dense[row, listed]))][:n]
             np.testing.assert_array_equal(items[row], np.r_[expected, np.full(n - len(expected), -1)])
     np.testing.assert_array_equal(top_n_of_pairs(rows, cols, dense[rows, cols], 40, 30)[0], top_n(dense, 30)[0])
+
+
+def test_a_generators_lists_with_and_without_seen_items_come_from_one_pass():
+    rng = np.random.default_rng(6)
+    dense = rng.random((30, 25)).astype(np.float32)
+    dense[rng.random((30, 25)) < 0.2] = -np.inf
+    # Users with nothing seen, a few items and more seen items than any depth below.
+    seen = sp.csr_matrix((rng.random((30, 25)) < np.linspace(0.0, 0.9, 30)[:, None]).astype(np.float32))
+    for depth in (1, 5, 12):
+        tops = _generator_tops(dense, depth, seen, (False, True))
+        for exclude_seen, (items, best) in tops.items():
+            expected_items, expected_best = top_n(dense, depth, seen if exclude_seen else None)
+            np.testing.assert_array_equal(items, expected_items)
+            np.testing.assert_array_equal(best, expected_best)
+    assert list(_generator_tops(dense, 5, seen, (False,))) == [False]
+
+
+def test_the_ranker_scores_both_modes_in_one_pass_as_it_scores_each_alone(drifting_ranker):
+    ranker, _, _, _ = drifting_ranker
+    users = np.arange(0, ranker.matrix.shape[0], 7)
+    together = ranker.recommend_each(users, n=8, exclude_seen_options=(False, True))
+    for exclude_seen in (False, True):
+        alone = ranker.recommend(users, n=8, exclude_seen=exclude_seen)
+        np.testing.assert_array_equal(together[exclude_seen][0], alone[0])
+        np.testing.assert_array_equal(together[exclude_seen][1], alone[1])
+    assert not np.array_equal(together[False][0], together[True][0])

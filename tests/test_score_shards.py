@@ -22,6 +22,7 @@ from ml.pipeline import tasks, tracking
 from ml.pipeline.airflow import ProgressView
 from ml.pipeline.summary import key_figure
 from ml.privacy import consent
+from ml.recommend.modes import MODES
 from ml.settings import Settings
 from ml.synthetic.marketplace import generate_marketplace
 from ml.warehouse import marts, postgres
@@ -102,15 +103,17 @@ def _staged_rows(settings: Settings) -> int:
 
 
 def _recommendations_scored_at_once(settings: Settings) -> pd.DataFrame:
-    """What publishing did before scoring was sharded: every lifecycle member in one call to the champion."""
+    """What publishing did before scoring was sharded and before both modes were scored in one pass: every
+    lifecycle member in one call to the champion per mode."""
     tracking.configure(settings, settings.warehouse_url)
     champion = tracking.load_alias(settings.ranker_model_name).recommender
     with psycopg.connect(settings.warehouse_url) as conn:
-        members = marts.load_lifecycle_members(conn)
+        members = marts.load_lifecycle_members(conn)["user_id"].tolist()
         recommender = consent.NonPersonalisedFor(champion, marts.load_personalisation_opt_outs(conn))
-        return publish.recommend_all(
-            recommender, members["user_id"].tolist(), marts.load_merchant_names(conn), settings.top_n
-        )
+        per_mode = [recommender.recommend(members, n=settings.top_n, mode=mode).assign(mode=mode) for mode in MODES]
+        names = marts.load_merchant_names(conn)
+    recommendations = pd.concat(per_mode, ignore_index=True).merge(names, on="merchant_id", how="left")
+    return recommendations[publish.RECOMMENDATION_COLUMNS]
 
 
 def test_four_shards_publish_exactly_what_one_shard_and_scoring_everyone_at_once_publish(ranked):

@@ -55,18 +55,15 @@ def recommend_all(
     release the GIL, and the recommender is only read. The result does not depend on ``workers``.
     """
     started = time.perf_counter()
-    jobs = [(start, mode) for start in range(0, len(user_ids), batch_users) for mode in modes]
+    starts = range(0, len(user_ids), batch_users)
 
-    def score(job: tuple[int, str]) -> pd.DataFrame:
-        start, mode = job
-        return recommender.recommend(user_ids[start : start + batch_users], n=n, mode=mode).assign(mode=mode)
+    def score(start: int) -> pd.DataFrame:
+        return recommender.recommend_modes(user_ids[start : start + batch_users], n=n, modes=modes)
 
     batches = []
     with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
-        for (start, mode), batch in zip(jobs, pool.map(score, jobs)):
+        for start, batch in zip(starts, pool.map(score, starts)):
             batches.append(batch)
-            if mode != modes[-1]:
-                continue
             done = min(start + batch_users, len(user_ids))
             progress.info(
                 "scored %s / %s users in %s (%s users/s)",

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from ml.recommend.modes import DISCOVERY
+from ml.recommend.modes import DISCOVERY, MODES
 
 
 class NonPersonalisedFor:
@@ -31,3 +31,13 @@ class NonPersonalisedFor:
         if opted_out.any():
             frames.append(self.recommender.cold_start.recommend(users[opted_out], n))
         return pd.concat(frames, ignore_index=True) if frames else self.recommender.recommend([], n=n, mode=mode)
+
+    def recommend_modes(self, user_ids, n: int = 10, modes=tuple(MODES)) -> pd.DataFrame:
+        """``recommend`` in each of ``modes``, with a ``mode`` column."""
+        users = pd.Index(list(user_ids))
+        opted_out = users.isin(self.opted_out)
+        frames = [self.recommender.recommend_modes(list(users[~opted_out]), n=n, modes=modes)]
+        if opted_out.any():
+            cold = self.recommender.cold_start.recommend(users[opted_out], n)
+            frames += [cold.assign(mode=mode) for mode in modes]
+        return pd.concat(frames, ignore_index=True)

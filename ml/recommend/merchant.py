@@ -8,7 +8,7 @@ their home zone."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -294,6 +294,12 @@ class MerchantRecommender:
             frames.append(self.cold_start.recommend(user_ids[~warm], n))
         return _concat(frames)
 
+    def recommend_modes(
+        self, user_ids: Iterable, n: int = 10, modes: Sequence[str] = tuple(MODES), explain: bool = True
+    ) -> pd.DataFrame:
+        """``recommend`` in each of ``modes``, with a ``mode`` column."""
+        return _with_modes({mode: self.recommend(user_ids, n, mode) for mode in modes})
+
 
 class RankedMerchantRecommender:
     """Cosine, ALS, EASE, zone popularity and category affinity candidates re-scored by LightGBM LambdaRank,
@@ -371,21 +377,36 @@ class RankedMerchantRecommender:
         return self
 
     def recommend(self, user_ids: Iterable, n: int = 10, mode: str = DISCOVERY, explain: bool = True) -> pd.DataFrame:
+        return self._recommend_each(user_ids, n, (mode,), explain)[mode]
+
+    def recommend_modes(
+        self, user_ids: Iterable, n: int = 10, modes: Sequence[str] = tuple(MODES), explain: bool = True
+    ) -> pd.DataFrame:
+        """``recommend`` in each of ``modes`` with a ``mode`` column; the generators score each user once."""
+        return _with_modes(self._recommend_each(user_ids, n, modes, explain))
+
+    def _recommend_each(
+        self, user_ids: Iterable, n: int, modes: Sequence[str], explain: bool
+    ) -> dict[str, pd.DataFrame]:
         user_ids = _unique(user_ids)
         rows = self.matrix.user_indices(user_ids)
         warm = _has_orders(self.matrix, rows)
-        frames = []
+        frames: dict[str, list[pd.DataFrame]] = {mode: [] for mode in modes}
         if warm.any():
             warm_rows = rows[warm]
-            items, scores = self.ranker.recommend(warm_rows, n, exclude_seen=exclude_seen(mode))
-            reasons = _pad(self.ranker.explain(warm_rows, items), n) if explain else None
-            items, scores, reasons = self.exploration.apply(
-                user_ids[warm], warm_rows, items, scores, reasons, exclude_seen(mode)
-            )
-            frames.append(_frame(user_ids[warm], items, scores, self.matrix.item_ids, reasons))
+            lists = self.ranker.recommend_each(warm_rows, n, tuple(dict.fromkeys(exclude_seen(mode) for mode in modes)))
+            for mode in modes:
+                items, scores = lists[exclude_seen(mode)]
+                reasons = _pad(self.ranker.explain(warm_rows, items), n) if explain else None
+                items, scores, reasons = self.exploration.apply(
+                    user_ids[warm], warm_rows, items, scores, reasons, exclude_seen(mode)
+                )
+                frames[mode].append(_frame(user_ids[warm], items, scores, self.matrix.item_ids, reasons))
         if (~warm).any():
-            frames.append(self.cold_start.recommend(user_ids[~warm], n))
-        return _concat(frames)
+            cold = self.cold_start.recommend(user_ids[~warm], n)
+            for mode in modes:
+                frames[mode].append(cold)
+        return {mode: _concat(mode_frames) for mode, mode_frames in frames.items()}
 
     def feature_importance(self, mode: str | None = None) -> pd.Series:
         return self.ranker.feature_importance(mode=mode)
@@ -463,6 +484,14 @@ def _frame(
     frame = frame[frame["item"] >= 0]
     frame.insert(2, "merchant_id", merchant_ids[frame["item"].to_numpy()].to_numpy())
     return frame.drop(columns="item").reset_index(drop=True)
+
+
+def _with_modes(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One frame of per-mode recommendation frames, with a ``mode`` column."""
+    columns = RECOMMENDATION_COLUMNS + ["mode"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat([frame.assign(mode=mode) for mode, frame in frames.items()], ignore_index=True)[columns]
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

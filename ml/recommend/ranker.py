@@ -489,28 +489,60 @@ class RankerRecommender(Recommender):
         self, stage: _Stage, users: np.ndarray, exclude_seen: bool
     ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
         """Candidate pairs as (position in ``users``, item index), grouped by user, and their features."""
+        return self._candidates_each(stage, users, (exclude_seen,))[exclude_seen]
+
+    def _candidates_each(
+        self, stage: _Stage, users: np.ndarray, exclude_seen_options: Sequence[bool]
+    ) -> dict[bool, tuple[np.ndarray, np.ndarray, pd.DataFrame]]:
+        """``_candidates`` for each ``exclude_seen`` option, scoring the generators and the similarity to the
+        users' recent items once for all options."""
         seen = stage.history.user_items[users]
         n_items = self.matrix.shape[1]
         depth = min(self.candidates_per_generator, n_items)
-        scores, ranks = {}, {}
-        listed = np.zeros((len(users), n_items), dtype=bool)
-        for name, generator in stage.generators.items():
-            dense = generator.score(users)
-            top, top_scores = top_n(dense, depth, seen if exclude_seen else None)
-            rank = np.full((len(users), n_items), depth + 1, dtype=np.float32)
-            row_index = np.repeat(np.arange(len(users)), depth).reshape(len(users), depth)
-            valid = top >= 0
-            rank[row_index[valid], top[valid]] = (np.nonzero(valid)[1] + 1).astype(np.float32)
-            listed[row_index[valid], top[valid]] = True
-            best = np.where(np.isfinite(top_scores[:, 0]), top_scores[:, 0], 0.0)
-            scores[name] = (dense, np.abs(best) + 1e-9)
-            ranks[name] = rank
-        if not exclude_seen:
-            # Win-back: every item the user already ordered from is a candidate, whatever the generators say.
-            listed[seen.nonzero()] = True
-        local_rows, cols = np.nonzero(listed)
-        rows = users[local_rows]
+        dense_scores = {name: generator.score(users) for name, generator in stage.generators.items()}
+        tops = {name: _generator_tops(dense, depth, seen, exclude_seen_options) for name, dense in dense_scores.items()}
+        similarities = {
+            half_life: np.asarray((recent[users] @ stage.similarity).todense())
+            for half_life, recent in stage.history.recent_user_items.items()
+        }
+        result = {}
+        for exclude_seen in exclude_seen_options:
+            scores, ranks = {}, {}
+            listed = np.zeros((len(users), n_items), dtype=bool)
+            for name, dense in dense_scores.items():
+                top, top_scores = tops[name][exclude_seen]
+                rank = np.full((len(users), n_items), depth + 1, dtype=np.float32)
+                row_index = np.repeat(np.arange(len(users)), depth).reshape(len(users), depth)
+                valid = top >= 0
+                rank[row_index[valid], top[valid]] = (np.nonzero(valid)[1] + 1).astype(np.float32)
+                listed[row_index[valid], top[valid]] = True
+                best = np.where(np.isfinite(top_scores[:, 0]), top_scores[:, 0], 0.0)
+                scores[name] = (dense, np.abs(best) + 1e-9)
+                ranks[name] = rank
+            if not exclude_seen:
+                # Win-back: every item the user already ordered from is a candidate, whatever the generators say.
+                listed[seen.nonzero()] = True
+            local_rows, cols = np.nonzero(listed)
+            result[exclude_seen] = (
+                local_rows,
+                cols,
+                self._features(stage, users[local_rows], local_rows, cols, scores, ranks, similarities, depth),
+            )
+        return result
 
+    def _features(
+        self,
+        stage: _Stage,
+        rows: np.ndarray,
+        local_rows: np.ndarray,
+        cols: np.ndarray,
+        scores: dict[str, tuple[np.ndarray, np.ndarray]],
+        ranks: dict[str, np.ndarray],
+        similarities: dict[float, np.ndarray],
+        depth: int,
+    ) -> pd.DataFrame:
+        """The features of the candidate pairs (``rows``, ``cols``) given the batch's generator scores and ranks
+        and its similarity to recent items (indexed by ``local_rows``, the pair's position in the batch)."""
         columns: dict[str, np.ndarray] = {}
         for name, (dense, best) in scores.items():
             value = dense[local_rows, cols]
@@ -520,8 +552,7 @@ class RankerRecommender(Recommender):
         columns["generators_listing"] = sum(
             (rank[local_rows, cols] <= depth).astype(np.float32) for rank in ranks.values()
         )
-        for half_life, recent in stage.history.recent_user_items.items():
-            similarity = np.asarray((recent[users] @ stage.similarity).todense())
+        for half_life, similarity in similarities.items():
             columns[f"similarity_to_recent_items_hl{half_life:g}"] = similarity[local_rows, cols]
         columns.update(self._history_features(stage, rows, cols))
         columns.update(self._context_features(stage, rows, cols))
@@ -533,7 +564,7 @@ class RankerRecommender(Recommender):
             for column in features.columns
             if column == name or column.startswith(name + "_")
         ]
-        return local_rows, cols, features.drop(columns=dropped)
+        return features.drop(columns=dropped)
 
     def _history_features(self, stage: _Stage, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         history = stage.history
@@ -544,9 +575,12 @@ class RankerRecommender(Recommender):
         user_n = np.asarray(history.user_items.sum(axis=1)).ravel()
         near = history.item_events_between(cols, user_time - window, user_time).astype(np.float32)
         near_total = history.events_between(user_time - window, user_time).astype(np.float32)
+        n_items = self.matrix.shape[1]
         recent = history.item_events_between(
-            cols, np.full(len(cols), history.reference_time - window), np.full(len(cols), history.reference_time)
-        ).astype(np.float32)
+            np.arange(n_items),
+            np.full(n_items, history.reference_time - window),
+            np.full(n_items, history.reference_time),
+        ).astype(np.float32)[cols]
         last_seen = _pair_lookup(history.last_seen, rows, cols)
         user_item_n = _pair_lookup(history.user_items, rows, cols)
         user_distinct = np.diff(history.user_items.indptr).astype(np.float32)
@@ -602,40 +636,59 @@ class RankerRecommender(Recommender):
     def score(self, user_indices: np.ndarray, exclude_seen: bool = True) -> np.ndarray:
         """Ranker scores on each user's candidates, -inf for items that are not candidates."""
         users = np.asarray(user_indices, dtype=np.int64).reshape(-1)
-        local_rows, cols, scores = self._scored_candidates(users, exclude_seen)
+        local_rows, cols, scores = self._scored_candidates(users, (exclude_seen,))[exclude_seen]
         dense = np.full((len(users), self.matrix.shape[1]), -np.inf, dtype=np.float32)
         dense[local_rows, cols] = scores
         return dense
 
-    def _scored_candidates(self, users: np.ndarray, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The candidate pairs as (position in ``users``, item index) and the booster's score of each."""
-        local_rows, cols, features = self._candidates(self.stage, users, exclude_seen)
-        if not len(cols):
-            return local_rows, cols, np.empty(0, dtype=np.float32)
-        booster = self._booster(exclude_seen)
-        return local_rows, cols, booster.predict(features[self.feature_names], num_threads=self.num_threads)
+    def _scored_candidates(
+        self, users: np.ndarray, exclude_seen_options: Sequence[bool]
+    ) -> dict[bool, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per option, the candidate pairs as (position in ``users``, item index) and the booster's score of each."""
+        scored = {}
+        for exclude_seen, (local_rows, cols, features) in self._candidates_each(
+            self.stage, users, exclude_seen_options
+        ).items():
+            predictions = np.empty(0, dtype=np.float32)
+            if len(cols):
+                predictions = self._booster(exclude_seen).predict(
+                    features[self.feature_names], num_threads=self.num_threads
+                )
+            scored[exclude_seen] = (local_rows, cols, predictions)
+        return scored
 
     def recommend(
         self, user_indices: np.ndarray, n: int = 10, exclude_seen: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
+        return self.recommend_each(user_indices, n, (exclude_seen,))[exclude_seen]
+
+    def recommend_each(
+        self, user_indices: np.ndarray, n: int = 10, exclude_seen_options: Sequence[bool] = (False, True)
+    ) -> dict[bool, tuple[np.ndarray, np.ndarray]]:
+        """``recommend`` for each ``exclude_seen`` option, the same lists as one call per option at the cost of
+        scoring the generators once."""
         users = np.asarray(user_indices, dtype=np.int64).reshape(-1)
         reranking = self.diversity_lambda < 1.0 and self._item_code is not None
         depth = 3 * n if reranking else n
-        items = np.full((len(users), n), -1, dtype=np.int64)
-        scores = np.full((len(users), n), -np.inf, dtype=np.float32)
+        lists = {
+            option: (np.full((len(users), n), -1, dtype=np.int64), np.full((len(users), n), -np.inf, dtype=np.float32))
+            for option in exclude_seen_options
+        }
         for start in range(0, len(users), _BATCH_USERS):
             batch = slice(start, start + _BATCH_USERS)
             batch_users = users[batch]
-            top, top_scores = top_n_of_pairs(
-                *self._scored_candidates(batch_users, exclude_seen), len(batch_users), depth
-            )
-            if reranking:
-                picks = mmr_rerank_rows(top_scores, self._category_codes[np.maximum(top, 0)], self.diversity_lambda, n)
-                picked = picks >= 0
-                top = np.where(picked, np.take_along_axis(top, np.maximum(picks, 0), axis=1), -1)
-                top_scores = np.where(picked, np.take_along_axis(top_scores, np.maximum(picks, 0), axis=1), -np.inf)
-            items[batch], scores[batch] = top[:, :n], top_scores[:, :n]
-        return items, scores
+            for option, pairs in self._scored_candidates(batch_users, exclude_seen_options).items():
+                top, top_scores = top_n_of_pairs(*pairs, len(batch_users), depth)
+                if reranking:
+                    picks = mmr_rerank_rows(
+                        top_scores, self._category_codes[np.maximum(top, 0)], self.diversity_lambda, n
+                    )
+                    picked = picks >= 0
+                    top = np.where(picked, np.take_along_axis(top, np.maximum(picks, 0), axis=1), -1)
+                    top_scores = np.where(picked, np.take_along_axis(top_scores, np.maximum(picks, 0), axis=1), -np.inf)
+                items, scores = lists[option]
+                items[batch], scores[batch] = top[:, :n], top_scores[:, :n]
+        return lists
 
     def feature_importance(self, importance_type: str = "gain", mode: str | None = None) -> pd.Series:
         """The booster's feature importance (of ``mode``, default the first mode learned)."""
@@ -690,6 +743,24 @@ class RankerRecommender(Recommender):
     def _item_name(self, item: int) -> str:
         item_id = self.matrix.item_ids[item]
         return str(self.item_names.get(item_id, item_id)) if self.item_names is not None else str(item_id)
+
+
+def _generator_tops(
+    dense: np.ndarray, depth: int, seen: sp.csr_matrix, exclude_seen_options: Sequence[bool]
+) -> dict[bool, tuple[np.ndarray, np.ndarray]]:
+    """A generator's top ``depth`` items and scores per user (``top_n``) for each ``exclude_seen`` option.
+
+    One pass over every item serves both options: the list with seen items is ranked from the seen items and
+    the list without them, which together hold all of it (an unseen item in it has fewer than ``depth`` unseen
+    items above it)."""
+    unseen = top_n(dense, depth, seen)
+    tops = {True: unseen}
+    if False in exclude_seen_options:
+        valid = unseen[0] >= 0
+        rows = np.concatenate([np.nonzero(valid)[0], np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))])
+        cols = np.concatenate([unseen[0][valid], seen.indices])
+        tops[False] = top_n_of_pairs(rows, cols, dense[rows, cols], seen.shape[0], depth)
+    return {option: tops[option] for option in exclude_seen_options}
 
 
 def _weighted_mean(user_items: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
