@@ -183,6 +183,7 @@ class RankerRecipe:
     without_features: tuple[str, ...] = ()
     max_train_users: int = 5_000
     num_boost_round: int = 300
+    early_stopping_rounds: int = 30
     # Fewer rows per leaf than the ranker's default: a day's marketplace yields few labelled users.
     lgbm_params: Mapping = field(default_factory=lambda: {"min_data_in_leaf": 50})
     diversity_lambda: float = 0.9
@@ -329,7 +330,7 @@ class RankedMerchantRecommender:
             max_train_users=recipe.max_train_users,
             num_boost_round=recipe.num_boost_round,
             lgbm_params=recipe.lgbm_params,
-            early_stopping_rounds=max(recipe.num_boost_round // 5, 10),
+            early_stopping_rounds=recipe.early_stopping_rounds,
             diversity_lambda=recipe.diversity_lambda,
             num_threads=recipe.num_threads,
             seed=recipe.seed,
