@@ -315,3 +315,16 @@ def test_the_ranker_scores_both_modes_in_one_pass_as_it_scores_each_alone(drifti
         np.testing.assert_array_equal(together[exclude_seen][0], alone[0])
         np.testing.assert_array_equal(together[exclude_seen][1], alone[1])
     assert not np.array_equal(together[False][0], together[True][0])
+
+
+def test_the_rankers_item_similarity_is_its_cosine_generators_when_they_agree(planted):
+    _, _, train, _ = planted
+    stages = {}
+    for name, generator in {"item_cosine": ItemCosineRecommender(), "popularity": PopularityRecommender()}.items():
+        ranker = RankerRecommender({name: generator})
+        stages[name] = ranker._fit_stage(
+            ranker._index(train, range(N_USERS), range(N_ITEMS), "user_id", "item_id", "event_time")
+        )
+    assert stages["item_cosine"].similarity is stages["item_cosine"].generators["item_cosine"].similarity
+    assert (stages["item_cosine"].similarity != stages["popularity"].similarity).nnz == 0
+    assert stages["popularity"].similarity.nnz > 0
