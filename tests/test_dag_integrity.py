@@ -127,3 +127,13 @@ def test_every_task_retries_with_exponential_back_off(dagbag):
             assert task.retry_exponential_backoff == retries["retry_exponential_backoff"] > 1
             assert task.retry_delay == retries["retry_delay"]
             assert task.max_retry_delay == retries["max_retry_delay"] > task.retry_delay
+
+
+def test_a_slow_first_parse_has_time_to_finish(airflow_db):
+    """A fresh clone's first parse runs `dbt ls` for Cosmos; on a busy 2-core machine it took over Airflow's 30 s
+    default, and `make run` stopped on a DAG import error. The dag-processor must allow a file longer still."""
+    from airflow.configuration import conf
+
+    import_timeout = conf.getfloat("core", "dagbag_import_timeout")
+    assert import_timeout >= 120
+    assert conf.getfloat("dag_processor", "dag_file_processor_timeout") > import_timeout
