@@ -159,6 +159,19 @@ def test_a_file_read_in_batches_loads_as_it_does_whole(warehouse_url, tmp_path, 
     ) == [(11, 2, 1, 8)]
 
 
+def test_a_file_that_fails_in_a_later_batch_leaves_none_of_its_rows(warehouse_url, tmp_path):
+    event = {"event_id": "e1", "user_id": "1", "event_type": "app_opened", "event_time": "2026-11-20T10:00:00Z"}
+    without_user = {key: value for key, value in event.items() if key != "user_id"}
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps(event) + "\n" + json.dumps({**without_user, "event_id": "e2"}) + "\n")
+
+    with pytest.raises(ingest.SchemaDriftError, match="missing: user_id"):
+        ingest.ingest_path(warehouse_url, path, now=NOW, batch_rows=1)
+
+    assert _rows(warehouse_url, "SELECT count(*) FROM raw.events") == [(0,)]
+    assert _rows(warehouse_url, "SELECT count(*) FROM raw.ingested_files") == [(0,)]
+
+
 def test_reading_in_batches_yields_each_batch_and_one_empty_frame_for_a_file_without_rows(tmp_path):
     path = _bad_events_file(tmp_path, ".parquet")
     assert [len(batch) for batch in ingest.read_batches(path, batch_rows=4)] == [4, 4, 3]
