@@ -126,64 +126,6 @@ def test_schema_drift_is_a_clear_error_and_loads_nothing(warehouse_url, tmp_path
     assert result.rows_loaded == 1
 
 
-def _bad_events_file(folder: Path, suffix: str) -> Path:
-    """BAD_EVENTS_CSV as a .csv, .parquet (text columns) or .jsonl file."""
-    path = folder / f"events_2026-11-20{suffix}"
-    if suffix == ".csv":
-        path.write_text(BAD_EVENTS_CSV)
-        return path
-    (folder / "as.csv").write_text(BAD_EVENTS_CSV)
-    frame = pd.read_csv(folder / "as.csv", dtype=str, keep_default_na=False, na_values=[""])
-    if suffix == ".parquet":
-        frame.to_parquet(path)
-    else:
-        records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-        path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    return path
-
-
-@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".jsonl"])
-@pytest.mark.parametrize("batch_rows", [1, 4])
-def test_a_file_read_in_batches_loads_as_it_does_whole(warehouse_url, tmp_path, suffix, batch_rows):
-    path = _bad_events_file(tmp_path, suffix)
-
-    [result] = ingest.ingest_path(warehouse_url, path, now=NOW, batch_rows=batch_rows)
-
-    # The duplicate of e1 (row 2) comes in a later batch than e1 itself when batches are one row long.
-    assert (result.rows_read, result.rows_loaded, result.rows_duplicate, result.rows_quarantined) == (11, 2, 1, 8)
-    assert _rows(warehouse_url, "SELECT event_id FROM raw.events ORDER BY event_id") == [("e1",), ("e5",)]
-    quarantined = _rows(warehouse_url, "SELECT record->>'event_id', row_number FROM raw.quarantine ORDER BY 2")
-    assert quarantined == [("e2", 3), ("e3", 4), ("e4", 5), ("e6", 7), ("e7", 8), ("e8", 9), ("e9", 10), ("e10", 11)]
-    assert _rows(
-        warehouse_url, "SELECT rows_read, rows_loaded, rows_duplicate, rows_quarantined FROM raw.ingested_files"
-    ) == [(11, 2, 1, 8)]
-
-
-def test_a_file_that_fails_in_a_later_batch_leaves_none_of_its_rows(warehouse_url, tmp_path):
-    event = {"event_id": "e1", "user_id": "1", "event_type": "app_opened", "event_time": "2026-11-20T10:00:00Z"}
-    without_user = {key: value for key, value in event.items() if key != "user_id"}
-    path = tmp_path / "events.jsonl"
-    path.write_text(json.dumps(event) + "\n" + json.dumps({**without_user, "event_id": "e2"}) + "\n")
-
-    with pytest.raises(ingest.SchemaDriftError, match="missing: user_id"):
-        ingest.ingest_path(warehouse_url, path, now=NOW, batch_rows=1)
-
-    assert _rows(warehouse_url, "SELECT count(*) FROM raw.events") == [(0,)]
-    assert _rows(warehouse_url, "SELECT count(*) FROM raw.ingested_files") == [(0,)]
-
-
-def test_reading_in_batches_yields_each_batch_and_one_empty_frame_for_a_file_without_rows(tmp_path):
-    path = _bad_events_file(tmp_path, ".parquet")
-    assert [len(batch) for batch in ingest.read_batches(path, batch_rows=4)] == [4, 4, 3]
-    empty = tmp_path / "events_empty.parquet"
-    pd.read_parquet(path).head(0).to_parquet(empty)
-    [batch] = ingest.read_batches(empty)
-    assert batch.empty and "event_id" in batch.columns
-    blank = tmp_path / "events_blank.jsonl"
-    blank.write_text("\n")
-    assert [len(batch) for batch in ingest.read_batches(blank)] == [0]
-
-
 def test_parquet_and_json_lines_drop_folder(warehouse_url, tmp_path):
     users = pd.DataFrame(
         {

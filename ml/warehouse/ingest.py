@@ -16,7 +16,6 @@ import logging
 import numbers
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,11 +130,6 @@ class LoadResult:
     def as_dict(self) -> dict:
         return {**self.__dict__, "rows_per_second": self.rows_per_second}
 
-    def add(self, batch: LoadResult) -> None:
-        """Count a batch of the same file in."""
-        for count in ("rows_read", "rows_loaded", "rows_duplicate", "rows_quarantined", "rows_erased"):
-            setattr(self, count, getattr(self, count) + getattr(batch, count))
-
 
 def has_events(url: str) -> bool:
     """Whether raw.events holds any row (False before the first load)."""
@@ -161,70 +155,42 @@ def table_for_file(path: Path) -> str:
     )
 
 
-# Rows a file is read, validated and loaded in at a time (all in the file's one transaction): memory follows
-# the batch, not the file. A day of 550,000 users is 16.7 million events; read whole, it took 11.8 GB.
-BATCH_ROWS = 1_000_000
-
-
-def read_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
-    """A file's rows, ``batch_rows`` at a time (a file without rows gives one empty frame); typing happens in
-    validation, so bad values can be quarantined.
+def read_file(path: Path) -> pd.DataFrame:
+    """Read a file's rows; typing happens in validation, so bad values can be quarantined.
 
     CSV is read as text ("00123" stays "00123"); Parquet and JSON lines keep their own types, and validation
     turns an integer id into its decimal text."""
     suffixes = "".join(path.suffixes[-2:]).lower()
     if suffixes.endswith(".parquet"):
-        return _parquet_batches(path, batch_rows)
+        return pd.read_parquet(path)
     if suffixes.endswith(".csv") or suffixes.endswith(".csv.gz"):
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=batch_rows)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     if suffixes.endswith((".jsonl", ".ndjson", ".json")):
-        return _json_lines_batches(path, batch_rows)
+        return _read_json_lines(path)
     raise ValueError(f"{path.name}: unsupported file type; use .csv, .parquet or .jsonl")
 
 
-def _parquet_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(path)
-    if parquet.metadata.num_rows == 0:
-        yield parquet.schema_arrow.empty_table().to_pandas()
-    # Through a table with the file's schema: its pandas metadata restores the types read_parquet would give.
-    for batch in parquet.iter_batches(batch_size=batch_rows):
-        yield pa.Table.from_batches([batch], schema=parquet.schema_arrow).to_pandas()
-
-
-def _json_lines_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
-    records, yielded = [], False
-    with path.open() as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            line = line.rstrip("\n")
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-                # As text before pandas sees them: a column of integers with a gap would become floats.
-                for column in ID_COLUMNS:
-                    if type(record.get(column)) is int:
-                        record[column] = str(record[column])
-            except ValueError as exc:
-                record = {"__unparseable__": f"line {number}: {exc}: {line[:200]}"}
-            records.append(record)
-            if len(records) == batch_rows:
-                yield pd.DataFrame.from_records(records)
-                records = []
-                yielded = True
-    if records or not yielded:
-        yield pd.DataFrame.from_records(records)
+def _read_json_lines(path: Path) -> pd.DataFrame:
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            # As text before pandas sees them: a column of integers with a gap would become floats.
+            for column in ID_COLUMNS:
+                if type(record.get(column)) is int:
+                    record[column] = str(record[column])
+        except ValueError as exc:
+            record = {"__unparseable__": f"line {number}: {exc}: {line[:200]}"}
+        records.append(record)
+    return pd.DataFrame.from_records(records)
 
 
-def validate(
-    frame: pd.DataFrame, contract: TableContract, now: datetime, first_row: int = 1
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split a file's rows into typed good rows and bad rows with a ``reason`` (original values kept) and their
-    ``row_number`` in the file, where ``frame``'s first row is number ``first_row``.
+def validate(frame: pd.DataFrame, contract: TableContract, now: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a file's rows into typed good rows and bad rows with a ``reason`` (original values kept).
 
     A bad row's reason is the first rule it breaks, in the order they are checked here.
     """
@@ -293,7 +259,7 @@ def validate(
     _flag_business_rules(typed, contract, now, flag)
     is_bad = reason_codes > 0
     bad = original[is_bad].assign(
-        row_number=np.flatnonzero(is_bad) + first_row,
+        row_number=np.flatnonzero(is_bad) + 1,
         reason=np.array(reasons, dtype=object)[reason_codes[is_bad] - 1],
     )
     return typed[~is_bad], bad
@@ -472,15 +438,13 @@ def load_frame(
     source_file: str,
     now: datetime | None = None,
     erased: ErasedUsers | None = None,
-    first_row: int = 1,
 ) -> LoadResult:
-    """Validate and load a file's rows (all of them, or a batch whose first row is number ``first_row``) into
-    ``raw.<table>`` inside the caller's transaction; rows of ``erased`` users are dropped (counted, neither
-    loaded nor quarantined)."""
+    """Validate and load one file's rows into ``raw.<table>`` inside the caller's transaction; rows of ``erased``
+    users are dropped (counted, neither loaded nor quarantined)."""
     contract = CONTRACTS[table]
     now = now or datetime.now(UTC)
     result = LoadResult(table=table, source_file=source_file, rows_read=len(frame))
-    good, bad = validate(frame, contract, now, first_row)
+    good, bad = validate(frame, contract, now)
     if erased is not None and "user_id" in contract.ids:
         good_erased = erased.mask(good["user_id"])
         bad_ids = bad["user_id"] if "user_id" in bad.columns else pd.Series(None, index=bad.index, dtype=object)
@@ -587,15 +551,8 @@ def discover_files(path: Path) -> list[Path]:
     return [file for _, file in sorted(recognised)]
 
 
-def ingest_path(
-    url: str,
-    path: Path,
-    now: datetime | None = None,
-    erasure_salt: str | None = None,
-    batch_rows: int = BATCH_ROWS,
-) -> list[LoadResult]:
+def ingest_path(url: str, path: Path, now: datetime | None = None, erasure_salt: str | None = None) -> list[LoadResult]:
     """Load a file or a drop folder; each file commits on its own, so a crash loses at most the file in flight.
-    A file is read and loaded ``batch_rows`` rows at a time, in its one transaction.
 
     A file is recorded in ``raw.ingested_files`` in the transaction that loads its rows, and is skipped
     (no result for it) while its path, size and modification time are unchanged. A changed file is read
@@ -622,10 +579,9 @@ def ingest_path(
                 continue
             started = time.perf_counter()
             table = table_for_file(file)
-            result = LoadResult(table=table, source_file=source_file)
+            frame = read_file(file)
             with conn.transaction():
-                for batch in read_batches(file, batch_rows):
-                    result.add(load_frame(conn, table, batch, source_file, now, erased, result.rows_read + 1))
+                result = load_frame(conn, table, frame, source_file, now=now, erased=erased)
                 _record_file(conn, result, stat.st_size, stat.st_mtime_ns)
             result.seconds = time.perf_counter() - started
             progress.info(
