@@ -11,6 +11,7 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psycopg
 import pytest
@@ -157,3 +158,24 @@ WHERE u.order_count > 0 AND m.merchant_id = ((u.user_id::int * 13 + j * 29) % {m
 CREATE UNIQUE INDEX ON marts.user_merchant_orders (user_id, merchant_id);
 ANALYZE marts.merchant_features, marts.user_features, marts.user_segments, marts.user_merchant_orders;
 """
+
+
+class ArithmeticRecommender:
+    """A champion recommender's stand-in for hand-built marts: ``n`` distinct merchants per user, best first,
+    merchant ``(user * user_step + rank * rank_step + shift) % merchants + 1`` (``rank_step`` coprime with
+    ``merchants`` keeps a user's merchants distinct); ids are the numbers' text, as in the hand-built marts."""
+
+    def __init__(self, merchants: int, user_step: int, rank_step: int, shift: int = 0):
+        self.merchants, self.user_step, self.rank_step, self.shift = merchants, user_step, rank_step, shift
+
+    def recommend(self, user_ids: list, n: int, mode: str = "discovery") -> pd.DataFrame:
+        users = np.repeat(np.asarray(user_ids, dtype=object), n)
+        numbers = users.astype(np.int64)
+        ranks = np.tile(np.arange(1, n + 1), len(user_ids))
+        merchants = (numbers * self.user_step + ranks * self.rank_step + self.shift) % self.merchants + 1
+        return pd.DataFrame(
+            {"user_id": users, "rank": ranks, "merchant_id": merchants.astype(str), "score": (n + 1 - ranks) / n}
+        )
+
+    def recommend_modes(self, user_ids: list, n: int, modes) -> pd.DataFrame:
+        return pd.concat([self.recommend(user_ids, n, mode).assign(mode=mode) for mode in modes], ignore_index=True)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import csv
 from datetime import date, timedelta
 
-import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-from conftest import hand_built_marts_sql
+from conftest import ArithmeticRecommender, hand_built_marts_sql
 
 from ml.crm import export, segments
 from ml.experiments import readout
@@ -36,26 +35,6 @@ MARKETING_TABLES = ("crm.inactive_user_offers", "crm.segment_members", *(f"crm.{
 USER_ID = 2  # the user_id's position in every marketing table's rows
 
 
-class Recommender:
-    """Ten distinct merchants per user, best first."""
-
-    def recommend(self, user_ids: list, n: int, mode: str = "discovery") -> pd.DataFrame:
-        users = np.repeat(np.asarray(user_ids, dtype=object), n)
-        numbers = users.astype(np.int64)  # the ids are text; this world's are integers
-        ranks = np.tile(np.arange(1, n + 1), len(user_ids))
-        return pd.DataFrame(
-            {
-                "user_id": users,
-                "rank": ranks,
-                "merchant_id": ((numbers * 7 + ranks * 3) % MERCHANTS + 1).astype(str),
-                "score": (n + 1 - ranks) / n,
-            }
-        )
-
-    def recommend_modes(self, user_ids: list, n: int, modes) -> pd.DataFrame:
-        return pd.concat([self.recommend(user_ids, n, mode).assign(mode=mode) for mode in modes], ignore_index=True)
-
-
 class OfferModel:
     """Every user would come back more often with free delivery, at a cost far below the budget."""
 
@@ -72,7 +51,7 @@ class OfferModel:
 def world(settings, monkeypatch):
     with psycopg.connect(settings.warehouse_url) as conn:
         conn.execute(MARTS_SQL)
-    champion = type("Champion", (), {"recommender": Recommender(), "model": OfferModel()})
+    champion = type("Champion", (), {"recommender": ArithmeticRecommender(MERCHANTS, 7, 3), "model": OfferModel()})
     monkeypatch.setattr(tracking, "configure", lambda settings, url: None)
     monkeypatch.setattr(tracking, "alias_version", lambda name, alias: "1")
     monkeypatch.setattr(tracking, "load_alias", lambda name: champion)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-from conftest import hand_built_marts_sql
+from conftest import ArithmeticRecommender, hand_built_marts_sql
 from psycopg import sql
 
 from ml.crm import segments
@@ -33,29 +33,6 @@ CRM_TABLES = (
     "crm.inactive_user_offers",
     *(f"crm.{name}" for name in segments.SEGMENTS),
 )
-
-
-class Recommender:
-    """Distinct merchants per user, best first, a different list every day."""
-
-    def __init__(self, run_date: date):
-        self.shift = run_date.toordinal() % MERCHANTS
-
-    def recommend(self, user_ids: list, n: int, mode: str = "discovery") -> pd.DataFrame:
-        users = np.repeat(np.asarray(user_ids, dtype=object), n)
-        numbers = users.astype(np.int64)  # the ids are text; this world's are integers
-        ranks = np.tile(np.arange(1, n + 1), len(user_ids))
-        return pd.DataFrame(
-            {
-                "user_id": users,
-                "rank": ranks,
-                "merchant_id": ((numbers * 37 + ranks * 53 + self.shift) % MERCHANTS + 1).astype(str),
-                "score": (n + 1 - ranks) / n,
-            }
-        )
-
-    def recommend_modes(self, user_ids: list, n: int, modes) -> pd.DataFrame:
-        return pd.concat([self.recommend(user_ids, n, mode).assign(mode=mode) for mode in modes], ignore_index=True)
 
 
 def _offers(conn: psycopg.Connection) -> pd.DataFrame:
@@ -96,7 +73,11 @@ def publishing(settings, monkeypatch):
 
 
 def _publish(settings, run_date: date) -> dict:
-    champion = type("Champion", (), {"recommender": Recommender(run_date)})
+    champion = type(
+        "Champion",
+        (),
+        {"recommender": ArithmeticRecommender(MERCHANTS, 37, 53, shift=run_date.toordinal() % MERCHANTS)},
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tracking, "load_alias", lambda name: champion)
         tasks.score_all_shards(settings, run_date)

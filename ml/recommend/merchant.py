@@ -299,7 +299,7 @@ class MerchantRecommender:
         self, user_ids: Iterable, n: int = 10, modes: Sequence[str] = tuple(MODES), explain: bool = True
     ) -> pd.DataFrame:
         """``recommend`` in each of ``modes``, with a ``mode`` column."""
-        return _with_modes({mode: self.recommend(user_ids, n, mode) for mode in modes})
+        return _with_modes({mode: self.recommend(user_ids, n, mode, explain) for mode in modes})
 
 
 class RankedMerchantRecommender:
