@@ -25,7 +25,7 @@ from ml.recommend import (
 from ml.recommend.base import top_n_of_pairs
 from ml.recommend.ease import _mirror_upper, _spd_inverse
 from ml.recommend.metrics import intra_list_diversity, ndcg_at_k
-from ml.recommend.ranker import _generator_tops
+from ml.recommend.ranker import _generator_tops, _ranks_of
 
 N_CLUSTERS = 4
 N_USERS = 240
@@ -289,6 +289,13 @@ def test_top_n_of_scored_pairs_is_top_n_of_the_dense_scores():
             expected = listed[np.lexsort((listed, -dense[row, listed]))][:n]
             np.testing.assert_array_equal(items[row], np.r_[expected, np.full(n - len(expected), -1)])
     np.testing.assert_array_equal(top_n_of_pairs(rows, cols, dense[rows, cols], 40, 30)[0], top_n(dense, 30)[0])
+
+
+def test_a_candidates_rank_in_a_list_is_looked_up_by_its_key_and_one_past_the_depth_when_unlisted():
+    keys = np.array([3, 5, 7, 9, 12])
+    listed, listed_ranks = np.array([5, 9, 10]), np.array([2.0, 1.0, 3.0], dtype=np.float32)
+    assert _ranks_of(keys, listed, listed_ranks, unlisted=4).tolist() == [4, 2, 4, 1, 4]
+    assert _ranks_of(keys, np.empty(0, np.int64), np.empty(0, np.float32), unlisted=4).tolist() == [4] * 5
 
 
 def test_a_generators_lists_with_and_without_seen_items_come_from_one_pass():

@@ -230,6 +230,15 @@ def _time_span(times: np.ndarray) -> float:
     return float(np.ptp(times)) + 2.0 if len(times) else 2.0
 
 
+def _ranks_of(keys: np.ndarray, listed: np.ndarray, listed_ranks: np.ndarray, unlisted: float) -> np.ndarray:
+    """The rank of each of ``keys`` in a list given as its sorted keys ``listed`` and their ``listed_ranks``;
+    ``unlisted`` for a key the list does not hold."""
+    if not len(listed):
+        return np.full(len(keys), unlisted, dtype=np.float32)
+    at = np.minimum(np.searchsorted(listed, keys), len(listed) - 1)
+    return np.where(listed[at] == keys, listed_ranks[at], unlisted).astype(np.float32)
+
+
 def _pair_lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.asarray(matrix[rows, cols]).ravel()
 
@@ -509,22 +518,25 @@ class RankerRecommender(Recommender):
         }
         result = {}
         for exclude_seen in exclude_seen_options:
-            scores, ranks = {}, {}
-            listed = np.zeros((len(users), n_items), dtype=bool)
+            # Each list as sorted pair keys (position in the batch * items + item) with the item's rank in it:
+            # the candidates are their union, and a candidate's rank is a look-up, not a users x items matrix.
+            listings, scores = {}, {}
             for name, dense in dense_scores.items():
                 top, top_scores = tops[name][exclude_seen]
-                rank = np.full((len(users), n_items), depth + 1, dtype=np.float32)
-                row_index = np.repeat(np.arange(len(users)), depth).reshape(len(users), depth)
-                valid = top >= 0
-                rank[row_index[valid], top[valid]] = (np.nonzero(valid)[1] + 1).astype(np.float32)
-                listed[row_index[valid], top[valid]] = True
+                local, position = np.nonzero(top >= 0)
+                keys = local * n_items + top[local, position]
+                order = np.argsort(keys)
+                listings[name] = (keys[order], (position[order] + 1).astype(np.float32))
                 best = np.where(np.isfinite(top_scores[:, 0]), top_scores[:, 0], 0.0)
                 scores[name] = (dense, np.abs(best) + 1e-9)
-                ranks[name] = rank
+            keys = [listed for listed, _ in listings.values()]
             if not exclude_seen:
                 # Win-back: every item the user already ordered from is a candidate, whatever the generators say.
-                listed[seen.nonzero()] = True
-            local_rows, cols = np.nonzero(listed)
+                seen_rows, seen_cols = seen.nonzero()
+                keys.append(seen_rows.astype(np.int64) * n_items + seen_cols)
+            candidates = np.unique(np.concatenate(keys)) if keys else np.empty(0, dtype=np.int64)
+            local_rows, cols = np.divmod(candidates, n_items)
+            ranks = {name: _ranks_of(candidates, *listing, unlisted=depth + 1) for name, listing in listings.items()}
             result[exclude_seen] = (
                 local_rows,
                 cols,
@@ -543,17 +555,16 @@ class RankerRecommender(Recommender):
         similarities: dict[float, np.ndarray],
         depth: int,
     ) -> pd.DataFrame:
-        """The features of the candidate pairs (``rows``, ``cols``) given the batch's generator scores and ranks
-        and its similarity to recent items (indexed by ``local_rows``, the pair's position in the batch)."""
+        """The features of the candidate pairs (``rows``, ``cols``) given the batch's generator scores, each pair's
+        rank in each generator's list (``depth`` + 1 where unlisted) and the batch's similarity to recent items
+        (indexed by ``local_rows``, the pair's position in the batch)."""
         columns: dict[str, np.ndarray] = {}
         for name, (dense, best) in scores.items():
             value = dense[local_rows, cols]
             columns[f"{name}_score"] = value
             columns[f"{name}_share_of_best"] = value / best[local_rows]
-            columns[f"{name}_rank"] = ranks[name][local_rows, cols]
-        columns["generators_listing"] = sum(
-            (rank[local_rows, cols] <= depth).astype(np.float32) for rank in ranks.values()
-        )
+            columns[f"{name}_rank"] = ranks[name]
+        columns["generators_listing"] = sum((rank <= depth).astype(np.float32) for rank in ranks.values())
         for half_life, similarity in similarities.items():
             columns[f"similarity_to_recent_items_hl{half_life:g}"] = similarity[local_rows, cols]
         columns.update(self._history_features(stage, rows, cols))
