@@ -529,12 +529,12 @@ class RankerRecommender(Recommender):
                 listings[name] = (keys[order], (position[order] + 1).astype(np.float32))
                 best = np.where(np.isfinite(top_scores[:, 0]), top_scores[:, 0], 0.0)
                 scores[name] = (dense, np.abs(best) + 1e-9)
-            keys = [listed for listed, _ in listings.values()]
+            listed_keys = [listed for listed, _ in listings.values()]
             if not exclude_seen:
                 # Win-back: every item the user already ordered from is a candidate, whatever the generators say.
                 seen_rows, seen_cols = seen.nonzero()
-                keys.append(seen_rows.astype(np.int64) * n_items + seen_cols)
-            candidates = np.unique(np.concatenate(keys)) if keys else np.empty(0, dtype=np.int64)
+                listed_keys.append(seen_rows.astype(np.int64) * n_items + seen_cols)
+            candidates = np.unique(np.concatenate(listed_keys)) if listed_keys else np.empty(0, dtype=np.int64)
             local_rows, cols = np.divmod(candidates, n_items)
             ranks = {name: _ranks_of(candidates, *listing, unlisted=depth + 1) for name, listing in listings.items()}
             result[exclude_seen] = (
