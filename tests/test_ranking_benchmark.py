@@ -156,6 +156,9 @@ def test_an_order_log_with_string_ids_in_each_mode(order_log_file, mode, tmp_pat
         assert set(rows) == set(MODELS)
         assert "own most" not in printed
     assert re.search(r"^ranker NDCG@10 / best generator \(.+\) = \d+\.\d{3}$", printed, re.MULTILINE)
+    # A log this small gets the ranker of several bagged boosters by default.
+    bagged = ranking.SMALL_LOG_BAGGED_BOOSTERS
+    assert re.search(rf"^ranker \(LightGBM lambdarank, {bagged} bagged boosters\) ", printed, re.MULTILINE)
 
     recs = pd.read_csv(recs_path, dtype={"user_id": str, "item_id": str})
     train, relevant = _held_out(order_log_file, mode)
@@ -201,7 +204,13 @@ def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(mon
     train, _ = temporal_split(log, ranking.TRAIN_SHARE)
     users, items = sorted(log["user_id"].unique()), sorted(log["item_id"].unique())
     monkeypatch.setattr(ranking, "GRIDS", {"ease": {"l2": (50.0, 250.0)}})
-    inputs = {"candidates": 20, "categories": None, "item_categories": None, "item_locations": None}
+    inputs = {
+        "candidates": 20,
+        "bagged_boosters": 1,
+        "categories": None,
+        "item_categories": None,
+        "item_locations": None,
+    }
 
     chosen = ranking.tune(train, users, items, "discovery", seed=0, threads=1, ranker_inputs=inputs)
     grid = [dict(zip(ranking.RANKER_GRID, values)) for values in itertools.product(*ranking.RANKER_GRID.values())]

@@ -25,7 +25,7 @@ from ml.recommend import (
 from ml.recommend.base import top_n_of_pairs
 from ml.recommend.ease import _mirror_upper, _spd_inverse
 from ml.recommend.metrics import intra_list_diversity, ndcg_at_k
-from ml.recommend.ranker import _generator_tops, _ranks_of
+from ml.recommend.ranker import _generator_tops, _ranks_of, _split_groups
 
 N_CLUSTERS = 4
 N_USERS = 240
@@ -269,6 +269,55 @@ def test_ranker_explains_pickles_and_reranks(drifting_ranker):
     assert np.mean([intra_list_diversity(list(row), dict(enumerate(categories))) for row in diverse_items]) > np.mean(
         [intra_list_diversity(list(row), dict(enumerate(categories))) for row in items]
     )
+
+
+def test_a_bagged_ranker_averages_boosters_stopped_on_their_own_users_and_its_first_is_the_unbagged_one():
+    train, _ = temporal_split(drifting_interactions(n_users=150))
+    settings = dict(
+        generators={"cosine": ItemCosineRecommender(neighbours=30), "popularity": PopularityRecommender()},
+        item_categories=ITEM_CATEGORIES,
+        candidates_per_generator=20,
+        num_boost_round=60,
+        early_stopping_rounds=10,
+        lgbm_params={"min_data_in_leaf": 20},
+        num_threads=1,
+    )
+    single = RankerRecommender(**settings).fit(train, items=range(N_ITEMS))
+    bagged = RankerRecommender(**settings, bagged_boosters=3).fit(train, items=range(N_ITEMS))
+    boosters = bagged.boosters["discovery"]
+    assert len(boosters) == 3 and len(single.boosters["discovery"]) == 1
+    # The first booster has the unbagged ranker's validation users and seed; the others differ from it.
+    assert boosters[0].model_to_string() == single.boosters["discovery"][0].model_to_string()
+    assert len({booster.model_to_string() for booster in boosters}) == 3
+    users = np.arange(0, bagged.matrix.shape[0], 5)
+    local_rows, cols, features = bagged._candidates(bagged.stage, users, True)
+    mean = np.mean([booster.predict(features[bagged.feature_names]) for booster in boosters], axis=0)
+    np.testing.assert_allclose(bagged.score(users)[local_rows, cols], mean, rtol=1e-5)
+    with pytest.raises(ValueError, match="bagged_boosters"):
+        RankerRecommender(**{**settings, "bagged_boosters": 0})
+
+
+def test_a_ranker_pickled_with_one_booster_per_mode_still_scores(drifting_ranker):
+    ranker, _, _, _ = drifting_ranker
+    state = dict(ranker.__dict__)
+    state["boosters"] = {mode: boosters[0] for mode, boosters in ranker.boosters.items()}
+    del state["bagged_boosters"]
+    earlier = RankerRecommender.__new__(RankerRecommender)
+    earlier.__setstate__(state)
+    users = np.arange(6)
+    np.testing.assert_array_equal(earlier.recommend(users, n=5)[0], ranker.recommend(users, n=5)[0])
+    assert earlier.bagged_boosters == 1
+
+
+def test_training_groups_split_by_user_keep_their_rows_and_order():
+    features = pd.DataFrame({"x": np.arange(9.0)})
+    labels = np.array([1, 0, 0, 1, 0, 1, 1, 0, 0], dtype=np.float32)
+    # Three groups of users 4, 7 and 9 with 3, 2 and 4 rows.
+    rows = (features, labels, np.array([3, 2, 4]), np.array([4, 7, 9]))
+    (train_x, train_y, train_sizes), (valid_x, valid_y, valid_sizes) = _split_groups(rows, np.array([7, 8]))
+    assert train_x["x"].tolist() == [0, 1, 2, 5, 6, 7, 8] and train_sizes.tolist() == [3, 4]
+    assert valid_x["x"].tolist() == [3, 4] and valid_sizes.tolist() == [2]
+    assert train_y.tolist() == [1, 0, 0, 1, 1, 0, 0] and valid_y.tolist() == [1, 0]
 
 
 def test_top_n_of_scored_pairs_is_top_n_of_the_dense_scores():

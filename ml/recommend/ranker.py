@@ -268,6 +268,10 @@ class RankerRecommender(Recommender):
     booster each); ``without_features`` names groups of ``FEATURE_GROUPS`` to leave out.
     ``max_train_users`` caps the users sampled for training (rows are about users x windows x
     candidates). ``diversity_lambda`` < 1 re-ranks each list by MMR over categories.
+
+    ``bagged_boosters`` > 1 trains that many boosters per mode on the same training rows, each stopped early on its
+    own slice of the sampled users (disjoint slices while they last) and seeded apart, and averages their scores:
+    on a log of a few hundred users one booster's seed moves NDCG@10 by several points (BENCHMARKS.md).
     """
 
     def __init__(
@@ -290,6 +294,7 @@ class RankerRecommender(Recommender):
         num_boost_round: int = 1000,
         early_stopping_rounds: int = 100,
         diversity_lambda: float = 1.0,
+        bagged_boosters: int = 1,
         num_threads: int = 2,
         seed: int = 0,
     ):
@@ -300,6 +305,8 @@ class RankerRecommender(Recommender):
                 f"unknown modes or feature groups {unknown}; modes: {', '.join(MODES)}; "
                 f"feature groups: {', '.join(FEATURE_GROUPS)}"
             )
+        if bagged_boosters < 1:
+            raise ValueError(f"bagged_boosters must be at least 1, got {bagged_boosters}")
         self.item_categories = item_categories
         self.item_context = item_context
         self.user_context = user_context
@@ -317,8 +324,18 @@ class RankerRecommender(Recommender):
         self.num_boost_round = num_boost_round
         self.early_stopping_rounds = early_stopping_rounds
         self.diversity_lambda = diversity_lambda
+        self.bagged_boosters = bagged_boosters
         self.num_threads = num_threads
         self.seed = seed
+
+    def __setstate__(self, state: dict) -> None:
+        # A ranker pickled before bagging (an MLflow champion of an earlier release) holds one booster per mode.
+        state["boosters"] = {
+            mode: boosters if isinstance(boosters, list) else [boosters]
+            for mode, boosters in state.get("boosters", {}).items()
+        }
+        state.setdefault("bagged_boosters", 1)
+        self.__dict__.update(state)
 
     def fit(
         self,
@@ -336,8 +353,7 @@ class RankerRecommender(Recommender):
         if self.max_train_users is not None:
             all_users = all_users[: self.max_train_users]
         n_valid = int(round(self.validation_share * len(all_users)))
-        user_sets = {"train": np.sort(all_users[n_valid:]), "valid": np.sort(all_users[:n_valid])}
-        parts: dict[tuple[str, str], list] = {(mode, part): [] for mode in self.modes for part in user_sets}
+        parts: dict[str, list] = {mode: [] for mode in self.modes}
         # Each window moves the cut one label share further back, adding training groups from older data.
         current = frame
         for _ in range(self.training_windows):
@@ -345,23 +361,26 @@ class RankerRecommender(Recommender):
             stage = self._fit_stage(past)
             for mode in self.modes:
                 positives = self._positives(stage, future, mode)
-                for part, part_users in user_sets.items():
-                    parts[mode, part].append(self._training_rows(stage, part_users, positives, mode))
+                parts[mode].append(self._training_rows(stage, np.sort(all_users), positives, mode))
             current = past
-        self.boosters = {
-            mode: self._train_booster(_concat_rows(parts[mode, "train"]), _concat_rows(parts[mode, "valid"]), mode)
-            for mode in self.modes
-        }
+        # One frame per mode (the windows' parts freed), split by user for each booster.
+        rows = {mode: _concat_rows(parts.pop(mode)) for mode in self.modes}
+        self.boosters = {mode: [] for mode in self.modes}
+        for bag in range(self.bagged_boosters):
+            valid_users = np.roll(all_users, -bag * n_valid)[:n_valid]
+            for mode in self.modes:
+                train, valid = _split_groups(rows[mode], valid_users)
+                self.boosters[mode].append(self._train_booster(train, valid, mode, self.seed + bag))
         self.stage = self._fit_stage(frame)
         return self
 
-    def _train_booster(self, train: tuple, valid: tuple, mode: str) -> lgb.Booster:
+    def _train_booster(self, train: tuple, valid: tuple, mode: str, seed: int) -> lgb.Booster:
         if not len(train[2]):
             raise ValueError(
                 f"no {mode} training groups: no sampled user has a {mode} label among their candidates "
                 "(too little history before the label window?)"
             )
-        params = {**self.lgbm_params, "num_threads": self.num_threads, "seed": self.seed}
+        params = {**self.lgbm_params, "num_threads": self.num_threads, "seed": seed}
         train_set = lgb.Dataset(train[0], train[1], group=train[2], free_raw_data=True)
         callbacks = []
         valid_sets = []
@@ -373,8 +392,8 @@ class RankerRecommender(Recommender):
             params, train_set, num_boost_round=self.num_boost_round, valid_sets=valid_sets, callbacks=callbacks
         )
 
-    def _booster(self, exclude_seen: bool) -> lgb.Booster:
-        """The booster of the mode ``exclude_seen`` asks for, else the one mode this ranker learned."""
+    def _boosters(self, exclude_seen: bool) -> list[lgb.Booster]:
+        """The boosters of the mode ``exclude_seen`` asks for, else those of the one mode this ranker learned."""
         mode = DISCOVERY if exclude_seen else WINBACK
         return self.boosters[mode] if mode in self.boosters else next(iter(self.boosters.values()))
 
@@ -483,8 +502,9 @@ class RankerRecommender(Recommender):
 
     def _training_rows(
         self, stage: _Stage, users: np.ndarray, positives: sp.csr_matrix, mode: str
-    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-        """Features, labels and per-user group sizes, keeping users with a positive among their candidates."""
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+        """Features, labels, per-user group sizes and the groups' users, keeping users with a positive among their
+        candidates."""
         users = users[np.diff(positives.indptr)[users] > 0]
         parts = []
         for start in range(0, len(users), _BATCH_USERS):
@@ -493,7 +513,7 @@ class RankerRecommender(Recommender):
             label = _pair_lookup(positives, batch[local_rows], cols)
             keep = (np.bincount(local_rows, label, minlength=len(batch)) > 0)[local_rows]
             sizes = np.bincount(local_rows[keep], minlength=len(batch))
-            parts.append((features[keep], label[keep], sizes[sizes > 0]))
+            parts.append((features[keep], label[keep], sizes[sizes > 0], batch[sizes > 0]))
         return _concat_rows(parts)
 
     def _candidates(
@@ -664,8 +684,12 @@ class RankerRecommender(Recommender):
         ).items():
             predictions = np.empty(0, dtype=np.float32)
             if len(cols):
-                predictions = self._booster(exclude_seen).predict(
-                    features[self.feature_names], num_threads=self.num_threads
+                predictions = np.mean(
+                    [
+                        booster.predict(features[self.feature_names], num_threads=self.num_threads)
+                        for booster in self._boosters(exclude_seen)
+                    ],
+                    axis=0,
                 )
             scored[exclude_seen] = (local_rows, cols, predictions)
         return scored
@@ -704,10 +728,11 @@ class RankerRecommender(Recommender):
         return lists
 
     def feature_importance(self, importance_type: str = "gain", mode: str | None = None) -> pd.Series:
-        """The booster's feature importance (of ``mode``, default the first mode learned)."""
-        booster = self.boosters[mode or self.modes[0]]
+        """The boosters' mean feature importance (of ``mode``, default the first mode learned)."""
+        boosters = self.boosters[mode or self.modes[0]]
         return pd.Series(
-            booster.feature_importance(importance_type=importance_type), index=self.feature_names
+            np.mean([booster.feature_importance(importance_type=importance_type) for booster in boosters], axis=0),
+            index=self.feature_names,
         ).sort_values(ascending=False)
 
     def explain(self, user_indices: np.ndarray, item_indices: np.ndarray) -> list[list[str]]:
@@ -812,13 +837,25 @@ def _row_shares(matrix: sp.csr_matrix) -> sp.csr_matrix:
     return (sp.diags(1.0 / np.maximum(totals, 1e-12)) @ matrix).tocsr()
 
 
-def _concat_rows(
-    parts: list[tuple[pd.DataFrame, np.ndarray, np.ndarray]],
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def _split_groups(
+    rows: tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray], valid_users: np.ndarray
+) -> tuple[tuple[pd.DataFrame, np.ndarray, np.ndarray], tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
+    """Training rows (features, labels, group sizes, group users) split into the groups of users outside and
+    inside ``valid_users``, each side keeping the groups' order."""
+    features, labels, sizes, group_users = rows
+    in_valid = np.isin(group_users, valid_users)
+    row_in_valid = np.repeat(in_valid, sizes)
+    return tuple(
+        (features[row_in_valid == side].reset_index(drop=True), labels[row_in_valid == side], sizes[in_valid == side])
+        for side in (False, True)
+    )
+
+
+def _concat_rows(parts: list[tuple]) -> tuple:
+    """Training rows (features, then arrays: labels, group sizes, ...) of several parts as one."""
     if not parts:
-        return pd.DataFrame(), np.empty(0, np.float32), np.empty(0, np.int64)
+        return pd.DataFrame(), np.empty(0, np.float32), np.empty(0, np.int64), np.empty(0, np.int64)
     return (
         pd.concat([part[0] for part in parts], ignore_index=True),
-        np.concatenate([part[1] for part in parts]),
-        np.concatenate([part[2] for part in parts]),
+        *(np.concatenate([part[k] for part in parts]) for k in range(1, len(parts[0]))),
     )
