@@ -83,4 +83,6 @@ def test_feature_groups_can_be_left_out():
     assert not left & set(table.columns)
     assert "popularity_score" in table.columns
     with pytest.raises(ValueError, match="feature groups"):
-        RankerRecommender({}, without_features=("weather",))
+        RankerRecommender({"popularity": PopularityRecommender()}, without_features=("weather",))
+    with pytest.raises(ValueError, match="at least one candidate generator"):
+        RankerRecommender({})

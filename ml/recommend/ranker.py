@@ -305,6 +305,8 @@ class RankerRecommender(Recommender):
                 f"unknown modes or feature groups {unknown}; modes: {', '.join(MODES)}; "
                 f"feature groups: {', '.join(FEATURE_GROUPS)}"
             )
+        if not self.generators:
+            raise ValueError("the ranker needs at least one candidate generator")
         if bagged_boosters < 1:
             raise ValueError(f"bagged_boosters must be at least 1, got {bagged_boosters}")
         self.item_categories = item_categories
@@ -554,7 +556,7 @@ class RankerRecommender(Recommender):
                 # Win-back: every item the user already ordered from is a candidate, whatever the generators say.
                 seen_rows, seen_cols = seen.nonzero()
                 listed_keys.append(seen_rows.astype(np.int64) * n_items + seen_cols)
-            candidates = np.unique(np.concatenate(listed_keys)) if listed_keys else np.empty(0, dtype=np.int64)
+            candidates = np.unique(np.concatenate(listed_keys))
             local_rows, cols = np.divmod(candidates, n_items)
             ranks = {name: _ranks_of(candidates, *listing, unlisted=depth + 1) for name, listing in listings.items()}
             result[exclude_seen] = (
