@@ -46,7 +46,7 @@ def new_database(server_url: str) -> str:
     """URL of a new, empty database on the server of ``server_url``."""
     name = f"test_{os.getpid()}_{next(_database_numbers)}"
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        postgres.create_database(conn, name)
     return server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
 
 

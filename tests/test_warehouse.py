@@ -18,6 +18,13 @@ def test_embedded_warehouse_starts_once_serves_the_project_database_stops_and_st
         assert postgres.start(settings) == url  # already running: same server, same database
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT current_database()").fetchone() == (postgres.DATABASE,)
+            # Text ids compare byte-wise (the builtin provider), in code point order.
+            locale = "SELECT datlocprovider, datlocale FROM pg_database WHERE datname = current_database()"
+            assert conn.execute(locale).fetchone() == ("b", "C.UTF-8")
+            assert conn.execute(
+                "SELECT array_agg(v ORDER BY v) FROM unnest(ARRAY['b', 'é', 'B', 'a']) v"
+            ).fetchone() == (["B", "a", "b", "é"],)
+            assert conn.execute("SELECT upper('é')").fetchone() == ("É",)
         assert (settings.warehouse_dir / "PG_VERSION").exists()
         # Stopped under this process (an operator, a crash): the next start in the same process brings it back.
         assert postgres.stop(settings) is True
