@@ -58,7 +58,7 @@ def copy_of_published_day(server_url: str, home: Path) -> Settings:
     if server_url not in _published_templates:
         name = f"published_day_{os.getpid()}"
         with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            postgres.create_database(conn, name)
         template_home = home.parent / f"{name}_home"
         build_published_day(
             Settings.from_env(environ={}, home=template_home, warehouse_url=_database_url(server_url, name))

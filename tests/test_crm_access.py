@@ -15,7 +15,7 @@ from psycopg import errors
 
 from ml.crm import segments
 from ml.settings import Settings
-from ml.warehouse.postgres import DATABASE
+from ml.warehouse.postgres import DATABASE, create_database
 
 OTHER_SCHEMAS = ("raw", "staging", "intermediate", "marts", "mlflow", "ops")
 READER = Settings().crm_reader_role
@@ -38,7 +38,7 @@ def _build_warehouse(url: str, settings: Settings) -> str:
 
 def _new_database(server_url: str, name: str) -> str:
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+        create_database(admin, name)
     return server_url.replace(f"/{DATABASE}?", f"/{name}?")
 
 

@@ -50,7 +50,7 @@ def day(postgres_server_url, tmp_path_factory):
     """One published day, shared by every test of the module; the environment points the app at it."""
     name = f"dashboard_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        postgres.create_database(conn, name)
     url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
     home = tmp_path_factory.mktemp("dashboard") / "home"
     settings = Settings.from_env(environ={}, home=home, warehouse_url=url)

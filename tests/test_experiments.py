@@ -230,7 +230,7 @@ def campaign_url(postgres_server_url, tmp_path_factory) -> str:
     under another event_id) and offers; the marts built as of the day the window closes. Readouts only read it."""
     name = f"test_readout_{os.getpid()}"
     with psycopg.connect(postgres_server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+        postgres.create_database(admin, name)
     url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
     users, merchants = hand_made_users_and_merchants()
     with psycopg.connect(url) as conn:

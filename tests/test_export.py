@@ -14,7 +14,7 @@ import pytest
 from ml.cli import crm as export_cli
 from ml.crm import export, segments
 from ml.settings import Settings
-from ml.warehouse.postgres import DATABASE
+from ml.warehouse.postgres import DATABASE, create_database
 
 RUN_DATE = date(2026, 11, 1)
 EARLIER = date(2026, 10, 31)
@@ -48,7 +48,7 @@ def published(postgres_server_url) -> str:
     """
     name = f"crm_export_{os.getpid()}"
     with psycopg.connect(postgres_server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+        create_database(admin, name)
     url = postgres_server_url.replace(f"/{DATABASE}?", f"/{name}?")
     with psycopg.connect(url) as conn:
         segments.ensure_tables(conn)

@@ -96,7 +96,7 @@ def _world(tmp_path_factory, server_url: str | None, name: str) -> Settings:
     url = None
     if server_url:
         with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "faults_{name}_{os.getpid()}"')
+            postgres.create_database(conn, f"faults_{name}_{os.getpid()}")
         url = server_url.replace(f"/{postgres.DATABASE}?", f"/faults_{name}_{os.getpid()}?")
     settings = Settings.from_env(environ={}, home=home, warehouse_url=url)
     world = generate_marketplace(seed=7, days=30, end_date=RUN_DATE, n_users=700, n_merchants=90)

@@ -31,7 +31,7 @@ def marts_ready(tmp_path_factory, postgres_server_url) -> Settings:
     """The smallest marketplace that trains both models, loaded, built and gated; no model yet."""
     name = f"gates_{os.getpid()}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        postgres.create_database(conn, name)
     url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
     settings = Settings.from_env(environ={}, home=tmp_path_factory.mktemp("gates") / "home", warehouse_url=url)
     generate_marketplace(seed=7, days=30, end_date=RUN_DATE, n_users=700, n_merchants=90).write(

@@ -51,7 +51,7 @@ def ranked(tmp_path_factory, postgres_server_url) -> Settings:
     four scoring shards, a few users opted out of personalisation."""
     name = f"shards_{os.getpid()}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        postgres.create_database(conn, name)
     url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
     settings = Settings.from_env(
         environ={}, home=tmp_path_factory.mktemp("shards") / "home", warehouse_url=url, score_shards=4

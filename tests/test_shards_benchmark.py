@@ -26,7 +26,7 @@ def ranked(tmp_path_factory, postgres_server_url) -> Settings:
     """A small marketplace's marts for RUN_DATE and its @champion ranker (no offer model)."""
     name = f"shards_benchmark_{os.getpid()}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        postgres.create_database(conn, name)
     url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
     settings = Settings.from_env(
         environ={}, home=tmp_path_factory.mktemp("shards_benchmark") / "home", warehouse_url=url

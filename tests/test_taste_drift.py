@@ -118,7 +118,7 @@ def built_world(postgres_server_url, tmp_path_factory):
     name = f"test_taste_drift_{os.getpid()}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
+        postgres.create_database(conn, name)
     url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
     settings = Settings.from_env(environ={}, home=tmp_path_factory.mktemp("taste_home"), warehouse_url=url)
     load_world(url, background_orders(np.random.default_rng(7)) + planted_orders())
