@@ -50,8 +50,9 @@ def create_database(conn: psycopg.Connection, name: str) -> None:
     """Create database ``name`` (``conn`` in autocommit) with text ordered by code point, compared byte-wise.
 
     The builtin provider's C.UTF-8 orders text as libc's C.UTF-8 does (code point order) and keeps Unicode case
-    mapping, but Postgres compares it with memcmp and abbreviated sort keys instead of strcoll: sorts, window
-    partitions and indexes on the text ids take about half the time (BENCHMARKS.md, Daily operation).
+    mapping, but Postgres compares it with memcmp and abbreviated sort keys instead of strcoll: a sort, a window
+    partition or an index build over the full-scale world's text ids took half the time (BENCHMARKS.md, Daily
+    operation), though the day's whole dbt build gained only about a second.
     """
     conn.execute(
         sql.SQL("CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8'").format(
