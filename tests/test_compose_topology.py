@@ -17,6 +17,7 @@ import yaml
 from ml.pipeline.cluster import WORKER_CONCURRENCY, CeleryStack, airflow_command, topology
 from ml.pipeline.tracking import tracking_uri
 from ml.settings import PROJECT_ROOT, Settings
+from ml.warehouse import postgres
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 COMPOSE_WORKERS = 2
@@ -109,6 +110,11 @@ def test_mlflow_server_stores_the_artifacts_on_the_warehouse_backend(compose):
     assert options["--port"] == str(tracking.port)
     # The tasks' Host header must pass the server's DNS-rebinding check.
     assert tracking.netloc in options["--allowed-hosts"].split(",")
+
+
+def test_the_warehouse_compares_text_as_the_embedded_one_does(compose):
+    initdb = compose["services"]["postgres"]["environment"]["POSTGRES_INITDB_ARGS"]
+    assert initdb.split() == ["--locale-provider=builtin", f"--builtin-locale={postgres.BUILTIN_LOCALE}"]
 
 
 def test_references_name_what_the_file_defines(compose):

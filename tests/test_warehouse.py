@@ -20,7 +20,7 @@ def test_embedded_warehouse_starts_once_serves_the_project_database_stops_and_st
             assert conn.execute("SELECT current_database()").fetchone() == (postgres.DATABASE,)
             # Text ids compare byte-wise (the builtin provider), in code point order.
             locale = "SELECT datlocprovider, datlocale FROM pg_database WHERE datname = current_database()"
-            assert conn.execute(locale).fetchone() == ("b", "C.UTF-8")
+            assert conn.execute(locale).fetchone() == ("b", postgres.BUILTIN_LOCALE)
             assert conn.execute(
                 "SELECT array_agg(v ORDER BY v) FROM unnest(ARRAY['b', 'é', 'B', 'a']) v"
             ).fetchone() == (["B", "a", "b", "é"],)

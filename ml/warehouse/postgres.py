@@ -13,6 +13,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ml.settings import Settings
 
 DATABASE = "rekindle"
+# The builtin provider's locale of every warehouse database (create_database; docker-compose.yml's initdb).
+BUILTIN_LOCALE = "C.UTF-8"
 
 
 def _embedded_server(pgdata: Path):
@@ -55,8 +57,8 @@ def create_database(conn: psycopg.Connection, name: str) -> None:
     operation), though the day's whole dbt build gained only about a second.
     """
     conn.execute(
-        sql.SQL("CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8'").format(
-            sql.Identifier(name)
+        sql.SQL("CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER builtin BUILTIN_LOCALE {}").format(
+            sql.Identifier(name), sql.Literal(BUILTIN_LOCALE)
         )
     )
 
