@@ -31,6 +31,16 @@ os.environ.update(runtime.airflow_environment(_session_settings))
 runtime.configure(_session_settings)
 
 
+@pytest.fixture(autouse=True)
+def _main_module_restored():
+    """Streamlit's script runner (AppTest) installs each script it runs as ``sys.modules["__main__"]`` and leaves it
+    there. A spawn-context process pool started later in the same worker re-runs the parent's ``__main__`` in each
+    child, so its processes died at start (``NameError: __args``, a ``BrokenProcessPool`` in the parent)."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="session")
 def postgres_server_url(tmp_path_factory) -> str:
     home = tmp_path_factory.mktemp("pg")

@@ -37,10 +37,6 @@ def ranked(tmp_path_factory, postgres_server_url) -> Settings:
     return settings
 
 
-# Once in CI (2026-11-29) the pool's first process died about a second after it was started, while loading the
-# champion, with nothing in the kernel log (no OOM kill, no segfault); 24 spawns of the same load since all worked.
-# A process that dies that way is retried once here; any other failure, and a second death, still fails.
-@pytest.mark.flaky(reruns=1, only_rerun=["BrokenProcessPool"])
 def test_each_shard_count_scores_in_its_own_processes_and_publishes_the_same_recommendations(ranked):
     result = shards.benchmark_shards(ranked, RUN_DATE, [1, 2], parallel=2)
 
