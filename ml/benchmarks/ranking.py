@@ -201,6 +201,11 @@ def recommend_ids(recommender: Recommender, matrix: InteractionMatrix, users: np
     return {user: list(matrix.item_ids[row[row >= 0]]) for user, row in zip(users, items)}
 
 
+def is_small_log(train: pd.DataFrame) -> bool:
+    """A log whose ranker the benchmark tunes and bags: at most ``RANKER_TUNING_MAX_INTERACTIONS`` train rows."""
+    return len(train) <= RANKER_TUNING_MAX_INTERACTIONS
+
+
 def tune(
     train: pd.DataFrame, users: list, items: list, mode: str, seed: int, threads: int, ranker_inputs: dict
 ) -> dict[str, dict]:
@@ -225,7 +230,7 @@ def tune(
             report = ranking_report(listed, relevant, len(items), ks=(K,))
             scored.append((report["ndcg@10"], params))
         chosen[name] = max(scored, key=lambda pair: pair[0])[1]
-    if len(inner_train) <= RANKER_TUNING_MAX_INTERACTIONS:
+    if is_small_log(train):
         scored = []
         for values in itertools.product(*RANKER_GRID.values()):
             settings = dict(zip(RANKER_GRID, values))
@@ -328,10 +333,9 @@ def run(args: argparse.Namespace) -> int:
     )
 
     started = time.perf_counter()
-    small_log = len(train) <= RANKER_TUNING_MAX_INTERACTIONS
     ranker_inputs = {
         "candidates": args.candidates,
-        "bagged_boosters": args.bagged_boosters or (SMALL_LOG_BAGGED_BOOSTERS if small_log else 1),
+        "bagged_boosters": args.bagged_boosters or (SMALL_LOG_BAGGED_BOOSTERS if is_small_log(train) else 1),
         "categories": categories,
         "item_categories": item_categories,
         "item_locations": item_locations,

@@ -355,6 +355,7 @@ class RankerRecommender(Recommender):
         if self.max_train_users is not None:
             all_users = all_users[: self.max_train_users]
         n_valid = int(round(self.validation_share * len(all_users)))
+        sampled = np.sort(all_users)
         parts: dict[str, list] = {mode: [] for mode in self.modes}
         # Each window moves the cut one label share further back, adding training groups from older data.
         current = frame
@@ -363,7 +364,7 @@ class RankerRecommender(Recommender):
             stage = self._fit_stage(past)
             for mode in self.modes:
                 positives = self._positives(stage, future, mode)
-                parts[mode].append(self._training_rows(stage, np.sort(all_users), positives, mode))
+                parts[mode].append(self._training_rows(stage, sampled, positives, mode))
             current = past
         # One frame per mode (the windows' parts freed), split by user for each booster.
         rows = {mode: _concat_rows(parts.pop(mode)) for mode in self.modes}
@@ -373,6 +374,7 @@ class RankerRecommender(Recommender):
             for mode in self.modes:
                 train, valid = _split_groups(rows[mode], valid_users)
                 self.boosters[mode].append(self._train_booster(train, valid, mode, self.seed + bag))
+        del rows, train, valid  # the training rows, the largest arrays held, are freed before the serving stage
         self.stage = self._fit_stage(frame)
         return self
 
@@ -853,11 +855,16 @@ def _split_groups(
     )
 
 
-def _concat_rows(parts: list[tuple]) -> tuple:
-    """Training rows (features, then arrays: labels, group sizes, ...) of several parts as one."""
+def _concat_rows(
+    parts: list[tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """Training rows (features, labels, group sizes, group users) of several parts as one."""
     if not parts:
         return pd.DataFrame(), np.empty(0, np.float32), np.empty(0, np.int64), np.empty(0, np.int64)
+    features, labels, sizes, group_users = zip(*parts)
     return (
-        pd.concat([part[0] for part in parts], ignore_index=True),
-        *(np.concatenate([part[k] for part in parts]) for k in range(1, len(parts[0]))),
+        pd.concat(features, ignore_index=True),
+        np.concatenate(labels),
+        np.concatenate(sizes),
+        np.concatenate(group_users),
     )
