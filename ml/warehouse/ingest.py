@@ -11,6 +11,7 @@ which rows are already there, and the others are copied straight into the raw ta
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import numbers
@@ -23,11 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ml.privacy.tombstones import ErasedUsers
 from ml.runtime import PROGRESS_LOGGER
 from ml.warehouse import ddl
-from ml.warehouse.bulk import copy_frame
+from ml.warehouse.bulk import copy_frame, copy_table
 from ml.warehouse.contract import (
     ASSIGNMENTS,
     CHECKOUT,
@@ -498,28 +501,41 @@ def _quarantine(conn: psycopg.Connection, table: str, source_file: str, bad: pd.
 
 def _insert_new(conn: psycopg.Connection, contract: TableContract, good: pd.DataFrame, source_file: str) -> int:
     """COPY the rows whose natural key is not in ``raw.<table>`` yet (the first of a file's copies wins)."""
-    key = list(contract.key)
     # In key order, the look-up and the primary key's inserts walk the index page after page instead
     # of at random (ids are often UUIDs): twice as fast, and it stays so as the index outgrows memory.
-    rows = good[~good.duplicated(key)].sort_values(key, ignore_index=True)
-    if rows.empty:
+    if good.empty:
         return 0
+    rows = _first_of_each_key(pa.Table.from_pandas(good, preserve_index=False), contract.key)
     # Nothing else may insert between the look-up and the COPY; readers are not blocked.
     conn.execute(f"LOCK TABLE raw.{contract.name} IN SHARE ROW EXCLUSIVE MODE")
-    new = rows.drop(index=_already_loaded(conn, contract, rows))
-    if not new.empty:
-        copy_frame(conn, f"raw.{contract.name}", new[list(contract.columns)].assign(source_file=source_file))
-    return len(new)
+    is_new = np.ones(rows.num_rows, dtype=bool)
+    is_new[_already_loaded(conn, contract, rows)] = False
+    new = rows.filter(pa.array(is_new)).select(list(contract.columns))
+    if new.num_rows:
+        copy_table(conn, f"raw.{contract.name}", new.append_column("source_file", pa.repeat(source_file, new.num_rows)))
+    return new.num_rows
 
 
-def _already_loaded(conn: psycopg.Connection, contract: TableContract, rows: pd.DataFrame) -> np.ndarray:
+def _first_of_each_key(rows: pa.Table, key: tuple[str, ...]) -> pa.Table:
+    """``rows`` sorted by ``key`` (byte-wise, as the warehouse compares text), keeping only the first row, in the
+    input's order, of each key. Arrow's stable sort takes a tenth of pandas' time on a million text ids."""
+    order = pc.sort_indices(rows, sort_keys=[(column, "ascending") for column in key])
+    keys = rows.select(list(key)).take(order)
+    repeats = np.zeros(rows.num_rows, dtype=bool)
+    if rows.num_rows > 1:
+        same = [pc.equal(keys[column][1:], keys[column][:-1]) for column in key]
+        repeats[1:] = functools.reduce(pc.and_, same).to_numpy(zero_copy_only=False)
+    return rows.take(order.filter(pa.array(~repeats)))
+
+
+def _already_loaded(conn: psycopg.Connection, contract: TableContract, rows: pa.Table) -> np.ndarray:
     """Positions in ``rows`` whose natural key is already in ``raw.<table>``; only the keys travel."""
     key = list(contract.key)
     conn.execute(
         f"CREATE TEMP TABLE incoming_keys AS "
         f"SELECT {', '.join(key)}, 0::bigint AS position FROM raw.{contract.name} WITH NO DATA"
     )
-    copy_frame(conn, "incoming_keys", rows[key].assign(position=np.arange(len(rows))))
+    copy_table(conn, "incoming_keys", rows.select(key).append_column("position", pa.array(np.arange(rows.num_rows))))
     # The planner weighs one primary-key probe per row against a pass over the whole table. It needs
     # the batch's size, and random reads priced as on an SSD with the index cached: at the default 4
     # it scans all of raw.events even for 50k keys, so the cost would grow with the table.
