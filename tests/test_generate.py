@@ -14,9 +14,11 @@ from ml.synthetic.world import (
     DAYPARTS,
     EVENT_TYPES,
     REWARD_SIZES,
+    SECONDS_PER_DAY,
     baseline_reactivation_probability,
     daypart_at,
     distance_km,
+    habitual_dayparts,
     simulate_days,
     true_reactivation_probability,
 )
@@ -197,6 +199,38 @@ def test_tastes_are_distributions_and_drive_what_users_order(large_market):
 
 
 # --------------------------------------------------------------------------- context: distance and day-part
+
+
+def test_the_next_order_chances_are_those_the_world_draws_its_orders_from():
+    simulators = []
+    with_observer = generate_marketplace(
+        seed=7,
+        days=DAYS,
+        end_date=END_DATE,
+        n_users=400,
+        n_merchants=60,
+        order_observer=lambda simulator, users, order_s, day_start_s: simulators.append(simulator),
+    )
+    # Watching does not change the world.
+    assert with_observer.events.equals(small_marketplace().events)
+    simulator = simulators[-1]
+    state = simulator.state
+    has_regulars = np.flatnonzero(state.regular_counts.sum(axis=1) > 0)
+    users = np.concatenate([has_regulars[:3], np.flatnonzero(state.regular_counts.sum(axis=1) == 0)[:1]])
+    day_start_s = (DAYS - 1) * SECONDS_PER_DAY
+    chances = simulator.chooser.next_order_probabilities(users, day_start_s, state)
+    assert np.allclose(chances.sum(axis=1), 1.0)
+
+    draws = 20_000
+    rng = np.random.default_rng(0)
+    repeated = np.repeat(users, draws)
+    chosen = simulator.chooser.choose(
+        repeated, habitual_dayparts(simulator.population.daypart[repeated], rng), day_start_s, state, rng
+    )
+    observed = np.stack([np.bincount(chosen[repeated == user], minlength=chances.shape[1]) / draws for user in users])
+    assert np.abs(observed - chances).max() < 0.015
+    # A regular is the likeliest next merchant of a user with regulars; a user without any only explores.
+    assert all(chances[i].argmax() in state.regulars[user] for i, user in enumerate(users[:3]))
 
 
 def test_the_truth_holds_home_locations_and_day_part_profiles(market):

@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 
 from ml.benchmarks import ranking
-from ml.benchmarks.order_log import order_log
+from ml.benchmarks.order_log import order_log, order_log_with_oracle
 from ml.cli import main as rekindle
 from ml.recommend import temporal_split
+from ml.recommend.metrics import ranking_report
 
 MODELS = ["random", "popularity", "cosine", "als", "ease", "category", "ranker"]
 WINBACK_BASELINES = ["own most frequent", "own most recent"]
@@ -133,6 +134,29 @@ def test_the_stand_in_order_log_has_the_real_logs_shape(order_log_file):
     assert 110 <= (times.max() - times.min()).days <= 120
     # Seeded: the same log every time.
     assert order_log().equals(pd.read_csv(order_log_file, dtype={"user_id": str, "merchant_id": str}))
+
+
+def test_the_stand_in_logs_oracle_ranks_by_the_worlds_own_next_order_chances():
+    log, oracle = order_log_with_oracle(seed=0, train_share=ranking.TRAIN_SHARE)
+    assert log.equals(order_log(seed=0))
+    frame = log.rename(columns={"merchant_id": "item_id"})
+    train, held_out = temporal_split(frame, ranking.TRAIN_SHARE)
+    assert set(oracle["winback"]) == set(oracle["discovery"]) == set(held_out["user_id"])
+    assert all(len(listed) == 10 for lists in oracle.values() for listed in lists.values())
+    seen = train.groupby("user_id")["item_id"].apply(set)
+    assert not any(set(listed) & seen[user] for user, listed in oracle["discovery"].items())
+    # Taken right after each customer's last training order, whose merchant the world has just made a regular.
+    last_merchant = train.groupby("user_id")["item_id"].last()
+    assert all(last_merchant[user] in listed for user, listed in oracle["winback"].items())
+    # It knows what the log does not show (orders before the window, loyalty, habits), so it beats the customers'
+    # own most frequent merchants, the strongest baseline in winback.
+    counts = train.groupby(["user_id", "item_id"]).size().rename("orders").reset_index()
+    counts = counts.sort_values(["user_id", "orders"], ascending=[True, False], kind="mergesort")
+    frequent = counts.groupby("user_id")["item_id"].apply(lambda items: list(items[:10])).to_dict()
+    relevant = ranking.held_out_relevance(train, held_out, "winback")
+    catalog = frame["item_id"].nunique()
+    oracle_ndcg = ranking_report(oracle["winback"], relevant, catalog, ks=(10,))["ndcg@10"]
+    assert oracle_ndcg > ranking_report(frequent, relevant, catalog, ks=(10,))["ndcg@10"] + 0.02
 
 
 def _held_out(path, mode: str) -> tuple[pd.DataFrame, dict]:

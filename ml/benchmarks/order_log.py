@@ -9,11 +9,16 @@ restaurant's category, lat and lng.
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from ml.recommend.modes import DISCOVERY, WINBACK
+from ml.recommend.split import temporal_split
 from ml.synthetic.marketplace import generate_marketplace
+from ml.synthetic.world import MarketSimulator, OrderObserver
 
 ORDER_LOG_COLUMNS = ["user_id", "merchant_id", "event_time", "category", "lat", "lng"]
 # About 80% of the generated users order in the window, so this many give about 600 customers.
@@ -25,16 +30,60 @@ END_DATE = dt.date(2025, 6, 1)
 
 def order_log(seed: int = 0) -> pd.DataFrame:
     """The stand-in log, sorted by time; ids are strings that do not parse as numbers (``c0042``, ``r007``)."""
+    return _generate(seed, order_observer=None)
+
+
+def order_log_with_oracle(
+    seed: int, train_share: float, n: int = 10
+) -> tuple[pd.DataFrame, dict[str, dict[str, list[str]]]]:
+    """:func:`order_log` and, per mode, the oracle's lists: for each customer with held-out orders under the ranking
+    benchmark's per-user split (``temporal_split`` at ``train_share``), the ``n`` merchants the world itself made likeliest for their next
+    order just after their last training order (``MerchantChooser.next_order_probabilities``; in discovery, among the
+    merchants they had not ordered from). It knows what no model of the log can see (the orders before the window,
+    each customer's loyalty and habits), so its NDCG@10 is a reference for how much better than the baselines a model
+    can be on this log."""
+    after_order: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+    codes: list[np.ndarray] = []
+
+    def observe(simulator: MarketSimulator, users: np.ndarray, order_s: np.ndarray, day_start_s: int) -> None:
+        if not codes:
+            codes.append(_restaurant_ids(pd.Series(simulator.catalog.merchant_id)).to_numpy())
+        chances = simulator.chooser.next_order_probabilities(users, day_start_s, simulator.state)
+        customers = _customer_ids(pd.Series(simulator.population.user_id[users]))
+        for customer, time_s, row in zip(customers, order_s, chances):
+            after_order[customer].append((int(time_s), row))
+
+    log = _generate(seed, order_observer=observe)
+    train, held_out = temporal_split(log, train_share, item_col="merchant_id")
+    training_orders = train.groupby("user_id").size()
+    had = train.groupby("user_id")["merchant_id"].apply(set)
+    merchants = codes[0]
+    oracle: dict[str, dict[str, list[str]]] = {WINBACK: {}, DISCOVERY: {}}
+    for customer in held_out["user_id"].unique():
+        # The state after the customer's last training order (their orders in time order, as the split takes them).
+        _, chances = sorted(after_order[customer], key=lambda pair: pair[0])[training_orders[customer] - 1]
+        ranked = merchants[np.argsort(-chances, kind="stable")]
+        oracle[WINBACK][customer] = list(ranked[:n])
+        oracle[DISCOVERY][customer] = [m for m in ranked if m not in had[customer]][:n]
+    return log, oracle
+
+
+def _generate(seed: int, order_observer: OrderObserver | None) -> pd.DataFrame:
     market = generate_marketplace(
-        seed=seed, days=DAYS, end_date=END_DATE, n_users=GENERATED_USERS, n_merchants=MERCHANTS
+        seed=seed,
+        days=DAYS,
+        end_date=END_DATE,
+        n_users=GENERATED_USERS,
+        n_merchants=MERCHANTS,
+        order_observer=order_observer,
     )
     orders = market.events[market.events["event_type"] == "checkout_completed"]
     merchants = market.merchants.set_index("merchant_id")[["category", "lat", "lng"]]
     log = orders[["user_id", "merchant_id", "event_time"]].join(merchants, on="merchant_id")
     return (
         log.assign(
-            user_id="c" + log["user_id"].astype(str).str.zfill(4),
-            merchant_id="r" + log["merchant_id"].astype(str).str.zfill(3),
+            user_id=_customer_ids(log["user_id"]),
+            merchant_id=_restaurant_ids(log["merchant_id"]),
             event_time=pd.to_datetime(log["event_time"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
         .sort_values(["event_time", "user_id", "merchant_id"], kind="mergesort")
@@ -42,13 +91,19 @@ def order_log(seed: int = 0) -> pd.DataFrame:
     )
 
 
-def write_order_log(path: Path, seed: int = 0) -> pd.DataFrame:
-    """Write :func:`order_log` to ``path`` (Parquet for .parquet, else CSV) and return it."""
-    log = order_log(seed)
+def _customer_ids(ids: pd.Series) -> pd.Series:
+    return "c" + ids.astype(str).str.zfill(4)
+
+
+def _restaurant_ids(ids: pd.Series) -> pd.Series:
+    return "r" + ids.astype(str).str.zfill(3)
+
+
+def write_order_log(path: Path, log: pd.DataFrame) -> None:
+    """Write an order log to ``path`` (Parquet for .parquet, else CSV)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
         log.to_parquet(path, index=False)
     else:
         log.to_csv(path, index=False)
-    return log

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml.benchmarks.order_log import write_order_log
+from ml.benchmarks.order_log import order_log_with_oracle, write_order_log
 from ml.cli.options import UsageError
 from ml.recommend import (
     ALSRecommender,
@@ -309,11 +309,20 @@ def evaluate(
 
 def run(args: argparse.Namespace) -> int:
     if args.write_order_log:
-        log = write_order_log(args.write_order_log, seed=args.seed)
+        log, oracle = order_log_with_oracle(args.seed, TRAIN_SHARE)
+        write_order_log(args.write_order_log, log)
         print(
             f"wrote {len(log):,} orders of {log['user_id'].nunique():,} customers at "
             f"{log['merchant_id'].nunique():,} restaurants to {args.write_order_log}"
         )
+        train, held_out = temporal_split(log.rename(columns={ITEM_ID_ALIAS: "item_id"}), TRAIN_SHARE)
+        for oracle_mode, lists in oracle.items():
+            relevant = held_out_relevance(train, held_out, oracle_mode)
+            report = ranking_report(lists, relevant, log["merchant_id"].nunique(), ks=(K,))
+            print(
+                f"{oracle_mode}: the world's own next-order chances at each customer's split (an oracle, for "
+                f"reference) score NDCG@10 {report['ndcg@10']:.4f} on {len(relevant):,} test customers"
+            )
         return 0
     mode = args.mode
     frame = benchmark_interactions(args)

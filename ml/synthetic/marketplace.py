@@ -34,6 +34,7 @@ from ml.synthetic.world import (
     Catalog,
     MarketSimulator,
     MerchantChooser,
+    OrderObserver,
     Population,
     UserState,
     expected_orders_per_reactivation,
@@ -223,8 +224,10 @@ def generate_marketplace(
     margin_rate: float = 0.30,
     n_users: int | None = None,
     n_merchants: int | None = None,
+    order_observer: OrderObserver | None = None,
 ) -> Marketplace:
-    """The marketplace's tables for the ``days`` days before ``end_date`` (default: today, UTC)."""
+    """The marketplace's tables for the ``days`` days before ``end_date`` (default: today, UTC); ``order_observer``
+    is handed to the simulator (``MarketSimulator``)."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
     if days < 1:
@@ -254,6 +257,7 @@ def generate_marketplace(
         start,
         days,
         simulation_rng,
+        order_observer,
     )
     campaign_days = _campaign_days(days)
     for day in range(days):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -377,6 +378,45 @@ class MerchantChooser:
             chosen[stranded] = candidates[sample_rows(weights, rng)]
         return chosen
 
+    def next_order_probabilities(self, users: np.ndarray, day_start_s: int, state: UserState) -> np.ndarray:
+        """(users, merchants): the chance that each user's next organic order goes to each merchant, given ``state``
+        and the merchants open by ``day_start_s``. The closed form of ``choose`` with the day-part drawn from the
+        user's habit, as for an organic order."""
+        population, catalog = self._population, self._catalog
+        n_merchants, n_categories = len(catalog.category), catalog.category_daypart.shape[0]
+        habits = population.daypart[users] / population.daypart[users].sum(axis=1, keepdims=True)
+        counts, regulars = state.regular_counts[users], state.regulars[users]
+        loyalty = np.where(counts.sum(axis=1) > 0, population.loyalty[users], 0.0)
+        candidates = np.flatnonzero(catalog.open_before(day_start_s))
+        candidate_category = catalog.category[candidates]
+        slot_rows = np.repeat(np.arange(len(users)), REGULAR_SLOTS)
+        probabilities = np.zeros((len(users), n_merchants))
+        for daypart in range(len(DAYPARTS)):
+            fit = counts * catalog.daypart_profile[regulars, daypart]  # empty slots have no orders: weight zero
+            reorder = fit / np.maximum(fit.sum(axis=1, keepdims=True), np.finfo(float).tiny)
+            np.add.at(
+                probabilities,
+                (slot_rows, regulars.ravel()),
+                ((habits[:, daypart] * loyalty)[:, None] * reorder).ravel(),
+            )
+            taste = population.taste[users] * catalog.category_daypart.T[daypart]
+            category_share = taste / taste.sum(axis=1, keepdims=True)
+            weights = self._weights(users, np.full(len(users), daypart), candidates).astype(float)
+            explore = np.zeros((len(users), n_merchants))
+            stranded = np.zeros(len(users))
+            for code in range(n_categories):
+                in_category = candidate_category == code
+                if not in_category.any():
+                    stranded += category_share[:, code]
+                    continue
+                chosen = weights[:, in_category]
+                explore[:, candidates[in_category]] += (
+                    category_share[:, [code]] * chosen / chosen.sum(axis=1, keepdims=True)
+                )
+            explore[:, candidates] += stranded[:, None] * weights / weights.sum(axis=1, keepdims=True)
+            probabilities += (habits[:, daypart] * (1.0 - loyalty))[:, None] * explore
+        return probabilities
+
     def _weights(self, users: np.ndarray, dayparts: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """(users, candidates) choice weights. Generation's hot loop: float32 and in place, the price fit and
         distance decay as one exponential."""
@@ -457,8 +497,14 @@ class EventLog:
         )
 
 
+# Called after each batch of orders is placed, with the simulator (its state already counts the orders), the
+# users (population positions), their order times and the day's start, all in seconds of the simulation.
+OrderObserver = Callable[["MarketSimulator", np.ndarray, np.ndarray, int], None]
+
+
 class MarketSimulator:
-    """Runs the world one UTC day at a time from ``start`` for ``days`` days, recording events and exposures."""
+    """Runs the world one UTC day at a time from ``start`` for ``days`` days, recording events and exposures;
+    ``order_observer`` sees the state after each batch of orders."""
 
     def __init__(
         self,
@@ -468,6 +514,7 @@ class MarketSimulator:
         start: pd.Timestamp,
         days: int,
         rng: np.random.Generator,
+        order_observer: OrderObserver | None = None,
     ):
         self.population = population
         self.catalog = catalog
@@ -478,6 +525,7 @@ class MarketSimulator:
         self.log = EventLog()
         self._rng = rng
         self._exposures: list[pd.DataFrame] = []
+        self._order_observer = order_observer
 
     # -- campaigns
 
@@ -637,6 +685,8 @@ class MarketSimulator:
 
         self.state.last_order_s[users] = order_s
         self.state.remember_orders(users, merchants)
+        if self._order_observer is not None:
+            self._order_observer(self, users, order_s, day_start)
 
     def _order_totals(self, users: np.ndarray, merchants: np.ndarray) -> np.ndarray:
         mean = MEAN_ORDER_TOTAL_BY_PRICE_LEVEL[self.catalog.price_level[merchants] - 1]
