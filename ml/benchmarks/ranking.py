@@ -110,7 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--write-order-log",
         type=Path,
         help="write a synthetic food-delivery order log (about 600 customers, 100 restaurants, four months) "
-        "to this CSV or Parquet file for --interactions, and stop",
+        "to this CSV or Parquet file for --interactions, print the NDCG@10 of an oracle that knows the world's "
+        "next-order chances, and stop",
     )
     parser.add_argument(
         "--mode",
