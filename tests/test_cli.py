@@ -13,13 +13,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil  # Airflow depends on it
 import pytest
 
 from ml import cli
-from ml.pipeline.airflow import ProgressView, TaskOutcome
+from ml.pipeline.airflow import ProgressView, TaskOutcome, tasks_span_seconds
 from ml.pipeline.summary import key_figure, render
 
 
@@ -232,6 +233,18 @@ def test_run_shows_each_task_as_it_ends_with_its_state_seconds_and_key_figure():
     assert " ".join(load[3:]) == "1,500 rows loaded from 2 files, 3 quarantined"
     assert dbt[:3] == ["dbt_build", "(2", "tasks)"] and "1 success, 1 failed" in " ".join(dbt)
     assert ranker == ["train_ranker", "upstream_failed", "4.0s"]
+
+
+def test_the_dag_runs_span_is_its_first_task_start_to_its_last_task_end():
+    at = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
+    tasks = [
+        TaskOutcome("prepare_warehouse", "success", 4.0, at, at + timedelta(seconds=4)),
+        TaskOutcome("score_shard", "success", 10.0, at + timedelta(seconds=150), at + timedelta(seconds=160)),
+        TaskOutcome("publish_segments", "success", 12.0, at + timedelta(seconds=160), at + timedelta(seconds=172)),
+        TaskOutcome("score_shard", "upstream_failed", None),
+    ]
+    assert tasks_span_seconds(tasks) == 172.0
+    assert tasks_span_seconds([TaskOutcome("load_events", "upstream_failed", None)]) is None
 
 
 def test_the_tasks_table_shows_a_task_group_as_one_row():

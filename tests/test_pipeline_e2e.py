@@ -3,6 +3,7 @@ real GX checkpoints, a real MLflow registry, published CRM rows; re-runs and bad
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import date, timedelta
 
@@ -99,6 +100,7 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
 
     print_summary(pipeline_settings, RUN_DATE, state, tasks, 0.0)
     summary = capsys.readouterr().out
+    assert re.search(r"=== reengagement_daily \S+: success in 0s \(the DAG's tasks \d+s, ", summary)
     for expected in (
         "Load (raw.*)",
         "Users per lifecycle segment",

@@ -55,6 +55,16 @@ class TaskOutcome:
     task_id: str
     state: str
     seconds: float | None
+    started: datetime | None = None
+    ended: datetime | None = None
+
+
+def tasks_span_seconds(tasks: list[TaskOutcome]) -> float | None:
+    """Wall-clock seconds from the first task's start to the last task's end: the DAG run without the set-up before
+    it (the warehouse, Airflow's metadata database, parsing the DAG). None if no task ran."""
+    starts = [t.started for t in tasks if t.started]
+    ends = [t.ended for t in tasks if t.ended]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else None
 
 
 def _state(value) -> str:
@@ -74,7 +84,7 @@ def run_dag_in_process(dag_id: str, run_date: date, conf: dict | None = None) ->
     outcomes = []
     for ti in sorted(dag_run.get_task_instances(), key=lambda ti: (ti.start_date is None, ti.start_date or 0)):
         seconds = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None
-        outcomes.append(TaskOutcome(ti.task_id, _state(ti.state), seconds))
+        outcomes.append(TaskOutcome(ti.task_id, _state(ti.state), seconds, ti.start_date, ti.end_date))
     return _state(dag_run.state), outcomes
 
 

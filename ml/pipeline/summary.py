@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import date
 
+from ml.pipeline.airflow import tasks_span_seconds
 from ml.recommend.lifecycle import LIFECYCLE_SEGMENTS
 from ml.recommend.modes import MODE_MEANINGS
 from ml.settings import Settings
@@ -215,6 +216,8 @@ def print_summary(settings: Settings, run_date: date, state: str, tasks: list, t
     # Only what this run did: a step that failed or never ran today must not show yesterday's figures.
     succeeded = {t.task_id for t in tasks if t.state == "success"}
     steps = {row["step"]: row["summary"] for row in step_summaries(settings, run_date) if row["step"] in succeeded}
+    span = tasks_span_seconds(tasks)
+    tasks_took = f" (the DAG's tasks {span:.0f}s, from the first start to the last end)" if span is not None else ""
     print()
-    print(f"=== reengagement_daily {run_date}: {state} in {total_seconds:.0f}s ===")
+    print(f"=== reengagement_daily {run_date}: {state} in {total_seconds:.0f}s{tasks_took} ===")
     print(render(steps, tasks))
