@@ -37,11 +37,11 @@ def order_log_with_oracle(
     seed: int, train_share: float, n: int = 10
 ) -> tuple[pd.DataFrame, dict[str, dict[str, list[str]]]]:
     """:func:`order_log` and, per mode, the oracle's lists: for each customer with held-out orders under the ranking
-    benchmark's per-user split (``temporal_split`` at ``train_share``), the ``n`` merchants the world itself made likeliest for their next
-    order just after their last training order (``MerchantChooser.next_order_probabilities``; in discovery, among the
-    merchants they had not ordered from). It knows what no model of the log can see (the orders before the window,
-    each customer's loyalty and habits), so its NDCG@10 is a reference for how much better than the baselines a model
-    can be on this log."""
+    benchmark's per-user split (``temporal_split`` at ``train_share``), the ``n`` merchants the world itself made
+    likeliest for their next order just after their last training order (``MerchantChooser.next_order_probabilities``;
+    in discovery, among the merchants they had not ordered from). It knows what no model of the log can see (the
+    orders before the window, each customer's loyalty and habits), so its NDCG@10 is a reference for how much better
+    than the baselines a model can be on this log."""
     after_order: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
     codes: list[np.ndarray] = []
 
