@@ -1,4 +1,4 @@
-"""Bulk writes into the warehouse: a DataFrame or an Arrow table through ``COPY ... FROM STDIN`` as CSV written by Arrow.
+"""Bulk writes into the warehouse: a DataFrame or an Arrow table through ``COPY ... FROM STDIN`` as CSV (by Arrow).
 
 Arrow writes a batch of rows as CSV in C, some ten times faster than psycopg's row-by-row ``write_row``: nulls
 become empty unquoted fields (NULL to COPY), strings are quoted (so an empty string stays an empty string).
