@@ -71,6 +71,7 @@ class Settings:
     default_offer_reward: float = 10.0
     order_margin_rate: float = 0.30
     offer_test_share: float = 0.3
+    offer_training_days: int = 180
     reactivation_window_days: int = 14
 
     # CRM segments (ml/crm/segments.py) and publishing
@@ -127,6 +128,12 @@ class Settings:
             )
         if not 0 <= self.offer_exploration_share <= 1:
             raise ValueError(f"REKINDLE_OFFER_EXPLORATION_SHARE={self.offer_exploration_share} is not in [0, 1]")
+        if self.offer_training_days <= self.reactivation_window_days:
+            raise ValueError(
+                f"REKINDLE_OFFER_TRAINING_DAYS={self.offer_training_days} must be above "
+                f"REKINDLE_REACTIVATION_WINDOW_DAYS={self.reactivation_window_days}: no exposure sent later has an "
+                "observed outcome"
+            )
         if self.score_shards < 1:
             raise ValueError(f"REKINDLE_SCORE_SHARDS={self.score_shards} must be at least 1")
         if not 0 <= self.taste_drift_threshold <= 1:
@@ -263,6 +270,9 @@ DESCRIPTIONS: dict[str, str] = {
     "as margin on the expected orders minus the reward cost.",
     "offer_test_share": "Share of exposed users held out to value the offer policy (and the gate) in "
     "`train_offer_model`.",
+    "offer_training_days": "The offer model learns from the exposures sent in this many days before the run date "
+    "(those whose outcome window has closed): recent responses, and a training cost that stops growing with the "
+    "campaigns sent.",
     "reactivation_window_days": "Days after a campaign is sent in which a checkout counts as reactivation (dbt "
     "var for `marts.campaign_history`); the experiment readout reads out the campaign sent this many days earlier.",
     "crm_affinity_threshold": "`high_affinity_prospects` and `cross_sell_targets`: keep recommendations whose "

@@ -30,7 +30,7 @@ import psycopg
 import pytest
 
 from ml.settings import Settings
-from ml.warehouse import postgres
+from ml.warehouse import marts, postgres
 from ml.warehouse.dbt_runner import (
     DbtError,
     connection_params,
@@ -466,6 +466,15 @@ def test_campaign_history(built):
     u2 = rows[("c2", "2")]  # the 09:00 order is before the 10:00 send: a feature, not an outcome
     assert u2["order_count_before"] == 2 and u2["recency_days"] == 0
     assert not u2["reactivated"] and not u2["outcome_observed"]  # window ends 03-06, after run_date
+
+
+def test_the_offer_model_learns_from_observed_exposures_sent_in_its_training_window(built):
+    _, url, _ = built
+    with psycopg.connect(url) as conn:
+        # c1 (sent 2025-02-05) is observed; c2's window is still open on run_date, so it is never training data
+        history = marts.load_history(conn, dt.date(2025, 2, 5))
+        assert set(zip(history["campaign_id"], history["user_id"])) == {("c1", "3"), ("c1", "4"), ("c1", "5")}
+        assert marts.load_history(conn, dt.date(2025, 2, 6)).empty
 
 
 def test_no_look_ahead_with_an_earlier_run_date(settings):

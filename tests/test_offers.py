@@ -513,6 +513,13 @@ def test_settings_reject_an_unknown_offer_objective():
         Settings.from_env(environ={"REKINDLE_OFFER_OBJECTIVE": "clicks"})
 
 
+def test_settings_reject_an_offer_training_window_no_outcome_is_observed_in():
+    from ml.settings import Settings
+
+    with pytest.raises(ValueError, match="REKINDLE_OFFER_TRAINING_DAYS=14 must be above"):
+        Settings.from_env(environ={"REKINDLE_OFFER_TRAINING_DAYS": "14"})
+
+
 def test_an_exposure_pays_its_reward_only_when_redeemed():
     from ml.offers.response import realised_margin
 

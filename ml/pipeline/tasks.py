@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
 import pandas as pd
@@ -417,7 +417,7 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
     url = postgres.start(settings)
     with recorded_step(url, run_date, "train_offer_model") as summary:
         with psycopg.connect(url) as conn:
-            history = marts.load_history(conn)
+            history = marts.load_history(conn, run_date - timedelta(days=settings.offer_training_days))
             users = marts.load_inactive_users(conn, INACTIVE_SEGMENTS)
         if history.empty or not (history["event_type"] == response.CONTROL).any():
             summary["skipped"] = "no randomised campaign with an observed outcome window and a holdout yet"

@@ -8,8 +8,8 @@ the marts are defined here.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
-from datetime import datetime
 
 import pandas as pd
 import psycopg
@@ -83,8 +83,9 @@ def users_per_segment(conn: psycopg.Connection) -> dict[str, int]:
     return dict(rows)
 
 
-def load_history(conn: psycopg.Connection) -> pd.DataFrame:
-    """Exposures whose whole outcome window is observed, with features as of sending."""
+def load_history(conn: psycopg.Connection, sent_since: dt.date) -> pd.DataFrame:
+    """Exposures sent on or after ``sent_since`` whose whole outcome window is observed, with features as of
+    sending."""
     columns = [
         "campaign_id",
         "user_id",
@@ -97,7 +98,9 @@ def load_history(conn: psycopg.Connection) -> pd.DataFrame:
         "propensity",
     ]
     rows = conn.execute(
-        f"SELECT {', '.join(columns)} FROM marts.campaign_history WHERE outcome_observed ORDER BY campaign_id, user_id"
+        f"""SELECT {", ".join(columns)} FROM marts.campaign_history
+            WHERE outcome_observed AND sent_at >= %s ORDER BY campaign_id, user_id""",
+        (dt.datetime.combine(sent_since, dt.time(), dt.UTC),),
     ).fetchall()
     history = pd.DataFrame(rows, columns=columns)
     for column in ("reward_size", *_MONEY_FEATURES, "order_value_in_window", "propensity"):
@@ -124,7 +127,7 @@ def load_inactive_users(conn: psycopg.Connection, segments: Sequence[str]) -> pd
     return users
 
 
-def order_revenue(conn: psycopg.Connection, user_ids: Sequence[str], start: datetime, end: datetime) -> pd.Series:
+def order_revenue(conn: psycopg.Connection, user_ids: Sequence[str], start: dt.datetime, end: dt.datetime) -> pd.Series:
     """Revenue (QAR) per user of ``user_ids`` who ordered in ``[start, end)``, indexed by user_id; users with no
     order there are absent. Each order counts once: ``marts.orders`` is deduplicated by staging."""
     rows = conn.execute(
@@ -138,7 +141,7 @@ def order_revenue(conn: psycopg.Connection, user_ids: Sequence[str], start: date
     )
 
 
-def redeemed_users(conn: psycopg.Connection, campaign_id: str, start: datetime, end: datetime) -> list[str]:
+def redeemed_users(conn: psycopg.Connection, campaign_id: str, start: dt.datetime, end: dt.datetime) -> list[str]:
     """The users who redeemed a reward of ``campaign_id`` in ``[start, end)`` (``marts.reward_redemptions``, the
     definition ``marts.campaign_history``'s redeemed flag uses), each once: a reward is paid once per offer."""
     rows = conn.execute(
