@@ -72,6 +72,7 @@ class Settings:
     order_margin_rate: float = 0.30
     offer_test_share: float = 0.3
     offer_training_days: int = 180
+    offer_training_max_exposures: int = 100_000
     reactivation_window_days: int = 14
 
     # CRM segments (ml/crm/segments.py) and publishing
@@ -133,6 +134,10 @@ class Settings:
                 f"REKINDLE_OFFER_TRAINING_DAYS={self.offer_training_days} must be above "
                 f"REKINDLE_REACTIVATION_WINDOW_DAYS={self.reactivation_window_days}: no exposure sent later has an "
                 "observed outcome"
+            )
+        if self.offer_training_max_exposures < 1:
+            raise ValueError(
+                f"REKINDLE_OFFER_TRAINING_MAX_EXPOSURES={self.offer_training_max_exposures} must be at least 1"
             )
         if self.score_shards < 1:
             raise ValueError(f"REKINDLE_SCORE_SHARDS={self.score_shards} must be at least 1")
@@ -273,6 +278,9 @@ DESCRIPTIONS: dict[str, str] = {
     "offer_training_days": "The offer model learns from the exposures sent in this many days before the run date "
     "(those whose outcome window has closed): recent responses, and a training cost that stops growing with the "
     "campaigns sent.",
+    "offer_training_max_exposures": "At most about this many of those exposures train the offer model: above it, "
+    "a seeded sample of users with all their exposures (the same users from day to day). A window of weekly "
+    "campaigns at full scale holds several hundred thousand; the sample keeps the daily fit's cost flat.",
     "reactivation_window_days": "Days after a campaign is sent in which a checkout counts as reactivation (dbt "
     "var for `marts.campaign_history`); the experiment readout reads out the campaign sent this many days earlier.",
     "crm_affinity_threshold": "`high_affinity_prospects` and `cross_sell_targets`: keep recommendations whose "

@@ -11,7 +11,7 @@ import sys
 
 import psycopg
 
-from ml.benchmarks.daily import DayRun, format_days
+from ml.benchmarks.daily import PROBE_ROW, DayRun, format_days
 from ml.pipeline.airflow import ProgressView
 from ml.settings import PROJECT_ROOT
 
@@ -49,14 +49,29 @@ def test_progress_view_shows_tasks_groups_and_progress_lines_only():
 def test_format_days_compares_the_last_day_with_day_two_and_flags_growth():
     days = [
         DayRun(END, "success", 30.0, {"load_events": 9.0, "publish_segments": 5.0}, {"publish_segments": 900.0}),
-        DayRun(END + dt.timedelta(days=1), "success", 20.0, {"load_events": 4.0, "publish_segments": 5.0}),
-        DayRun(END + dt.timedelta(days=2), "success", 26.0, {"load_events": 4.1, "publish_segments": 11.0}),
+        DayRun(
+            END + dt.timedelta(days=1),
+            "success",
+            20.0,
+            {"load_events": 4.0, "publish_segments": 5.0},
+            inputs={"orders the ranker read": 100_000, PROBE_ROW: 2.0},
+        ),
+        DayRun(
+            END + dt.timedelta(days=2),
+            "success",
+            26.0,
+            {"load_events": 4.1, "publish_segments": 11.0},
+            inputs={"orders the ranker read": 150_000, PROBE_ROW: 2.5},
+        ),
     ]
     rows = {line.split()[0]: line for line in format_days(days).splitlines()}
     assert rows["load_events"].split()[-1] == "1.02"
     assert rows["publish_segments"].split()[-1] == "!" and "2.20" in rows["publish_segments"]
     assert "900" in rows["publish_segments"]
     assert "1.30 !" in rows["whole"]
+    # inputs and the machine probe: shown with their growth, never flagged (they are not the code's cost)
+    assert rows["orders"].split()[-3:] == ["100,000", "150,000", "1.50"]
+    assert rows["machine"].split()[-3:] == ["2.00", "2.50", "1.25"]
 
 
 def test_daily_benchmark_runs_consecutive_days_on_one_warehouse(tmp_path):
@@ -97,6 +112,9 @@ def test_daily_benchmark_runs_consecutive_days_on_one_warehouse(tmp_path):
             if line.startswith(("publish_segments", "load_events"))
         }
         assert set(table) == {"publish_segments", "load_events"}
+        inputs = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("orders", "machine"))}
+        assert int(inputs["orders"][-2].replace(",", "")) > int(inputs["orders"][-3].replace(",", "")) > 0
+        assert float(inputs["machine"][-2]) > 0 and float(inputs["machine"][-3]) > 0
         assert "DAG TEST" not in out, "the full Airflow log belongs in the log file, not on the terminal"
         assert (home / "logs" / "reengagement_daily_2026-11-01.log").stat().st_size > 0
         url = subprocess.run(

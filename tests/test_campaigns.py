@@ -12,6 +12,7 @@ from ml.offers.response import (
     OfferResponseModel,
     best_uniform_offer,
     evaluate,
+    sample_users,
     split_by_user,
 )
 from ml.offers.truth import observable_oracle, truth_scorecard
@@ -198,3 +199,31 @@ def test_a_user_with_no_history_gets_an_offer_or_none_never_a_crash(planted):
     assert set(model.best_arms(newcomer)) <= set(model.arms_)
     # an unknown zone is treated like a missing one, not as an error
     assert model.best_arms(test.head(3).assign(home_zone="Mars")).shape == (3,)
+
+
+def test_a_strength_chosen_on_the_training_users_carries_over_to_the_final_fit(planted):
+    train, test, _, model = planted
+    history = pd.concat([train, test])
+    final = OfferResponseModel(MARGIN_RATE, seed=0).fit(history, shrinkage=model.shrinkage_)
+    assert final.shrinkage_ == model.shrinkage_
+    # the boosters are refitted on every exposure: its uplifts are not the training model's
+    assert not np.allclose(final.predict(test)[0].to_numpy(), model.predict(test)[0].to_numpy())
+    untrusting = OfferResponseModel(MARGIN_RATE, seed=0).fit(history, shrinkage=0.0)
+    p = untrusting.predict(test)[0]
+    uplift = p.drop(columns="none").sub(p["none"], axis=0)
+    assert np.allclose(uplift.std(), 0.0, atol=1e-9)  # no heterogeneity trusted: one uplift per arm
+
+
+def test_a_history_above_the_cap_is_a_seeded_sample_of_whole_users_stable_as_it_grows(planted):
+    train, test, _, _ = planted
+    history = pd.concat([train, test, train.assign(campaign_id="again")], ignore_index=True)
+    sample = sample_users(history, 20_000, seed=42)
+    assert 18_000 < len(sample) < 22_000
+    kept = set(sample["user_id"])
+    assert set(history.loc[history["user_id"].isin(kept)].index) == set(sample.index)  # whole users
+    assert sample_users(history, len(history), seed=42) is history
+    # a day later, with more history, the users kept before are still kept (the hash is fixed, the share shrinks)
+    grown = pd.concat([history, test.assign(campaign_id="later")], ignore_index=True)
+    later = set(sample_users(grown, 20_000, seed=42)["user_id"])
+    assert later <= kept and len(later) > 0.8 * len(kept)
+    assert set(sample_users(history, 20_000, seed=43)["user_id"]) != kept

@@ -4,6 +4,7 @@ first day afterwards reproduces its segments without look-ahead."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, timedelta
 
 import pandas as pd
@@ -11,6 +12,7 @@ import psycopg
 from conftest import run_daily_steps
 
 from ml.experiments.assignment import campaign_id_for
+from ml.pipeline import tasks
 from ml.synthetic import campaign_replay
 from ml.synthetic.marketplace import generate_marketplace
 
@@ -58,7 +60,13 @@ def test_campaign_outcomes_train_the_next_offer_model_and_backfill_reproduces_th
     assert mismatched == 0 and lowest_propensity < 1
     # The day-one campaign's users are now part of the offer model's held-out and training data.
     assert second["train_offer_model"]["metrics"]["test_rows"] > train_rows_day_one
+    trained_on = second["train_offer_model"]["training_exposures"]
+    assert trained_on >= first["train_offer_model"]["training_exposures"] + observed  # and the world's own
 
     # Backfill day one after day two: same members, same segments, same arms — nothing from later days leaks in.
     run_daily_steps(settings, DAY_ONE)
     assert _offers(url, DAY_ONE).equals(offers_day_one)
+
+    # Above REKINDLE_OFFER_TRAINING_MAX_EXPOSURES the model learns from a sample of about that many.
+    capped = tasks.train_offer_model(replace(settings, offer_training_max_exposures=trained_on // 2), day_two)
+    assert 0.3 * trained_on < capped["training_exposures"] < 0.7 * trained_on

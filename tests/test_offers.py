@@ -518,6 +518,8 @@ def test_settings_reject_an_offer_training_window_no_outcome_is_observed_in():
 
     with pytest.raises(ValueError, match="REKINDLE_OFFER_TRAINING_DAYS=14 must be above"):
         Settings.from_env(environ={"REKINDLE_OFFER_TRAINING_DAYS": "14"})
+    with pytest.raises(ValueError, match="REKINDLE_OFFER_TRAINING_MAX_EXPOSURES=0 must be at least 1"):
+        Settings.from_env(environ={"REKINDLE_OFFER_TRAINING_MAX_EXPOSURES": "0"})
 
 
 def test_an_exposure_pays_its_reward_only_when_redeemed():

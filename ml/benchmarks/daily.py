@@ -4,7 +4,9 @@ A synthetic window is generated once; the history before the first run date is i
 the start and each later day's events and campaign exposures arrive as their own files before the next
 day's run, as a daily export would. Prints seconds per task per day (all dbt tasks summed into one row),
 each task's peak resident memory, and the last day against day 2: no task may grow with the number of
-days already published.
+days already published. Below the tasks, what each day's input was (the orders the ranker read, the exposures
+the offer model learnt from: they grow with the window, not with the days published) and a machine probe, a
+fixed seeded LightGBM fit timed before each day: if the probe slows down, the machine did.
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ class DayRun:
     seconds: float
     task_seconds: dict[str, float] = field(default_factory=dict)
     task_peak_mb: dict[str, float] = field(default_factory=dict)
+    inputs: dict[str, float] = field(default_factory=dict)
+
+
+# The inputs a day's table shows: (step, its summary's key) -> the row's label.
+INPUT_ROWS = {
+    ("train_ranker", "orders"): "orders the ranker read",
+    ("train_offer_model", "training_exposures"): "exposures the offer model read",
+}
+PROBE_ROW = "machine probe (s)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,9 +137,7 @@ def _run_day_in_process(settings: Settings, run_date: dt.date) -> DayRun:
     if not results:
         return DayRun(run_date, "crashed", float("nan"))
     day = results[0]
-    return DayRun(
-        dt.date.fromisoformat(day["run_date"]), day["state"], day["seconds"], day["task_seconds"], day["task_peak_mb"]
-    )
+    return DayRun(**{**day, "run_date": dt.date.fromisoformat(day["run_date"])})
 
 
 def _run_one_day(args: argparse.Namespace) -> int:
@@ -149,10 +158,12 @@ def _run_day(settings: Settings, url: str, run_date: dt.date) -> DayRun:
     from ml.pipeline.airflow import logs_to_file, run_dag_in_process
     from ml.pipeline.tasks import step_summaries
 
+    probe = machine_probe_seconds()
     started = time.perf_counter()
     with logs_to_file(settings.home / "logs" / f"{DAG_ID}_{run_date}.log"):
         state, tasks = run_dag_in_process(DAG_ID, run_date)
     day = DayRun(run_date, state, time.perf_counter() - started)
+    day.inputs[PROBE_ROW] = probe
     for task in tasks:
         name = DBT_GROUP if task.task_id.startswith(f"{DBT_GROUP}.") else task.task_id
         day.task_seconds[name] = day.task_seconds.get(name, 0.0) + (task.seconds or 0.0)
@@ -161,7 +172,25 @@ def _run_day(settings: Settings, url: str, run_date: dt.date) -> DayRun:
         name = step["step"].partition("[")[0]
         peak = step["summary"].get("peak_rss_mb", float("nan"))
         day.task_peak_mb[name] = max(day.task_peak_mb.get(name, peak), peak)
+        for (input_step, key), label in INPUT_ROWS.items():
+            if name == input_step and key in step["summary"]:
+                day.inputs[label] = step["summary"][key]
     return day
+
+
+def machine_probe_seconds() -> float:
+    """Seconds for a fixed, seeded piece of work like the pipeline's own (a two-thread LightGBM fit on 200,000
+    rows): the same work every day, so a change in its time is the machine's, not the code's."""
+    import lightgbm
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200_000, 20))
+    y = X[:, 0] - 0.5 * X[:, 1] ** 2 + rng.normal(size=len(X))
+    params = {"objective": "regression", "num_threads": 2, "num_leaves": 31, "seed": 0, "verbosity": -1}
+    started = time.perf_counter()
+    lightgbm.train(params, lightgbm.Dataset(X, y), num_boost_round=60)
+    return time.perf_counter() - started
 
 
 def _fresh_home(home: Path, seed: int, scale: str) -> Settings:
@@ -229,8 +258,14 @@ def format_days(days: list[DayRun]) -> str:
         ratio = seconds[-1] / seconds[1] if len(seconds) > 1 and seconds[1] > 0 else float("nan")
         flag = " !" if ratio > STEADY_STATE_LIMIT and seconds[-1] - seconds[1] > 1.0 else ""
         rows.append([task] + [f"{s:.1f}" for s in seconds] + [f"{peak:,.0f}", f"{ratio:.2f}{flag}"])
+    for label in dict.fromkeys(label for day in days for label in day.inputs):
+        values = [day.inputs.get(label, float("nan")) for day in days]
+        ratio = values[-1] / values[1] if len(values) > 1 and values[1] > 0 else float("nan")
+        shown = [f"{v:.2f}" if label == PROBE_ROW else f"{v:,.0f}" for v in values]
+        rows.append([label] + shown + ["", f"{ratio:.2f}"])
     return text_table(header, rows) + (
-        f"\n(! = more than {STEADY_STATE_LIMIT}x day 2 and over a second slower; dbt_build sums its tasks)"
+        f"\n(! = more than {STEADY_STATE_LIMIT}x day 2 and over a second slower; dbt_build sums its tasks; "
+        f"{PROBE_ROW}: a fixed LightGBM fit timed before each day, the machine's speed)"
     )
 
 

@@ -58,16 +58,24 @@ class OfferResponseModel:
         self.config = config or BoosterConfig(n_trees=200, num_leaves=4, min_child_samples=100, lambda_l2=10.0)
         self.seed = seed
 
-    def fit(self, history: pd.DataFrame, workers: int = 1) -> OfferResponseModel:
+    def fit(self, history: pd.DataFrame, workers: int = 1, shrinkage: float | None = None) -> OfferResponseModel:
         """Fit the boosters, then choose how much per-user heterogeneity to trust: the predicted uplifts are
         shrunk toward each arm's mean unless trusting them pays on held-out users. Held out by cross-fitting,
         so the choice is judged on every exposure rather than on a validation slice.
 
-        ``workers`` threads fit the cross-fitting folds side by side (LightGBM releases the GIL); the model does
-        not depend on it."""
+        ``shrinkage`` given (a strength already chosen on these users' training subset), the cross-fitting is
+        skipped: the boosters are fitted once. ``workers`` threads fit the cross-fitting folds side by side
+        (LightGBM releases the GIL); the model does not depend on it."""
         self._set_arms(history)
-        folds = user_folds(history, SHRINKAGE_FOLDS, self.seed + 7)
         self.shrinkage_, self.centre_ = 1.0, None
+        strength = self._tuned_shrinkage(history, workers) if shrinkage is None else shrinkage
+        self._fit_boosters(history)
+        p = self._per_arm(history, self.reactivation_)  # the centre needs no order values
+        self.shrinkage_, self.centre_ = strength, mean_uplift(p, CONTROL)
+        return self
+
+    def _tuned_shrinkage(self, history: pd.DataFrame, workers: int) -> float:
+        folds = user_folds(history, SHRINKAGE_FOLDS, self.seed + 7)
 
         def held_out(fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
             fold_model = copy.copy(self)  # its own boosters, the same arms and settings
@@ -82,7 +90,7 @@ class OfferResponseModel:
         # z=0: the strength with the best held-out value. With 13 arms the IPW difference between two strengths
         # is so noisy that demanding significance (Hillstrom's z=1.645) nearly always fell back to no
         # heterogeneity, even where it was large and real (tests/test_campaigns.py: planted campaigns).
-        strength = tune_shrinkage(
+        return tune_shrinkage(
             p,
             CONTROL,
             lambda outcomes: self._choose(outcomes, value),
@@ -91,10 +99,6 @@ class OfferResponseModel:
             propensity,
             z=0.0,
         )
-        self._fit_boosters(history)
-        p = self._per_arm(history, self.reactivation_)  # the centre needs no order values
-        self.shrinkage_, self.centre_ = strength, mean_uplift(p, CONTROL)
-        return self
 
     def _choose(self, p: pd.DataFrame, value: pd.DataFrame) -> np.ndarray:
         """Each row's most profitable arm with no holdout, budget or cap: :class:`OfferPolicy` unconstrained."""
@@ -188,6 +192,15 @@ def split_by_user(history: pd.DataFrame, test_share: float, seed: int) -> tuple[
     """Held-out users (by a seeded hash) so no user's exposures sit on both sides."""
     test = _user_score(history, seed) < test_share
     return history[~test], history[test]
+
+
+def sample_users(history: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """About ``max_rows`` exposures when there are more: a seeded sample of users, each with all their
+    exposures, so a user never straddles the held-out split. The same users stay in the sample from day to day
+    while the history grows (the hash is fixed), and the daily fit stops growing with it."""
+    if len(history) <= max_rows:
+        return history
+    return history[_user_score(history, seed + 11) < max_rows / len(history)]
 
 
 def user_folds(history: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
