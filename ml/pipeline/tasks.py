@@ -437,8 +437,8 @@ def train_offer_model(settings: Settings, run_date: date) -> dict:
                 train, settings.worker_threads
             )
             evaluation = response.evaluate(model, train, test, settings.order_margin_rate)
-            # The heterogeneity trust chosen on the training users carries over: a second cross-fit on all
-            # users would cost three more fits a day for a choice the same data already made.
+            # The heterogeneity trust chosen on the training users (most of the history) carries over: a second
+            # cross-fit on every user would cost three more fits a day to re-make nearly the same choice.
             final = response.OfferResponseModel(settings.order_margin_rate, seed=settings.seed).fit(
                 history, settings.worker_threads, shrinkage=model.shrinkage_
             )
