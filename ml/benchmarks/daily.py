@@ -6,7 +6,8 @@ day's run, as a daily export would. Prints seconds per task per day (all dbt tas
 each task's peak resident memory, and the last day against day 2: no task may grow with the number of
 days already published. Below the tasks, what each day's input was (the orders the ranker read, the exposures
 the offer model learnt from: they grow with the window, not with the days published) and a machine probe, a
-fixed seeded LightGBM fit timed before each day: if the probe slows down, the machine did.
+fixed seeded LightGBM fit timed before each day: if the probe slows down, the machine did; and the share of the
+machine's CPU time spent waiting on I/O during the day's run (from /proc/stat), which a short CPU probe misses.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ INPUT_ROWS = {
     ("train_offer_model", "training_exposures"): "exposures the offer model read",
 }
 PROBE_ROW = "machine probe (s)"
+IOWAIT_ROW = "I/O wait (% of CPU time)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,11 +161,16 @@ def _run_day(settings: Settings, url: str, run_date: dt.date) -> DayRun:
     from ml.pipeline.tasks import step_summaries
 
     probe = machine_probe_seconds()
+    cpu_before = cpu_times()
     started = time.perf_counter()
     with logs_to_file(settings.home / "logs" / f"{DAG_ID}_{run_date}.log"):
         state, tasks = run_dag_in_process(DAG_ID, run_date)
     day = DayRun(run_date, state, time.perf_counter() - started)
     day.inputs[PROBE_ROW] = probe
+    cpu_after = cpu_times()
+    if cpu_before and cpu_after:
+        spent = [after - before for before, after in zip(cpu_before, cpu_after)]
+        day.inputs[IOWAIT_ROW] = 100.0 * spent[4] / max(sum(spent), 1)
     for task in tasks:
         name = DBT_GROUP if task.task_id.startswith(f"{DBT_GROUP}.") else task.task_id
         day.task_seconds[name] = day.task_seconds.get(name, 0.0) + (task.seconds or 0.0)
@@ -176,6 +183,15 @@ def _run_day(settings: Settings, url: str, run_date: dt.date) -> DayRun:
             if name == input_step and key in step["summary"]:
                 day.inputs[label] = step["summary"][key]
     return day
+
+
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time so far by state (user, nice, system, idle, iowait, ...), from /proc/stat's first
+    line; None where there is no /proc/stat."""
+    try:
+        return [int(ticks) for ticks in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except OSError:
+        return None
 
 
 def machine_probe_seconds() -> float:
@@ -261,11 +277,14 @@ def format_days(days: list[DayRun]) -> str:
     for label in dict.fromkeys(label for day in days for label in day.inputs):
         values = [day.inputs.get(label, float("nan")) for day in days]
         ratio = values[-1] / values[1] if len(values) > 1 and values[1] > 0 else float("nan")
-        shown = [f"{v:.2f}" if label == PROBE_ROW else f"{v:,.0f}" for v in values]
+        shown = [
+            f"{v:.2f}" if label == PROBE_ROW else f"{v:.1f}" if label == IOWAIT_ROW else f"{v:,.0f}" for v in values
+        ]
         rows.append([label] + shown + ["", f"{ratio:.2f}"])
     return text_table(header, rows) + (
         f"\n(! = more than {STEADY_STATE_LIMIT}x day 2 and over a second slower; dbt_build sums its tasks; "
-        f"{PROBE_ROW}: a fixed LightGBM fit timed before each day, the machine's speed)"
+        f"{PROBE_ROW}: a fixed LightGBM fit timed before each day, the machine's speed; {IOWAIT_ROW}: during "
+        "the day's run)"
     )
 
 
