@@ -72,6 +72,7 @@ INPUT_ROWS = {
 }
 PROBE_ROW = "machine probe (s)"
 IOWAIT_ROW = "I/O wait (% of CPU time)"
+ROW_FORMATS = {PROBE_ROW: ".2f", IOWAIT_ROW: ".1f"}  # the inputs' counts: ",.0f"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -271,21 +272,22 @@ def format_days(days: list[DayRun]) -> str:
     for task in tasks + ["whole DAG"]:
         seconds = [day.seconds if task == "whole DAG" else day.task_seconds.get(task, float("nan")) for day in days]
         peak = max((day.task_peak_mb.get(task, float("nan")) for day in days), default=float("nan"))
-        ratio = seconds[-1] / seconds[1] if len(seconds) > 1 and seconds[1] > 0 else float("nan")
+        ratio = _last_over_day_two(seconds)
         flag = " !" if ratio > STEADY_STATE_LIMIT and seconds[-1] - seconds[1] > 1.0 else ""
         rows.append([task] + [f"{s:.1f}" for s in seconds] + [f"{peak:,.0f}", f"{ratio:.2f}{flag}"])
     for label in dict.fromkeys(label for day in days for label in day.inputs):
         values = [day.inputs.get(label, float("nan")) for day in days]
-        ratio = values[-1] / values[1] if len(values) > 1 and values[1] > 0 else float("nan")
-        shown = [
-            f"{v:.2f}" if label == PROBE_ROW else f"{v:.1f}" if label == IOWAIT_ROW else f"{v:,.0f}" for v in values
-        ]
-        rows.append([label] + shown + ["", f"{ratio:.2f}"])
+        shown = [format(v, ROW_FORMATS.get(label, ",.0f")) for v in values]
+        rows.append([label] + shown + ["", f"{_last_over_day_two(values):.2f}"])
     return text_table(header, rows) + (
         f"\n(! = more than {STEADY_STATE_LIMIT}x day 2 and over a second slower; dbt_build sums its tasks; "
         f"{PROBE_ROW}: a fixed LightGBM fit timed before each day, the machine's speed; {IOWAIT_ROW}: during "
         "the day's run)"
     )
+
+
+def _last_over_day_two(values: list[float]) -> float:
+    return values[-1] / values[1] if len(values) > 1 and values[1] > 0 else float("nan")
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
