@@ -160,7 +160,7 @@ def test_the_stand_in_logs_oracle_ranks_by_the_worlds_own_next_order_chances():
 
 
 def _held_out(path, mode: str) -> tuple[pd.DataFrame, dict]:
-    train, test = temporal_split(ranking.load_interactions(path))
+    train, test = temporal_split(ranking.load_interactions(path)[0])
     return train, ranking.held_out_relevance(train, test, mode)
 
 
@@ -207,7 +207,8 @@ def test_string_ids_stay_strings_in_csv_and_parquet(tmp_path):
     frame.to_csv(tmp_path / "orders.csv", index=False)
     frame.to_parquet(tmp_path / "orders.parquet", index=False)
     for name in ("orders.csv", "orders.parquet"):
-        loaded = ranking.load_interactions(tmp_path / name)
+        loaded, notes = ranking.load_interactions(tmp_path / name)
+        assert notes == ["columns read: item_id <- merchant_id"]
         assert list(loaded.columns) == ["user_id", "item_id", "event_time", "lat"]
         assert list(loaded["user_id"]) == ["007", "007", "10"]
         assert list(loaded["item_id"]) == ["0042", "1e3", "0042"]
@@ -220,6 +221,62 @@ def test_a_missing_column_is_named(tmp_path, capsys):
     assert rekindle(["benchmark", "ranking", "--interactions", str(path), "--mode", "winback"]) == 2
     error = capsys.readouterr().err
     assert "has no column event_time" in error and "when" in error
+
+
+def test_a_real_logs_own_column_names_units_and_repeated_rows_are_read(tmp_path):
+    ordered_at_ms = [1735725600000, 1735812000000, 1735732800000, 1735732800000, 1735740000000]
+    frame = pd.DataFrame(
+        {
+            "Customer ID": ["u1", "u1", "u2", "u2", None],
+            "restaurant_id": [7, 8, 7, 7, 8],
+            "ordered_at": ordered_at_ms,
+            "cuisine": ["thai", "pizza", "thai", "thai", "pizza"],
+            "Latitude": [25.3, 25.2, 25.3, 25.3, 25.2],
+            "Longitude": [55.3, 55.2, 55.3, 55.3, 55.2],
+            "customer_lat": [1.0] * 5,
+        }
+    )
+    frame.to_csv(tmp_path / "orders.csv", index=False)
+    frame.to_parquet(tmp_path / "orders.parquet", index=False)
+    for name in ("orders.csv", "orders.parquet"):
+        loaded, notes = ranking.load_interactions(
+            tmp_path / name, ranking.parse_column_mapping(["event_time=ordered_at"])
+        )
+        assert list(loaded.columns) == ["user_id", "item_id", "event_time", "category", "lat", "lng"]
+        # The row without a customer and the order listed twice (once per dish) are dropped and said.
+        assert list(loaded["user_id"]) == ["u1", "u1", "u2"]
+        assert list(loaded["item_id"]) == ["7", "8", "7"]
+        # Milliseconds since 1970 are read as such.
+        assert list(loaded["event_time"]) == [1735725600.0, 1735812000.0, 1735732800.0]
+        assert list(loaded["lat"]) == [25.3, 25.2, 25.3]
+        assert notes == [
+            "columns read: user_id <- Customer ID, item_id <- restaurant_id, event_time <- ordered_at, "
+            "category <- cuisine, lat <- Latitude, lng <- Longitude",
+            "dropped 1 rows without user_id or item_id or event_time",
+            "dropped 1 duplicate rows (same user, item and event_time)",
+        ]
+
+
+def test_times_in_other_formats_and_bad_column_arguments(tmp_path, capsys):
+    path = tmp_path / "orders.csv"
+    times = ["01/02/2025 10:00", "2025-01-03 10:00:00"]
+    pd.DataFrame({"who": ["a", "b"], "where": ["m", "n"], "when": times}).to_csv(path, index=False)
+    mapping = ranking.parse_column_mapping(["user_id=who", "item_id=where", "event_time=when"])
+    loaded, _ = ranking.load_interactions(path, mapping)
+    assert list(loaded["event_time"]) == [1735812000.0, 1735898400.0]
+
+    for argument, message in [
+        ("user=who", "expected NAME=COLUMN"),
+        ("user_id=", "expected NAME=COLUMN"),
+        ("user_id=nobody", "has no column nobody"),
+    ]:
+        argv = ["benchmark", "ranking", "--interactions", str(path), "--column", argument]
+        assert rekindle(argv) == 2
+        assert message in capsys.readouterr().err
+
+    pd.DataFrame({"user_id": ["a"], "item_id": ["m"], "event_time": ["the day after"]}).to_csv(path, index=False)
+    assert rekindle(["benchmark", "ranking", "--interactions", str(path)]) == 2
+    assert "event_time must be unix seconds (or ms) or a date-time" in capsys.readouterr().err
 
 
 def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(monkeypatch):

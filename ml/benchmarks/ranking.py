@@ -7,19 +7,22 @@ frequent and most recent items (then popular) are the baselines. Generator hyper
 validation split carved from train by the same per-user protocol.
 
 Input: MovieLens 100K, or any interaction / order log (CSV or Parquet) with user_id, item_id (or
-merchant_id), event_time (unix seconds or ISO-8601) and optional category, lat, lng; ids are kept as strings.
+merchant_id, or their usual other names), event_time (unix seconds or ms, or a date-time) and optional category,
+lat, lng; ids are kept as strings.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ml.benchmarks.order_log import order_log_with_oracle, write_order_log
 from ml.cli.options import UsageError
@@ -47,6 +50,40 @@ TRAIN_SHARE = 0.8
 REQUIRED_COLUMNS = ("user_id", "item_id", "event_time")
 ITEM_ID_ALIAS = "merchant_id"
 LOCATION_COLUMNS = ["lat", "lng"]
+OPTIONAL_COLUMNS = ("category", *LOCATION_COLUMNS)
+# The names real order logs give these columns, in order of preference after the exact name; a log's names are
+# compared without case, spaces or hyphens ("Customer ID" is customer_id). --column NAME=COLUMN names any other.
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "user_id": ("customer_id", "customer", "user", "client_id", "account_id", "device_id", "amplitude_id"),
+    "item_id": (
+        ITEM_ID_ALIAS,
+        "restaurant_id",
+        "vendor_id",
+        "store_id",
+        "shop_id",
+        "restaurant",
+        "merchant",
+        "vendor",
+        "store",
+        "item",
+    ),
+    "event_time": (
+        "timestamp",
+        "order_time",
+        "order_timestamp",
+        "order_datetime",
+        "order_date_and_time",
+        "ordered_at",
+        "created_at",
+        "order_date",
+        "datetime",
+        "time",
+        "date",
+    ),
+    "category": ("cuisine", "restaurant_category", "merchant_category"),
+    "lat": ("latitude", "restaurant_lat", "merchant_lat"),
+    "lng": ("lon", "long", "longitude", "restaurant_lng", "merchant_lng"),
+}
 FREQUENT_BASELINE = "own most frequent"
 RECENT_BASELINE = "own most recent"
 COLUMNS = [
@@ -114,6 +151,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "next-order chances, and stop",
     )
     parser.add_argument(
+        "--column",
+        action="append",
+        metavar="NAME=COLUMN",
+        help="read NAME (user_id, item_id, event_time, category, lat, lng) from the file's COLUMN; repeatable",
+    )
+    parser.add_argument(
         "--mode",
         choices=list(MODES),
         default=DISCOVERY,
@@ -147,31 +190,85 @@ def load_movielens(directory: Path) -> pd.DataFrame:
     return ratings[["user_id", "item_id", "event_time"]].assign(category=ratings["item_id"].map(category))
 
 
-def load_interactions(path: Path) -> pd.DataFrame:
-    """user_id, item_id (string ids), event_time (unix seconds) and whichever of category, lat, lng the file has."""
-    if not Path(path).is_file():
+def load_interactions(path: Path, columns: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """user_id, item_id (string ids), event_time (unix seconds) and whichever of category, lat, lng the file has,
+    and notes on what was read: which of the file's columns became which (``columns``: benchmark column -> the
+    file's, else the exact name, else ``COLUMN_ALIASES``), the rows dropped for a blank id or time and the
+    duplicate rows (one user, item and time: an order listed once per dish)."""
+    path = Path(path)
+    if not path.is_file():
         raise ValueError(f"{path} is not a file")
-    if Path(path).suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
+    parquet = path.suffix in (".parquet", ".pq")
+    header = pq.read_schema(path).names if parquet else list(pd.read_csv(path, nrows=0).columns)
+    sources = _column_sources(path, [str(name) for name in header], columns or {})
+    if parquet:
+        frame = pd.read_parquet(path, columns=list(sources.values()))
     else:
-        frame = pd.read_csv(path, dtype={"user_id": str, "item_id": str, ITEM_ID_ALIAS: str, "category": str})
-    if "item_id" not in frame.columns and ITEM_ID_ALIAS in frame.columns:
-        frame = frame.rename(columns={ITEM_ID_ALIAS: "item_id"})
-    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+        text = [sources[name] for name in ("user_id", "item_id", "category") if name in sources]
+        frame = pd.read_csv(path, usecols=list(sources.values()), dtype=dict.fromkeys(text, str))
+    frame = frame.rename(columns={source: name for name, source in sources.items()})[list(sources)]
+    renamed = [f"{name} <- {source}" for name, source in sources.items() if name != source]
+    notes = [f"columns read: {', '.join(renamed)}"] if renamed else []
+    blank = frame[list(REQUIRED_COLUMNS)].isna().any(axis=1)
+    if blank.all():
+        raise ValueError(f"{path} has no row with all of {', '.join(REQUIRED_COLUMNS)}")
+    if blank.any():
+        notes.append(f"dropped {int(blank.sum()):,} rows without {' or '.join(REQUIRED_COLUMNS)}")
+    frame = frame[~blank].assign(user_id=lambda f: f["user_id"].astype(str), item_id=lambda f: f["item_id"].astype(str))
+    try:
+        frame = frame.assign(event_time=unix_seconds(frame["event_time"]))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{path}: event_time must be unix seconds (or ms) or a date-time, e.g. 2025-03-01T12:30:00Z; "
+            f"{frame['event_time'].iloc[0]!r} ...: {exc}"
+        ) from None
+    duplicate = frame.duplicated(list(REQUIRED_COLUMNS))
+    if duplicate.any():
+        notes.append(f"dropped {int(duplicate.sum()):,} duplicate rows (same user, item and event_time)")
+    return frame[~duplicate].reset_index(drop=True), notes
+
+
+def _column_sources(path: Path, header: list[str], columns: Mapping[str, str]) -> dict[str, str]:
+    """Benchmark column -> the file's column it is read from, in ``REQUIRED_COLUMNS`` then optional order."""
+    unknown = [source for source in columns.values() if source not in header]
+    if unknown:
+        raise ValueError(f"{path} has no column {', '.join(unknown)}; it has {', '.join(header)}")
+    by_key = {_column_key(name): name for name in reversed(header)}
+    sources: dict[str, str] = {}
+    for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS):
+        if name in columns:
+            sources[name] = columns[name]
+            continue
+        keys = [_column_key(candidate) for candidate in (name, *COLUMN_ALIASES.get(name, ()))]
+        found = next((by_key[key] for key in keys if key in by_key), None)
+        if found is not None and found not in sources.values() and found not in columns.values():
+            sources[name] = found
+    missing = [name for name in REQUIRED_COLUMNS if name not in sources]
     if missing:
         raise ValueError(
-            f"{path} has no column {', '.join(missing)}: it needs user_id, item_id (or {ITEM_ID_ALIAS}) and "
-            f"event_time; it has {', '.join(map(str, frame.columns))}"
+            f"{path} has no column {', '.join(missing)}: it needs user_id, item_id and event_time (or one of "
+            f"their usual names, e.g. customer_id, merchant_id, timestamp; or say which with --column "
+            f"{missing[0]}=NAME); it has {', '.join(header)}"
         )
-    blank = [column for column in REQUIRED_COLUMNS if frame[column].isna().any()]
-    if blank:
-        raise ValueError(f"{path} has rows without {', '.join(blank)}")
-    optional = [column for column in ("category", *LOCATION_COLUMNS) if column in frame.columns]
-    return frame[[*REQUIRED_COLUMNS, *optional]].assign(
-        user_id=frame["user_id"].astype(str),
-        item_id=frame["item_id"].astype(str),
-        event_time=unix_seconds(frame["event_time"]),
-    )
+    return sources
+
+
+def _column_key(name: str) -> str:
+    return re.sub(r"[\s_-]+", "_", name.strip().lower())
+
+
+def parse_column_mapping(values: list[str] | None) -> dict[str, str]:
+    """``--column event_time=ordered_at`` arguments as {benchmark column: the file's column}."""
+    mapping: dict[str, str] = {}
+    for value in values or []:
+        name, _, source = value.partition("=")
+        if name not in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) or not source:
+            raise UsageError(
+                f"--column {value!r}: expected NAME=COLUMN with NAME one of "
+                f"{', '.join((*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS))}"
+            )
+        mapping[name] = source
+    return mapping
 
 
 def held_out_relevance(train: pd.DataFrame, held_out: pd.DataFrame, mode: str) -> dict:
@@ -292,9 +389,11 @@ def benchmark_interactions(args: argparse.Namespace) -> pd.DataFrame:
         frame = load_movielens(args.movielens)
     else:
         try:
-            frame = load_interactions(args.interactions)
+            frame, notes = load_interactions(args.interactions, parse_column_mapping(args.column))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        for note in notes:
+            print(note)
     if args.max_users:
         rng = np.random.default_rng(args.seed)
         all_users = frame["user_id"].unique()
@@ -332,8 +431,7 @@ def run(args: argparse.Namespace) -> int:
     items = sorted(frame["item_id"].unique())
     relevant = held_out_relevance(train, test, mode)
     test_users = np.array(sorted(relevant))
-    per_item = frame.drop_duplicates("item_id").set_index("item_id")
-    item_categories = per_item["category"] if "category" in frame.columns else None
+    item_categories = frame.groupby("item_id")["category"].first() if "category" in frame.columns else None
     categories = item_categories.reindex(items).to_numpy(dtype=object) if item_categories is not None else None
     has_location = set(LOCATION_COLUMNS) <= set(frame.columns)
     item_locations = frame.groupby("item_id")[LOCATION_COLUMNS].median() if has_location else None

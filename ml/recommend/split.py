@@ -26,11 +26,19 @@ def temporal_split(
 
 
 def unix_seconds(values: pd.Series) -> pd.Series:
-    """Event times as float unix seconds, from numbers (already seconds) or ISO-8601 strings / datetimes."""
+    """Event times as float unix seconds, from numbers (seconds, or milliseconds, microseconds or nanoseconds
+    since 1970, told apart by size), datetimes, or date-time strings (ISO-8601 first, then any format pandas
+    reads)."""
     if pd.api.types.is_numeric_dtype(values):
-        return values.astype(np.float64)
+        seconds = values.astype(np.float64)
+        # Unix seconds stay below 1e11 until the year 5138, so larger values count smaller units.
+        magnitude = float(np.nanmedian(np.abs(seconds))) if len(seconds) else 0.0
+        return seconds / next((scale for scale in (1e9, 1e6, 1e3) if magnitude >= scale * 1e8), 1.0)
     if pd.api.types.is_datetime64_any_dtype(values):
         stamps = values.dt.tz_localize("UTC") if values.dt.tz is None else values
     else:
-        stamps = pd.to_datetime(values, utc=True, format="ISO8601")
+        try:
+            stamps = pd.to_datetime(values, utc=True, format="ISO8601")
+        except ValueError:
+            stamps = pd.to_datetime(values, utc=True, format="mixed")
     return (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
