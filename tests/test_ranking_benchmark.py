@@ -136,6 +136,21 @@ def test_the_stand_in_order_log_has_the_real_logs_shape(order_log_file):
     assert order_log().equals(pd.read_csv(order_log_file, dtype={"user_id": str, "merchant_id": str}))
 
 
+def test_a_stand_in_of_less_loyal_customers_reorders_less(order_log_file, tmp_path, capsys):
+    path = tmp_path / "orders.csv"
+    assert rekindle(["benchmark", "ranking", "--write-order-log", str(path), "--loyalty-beta", "2,4"]) == 0
+    assert "(loyalty Beta(2, 4), mean 0.33)" in capsys.readouterr().out
+
+    def reorder_share(log: pd.DataFrame) -> float:
+        return log.duplicated(["user_id", "merchant_id"]).mean()
+
+    assert reorder_share(pd.read_csv(path)) < reorder_share(pd.read_csv(order_log_file)) - 0.05
+    for value in ("2", "0,4", "a,b"):
+        with pytest.raises(SystemExit):
+            rekindle(["benchmark", "ranking", "--write-order-log", str(path), "--loyalty-beta", value])
+        assert "expected A,B (two positive numbers)" in capsys.readouterr().err
+
+
 def test_the_stand_in_logs_oracle_ranks_by_the_worlds_own_next_order_chances():
     log, oracle = order_log_with_oracle(seed=0, train_share=ranking.TRAIN_SHARE)
     assert log.equals(order_log(seed=0))

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ml.recommend.modes import DISCOVERY, WINBACK
 from ml.recommend.split import temporal_split
-from ml.synthetic.marketplace import generate_marketplace
+from ml.synthetic.marketplace import LOYALTY_BETA, generate_marketplace
 from ml.synthetic.world import MarketSimulator, OrderObserver
 
 ORDER_LOG_COLUMNS = ["user_id", "merchant_id", "event_time", "category", "lat", "lng"]
@@ -28,13 +28,15 @@ DAYS = 120
 END_DATE = dt.date(2025, 6, 1)
 
 
-def order_log(seed: int = 0) -> pd.DataFrame:
-    """The stand-in log, sorted by time; ids are strings that do not parse as numbers (``c0042``, ``r007``)."""
-    return _generate(seed, order_observer=None)
+def order_log(seed: int = 0, loyalty_beta: tuple[float, float] = LOYALTY_BETA) -> pd.DataFrame:
+    """The stand-in log, sorted by time; ids are strings that do not parse as numbers (``c0042``, ``r007``).
+    ``loyalty_beta`` draws the customers' chance of reordering from a merchant they had (lower: a log whose
+    customers try more new restaurants)."""
+    return _generate(seed, order_observer=None, loyalty_beta=loyalty_beta)
 
 
 def order_log_with_oracle(
-    seed: int, train_share: float, n: int = 10
+    seed: int, train_share: float, n: int = 10, loyalty_beta: tuple[float, float] = LOYALTY_BETA
 ) -> tuple[pd.DataFrame, dict[str, dict[str, list[str]]]]:
     """:func:`order_log` and, per mode, the oracle's lists: for each customer with held-out orders under the ranking
     benchmark's per-user split (``temporal_split`` at ``train_share``), the ``n`` merchants the world itself made
@@ -53,7 +55,7 @@ def order_log_with_oracle(
         for customer, time_s, row in zip(customers, order_s, chances):
             after_order[customer].append((int(time_s), row))
 
-    log = _generate(seed, order_observer=observe)
+    log = _generate(seed, order_observer=observe, loyalty_beta=loyalty_beta)
     train, held_out = temporal_split(log, train_share, item_col="merchant_id")
     training_orders = train.groupby("user_id").size()
     had = train.groupby("user_id")["merchant_id"].apply(set)
@@ -68,7 +70,7 @@ def order_log_with_oracle(
     return log, oracle
 
 
-def _generate(seed: int, order_observer: OrderObserver | None) -> pd.DataFrame:
+def _generate(seed: int, order_observer: OrderObserver | None, loyalty_beta: tuple[float, float]) -> pd.DataFrame:
     market = generate_marketplace(
         seed=seed,
         days=DAYS,
@@ -76,6 +78,7 @@ def _generate(seed: int, order_observer: OrderObserver | None) -> pd.DataFrame:
         n_users=GENERATED_USERS,
         n_merchants=MERCHANTS,
         order_observer=order_observer,
+        loyalty_beta=loyalty_beta,
     )
     orders = market.events[market.events["event_type"] == "checkout_completed"]
     merchants = market.merchants.set_index("merchant_id")[["category", "lat", "lng"]]

@@ -44,6 +44,7 @@ from ml.recommend import (
 )
 from ml.recommend.metrics import ranking_report
 from ml.recommend.modes import DISCOVERY, MODES, WINBACK, exclude_seen
+from ml.synthetic.marketplace import LOYALTY_BETA
 
 K = 10
 TRAIN_SHARE = 0.8
@@ -151,6 +152,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "next-order chances, and stop",
     )
     parser.add_argument(
+        "--loyalty-beta",
+        type=_beta_parameters,
+        default=LOYALTY_BETA,
+        metavar="A,B",
+        help="with --write-order-log: the Beta(A, B) the customers' chance of reordering from a merchant they had is "
+        f"drawn from (default {LOYALTY_BETA[0]:g},{LOYALTY_BETA[1]:g}; lower A/(A+B): customers who try more new "
+        "restaurants)",
+    )
+    parser.add_argument(
         "--column",
         action="append",
         metavar="NAME=COLUMN",
@@ -179,6 +189,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seeds the user sample, ALS, LightGBM and the --write-order-log world"
     )
+
+
+def _beta_parameters(value: str) -> tuple[float, float]:
+    try:
+        a, b = (float(part) for part in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A,B (two positive numbers), got {value!r}") from None
+    if not (a > 0 and b > 0):
+        raise argparse.ArgumentTypeError(f"expected A,B (two positive numbers), got {value!r}")
+    return a, b
 
 
 def load_movielens(directory: Path) -> pd.DataFrame:
@@ -409,11 +429,13 @@ def evaluate(
 
 def run(args: argparse.Namespace) -> int:
     if args.write_order_log:
-        log, oracle = order_log_with_oracle(args.seed, TRAIN_SHARE)
+        log, oracle = order_log_with_oracle(args.seed, TRAIN_SHARE, loyalty_beta=args.loyalty_beta)
         write_order_log(args.write_order_log, log)
+        a, b = args.loyalty_beta
         print(
             f"wrote {len(log):,} orders of {log['user_id'].nunique():,} customers at "
-            f"{log['merchant_id'].nunique():,} restaurants to {args.write_order_log}"
+            f"{log['merchant_id'].nunique():,} restaurants to {args.write_order_log} (loyalty Beta({a:g}, {b:g}), "
+            f"mean {a / (a + b):.2f})"
         )
         train, held_out = temporal_split(log.rename(columns={ITEM_ID_ALIAS: "item_id"}), TRAIN_SHARE)
         for oracle_mode, lists in oracle.items():

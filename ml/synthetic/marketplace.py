@@ -137,6 +137,7 @@ DORMANT_AT_START_SHARE = 0.15  # pre-window users who had already stopped orderi
 NEVER_ORDERED_SHARE_OF_DORMANT = 0.20
 UNRESPONSIVE_SHARE = 0.25  # users no offer moves
 FRAGILE_SHARE = 0.35  # users with a high churn hazard
+LOYALTY_BETA = (6.0, 3.0)  # Beta(a, b) of each user's chance that an order goes to a merchant used before
 
 # Win-back campaigns: the first after two weeks of event history, so the features of its exposures (orders,
 # recency, browsing before sending) mean what they mean on the run date; then every 8 days.
@@ -225,9 +226,11 @@ def generate_marketplace(
     n_users: int | None = None,
     n_merchants: int | None = None,
     order_observer: OrderObserver | None = None,
+    loyalty_beta: tuple[float, float] = LOYALTY_BETA,
 ) -> Marketplace:
     """The marketplace's tables for the ``days`` days before ``end_date`` (default: today, UTC); ``order_observer``
-    is handed to the simulator (``MarketSimulator``)."""
+    is handed to the simulator (``MarketSimulator``); ``loyalty_beta`` is the Beta distribution of the users'
+    loyalty."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
     if days < 1:
@@ -245,7 +248,7 @@ def generate_marketplace(
     merchants, merchant_truth = _draw_merchants(n_merchants, zones, start, days, world_rng)
     popularity = merchant_truth["popularity"].to_numpy(float)
     users = _draw_users(n_users, zones, start, days, user_rng)
-    traits = _draw_user_traits(users, zones, user_rng)
+    traits = _draw_user_traits(users, zones, user_rng, loyalty_beta)
 
     zone_names, categories = list(zones["zone"]), list(CATEGORIES)
     population = Population.from_frames(users, traits, start, categories, zone_names)
@@ -410,7 +413,9 @@ def _draw_users(
     )
 
 
-def _draw_user_traits(users: pd.DataFrame, zones: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+def _draw_user_traits(
+    users: pd.DataFrame, zones: pd.DataFrame, rng: np.random.Generator, loyalty_beta: tuple[float, float]
+) -> pd.DataFrame:
     """Hidden per-user parameters: what they like, when and how often they order, how they react to offers."""
     n_users = len(users)
     taste = _draw_tastes(n_users, rng)
@@ -430,7 +435,7 @@ def _draw_user_traits(users: pd.DataFrame, zones: pd.DataFrame, rng: np.random.G
     traits["home_lat"] = home_zone["lat"].to_numpy() + rng.normal(0, HOME_JITTER_DEGREES, n_users)
     traits["home_lng"] = home_zone["lng"].to_numpy() + rng.normal(0, HOME_JITTER_DEGREES, n_users)
     traits["churn_hazard"] = np.where(fragile, rng.uniform(0.03, 0.10, n_users), rng.uniform(0.001, 0.01, n_users))
-    traits["loyalty"] = rng.beta(6.0, 3.0, n_users)  # chance an order goes to a merchant used before
+    traits["loyalty"] = rng.beta(*loyalty_beta, n_users)
     traits["weekend_multiplier"] = rng.lognormal(0.1, 0.35, n_users)
     traits["daypart_lunch"], traits["daypart_dinner"], traits["daypart_late"] = daypart.T
     traits["basket_multiplier"] = rng.lognormal(-0.045, 0.3, n_users)
