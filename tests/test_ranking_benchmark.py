@@ -272,6 +272,17 @@ def test_a_real_logs_own_column_names_units_and_repeated_rows_are_read(tmp_path)
         ]
 
 
+def test_on_a_log_dated_by_day_two_orders_of_a_day_at_one_restaurant_are_kept(tmp_path):
+    path = tmp_path / "orders.csv"
+    days = ["2025-01-01", "2025-01-01", "2025-01-02"]
+    pd.DataFrame({"user_id": ["a", "a", "a"], "merchant_id": ["m", "m", "m"], "order_date": days}).to_csv(
+        path, index=False
+    )
+    loaded, notes = ranking.load_interactions(path)
+    assert list(loaded["event_time"]) == [1735689600.0, 1735689600.0, 1735776000.0]
+    assert notes[-1] == "kept 1 rows of a user, item and day seen before: the log is dated by day"
+
+
 def test_times_in_other_formats_and_bad_column_arguments(tmp_path, capsys):
     path = tmp_path / "orders.csv"
     times = ["01/02/2025 10:00", "2025-01-03 10:00:00"]

@@ -48,6 +48,7 @@ from ml.synthetic.marketplace import LOYALTY_BETA
 
 K = 10
 TRAIN_SHARE = 0.8
+SECONDS_PER_DAY = 86_400
 REQUIRED_COLUMNS = ("user_id", "item_id", "event_time")
 ITEM_ID_ALIAS = "merchant_id"
 LOCATION_COLUMNS = ["lat", "lng"]
@@ -214,7 +215,7 @@ def load_interactions(path: Path, columns: Mapping[str, str] | None = None) -> t
     """user_id, item_id (string ids), event_time (unix seconds) and whichever of category, lat, lng the file has,
     and notes on what was read: which of the file's columns became which (``columns``: benchmark column -> the
     file's, else the exact name, else ``COLUMN_ALIASES``), the rows dropped for a blank id or time and the
-    duplicate rows (one user, item and time: an order listed once per dish)."""
+    duplicate rows (one user, item and time: an order listed once per dish), kept on a log dated by day."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
@@ -243,7 +244,11 @@ def load_interactions(path: Path, columns: Mapping[str, str] | None = None) -> t
             f"{frame['event_time'].iloc[0]!r} ...: {exc}"
         ) from None
     duplicate = frame.duplicated(list(REQUIRED_COLUMNS))
-    if duplicate.any():
+    if duplicate.any() and (frame["event_time"] % SECONDS_PER_DAY == 0).all():
+        # On a log dated by day, one customer's two orders at one restaurant on one day share a time.
+        notes.append(f"kept {int(duplicate.sum()):,} rows of a user, item and day seen before: the log is dated by day")
+        duplicate[:] = False
+    elif duplicate.any():
         notes.append(f"dropped {int(duplicate.sum()):,} duplicate rows (same user, item and event_time)")
     return frame[~duplicate].reset_index(drop=True), notes
 
