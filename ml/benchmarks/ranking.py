@@ -196,7 +196,7 @@ def _beta_parameters(value: str) -> tuple[float, float]:
     try:
         a, b = (float(part) for part in value.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected A,B (two positive numbers), got {value!r}") from None
+        a = b = 0.0
     if not (a > 0 and b > 0):
         raise argparse.ArgumentTypeError(f"expected A,B (two positive numbers), got {value!r}")
     return a, b
@@ -243,14 +243,14 @@ def load_interactions(path: Path, columns: Mapping[str, str] | None = None) -> t
             f"{path}: event_time must be unix seconds (or ms) or a date-time, e.g. 2025-03-01T12:30:00Z; "
             f"{frame['event_time'].iloc[0]!r} ...: {exc}"
         ) from None
-    duplicate = frame.duplicated(list(REQUIRED_COLUMNS))
-    if duplicate.any() and (frame["event_time"] % SECONDS_PER_DAY == 0).all():
+    repeated = int(frame.duplicated(list(REQUIRED_COLUMNS)).sum())
+    if repeated and (frame["event_time"] % SECONDS_PER_DAY == 0).all():
         # On a log dated by day, one customer's two orders at one restaurant on one day share a time.
-        notes.append(f"kept {int(duplicate.sum()):,} rows of a user, item and day seen before: the log is dated by day")
-        duplicate[:] = False
-    elif duplicate.any():
-        notes.append(f"dropped {int(duplicate.sum()):,} duplicate rows (same user, item and event_time)")
-    return frame[~duplicate].reset_index(drop=True), notes
+        notes.append(f"kept {repeated:,} rows of a user, item and day seen before: the log is dated by day")
+    elif repeated:
+        notes.append(f"dropped {repeated:,} duplicate rows (same user, item and event_time)")
+        frame = frame.drop_duplicates(list(REQUIRED_COLUMNS))
+    return frame.reset_index(drop=True), notes
 
 
 def _column_sources(path: Path, header: list[str], columns: Mapping[str, str]) -> dict[str, str]:
