@@ -91,6 +91,9 @@ class Settings:
     dashboard_role: str = "rekindle_dashboard"
     dashboard_role_password: str = field(default="", repr=False)
 
+    # Great Expectations gates (ml/warehouse/quality.py)
+    quality_results_kept: int = 7
+
     # MLflow model names and where MLflow lives
     ranker_model_name: str = "rekindle-ranker"
     offer_model_name: str = "rekindle-offer"
@@ -139,6 +142,8 @@ class Settings:
             raise ValueError(
                 f"REKINDLE_OFFER_TRAINING_MAX_EXPOSURES={self.offer_training_max_exposures} must be at least 1"
             )
+        if self.quality_results_kept < 1:
+            raise ValueError(f"REKINDLE_QUALITY_RESULTS_KEPT={self.quality_results_kept} must be at least 1")
         if self.score_shards < 1:
             raise ValueError(f"REKINDLE_SCORE_SHARDS={self.score_shards} must be at least 1")
         if not 0 <= self.taste_drift_threshold <= 1:
@@ -304,6 +309,9 @@ DESCRIPTIONS: dict[str, str] = {
     "dashboard_role": "The LOGIN role the dashboard reads with: SELECT on `crm` and `marts`, nothing else.",
     "dashboard_role_password": "Password of `dashboard_role`; empty gives the role no password (fine for the "
     "embedded server's local trust authentication). Never printed.",
+    "quality_results_kept": "Great Expectations validation results kept per suite, the newest, with their data-docs "
+    "pages: each gate deletes the older ones first. Building the data-docs index reads every kept result, so "
+    "without this the gates would slow down with every day run.",
     "ranker_model_name": "MLflow registered model of the merchant ranker.",
     "offer_model_name": "MLflow registered model of the offer (response) model.",
     "mlflow_tracking_uri": "An MLflow tracking server (`http://host:5000`) every task logs and loads models through; "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from datetime import UTC, datetime
 
 import psycopg
@@ -79,3 +81,19 @@ def test_raw_gate_reads_the_rows_that_arrived_since_it_last_passed(settings, war
         conn.execute(insert.format("DEFAULT"), ("new-neg",))
     with pytest.raises(quality.DataQualityError, match=r"order_total is not negative \| column order_total \| 1 bad"):
         quality.check_raw(settings, warehouse_url)
+
+
+def test_each_gate_keeps_the_newest_validation_results_and_their_pages_only(settings, warehouse_url):
+    from expectations.suites import RAW_SUITES
+
+    _seed_clean_events(warehouse_url)
+    keeping_two = dataclasses.replace(settings, quality_results_kept=2)
+    for _ in range(4):
+        assert quality.check_raw(keeping_two, warehouse_url).success
+
+    # A result is <suite>/<run name>/<run time>/<batch>.json in the store and .html in the data docs; the data-docs
+    # index reads every stored result, so four days must leave two of each, not four.
+    gx = settings.home / "gx" / "gx" / "uncommitted"
+    for folder, suffix in ((gx / "validations", ".json"), (gx / "data_docs" / "local_site" / "validations", ".html")):
+        per_suite = Counter(path.relative_to(folder).parts[0] for path in folder.rglob(f"*{suffix}"))
+        assert per_suite == {spec.name: 2 for spec in RAW_SUITES}, folder

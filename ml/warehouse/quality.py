@@ -77,6 +77,7 @@ def run_checkpoint(settings: Settings, url: str, name: str, suites) -> Checkpoin
                 gx.ValidationDefinition(name=spec.name, data=batch_definition, suite=suite)
             )
         )
+    _drop_old_results(context, [spec.name for spec in suites], keep=settings.quality_results_kept - 1)
     checkpoint = context.checkpoints.add_or_update(
         gx.Checkpoint(
             name=name,
@@ -104,6 +105,23 @@ def run_checkpoint(settings: Settings, url: str, name: str, suites) -> Checkpoin
     _record_arrivals_validated(url, arrival_suites, seen_through)
     log.info("checkpoint %s: %d expectations passed", name, report.evaluated)
     return report
+
+
+def _drop_old_results(context, suites: list[str], keep: int) -> None:
+    """Delete all but the newest ``keep`` stored validation results of each suite; the data-docs build that follows
+    deletes their pages. That build reads every stored result for its index, so a store that only grew would make
+    each day's gate slower than the last."""
+    store = context.validation_results_store
+    by_suite: dict[str, list] = {name: [] for name in suites}
+    for key in store.list_keys():
+        by_suite.get(key.expectation_suite_identifier.name, []).append(key)
+    dropped = 0
+    for keys in by_suite.values():
+        for key in sorted(keys, key=lambda key: key.run_id.run_time, reverse=True)[keep:]:
+            store.remove_key(key)
+            dropped += 1
+    if dropped:
+        log.info("deleted %d validation results older than the newest %d of each suite", dropped, keep)
 
 
 def _snapshot_xmin(url: str) -> int:
