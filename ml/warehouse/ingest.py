@@ -613,9 +613,30 @@ def ingest_path(url: str, path: Path, now: datetime | None = None, erasure_salt:
                 f"{result.rows_per_second:,}",
             )
             results.append(result)
+        if any(result.table == "events" and result.rows_loaded for result in results):
+            summarize_new_ranges(conn, "raw.events")
     if skipped:
         progress.info("skipped %d file(s) already loaded and unchanged", skipped)
     return results
+
+
+def summarize_new_ranges(conn: psycopg.Connection, table: str) -> int:
+    """Summarise the page ranges appended since the last vacuum in every BRIN index of ``table``; returns how many.
+
+    An unsummarised range matches every search of its index, so the readers of "the events loaded since load_xid X"
+    (the raw gate, dbt's incremental staging) would read every day appended since autovacuum last ran, and it runs
+    only after inserts of a fifth of the table (about 20 days of events at full scale): each day a little slower."""
+    indexes = conn.execute(
+        """SELECT index.indexrelid::regclass::text
+           FROM pg_index AS index
+           JOIN pg_class AS relation ON relation.oid = index.indexrelid
+           JOIN pg_am AS method ON method.oid = relation.relam
+           WHERE index.indrelid = %s::regclass AND method.amname = 'brin'""",
+        (table,),
+    ).fetchall()
+    return sum(
+        conn.execute("SELECT brin_summarize_new_values(%s::regclass)", (name,)).fetchone()[0] for (name,) in indexes
+    )
 
 
 def _recorded_files(conn: psycopg.Connection, source_files: list[str]) -> dict[str, tuple[int, int, datetime]]:
