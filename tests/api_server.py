@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -56,7 +57,7 @@ def copy_of_published_day(server_url: str, home: Path) -> Settings:
     folder under ``home``. The day is built once per server into a template database that every caller copies
     (CREATE DATABASE ... TEMPLATE), so callers may change their copy freely."""
     if server_url not in _published_templates:
-        name = f"published_day_{os.getpid()}"
+        name = f"published_day_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(server_url, autocommit=True) as conn:
             postgres.create_database(conn, name)
         template_home = home.parent / f"{name}_home"

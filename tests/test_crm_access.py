@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 
 import psycopg
 import pytest
@@ -45,7 +46,7 @@ def _new_database(server_url: str, name: str) -> str:
 @pytest.fixture(scope="module")
 def probed_warehouse(postgres_server_url) -> str:
     """One database for the many probes that only read, or try (and fail) to change it."""
-    url = _new_database(postgres_server_url, f"crm_access_{os.getpid()}")
+    url = _new_database(postgres_server_url, f"crm_access_{os.getpid()}_{uuid.uuid4().hex[:8]}")
     return _build_warehouse(url, Settings.from_env(environ={}))
 
 
@@ -96,7 +97,7 @@ def test_reader_can_select_crm_tables_created_later(warehouse_url, settings):
 
 def test_role_is_a_plain_login_role_and_setup_is_idempotent(warehouse_url, settings, postgres_server_url):
     _build_warehouse(warehouse_url, settings)
-    other_database = _new_database(postgres_server_url, f"crm_access_other_{os.getpid()}")
+    other_database = _new_database(postgres_server_url, f"crm_access_other_{os.getpid()}_{uuid.uuid4().hex[:8]}")
 
     for url in (warehouse_url, other_database, warehouse_url):
         with psycopg.connect(url) as conn:

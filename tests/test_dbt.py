@@ -24,6 +24,7 @@ import json
 import math
 import os
 import stat
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -203,7 +204,7 @@ def assert_all_passed(result) -> None:
 
 @pytest.fixture(scope="module")
 def built(postgres_server_url, tmp_path_factory):
-    name = f"test_dbt_{os.getpid()}"
+    name = f"test_dbt_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         postgres.create_database(conn, name)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -228,7 +229,7 @@ def build_readout_marts(settings, url: str, run_date: date) -> None:
 def campaign_url(postgres_server_url, tmp_path_factory) -> str:
     """Users, a merchant, the hand-made events (loaded twice: the second file re-sends user 1's first order
     under another event_id) and offers; the marts built as of the day the window closes. Readouts only read it."""
-    name = f"test_readout_{os.getpid()}"
+    name = f"test_readout_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as admin:
         postgres.create_database(admin, name)
     url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import uuid
 from datetime import date
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def published(postgres_server_url) -> str:
 
     One database for the module: exports only read it.
     """
-    name = f"crm_export_{os.getpid()}"
+    name = f"crm_export_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as admin:
         create_database(admin, name)
     url = postgres_server_url.replace(f"/{DATABASE}?", f"/{name}?")

@@ -11,6 +11,7 @@ differ by seed and face different promotion margins (see its test).
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import replace
 from datetime import date
 
@@ -29,7 +30,7 @@ RUN_DATE = date(2026, 11, 1)
 @pytest.fixture(scope="module")
 def marts_ready(tmp_path_factory, postgres_server_url) -> Settings:
     """The smallest marketplace that trains both models, loaded, built and gated; no model yet."""
-    name = f"gates_{os.getpid()}"
+    name = f"gates_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         postgres.create_database(conn, name)
     url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")

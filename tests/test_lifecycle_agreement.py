@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ def _load_raw(url: str, users: pd.DataFrame, orders: pd.DataFrame) -> None:
 
 @pytest.fixture(scope="module")
 def segmented(postgres_server_url, tmp_path_factory):
-    name = f"test_lifecycle_{os.getpid()}"
+    name = f"test_lifecycle_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         postgres.create_database(conn, name)

@@ -49,7 +49,7 @@ def test_a_users_shard_depends_on_its_id_and_the_shard_count_only():
 def ranked(tmp_path_factory, postgres_server_url) -> Settings:
     """A small marketplace's marts and its @champion ranker (no offer model: offers are decided when publishing),
     four scoring shards, a few users opted out of personalisation."""
-    name = f"shards_{os.getpid()}"
+    name = f"shards_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         postgres.create_database(conn, name)
     url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")

@@ -5,6 +5,7 @@ with what to run first."""
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import replace
 from datetime import date, timedelta
 
@@ -24,7 +25,7 @@ RUN_DATE = date(2026, 11, 1)
 @pytest.fixture(scope="module")
 def ranked(tmp_path_factory, postgres_server_url) -> Settings:
     """A small marketplace's marts for RUN_DATE and its @champion ranker (no offer model)."""
-    name = f"shards_benchmark_{os.getpid()}"
+    name = f"shards_benchmark_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         postgres.create_database(conn, name)
     url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")

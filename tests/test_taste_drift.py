@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,7 @@ def load_world(url: str, orders: list[tuple[str, str, float]]) -> None:
 @pytest.fixture(scope="module")
 def built_world(postgres_server_url, tmp_path_factory):
     """The world loaded into a fresh database and built by dbt as of RUN_DATE."""
-    name = f"test_taste_drift_{os.getpid()}"
+    name = f"test_taste_drift_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         postgres.create_database(conn, name)
