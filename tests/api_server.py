@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -17,13 +16,14 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import psycopg
+from conftest import database_url, new_database
 
 from ml.crm import publish
 from ml.crm.segments import ensure_tables
 from ml.recommend.modes import DISCOVERY, WINBACK
 from ml.settings import Settings
 from ml.synthetic.marketplace import generate_marketplace
-from ml.warehouse import ddl, ingest, postgres
+from ml.warehouse import ddl, ingest
 from ml.warehouse.dbt_runner import run_dbt, write_profile
 
 RUN_DATE = date(2026, 11, 1)
@@ -57,25 +57,18 @@ def copy_of_published_day(server_url: str, home: Path) -> Settings:
     folder under ``home``. The day is built once per server into a template database that every caller copies
     (CREATE DATABASE ... TEMPLATE), so callers may change their copy freely."""
     if server_url not in _published_templates:
-        name = f"published_day_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            postgres.create_database(conn, name)
+        template_url = new_database(server_url, "published_day")
+        name = psycopg.conninfo.conninfo_to_dict(template_url)["dbname"]
         template_home = home.parent / f"{name}_home"
-        build_published_day(
-            Settings.from_env(environ={}, home=template_home, warehouse_url=_database_url(server_url, name))
-        )
+        build_published_day(Settings.from_env(environ={}, home=template_home, warehouse_url=template_url))
         _published_templates[server_url] = (name, template_home)
     template, template_home = _published_templates[server_url]
     name = f"{template}_copy_{os.urandom(4).hex()}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    settings = Settings.from_env(environ={}, home=home, warehouse_url=_database_url(server_url, name))
+    settings = Settings.from_env(environ={}, home=home, warehouse_url=database_url(server_url, name))
     shutil.copytree(Settings.from_env(environ={}, home=template_home).input_dir, settings.input_dir)
     return settings
-
-
-def _database_url(server_url: str, name: str) -> str:
-    return server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
 
 
 def publish_day(settings: Settings, run_date: date, top_n: int = 10, model_version: str = "1") -> pd.DataFrame:

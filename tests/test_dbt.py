@@ -22,13 +22,12 @@ import dataclasses
 import datetime as dt
 import json
 import math
-import os
 import stat
-import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import new_database
 
 from ml.settings import Settings
 from ml.warehouse import marts, postgres
@@ -204,11 +203,7 @@ def assert_all_passed(result) -> None:
 
 @pytest.fixture(scope="module")
 def built(postgres_server_url, tmp_path_factory):
-    name = f"test_dbt_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        postgres.create_database(conn, name)
-    url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
+    url = new_database(postgres_server_url, "test_dbt")
     settings = Settings.from_env(environ={}, home=tmp_path_factory.mktemp("dbt_home"), warehouse_url=url)
     load_raw(url)
     result = run_dbt(settings, url, ["build"], RUN_DATE)

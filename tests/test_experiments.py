@@ -5,15 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-from conftest import publish_offers
+from conftest import new_database, publish_offers
 
 from ml.experiments import assignment, readout, statistics
 from ml.experiments.assignment import ARMS, HOLDOUT, NON_PERSONALISED, PERSONALISED
@@ -21,7 +19,7 @@ from ml.settings import Settings
 from ml.synthetic import campaign_replay
 from ml.synthetic.marketplace import generate_marketplace
 from ml.synthetic.world import simulate_days
-from ml.warehouse import ingest, postgres
+from ml.warehouse import ingest
 from ml.warehouse.dbt_runner import run_dbt
 
 # --------------------------------------------------------------------------- assignment
@@ -229,10 +227,7 @@ def build_readout_marts(settings, url: str, run_date: date) -> None:
 def campaign_url(postgres_server_url, tmp_path_factory) -> str:
     """Users, a merchant, the hand-made events (loaded twice: the second file re-sends user 1's first order
     under another event_id) and offers; the marts built as of the day the window closes. Readouts only read it."""
-    name = f"test_readout_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
-        postgres.create_database(admin, name)
-    url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
+    url = new_database(postgres_server_url, "test_readout")
     users, merchants = hand_made_users_and_merchants()
     with psycopg.connect(url) as conn:
         ingest.ensure_raw_schema(conn)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import uuid
 from datetime import date
 from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import new_database
 
 from ml.cli import crm as export_cli
 from ml.crm import export, segments
 from ml.settings import Settings
-from ml.warehouse.postgres import DATABASE, create_database
 
 RUN_DATE = date(2026, 11, 1)
 EARLIER = date(2026, 10, 31)
@@ -47,10 +45,7 @@ def published(postgres_server_url) -> str:
 
     One database for the module: exports only read it.
     """
-    name = f"crm_export_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as admin:
-        create_database(admin, name)
-    url = postgres_server_url.replace(f"/{DATABASE}?", f"/{name}?")
+    url = new_database(postgres_server_url, "crm_export")
     with psycopg.connect(url) as conn:
         segments.ensure_tables(conn)
         rows = [(RUN_DATE, *row) for row in LAPSED] + [(EARLIER, 9, "web", "east", 10, "Pizza Place", 0.8, 1, 40)]

@@ -18,6 +18,7 @@ from datetime import date
 
 import psycopg
 import pytest
+from conftest import new_database
 from published_state import assert_same_crm_tables, assert_same_exports, crm_tables, export_files
 
 from ml.pipeline import tasks, tracking
@@ -95,9 +96,7 @@ def _world(tmp_path_factory, server_url: str | None, name: str) -> Settings:
     home = tmp_path_factory.mktemp(name) / "home"
     url = None
     if server_url:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            postgres.create_database(conn, f"faults_{name}_{os.getpid()}")
-        url = server_url.replace(f"/{postgres.DATABASE}?", f"/faults_{name}_{os.getpid()}?")
+        url = new_database(server_url, f"faults_{name}")
     settings = Settings.from_env(environ={}, home=home, warehouse_url=url)
     world = generate_marketplace(seed=7, days=30, end_date=RUN_DATE, n_users=700, n_merchants=90)
     world.write(settings.input_dir, ids="uuid")

@@ -10,18 +10,16 @@ differ by seed and face different promotion margins (see its test).
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import replace
 from datetime import date
 
 import psycopg
 import pytest
+from conftest import new_database
 
 from ml.pipeline import tasks, tracking
 from ml.settings import Settings
 from ml.synthetic.marketplace import generate_marketplace
-from ml.warehouse import postgres
 from ml.warehouse.quality import DataQualityError
 
 RUN_DATE = date(2026, 11, 1)
@@ -30,10 +28,7 @@ RUN_DATE = date(2026, 11, 1)
 @pytest.fixture(scope="module")
 def marts_ready(tmp_path_factory, postgres_server_url) -> Settings:
     """The smallest marketplace that trains both models, loaded, built and gated; no model yet."""
-    name = f"gates_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        postgres.create_database(conn, name)
-    url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
+    url = new_database(postgres_server_url, "gates")
     settings = Settings.from_env(environ={}, home=tmp_path_factory.mktemp("gates") / "home", warehouse_url=url)
     generate_marketplace(seed=7, days=30, end_date=RUN_DATE, n_users=700, n_merchants=90).write(
         settings.input_dir, ids="uuid"

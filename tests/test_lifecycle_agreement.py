@@ -9,18 +9,16 @@ boundary with zero, one and two orders.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from conftest import new_database
 
 from ml.recommend.lifecycle import LIFECYCLE_SEGMENTS, LifecycleRule
 from ml.settings import Settings
-from ml.warehouse import postgres
 from ml.warehouse.dbt_runner import run_dbt
 
 RAW_SCHEMA = Path(__file__).resolve().parents[1] / "ml" / "warehouse" / "schema" / "raw.sql"
@@ -104,11 +102,7 @@ def _load_raw(url: str, users: pd.DataFrame, orders: pd.DataFrame) -> None:
 
 @pytest.fixture(scope="module")
 def segmented(postgres_server_url, tmp_path_factory):
-    name = f"test_lifecycle_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        postgres.create_database(conn, name)
-    url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
+    url = new_database(postgres_server_url, "test_lifecycle")
     settings = Settings.from_env(
         environ={}, home=tmp_path_factory.mktemp("lifecycle_home"), warehouse_url=url, **THRESHOLDS
     )

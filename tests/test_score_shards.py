@@ -6,7 +6,6 @@ publishing with a clear error and leaves crm as it was."""
 from __future__ import annotations
 
 import io
-import os
 import uuid
 from dataclasses import replace
 from datetime import date
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from conftest import new_database
 from published_state import assert_same_crm_tables, assert_same_exports, crm_tables, export_files
 
 from ml.crm import publish
@@ -25,7 +25,7 @@ from ml.privacy import consent
 from ml.recommend.modes import MODES
 from ml.settings import Settings
 from ml.synthetic.marketplace import generate_marketplace
-from ml.warehouse import marts, postgres
+from ml.warehouse import marts
 
 RUN_DATE = date(2026, 11, 1)
 
@@ -49,10 +49,7 @@ def test_a_users_shard_depends_on_its_id_and_the_shard_count_only():
 def ranked(tmp_path_factory, postgres_server_url) -> Settings:
     """A small marketplace's marts and its @champion ranker (no offer model: offers are decided when publishing),
     four scoring shards, a few users opted out of personalisation."""
-    name = f"shards_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        postgres.create_database(conn, name)
-    url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
+    url = new_database(postgres_server_url, "shards")
     settings = Settings.from_env(
         environ={}, home=tmp_path_factory.mktemp("shards") / "home", warehouse_url=url, score_shards=4
     )

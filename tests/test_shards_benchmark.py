@@ -4,20 +4,18 @@ with what to run first."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import replace
 from datetime import date, timedelta
 
 import psycopg
 import pytest
+from conftest import new_database
 
 from ml.benchmarks import shards
 from ml.cli.options import UsageError
 from ml.pipeline import tasks
 from ml.settings import Settings
 from ml.synthetic.marketplace import generate_marketplace
-from ml.warehouse import postgres
 
 RUN_DATE = date(2026, 11, 1)
 
@@ -25,10 +23,7 @@ RUN_DATE = date(2026, 11, 1)
 @pytest.fixture(scope="module")
 def ranked(tmp_path_factory, postgres_server_url) -> Settings:
     """A small marketplace's marts for RUN_DATE and its @champion ranker (no offer model)."""
-    name = f"shards_benchmark_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        postgres.create_database(conn, name)
-    url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
+    url = new_database(postgres_server_url, "shards_benchmark")
     settings = Settings.from_env(
         environ={}, home=tmp_path_factory.mktemp("shards_benchmark") / "home", warehouse_url=url
     )

@@ -13,19 +13,18 @@ burgers history 50-95 days before run_date:
 from __future__ import annotations
 
 import datetime as dt
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
+from conftest import new_database
 
 from ml.pipeline.tasks import load_market_context
 from ml.recommend.merchant import ranker_spec
 from ml.recommend.modes import DISCOVERY
 from ml.settings import Settings
-from ml.warehouse import marts, postgres
+from ml.warehouse import marts
 from ml.warehouse.dbt_runner import run_dbt
 
 RAW_SCHEMA = Path(__file__).resolve().parents[1] / "ml" / "warehouse" / "schema" / "raw.sql"
@@ -116,11 +115,7 @@ def load_world(url: str, orders: list[tuple[str, str, float]]) -> None:
 @pytest.fixture(scope="module")
 def built_world(postgres_server_url, tmp_path_factory):
     """The world loaded into a fresh database and built by dbt as of RUN_DATE."""
-    name = f"test_taste_drift_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        postgres.create_database(conn, name)
-    url = postgres_server_url.replace(f"/{postgres.DATABASE}?", f"/{name}?")
+    url = new_database(postgres_server_url, "test_taste_drift")
     settings = Settings.from_env(environ={}, home=tmp_path_factory.mktemp("taste_home"), warehouse_url=url)
     load_world(url, background_orders(np.random.default_rng(7)) + planted_orders())
     result = run_dbt(settings, url, ["build"], RUN_DATE)
