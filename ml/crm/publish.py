@@ -171,6 +171,11 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     return typed.assign(**{column: typed[column].astype(object).where(typed[column].notna(), None) for column in texts})
 
 
+# Enough for what the segment queries plan on: each run_date's share (one of up to crm_retention_days values) and
+# user_id's spread.
+ANALYZE_STATISTICS_TARGET = 10
+
+
 def analyze(conn: psycopg.Connection, *tables: str) -> None:
     """Refresh the planner's statistics of ``tables`` (``schema.name``) right after a bulk write.
 
@@ -178,8 +183,14 @@ def analyze(conn: psycopg.Connection, *tables: str) -> None:
     after the commit, and once a table holds weeks of history one day is below its 10% change threshold,
     so the statistics would miss the newest run_date for days (its rows estimated at a handful, and
     nested loops over them).
+
+    The sample is ANALYZE_STATISTICS_TARGET * 300 rows, read from as many pages: with Postgres' default (100:
+    30,000 pages) the demo world's tables stay below it for weeks, so each day's ANALYZE read every page
+    published so far and publishing grew with the days retained (BENCHMARKS.md, Daily operation).
     """
+    conn.execute(sql.SQL("SET LOCAL default_statistics_target = {}").format(sql.Literal(ANALYZE_STATISTICS_TARGET)))
     conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(sql.Identifier(*t.split(".")) for t in tables)))
+    conn.execute("RESET default_statistics_target")
 
 
 def drop_expired(conn: psycopg.Connection, run_date: date, retention_days: int) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import subprocess
@@ -56,10 +57,12 @@ def _stop_orphaned_servers(pgdata: Path, timeout: float = 60.0) -> None:
     ]
     for process in orphans:
         log.warning("stopping the warehouse server %d left running on the removed %s", process.pid, pgdata)
-        process.send_signal(signal.SIGINT)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGINT)
     _, alive = psutil.wait_procs(orphans, timeout=timeout)
     for process in alive:
-        process.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
     psutil.wait_procs(alive, timeout=timeout)
 
 
