@@ -620,8 +620,8 @@ def ingest_path(url: str, path: Path, now: datetime | None = None, erasure_salt:
     return results
 
 
-def summarize_new_ranges(conn: psycopg.Connection, table: str) -> int:
-    """Summarise the page ranges appended since the last vacuum in every BRIN index of ``table``; returns how many.
+def summarize_new_ranges(conn: psycopg.Connection, table: str) -> None:
+    """Summarise the page ranges appended since the last vacuum in every BRIN index of ``table``.
 
     An unsummarised range matches every search of its index, so the readers of "the events loaded since load_xid X"
     (the raw gate, dbt's incremental staging) would read every day appended since autovacuum last ran, and it runs
@@ -634,9 +634,8 @@ def summarize_new_ranges(conn: psycopg.Connection, table: str) -> int:
            WHERE index.indrelid = %s::regclass AND method.amname = 'brin'""",
         (table,),
     ).fetchall()
-    return sum(
-        conn.execute("SELECT brin_summarize_new_values(%s::regclass)", (name,)).fetchone()[0] for (name,) in indexes
-    )
+    for (name,) in indexes:
+        conn.execute("SELECT brin_summarize_new_values(%s::regclass)", (name,))
 
 
 def _recorded_files(conn: psycopg.Connection, source_files: list[str]) -> dict[str, tuple[int, int, datetime]]:
