@@ -113,11 +113,14 @@ def test_daily_benchmark_runs_consecutive_days_on_one_warehouse(tmp_path):
         }
         assert set(table) == {"publish_segments", "load_events"}
         inputs = {
-            line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("orders", "machine", "I/O"))
+            line.split()[0]: line.split()
+            for line in out.splitlines()
+            if line.startswith(("orders", "machine", "I/O", "CPU"))
         }
         assert int(inputs["orders"][-2].replace(",", "")) > int(inputs["orders"][-3].replace(",", "")) > 0
         assert float(inputs["machine"][-2]) > 0 and float(inputs["machine"][-3]) > 0
         assert 0 <= float(inputs["I/O"][-2]) < 100
+        assert float(inputs["CPU"][-2]) > 0 and float(inputs["CPU"][-3]) > 0
         assert "DAG TEST" not in out, "the full Airflow log belongs in the log file, not on the terminal"
         assert (home / "logs" / "reengagement_daily_2026-11-01.log").stat().st_size > 0
         url = subprocess.run(

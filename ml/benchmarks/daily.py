@@ -7,7 +7,8 @@ each task's peak resident memory, and the last day against day 2: no task may gr
 days already published. Below the tasks, what each day's input was (the orders the ranker read, the exposures
 the offer model learnt from: they grow with the window, not with the days published) and a machine probe, a
 fixed seeded LightGBM fit timed before each day: if the probe slows down, the machine did; and the share of the
-machine's CPU time spent waiting on I/O during the day's run (from /proc/stat), which a short CPU probe misses.
+machine's CPU time spent waiting on I/O during the day's run (from /proc/stat), which a short CPU probe misses,
+and the CPU seconds the whole machine was busy during it (more work, or the same work waiting).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ INPUT_ROWS = {
 }
 PROBE_ROW = "machine probe (s)"
 IOWAIT_ROW = "I/O wait (% of CPU time)"
-ROW_FORMATS = {PROBE_ROW: ".2f", IOWAIT_ROW: ".1f"}  # the inputs' counts: ",.0f"
+BUSY_ROW = "CPU busy, whole machine (s)"
+ROW_FORMATS = {PROBE_ROW: ".2f", IOWAIT_ROW: ".1f", BUSY_ROW: ".1f"}  # the inputs' counts: ",.0f"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,6 +174,10 @@ def _run_day(settings: Settings, url: str, run_date: dt.date) -> DayRun:
     if cpu_before and cpu_after:
         spent = [after - before for before, after in zip(cpu_before, cpu_after)]
         day.inputs[IOWAIT_ROW] = 100.0 * spent[4] / max(sum(spent), 1)
+        # Every CPU second of the run's processes, Postgres' and anything else's: if it grows while the probe
+        # holds, more work was done; if the run slows while it holds, the run waited.
+        user, nice, system, _idle, _iowait, irq, softirq = spent[:7]
+        day.inputs[BUSY_ROW] = (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
     for task in tasks:
         name = DBT_GROUP if task.task_id.startswith(f"{DBT_GROUP}.") else task.task_id
         day.task_seconds[name] = day.task_seconds.get(name, 0.0) + (task.seconds or 0.0)
@@ -282,7 +288,7 @@ def format_days(days: list[DayRun]) -> str:
     return text_table(header, rows) + (
         f"\n(! = more than {STEADY_STATE_LIMIT}x day 2 and over a second slower; dbt_build sums its tasks; "
         f"{PROBE_ROW}: a fixed LightGBM fit timed before each day, the machine's speed; {IOWAIT_ROW}: during "
-        "the day's run)"
+        f"the day's run; {BUSY_ROW}: CPU seconds, all processes, during the day's run)"
     )
 
 
