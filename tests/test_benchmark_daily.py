@@ -10,8 +10,9 @@ import subprocess
 import sys
 
 import psycopg
+import pytest
 
-from ml.benchmarks.daily import PROBE_ROW, DayRun, format_days
+from ml.benchmarks.daily import PROBE_ROW, DayRun, fitted_line, format_days
 from ml.pipeline.airflow import ProgressView
 from ml.settings import PROJECT_ROOT
 
@@ -74,6 +75,24 @@ def test_format_days_compares_the_last_day_with_day_two_and_flags_growth():
     assert rows["machine"].split()[-3:] == ["2.00", "2.50", "1.25"]
 
 
+def test_the_fitted_line_tells_growth_from_one_noisy_last_day():
+    """A task that grows a little every day is flagged on its line; one whose last day alone is slow, on identical
+    days before it, is flagged on that day but not on its line."""
+    growing = [10.0] + [5.0 + 0.2 * day for day in range(13)]
+    noisy_last_day = [10.0] + [5.0, 6.0, 4.5, 5.5] * 3 + [7.0]
+    assert fitted_line(growing) == pytest.approx((5.0, 7.4))
+    start, end = fitted_line(noisy_last_day)
+    assert end / start < 1.2
+    days = [
+        DayRun(END + dt.timedelta(days=i), "success", 60.0, {"growing": growing[i], "noisy": noisy_last_day[i]})
+        for i in range(14)
+    ]
+    rows = {line.split()[0]: line.split() for line in format_days(days).splitlines()}
+    assert rows["growing"][-4:] == ["1.48", "!", "1.48", "!"]
+    assert rows["noisy"][-3:] == ["1.40", "!", f"{end / start:.2f}"]
+    assert fitted_line([10.0, 5.0, 6.0]) is None, "two later days are no line"
+
+
 def test_daily_benchmark_runs_consecutive_days_on_one_warehouse(tmp_path):
     """Two run dates on one warehouse through the real DAG; day 2 loads only its own day's new files."""
     home = tmp_path / "bench"
@@ -115,12 +134,13 @@ def test_daily_benchmark_runs_consecutive_days_on_one_warehouse(tmp_path):
         inputs = {
             line.split()[0]: line.split()
             for line in out.splitlines()
-            if line.startswith(("orders", "machine", "I/O", "CPU"))
+            if line.startswith(("orders", "rounds", "machine", "I/O", "CPU"))
         }
         assert int(inputs["orders"][-2].replace(",", "")) > int(inputs["orders"][-3].replace(",", "")) > 0
         assert float(inputs["machine"][-2]) > 0 and float(inputs["machine"][-3]) > 0
         assert 0 <= float(inputs["I/O"][-2]) < 100
         assert float(inputs["CPU"][-2]) > 0 and float(inputs["CPU"][-3]) > 0
+        assert int(inputs["rounds"][-2].replace(",", "")) > 0 and int(inputs["rounds"][-3].replace(",", "")) > 0
         assert "DAG TEST" not in out, "the full Airflow log belongs in the log file, not on the terminal"
         assert (home / "logs" / "reengagement_daily_2026-11-01.log").stat().st_size > 0
         url = subprocess.run(

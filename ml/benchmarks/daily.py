@@ -4,11 +4,12 @@ A synthetic window is generated once; the history before the first run date is i
 the start and each later day's events and campaign exposures arrive as their own files before the next
 day's run, as a daily export would. Prints seconds per task per day (all dbt tasks summed into one row),
 each task's peak resident memory, and the last day against day 2: no task may grow with the number of
-days already published. Below the tasks, what each day's input was (the orders the ranker read, the exposures
-the offer model learnt from: they grow with the window, not with the days published) and a machine probe, a
+days already published, also read off a least-squares line through days 2 to N. Below the tasks, what each
+day's input was (the orders the ranker read, the rounds its boosters trained, the exposures the offer model
+learnt from: they follow the window's data, not the days published) and a machine probe, a
 fixed seeded LightGBM fit timed before each day: if the probe slows down, the machine did; and the share of the
 machine's CPU time spent waiting on I/O during the day's run (from /proc/stat), which a short CPU probe misses,
-and the CPU seconds the whole machine was busy during it (more work, or the same work waiting).
+and the CPU seconds the whole machine was busy during it (more work, or the same work on a slower CPU).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ml.cli.options import iso_date, non_negative_int, positive_int
@@ -69,6 +71,7 @@ class DayRun:
 # The inputs a day's table shows: (step, its summary's key) -> the row's label.
 INPUT_ROWS = {
     ("train_ranker", "orders"): "orders the ranker read",
+    ("train_ranker", "boosting_rounds"): "rounds the ranker's boosters trained",
     ("train_offer_model", "training_exposures"): "exposures the offer model read",
 }
 PROBE_ROW = "machine probe (s)"
@@ -271,25 +274,52 @@ def _stage_window(
 
 
 def format_days(days: list[DayRun]) -> str:
-    """Seconds per task (rows) per day (columns), each task's largest peak memory, and last day / day 2."""
+    """Seconds per task (rows) per day (columns), each task's largest peak memory, last day / day 2, and the same
+    ratio read off a least-squares line through days 2 to N: one day's time is one noisy sample (a five-second
+    task varies by a second on identical input here), the line is the growth."""
     tasks = list(dict.fromkeys(name for day in days for name in day.task_seconds))
-    header = ["task"] + [f"day {i}" for i in range(1, len(days) + 1)] + ["peak MB", f"day {len(days)} / day 2"]
+    last = len(days)
+    header = ["task"] + [f"day {i}" for i in range(1, last + 1)] + ["peak MB", f"day {last} / day 2", "fitted line"]
     rows = []
     for task in tasks + ["whole DAG"]:
         seconds = [day.seconds if task == "whole DAG" else day.task_seconds.get(task, float("nan")) for day in days]
         peak = max((day.task_peak_mb.get(task, float("nan")) for day in days), default=float("nan"))
-        ratio = _last_over_day_two(seconds)
-        flag = " !" if ratio > STEADY_STATE_LIMIT and seconds[-1] - seconds[1] > 1.0 else ""
-        rows.append([task] + [f"{s:.1f}" for s in seconds] + [f"{peak:,.0f}", f"{ratio:.2f}{flag}"])
+        fitted = fitted_line(seconds)
+        rows.append(
+            [task]
+            + [f"{s:.1f}" for s in seconds]
+            + [
+                f"{peak:,.0f}",
+                _growth(seconds[1], seconds[-1]) if last > 1 else "",
+                _growth(*fitted) if fitted else "",
+            ]
+        )
     for label in dict.fromkeys(label for day in days for label in day.inputs):
         values = [day.inputs.get(label, float("nan")) for day in days]
         shown = [format(v, ROW_FORMATS.get(label, ",.0f")) for v in values]
-        rows.append([label] + shown + ["", f"{_last_over_day_two(values):.2f}"])
+        rows.append([label] + shown + ["", f"{_last_over_day_two(values):.2f}", ""])
     return text_table(header, rows) + (
-        f"\n(! = more than {STEADY_STATE_LIMIT}x day 2 and over a second slower; dbt_build sums its tasks; "
+        f"\n(! = more than {STEADY_STATE_LIMIT}x day 2 and over a second slower; fitted line: the least-squares line "
+        f"through days 2 to {last}, its day {last} over its day 2; dbt_build sums its tasks; "
         f"{PROBE_ROW}: a fixed LightGBM fit timed before each day, the machine's speed; {IOWAIT_ROW}: during "
         f"the day's run; {BUSY_ROW}: CPU seconds, all processes, during the day's run)"
     )
+
+
+def fitted_line(values: list[float]) -> tuple[float, float] | None:
+    """The least-squares line through days 2 to N of ``values`` (day 1 builds everything from nothing), at day 2
+    and at day N; None with fewer than three such days or a missing one."""
+    later = np.asarray(values[1:], dtype=float)
+    if len(later) < 3 or np.isnan(later).any():
+        return None
+    slope, intercept = np.polyfit(np.arange(len(later)), later, 1)
+    return intercept, intercept + slope * (len(later) - 1)
+
+
+def _growth(day_two: float, last_day: float) -> str:
+    """``last_day`` / ``day_two``, flagged when over the limit and over a second more."""
+    ratio = last_day / day_two if day_two > 0 else float("nan")
+    return f"{ratio:.2f}" + (" !" if ratio > STEADY_STATE_LIMIT and last_day - day_two > 1.0 else "")
 
 
 def _last_over_day_two(values: list[float]) -> float:

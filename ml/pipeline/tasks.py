@@ -260,6 +260,7 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
             challenger_value = gate_value(scorecards["ranker"])
             champion_metric, same_recipe = _champion_metric(settings, split, context, spec, challenger_value)
             importance = {mode: ranker.feature_importance(mode) for mode in MODES}
+            summary["boosting_rounds"] = ranker.boosting_rounds()
             _log_comparison(spec, split, scorecards, importance, run_date)
             started = time.perf_counter()
             final = ranker.refit(orders, as_of(run_date), context)

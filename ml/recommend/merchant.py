@@ -412,6 +412,9 @@ class RankedMerchantRecommender:
     def feature_importance(self, mode: str | None = None) -> pd.Series:
         return self.ranker.feature_importance(mode=mode)
 
+    def boosting_rounds(self) -> int:
+        return self.ranker.boosting_rounds()
+
 
 class NewMerchantSlot:
     """With probability ``rate`` per user and day, the last slot shows the new merchant the user's

@@ -731,6 +731,10 @@ class RankerRecommender(Recommender):
                 items[batch], scores[batch] = top[:, :n], top_scores[:, :n]
         return lists
 
+    def boosting_rounds(self) -> int:
+        """The rounds all boosters trained, early stopping's patience included: what the fit's time follows."""
+        return sum(booster.num_trees() for boosters in self.boosters.values() for booster in boosters)
+
     def feature_importance(self, importance_type: str = "gain", mode: str | None = None) -> pd.Series:
         """The boosters' mean feature importance (of ``mode``, default the first mode learned)."""
         boosters = self.boosters[mode or self.modes[0]]
