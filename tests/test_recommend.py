@@ -25,7 +25,7 @@ from ml.recommend import (
 from ml.recommend.base import top_n_of_pairs
 from ml.recommend.ease import _mirror_upper, _spd_inverse
 from ml.recommend.metrics import intra_list_diversity, ndcg_at_k
-from ml.recommend.ranker import _generator_tops, _ranks_of, _split_groups
+from ml.recommend.ranker import _generator_tops, _most_similar_past_items, _ranks_of, _split_groups
 
 N_CLUSTERS = 4
 N_USERS = 240
@@ -269,6 +269,29 @@ def test_ranker_explains_pickles_and_reranks(drifting_ranker):
     assert np.mean([intra_list_diversity(list(row), dict(enumerate(categories))) for row in diverse_items]) > np.mean(
         [intra_list_diversity(list(row), dict(enumerate(categories))) for row in items]
     )
+
+
+def test_the_most_similar_past_item_of_each_recommendation_is_the_first_with_the_largest_similarity():
+    similarity_to = sp.csr_matrix(np.array([[0, 0.3, 0.3, 0], [0.5, 0, 0.1, 0.2], [0, 0, 0, 0.4], [0, 0, 0, 0]]))
+    items = np.array([0, 1, 2, 3])
+    past = sp.csr_matrix(np.array([[0, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]]))
+    best, most = _most_similar_past_items(similarity_to, items, past)
+    assert best.tolist() == [0.3, 0.0, 0.0, 0.0]
+    assert most.tolist() == [1, 0, 0, 0]
+    nobody_ordered = _most_similar_past_items(similarity_to, items, sp.csr_matrix((4, 4)))
+    assert [values.tolist() for values in nobody_ordered] == [[0.0] * 4, [0] * 4]
+
+    # against the dense reading of the rule on random data: max over the user's past items, ties to the lowest
+    rng = np.random.default_rng(0)
+    similarity_to = sp.random(40, 40, density=0.2, random_state=1, format="csr")
+    similarity_to.data = np.round(similarity_to.data, 1)  # ties
+    past = sp.random(300, 40, density=0.1, random_state=2, format="csr")
+    items = rng.integers(0, 40, 300)
+    best, most = _most_similar_past_items(similarity_to, items, past)
+    dense = similarity_to.toarray()[items] * (past.toarray() > 0)
+    assert np.allclose(best, dense.max(axis=1))
+    has_best = best > 0
+    assert np.array_equal(most[has_best], dense.argmax(axis=1)[has_best])
 
 
 def test_a_bagged_ranker_averages_boosters_stopped_on_their_own_users_and_its_first_is_the_unbagged_one():

@@ -243,6 +243,26 @@ def _pair_lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> n
     return np.asarray(matrix[rows, cols]).ravel()
 
 
+def _most_similar_past_items(
+    similarity_to: sp.csr_matrix, items: np.ndarray, past: sp.csr_matrix
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each recommended item ``items[k]`` and its user's past items (row k of ``past``): the largest
+    similarity to it, at least 0, and the first past item (by index) that has it (0 where none is above 0).
+
+    Looks up only the (item, past item) pairs: gathering each recommended item's whole similarity row instead
+    was a quarter of the scoring's time at full scale."""
+    best, most = np.zeros(len(items)), np.zeros(len(items), dtype=np.int64)
+    if not past.nnz:
+        return best, most
+    pair = np.repeat(np.arange(len(items)), np.diff(past.indptr))
+    values = _pair_lookup(similarity_to, items[pair], past.indices)
+    np.maximum.at(best, pair, values)
+    reaching = np.flatnonzero((values == best[pair]) & (values > 0))
+    firsts, first_entry = np.unique(pair[reaching], return_index=True)
+    most[firsts] = past.indices[reaching[first_entry]]
+    return best, most
+
+
 @dataclass
 class _Stage:
     """Generators fitted on one history, plus that history."""
@@ -755,10 +775,7 @@ class RankerRecommender(Recommender):
         rows = np.repeat(np.asarray(user_indices), item_indices.shape[1])[listed.ravel()]
         items = item_indices[listed]
         past = history.user_items[rows]
-        past.data[:] = 1.0
-        similar = past.multiply(self.stage.similarity_to[items]).tocsr()
-        best_similarity = np.asarray(similar.max(axis=1).todense()).ravel()
-        most_similar = np.asarray(similar.argmax(axis=1)).ravel()
+        best_similarity, most_similar = _most_similar_past_items(self.stage.similarity_to, items, past)
         has_past = np.diff(past.indptr) > 0
         fallback = REASONS["zone" if self._zone_popularity else "popular"]
         if self.stage.affinity is not None:
