@@ -143,8 +143,10 @@ class _FixedLists:
 
     def __init__(self, frame: pd.DataFrame):
         self.frame = frame
+        self.asked: list[list] = []
 
     def recommend(self, users, n, mode, explain):
+        self.asked.append(list(users))
         return self.frame[self.frame["user_id"].isin(users)]
 
 
@@ -153,3 +155,9 @@ def test_judge_lists_are_each_users_merchants_in_rank_order():
     recs = pd.DataFrame({"user_id": [7, 3, 7, 3, 7], "rank": [3, 2, 1, 1, 2], "merchant_id": [30, 20, 10, 40, 50]})
     lists = Judge(split, catalog_size=60).lists(_FixedLists(recs), "winback")
     assert lists == {3: [40, 20], 7: [10, 50, 30]}
+
+    # with two workers each scores half of the test users, and the lists are the same
+    in_parts = _FixedLists(recs)
+    assert Judge(split, catalog_size=60, workers=2).lists(in_parts, "winback") == lists
+    assert sorted(map(sorted, in_parts.asked)) == [[3], [7]]
+    assert Judge(split, catalog_size=60, workers=3).lists(_FixedLists(recs), "winback") == lists

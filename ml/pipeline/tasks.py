@@ -234,6 +234,7 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
             context.merchants["category"].to_dict(),
             rule.segments(split.train, context.users["signup_at"], split.cut),
             ks=CURVE_KS,
+            workers=settings.worker_threads,
         )
         spec = ranker_spec(settings)
         tracking.configure(settings, url)
@@ -538,7 +539,7 @@ def _champion_metric(
     champion = loaded.recommender
     if champion.spec.same_recipe(spec):
         return challenger_value, True
-    judge = Judge(split, len(context.merchants), ks=(5, 10))
+    judge = Judge(split, len(context.merchants), ks=(5, 10), workers=settings.worker_threads)
     return gate_value(judge.scorecard(champion.spec.recommender().fit(split.train, split.cut, context))), False
 
 

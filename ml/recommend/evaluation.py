@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -81,6 +82,7 @@ class Judge:
     merchant_categories: Mapping | None = None
     segments: pd.Series | None = None  # user_id -> segment
     ks: tuple[int, ...] = (5, 10)
+    workers: int = 1  # threads scoring parts of the test users side by side (the results do not depend on it)
 
     @cached_property
     def merchant_popularity(self) -> dict:
@@ -97,8 +99,14 @@ class Judge:
         return results
 
     def lists(self, recommender, mode: str) -> dict:
-        users = list(self.split.truth(mode))
-        recs = recommender.recommend(users, n=max(self.ks), mode=mode, explain=False)
+        users = np.array(list(self.split.truth(mode)), dtype=object)
+        parts = [part.tolist() for part in np.array_split(users, max(self.workers, 1)) if len(part)] or [[]]
+
+        def recommend(part: list) -> pd.DataFrame:
+            return recommender.recommend(part, n=max(self.ks), mode=mode, explain=False)
+
+        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+            recs = pd.concat(list(pool.map(recommend, parts)), ignore_index=True)
         return _grouped(recs.sort_values(["user_id", "rank"]), "user_id", "merchant_id", list)
 
     def user_metrics(self, recommended: dict, mode: str) -> pd.DataFrame:
