@@ -12,7 +12,9 @@ over candidates the user never interacted with. Both share the generators fitted
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import lightgbm as lgb
@@ -530,15 +532,18 @@ class RankerRecommender(Recommender):
         """Features, labels, per-user group sizes and the groups' users, keeping users with a positive among their
         candidates."""
         users = users[np.diff(positives.indptr)[users] > 0]
-        parts = []
-        for start in range(0, len(users), _BATCH_USERS):
-            batch = users[start : start + _BATCH_USERS]
+
+        def rows_of(batch: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
             local_rows, cols, features = self._candidates(stage, batch, MODES[mode])
             label = _pair_lookup(positives, batch[local_rows], cols)
             keep = (np.bincount(local_rows, label, minlength=len(batch)) > 0)[local_rows]
             sizes = np.bincount(local_rows[keep], minlength=len(batch))
-            parts.append((features[keep], label[keep], sizes[sizes > 0], batch[sizes > 0]))
-        return _concat_rows(parts)
+            return features[keep], label[keep], sizes[sizes > 0], batch[sizes > 0]
+
+        # Batches side by side: top-n selection, sparse products and BLAS release the GIL; map keeps their order.
+        batches = [users[start : start + _BATCH_USERS] for start in range(0, len(users), _BATCH_USERS)]
+        with ThreadPoolExecutor(max_workers=self.num_threads or os.cpu_count() or 1) as pool:
+            return _concat_rows(list(pool.map(rows_of, batches)))
 
     def _candidates(
         self, stage: _Stage, users: np.ndarray, exclude_seen: bool
