@@ -22,6 +22,7 @@ from ml.recommend import (
     temporal_split,
     top_n,
 )
+from ml.recommend import ranker as ranker_module
 from ml.recommend.base import top_n_of_pairs
 from ml.recommend.ease import _mirror_upper, _spd_inverse
 from ml.recommend.metrics import intra_list_diversity, ndcg_at_k
@@ -292,6 +293,24 @@ def test_the_most_similar_past_item_of_each_recommendation_is_the_first_with_the
     assert np.allclose(best, dense.max(axis=1))
     has_best = best > 0
     assert np.array_equal(most[has_best], dense.argmax(axis=1)[has_best])
+
+
+def test_training_rows_built_in_batches_side_by_side_train_the_same_ranker_as_one_batch(monkeypatch):
+    train, _ = temporal_split(drifting_interactions(n_users=150))
+    settings = dict(
+        generators={"cosine": ItemCosineRecommender(neighbours=30), "popularity": PopularityRecommender()},
+        item_categories=ITEM_CATEGORIES,
+        candidates_per_generator=20,
+        num_boost_round=30,
+        early_stopping_rounds=10,
+        lgbm_params={"min_data_in_leaf": 20},
+        num_threads=2,
+    )
+    monkeypatch.setattr(ranker_module, "_BATCH_USERS", 10_000)
+    whole = RankerRecommender(**settings).fit(train, items=range(N_ITEMS))
+    monkeypatch.setattr(ranker_module, "_BATCH_USERS", 16)
+    batched = RankerRecommender(**settings).fit(train, items=range(N_ITEMS))
+    assert batched.boosters["discovery"][0].model_to_string() == whole.boosters["discovery"][0].model_to_string()
 
 
 def test_a_bagged_ranker_averages_boosters_stopped_on_their_own_users_and_its_first_is_the_unbagged_one():
