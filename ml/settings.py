@@ -253,7 +253,8 @@ DESCRIPTIONS: dict[str, str] = {
     "exploration_rate": "Share of users (per user and day, by a seeded draw) whose last slot shows the new merchant "
     "their category taste scores highest; 0 turns it off.",
     "model_threads": "Threads for ALS and LightGBM (the ranker's training and scoring), for the batches a "
-    "scoring shard scores side by side and for the offer model's cross-fitting folds; 0 means every core of the "
+    "scoring shard scores side by side, the ranker's training rows and the daily judge's test users, and for the "
+    "offer model's cross-fitting folds; 0 means every core of the "
     "machine. Set 1 where several tasks share a machine's cores (several Celery worker slots per host).",
     "promotion_margin": "A challenger becomes `@champion` only if its gate metric exceeds the champion's times "
     "(1 + this margin), both judged on the same held-out data (0.05 = 5% better).",

@@ -252,7 +252,7 @@ def _most_similar_past_items(
     similarity to it, at least 0, and the first past item (by index) that has it (0 where none is above 0).
 
     Looks up only the (item, past item) pairs: gathering each recommended item's whole similarity row instead
-    was a quarter of the scoring's time at full scale."""
+    was a quarter of a scoring thread's time at full scale."""
     best, most = np.zeros(len(items)), np.zeros(len(items), dtype=np.int64)
     if not past.nnz:
         return best, most
