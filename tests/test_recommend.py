@@ -295,17 +295,21 @@ def test_the_most_similar_past_item_of_each_recommendation_is_the_first_with_the
     assert np.array_equal(most[has_best], dense.argmax(axis=1)[has_best])
 
 
-def test_training_rows_built_in_batches_side_by_side_train_the_same_ranker_as_one_batch(monkeypatch):
-    train, _ = temporal_split(drifting_interactions(n_users=150))
-    settings = dict(
+def _small_ranker_settings(num_boost_round: int, num_threads: int) -> dict:
+    return dict(
         generators={"cosine": ItemCosineRecommender(neighbours=30), "popularity": PopularityRecommender()},
         item_categories=ITEM_CATEGORIES,
         candidates_per_generator=20,
-        num_boost_round=30,
+        num_boost_round=num_boost_round,
         early_stopping_rounds=10,
         lgbm_params={"min_data_in_leaf": 20},
-        num_threads=2,
+        num_threads=num_threads,
     )
+
+
+def test_training_rows_built_in_batches_side_by_side_train_the_same_ranker_as_one_batch(monkeypatch):
+    train, _ = temporal_split(drifting_interactions(n_users=150))
+    settings = _small_ranker_settings(num_boost_round=30, num_threads=2)
     monkeypatch.setattr(ranker_module, "_BATCH_USERS", 10_000)
     whole = RankerRecommender(**settings).fit(train, items=range(N_ITEMS))
     monkeypatch.setattr(ranker_module, "_BATCH_USERS", 16)
@@ -315,15 +319,7 @@ def test_training_rows_built_in_batches_side_by_side_train_the_same_ranker_as_on
 
 def test_a_bagged_ranker_averages_boosters_stopped_on_their_own_users_and_its_first_is_the_unbagged_one():
     train, _ = temporal_split(drifting_interactions(n_users=150))
-    settings = dict(
-        generators={"cosine": ItemCosineRecommender(neighbours=30), "popularity": PopularityRecommender()},
-        item_categories=ITEM_CATEGORIES,
-        candidates_per_generator=20,
-        num_boost_round=60,
-        early_stopping_rounds=10,
-        lgbm_params={"min_data_in_leaf": 20},
-        num_threads=1,
-    )
+    settings = _small_ranker_settings(num_boost_round=60, num_threads=1)
     single = RankerRecommender(**settings).fit(train, items=range(N_ITEMS))
     bagged = RankerRecommender(**settings, bagged_boosters=3).fit(train, items=range(N_ITEMS))
     boosters = bagged.boosters["discovery"]
