@@ -18,7 +18,7 @@ from ml.cli import main as rekindle
 from ml.recommend import temporal_split
 from ml.recommend.metrics import ranking_report
 
-MODELS = ["random", "popularity", "cosine", "als", "ease", "category", "ranker"]
+MODELS = ["random", "popularity", "cosine", "als", "ease", "user_knn", "category", "ranker"]
 WINBACK_BASELINES = ["own most frequent", "own most recent"]
 FAST = ["--no-tune", "--threads", "1", "--candidates", "30"]
 

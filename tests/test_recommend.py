@@ -18,11 +18,13 @@ from ml.recommend import (
     PopularityRecommender,
     RandomRecommender,
     RankerRecommender,
+    UserKNNRecommender,
     mmr_rerank,
     temporal_split,
     top_n,
 )
 from ml.recommend import ranker as ranker_module
+from ml.recommend import userknn as userknn_module
 from ml.recommend.base import top_n_of_pairs
 from ml.recommend.ease import _mirror_upper, _spd_inverse
 from ml.recommend.metrics import intra_list_diversity, ndcg_at_k
@@ -119,6 +121,27 @@ def test_cosine_similarity_is_the_seed_formula():
     assert items.tolist() == [1, -1, -1]
 
 
+def test_user_knn_scores_are_the_neighbours_similarity_weighted_order_shares_across_user_blocks(monkeypatch):
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(0.6, size=(37, 12)).astype(np.float64)
+    counts[5] = 0.0  # a user without orders has no neighbours and scores zero
+    damped = np.log1p(counts)
+    unit = damped / np.maximum(np.linalg.norm(damped, axis=1, keepdims=True), 1e-12)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, 0.0)
+    neighbours = 4
+    kept = np.zeros_like(similarity)
+    for user, row in enumerate(similarity):
+        top = np.lexsort((np.arange(len(row)), -row))[:neighbours]
+        top = top[row[top] > 0]
+        kept[user, top] = row[top]
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1e-12)
+    monkeypatch.setattr(userknn_module, "_USER_BLOCK", 10)  # four blocks, the last one short
+    model = UserKNNRecommender(neighbours=neighbours).fit(sp.csr_matrix(counts))
+    np.testing.assert_allclose(model.score(np.arange(37)), kept @ shares, rtol=1e-5, atol=1e-6)
+    assert not model.score(np.array([5])).any()
+
+
 def test_ease_weights_are_the_closed_form_of_steck_2019():
     rng = np.random.default_rng(3)
     user_items = sp.csr_matrix((rng.random((400, 60)) < 0.08) * rng.integers(1, 4, (400, 60)), dtype=np.float32)
@@ -151,8 +174,9 @@ def test_spd_inverse_is_the_whole_symmetric_inverse_across_mirroring_bands():
         ALSRecommender(factors=16, regularization=0.1, iterations=10, num_threads=1),
         EASERecommender(l2=50.0),
         CategoryAffinityRecommender(ITEM_CATEGORIES.to_numpy()),
+        UserKNNRecommender(neighbours=30),
     ],
-    ids=["cosine", "cosine-shrunk", "als", "ease", "category"],
+    ids=["cosine", "cosine-shrunk", "als", "ease", "category", "user-knn"],
 )
 def test_generator_recovers_planted_structure_better_than_popularity(planted, recommender):
     matrix, relevant, _, _ = planted
@@ -162,8 +186,13 @@ def test_generator_recovers_planted_structure_better_than_popularity(planted, re
 
 @pytest.mark.parametrize(
     "recommender",
-    [ItemCosineRecommender(neighbours=20), ALSRecommender(factors=8, iterations=3, num_threads=1), EASERecommender()],
-    ids=["cosine", "als", "ease"],
+    [
+        ItemCosineRecommender(neighbours=20),
+        ALSRecommender(factors=8, iterations=3, num_threads=1),
+        EASERecommender(),
+        UserKNNRecommender(neighbours=20),
+    ],
+    ids=["cosine", "als", "ease", "user-knn"],
 )
 def test_recommend_excludes_seen_items_and_is_picklable(planted, recommender):
     matrix, _, _, _ = planted

@@ -38,6 +38,7 @@ from ml.recommend import (
     RankerRecommender,
     RecentItemsRecommender,
     Recommender,
+    UserKNNRecommender,
     last_interaction_times,
     temporal_split,
     unix_seconds,
@@ -100,6 +101,7 @@ GRIDS: dict[str, dict[str, tuple]] = {
     "cosine": {"neighbours": (50, 100, 200, 400), "shrinkage": (0.0, 10.0)},
     "als": {"factors": (32, 64, 128), "regularization": (0.01, 0.1), "alpha": (1.0, 4.0)},
     "ease": {"l2": (50.0, 100.0, 250.0, 500.0, 1000.0)},
+    "user_knn": {"neighbours": (20, 50, 100, 200)},
 }
 # The ranker's own grid, searched only on small logs (at most RANKER_TUNING_MAX_INTERACTIONS train rows), where
 # one fit takes seconds and the defaults (two label windows, 200 rows per leaf) leave the booster few groups.
@@ -111,6 +113,7 @@ DEFAULTS: dict[str, dict] = {
     "cosine": {"neighbours": 100, "shrinkage": 0.0},
     "als": {"factors": 64, "regularization": 0.05, "alpha": 2.0},
     "ease": {"l2": 250.0},
+    "user_knn": {"neighbours": 100},
     "ranker": {"training_windows": 2, "min_data_in_leaf": 200},
 }
 MOVIELENS_GENRES = [
@@ -312,6 +315,7 @@ def build_generators(
         "cosine": ItemCosineRecommender(**params["cosine"]),
         "als": ALSRecommender(**params["als"], random_state=seed, num_threads=threads),
         "ease": EASERecommender(**params["ease"]),
+        "user_knn": UserKNNRecommender(**params["user_knn"]),
         "popularity": PopularityRecommender(),
     }
     if categories is not None:
@@ -342,6 +346,7 @@ def tune(
         "cosine": ItemCosineRecommender,
         "als": lambda **p: ALSRecommender(**p, random_state=seed, num_threads=threads),
         "ease": EASERecommender,
+        "user_knn": UserKNNRecommender,
     }
     chosen = dict(DEFAULTS)
     for name, grid in GRIDS.items():

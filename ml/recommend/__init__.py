@@ -26,6 +26,7 @@ _HOMES = {
     "temporal_split": "ml.recommend.split",
     "top_n": "ml.recommend.base",
     "unix_seconds": "ml.recommend.split",
+    "UserKNNRecommender": "ml.recommend.userknn",
 }
 __all__ = sorted(_HOMES)
 

@@ -25,18 +25,21 @@ def cosine_similarity(user_items: sp.csr_matrix, shrinkage: float = 0.0) -> sp.c
 
 def keep_top_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
     """Zero all but the k largest entries of each row."""
-    blocks = []
-    for start in range(0, matrix.shape[0], _ITEM_BLOCK):
-        dense = matrix[start : start + _ITEM_BLOCK].toarray()
-        columns, values = top_n(np.where(dense > 0, dense, -np.inf), k)
-        rows = np.repeat(np.arange(dense.shape[0]), columns.shape[1])
-        kept = columns.ravel() >= 0
-        blocks.append(
-            sp.csr_matrix(
-                (values.ravel()[kept], (rows[kept], columns.ravel()[kept])), shape=dense.shape, dtype=np.float32
-            )
-        )
+    blocks = [
+        top_per_row(matrix[start : start + _ITEM_BLOCK].toarray(), k)
+        for start in range(0, matrix.shape[0], _ITEM_BLOCK)
+    ]
     return sp.vstack(blocks, format="csr") if blocks else matrix.copy()
+
+
+def top_per_row(dense: np.ndarray, k: int) -> sp.csr_matrix:
+    """The k largest positive entries of each row of a dense block, as a sparse matrix of its shape."""
+    columns, values = top_n(np.where(dense > 0, dense, -np.inf), k)
+    rows = np.repeat(np.arange(dense.shape[0]), columns.shape[1])
+    kept = columns.ravel() >= 0
+    return sp.csr_matrix(
+        (values.ravel()[kept], (rows[kept], columns.ravel()[kept])), shape=dense.shape, dtype=np.float32
+    )
 
 
 class ItemCosineRecommender(Recommender):
