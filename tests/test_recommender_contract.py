@@ -25,6 +25,7 @@ from ml.recommend import (
     PopularityRecommender,
     RandomRecommender,
     RankerRecommender,
+    UserKNNRecommender,
 )
 from ml.recommend.merchant import RECOMMENDATION_COLUMNS, MarketContext, ModelSpec
 from ml.recommend.modes import DISCOVERY, MODES, WINBACK
@@ -170,6 +171,7 @@ def _matrix_models(categories: np.ndarray) -> dict:
         "CategoryAffinityRecommender": lambda: CategoryAffinityRecommender(categories),
         "PopularityRecommender": lambda: PopularityRecommender(),
         "RandomRecommender": lambda: RandomRecommender(seed=5),
+        "UserKNNRecommender": lambda: UserKNNRecommender(neighbours=20),
     }
 
 
@@ -189,6 +191,7 @@ def matrix():
         "CategoryAffinityRecommender",
         "PopularityRecommender",
         "RandomRecommender",
+        "UserKNNRecommender",
     ],
 )
 def test_matrix_level_recommenders_keep_the_contract(name, matrix):
