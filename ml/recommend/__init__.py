@@ -20,13 +20,13 @@ _HOMES = {
     "RankerRecommender": "ml.recommend.ranker",
     "RecentItemsRecommender": "ml.recommend.repeat",
     "Recommender": "ml.recommend.base",
+    "UserKNNRecommender": "ml.recommend.userknn",
     "last_interaction_times": "ml.recommend.repeat",
     "mmr_rerank": "ml.recommend.rerank",
     "mmr_rerank_rows": "ml.recommend.rerank",
     "temporal_split": "ml.recommend.split",
     "top_n": "ml.recommend.base",
     "unix_seconds": "ml.recommend.split",
-    "UserKNNRecommender": "ml.recommend.userknn",
 }
 __all__ = sorted(_HOMES)
 
