@@ -49,6 +49,21 @@ def top_n(scores: np.ndarray, n: int, exclude: sp.csr_matrix | None = None) -> t
     return items, best
 
 
+def top_per_row(dense: np.ndarray, k: int) -> sp.csr_matrix:
+    """The k largest positive entries of each row of a dense block, as a sparse matrix of its shape."""
+    columns, values = top_n(np.where(dense > 0, dense, -np.inf), k)
+    rows = np.repeat(np.arange(dense.shape[0]), columns.shape[1])
+    kept = columns.ravel() >= 0
+    return sp.csr_matrix(
+        (values.ravel()[kept], (rows[kept], columns.ravel()[kept])), shape=dense.shape, dtype=np.float32
+    )
+
+
+def rows_divided(matrix: sp.spmatrix, divisors: np.ndarray) -> sp.csr_matrix:
+    """Each row divided by its divisor (a row sum for shares, a norm for unit rows); rows with 0 stay 0."""
+    return (sp.diags(1.0 / np.maximum(np.asarray(divisors).ravel(), 1e-12)) @ matrix).tocsr()
+
+
 def top_n_of_pairs(
     rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n_rows: int, n: int
 ) -> tuple[np.ndarray, np.ndarray]:

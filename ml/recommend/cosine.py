@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ml.recommend.base import Recommender, as_user_items, binarise, top_n
+from ml.recommend.base import Recommender, as_user_items, binarise, top_n, top_per_row
 
 # Items whose similarity rows are computed densely at once while pruning to the top neighbours.
 _ITEM_BLOCK = 512
@@ -30,16 +30,6 @@ def keep_top_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
         for start in range(0, matrix.shape[0], _ITEM_BLOCK)
     ]
     return sp.vstack(blocks, format="csr") if blocks else matrix.copy()
-
-
-def top_per_row(dense: np.ndarray, k: int) -> sp.csr_matrix:
-    """The k largest positive entries of each row of a dense block, as a sparse matrix of its shape."""
-    columns, values = top_n(np.where(dense > 0, dense, -np.inf), k)
-    rows = np.repeat(np.arange(dense.shape[0]), columns.shape[1])
-    kept = columns.ravel() >= 0
-    return sp.csr_matrix(
-        (values.ravel()[kept], (rows[kept], columns.ravel()[kept])), shape=dense.shape, dtype=np.float32
-    )
 
 
 class ItemCosineRecommender(Recommender):

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ml.recommend.base import Recommender, top_n, top_n_of_pairs
+from ml.recommend.base import Recommender, rows_divided, top_n, top_n_of_pairs
 from ml.recommend.content import CategoryAffinityRecommender
 from ml.recommend.cosine import ItemCosineRecommender, cosine_similarity, keep_top_per_row
 from ml.recommend.matrix import InteractionMatrix
@@ -512,7 +512,7 @@ class RankerRecommender(Recommender):
             user_price_levels=_weighted_mean(history.user_items, self._item_price_levels),
             recent_category_shares=None
             if affinity is None
-            else _row_shares(_category_sums(history.recent_user_items[self._middle_half_life], affinity.item_codes)),
+            else _category_shares(history.recent_user_items[self._middle_half_life], affinity.item_codes),
         )
 
     @property
@@ -853,18 +853,14 @@ def _weighted_mean(user_items: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
         return np.where(weight > 0, total / weight, np.nan)
 
 
-def _category_sums(user_items: sp.csr_matrix, item_codes: np.ndarray) -> sp.csr_matrix:
-    """users x categories: each user's interaction weight summed per category."""
+def _category_shares(user_items: sp.csr_matrix, item_codes: np.ndarray) -> sp.csr_matrix:
+    """users x categories: each category's share of the user's interaction weight."""
     n_items = user_items.shape[1]
     one_hot = sp.csr_matrix(
         (np.ones(n_items, np.float32), (np.arange(n_items), item_codes)), shape=(n_items, int(item_codes.max()) + 1)
     )
-    return (user_items @ one_hot).tocsr()
-
-
-def _row_shares(matrix: sp.csr_matrix) -> sp.csr_matrix:
-    totals = np.asarray(matrix.sum(axis=1)).ravel()
-    return (sp.diags(1.0 / np.maximum(totals, 1e-12)) @ matrix).tocsr()
+    sums = user_items @ one_hot
+    return rows_divided(sums, sums.sum(axis=1))
 
 
 def _split_groups(

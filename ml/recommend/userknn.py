@@ -5,15 +5,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ml.recommend.base import Recommender, as_user_items
-from ml.recommend.cosine import top_per_row
+from ml.recommend.base import Recommender, as_user_items, rows_divided, top_per_row
 
 # Users whose similarity rows are computed densely at once while pruning to the top neighbours.
 _USER_BLOCK = 512
-
-
-def _rows_divided(matrix: sp.csr_matrix, norms: np.ndarray) -> sp.csr_matrix:
-    return (sp.diags(1.0 / np.maximum(norms, 1e-12)) @ matrix).tocsr().astype(np.float32)
 
 
 class UserKNNRecommender(Recommender):
@@ -32,7 +27,7 @@ class UserKNNRecommender(Recommender):
         self.user_items = as_user_items(user_items)
         damped = self.user_items.copy()
         damped.data = np.log1p(damped.data)
-        unit = _rows_divided(damped, sp.linalg.norm(damped, axis=1))
+        unit = rows_divided(damped, sp.linalg.norm(damped, axis=1)).astype(np.float32)
         unit_t = unit.T.tocsr()
         blocks = []
         for start in range(0, unit.shape[0], _USER_BLOCK):
@@ -41,7 +36,7 @@ class UserKNNRecommender(Recommender):
             similarity[block, start + block] = 0.0  # a user is not their own neighbour
             blocks.append(top_per_row(similarity, self.neighbours))
         self.similarity = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, 0), dtype=np.float32)
-        self.shares = _rows_divided(self.user_items, np.asarray(self.user_items.sum(axis=1)).ravel())
+        self.shares = rows_divided(self.user_items, self.user_items.sum(axis=1)).astype(np.float32)
         return self
 
     def score(self, user_indices: np.ndarray) -> np.ndarray:
