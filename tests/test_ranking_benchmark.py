@@ -116,6 +116,88 @@ def test_movielens_slice(shared_data, tmp_path, capsys):
     assert not any(pair in seen for pair in zip(recs["user_id"], recs["item_id"]))
 
 
+# Three users' ratings of four movies; movie 30 lists no genre, movie 40 is never rated.
+MOVIELENS_RATINGS = [(1, 10, 4, 881250949), (1, 20, 3, 881250950), (2, 30, 5, 891717742), (3, 10, 1, 878887116)]
+MOVIELENS_MOVIES = [
+    (10, "Star Wars: Episode IV (1977)", ["Action", "Sci-Fi"]),
+    (20, "Toy Story (1995)", ["Animation", "Comedy"]),
+    (30, "Untitled (2001)", []),
+    (40, "Heat (1995)", ["Crime"]),
+]
+
+
+def write_movielens(directory, layout: str) -> None:
+    """``MOVIELENS_RATINGS`` and ``MOVIELENS_MOVIES`` in one of GroupLens's published layouts."""
+    directory.mkdir()
+    genres = ranking.MOVIELENS_GENRES
+    if layout == "100k":
+        ratings = "".join("\t".join(map(str, row)) + "\n" for row in MOVIELENS_RATINGS)
+        (directory / "u.data").write_text(ratings)
+        movies = [
+            "|".join([str(movie), title, "01-Jan-1995", "", "http://x"] + [str(int(g in listed)) for g in genres])
+            for movie, title, listed in MOVIELENS_MOVIES
+        ]
+        (directory / "u.item").write_text("\n".join(movies) + "\n", encoding="latin-1")
+    elif layout == "1m":
+        (directory / "ratings.dat").write_text("".join("::".join(map(str, row)) + "\n" for row in MOVIELENS_RATINGS))
+        movies = [f"{movie}::{title}::{'|'.join(listed)}" for movie, title, listed in MOVIELENS_MOVIES]
+        (directory / "movies.dat").write_text("\n".join(movies) + "\n", encoding="latin-1")
+    else:
+        columns = ["userId", "movieId", "rating", "timestamp"]
+        pd.DataFrame(MOVIELENS_RATINGS, columns=columns).to_csv(directory / "ratings.csv", index=False)
+        movies = [(movie, title, "|".join(listed) or "(no genres listed)") for movie, title, listed in MOVIELENS_MOVIES]
+        pd.DataFrame(movies, columns=["movieId", "title", "genres"]).to_csv(directory / "movies.csv", index=False)
+
+
+@pytest.mark.parametrize("layout", ["100k", "1m", "latest"])
+def test_movielens_is_read_in_each_published_layout(layout, tmp_path):
+    directory = tmp_path / f"ml-{layout}"
+    write_movielens(directory, layout)
+    expected = {
+        "user_id": [1, 1, 2, 3],
+        "item_id": [10, 20, 30, 10],
+        "event_time": [881250949, 881250950, 891717742, 878887116],
+        "category": ["Action", "Animation", "unknown", "Action"],
+    }
+    ratings_file = next(path for path in directory.iterdir() if path.name in ("u.data", "ratings.dat", "ratings.csv"))
+    for source in (directory, ratings_file):
+        assert ranking.load_movielens(source).to_dict("list") == expected
+    movies_file = next(path for path in directory.iterdir() if path != ratings_file)
+    movies_file.unlink()
+    assert list(ranking.load_movielens(directory).columns) == ["user_id", "item_id", "event_time"]
+
+
+def test_a_folder_that_is_not_movielens_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "orders.csv").write_text("user_id,item_id,event_time\n")
+    assert rekindle(["benchmark", "ranking", "--movielens", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "is not a MovieLens directory" in error and "ratings.dat" in error
+
+
+def test_movielens_1m_layout_runs_the_benchmark(shared_data, tmp_path, capsys):
+    """MovieLens 100K rewritten in the 1M layout gives the 100K run's table."""
+    source = shared_data / "ml-100k"
+    ratings = pd.read_csv(source / "u.data", sep="\t", header=None)
+    directory = tmp_path / "ml-1m"
+    directory.mkdir()
+    (directory / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in ratings.to_numpy()))
+    movies = pd.read_csv(source / "u.item", sep="|", header=None, encoding="latin-1")
+    flags = movies.iloc[:, -len(ranking.MOVIELENS_GENRES) :].to_numpy(dtype=bool)
+    lines = [
+        f"{movie}::{title}::{'|'.join(np.array(ranking.MOVIELENS_GENRES)[row])}"
+        for movie, title, row in zip(movies[0], movies[1], flags)
+    ]
+    (directory / "movies.dat").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    printed = {}
+    for name, path in (("100k", source), ("1m", directory)):
+        assert run_benchmark(["--movielens", str(path), "--max-users", "100", *FAST]) == 0
+        printed[name] = table(capsys.readouterr().out)
+    assert set(printed["1m"]) == set(MODELS)
+    assert {name: row[:6] for name, row in printed["1m"].items()} == {
+        name: row[:6] for name, row in printed["100k"].items()
+    }
+
+
 @pytest.fixture(scope="module")
 def order_log_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("orders") / "orders.csv"
@@ -243,7 +325,7 @@ def test_a_real_logs_own_column_names_units_and_repeated_rows_are_read(tmp_path)
     frame = pd.DataFrame(
         {
             "Customer ID": ["u1", "u1", "u2", "u2", None],
-            "restaurant_id": [7, 8, 7, 7, 8],
+            "restaurantId": [7, 8, 7, 7, 8],
             "ordered_at": ordered_at_ms,
             "cuisine": ["thai", "pizza", "thai", "thai", "pizza"],
             "Latitude": [25.3, 25.2, 25.3, 25.3, 25.2],
@@ -265,7 +347,7 @@ def test_a_real_logs_own_column_names_units_and_repeated_rows_are_read(tmp_path)
         assert list(loaded["event_time"]) == [1735725600.0, 1735812000.0, 1735732800.0]
         assert list(loaded["lat"]) == [25.3, 25.2, 25.3]
         assert notes == [
-            "columns read: user_id <- Customer ID, item_id <- restaurant_id, event_time <- ordered_at, "
+            "columns read: user_id <- Customer ID, item_id <- restaurantId, event_time <- ordered_at, "
             "category <- cuisine, lat <- Latitude, lng <- Longitude",
             "dropped 1 rows without user_id or item_id or event_time",
             "dropped 1 duplicate rows (same user, item and event_time)",

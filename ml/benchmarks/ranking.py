@@ -6,7 +6,7 @@ nor relevant; in ``winback`` mode they may be recommended and count as hits, and
 frequent and most recent items (then popular) are the baselines. Generator hyperparameters are picked on a
 validation split carved from train by the same per-user protocol.
 
-Input: MovieLens 100K, or any interaction / order log (CSV or Parquet) with user_id, item_id (or
+Input: MovieLens (100K, 1M, 10M, 20M, 25M, 32M or latest), or any interaction / order log (CSV or Parquet) with user_id, item_id (or
 merchant_id, or their usual other names), event_time (unix seconds or ms, or a date-time) and optional category,
 lat, lng; ids are kept as strings.
 """
@@ -55,7 +55,8 @@ ITEM_ID_ALIAS = "merchant_id"
 LOCATION_COLUMNS = ["lat", "lng"]
 OPTIONAL_COLUMNS = ("category", *LOCATION_COLUMNS)
 # The names real order logs give these columns, in order of preference after the exact name; a log's names are
-# compared without case, spaces or hyphens ("Customer ID" is customer_id). --column NAME=COLUMN names any other.
+# compared without case, spaces or hyphens ("Customer ID" and "customerId" are customer_id). --column NAME=COLUMN
+# names any other.
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "user_id": ("customer_id", "customer", "user", "client_id", "account_id", "device_id", "amplitude_id"),
     "item_id": (
@@ -137,6 +138,13 @@ MOVIELENS_GENRES = [
     "War",
     "Western",
 ]
+# The layouts GroupLens publishes MovieLens in: its ratings file and its movies file.
+MOVIELENS_LAYOUTS = {
+    "100K (u.data, u.item)": ("u.data", "u.item"),
+    "1M / 10M (ratings.dat, movies.dat)": ("ratings.dat", "movies.dat"),
+    "latest / 20M / 25M / 32M (ratings.csv, movies.csv)": ("ratings.csv", "movies.csv"),
+}
+UNKNOWN_GENRE = MOVIELENS_GENRES[0]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +155,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CSV or Parquet with user_id, item_id (or merchant_id), event_time (unix s or ISO), "
         "optional category, lat, lng",
     )
-    source.add_argument("--movielens", type=Path, help="MovieLens 100K directory (u.data, u.item)")
+    source.add_argument(
+        "--movielens",
+        type=Path,
+        help="a MovieLens directory (100K: u.data, u.item; 1M / 10M: ratings.dat, movies.dat; latest / 20M / 25M / "
+        "32M: ratings.csv, movies.csv) or its ratings file",
+    )
     source.add_argument(
         "--write-order-log",
         type=Path,
@@ -205,13 +218,50 @@ def _beta_parameters(value: str) -> tuple[float, float]:
     return a, b
 
 
-def load_movielens(directory: Path) -> pd.DataFrame:
-    """Ratings as implicit interactions; an item's category is its first listed genre."""
-    ratings = pd.read_csv(directory / "u.data", sep="\t", names=["user_id", "item_id", "rating", "event_time"])
-    movies = pd.read_csv(directory / "u.item", sep="|", header=None, encoding="latin-1")
-    genre_flags = movies.iloc[:, -len(MOVIELENS_GENRES) :].to_numpy()
-    category = pd.Series(np.array(MOVIELENS_GENRES)[genre_flags.argmax(axis=1)], index=movies[0])
-    return ratings[["user_id", "item_id", "event_time"]].assign(category=ratings["item_id"].map(category))
+def load_movielens(path: Path) -> pd.DataFrame:
+    """Ratings as implicit interactions; an item's category is its first listed genre (``UNKNOWN_GENRE`` for
+    none; no category without the movies file). ``path`` is a MovieLens directory in any of
+    ``MOVIELENS_LAYOUTS``, or its ratings file."""
+    path = Path(path)
+    directory = path.parent if path.is_file() else path
+    layout = next((files for files in MOVIELENS_LAYOUTS.values() if (directory / files[0]).is_file()), None)
+    if layout is None:
+        raise ValueError(
+            f"{path} is not a MovieLens directory: it needs the files of one of its layouts: "
+            f"{'; '.join(MOVIELENS_LAYOUTS)}"
+        )
+    ratings_path, movies_path = (directory / name for name in layout)
+    if ratings_path.suffix == ".dat":
+        # "::"-separated: with ":" as the separator (a regex one needs pandas' slow python engine) user, movie
+        # and time are fields 0, 2 and 6.
+        ratings = pd.read_csv(ratings_path, sep=":", header=None, usecols=[0, 2, 6])
+    elif ratings_path.name == "u.data":
+        ratings = pd.read_csv(ratings_path, sep="\t", header=None, usecols=[0, 1, 3])
+    else:
+        ratings = pd.read_csv(ratings_path, usecols=[0, 1, 3])
+    ratings.columns = ["user_id", "item_id", "event_time"]
+    if ratings.empty:
+        raise ValueError(f"{ratings_path} has no ratings")
+    if not movies_path.is_file():
+        return ratings
+    genres = _movielens_genres(movies_path).str.split("|").str[0]
+    first_genre = genres.replace({"(no genres listed)": UNKNOWN_GENRE, "": UNKNOWN_GENRE})
+    return ratings.assign(category=ratings["item_id"].map(first_genre).fillna(UNKNOWN_GENRE))
+
+
+def _movielens_genres(movies_path: Path) -> pd.Series:
+    """Movie id -> its genres, "|"-separated in the order the movies file lists them."""
+    if movies_path.name == "u.item":
+        movies = pd.read_csv(movies_path, sep="|", header=None, encoding="latin-1")
+        flags = movies.iloc[:, -len(MOVIELENS_GENRES) :].to_numpy(dtype=bool)
+        listed = ["|".join(np.array(MOVIELENS_GENRES)[row]) for row in flags]
+        return pd.Series(listed, index=movies[0].to_numpy(), dtype=str)
+    if movies_path.suffix == ".dat":
+        # id::title::genres, and a title may hold "::" too
+        fields = [line.split("::") for line in movies_path.read_text(encoding="latin-1").splitlines() if line]
+        return pd.Series([row[-1] for row in fields], index=[int(row[0]) for row in fields], dtype=str)
+    movies = pd.read_csv(movies_path, dtype={"genres": str})
+    return pd.Series(movies["genres"].fillna("").to_numpy(), index=movies.iloc[:, 0].to_numpy(), dtype=str)
 
 
 def load_interactions(path: Path, columns: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, list[str]]:
@@ -282,7 +332,9 @@ def _column_sources(path: Path, header: list[str], columns: Mapping[str, str]) -
 
 
 def _column_key(name: str) -> str:
-    return re.sub(r"[\s_-]+", "_", name.strip().lower())
+    """``Customer ID``, ``customer-id``, ``customerId`` and ``CustomerID`` are all ``customer_id``."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.strip())
+    return re.sub(r"[\s_-]+", "_", words.lower())
 
 
 def parse_column_mapping(values: list[str] | None) -> dict[str, str]:
@@ -415,15 +467,15 @@ def format_table(rows: list[tuple[str, dict, float]]) -> str:
 
 def benchmark_interactions(args: argparse.Namespace) -> pd.DataFrame:
     """The benchmark's interactions, a seeded sample of ``--max-users`` users when asked."""
-    if args.movielens:
-        frame = load_movielens(args.movielens)
-    else:
-        try:
+    try:
+        if args.movielens:
+            frame, notes = load_movielens(args.movielens), []
+        else:
             frame, notes = load_interactions(args.interactions, parse_column_mapping(args.column))
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        for note in notes:
-            print(note)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for note in notes:
+        print(note)
     if args.max_users:
         rng = np.random.default_rng(args.seed)
         all_users = frame["user_id"].unique()
