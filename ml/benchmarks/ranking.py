@@ -6,9 +6,9 @@ nor relevant; in ``winback`` mode they may be recommended and count as hits, and
 frequent and most recent items (then popular) are the baselines. Generator hyperparameters are picked on a
 validation split carved from train by the same per-user protocol.
 
-Input: MovieLens (100K, 1M, 10M, 20M, 25M, 32M or latest), or any interaction / order log (CSV or Parquet) with user_id, item_id (or
-merchant_id, or their usual other names), event_time (unix seconds or ms, or a date-time) and optional category,
-lat, lng; ids are kept as strings.
+Input: MovieLens (100K, 1M, 10M, 20M, 25M, 32M or latest), or any interaction / order log (CSV or Parquet)
+with user_id, item_id (or merchant_id, or their usual other names), event_time (unix seconds or ms, or a
+date-time) and optional category, lat, lng; ids are kept as strings.
 """
 
 from __future__ import annotations
