@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from ml.benchmarks.order_log import order_log
 from ml.recommend import (
     ALSRecommender,
     CategoryAffinityRecommender,
@@ -28,7 +29,9 @@ from ml.recommend import userknn as userknn_module
 from ml.recommend.base import top_n_of_pairs
 from ml.recommend.ease import _mirror_upper, _spd_inverse
 from ml.recommend.metrics import intra_list_diversity, ndcg_at_k
+from ml.recommend.modes import WINBACK
 from ml.recommend.ranker import _generator_tops, _most_similar_past_items, _ranks_of, _split_groups
+from ml.recommend.rerank import own_items_by_count
 
 N_CLUSTERS = 4
 N_USERS = 240
@@ -438,6 +441,51 @@ def test_the_ranker_scores_both_modes_in_one_pass_as_it_scores_each_alone(drifti
         np.testing.assert_array_equal(together[exclude_seen][0], alone[0])
         np.testing.assert_array_equal(together[exclude_seen][1], alone[1])
     assert not np.array_equal(together[False][0], together[True][0])
+
+
+def test_own_items_are_dealt_the_best_of_their_scores_by_count_and_new_items_keep_theirs():
+    rng = np.random.default_rng(8)
+    rows = np.repeat(np.arange(50), 12)
+    scores = rng.random(len(rows))
+    own = rng.random(len(rows)) < 0.4
+    # Few distinct counts, so equal counts keep the order of their scores.
+    counts = np.where(own, rng.integers(1, 4, len(rows)), 0).astype(float)
+    dealt = own_items_by_count(rows, scores, own, counts)
+    np.testing.assert_array_equal(dealt[~own], scores[~own])
+    for row in range(50):
+        mine = np.flatnonzero((rows == row) & own)
+        assert sorted(dealt[mine]) == sorted(scores[mine])
+        by_count = mine[np.lexsort((-scores[mine], -counts[mine]))]
+        assert (np.diff(dealt[by_count]) <= 0).all()
+
+
+def test_the_rankers_winback_lists_fill_its_own_item_slots_most_ordered_first():
+    log = order_log(seed=0)
+    ranker = RankerRecommender(
+        {"ease": EASERecommender(l2=50.0), "popularity": PopularityRecommender()},
+        modes=(WINBACK,),
+        candidates_per_generator=20,
+        lgbm_params={"min_data_in_leaf": 50},
+        num_threads=1,
+    ).fit(log, users=sorted(set(log["user_id"])), items=sorted(set(log["merchant_id"])), item_col="merchant_id")
+    free = pickle.loads(pickle.dumps(ranker))
+    free.own_items_by_count = False
+    users = np.arange(ranker.matrix.shape[0])
+    ordered_lists, ordered_scores = ranker.recommend(users, n=10, exclude_seen=False)
+    free_lists, _ = free.recommend(users, n=10, exclude_seen=False)
+    user_items = ranker.stage.history.user_items
+    reordered = 0
+    for user, ordered, scores, listed in zip(users, ordered_lists, ordered_scores, free_lists):
+        counts = user_items[user].toarray().ravel()
+        own = counts[ordered] > 0
+        np.testing.assert_array_equal(own, counts[listed] > 0)
+        mine, mine_scores = counts[ordered][own], scores[own]
+        # Consecutive own items come most ordered first, but for equal scores, listed by item like any tie.
+        assert all(a >= b or s == t for a, b, s, t in zip(mine, mine[1:], mine_scores, mine_scores[1:]))
+        reordered += not np.array_equal(ordered, listed)
+    # The booster alone orders some customers' own merchants otherwise; discovery lists are untouched.
+    assert reordered > 0
+    np.testing.assert_array_equal(ranker.recommend(users, n=10)[0], free.recommend(users, n=10)[0])
 
 
 def test_the_rankers_item_similarity_is_its_cosine_generators_when_they_agree(planted):

@@ -28,7 +28,7 @@ from ml.recommend.cosine import ItemCosineRecommender, cosine_similarity, keep_t
 from ml.recommend.matrix import InteractionMatrix
 from ml.recommend.modes import DISCOVERY, MODES, WINBACK
 from ml.recommend.popularity import PopularityRecommender
-from ml.recommend.rerank import mmr_rerank_rows
+from ml.recommend.rerank import mmr_rerank_rows, own_items_by_count
 from ml.recommend.split import temporal_split, unix_seconds
 
 DAY = 86400.0
@@ -294,6 +294,10 @@ class RankerRecommender(Recommender):
     ``bagged_boosters`` > 1 trains that many boosters per mode on the same training rows, each stopped early on its
     own slice of the sampled users (disjoint slices while they last) and seeded apart, and averages their scores:
     on a log of a few hundred users one booster's seed moves NDCG@10 by several points (BENCHMARKS.md).
+
+    ``own_items_by_count``: in lists that keep the user's own items (winback), the booster decides which slots hold
+    own items and which new ones, and the own items fill their slots most ordered first (equal counts in the
+    booster's order); the booster alone ordered them worse than their counts do (BENCHMARKS.md).
     """
 
     def __init__(
@@ -317,6 +321,7 @@ class RankerRecommender(Recommender):
         early_stopping_rounds: int = 100,
         diversity_lambda: float = 1.0,
         bagged_boosters: int = 1,
+        own_items_by_count: bool = True,
         num_threads: int = 2,
         seed: int = 0,
     ):
@@ -349,6 +354,7 @@ class RankerRecommender(Recommender):
         self.early_stopping_rounds = early_stopping_rounds
         self.diversity_lambda = diversity_lambda
         self.bagged_boosters = bagged_boosters
+        self.own_items_by_count = own_items_by_count
         self.num_threads = num_threads
         self.seed = seed
 
@@ -359,6 +365,8 @@ class RankerRecommender(Recommender):
             for mode, boosters in state.get("boosters", {}).items()
         }
         state.setdefault("bagged_boosters", 1)
+        # One pickled before own items were ordered by count lists them as it did.
+        state.setdefault("own_items_by_count", False)
         self.__dict__.update(state)
 
     def fit(
@@ -720,8 +728,14 @@ class RankerRecommender(Recommender):
                     ],
                     axis=0,
                 )
+            if not exclude_seen and self.own_items_by_count:
+                predictions = self._own_items_by_count(users[local_rows], cols, local_rows, predictions)
             scored[exclude_seen] = (local_rows, cols, predictions)
         return scored
+
+    def _own_items_by_count(self, users: np.ndarray, cols: np.ndarray, local_rows: np.ndarray, predictions):
+        counts = _pair_lookup(self.stage.history.user_items, users, cols)
+        return own_items_by_count(local_rows, predictions, counts > 0, counts)
 
     def recommend(
         self, user_indices: np.ndarray, n: int = 10, exclude_seen: bool = True

@@ -1,4 +1,5 @@
-"""Post-processing of ranked lists: diversity by category (maximal marginal relevance)."""
+"""Post-processing of ranked lists: diversity by category (maximal marginal relevance), and the user's own items
+in the order of how often they had them."""
 
 from __future__ import annotations
 
@@ -59,3 +60,19 @@ def mmr_rerank_rows(scores: np.ndarray, categories: np.ndarray, lam: float, n: i
         available[row_index[picking], best[picking]] = False
         seen[row_index[picking], codes[row_index[picking], best[picking]]] = True
     return picks
+
+
+def own_items_by_count(rows: np.ndarray, scores: np.ndarray, own: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Scores of (row, item) pairs, grouped by row, with each row's own items re-dealt their own scores: the best of
+    those scores goes to the item the row's user had most often, the next best to the next one, equal counts in the
+    order of their scores. Which slots of a list hold own items and which hold new ones does not change.
+
+    ``own`` flags the pairs of items the user had, ``counts`` their interactions.
+    """
+    scores = np.asarray(scores).copy()
+    positions = np.flatnonzero(own)
+    own_rows, own_scores = rows[positions], scores[positions]
+    by_score = positions[np.lexsort((-own_scores, own_rows))]
+    by_count = positions[np.lexsort((-own_scores, -counts[positions], own_rows))]
+    scores[by_count] = scores[by_score]
+    return scores
