@@ -450,7 +450,7 @@ def test_own_items_are_dealt_the_best_of_their_scores_by_count_and_new_items_kee
     own = rng.random(len(rows)) < 0.4
     # Few distinct counts, so equal counts keep the order of their scores.
     counts = np.where(own, rng.integers(1, 4, len(rows)), 0).astype(float)
-    dealt = own_items_by_count(rows, scores, own, counts)
+    dealt = own_items_by_count(rows, scores, counts)
     np.testing.assert_array_equal(dealt[~own], scores[~own])
     for row in range(50):
         mine = np.flatnonzero((rows == row) & own)

@@ -729,13 +729,10 @@ class RankerRecommender(Recommender):
                     axis=0,
                 )
             if not exclude_seen and self.own_items_by_count:
-                predictions = self._own_items_by_count(users[local_rows], cols, local_rows, predictions)
+                counts = _pair_lookup(self.stage.history.user_items, users[local_rows], cols)
+                predictions = own_items_by_count(local_rows, predictions, counts)
             scored[exclude_seen] = (local_rows, cols, predictions)
         return scored
-
-    def _own_items_by_count(self, users: np.ndarray, cols: np.ndarray, local_rows: np.ndarray, predictions):
-        counts = _pair_lookup(self.stage.history.user_items, users, cols)
-        return own_items_by_count(local_rows, predictions, counts > 0, counts)
 
     def recommend(
         self, user_indices: np.ndarray, n: int = 10, exclude_seen: bool = True

@@ -62,15 +62,12 @@ def mmr_rerank_rows(scores: np.ndarray, categories: np.ndarray, lam: float, n: i
     return picks
 
 
-def own_items_by_count(rows: np.ndarray, scores: np.ndarray, own: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Scores of (row, item) pairs, grouped by row, with each row's own items re-dealt their own scores: the best of
-    those scores goes to the item the row's user had most often, the next best to the next one, equal counts in the
-    order of their scores. Which slots of a list hold own items and which hold new ones does not change.
-
-    ``own`` flags the pairs of items the user had, ``counts`` their interactions.
-    """
+def own_items_by_count(rows: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Scores of (row, item) pairs with each row's own items (``counts`` > 0: the user had them) re-dealt their own
+    scores: the best of those scores goes to the item the row's user had most often, the next best to the next one,
+    equal counts in the order of their scores. Which slots of a list hold own items and which new ones stays."""
     scores = np.asarray(scores).copy()
-    positions = np.flatnonzero(own)
+    positions = np.flatnonzero(counts > 0)
     own_rows, own_scores = rows[positions], scores[positions]
     by_score = positions[np.lexsort((-own_scores, own_rows))]
     by_count = positions[np.lexsort((-own_scores, -counts[positions], own_rows))]
