@@ -256,6 +256,18 @@ def test_the_stand_in_logs_oracle_ranks_by_the_worlds_own_next_order_chances():
     assert oracle_ndcg > ranking_report(frequent, relevant, catalog, ks=(10,))["ndcg@10"] + 0.02
 
 
+def test_on_a_log_of_ids_and_times_only_the_discovery_ranker_starts_from_eases_order(order_log_file, tmp_path, capsys):
+    bare = tmp_path / "ids_and_times.csv"
+    pd.read_csv(order_log_file, usecols=["user_id", "merchant_id", "event_time"]).to_csv(bare, index=False)
+    bagged = f"ranker (LightGBM lambdarank, {ranking.SMALL_LOG_BAGGED_BOOSTERS} bagged boosters"
+    # Where the log has categories the boosters start from nothing (test_an_order_log_with_string_ids_in_each_mode).
+    for mode, ranker_row in [("discovery", f"{bagged}, started from ease's order) "), ("winback", f"{bagged}) ")]:
+        assert run_benchmark(["--interactions", str(bare), "--mode", mode, *FAST]) == 0
+        printed = capsys.readouterr().out
+        assert "category" not in table(printed)
+        assert any(line.startswith(ranker_row) for line in printed.splitlines()), printed
+
+
 def _held_out(path, mode: str) -> tuple[pd.DataFrame, dict]:
     train, test = temporal_split(ranking.load_interactions(path)[0])
     return train, ranking.held_out_relevance(train, test, mode)
@@ -276,6 +288,8 @@ def test_an_order_log_with_string_ids_in_each_mode(order_log_file, mode, tmp_pat
     else:
         assert set(rows) == set(MODELS)
         assert "own most" not in printed
+        ratio = re.search(r"^ranker NDCG@10 / ease = (\d+\.\d{3})$", printed, re.MULTILINE)
+        assert ratio and float(ratio[1]) == pytest.approx(rows["ranker"][2] / rows["ease"][2], abs=1e-3)
     assert re.search(r"^ranker NDCG@10 / best generator \(.+\) = \d+\.\d{3}$", printed, re.MULTILINE)
     # A log this small gets the ranker of several bagged boosters by default.
     bagged = ranking.SMALL_LOG_BAGGED_BOOSTERS

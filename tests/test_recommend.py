@@ -371,12 +371,35 @@ def test_a_ranker_pickled_with_one_booster_per_mode_still_scores(drifting_ranker
     ranker, _, _, _ = drifting_ranker
     state = dict(ranker.__dict__)
     state["boosters"] = {mode: boosters[0] for mode, boosters in ranker.boosters.items()}
-    del state["bagged_boosters"]
+    del state["bagged_boosters"], state["prior_generator"], state["prior_weight"]
     earlier = RankerRecommender.__new__(RankerRecommender)
     earlier.__setstate__(state)
     users = np.arange(6)
     np.testing.assert_array_equal(earlier.recommend(users, n=5)[0], ranker.recommend(users, n=5)[0])
-    assert earlier.bagged_boosters == 1
+    assert earlier.bagged_boosters == 1 and earlier.prior_generator is None
+
+
+def test_a_ranker_with_a_prior_starts_its_boosters_from_that_generators_order():
+    train, _ = temporal_split(drifting_interactions(n_users=150))
+    settings = _small_ranker_settings(num_boost_round=60, num_threads=1)
+    plain = RankerRecommender(**settings).fit(train, items=range(N_ITEMS))
+    led = RankerRecommender(**settings, prior_generator="cosine").fit(train, items=range(N_ITEMS))
+    # Trained from the prior, its first tree already corrects the prior instead of learning from nothing.
+    first_tree = [ranker.boosters["discovery"][0].dump_model()["tree_info"][0] for ranker in (led, plain)]
+    assert first_tree[0] != first_tree[1]
+    # Served as trees plus prior: -prior_weight * log2(1 + the item's rank in cosine's list).
+    users = np.arange(0, led.matrix.shape[0], 5)
+    local_rows, cols, features = led._candidates(led.stage, users, True)
+    trees = np.mean([booster.predict(features[led.feature_names]) for booster in led.boosters["discovery"]], axis=0)
+    prior = -0.5 * np.log2(1.0 + features["cosine_rank"].to_numpy(np.float64))
+    np.testing.assert_allclose(led.score(users)[local_rows, cols], trees + prior, rtol=1e-5)
+    # A prior no tree can outweigh lists the generator's own top items.
+    dominated = RankerRecommender(**settings, prior_generator="cosine", prior_weight=1e4)
+    dominated.fit(train, items=range(N_ITEMS))
+    cosine_lists, _ = dominated.stage.generators["cosine"].recommend(users, n=5)
+    np.testing.assert_array_equal(dominated.recommend(users, n=5)[0], cosine_lists)
+    with pytest.raises(ValueError, match="prior_generator 'ease' is not one of the generators"):
+        RankerRecommender(**settings, prior_generator="ease")
 
 
 def test_training_groups_split_by_user_keep_their_rows_and_order():

@@ -298,6 +298,11 @@ class RankerRecommender(Recommender):
     ``own_items_by_count``: in lists that keep the user's own items (winback), the booster decides which slots hold
     own items and which new ones, and the own items fill their slots most ordered first (equal counts in the
     booster's order); the booster alone ordered them worse than their counts do (BENCHMARKS.md).
+
+    ``prior_generator`` starts every booster from that generator's order instead of from nothing: its init score
+    is ``-prior_weight * log2(1 + the item's rank in the generator's list)``, so the trees learn corrections to the
+    generator and early stopping keeps its order where they find none. On a few hundred users a booster started
+    from nothing can rank below the best generator it has as a feature (BENCHMARKS.md).
     """
 
     def __init__(
@@ -322,6 +327,8 @@ class RankerRecommender(Recommender):
         diversity_lambda: float = 1.0,
         bagged_boosters: int = 1,
         own_items_by_count: bool = True,
+        prior_generator: str | None = None,
+        prior_weight: float = 0.5,
         num_threads: int = 2,
         seed: int = 0,
     ):
@@ -334,6 +341,10 @@ class RankerRecommender(Recommender):
             )
         if not self.generators:
             raise ValueError("the ranker needs at least one candidate generator")
+        if prior_generator is not None and prior_generator not in self.generators:
+            raise ValueError(
+                f"prior_generator {prior_generator!r} is not one of the generators: {', '.join(self.generators)}"
+            )
         if bagged_boosters < 1:
             raise ValueError(f"bagged_boosters must be at least 1, got {bagged_boosters}")
         self.item_categories = item_categories
@@ -355,6 +366,8 @@ class RankerRecommender(Recommender):
         self.diversity_lambda = diversity_lambda
         self.bagged_boosters = bagged_boosters
         self.own_items_by_count = own_items_by_count
+        self.prior_generator = prior_generator
+        self.prior_weight = prior_weight
         self.num_threads = num_threads
         self.seed = seed
 
@@ -367,6 +380,7 @@ class RankerRecommender(Recommender):
         state.setdefault("bagged_boosters", 1)
         # One pickled before own items were ordered by count lists them as it did.
         state.setdefault("own_items_by_count", False)
+        state.setdefault("prior_generator", None)
         self.__dict__.update(state)
 
     def fit(
@@ -415,16 +429,27 @@ class RankerRecommender(Recommender):
                 "(too little history before the label window?)"
             )
         params = {**self.lgbm_params, "num_threads": self.num_threads, "seed": seed}
-        train_set = lgb.Dataset(train[0], train[1], group=train[2], free_raw_data=True)
+        train_set = lgb.Dataset(
+            train[0], train[1], group=train[2], init_score=self._prior(train[0]), free_raw_data=True
+        )
         callbacks = []
         valid_sets = []
         if len(valid[2]):
-            valid_sets = [lgb.Dataset(valid[0], valid[1], group=valid[2], reference=train_set)]
+            valid_sets = [
+                lgb.Dataset(valid[0], valid[1], group=valid[2], init_score=self._prior(valid[0]), reference=train_set)
+            ]
             callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
         self.feature_names = list(train[0].columns)
         return lgb.train(
             params, train_set, num_boost_round=self.num_boost_round, valid_sets=valid_sets, callbacks=callbacks
         )
+
+    def _prior(self, features: pd.DataFrame) -> np.ndarray | None:
+        """The boosters' starting score of each candidate row: ``prior_generator``'s order (None without one)."""
+        if self.prior_generator is None:
+            return None
+        ranks = features[f"{self.prior_generator}_rank"].to_numpy(np.float64)
+        return -self.prior_weight * np.log2(1.0 + ranks)
 
     def _boosters(self, exclude_seen: bool) -> list[lgb.Booster]:
         """The boosters of the mode ``exclude_seen`` asks for, else those of the one mode this ranker learned."""
@@ -728,6 +753,9 @@ class RankerRecommender(Recommender):
                     ],
                     axis=0,
                 )
+                prior = self._prior(features)
+                if prior is not None:
+                    predictions = predictions + prior
             if not exclude_seen and self.own_items_by_count:
                 counts = _pair_lookup(self.stage.history.user_items, users[local_rows], cols)
                 predictions = own_items_by_count(local_rows, predictions, counts)
