@@ -368,6 +368,26 @@ def test_a_real_logs_own_column_names_units_and_repeated_rows_are_read(tmp_path)
         ]
 
 
+def test_a_restaurants_name_cuisine_type_and_latitude_are_read_and_the_customers_location_is_not(tmp_path):
+    path = tmp_path / "orders.csv"
+    pd.DataFrame(
+        {
+            "Customer_ID": ["u1", "u2"],
+            "Restaurant_Name": ["Thai Palace", "Pizza Hut"],
+            "Order_Date": ["2025-01-01", "2025-01-02"],
+            "Cuisine_Type": ["thai", "pizza"],
+            "Delivery_location_latitude": [1.0, 1.0],
+            "Delivery_location_longitude": [2.0, 2.0],
+            "Restaurant_latitude": [25.3, 25.2],
+            "Restaurant_longitude": [55.3, 55.2],
+        }
+    ).to_csv(path, index=False)
+    loaded, notes = ranking.load_interactions(path)
+    assert list(loaded["item_id"]) == ["Thai Palace", "Pizza Hut"] and list(loaded["category"]) == ["thai", "pizza"]
+    assert list(loaded["lat"]) == [25.3, 25.2] and list(loaded["lng"]) == [55.3, 55.2]
+    assert notes[0].endswith("lat <- Restaurant_latitude, lng <- Restaurant_longitude")
+
+
 def test_on_a_log_dated_by_day_two_orders_of_a_day_at_one_restaurant_are_kept(tmp_path):
     path = tmp_path / "orders.csv"
     days = ["2025-01-01", "2025-01-01", "2025-01-02"]

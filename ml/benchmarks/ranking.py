@@ -70,6 +70,10 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
         "vendor",
         "store",
         "item",
+        "restaurant_name",
+        "merchant_name",
+        "vendor_name",
+        "store_name",
     ),
     "event_time": (
         "timestamp",
@@ -84,9 +88,19 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
         "time",
         "date",
     ),
-    "category": ("cuisine", "restaurant_category", "merchant_category"),
-    "lat": ("latitude", "restaurant_lat", "merchant_lat"),
-    "lng": ("lon", "long", "longitude", "restaurant_lng", "merchant_lng"),
+    "category": ("cuisine", "cuisine_type", "restaurant_category", "merchant_category", "category_name"),
+    "lat": ("latitude", "restaurant_lat", "merchant_lat", "restaurant_latitude", "merchant_latitude"),
+    "lng": (
+        "lon",
+        "long",
+        "longitude",
+        "restaurant_lng",
+        "merchant_lng",
+        "restaurant_lon",
+        "merchant_lon",
+        "restaurant_longitude",
+        "merchant_longitude",
+    ),
 }
 FREQUENT_BASELINE = "own most frequent"
 RECENT_BASELINE = "own most recent"
