@@ -27,6 +27,7 @@ from ml.recommend import (
 from ml.recommend import ranker as ranker_module
 from ml.recommend import userknn as userknn_module
 from ml.recommend.base import top_n_of_pairs
+from ml.recommend.content import co_ordered_groups
 from ml.recommend.ease import _mirror_upper, _spd_inverse
 from ml.recommend.metrics import intra_list_diversity, ndcg_at_k
 from ml.recommend.modes import WINBACK
@@ -522,3 +523,22 @@ def test_the_rankers_item_similarity_is_its_cosine_generators_when_they_agree(pl
     assert stages["item_cosine"].similarity is stages["item_cosine"].generators["item_cosine"].similarity
     assert (stages["item_cosine"].similarity != stages["popularity"].similarity).nnz == 0
     assert stages["popularity"].similarity.nnz > 0
+
+
+def test_items_ordered_by_the_same_users_share_a_group():
+    # Three communities of 40 users, each ordering (with some noise) from its own 8 of 24 items.
+    rng = np.random.default_rng(0)
+    community_of_item = np.repeat(np.arange(3), 8)
+    rows, cols = [], []
+    for user in range(120):
+        community = user % 3
+        own = np.flatnonzero(community_of_item == community)
+        picks = np.concatenate([rng.choice(own, 4, replace=False), rng.choice(24, 1)])
+        rows += [user] * len(picks)
+        cols += picks.tolist()
+    user_items = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(120, 24))
+    groups = co_ordered_groups(user_items, n_groups=3, seed=0)
+    assert groups.shape == (24,) and set(groups) == {0, 1, 2}
+    # The groups are the communities, whatever their numbers.
+    assert len(set(zip(groups, community_of_item))) == 3
+    np.testing.assert_array_equal(co_ordered_groups(user_items, n_groups=3, seed=0), groups)

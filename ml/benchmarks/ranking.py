@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +40,7 @@ from ml.recommend import (
     RecentItemsRecommender,
     Recommender,
     UserKNNRecommender,
+    co_ordered_groups,
     last_interaction_times,
     temporal_split,
     unix_seconds,
@@ -453,6 +455,7 @@ def build_ranker(
     categories: np.ndarray | None,
     item_categories: pd.Series | None,
     item_locations: pd.DataFrame | None,
+    prior_generator: str | None = None,
 ) -> RankerRecommender:
     """The benchmark's ranker for ``mode`` over the generators of ``params`` and its own ``params["ranker"]``."""
     ranker_params = params.get("ranker", DEFAULTS["ranker"])
@@ -465,7 +468,7 @@ def build_ranker(
         bagged_boosters=bagged_boosters,
         training_windows=ranker_params["training_windows"],
         lgbm_params={"min_data_in_leaf": ranker_params["min_data_in_leaf"]},
-        prior_generator=DISCOVERY_PRIOR if mode == DISCOVERY and categories is None else None,
+        prior_generator=prior_generator,
         prior_weight=DISCOVERY_PRIOR_WEIGHT,
         num_threads=threads,
         seed=seed,
@@ -536,8 +539,19 @@ def run(args: argparse.Namespace) -> int:
     items = sorted(frame["item_id"].unique())
     relevant = held_out_relevance(train, test, mode)
     test_users = np.array(sorted(relevant))
-    item_categories = frame.groupby("item_id")["category"].first() if "category" in frame.columns else None
-    categories = item_categories.reindex(items).to_numpy(dtype=object) if item_categories is not None else None
+    has_categories = "category" in frame.columns
+    if has_categories:
+        item_categories = frame.groupby("item_id")["category"].first().reindex(items)
+    else:
+        n_groups = round(math.sqrt(len(items)))
+        groups = co_ordered_groups(
+            InteractionMatrix.from_frame(train, users=users, items=items).csr, n_groups, args.seed
+        )
+        item_categories = pd.Series([f"group {group}" for group in groups], index=items)
+        print(
+            f"no category column: {n_groups} groups of items ordered by the same users in train stand in for categories"
+        )
+    categories = item_categories.to_numpy(dtype=object)
     has_location = set(LOCATION_COLUMNS) <= set(frame.columns)
     item_locations = frame.groupby("item_id")[LOCATION_COLUMNS].median() if has_location else None
     print(
@@ -552,6 +566,7 @@ def run(args: argparse.Namespace) -> int:
         "categories": categories,
         "item_categories": item_categories,
         "item_locations": item_locations,
+        "prior_generator": DISCOVERY_PRIOR if mode == DISCOVERY and not has_categories else None,
     }
     params = tune(train, users, items, mode, args.seed, args.threads, ranker_inputs) if args.tune else DEFAULTS
     if args.tune:

@@ -21,6 +21,7 @@ _HOMES = {
     "RecentItemsRecommender": "ml.recommend.repeat",
     "Recommender": "ml.recommend.base",
     "UserKNNRecommender": "ml.recommend.userknn",
+    "co_ordered_groups": "ml.recommend.content",
     "last_interaction_times": "ml.recommend.repeat",
     "mmr_rerank": "ml.recommend.rerank",
     "mmr_rerank_rows": "ml.recommend.rerank",

@@ -10,6 +10,9 @@ import scipy.sparse as sp
 
 from ml.recommend.base import Recommender, as_user_items, binarise
 
+# Dimensions of the item embeddings that co_ordered_groups clusters.
+_GROUP_EMBEDDING_SIZE = 32
+
 
 class CategoryAffinityRecommender(Recommender):
     """score(u, i) = P(category of i | u) * P(i | its category).
@@ -62,3 +65,21 @@ class CategoryAffinityRecommender(Recommender):
 
     def score(self, user_indices: np.ndarray) -> np.ndarray:
         return self.category_affinity(user_indices)[:, self.item_codes] * self.item_share_in_category
+
+
+def co_ordered_groups(user_items: sp.spmatrix, n_groups: int, seed: int = 0) -> np.ndarray:
+    """Each item's group (0 .. ``n_groups`` - 1), for a log without categories: k-means over the items' unit-length
+    embeddings from a truncated SVD of their unit-length log(1 + interactions) user vectors, so items that the same
+    users order share a group."""
+    # Imported here: the pipeline, which has categories, never loads scikit-learn for this.
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import normalize
+    from sklearn.utils.extmath import randomized_svd
+
+    item_users = as_user_items(user_items).T.tocsr().astype(np.float64)
+    item_users.data = np.log1p(item_users.data)
+    components = max(1, min(_GROUP_EMBEDDING_SIZE, min(item_users.shape) - 1))
+    vectors, strengths, _ = randomized_svd(normalize(item_users), n_components=components, random_state=seed)
+    embeddings = normalize(vectors * strengths)
+    n_groups = min(n_groups, item_users.shape[0])
+    return KMeans(n_clusters=n_groups, n_init=10, random_state=seed).fit_predict(embeddings).astype(np.int64)
