@@ -539,14 +539,13 @@ def run(args: argparse.Namespace) -> int:
     items = sorted(frame["item_id"].unique())
     relevant = held_out_relevance(train, test, mode)
     test_users = np.array(sorted(relevant))
+    matrix = InteractionMatrix.from_frame(train, users=users, items=items)
     has_categories = "category" in frame.columns
     if has_categories:
         item_categories = frame.groupby("item_id")["category"].first().reindex(items)
     else:
         n_groups = round(math.sqrt(len(items)))
-        groups = co_ordered_groups(
-            InteractionMatrix.from_frame(train, users=users, items=items).csr, n_groups, args.seed
-        )
+        groups = co_ordered_groups(matrix.csr, n_groups, args.seed)
         item_categories = pd.Series([f"group {group}" for group in groups], index=items)
         print(
             f"no category column: {n_groups} groups of items ordered by the same users in train stand in for categories"
@@ -572,7 +571,6 @@ def run(args: argparse.Namespace) -> int:
     if args.tune:
         print(f"tuned on validation carved from train in {time.perf_counter() - started:.0f}s: {params}")
 
-    matrix = InteractionMatrix.from_frame(train, users=users, items=items)
     generators = build_generators(params, categories, args.seed, args.threads)
     # (name, model, fit arguments)
     models: list[tuple[str, Recommender, tuple]] = [("random", RandomRecommender(seed=args.seed), (matrix.csr,))]
