@@ -123,9 +123,10 @@ GRIDS: dict[str, dict[str, tuple]] = {
 # The ranker's own grid, searched only on small logs (at most RANKER_TUNING_MAX_INTERACTIONS train rows), where
 # one fit takes seconds and the defaults (two label windows, 200 rows per leaf) leave the booster few groups.
 RANKER_GRID: dict[str, tuple] = {"training_windows": (2, 4), "min_data_in_leaf": (50, 200)}
-# In discovery on a log without categories the ranker's boosters start from EASE's order (RankerRecommender's
-# prior_generator): with nothing but the generators' scores to learn from, boosters started from nothing ranked
-# below EASE on the stand-in logs, and with categories the prior cost NDCG (BENCHMARKS.md).
+# In discovery on a small log the ranker's boosters start from EASE's order (RankerRecommender's prior_generator):
+# a few hundred new-item orders are too few to re-learn it, and started from nothing they ranked below EASE on the
+# stand-in logs without categories. With categories it made no difference on average; on MovieLens 100K (more than
+# a small log) it cost NDCG (BENCHMARKS.md).
 DISCOVERY_PRIOR = "ease"
 DISCOVERY_PRIOR_WEIGHT = 0.5
 RANKER_TUNING_MAX_INTERACTIONS = 50_000
@@ -540,8 +541,7 @@ def run(args: argparse.Namespace) -> int:
     relevant = held_out_relevance(train, test, mode)
     test_users = np.array(sorted(relevant))
     matrix = InteractionMatrix.from_frame(train, users=users, items=items)
-    has_categories = "category" in frame.columns
-    if has_categories:
+    if "category" in frame.columns:
         item_categories = frame.groupby("item_id")["category"].first().reindex(items)
     else:
         n_groups = round(math.sqrt(len(items)))
@@ -559,13 +559,14 @@ def run(args: argparse.Namespace) -> int:
     )
 
     started = time.perf_counter()
+    small_log = is_small_log(train)
     ranker_inputs = {
         "candidates": args.candidates,
-        "bagged_boosters": args.bagged_boosters or (SMALL_LOG_BAGGED_BOOSTERS if is_small_log(train) else 1),
+        "bagged_boosters": args.bagged_boosters or (SMALL_LOG_BAGGED_BOOSTERS if small_log else 1),
         "categories": categories,
         "item_categories": item_categories,
         "item_locations": item_locations,
-        "prior_generator": DISCOVERY_PRIOR if mode == DISCOVERY and not has_categories else None,
+        "prior_generator": DISCOVERY_PRIOR if mode == DISCOVERY and small_log else None,
     }
     params = tune(train, users, items, mode, args.seed, args.threads, ranker_inputs) if args.tune else DEFAULTS
     if args.tune:
