@@ -64,6 +64,14 @@ def rows_divided(matrix: sp.spmatrix, divisors: np.ndarray) -> sp.csr_matrix:
     return (sp.diags(1.0 / np.maximum(np.asarray(divisors).ravel(), 1e-12)) @ matrix).tocsr()
 
 
+def damped_unit_rows(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """Each row as log(1 + value), scaled to unit length (rows with nothing stay 0), in the matrix's own dtype:
+    many interactions with one column weigh less than the same number spread over several."""
+    damped = sp.csr_matrix(matrix, copy=True)
+    damped.data = np.log1p(damped.data)
+    return rows_divided(damped, sp.linalg.norm(damped, axis=1))
+
+
 def top_n_of_pairs(
     rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, n_rows: int, n: int
 ) -> tuple[np.ndarray, np.ndarray]:

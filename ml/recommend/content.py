@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ml.recommend.base import Recommender, as_user_items, binarise
+from ml.recommend.base import Recommender, as_user_items, binarise, damped_unit_rows
 
 # Dimensions of the item embeddings that co_ordered_groups clusters.
 _GROUP_EMBEDDING_SIZE = 32
@@ -76,10 +76,9 @@ def co_ordered_groups(user_items: sp.spmatrix, n_groups: int, seed: int = 0) -> 
     from sklearn.preprocessing import normalize
     from sklearn.utils.extmath import randomized_svd
 
-    item_users = as_user_items(user_items).T.tocsr().astype(np.float64)
-    item_users.data = np.log1p(item_users.data)
+    item_users = damped_unit_rows(as_user_items(user_items).T.astype(np.float64))
     components = max(1, min(_GROUP_EMBEDDING_SIZE, min(item_users.shape) - 1))
-    vectors, strengths, _ = randomized_svd(normalize(item_users), n_components=components, random_state=seed)
+    vectors, strengths, _ = randomized_svd(item_users, n_components=components, random_state=seed)
     embeddings = normalize(vectors * strengths)
     n_groups = min(n_groups, item_users.shape[0])
     return KMeans(n_clusters=n_groups, n_init=10, random_state=seed).fit_predict(embeddings).astype(np.int64)

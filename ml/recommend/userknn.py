@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ml.recommend.base import Recommender, as_user_items, rows_divided, top_per_row
+from ml.recommend.base import Recommender, as_user_items, damped_unit_rows, rows_divided, top_per_row
 
 # Users whose similarity rows are computed densely at once while pruning to the top neighbours.
 _USER_BLOCK = 512
@@ -25,9 +25,7 @@ class UserKNNRecommender(Recommender):
 
     def fit(self, user_items: sp.spmatrix) -> UserKNNRecommender:
         self.user_items = as_user_items(user_items)
-        damped = self.user_items.copy()
-        damped.data = np.log1p(damped.data)
-        unit = rows_divided(damped, sp.linalg.norm(damped, axis=1)).astype(np.float32)
+        unit = damped_unit_rows(self.user_items).astype(np.float32)
         unit_t = unit.T.tocsr()
         blocks = []
         for start in range(0, unit.shape[0], _USER_BLOCK):
