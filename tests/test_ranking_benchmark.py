@@ -16,6 +16,7 @@ from ml.benchmarks import ranking
 from ml.benchmarks.order_log import order_log, order_log_with_oracle
 from ml.cli import main as rekindle
 from ml.recommend import temporal_split
+from ml.recommend.content import co_ordered_groups
 from ml.recommend.metrics import ranking_report
 
 MODELS = ["random", "popularity", "cosine", "als", "ease", "user_knn", "category", "ranker"]
@@ -435,17 +436,22 @@ def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(mon
     train, _ = temporal_split(log, ranking.TRAIN_SHARE)
     users, items = sorted(log["user_id"].unique()), sorted(log["item_id"].unique())
     monkeypatch.setattr(ranking, "GRIDS", {"ease": {"l2": (50.0, 250.0)}})
-    inputs = {
-        "candidates": 20,
-        "bagged_boosters": 1,
-        "categories": None,
-        "item_categories": None,
-        "item_locations": None,
-    }
+    inputs = {"candidates": 20, "bagged_boosters": 1, "item_locations": None}
+    grouped = []
 
-    chosen = ranking.tune(train, users, items, "discovery", seed=0, threads=1, ranker_inputs=inputs)
+    def recorded_groups(user_items, n_groups, seed):
+        grouped.append(int(user_items.sum()))
+        return co_ordered_groups(user_items, n_groups, seed)
+
+    monkeypatch.setattr(ranking, "co_ordered_groups", recorded_groups)
+
+    chosen = ranking.tune(train, users, items, "discovery", 0, 1, inputs, log_categories=None)
     grid = [dict(zip(ranking.RANKER_GRID, values)) for values in itertools.product(*ranking.RANKER_GRID.values())]
     assert chosen["ranker"] in grid and chosen["ease"]["l2"] in (50.0, 250.0)
+    # Without a category column the ranker is tuned on groups of the inner train split alone: groups from all
+    # of train would carry the validation orders.
+    inner_train, _ = temporal_split(train, ranking.TRAIN_SHARE)
+    assert grouped == [len(inner_train)]
 
     monkeypatch.setattr(ranking, "RANKER_TUNING_MAX_INTERACTIONS", len(train) // 2)
-    assert ranking.tune(train, users, items, "discovery", 0, 1, inputs)["ranker"] == ranking.DEFAULTS["ranker"]
+    assert ranking.tune(train, users, items, "discovery", 0, 1, inputs, None)["ranker"] == ranking.DEFAULTS["ranker"]

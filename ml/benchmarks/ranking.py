@@ -381,10 +381,20 @@ def held_out_relevance(train: pd.DataFrame, held_out: pd.DataFrame, mode: str) -
     return held_out.groupby("user_id")["item_id"].apply(set).to_dict()
 
 
+def item_categories(matrix: InteractionMatrix, log_categories: pd.Series | None, seed: int) -> pd.Series:
+    """Each of ``matrix``'s items' category: ``log_categories`` (item -> the log's category) where the log has a
+    category column, else its group among round(sqrt(items)) groups of items ordered by the same users in
+    ``matrix`` (``co_ordered_groups``), so tuning groups by its inner train split alone."""
+    if log_categories is not None:
+        return log_categories.reindex(matrix.item_ids)
+    groups = co_ordered_groups(matrix.csr, round(math.sqrt(len(matrix.item_ids))), seed)
+    return pd.Series([f"group {group}" for group in groups], index=matrix.item_ids)
+
+
 def build_generators(
-    params: Mapping[str, dict], categories: np.ndarray | None, seed: int, threads: int
+    params: Mapping[str, dict], item_categories: pd.Series | None, seed: int, threads: int
 ) -> dict[str, Recommender]:
-    """The ranker's inputs, aligned with the matrix columns that ``categories`` follows."""
+    """The ranker's inputs, aligned with the matrix columns that ``item_categories`` follows."""
     generators: dict[str, Recommender] = {
         "cosine": ItemCosineRecommender(**params["cosine"]),
         "als": ALSRecommender(**params["als"], random_state=seed, num_threads=threads),
@@ -392,8 +402,8 @@ def build_generators(
         "user_knn": UserKNNRecommender(**params["user_knn"]),
         "popularity": PopularityRecommender(),
     }
-    if categories is not None:
-        generators["category"] = CategoryAffinityRecommender(categories)
+    if item_categories is not None:
+        generators["category"] = CategoryAffinityRecommender(item_categories.to_numpy(dtype=object))
     return generators
 
 
@@ -408,10 +418,18 @@ def is_small_log(train: pd.DataFrame) -> bool:
 
 
 def tune(
-    train: pd.DataFrame, users: list, items: list, mode: str, seed: int, threads: int, ranker_inputs: dict
+    train: pd.DataFrame,
+    users: list,
+    items: list,
+    mode: str,
+    seed: int,
+    threads: int,
+    ranker_inputs: dict,
+    log_categories: pd.Series | None,
 ) -> dict[str, dict]:
     """Grid search per generator on the last 20% of each user's train interactions; on a small log, then the
-    ranker's ``RANKER_GRID`` over the chosen generators (``ranker_inputs``: build_ranker's keyword arguments)."""
+    ranker's ``RANKER_GRID`` over the chosen generators (``ranker_inputs``: build_ranker's keyword arguments but
+    the item categories, which ``item_categories`` makes from ``log_categories`` and the inner train split)."""
     inner_train, validation = temporal_split(train, TRAIN_SHARE)
     matrix = InteractionMatrix.from_frame(inner_train, users=users, items=items)
     relevant = held_out_relevance(inner_train, validation, mode)
@@ -433,11 +451,17 @@ def tune(
             scored.append((report["ndcg@10"], params))
         chosen[name] = max(scored, key=lambda pair: pair[0])[1]
     if is_small_log(train):
+        categories = item_categories(matrix, log_categories, seed)
         scored = []
         for values in itertools.product(*RANKER_GRID.values()):
             settings = dict(zip(RANKER_GRID, values))
             ranker = build_ranker(
-                {**chosen, "ranker": settings}, mode=mode, seed=seed, threads=threads, **ranker_inputs
+                {**chosen, "ranker": settings},
+                mode=mode,
+                seed=seed,
+                threads=threads,
+                item_categories=categories,
+                **ranker_inputs,
             )
             ranker.fit(inner_train, users=users, items=items)
             listed = recommend_ids(ranker, ranker.matrix, eval_users, mode)
@@ -453,7 +477,6 @@ def build_ranker(
     threads: int,
     candidates: int,
     bagged_boosters: int,
-    categories: np.ndarray | None,
     item_categories: pd.Series | None,
     item_locations: pd.DataFrame | None,
     prior_generator: str | None = None,
@@ -461,7 +484,7 @@ def build_ranker(
     """The benchmark's ranker for ``mode`` over the generators of ``params`` and its own ``params["ranker"]``."""
     ranker_params = params.get("ranker", DEFAULTS["ranker"])
     return RankerRecommender(
-        build_generators(params, categories, seed, threads),
+        build_generators(params, item_categories, seed, threads),
         item_categories=item_categories,
         item_context=item_locations,
         modes=(mode,),
@@ -541,16 +564,13 @@ def run(args: argparse.Namespace) -> int:
     relevant = held_out_relevance(train, test, mode)
     test_users = np.array(sorted(relevant))
     matrix = InteractionMatrix.from_frame(train, users=users, items=items)
-    if "category" in frame.columns:
-        item_categories = frame.groupby("item_id")["category"].first().reindex(items)
-    else:
-        n_groups = round(math.sqrt(len(items)))
-        groups = co_ordered_groups(matrix.csr, n_groups, args.seed)
-        item_categories = pd.Series([f"group {group}" for group in groups], index=items)
+    log_categories = frame.groupby("item_id")["category"].first() if "category" in frame.columns else None
+    categories = item_categories(matrix, log_categories, args.seed)
+    if log_categories is None:
         print(
-            f"no category column: {n_groups} groups of items ordered by the same users in train stand in for categories"
+            f"no category column: {categories.nunique()} groups of items ordered by the same users in train stand in "
+            "for categories"
         )
-    categories = item_categories.to_numpy(dtype=object)
     has_location = set(LOCATION_COLUMNS) <= set(frame.columns)
     item_locations = frame.groupby("item_id")[LOCATION_COLUMNS].median() if has_location else None
     print(
@@ -563,12 +583,14 @@ def run(args: argparse.Namespace) -> int:
     ranker_inputs = {
         "candidates": args.candidates,
         "bagged_boosters": args.bagged_boosters or (SMALL_LOG_BAGGED_BOOSTERS if small_log else 1),
-        "categories": categories,
-        "item_categories": item_categories,
         "item_locations": item_locations,
         "prior_generator": DISCOVERY_PRIOR if mode == DISCOVERY and small_log else None,
     }
-    params = tune(train, users, items, mode, args.seed, args.threads, ranker_inputs) if args.tune else DEFAULTS
+    params = (
+        tune(train, users, items, mode, args.seed, args.threads, ranker_inputs, log_categories)
+        if args.tune
+        else DEFAULTS
+    )
     if args.tune:
         print(f"tuned on validation carved from train in {time.perf_counter() - started:.0f}s: {params}")
 
@@ -589,7 +611,9 @@ def run(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
         rows.append((name, evaluate(model, matrix, test_users, relevant, mode), seconds))
 
-    ranker = build_ranker(params, mode=mode, seed=args.seed, threads=args.threads, **ranker_inputs)
+    ranker = build_ranker(
+        params, mode=mode, seed=args.seed, threads=args.threads, item_categories=categories, **ranker_inputs
+    )
     started = time.perf_counter()
     ranker.fit(train, users=users, items=items)
     seconds = time.perf_counter() - started
