@@ -485,13 +485,18 @@ def test_own_items_are_dealt_the_best_of_their_scores_by_count_and_new_items_kee
 
 def test_the_rankers_winback_lists_fill_its_own_item_slots_most_ordered_first():
     log = order_log(seed=0)
-    ranker = RankerRecommender(
-        {"ease": EASERecommender(l2=50.0), "popularity": PopularityRecommender()},
-        modes=(WINBACK,),
-        candidates_per_generator=20,
-        lgbm_params={"min_data_in_leaf": 50},
-        num_threads=1,
-    ).fit(log, users=sorted(set(log["user_id"])), items=sorted(set(log["merchant_id"])), item_col="merchant_id")
+
+    def fitted(**options) -> RankerRecommender:
+        return RankerRecommender(
+            {"ease": EASERecommender(l2=50.0), "popularity": PopularityRecommender()},
+            modes=(WINBACK,),
+            candidates_per_generator=20,
+            lgbm_params={"min_data_in_leaf": 50},
+            num_threads=1,
+            **options,
+        ).fit(log, users=sorted(set(log["user_id"])), items=sorted(set(log["merchant_id"])), item_col="merchant_id")
+
+    ranker = fitted()
     free = pickle.loads(pickle.dumps(ranker))
     free.own_items_by_count = False
     users = np.arange(ranker.matrix.shape[0])
@@ -510,6 +515,14 @@ def test_the_rankers_winback_lists_fill_its_own_item_slots_most_ordered_first():
     # The booster alone orders some customers' own merchants otherwise; discovery lists are untouched.
     assert reordered > 0
     np.testing.assert_array_equal(ranker.recommend(users, n=10)[0], free.recommend(users, n=10)[0])
+
+    # Without the repeat features (an ablation) the counts do not order the lists either.
+    blind = fitted(without_features=("repeat",))
+    blind_free = pickle.loads(pickle.dumps(blind))
+    blind_free.own_items_by_count = False
+    np.testing.assert_array_equal(
+        blind.recommend(users, n=10, exclude_seen=False)[0], blind_free.recommend(users, n=10, exclude_seen=False)[0]
+    )
 
 
 def test_the_rankers_item_similarity_is_its_cosine_generators_when_they_agree(planted):

@@ -49,7 +49,7 @@ _DECAY_HALF_LIFE_DAYS = (7.0, 30.0, 90.0)
 # Features that can be left out together (``without_features``), for ablations; a name also covers the
 # features it prefixes ("user_item_decayed" covers "user_item_decayed_7d", ...).
 FEATURE_GROUPS = {
-    # what the user did at this item and how much they come back in general
+    # what the user did at this item and how much they come back in general (and own_items_by_count's ordering)
     "repeat": (
         "user_item_interactions",
         "user_item_days_since",
@@ -756,7 +756,9 @@ class RankerRecommender(Recommender):
                 prior = self._prior(features)
                 if prior is not None:
                     predictions = predictions + prior
-            if not exclude_seen and self.own_items_by_count:
+            # Ordering own items by their counts uses what the repeat features say, so a ranker without them
+            # (an ablation) keeps the booster's order.
+            if not exclude_seen and self.own_items_by_count and "repeat" not in self.without_features:
                 counts = _pair_lookup(self.stage.history.user_items, users[local_rows], cols)
                 predictions = own_items_by_count(local_rows, predictions, counts)
             scored[exclude_seen] = (local_rows, cols, predictions)
