@@ -453,5 +453,14 @@ def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(mon
     inner_train, _ = temporal_split(train, ranking.TRAIN_SHARE)
     assert grouped == [len(inner_train)]
 
+    assert "own_items_by_count" not in chosen["ranker"]
+    # In winback the validation split also chooses how the lists order the user's own items.
+    winback = ranking.tune(train, users, items, "winback", 0, 1, inputs, log_categories=None)["ranker"]
+    assert winback["own_items_by_count"] in (True, False)
+    ranker = ranking.build_ranker(
+        {**chosen, "ranker": {**winback, "own_items_by_count": False}}, "winback", 0, 1, item_categories=None, **inputs
+    )
+    assert ranker.own_items_by_count is False
+
     monkeypatch.setattr(ranking, "RANKER_TUNING_MAX_INTERACTIONS", len(train) // 2)
     assert ranking.tune(train, users, items, "discovery", 0, 1, inputs, None)["ranker"] == ranking.DEFAULTS["ranker"]

@@ -123,6 +123,10 @@ GRIDS: dict[str, dict[str, tuple]] = {
 # The ranker's own grid, searched only on small logs (at most RANKER_TUNING_MAX_INTERACTIONS train rows), where
 # one fit takes seconds and the defaults (two label windows, 200 rows per leaf) leave the booster few groups.
 RANKER_GRID: dict[str, tuple] = {"training_windows": (2, 4), "min_data_in_leaf": (50, 200)}
+# And in winback, how the lists order the user's own items: by their counts (RankerRecommender's default) or as the
+# booster scores them. Counts won on most stationary stand-in logs; a log whose customers' favourites change can
+# choose the booster, which sees recency (BENCHMARKS.md).
+WINBACK_OWN_ITEM_ORDERS = ({"own_items_by_count": True}, {"own_items_by_count": False})
 # In discovery on a small log the ranker's boosters start from EASE's order (RankerRecommender's prior_generator):
 # a few hundred new-item orders are too few to re-learn it, and started from nothing they ranked below EASE on the
 # stand-in logs without categories. With categories it made no difference on average; on MovieLens 100K (more than
@@ -464,8 +468,13 @@ def tune(
                 **ranker_inputs,
             )
             ranker.fit(inner_train, users=users, items=items)
-            listed = recommend_ids(ranker, ranker.matrix, eval_users, mode)
-            scored.append((ranking_report(listed, relevant, len(items), ks=(K,))["ndcg@10"], settings))
+            # Winback lists order the user's own items by their counts or as the booster scores them: a choice of
+            # the lists, not of the fit, so one fit is scored both ways (counts first, so they win a tie).
+            for own_order in WINBACK_OWN_ITEM_ORDERS if mode == WINBACK else ({},):
+                ranker.own_items_by_count = own_order.get("own_items_by_count", True)
+                listed = recommend_ids(ranker, ranker.matrix, eval_users, mode)
+                ndcg = ranking_report(listed, relevant, len(items), ks=(K,))["ndcg@10"]
+                scored.append((ndcg, {**settings, **own_order}))
         chosen["ranker"] = max(scored, key=lambda pair: pair[0])[1]
     return chosen
 
@@ -492,6 +501,7 @@ def build_ranker(
         bagged_boosters=bagged_boosters,
         training_windows=ranker_params["training_windows"],
         lgbm_params={"min_data_in_leaf": ranker_params["min_data_in_leaf"]},
+        own_items_by_count=ranker_params.get("own_items_by_count", True),
         prior_generator=prior_generator,
         prior_weight=DISCOVERY_PRIOR_WEIGHT,
         num_threads=threads,
