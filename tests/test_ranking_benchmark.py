@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from ml.benchmarks import ranking
-from ml.benchmarks.order_log import order_log, order_log_with_oracle
+from ml.benchmarks.order_log import order_log, order_log_with_oracle, with_movers
 from ml.cli import main as rekindle
 from ml.recommend import temporal_split
 from ml.recommend.content import co_ordered_groups
@@ -232,6 +232,38 @@ def test_a_stand_in_of_less_loyal_customers_reorders_less(order_log_file, tmp_pa
         with pytest.raises(SystemExit):
             rekindle(["benchmark", "ranking", "--write-order-log", str(path), "--loyalty-beta", value])
         assert "expected A,B (two positive numbers)" in capsys.readouterr().err
+
+
+def test_a_stand_in_whose_customers_move_changes_their_later_restaurants_within_a_category(
+    order_log_file, tmp_path, capsys
+):
+    path = tmp_path / "moved.csv"
+    assert rekindle(["benchmark", "ranking", "--write-order-log", str(path), "--movers", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "50% of the customers moving halfway" in printed and "no oracle" in printed
+    key = ["user_id", "event_time"]
+    before = pd.read_csv(order_log_file).sort_values(key, kind="mergesort").reset_index(drop=True)
+    after = pd.read_csv(path).sort_values(key, kind="mergesort").reset_index(drop=True)
+    # The same orders at the same times, each at a restaurant of the category it had.
+    assert before[key].equals(after[key]) and before["category"].equals(after["category"])
+    position = before.groupby("user_id").cumcount()
+    later = position >= before.groupby("user_id")["user_id"].transform("size") // 2
+    changed = before["merchant_id"] != after["merchant_id"]
+    assert not changed[~later].any()
+    movers = before.loc[changed, "user_id"].unique()
+    assert 0.4 * before["user_id"].nunique() < len(movers) <= 0.5 * before["user_id"].nunique()
+    # A mover's later orders at one restaurant all go to one other restaurant: their favourites move with them.
+    moved = later & before["user_id"].isin(movers)
+    new_places = after.loc[moved, "merchant_id"].groupby(
+        [before.loc[moved, "user_id"], before.loc[moved, "merchant_id"]]
+    )
+    assert new_places.nunique().max() == 1
+    assert with_movers(order_log(), 0.0, seed=0).equals(order_log())
+
+    for value in ("-0.1", "1.5", "half"):
+        with pytest.raises(SystemExit):
+            rekindle(["benchmark", "ranking", "--write-order-log", str(path), "--movers", value])
+        assert "expected a share between 0 and 1" in capsys.readouterr().err
 
 
 def test_the_stand_in_logs_oracle_ranks_by_the_worlds_own_next_order_chances():

@@ -70,6 +70,35 @@ def order_log_with_oracle(
     return log, oracle
 
 
+def with_movers(log: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
+    """``log`` with ``share`` of its customers (seeded) moving halfway through their orders: from their middle order
+    on, each of their orders goes to another restaurant of the same category, by a mapping of each category's
+    restaurants drawn per customer. Their favourites change from then on, as on a real log whose customers move or
+    whose restaurants close; the stand-in world's customers' otherwise do not."""
+    rng = np.random.default_rng(seed)
+    customers = log["user_id"].unique()
+    movers = np.sort(rng.choice(customers, round(share * len(customers)), replace=False))
+    categories = log.groupby("merchant_id")["category"].first()
+    orders = log.sort_values("event_time", kind="mergesort")
+    position = orders.groupby("user_id").cumcount()
+    moved = (position >= orders.groupby("user_id")["user_id"].transform("size") // 2).to_numpy()
+    merchants = orders["merchant_id"].to_numpy(copy=True)
+    rows_of = pd.Series(np.arange(len(orders))).groupby(orders["user_id"].to_numpy()).apply(np.asarray)
+    for customer in movers:
+        mapping = {}
+        for _, same in categories.groupby(categories):
+            mapping.update(zip(same.index, rng.permutation(same.index.to_numpy())))
+        rows = rows_of[customer][moved[rows_of[customer]]]
+        merchants[rows] = [mapping[merchant] for merchant in merchants[rows]]
+    restaurants = log.groupby("merchant_id")[["category", "lat", "lng"]].first()
+    return (
+        orders.assign(merchant_id=merchants)[["user_id", "merchant_id", "event_time"]]
+        .join(restaurants, on="merchant_id")
+        .sort_values(["event_time", "user_id", "merchant_id"], kind="mergesort")
+        .reset_index(drop=True)[ORDER_LOG_COLUMNS]
+    )
+
+
 def _generate(seed: int, order_observer: OrderObserver | None, loyalty_beta: tuple[float, float]) -> pd.DataFrame:
     market = generate_marketplace(
         seed=seed,

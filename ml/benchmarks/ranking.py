@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ml.benchmarks.order_log import order_log_with_oracle, write_order_log
+from ml.benchmarks.order_log import order_log, order_log_with_oracle, with_movers, write_order_log
 from ml.cli.options import UsageError
 from ml.recommend import (
     ALSRecommender,
@@ -204,6 +204,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "restaurants)",
     )
     parser.add_argument(
+        "--movers",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="with --write-order-log: this share of the customers move halfway through their orders, each later "
+        "order going to another restaurant of the same category (a log whose customers' favourites change; "
+        "default 0)",
+    )
+    parser.add_argument(
         "--column",
         action="append",
         metavar="NAME=COLUMN",
@@ -232,6 +241,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seeds the user sample, ALS, LightGBM and the --write-order-log world"
     )
+
+
+def _share(value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {value!r}")
+    return share
 
 
 def _beta_parameters(value: str) -> tuple[float, float]:
@@ -549,14 +568,20 @@ def evaluate(
 
 def run(args: argparse.Namespace) -> int:
     if args.write_order_log:
-        log, oracle = order_log_with_oracle(args.seed, TRAIN_SHARE, loyalty_beta=args.loyalty_beta)
+        if args.movers:
+            log, oracle = with_movers(order_log(args.seed, args.loyalty_beta), args.movers, args.seed), {}
+        else:
+            log, oracle = order_log_with_oracle(args.seed, TRAIN_SHARE, loyalty_beta=args.loyalty_beta)
         write_order_log(args.write_order_log, log)
         a, b = args.loyalty_beta
+        moving = f", {args.movers:.0%} of the customers moving halfway" if args.movers else ""
         print(
             f"wrote {len(log):,} orders of {log['user_id'].nunique():,} customers at "
             f"{log['merchant_id'].nunique():,} restaurants to {args.write_order_log} (loyalty Beta({a:g}, {b:g}), "
-            f"mean {a / (a + b):.2f})"
+            f"mean {a / (a + b):.2f}{moving})"
         )
+        if args.movers:
+            print("no oracle: the world did not draw the movers' later orders")
         train, held_out = temporal_split(log.rename(columns={ITEM_ID_ALIAS: "item_id"}), TRAIN_SHARE)
         for oracle_mode, lists in oracle.items():
             relevant = held_out_relevance(train, held_out, oracle_mode)
