@@ -124,8 +124,8 @@ GRIDS: dict[str, dict[str, tuple]] = {
 # one fit takes seconds and the defaults (two label windows, 200 rows per leaf) leave the booster few groups.
 RANKER_GRID: dict[str, tuple] = {"training_windows": (2, 4), "min_data_in_leaf": (50, 200)}
 # And in winback, how the lists order the user's own items: by their counts (RankerRecommender's default) or as the
-# booster scores them. Counts won on most stationary stand-in logs; a log whose customers' favourites change can
-# choose the booster, which sees recency (BENCHMARKS.md).
+# booster scores them. Validation chose the counts on most stand-in logs, whose customers' tastes do not change, and
+# the booster, which sees recency, on every one whose customers' favourites change (BENCHMARKS.md).
 WINBACK_OWN_ITEM_ORDERS = ({"own_items_by_count": True}, {"own_items_by_count": False})
 # In discovery on a small log the ranker's boosters start from EASE's order (RankerRecommender's prior_generator):
 # a few hundred new-item orders are too few to re-learn it, and started from nothing they ranked below EASE on the
