@@ -78,7 +78,8 @@ def with_movers(log: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     customers = log["user_id"].unique()
     movers = np.sort(rng.choice(customers, round(share * len(customers)), replace=False))
-    categories = log.groupby("merchant_id")["category"].first()
+    restaurants = log.groupby("merchant_id")[["category", "lat", "lng"]].first()
+    categories = restaurants["category"]
     orders = log.sort_values("event_time", kind="mergesort")
     position = orders.groupby("user_id").cumcount()
     moved = (position >= orders.groupby("user_id")["user_id"].transform("size") // 2).to_numpy()
@@ -90,7 +91,6 @@ def with_movers(log: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
             mapping.update(zip(same.index, rng.permutation(same.index.to_numpy())))
         rows = rows_of[customer][moved[rows_of[customer]]]
         merchants[rows] = [mapping[merchant] for merchant in merchants[rows]]
-    restaurants = log.groupby("merchant_id")[["category", "lat", "lng"]].first()
     return (
         orders.assign(merchant_id=merchants)[["user_id", "merchant_id", "event_time"]]
         .join(restaurants, on="merchant_id")
