@@ -462,7 +462,7 @@ def test_times_in_other_formats_and_bad_column_arguments(tmp_path, capsys):
     assert "event_time must be unix seconds (or ms) or a date-time" in capsys.readouterr().err
 
 
-def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(monkeypatch):
+def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(monkeypatch, capsys):
     log = order_log(seed=3).rename(columns={"merchant_id": "item_id"})
     log = log[log["user_id"].isin(sorted(log["user_id"].unique())[:150])]
     train, _ = temporal_split(log, ranking.TRAIN_SHARE)
@@ -484,6 +484,13 @@ def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(mon
     # of train would carry the validation orders.
     inner_train, _ = temporal_split(train, ranking.TRAIN_SHARE)
     assert grouped == [len(inner_train)]
+    # Tuning can take minutes: a line on stderr per generator and per ranker setting, stdout kept for the tables.
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("[ranking] tuned over 2 settings: ease (l2=") == 1
+    assert [line.split(" {")[0] for line in err.splitlines() if "ranker settings" in line] == [
+        f"[ranking] ranker settings {number}/{len(grid)}" for number in range(1, len(grid) + 1)
+    ]
 
     assert "own_items_by_count" not in chosen["ranker"]
     # In winback the validation split also chooses how the lists order the user's own items.

@@ -15,7 +15,6 @@ probability 1/3) against the best uniform arm. Default seeds 100-111, never used
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml.benchmarks import progress
 from ml.offers.evaluation import (
     ipw_policy_value,
     qini_coefficient,
@@ -196,10 +196,6 @@ class SplitResult:
     test_rows: pd.DataFrame  # the selected learner's uplift and chosen arm per test row
 
 
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _uplift_ratio(outcomes: pd.DataFrame, arm: np.ndarray, y: np.ndarray) -> float:
     """uplift@30% of Mens vs No E-Mail as a multiple of random targeting, on the rows of those two arms."""
     pair = np.isin(arm, [MENS, CONTROL])
@@ -296,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             result = evaluate_split(data, outcome, seed, learners)
             results.append(result)
-            _progress(f"[offers] {outcome} seed {seed}: {time.perf_counter() - started:.1f} s")
+            progress(f"[offers] {outcome} seed {seed}: {time.perf_counter() - started:.1f} s")
             if seed == seeds[0] and args.out is not None:
                 out_frames.append(result.test_rows.add_suffix(f"_{outcome}").rename(columns={f"row_{outcome}": "row"}))
         baselines, table = summarise(results)
@@ -327,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
             policy = policy.merge(frame, on="row")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         policy.to_csv(args.out, index=False)
-        _progress(f"[offers] wrote {args.out}")
+        progress(f"[offers] wrote {args.out}")
     return 0
 
 

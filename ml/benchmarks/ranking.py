@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from ml.benchmarks import progress
 from ml.benchmarks.order_log import order_log, order_log_with_oracle, with_movers, write_order_log
 from ml.cli.options import UsageError
 from ml.recommend import (
@@ -465,6 +466,7 @@ def tune(
     }
     chosen = dict(DEFAULTS)
     for name, grid in GRIDS.items():
+        started = time.perf_counter()
         scored = []
         for values in itertools.product(*grid.values()):
             params = dict(zip(grid, values))
@@ -472,11 +474,17 @@ def tune(
             listed = recommend_ids(recommender, matrix, eval_users, mode)
             report = ranking_report(listed, relevant, len(items), ks=(K,))
             scored.append((report["ndcg@10"], params))
-        chosen[name] = max(scored, key=lambda pair: pair[0])[1]
+        ndcg, chosen[name] = max(scored, key=lambda pair: pair[0])
+        progress(
+            f"[ranking] tuned over {len(scored)} settings: {_label(name, chosen[name])}, validation NDCG@10 "
+            f"{ndcg:.4f} ({time.perf_counter() - started:.0f}s)"
+        )
     if is_small_log(train):
         categories = item_categories(matrix, log_categories, seed)
         scored = []
-        for values in itertools.product(*RANKER_GRID.values()):
+        settings_grid = list(itertools.product(*RANKER_GRID.values()))
+        for number, values in enumerate(settings_grid, start=1):
+            started = time.perf_counter()
             settings = dict(zip(RANKER_GRID, values))
             ranker = build_ranker(
                 {**chosen, "ranker": settings},
@@ -489,11 +497,17 @@ def tune(
             ranker.fit(inner_train, users=users, items=items)
             # Winback lists order the user's own items by their counts or as the booster scores them: a choice of
             # the lists, not of the fit, so one fit is scored both ways (counts first, so they win a tie).
+            fitted = []
             for own_order in WINBACK_OWN_ITEM_ORDERS if mode == WINBACK else ({},):
                 ranker.own_items_by_count = own_order.get("own_items_by_count", True)
                 listed = recommend_ids(ranker, ranker.matrix, eval_users, mode)
                 ndcg = ranking_report(listed, relevant, len(items), ks=(K,))["ndcg@10"]
-                scored.append((ndcg, {**settings, **own_order}))
+                fitted.append((ndcg, {**settings, **own_order}))
+            scored += fitted
+            progress(
+                f"[ranking] ranker settings {number}/{len(settings_grid)} {settings}: validation NDCG@10 "
+                f"{max(ndcg for ndcg, _ in fitted):.4f} ({time.perf_counter() - started:.0f}s)"
+            )
         chosen["ranker"] = max(scored, key=lambda pair: pair[0])[1]
     return chosen
 
@@ -649,6 +663,7 @@ def run(args: argparse.Namespace) -> int:
     ranker = build_ranker(
         params, mode=mode, seed=args.seed, threads=args.threads, item_categories=categories, **ranker_inputs
     )
+    progress("[ranking] fitting the ranker on train ...")
     started = time.perf_counter()
     ranker.fit(train, users=users, items=items)
     seconds = time.perf_counter() - started
