@@ -241,6 +241,7 @@ def test_a_stand_in_whose_customers_move_changes_their_later_restaurants_within_
     assert rekindle(["benchmark", "ranking", "--write-order-log", str(path), "--movers", "0.5"]) == 0
     printed = capsys.readouterr().out
     assert "50% of the customers moving halfway" in printed and "no oracle" in printed
+    assert "NDCG@10" not in printed
     key = ["user_id", "event_time"]
     before = pd.read_csv(order_log_file).sort_values(key, kind="mergesort").reset_index(drop=True)
     after = pd.read_csv(path).sort_values(key, kind="mergesort").reset_index(drop=True)

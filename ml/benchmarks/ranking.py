@@ -580,30 +580,37 @@ def evaluate(
     return ranking_report(recommend_ids(recommender, matrix, users, mode), relevant, len(matrix.item_ids), ks=(K,))
 
 
+def write_stand_in(args: argparse.Namespace) -> None:
+    """``--write-order-log``: write the stand-in log and print, where the world drew every order (no ``--movers``),
+    the NDCG@10 of its oracle."""
+    if args.movers:
+        log = with_movers(order_log(args.seed, args.loyalty_beta), args.movers, args.seed)
+    else:
+        log, oracle = order_log_with_oracle(args.seed, TRAIN_SHARE, loyalty_beta=args.loyalty_beta)
+    write_order_log(args.write_order_log, log)
+    a, b = args.loyalty_beta
+    moving = f", {args.movers:.0%} of the customers moving halfway" if args.movers else ""
+    print(
+        f"wrote {len(log):,} orders of {log['user_id'].nunique():,} customers at "
+        f"{log['merchant_id'].nunique():,} restaurants to {args.write_order_log} (loyalty Beta({a:g}, {b:g}), "
+        f"mean {a / (a + b):.2f}{moving})"
+    )
+    if args.movers:
+        print("no oracle: the world did not draw the movers' later orders")
+        return
+    train, held_out = temporal_split(log.rename(columns={ITEM_ID_ALIAS: "item_id"}), TRAIN_SHARE)
+    for oracle_mode, lists in oracle.items():
+        relevant = held_out_relevance(train, held_out, oracle_mode)
+        report = ranking_report(lists, relevant, log["merchant_id"].nunique(), ks=(K,))
+        print(
+            f"{oracle_mode}: the world's own next-order chances at each customer's split (an oracle, for "
+            f"reference) score NDCG@10 {report['ndcg@10']:.4f} on {len(relevant):,} test customers"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.write_order_log:
-        if args.movers:
-            log, oracle = with_movers(order_log(args.seed, args.loyalty_beta), args.movers, args.seed), {}
-        else:
-            log, oracle = order_log_with_oracle(args.seed, TRAIN_SHARE, loyalty_beta=args.loyalty_beta)
-        write_order_log(args.write_order_log, log)
-        a, b = args.loyalty_beta
-        moving = f", {args.movers:.0%} of the customers moving halfway" if args.movers else ""
-        print(
-            f"wrote {len(log):,} orders of {log['user_id'].nunique():,} customers at "
-            f"{log['merchant_id'].nunique():,} restaurants to {args.write_order_log} (loyalty Beta({a:g}, {b:g}), "
-            f"mean {a / (a + b):.2f}{moving})"
-        )
-        if args.movers:
-            print("no oracle: the world did not draw the movers' later orders")
-        train, held_out = temporal_split(log.rename(columns={ITEM_ID_ALIAS: "item_id"}), TRAIN_SHARE)
-        for oracle_mode, lists in oracle.items():
-            relevant = held_out_relevance(train, held_out, oracle_mode)
-            report = ranking_report(lists, relevant, log["merchant_id"].nunique(), ks=(K,))
-            print(
-                f"{oracle_mode}: the world's own next-order chances at each customer's split (an oracle, for "
-                f"reference) score NDCG@10 {report['ndcg@10']:.4f} on {len(relevant):,} test customers"
-            )
+        write_stand_in(args)
         return 0
     mode = args.mode
     frame = benchmark_interactions(args)
