@@ -584,7 +584,7 @@ def write_stand_in(args: argparse.Namespace) -> None:
     """``--write-order-log``: write the stand-in log and print, where the world drew every order (no ``--movers``),
     the NDCG@10 of its oracle."""
     if args.movers:
-        log = with_movers(order_log(args.seed, args.loyalty_beta), args.movers, args.seed)
+        log, oracle = with_movers(order_log(args.seed, args.loyalty_beta), args.movers, args.seed), None
     else:
         log, oracle = order_log_with_oracle(args.seed, TRAIN_SHARE, loyalty_beta=args.loyalty_beta)
     write_order_log(args.write_order_log, log)
@@ -595,7 +595,7 @@ def write_stand_in(args: argparse.Namespace) -> None:
         f"{log['merchant_id'].nunique():,} restaurants to {args.write_order_log} (loyalty Beta({a:g}, {b:g}), "
         f"mean {a / (a + b):.2f}{moving})"
     )
-    if args.movers:
+    if oracle is None:
         print("no oracle: the world did not draw the movers' later orders")
         return
     train, held_out = temporal_split(log.rename(columns={ITEM_ID_ALIAS: "item_id"}), TRAIN_SHARE)
