@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
-from ml.recommend import PopularityRecommender, RankerRecommender
+from ml.recommend import EASERecommender, PopularityRecommender, RankerRecommender
 
 MONDAY = pd.Timestamp("2026-11-02", tz="UTC")
 ORDERS = pd.DataFrame(
@@ -86,3 +87,26 @@ def test_feature_groups_can_be_left_out():
         RankerRecommender({"popularity": PopularityRecommender()}, without_features=("weather",))
     with pytest.raises(ValueError, match="at least one candidate generator"):
         RankerRecommender({})
+
+
+def test_ease_scores_the_users_recency_weighted_items(features):
+    ranker = RankerRecommender(
+        {"ease": EASERecommender(l2=1.0)}, item_context=ITEMS, user_context=USERS, ease_of_recent_items=True
+    )
+    frame = ranker._index(
+        ORDERS, users=USERS.index, items=ITEMS.index, user_col="user_id", item_col="item_id", time_col="event_time"
+    )
+    rows, cols, table = ranker._candidates(ranker._fit_stage(frame), np.arange(2), exclude_seen=False)
+    table.index = pd.MultiIndex.from_arrays([USERS.index[rows], ITEMS.index[cols]], names=["user", "merchant"])
+    # EASE on who ordered where: u1 at m1 and m2, u2 at m3.
+    weights = EASERecommender(l2=1.0).fit(sp.csr_matrix([[1, 1, 0, 0], [0, 0, 1, 0]])).weights
+    # At a half-life of one order u1's orders m1, m1, m2, m1 weigh 1/8 + 1/4 + 1 at m1 and 1/2 at m2.
+    u1_recent = np.array([1.375, 0.5, 0.0, 0.0])
+    for merchant, column in (("m1", 0), ("m2", 1)):
+        expected = u1_recent @ weights[:, column]
+        assert table.loc[("u1", merchant), "ease_of_recent_items_hl1"] == pytest.approx(expected, rel=1e-5)
+    assert table.loc[("u1", "m2"), "ease_of_recent_items_hl1"] > 0  # m1, ordered by the same customer, points to m2
+    # Off by default (the fixture's ranker), and it needs an EASE generator.
+    assert not [column for column in features.columns if column.startswith("ease_of_recent_items")]
+    with pytest.raises(ValueError, match="needs an EASE generator"):
+        RankerRecommender({"popularity": PopularityRecommender()}, ease_of_recent_items=True)

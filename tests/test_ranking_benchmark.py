@@ -501,6 +501,9 @@ def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(mon
         {**chosen, "ranker": {**winback, "own_items_by_count": False}}, "winback", 0, 1, item_categories=None, **inputs
     )
     assert ranker.own_items_by_count is False
+    # EASE's score of the recent items is a discovery feature.
+    assert not ranker.ease_of_recent_items
+    assert ranking.build_ranker(chosen, "discovery", 0, 1, item_categories=None, **inputs).ease_of_recent_items
 
     monkeypatch.setattr(ranking, "RANKER_TUNING_MAX_INTERACTIONS", len(train) // 2)
     assert ranking.tune(train, users, items, "discovery", 0, 1, inputs, None)["ranker"] == ranking.DEFAULTS["ranker"]

@@ -535,6 +535,8 @@ def build_ranker(
         training_windows=ranker_params["training_windows"],
         lgbm_params={"min_data_in_leaf": ranker_params["min_data_in_leaf"]},
         own_items_by_count=ranker_params.get("own_items_by_count", True),
+        # Discovery only: in winback and on the pipeline's world the features cost NDCG@10 (BENCHMARKS.md).
+        ease_of_recent_items=mode == DISCOVERY,
         prior_generator=prior_generator,
         prior_weight=DISCOVERY_PRIOR_WEIGHT,
         num_threads=threads,

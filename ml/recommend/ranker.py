@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from ml.recommend.base import Recommender, rows_divided, top_n, top_n_of_pairs
 from ml.recommend.content import CategoryAffinityRecommender
 from ml.recommend.cosine import ItemCosineRecommender, cosine_similarity, keep_top_per_row
+from ml.recommend.ease import EASERecommender
 from ml.recommend.matrix import InteractionMatrix
 from ml.recommend.modes import DISCOVERY, MODES, WINBACK
 from ml.recommend.popularity import PopularityRecommender
@@ -299,6 +300,10 @@ class RankerRecommender(Recommender):
     own items and which new ones, and the own items fill their slots most ordered first (equal counts in the
     booster's order); the booster alone ordered them worse than their counts do (BENCHMARKS.md).
 
+    ``ease_of_recent_items`` adds EASE's score of the user's recency-weighted items (the half-lives of the
+    similarity features; it needs an EASE generator): on MovieLens and on the order logs without categories it
+    raised discovery NDCG@10, on the pipeline's world and in winback it did not (BENCHMARKS.md).
+
     ``prior_generator`` starts every booster from that generator's order instead of from nothing: its init score
     is ``-prior_weight * log2(1 + the item's rank in the generator's list)``, so the trees learn corrections to the
     generator and early stopping keeps its order where they find none. On a few hundred users a booster started
@@ -327,6 +332,7 @@ class RankerRecommender(Recommender):
         diversity_lambda: float = 1.0,
         bagged_boosters: int = 1,
         own_items_by_count: bool = True,
+        ease_of_recent_items: bool = False,
         prior_generator: str | None = None,
         prior_weight: float = 0.5,
         num_threads: int = 2,
@@ -345,6 +351,8 @@ class RankerRecommender(Recommender):
             raise ValueError(
                 f"prior_generator {prior_generator!r} is not one of the generators: {', '.join(self.generators)}"
             )
+        if ease_of_recent_items and not any(isinstance(g, EASERecommender) for g in self.generators.values()):
+            raise ValueError("ease_of_recent_items needs an EASE generator")
         if bagged_boosters < 1:
             raise ValueError(f"bagged_boosters must be at least 1, got {bagged_boosters}")
         self.item_categories = item_categories
@@ -366,6 +374,7 @@ class RankerRecommender(Recommender):
         self.diversity_lambda = diversity_lambda
         self.bagged_boosters = bagged_boosters
         self.own_items_by_count = own_items_by_count
+        self.ease_of_recent_items = ease_of_recent_items
         self.prior_generator = prior_generator
         self.prior_weight = prior_weight
         self.num_threads = num_threads
@@ -381,6 +390,7 @@ class RankerRecommender(Recommender):
         # One pickled before own items were ordered by count lists them as it did.
         state.setdefault("own_items_by_count", False)
         state.setdefault("prior_generator", None)
+        state.setdefault("ease_of_recent_items", False)
         self.__dict__.update(state)
 
     def fit(
@@ -594,10 +604,17 @@ class RankerRecommender(Recommender):
         depth = min(self.candidates_per_generator, n_items)
         dense_scores = {name: generator.score(users) for name, generator in stage.generators.items()}
         tops = {name: _generator_tops(dense, depth, seen, exclude_seen_options) for name, dense in dense_scores.items()}
+        recent_items = {half_life: recent[users] for half_life, recent in stage.history.recent_user_items.items()}
         similarities = {
-            half_life: np.asarray((recent[users] @ stage.similarity).todense())
-            for half_life, recent in stage.history.recent_user_items.items()
+            f"similarity_to_recent_items_hl{half_life:g}": np.asarray((recent @ stage.similarity).todense())
+            for half_life, recent in recent_items.items()
         }
+        if self.ease_of_recent_items:
+            weights = next(g.weights for g in stage.generators.values() if isinstance(g, EASERecommender))
+            similarities.update(
+                (f"ease_of_recent_items_hl{half_life:g}", np.asarray(recent @ weights))
+                for half_life, recent in recent_items.items()
+            )
         result = {}
         for exclude_seen in exclude_seen_options:
             # Each list as sorted pair keys (position in the batch * items + item) with the item's rank in it:
@@ -634,12 +651,12 @@ class RankerRecommender(Recommender):
         cols: np.ndarray,
         scores: dict[str, tuple[np.ndarray, np.ndarray]],
         ranks: dict[str, np.ndarray],
-        similarities: dict[float, np.ndarray],
+        similarities: dict[str, np.ndarray],
         depth: int,
     ) -> pd.DataFrame:
         """The features of the candidate pairs (``rows``, ``cols``) given the batch's generator scores, each pair's
-        rank in each generator's list (``depth`` + 1 where unlisted) and the batch's similarity to recent items
-        (indexed by ``local_rows``, the pair's position in the batch)."""
+        rank in each generator's list (``depth`` + 1 where unlisted) and the batch's similarities to recent items, by
+        feature name (indexed by ``local_rows``, the pair's position in the batch)."""
         columns: dict[str, np.ndarray] = {}
         for name, (dense, best) in scores.items():
             value = dense[local_rows, cols]
@@ -647,8 +664,8 @@ class RankerRecommender(Recommender):
             columns[f"{name}_share_of_best"] = value / best[local_rows]
             columns[f"{name}_rank"] = ranks[name]
         columns["generators_listing"] = sum((rank <= depth).astype(np.float32) for rank in ranks.values())
-        for half_life, similarity in similarities.items():
-            columns[f"similarity_to_recent_items_hl{half_life:g}"] = similarity[local_rows, cols]
+        for name, similarity in similarities.items():
+            columns[name] = similarity[local_rows, cols]
         columns.update(self._history_features(stage, rows, cols))
         columns.update(self._context_features(stage, rows, cols))
         features = pd.DataFrame(columns).astype(np.float32)
