@@ -302,7 +302,8 @@ class RankerRecommender(Recommender):
 
     ``ease_of_recent_items`` adds EASE's score of the user's recency-weighted items (the half-lives of the
     similarity features; it needs an EASE generator): on MovieLens and on the order logs without categories it
-    raised discovery NDCG@10, on the pipeline's world and in winback it did not (BENCHMARKS.md).
+    raised discovery NDCG@10; on the order logs with categories, in winback and on the pipeline's world it cost a
+    little (BENCHMARKS.md).
 
     ``prior_generator`` starts every booster from that generator's order instead of from nothing: its init score
     is ``-prior_weight * log2(1 + the item's rank in the generator's list)``, so the trees learn corrections to the
