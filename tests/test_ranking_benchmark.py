@@ -234,13 +234,13 @@ def test_a_stand_in_of_less_loyal_customers_reorders_less(order_log_file, tmp_pa
         assert "expected A,B (two positive numbers)" in capsys.readouterr().err
 
 
-def test_a_stand_in_whose_customers_move_changes_their_later_restaurants_within_a_category(
+def test_a_stand_in_whose_customers_move_house_changes_their_later_restaurants_near_the_new_home(
     order_log_file, tmp_path, capsys
 ):
     path = tmp_path / "moved.csv"
     assert rekindle(["benchmark", "ranking", "--write-order-log", str(path), "--movers", "0.5"]) == 0
     printed = capsys.readouterr().out
-    assert "50% of the customers moving halfway" in printed and "no oracle" in printed
+    assert "50% of the customers moving house halfway" in printed and "no oracle" in printed
     assert "NDCG@10" not in printed
     key = ["user_id", "event_time"]
     before = pd.read_csv(order_log_file).sort_values(key, kind="mergesort").reset_index(drop=True)
@@ -248,17 +248,26 @@ def test_a_stand_in_whose_customers_move_changes_their_later_restaurants_within_
     # The same orders at the same times, each at a restaurant of the category it had.
     assert before[key].equals(after[key]) and before["category"].equals(after["category"])
     position = before.groupby("user_id").cumcount()
-    later = position >= before.groupby("user_id")["user_id"].transform("size") // 2
+    later = position >= np.maximum(before.groupby("user_id")["user_id"].transform("size") // 2, 1)
     changed = before["merchant_id"] != after["merchant_id"]
     assert not changed[~later].any()
     movers = before.loc[changed, "user_id"].unique()
-    assert 0.4 * before["user_id"].nunique() < len(movers) <= 0.5 * before["user_id"].nunique()
+    assert 0.3 * before["user_id"].nunique() < len(movers) <= 0.5 * before["user_id"].nunique()
     # A mover's later orders at one restaurant all go to one other restaurant: their favourites move with them.
     moved = later & before["user_id"].isin(movers)
     new_places = after.loc[moved, "merchant_id"].groupby(
         [before.loc[moved, "user_id"], before.loc[moved, "merchant_id"]]
     )
     assert new_places.nunique().max() == 1
+    # Their orders move across town and stay near home: about as close together after the move as before it.
+    earlier = ~later & before["user_id"].isin(movers)
+    centre_before, spread_before = _centres_and_spreads(before[earlier])
+    centre_after, spread_after = _centres_and_spreads(after[moved])
+    centre_unmoved, _ = _centres_and_spreads(before[moved])
+    shift = np.hypot(*(centre_after - centre_before.loc[centre_after.index]).to_numpy().T).mean()
+    shift_unmoved = np.hypot(*(centre_unmoved - centre_before.loc[centre_unmoved.index]).to_numpy().T).mean()
+    assert shift > 2 * shift_unmoved
+    assert spread_after.mean() < 1.5 * spread_before.mean()
     assert with_movers(order_log(), 0.0, seed=0).equals(order_log())
 
     for value in ("-0.1", "1.5", "half"):
@@ -507,3 +516,12 @@ def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(mon
 
     monkeypatch.setattr(ranking, "RANKER_TUNING_MAX_INTERACTIONS", len(train) // 2)
     assert ranking.tune(train, users, items, "discovery", 0, 1, inputs, None)["ranker"] == ranking.DEFAULTS["ranker"]
+
+
+def _centres_and_spreads(orders: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Per customer, the mean place of their orders' restaurants and their mean distance from it, in km."""
+    km = orders[["lat", "lng"]] * [111.2, 111.2 * np.cos(np.radians(orders["lat"].mean()))]
+    km["user_id"] = orders["user_id"].to_numpy()
+    centres = km.groupby("user_id")[["lat", "lng"]].mean()
+    offsets = km[["lat", "lng"]].to_numpy() - centres.loc[km["user_id"]].to_numpy()
+    return centres, pd.Series(np.hypot(*offsets.T)).groupby(km["user_id"].to_numpy()).mean()

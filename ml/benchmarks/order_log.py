@@ -71,32 +71,48 @@ def order_log_with_oracle(
 
 
 def with_movers(log: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
-    """``log`` with ``share`` of its customers (seeded) moving halfway through their orders: from their middle order
-    on, each of their orders goes to another restaurant of the same category, by a mapping of each category's
-    restaurants drawn per customer. Their favourites change from then on, as on a real log whose customers move or
-    whose restaurants close; the stand-in world's customers' otherwise do not."""
+    """``log`` with ``share`` of its customers (seeded) moving house halfway through their orders. Each mover's new
+    home is where a restaurant of the log is (drawn per customer), their old one the mean place of their orders before
+    the move; from their middle order on, each order goes to the restaurant of the same category that lies as near the
+    new home as the one the world chose lay to the old one (the k-th nearest of its category for the k-th nearest).
+    Their favourites change from then on and stay as near home, as on a real log whose customers move; the stand-in
+    world's customers otherwise do not."""
     rng = np.random.default_rng(seed)
     customers = log["user_id"].unique()
     movers = np.sort(rng.choice(customers, round(share * len(customers)), replace=False))
     restaurants = log.groupby("merchant_id")[["category", "lat", "lng"]].first()
-    categories = restaurants["category"]
+    places = _planar(restaurants[["lat", "lng"]].to_numpy(np.float64))
+    by_category = [np.flatnonzero(restaurants["category"].to_numpy() == c) for c in restaurants["category"].unique()]
+    index_of = pd.Series(np.arange(len(restaurants)), index=restaurants.index)
     orders = log.sort_values("event_time", kind="mergesort")
     position = orders.groupby("user_id").cumcount()
-    moved = (position >= orders.groupby("user_id")["user_id"].transform("size") // 2).to_numpy()
-    merchants = orders["merchant_id"].to_numpy(copy=True)
+    # The middle order on, after at least one: a customer's first order shows where they lived.
+    moved = (position >= np.maximum(orders.groupby("user_id")["user_id"].transform("size") // 2, 1)).to_numpy()
+    merchants = index_of[orders["merchant_id"]].to_numpy(copy=True)
     rows_of = pd.Series(np.arange(len(orders))).groupby(orders["user_id"].to_numpy()).apply(np.asarray)
     for customer in movers:
-        mapping = {}
-        for _, same in categories.groupby(categories):
-            mapping.update(zip(same.index, rng.permutation(same.index.to_numpy())))
-        rows = rows_of[customer][moved[rows_of[customer]]]
-        merchants[rows] = [mapping[merchant] for merchant in merchants[rows]]
+        rows = rows_of[customer]
+        old_home = places[merchants[rows[~moved[rows]]]].mean(axis=0)
+        new_home = places[rng.integers(len(places))]
+        mapping = np.arange(len(places))
+        for same in by_category:
+            nearest_old = same[np.argsort(np.linalg.norm(places[same] - old_home, axis=1), kind="stable")]
+            nearest_new = same[np.argsort(np.linalg.norm(places[same] - new_home, axis=1), kind="stable")]
+            mapping[nearest_old] = nearest_new
+        later = rows[moved[rows]]
+        merchants[later] = mapping[merchants[later]]
     return (
-        orders.assign(merchant_id=merchants)[["user_id", "merchant_id", "event_time"]]
+        orders.assign(merchant_id=restaurants.index.to_numpy()[merchants])[["user_id", "merchant_id", "event_time"]]
         .join(restaurants, on="merchant_id")
         .sort_values(["event_time", "user_id", "merchant_id"], kind="mergesort")
         .reset_index(drop=True)[ORDER_LOG_COLUMNS]
     )
+
+
+def _planar(lat_lng: np.ndarray) -> np.ndarray:
+    """(lat, lng) in degrees as points on a plane in km, near enough over one city to compare distances."""
+    lat, lng = np.radians(lat_lng).T
+    return 6371.0 * np.column_stack([lat, lng * np.cos(lat.mean())])
 
 
 def _generate(seed: int, order_observer: OrderObserver | None, loyalty_beta: tuple[float, float]) -> pd.DataFrame:

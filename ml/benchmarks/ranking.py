@@ -209,9 +209,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_share,
         default=0.0,
         metavar="SHARE",
-        help="with --write-order-log: this share of the customers move halfway through their orders, each later "
-        "order going to another restaurant of the same category (a log whose customers' favourites change; "
-        "default 0)",
+        help="with --write-order-log: this share of the customers move house halfway through their orders, each "
+        "later order going to the restaurant of the same category as near the new home as the world's choice was "
+        "to the old one (a log whose customers' favourites change; default 0)",
     )
     parser.add_argument(
         "--column",
@@ -591,7 +591,7 @@ def write_stand_in(args: argparse.Namespace) -> None:
         log, oracle = order_log_with_oracle(args.seed, TRAIN_SHARE, loyalty_beta=args.loyalty_beta)
     write_order_log(args.write_order_log, log)
     a, b = args.loyalty_beta
-    moving = f", {args.movers:.0%} of the customers moving halfway" if args.movers else ""
+    moving = f", {args.movers:.0%} of the customers moving house halfway" if args.movers else ""
     print(
         f"wrote {len(log):,} orders of {log['user_id'].nunique():,} customers at "
         f"{log['merchant_id'].nunique():,} restaurants to {args.write_order_log} (loyalty Beta({a:g}, {b:g}), "
