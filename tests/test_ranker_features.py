@@ -110,3 +110,45 @@ def test_ease_scores_the_users_recency_weighted_items(features):
     assert not [column for column in features.columns if column.startswith("ease_of_recent_items")]
     with pytest.raises(ValueError, match="needs an EASE generator"):
         RankerRecommender({"popularity": PopularityRecommender()}, ease_of_recent_items=True)
+
+
+def test_distance_from_the_users_recent_orders_follows_a_move(features):
+    # u3 orders twice at m1, then moves 1 degree north and orders twice at m3.
+    moved = pd.DataFrame(
+        {
+            "user_id": ["u3"] * 4,
+            "item_id": ["m1", "m1", "m3", "m3"],
+            "event_time": [MONDAY + pd.Timedelta(days=d, hours=12) for d in range(4)],
+        }
+    )
+    users = pd.DataFrame({"home_zone": ["A", "B", "A"]}, index=pd.Index(["u1", "u2", "u3"], name="user_id"))
+    ranker = RankerRecommender(
+        {"popularity": PopularityRecommender()},
+        item_context=ITEMS,
+        user_context=users,
+        distance_from_recent_orders=True,
+    )
+    frame = ranker._index(
+        pd.concat([ORDERS, moved]),
+        users=users.index,
+        items=ITEMS.index,
+        user_col="user_id",
+        item_col="item_id",
+        time_col="event_time",
+    )
+    rows, cols, table = ranker._candidates(ranker._fit_stage(frame), np.arange(3), exclude_seen=False)
+    table.index = pd.MultiIndex.from_arrays([users.index[rows], ITEMS.index[cols]], names=["user", "merchant"])
+    # At the middle half-life, four orders, the later orders at m3 weigh 1 and 0.5 ** (1 / 4), the earlier at m1
+    # 0.5 ** (2 / 4) and 0.5 ** (3 / 4): the recent place is that far north of m1 and short of m3.
+    at_m3 = 1 + 0.5**0.25
+    at_m1 = 0.5**0.5 + 0.5**0.75
+    north = at_m3 / (at_m3 + at_m1)
+    km_per_degree = 111.195
+    u3_m3 = table.loc[("u3", "m3")]
+    assert u3_m3["distance_km_recent"] == pytest.approx((1 - north) * km_per_degree, rel=1e-3)
+    assert u3_m3["distance_km"] == pytest.approx(0.5 * km_per_degree, rel=1e-3)  # halfway over all the orders
+    assert table.loc[("u3", "m1"), "distance_km_recent"] == pytest.approx(north * km_per_degree, rel=1e-3)
+    # u1 never moved: both distances agree.
+    assert table.loc[("u1", "m3"), "distance_km_recent"] == pytest.approx(table.loc[("u1", "m3"), "distance_km"])
+    # Off by default (the fixture's ranker).
+    assert "distance_km_recent" not in features.columns

@@ -513,6 +513,12 @@ def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(mon
     # EASE's score of the recent items is a discovery feature.
     assert not ranker.ease_of_recent_items
     assert ranking.build_ranker(chosen, "discovery", 0, 1, item_categories=None, **inputs).ease_of_recent_items
+    # The distance from the recent orders' place, in both modes of a log that places its restaurants.
+    assert not ranker.distance_from_recent_orders
+    places = pd.DataFrame({"lat": 25.0, "lng": 51.5}, index=pd.Index(items, name="item_id"))
+    for mode in ("winback", "discovery"):
+        placed = {**inputs, "item_locations": places}
+        assert ranking.build_ranker(chosen, mode, 0, 1, item_categories=None, **placed).distance_from_recent_orders
 
     monkeypatch.setattr(ranking, "RANKER_TUNING_MAX_INTERACTIONS", len(train) // 2)
     assert ranking.tune(train, users, items, "discovery", 0, 1, inputs, None)["ranker"] == ranking.DEFAULTS["ranker"]

@@ -537,6 +537,8 @@ def build_ranker(
         own_items_by_count=ranker_params.get("own_items_by_count", True),
         # Discovery only: in winback and on the pipeline's world the features cost NDCG@10 (BENCHMARKS.md).
         ease_of_recent_items=mode == DISCOVERY,
+        # Both modes, where the log places its restaurants (without places the feature would be empty).
+        distance_from_recent_orders=item_locations is not None,
         prior_generator=prior_generator,
         prior_weight=DISCOVERY_PRIOR_WEIGHT,
         num_threads=threads,

@@ -276,6 +276,7 @@ class _Stage:
     similarity: sp.csr_matrix  # item x its top neighbours
     similarity_to: sp.csr_matrix  # the transpose: row i holds every item's similarity to item i
     user_locations: np.ndarray  # (users, 2): interaction-weighted mean (lat, lng) of their items, NaN if unknown
+    recent_user_locations: np.ndarray | None  # the same weighted by recency (the middle half-life), if asked for
     user_price_levels: np.ndarray  # interaction-weighted mean price level of their items, NaN if unknown
     recent_category_shares: sp.csr_matrix | None  # users x categories: shares of recency-weighted interactions
 
@@ -304,6 +305,10 @@ class RankerRecommender(Recommender):
     similarity features; it needs an EASE generator): on MovieLens and on the order logs without categories it
     raised discovery NDCG@10; on the order logs with categories, in winback and on the pipeline's world it cost a
     little (BENCHMARKS.md).
+
+    ``distance_from_recent_orders`` adds the distance from the recency-weighted mean place of the user's orders (the
+    middle half-life) to the item (``distance_km_recent``), beside the distance from the mean place of all of them: a
+    customer who moves house orders near the new home (BENCHMARKS.md).
 
     ``prior_generator`` starts every booster from that generator's order instead of from nothing: its init score
     is ``-prior_weight * log2(1 + the item's rank in the generator's list)``, so the trees learn corrections to the
@@ -334,6 +339,7 @@ class RankerRecommender(Recommender):
         bagged_boosters: int = 1,
         own_items_by_count: bool = True,
         ease_of_recent_items: bool = False,
+        distance_from_recent_orders: bool = False,
         prior_generator: str | None = None,
         prior_weight: float = 0.5,
         num_threads: int = 2,
@@ -376,6 +382,7 @@ class RankerRecommender(Recommender):
         self.bagged_boosters = bagged_boosters
         self.own_items_by_count = own_items_by_count
         self.ease_of_recent_items = ease_of_recent_items
+        self.distance_from_recent_orders = distance_from_recent_orders
         self.prior_generator = prior_generator
         self.prior_weight = prior_weight
         self.num_threads = num_threads
@@ -392,6 +399,7 @@ class RankerRecommender(Recommender):
         state.setdefault("own_items_by_count", False)
         state.setdefault("prior_generator", None)
         state.setdefault("ease_of_recent_items", False)
+        state.setdefault("distance_from_recent_orders", False)
         self.__dict__.update(state)
 
     def fit(
@@ -553,6 +561,14 @@ class RankerRecommender(Recommender):
             user_locations=np.column_stack(
                 [_weighted_mean(history.user_items, self._item_locations[:, k]) for k in range(2)]
             ),
+            recent_user_locations=np.column_stack(
+                [
+                    _weighted_mean(history.recent_user_items[self._middle_half_life], self._item_locations[:, k])
+                    for k in range(2)
+                ]
+            )
+            if self.distance_from_recent_orders
+            else None,
             user_price_levels=_weighted_mean(history.user_items, self._item_price_levels),
             recent_category_shares=None
             if affinity is None
@@ -736,7 +752,7 @@ class RankerRecommender(Recommender):
     def _context_features(self, stage: _Stage, rows: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
         history = stage.history
         user_zone, item_zone = self._user_zones[rows], self._item_zones[cols]
-        return {
+        features = {
             "daypart_match": _habit_match(history.user_hours[rows], history.item_hours[cols], history.hour_shares),
             "weekday_match": _habit_match(
                 history.user_weekdays[rows], history.item_weekdays[cols], history.weekday_shares
@@ -745,6 +761,11 @@ class RankerRecommender(Recommender):
             "distance_km": _haversine_km(stage.user_locations[rows], self._item_locations[cols]),
             "price_level_gap": np.abs(self._item_price_levels[cols] - stage.user_price_levels[rows]),
         }
+        if self.distance_from_recent_orders:
+            features["distance_km_recent"] = _haversine_km(
+                stage.recent_user_locations[rows], self._item_locations[cols]
+            )
+        return features
 
     def score(self, user_indices: np.ndarray, exclude_seen: bool = True) -> np.ndarray:
         """Ranker scores on each user's candidates, -inf for items that are not candidates."""
