@@ -759,12 +759,13 @@ class RankerRecommender(Recommender):
             ),
             "zone_match": np.where((user_zone >= 0) & (item_zone >= 0), user_zone == item_zone, np.nan),
             "distance_km": _haversine_km(stage.user_locations[rows], self._item_locations[cols]),
-            "price_level_gap": np.abs(self._item_price_levels[cols] - stage.user_price_levels[rows]),
         }
+        # Beside distance_km: the columns' order is part of a booster's seeded feature sampling.
         if self.distance_from_recent_orders:
             features["distance_km_recent"] = _haversine_km(
                 stage.recent_user_locations[rows], self._item_locations[cols]
             )
+        features["price_level_gap"] = np.abs(self._item_price_levels[cols] - stage.user_price_levels[rows])
         return features
 
     def score(self, user_indices: np.ndarray, exclude_seen: bool = True) -> np.ndarray:
