@@ -18,6 +18,7 @@ from ml.cli import main as rekindle
 from ml.recommend import temporal_split
 from ml.recommend.content import co_ordered_groups
 from ml.recommend.metrics import ranking_report
+from ml.synthetic.world import plane_km
 
 MODELS = ["random", "popularity", "cosine", "als", "ease", "user_knn", "category", "ranker"]
 WINBACK_BASELINES = ["own most frequent", "own most recent"]
@@ -526,8 +527,8 @@ def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(mon
 
 def _centres_and_spreads(orders: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """Per customer, the mean place of their orders' restaurants and their mean distance from it, in km."""
-    km = orders[["lat", "lng"]] * [111.2, 111.2 * np.cos(np.radians(orders["lat"].mean()))]
-    km["user_id"] = orders["user_id"].to_numpy()
-    centres = km.groupby("user_id")[["lat", "lng"]].mean()
-    offsets = km[["lat", "lng"]].to_numpy() - centres.loc[km["user_id"]].to_numpy()
+    east, north = plane_km(orders["lat"].to_numpy(), orders["lng"].to_numpy())
+    km = pd.DataFrame({"east": east, "north": north, "user_id": orders["user_id"].to_numpy()})
+    centres = km.groupby("user_id")[["east", "north"]].mean()
+    offsets = km[["east", "north"]].to_numpy() - centres.loc[km["user_id"]].to_numpy()
     return centres, pd.Series(np.hypot(*offsets.T)).groupby(km["user_id"].to_numpy()).mean()

@@ -18,7 +18,7 @@ import pandas as pd
 from ml.recommend.modes import DISCOVERY, WINBACK
 from ml.recommend.split import temporal_split
 from ml.synthetic.marketplace import LOYALTY_BETA, generate_marketplace
-from ml.synthetic.world import MarketSimulator, OrderObserver
+from ml.synthetic.world import MarketSimulator, OrderObserver, plane_km
 
 ORDER_LOG_COLUMNS = ["user_id", "merchant_id", "event_time", "category", "lat", "lng"]
 # About 80% of the generated users order in the window, so this many give about 600 customers.
@@ -81,7 +81,7 @@ def with_movers(log: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
     customers = log["user_id"].unique()
     movers = np.sort(rng.choice(customers, round(share * len(customers)), replace=False))
     restaurants = log.groupby("merchant_id")[["category", "lat", "lng"]].first()
-    places = _planar(restaurants[["lat", "lng"]].to_numpy(np.float64))
+    places = np.column_stack(plane_km(restaurants["lat"].to_numpy(), restaurants["lng"].to_numpy()))
     by_category = [np.flatnonzero(restaurants["category"].to_numpy() == c) for c in restaurants["category"].unique()]
     index_of = pd.Series(np.arange(len(restaurants)), index=restaurants.index)
     orders = log.sort_values("event_time", kind="mergesort")
@@ -107,12 +107,6 @@ def with_movers(log: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
         .sort_values(["event_time", "user_id", "merchant_id"], kind="mergesort")
         .reset_index(drop=True)[ORDER_LOG_COLUMNS]
     )
-
-
-def _planar(lat_lng: np.ndarray) -> np.ndarray:
-    """(lat, lng) in degrees as points on a plane in km, near enough over one city to compare distances."""
-    lat, lng = np.radians(lat_lng).T
-    return 6371.0 * np.column_stack([lat, lng * np.cos(lat.mean())])
 
 
 def _generate(seed: int, order_observer: OrderObserver | None, loyalty_beta: tuple[float, float]) -> pd.DataFrame:

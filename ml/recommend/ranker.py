@@ -558,14 +558,9 @@ class RankerRecommender(Recommender):
             affinity=affinity,
             similarity=similarity,
             similarity_to=similarity.T.tocsr(),
-            user_locations=np.column_stack(
-                [_weighted_mean(history.user_items, self._item_locations[:, k]) for k in range(2)]
-            ),
-            recent_user_locations=np.column_stack(
-                [
-                    _weighted_mean(history.recent_user_items[self._middle_half_life], self._item_locations[:, k])
-                    for k in range(2)
-                ]
+            user_locations=_weighted_mean(history.user_items, self._item_locations),
+            recent_user_locations=_weighted_mean(
+                history.recent_user_items[self._middle_half_life], self._item_locations
             )
             if self.distance_from_recent_orders
             else None,
@@ -926,7 +921,8 @@ def _item_similarity(user_items: sp.csr_matrix, fitted_generators) -> sp.csr_mat
 
 
 def _weighted_mean(user_items: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
-    """Per user, the mean of ``values`` over their items weighted by interactions, NaN-valued items skipped."""
+    """Per user, the mean of ``values`` (one per item, or one row per item) over their items weighted by
+    interactions, NaN values skipped."""
     known = np.isfinite(values)
     total = user_items @ np.where(known, values, 0.0)
     weight = user_items @ known.astype(np.float64)
