@@ -152,3 +152,31 @@ def test_distance_from_the_users_recent_orders_follows_a_move(features):
     assert table.loc[("u1", "m3"), "distance_km_recent"] == pytest.approx(table.loc[("u1", "m3"), "distance_km"])
     # Off by default (the fixture's ranker).
     assert "distance_km_recent" not in features.columns
+
+
+def test_transitions_count_what_followed_each_item_in_the_same_users_sequence(features):
+    ranker = RankerRecommender(
+        {"popularity": PopularityRecommender()},
+        item_context=ITEMS,
+        user_context=USERS,
+        transitions_from_recent_items=True,
+    )
+    frame = ranker._index(
+        ORDERS, users=USERS.index, items=ITEMS.index, user_col="user_id", item_col="item_id", time_col="event_time"
+    )
+    stage = ranker._fit_stage(frame)
+    # u1 ordered m1, m1, m2, m1; the next order counts 1, the one after 1/2, the third 1/3. After m1: m1 1 + 1/2
+    # + 1/3 and m2 1 + 1/2; after m2: m1. u2's m3, m3 follow nothing of u1's, though they come next in the log.
+    after_m1 = np.array([1 + 1 / 2 + 1 / 3, 1 + 1 / 2, 0, 0])
+    expected = np.vstack([after_m1 / after_m1.sum(), [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_allclose(stage.transitions.toarray(), expected, rtol=1e-6)
+    rows, cols, table = ranker._candidates(stage, np.arange(2), exclude_seen=False)
+    table.index = pd.MultiIndex.from_arrays([USERS.index[rows], ITEMS.index[cols]], names=["user", "merchant"])
+    # At a half-life of one order u1's orders weigh 1.375 at m1 and 0.5 at m2 (as for EASE's score above).
+    u1_recent = np.array([1.375, 0.5, 0.0, 0.0])
+    for merchant, column in (("m1", 0), ("m2", 1), ("m3", 2)):
+        value = table.loc[("u1", merchant), "transitions_from_recent_items_hl1"]
+        assert value == pytest.approx(u1_recent @ expected[:, column], rel=1e-5)
+    assert table.loc[("u1", "m3"), "transitions_from_recent_items_hl1"] == 0
+    # Off by default (the fixture's ranker).
+    assert not [column for column in features.columns if column.startswith("transitions")]

@@ -521,8 +521,39 @@ def test_tuning_picks_the_rankers_settings_on_validation_only_for_small_logs(mon
         placed = {**inputs, "item_locations": places}
         assert ranking.build_ranker(chosen, mode, 0, 1, item_categories=None, **placed).distance_from_recent_orders
 
+    # Then validation says whether the ranker sees what followed what: only for a gain of two standard errors.
+    (line,) = [line for line in err.splitlines() if "ranker with transitions from the recent items" in line]
+    gain, standard_error = map(float, re.search(r"gain ([-+0-9.]+), standard error ([0-9.]+)", line).groups())
+    kept = gain > ranking.TRANSITIONS_MIN_STANDARD_ERRORS * standard_error
+    assert ("kept" in line) == kept and ("left out" in line) == (not kept)
+    assert chosen["ranker"].get("transitions_from_recent_items", False) == kept
+
+    # A larger log keeps the ranker's default settings; validation still chooses the transitions.
     monkeypatch.setattr(ranking, "RANKER_TUNING_MAX_INTERACTIONS", len(train) // 2)
-    assert ranking.tune(train, users, items, "discovery", 0, 1, inputs, None)["ranker"] == ranking.DEFAULTS["ranker"]
+    larger = ranking.tune(train, users, items, "discovery", 0, 1, inputs, None)["ranker"]
+    assert {key: value for key, value in larger.items() if key != "transitions_from_recent_items"} == (
+        ranking.DEFAULTS["ranker"]
+    )
+
+
+def test_tuning_turns_the_transitions_on_where_each_order_follows_from_the_last():
+    # 40 restaurants; after restaurant i a customer orders at next_of[i] four times in five, else anywhere. Each
+    # customer orders daily at most of the 40, so who ordered what together says little; what came last says much.
+    rng = np.random.default_rng(5)
+    next_of = rng.permutation(40)
+    rows = []
+    for user in range(120):
+        item = int(rng.integers(40))
+        for day in range(30):
+            rows.append((f"c{user}", f"r{item:02d}", 1_700_000_000 + day * 86_400 + user))
+            item = int(next_of[item]) if rng.random() < 0.8 else int(rng.integers(40))
+    log = pd.DataFrame(rows, columns=["user_id", "item_id", "event_time"])
+    train, _ = temporal_split(log, ranking.TRAIN_SHARE)
+    users, items = sorted(log["user_id"].unique()), sorted(log["item_id"].unique())
+    inputs = {"candidates": 20, "bagged_boosters": 1, "item_locations": None}
+    chosen = ranking.tune(train, users, items, "winback", 0, 1, inputs, log_categories=None)
+    assert chosen["ranker"]["transitions_from_recent_items"] is True
+    assert ranking.build_ranker(chosen, "winback", 0, 1, item_categories=None, **inputs).transitions_from_recent_items
 
 
 def _centres_and_spreads(orders: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:

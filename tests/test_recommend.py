@@ -374,15 +374,15 @@ def test_a_ranker_pickled_with_one_booster_per_mode_still_scores(drifting_ranker
     state = dict(ranker.__dict__)
     state["boosters"] = {mode: boosters[0] for mode, boosters in ranker.boosters.items()}
     del state["bagged_boosters"], state["prior_generator"], state["prior_weight"], state["ease_of_recent_items"]
-    del state["distance_from_recent_orders"]
+    del state["distance_from_recent_orders"], state["transitions_from_recent_items"]
     state["stage"] = copy.copy(ranker.stage)
-    del state["stage"].recent_user_locations  # a stage pickled before the recent places
+    del state["stage"].recent_user_locations, state["stage"].transitions  # a stage pickled before them
     earlier = RankerRecommender.__new__(RankerRecommender)
     earlier.__setstate__(state)
     users = np.arange(6)
     np.testing.assert_array_equal(earlier.recommend(users, n=5)[0], ranker.recommend(users, n=5)[0])
     assert earlier.bagged_boosters == 1 and earlier.prior_generator is None and not earlier.ease_of_recent_items
-    assert not earlier.distance_from_recent_orders
+    assert not earlier.distance_from_recent_orders and not earlier.transitions_from_recent_items
 
 
 def test_a_ranker_with_a_prior_starts_its_boosters_from_that_generators_order():

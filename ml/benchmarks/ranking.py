@@ -46,7 +46,7 @@ from ml.recommend import (
     temporal_split,
     unix_seconds,
 )
-from ml.recommend.metrics import ranking_report
+from ml.recommend.metrics import ndcg_at_k, ranking_report
 from ml.recommend.modes import DISCOVERY, MODES, WINBACK, exclude_seen
 from ml.synthetic.marketplace import LOYALTY_BETA
 
@@ -132,6 +132,9 @@ WINBACK_OWN_ITEM_ORDERS = ({"own_items_by_count": True}, {"own_items_by_count": 
 # a few hundred new-item orders are too few to re-learn it, and started from nothing they ranked below EASE on the
 # stand-in logs without categories. With categories it made no difference on average; on MovieLens 100K (more than
 # a small log) it cost NDCG (BENCHMARKS.md).
+# The ranker's transition features are kept where they raise validation NDCG@10 by at least this many standard
+# errors of the per-user difference.
+TRANSITIONS_MIN_STANDARD_ERRORS = 2.0
 DISCOVERY_PRIOR = "ease"
 DISCOVERY_PRIOR_WEIGHT = 0.5
 RANKER_TUNING_MAX_INTERACTIONS = 50_000
@@ -451,9 +454,11 @@ def tune(
     ranker_inputs: dict,
     log_categories: pd.Series | None,
 ) -> dict[str, dict]:
-    """Grid search per generator on the last 20% of each user's train interactions; on a small log, then the
-    ranker's ``RANKER_GRID`` over the chosen generators (``ranker_inputs``: build_ranker's keyword arguments but
-    the item categories, which ``item_categories`` makes from ``log_categories`` and the inner train split)."""
+    """Grid search per generator on the last 20% of each user's train interactions; then the ranker over the chosen
+    generators: on a small log its ``RANKER_GRID`` (else its defaults), in winback both orders of the user's own
+    items, and on the best of those whether to add the transition features (``ranker_inputs``: build_ranker's
+    keyword arguments but the item categories, which ``item_categories`` makes from ``log_categories`` and the
+    inner train split)."""
     inner_train, validation = temporal_split(train, TRAIN_SHARE)
     matrix = InteractionMatrix.from_frame(inner_train, users=users, items=items)
     relevant = held_out_relevance(inner_train, validation, mode)
@@ -479,36 +484,61 @@ def tune(
             f"[ranking] tuned over {len(scored)} settings: {_label(name, chosen[name])}, validation NDCG@10 "
             f"{ndcg:.4f} ({time.perf_counter() - started:.0f}s)"
         )
-    if is_small_log(train):
-        categories = item_categories(matrix, log_categories, seed)
+    categories = item_categories(matrix, log_categories, seed)
+
+    def validation_scores(settings: dict) -> list[tuple[np.ndarray, dict]]:
+        """The ranker's validation NDCG@10 per user on ``settings``; in winback once per order of the user's own
+        items."""
+        ranker = build_ranker(
+            {**chosen, "ranker": settings},
+            mode=mode,
+            seed=seed,
+            threads=threads,
+            item_categories=categories,
+            **ranker_inputs,
+        )
+        ranker.fit(inner_train, users=users, items=items)
+        # Winback lists order the user's own items by their counts or as the booster scores them: a choice of the
+        # lists, not of the fit, so one fit is scored both ways (counts first, so they win a tie).
         scored = []
-        settings_grid = list(itertools.product(*RANKER_GRID.values()))
-        for number, values in enumerate(settings_grid, start=1):
-            started = time.perf_counter()
-            settings = dict(zip(RANKER_GRID, values))
-            ranker = build_ranker(
-                {**chosen, "ranker": settings},
-                mode=mode,
-                seed=seed,
-                threads=threads,
-                item_categories=categories,
-                **ranker_inputs,
-            )
-            ranker.fit(inner_train, users=users, items=items)
-            # Winback lists order the user's own items by their counts or as the booster scores them: a choice of
-            # the lists, not of the fit, so one fit is scored both ways (counts first, so they win a tie).
-            fitted = []
-            for own_order in WINBACK_OWN_ITEM_ORDERS if mode == WINBACK else ({},):
-                ranker.own_items_by_count = own_order.get("own_items_by_count", True)
-                listed = recommend_ids(ranker, ranker.matrix, eval_users, mode)
-                ndcg = ranking_report(listed, relevant, len(items), ks=(K,))["ndcg@10"]
-                fitted.append((ndcg, {**settings, **own_order}))
-            scored += fitted
-            progress(
-                f"[ranking] ranker settings {number}/{len(settings_grid)} {settings}: validation NDCG@10 "
-                f"{max(ndcg for ndcg, _ in fitted):.4f} ({time.perf_counter() - started:.0f}s)"
-            )
-        chosen["ranker"] = max(scored, key=lambda pair: pair[0])[1]
+        for own_order in WINBACK_OWN_ITEM_ORDERS if mode == WINBACK else ({},):
+            ranker.own_items_by_count = own_order.get("own_items_by_count", True)
+            listed = recommend_ids(ranker, ranker.matrix, eval_users, mode)
+            per_user = np.array([ndcg_at_k(listed[user], relevant[user], K) for user in eval_users])
+            scored.append((per_user, {**settings, **own_order}))
+        return scored
+
+    settings_grid = (
+        [dict(zip(RANKER_GRID, values)) for values in itertools.product(*RANKER_GRID.values())]
+        if is_small_log(train)
+        else [DEFAULTS["ranker"]]
+    )
+    scored = []
+    for number, settings in enumerate(settings_grid, start=1):
+        started = time.perf_counter()
+        fitted = validation_scores(settings)
+        scored += fitted
+        progress(
+            f"[ranking] ranker settings {number}/{len(settings_grid)} {settings}: validation NDCG@10 "
+            f"{max(per_user.mean() for per_user, _ in fitted):.4f} ({time.perf_counter() - started:.0f}s)"
+        )
+    best, best_settings = max(scored, key=lambda pair: pair[0].mean())
+    # Then, on the best settings, whether what followed what in the users' sequences helps: kept only for a gain of
+    # at least TRANSITIONS_MIN_STANDARD_ERRORS standard errors of the per-user difference, since on logs without
+    # such order the features cost NDCG while validation, by chance, scored them a little higher (BENCHMARKS.md).
+    started = time.perf_counter()
+    with_transitions, with_settings = max(
+        validation_scores({**best_settings, "transitions_from_recent_items": True}), key=lambda pair: pair[0].mean()
+    )
+    gain = with_transitions - best
+    standard_error = gain.std(ddof=1) / math.sqrt(len(gain)) if len(gain) > 1 else math.inf
+    keep = gain.mean() > TRANSITIONS_MIN_STANDARD_ERRORS * standard_error
+    progress(
+        f"[ranking] ranker with transitions from the recent items: validation NDCG@10 {with_transitions.mean():.4f} "
+        f"against {best.mean():.4f} (gain {gain.mean():+.4f}, standard error {standard_error:.4f}: "
+        f"{'kept' if keep else 'left out'}; {time.perf_counter() - started:.0f}s)"
+    )
+    chosen["ranker"] = with_settings if keep else best_settings
     return chosen
 
 
@@ -539,6 +569,7 @@ def build_ranker(
         ease_of_recent_items=mode == DISCOVERY,
         # Both modes, where the log places its restaurants (without places the feature would be empty).
         distance_from_recent_orders=item_locations is not None,
+        transitions_from_recent_items=ranker_params.get("transitions_from_recent_items", False),
         prior_generator=prior_generator,
         prior_weight=DISCOVERY_PRIOR_WEIGHT,
         num_threads=threads,

@@ -46,6 +46,9 @@ _EARTH_RADIUS_KM = 6371.0
 # Half-lives in days of the time-decayed order counts per (user, merchant), measured back from the user's last
 # order: a favourite of last month outranks one of last year even with fewer orders.
 _DECAY_HALF_LIFE_DAYS = (7.0, 30.0, 90.0)
+# The transition features count, for each interaction, the user's next this many interactions as following it
+# (the d-th next weighted 1 / d).
+_TRANSITION_LAGS = 3
 
 # Features that can be left out together (``without_features``), for ablations; a name also covers the
 # features it prefixes ("user_item_decayed" covers "user_item_decayed_7d", ...).
@@ -279,6 +282,7 @@ class _Stage:
     recent_user_locations: np.ndarray | None  # the same weighted by recency (the middle half-life), if asked for
     user_price_levels: np.ndarray  # interaction-weighted mean price level of their items, NaN if unknown
     recent_category_shares: sp.csr_matrix | None  # users x categories: shares of recency-weighted interactions
+    transitions: sp.csr_matrix | None  # item i x item j: the share of what followed i that was j, if asked for
 
 
 class RankerRecommender(Recommender):
@@ -310,6 +314,10 @@ class RankerRecommender(Recommender):
     middle half-life) to the item (``distance_km_recent``), beside the distance from the mean place of all of them: a
     customer who moves house orders near the new home (BENCHMARKS.md).
 
+    ``transitions_from_recent_items`` adds, per candidate, how often it came next after the user's recency-weighted
+    items in all users' time-ordered interactions (``item_transitions``): what follows what, where the similarity
+    features say only what goes together (BENCHMARKS.md).
+
     ``prior_generator`` starts every booster from that generator's order instead of from nothing: its init score
     is ``-prior_weight * log2(1 + the item's rank in the generator's list)``, so the trees learn corrections to the
     generator and early stopping keeps its order where they find none. On a few hundred users a booster started
@@ -340,6 +348,7 @@ class RankerRecommender(Recommender):
         own_items_by_count: bool = True,
         ease_of_recent_items: bool = False,
         distance_from_recent_orders: bool = False,
+        transitions_from_recent_items: bool = False,
         prior_generator: str | None = None,
         prior_weight: float = 0.5,
         num_threads: int = 2,
@@ -383,6 +392,7 @@ class RankerRecommender(Recommender):
         self.own_items_by_count = own_items_by_count
         self.ease_of_recent_items = ease_of_recent_items
         self.distance_from_recent_orders = distance_from_recent_orders
+        self.transitions_from_recent_items = transitions_from_recent_items
         self.prior_generator = prior_generator
         self.prior_weight = prior_weight
         self.num_threads = num_threads
@@ -400,6 +410,7 @@ class RankerRecommender(Recommender):
         state.setdefault("prior_generator", None)
         state.setdefault("ease_of_recent_items", False)
         state.setdefault("distance_from_recent_orders", False)
+        state.setdefault("transitions_from_recent_items", False)
         self.__dict__.update(state)
 
     def fit(
@@ -568,6 +579,9 @@ class RankerRecommender(Recommender):
             recent_category_shares=None
             if affinity is None
             else _category_shares(history.recent_user_items[self._middle_half_life], affinity.item_codes),
+            transitions=item_transitions(users, items, times, self.matrix.shape[1])
+            if self.transitions_from_recent_items
+            else None,
         )
 
     @property
@@ -625,6 +639,11 @@ class RankerRecommender(Recommender):
             weights = next(g.weights for g in stage.generators.values() if isinstance(g, EASERecommender))
             similarities.update(
                 (f"ease_of_recent_items_hl{half_life:g}", np.asarray(recent @ weights))
+                for half_life, recent in recent_items.items()
+            )
+        if self.transitions_from_recent_items:
+            similarities.update(
+                (f"transitions_from_recent_items_hl{half_life:g}", np.asarray((recent @ stage.transitions).todense()))
                 for half_life, recent in recent_items.items()
             )
         result = {}
@@ -918,6 +937,24 @@ def _item_similarity(user_items: sp.csr_matrix, fitted_generators) -> sp.csr_mat
         ):
             return generator.similarity
     return keep_top_per_row(cosine_similarity(user_items), _SIMILAR_NEIGHBOURS)
+
+
+def item_transitions(users: np.ndarray, items: np.ndarray, times: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """items x items: row i holds what followed i in the users' time-ordered interactions, as shares of the row.
+    Each interaction's next ``_TRANSITION_LAGS`` interactions of the same user count, the d-th next 1 / d."""
+    order = np.lexsort((items, times, users))
+    users, items = users[order], items[order]
+    sources, targets, weights = [], [], []
+    for lag in range(1, _TRANSITION_LAGS + 1):
+        same_user = np.flatnonzero(users[lag:] == users[:-lag])
+        sources.append(items[same_user])
+        targets.append(items[same_user + lag])
+        weights.append(np.full(len(same_user), 1.0 / lag))
+    counts = sp.csr_matrix(
+        (np.concatenate(weights), (np.concatenate(sources), np.concatenate(targets))), shape=(n_items, n_items)
+    )
+    counts.sum_duplicates()
+    return rows_divided(counts, np.asarray(counts.sum(axis=1)).ravel()).astype(np.float32)
 
 
 def _weighted_mean(user_items: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
