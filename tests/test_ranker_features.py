@@ -31,17 +31,24 @@ ITEMS = pd.DataFrame(
 USERS = pd.DataFrame({"home_zone": ["A", "B"]}, index=pd.Index(["u1", "u2"], name="user_id"))
 
 
+def winback_features(
+    ranker: RankerRecommender, orders: pd.DataFrame = ORDERS, users: pd.DataFrame = USERS
+) -> tuple[object, pd.DataFrame]:
+    """The ranker's stage on ``orders`` and the features of every (user, merchant) pair, as it builds them for
+    scoring in winback mode, indexed by (user, merchant)."""
+    frame = ranker._index(
+        orders, users=users.index, items=ITEMS.index, user_col="user_id", item_col="item_id", time_col="event_time"
+    )
+    stage = ranker._fit_stage(frame)
+    rows, cols, table = ranker._candidates(stage, np.arange(len(users)), exclude_seen=False)
+    table.index = pd.MultiIndex.from_arrays([users.index[rows], ITEMS.index[cols]], names=["user", "merchant"])
+    return stage, table
+
+
 @pytest.fixture(scope="module")
 def features() -> pd.DataFrame:
     ranker = RankerRecommender({"popularity": PopularityRecommender()}, item_context=ITEMS, user_context=USERS)
-    # The features of every (user, merchant) pair, as the ranker builds them for scoring in winback mode.
-    frame = ranker._index(
-        ORDERS, users=USERS.index, items=ITEMS.index, user_col="user_id", item_col="item_id", time_col="event_time"
-    )
-    stage = ranker._fit_stage(frame)
-    rows, cols, table = ranker._candidates(stage, np.arange(2), exclude_seen=False)
-    table.index = pd.MultiIndex.from_arrays([USERS.index[rows], ITEMS.index[cols]], names=["user", "merchant"])
-    return table
+    return winback_features(ranker)[1]
 
 
 def test_repeat_features(features):
@@ -76,10 +83,7 @@ def test_feature_groups_can_be_left_out():
         user_context=USERS,
         without_features=("context", "repeat"),
     )
-    frame = ranker._index(
-        ORDERS, users=USERS.index, items=ITEMS.index, user_col="user_id", item_col="item_id", time_col="event_time"
-    )
-    _, _, table = ranker._candidates(ranker._fit_stage(frame), np.arange(2), exclude_seen=False)
+    _, table = winback_features(ranker)
     left = {"distance_km", "zone_match", "daypart_match", "user_item_interactions", "user_item_decayed_7d"}
     assert not left & set(table.columns)
     assert "popularity_score" in table.columns
@@ -93,11 +97,7 @@ def test_ease_scores_the_users_recency_weighted_items(features):
     ranker = RankerRecommender(
         {"ease": EASERecommender(l2=1.0)}, item_context=ITEMS, user_context=USERS, ease_of_recent_items=True
     )
-    frame = ranker._index(
-        ORDERS, users=USERS.index, items=ITEMS.index, user_col="user_id", item_col="item_id", time_col="event_time"
-    )
-    rows, cols, table = ranker._candidates(ranker._fit_stage(frame), np.arange(2), exclude_seen=False)
-    table.index = pd.MultiIndex.from_arrays([USERS.index[rows], ITEMS.index[cols]], names=["user", "merchant"])
+    _, table = winback_features(ranker)
     # EASE on who ordered where: u1 at m1 and m2, u2 at m3.
     weights = EASERecommender(l2=1.0).fit(sp.csr_matrix([[1, 1, 0, 0], [0, 0, 1, 0]])).weights
     # At a half-life of one order u1's orders m1, m1, m2, m1 weigh 1/8 + 1/4 + 1 at m1 and 1/2 at m2.
@@ -128,16 +128,7 @@ def test_distance_from_the_users_recent_orders_follows_a_move(features):
         user_context=users,
         distance_from_recent_orders=True,
     )
-    frame = ranker._index(
-        pd.concat([ORDERS, moved]),
-        users=users.index,
-        items=ITEMS.index,
-        user_col="user_id",
-        item_col="item_id",
-        time_col="event_time",
-    )
-    rows, cols, table = ranker._candidates(ranker._fit_stage(frame), np.arange(3), exclude_seen=False)
-    table.index = pd.MultiIndex.from_arrays([users.index[rows], ITEMS.index[cols]], names=["user", "merchant"])
+    _, table = winback_features(ranker, pd.concat([ORDERS, moved]), users)
     # At the middle half-life, four orders, the later orders at m3 weigh 1 and 0.5 ** (1 / 4), the earlier at m1
     # 0.5 ** (2 / 4) and 0.5 ** (3 / 4): the recent place is that far north of m1 and short of m3.
     at_m3 = 1 + 0.5**0.25
@@ -161,17 +152,12 @@ def test_transitions_count_what_followed_each_item_in_the_same_users_sequence(fe
         user_context=USERS,
         transitions_from_recent_items=True,
     )
-    frame = ranker._index(
-        ORDERS, users=USERS.index, items=ITEMS.index, user_col="user_id", item_col="item_id", time_col="event_time"
-    )
-    stage = ranker._fit_stage(frame)
+    stage, table = winback_features(ranker)
     # u1 ordered m1, m1, m2, m1; the next order counts 1, the one after 1/2, the third 1/3. After m1: m1 1 + 1/2
     # + 1/3 and m2 1 + 1/2; after m2: m1. u2's m3, m3 follow nothing of u1's, though they come next in the log.
     after_m1 = np.array([1 + 1 / 2 + 1 / 3, 1 + 1 / 2, 0, 0])
     expected = np.vstack([after_m1 / after_m1.sum(), [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
     np.testing.assert_allclose(stage.transitions.toarray(), expected, rtol=1e-6)
-    rows, cols, table = ranker._candidates(stage, np.arange(2), exclude_seen=False)
-    table.index = pd.MultiIndex.from_arrays([USERS.index[rows], ITEMS.index[cols]], names=["user", "merchant"])
     # At a half-life of one order u1's orders weigh 1.375 at m1 and 0.5 at m2 (as for EASE's score above).
     u1_recent = np.array([1.375, 0.5, 0.0, 0.0])
     for merchant, column in (("m1", 0), ("m2", 1), ("m3", 2)):
