@@ -132,11 +132,12 @@ WINBACK_OWN_ITEM_ORDERS = ({"own_items_by_count": True}, {"own_items_by_count": 
 # a few hundred new-item orders are too few to re-learn it, and started from nothing they ranked below EASE on the
 # stand-in logs without categories. With categories it made no difference on average; on MovieLens 100K (more than
 # a small log) it cost NDCG (BENCHMARKS.md).
-# The ranker's transition features are kept where they raise validation NDCG@10 by at least this many standard
-# errors of the per-user difference.
-TRANSITIONS_MIN_STANDARD_ERRORS = 2.0
 DISCOVERY_PRIOR = "ease"
 DISCOVERY_PRIOR_WEIGHT = 0.5
+# The ranker's transition features are kept where they raise validation NDCG@10 by at least this many standard
+# errors of the per-user difference: on the stand-in logs, whose orders do not depend on the one before, validation
+# often scored them a little higher by chance and test lower (BENCHMARKS.md, "What came next").
+TRANSITIONS_MIN_STANDARD_ERRORS = 2.0
 RANKER_TUNING_MAX_INTERACTIONS = 50_000
 # Boosters averaged per ranker on those small logs, where one booster's seed moves NDCG@10 by several points.
 SMALL_LOG_BAGGED_BOOSTERS = 5
@@ -523,9 +524,7 @@ def tune(
             f"{max(per_user.mean() for per_user, _ in fitted):.4f} ({time.perf_counter() - started:.0f}s)"
         )
     best, best_settings = max(scored, key=lambda pair: pair[0].mean())
-    # Then, on the best settings, whether what followed what in the users' sequences helps: kept only for a gain of
-    # at least TRANSITIONS_MIN_STANDARD_ERRORS standard errors of the per-user difference, since on logs without
-    # such order the features cost NDCG while validation, by chance, scored them a little higher (BENCHMARKS.md).
+    # Then, on the best settings, whether what came next in the users' sequences helps, by a clear margin.
     started = time.perf_counter()
     with_transitions, with_settings = max(
         validation_scores({**best_settings, "transitions_from_recent_items": True}), key=lambda pair: pair[0].mean()
