@@ -386,6 +386,31 @@ def test_a_missing_column_is_named(tmp_path, capsys):
     assert "has no column event_time" in error and "when" in error
 
 
+@pytest.mark.parametrize("mode", ["winback", "discovery"])
+def test_a_log_too_small_to_benchmark_is_a_clear_error(mode, tmp_path, capsys):
+    path = tmp_path / "orders.csv"
+    rng = np.random.default_rng(0)
+
+    def write_log(orders_each: int) -> None:
+        users = np.repeat([f"c{user}" for user in range(6)], orders_each)
+        items = [f"r{item}" for item in rng.integers(0, 5, len(users))]
+        pd.DataFrame({"user_id": users, "item_id": items, "event_time": 1.7e9 + 3600.0 * np.arange(len(users))}).to_csv(
+            path, index=False
+        )
+
+    write_log(4)  # the last 20% of four interactions is none
+    assert rekindle(["benchmark", "ranking", "--interactions", str(path), "--mode", mode]) == 2
+    error = capsys.readouterr().err
+    assert f"has no {mode} test users" in error and "needs at least 5" in error
+
+    # Five: one held out, but the ranker's label windows inside the other four are empty.
+    write_log(5)
+    for extra, split in [([], "its validation split"), (["--no-tune"], "train")]:
+        assert rekindle(["benchmark", "ranking", "--interactions", str(path), "--mode", mode, *extra]) == 2
+        error = capsys.readouterr().err
+        assert f"too few interactions to train the ranker on {split}: no {mode} training groups" in error
+
+
 def test_a_real_logs_own_column_names_units_and_repeated_rows_are_read(tmp_path):
     ordered_at_ms = [1735725600000, 1735812000000, 1735732800000, 1735732800000, 1735740000000]
     frame = pd.DataFrame(

@@ -40,6 +40,7 @@ from ml.recommend import (
     RankerRecommender,
     RecentItemsRecommender,
     Recommender,
+    TooLittleHistoryError,
     UserKNNRecommender,
     co_ordered_groups,
     last_interaction_times,
@@ -653,6 +654,13 @@ def run(args: argparse.Namespace) -> int:
     items = sorted(frame["item_id"].unique())
     relevant = held_out_relevance(train, test, mode)
     test_users = np.array(sorted(relevant))
+    if not len(test_users):
+        raise UsageError(
+            f"{args.movielens or args.interactions} has no {mode} test users: the benchmark holds out the last "
+            f"{1 - TRAIN_SHARE:.0%} of each user's interactions, so a user needs at least "
+            f"{math.ceil(1 / (1 - TRAIN_SHARE) - 1e-9)}"
+            + (" and a held-out item they had not had before" if exclude_seen(mode) else "")
+        )
     matrix = InteractionMatrix.from_frame(train, users=users, items=items)
     log_categories = frame.groupby("item_id")["category"].first() if "category" in frame.columns else None
     categories = item_categories(matrix, log_categories, args.seed)
@@ -676,11 +684,14 @@ def run(args: argparse.Namespace) -> int:
         "item_locations": item_locations,
         "prior_generator": DISCOVERY_PRIOR if mode == DISCOVERY and small_log else None,
     }
-    params = (
-        tune(train, users, items, mode, args.seed, args.threads, ranker_inputs, log_categories)
-        if args.tune
-        else DEFAULTS
-    )
+    try:
+        params = (
+            tune(train, users, items, mode, args.seed, args.threads, ranker_inputs, log_categories)
+            if args.tune
+            else DEFAULTS
+        )
+    except TooLittleHistoryError as exc:
+        raise _too_little_history(args, "its validation split", exc) from None
     if args.tune:
         print(f"tuned on validation carved from train in {time.perf_counter() - started:.0f}s: {params}")
 
@@ -706,7 +717,10 @@ def run(args: argparse.Namespace) -> int:
     )
     progress("[ranking] fitting the ranker on train ...")
     started = time.perf_counter()
-    ranker.fit(train, users=users, items=items)
+    try:
+        ranker.fit(train, users=users, items=items)
+    except TooLittleHistoryError as exc:
+        raise _too_little_history(args, "train", exc) from None
     seconds = time.perf_counter() - started
     ranked = recommend_ids(ranker, ranker.matrix, test_users, mode)
     bagged = f", {ranker.bagged_boosters} bagged boosters" if ranker.bagged_boosters > 1 else ""
@@ -741,6 +755,12 @@ def run(args: argparse.Namespace) -> int:
         recs.to_csv(args.recs_out, index=False)
         print(f"wrote {len(recs):,} recommendations to {args.recs_out}")
     return 0
+
+
+def _too_little_history(args: argparse.Namespace, split: str, exc: TooLittleHistoryError) -> UsageError:
+    return UsageError(
+        f"{args.movielens or args.interactions}: too few interactions to train the ranker on {split}: {exc}"
+    )
 
 
 def _ratio(numerator: float, denominator: float) -> str:

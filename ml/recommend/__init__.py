@@ -20,6 +20,7 @@ _HOMES = {
     "RankerRecommender": "ml.recommend.ranker",
     "RecentItemsRecommender": "ml.recommend.repeat",
     "Recommender": "ml.recommend.base",
+    "TooLittleHistoryError": "ml.recommend.ranker",
     "UserKNNRecommender": "ml.recommend.userknn",
     "co_ordered_groups": "ml.recommend.content",
     "last_interaction_times": "ml.recommend.repeat",

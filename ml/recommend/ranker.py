@@ -103,6 +103,10 @@ REASONS = {
 }
 
 
+class TooLittleHistoryError(ValueError):
+    """The interactions give the ranker no training group: no sampled user has a label among their candidates."""
+
+
 @dataclass
 class History:
     """What the features may look at: interactions up to a point in time, as index arrays."""
@@ -246,6 +250,9 @@ def _ranks_of(keys: np.ndarray, listed: np.ndarray, listed_ranks: np.ndarray, un
 
 
 def _pair_lookup(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    if not len(rows):
+        # SciPy answers an empty look-up with an empty sparse matrix, not an empty array.
+        return np.empty(0, dtype=matrix.dtype)
     return np.asarray(matrix[rows, cols]).ravel()
 
 
@@ -454,7 +461,7 @@ class RankerRecommender(Recommender):
 
     def _train_booster(self, train: tuple, valid: tuple, mode: str, seed: int) -> lgb.Booster:
         if not len(train[2]):
-            raise ValueError(
+            raise TooLittleHistoryError(
                 f"no {mode} training groups: no sampled user has a {mode} label among their candidates "
                 "(too little history before the label window?)"
             )
