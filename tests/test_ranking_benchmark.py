@@ -1,7 +1,6 @@
 """``rekindle benchmark ranking``: the split protocol, CSV and Parquet order logs with string ids in both modes
 (the win-back baselines beside the generators), clear errors for a missing column and for a log too small to
-benchmark, and a MovieLens slice when
-the data is present."""
+benchmark, and a MovieLens slice when the data is present."""
 
 from __future__ import annotations
 
