@@ -15,7 +15,7 @@ import pytest
 from ml.benchmarks import ranking
 from ml.benchmarks.order_log import order_log, order_log_with_oracle, with_movers
 from ml.cli import main as rekindle
-from ml.recommend import temporal_split
+from ml.recommend import fewest_to_hold_out, temporal_split
 from ml.recommend.content import co_ordered_groups
 from ml.recommend.metrics import ranking_report
 from ml.synthetic.world import plane_km
@@ -59,6 +59,17 @@ def test_split_keeps_the_first_ceil_80_percent_of_each_user():
     assert set(test.loc[test["user_id"] == 1, "item_id"]) == {0, 1, 2}
     # Equal times are ordered by item id.
     assert list(train.loc[train["user_id"] == 2, "item_id"]) == [5, 7]
+
+
+@pytest.mark.parametrize("train_share", [0.5, 0.75, 0.8, 0.9])
+def test_the_fewest_interactions_to_hold_out_is_where_the_split_first_holds_one_out(train_share):
+    fewest = fewest_to_hold_out(train_share)
+    sizes = range(1, fewest + 1)
+    frame = pd.DataFrame(
+        [(n, item, item) for n in sizes for item in range(n)], columns=["user_id", "item_id", "event_time"]
+    )
+    _, held_out = temporal_split(frame, train_share)
+    assert set(held_out["user_id"]) == {fewest}
 
 
 def test_benchmark_on_a_csv_with_iso_times(tmp_path, capsys):

@@ -43,6 +43,7 @@ from ml.recommend import (
     TooLittleHistoryError,
     UserKNNRecommender,
     co_ordered_groups,
+    fewest_to_hold_out,
     last_interaction_times,
     temporal_split,
     unix_seconds,
@@ -658,7 +659,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{args.movielens or args.interactions} has no {mode} test users: the benchmark holds out the last "
             f"{1 - TRAIN_SHARE:.0%} of each user's interactions, so a user needs at least "
-            f"{math.ceil(1 / (1 - TRAIN_SHARE) - 1e-9)}"
+            f"{fewest_to_hold_out(TRAIN_SHARE)}"
             + (" and a held-out item they had not had before" if exclude_seen(mode) else "")
         )
     matrix = InteractionMatrix.from_frame(train, users=users, items=items)

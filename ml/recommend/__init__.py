@@ -23,6 +23,7 @@ _HOMES = {
     "TooLittleHistoryError": "ml.recommend.ranker",
     "UserKNNRecommender": "ml.recommend.userknn",
     "co_ordered_groups": "ml.recommend.content",
+    "fewest_to_hold_out": "ml.recommend.split",
     "last_interaction_times": "ml.recommend.repeat",
     "mmr_rerank": "ml.recommend.rerank",
     "mmr_rerank_rows": "ml.recommend.rerank",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 
@@ -20,9 +22,21 @@ def temporal_split(
     ordered = interactions.sort_values([user_col, time_col, item_col], kind="mergesort")
     position = ordered.groupby(user_col, sort=False).cumcount().to_numpy()
     size = ordered.groupby(user_col, sort=False)[item_col].transform("size").to_numpy()
-    # The epsilon keeps float error (0.8 * 15 = 12.000000000000002) from rounding up a whole interaction.
-    in_train = position < np.ceil(train_share * size - 1e-9)
+    in_train = position < train_size(size, train_share)
     return ordered[in_train], ordered[~in_train]
+
+
+def train_size(interactions: np.ndarray | int, train_share: float) -> np.ndarray:
+    """How many of a user's ``interactions`` ``temporal_split`` puts in train: ceil(train_share * n)."""
+    # The epsilon keeps float error (0.8 * 15 = 12.000000000000002) from rounding up a whole interaction.
+    return np.ceil(train_share * np.asarray(interactions) - 1e-9).astype(np.int64)
+
+
+def fewest_to_hold_out(train_share: float) -> int:
+    """The fewest interactions a user needs for ``temporal_split`` to hold one of them out."""
+    if not 0.0 <= train_share < 1.0:
+        raise ValueError(f"train_share must be at least 0 and below 1, got {train_share}")
+    return next(n for n in itertools.count(1) if train_size(n, train_share) < n)
 
 
 def unix_seconds(values: pd.Series) -> pd.Series:
