@@ -476,6 +476,24 @@ def test_a_restaurants_name_cuisine_type_and_latitude_are_read_and_the_customers
     assert notes[0].endswith("lat <- Restaurant_latitude, lng <- Restaurant_longitude")
 
 
+@pytest.mark.parametrize("word", ranking.ITEM_WORDS)
+def test_the_items_category_and_place_are_read_under_any_word_for_the_item(tmp_path, word):
+    path = tmp_path / "orders.csv"
+    pd.DataFrame(
+        {
+            "user_id": ["u1", "u2"],
+            f"{word}_id": ["m1", "m2"],
+            "event_time": [1735725600, 1735812000],
+            f"{word.title()}Category": ["thai", "pizza"],
+            f"{word}_lat": [25.3, 25.2],
+            f"{word}-longitude": [55.3, 55.2],
+        }
+    ).to_csv(path, index=False)
+    loaded, _ = ranking.load_interactions(path)
+    assert list(loaded["category"]) == ["thai", "pizza"]
+    assert list(loaded["lat"]) == [25.3, 25.2] and list(loaded["lng"]) == [55.3, 55.2]
+
+
 def test_on_a_log_dated_by_day_two_orders_of_a_day_at_one_restaurant_are_kept(tmp_path):
     path = tmp_path / "orders.csv"
     days = ["2025-01-01", "2025-01-01", "2025-01-02"]

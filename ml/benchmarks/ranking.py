@@ -59,6 +59,8 @@ REQUIRED_COLUMNS = ("user_id", "item_id", "event_time")
 ITEM_ID_ALIAS = "merchant_id"
 LOCATION_COLUMNS = ["lat", "lng"]
 OPTIONAL_COLUMNS = ("category", *LOCATION_COLUMNS)
+# What logs call the item, so that a vendor_lat or a store_category is the item's.
+ITEM_WORDS = ("restaurant", "merchant", "vendor", "store", "shop")
 # The names real order logs give these columns, in order of preference after the exact name; a log's names are
 # compared without case, spaces or hyphens ("Customer ID" and "customerId" are customer_id). --column NAME=COLUMN
 # names any other.
@@ -93,18 +95,18 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
         "time",
         "date",
     ),
-    "category": ("cuisine", "cuisine_type", "restaurant_category", "merchant_category", "category_name"),
-    "lat": ("latitude", "restaurant_lat", "merchant_lat", "restaurant_latitude", "merchant_latitude"),
+    "category": (
+        "cuisine",
+        "cuisine_type",
+        "category_name",
+        *(f"{word}_{name}" for name in ("category", "cuisine") for word in ITEM_WORDS),
+    ),
+    "lat": ("latitude", *(f"{word}_{name}" for name in ("lat", "latitude") for word in ITEM_WORDS)),
     "lng": (
         "lon",
         "long",
         "longitude",
-        "restaurant_lng",
-        "merchant_lng",
-        "restaurant_lon",
-        "merchant_lon",
-        "restaurant_longitude",
-        "merchant_longitude",
+        *(f"{word}_{name}" for name in ("lng", "lon", "long", "longitude") for word in ITEM_WORDS),
     ),
 }
 FREQUENT_BASELINE = "own most frequent"
