@@ -35,6 +35,16 @@ def test_run_with_nothing_to_load_says_how_to_get_data_instead_of_failing_a_gate
     assert str(settings.input_dir) in err
 
 
+def test_help_says_what_rekindle_is_lists_the_commands_and_where_to_go_next(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert cli.DESCRIPTION in " ".join(out.split())
+    assert "{generate,ingest,warehouse,run,ui,export,simulate,readout,benchmark,serve,forget,roles,dashboard}" in out
+    assert "rekindle COMMAND --help" in out
+
+
 def _cli_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment of a fresh shell: no REKINDLE_ or AIRFLOW variables from this test session."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REKINDLE_", "AIRFLOW"))}

@@ -17,11 +17,13 @@ from ml.cli.options import Parser, UsageError, fail
 from ml.settings import Settings
 
 COMMAND_GROUPS = (data, pipeline, crm, experiments, benchmark, serve, privacy, dashboard)
+DESCRIPTION = "Rekindle: win back inactive customers of a delivery marketplace."
+EPILOG = "Run rekindle COMMAND --help for a command's options; README.md has the two commands to start with."
 VERBOSE_HELP = "stream the full log (Airflow, dbt, the warehouse) to the terminal too, at debug level"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="rekindle", description=__doc__.splitlines()[0])
+    parser = Parser(prog="rekindle", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
