@@ -44,6 +44,11 @@ def test_help_says_what_rekindle_is_lists_the_commands_and_where_to_go_next(caps
     assert "{generate,ingest,warehouse,run,ui,export,simulate,readout,benchmark,serve,forget,roles,dashboard}" in out
     assert "rekindle COMMAND --help" in out
 
+    # A command's own --help opens with the line the list gives it.
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "run the daily DAG in-process and print a summary" in capsys.readouterr().out.split("options:")[0]
+
 
 def _cli_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment of a fresh shell: no REKINDLE_ or AIRFLOW variables from this test session."""

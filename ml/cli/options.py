@@ -15,10 +15,20 @@ from ml.settings import Settings
 class Parser(argparse.ArgumentParser):
     """Answers a bad argument with one line on stderr (``rekindle run: error: ...``) and exit status 2.
 
-    ``add_subparsers`` builds the sub-commands' parsers with this class too."""
+    ``add_subparsers`` builds the sub-commands' parsers with this class too, and a sub-command's ``--help`` opens
+    with the line its parent's list gives it."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def add_subparsers(self, **kwargs):
+        return super().add_subparsers(action=_SubCommands, **kwargs)
+
+
+class _SubCommands(argparse._SubParsersAction):
+    def add_parser(self, name: str, **kwargs):
+        kwargs.setdefault("description", kwargs.get("help"))
+        return super().add_parser(name, **kwargs)
 
 
 class UsageError(Exception):
