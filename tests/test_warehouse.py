@@ -73,6 +73,25 @@ def test_a_home_removed_while_its_warehouse_runs_gets_a_new_warehouse_on_the_nex
         warehouse("stop")
 
 
+def test_warehouse_psql_passes_its_further_arguments_to_psql_and_the_other_actions_refuse_them(tmp_path):
+    environ = {key: value for key, value in os.environ.items() if key != "REKINDLE_WAREHOUSE_URL"}
+    environ["REKINDLE_HOME"] = str(tmp_path / "home")
+
+    def warehouse(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "ml.cli", "warehouse", *arguments], env=environ, capture_output=True, text=True
+        )
+
+    try:
+        done = warehouse("psql", "-Atc", "SELECT current_database()")
+        assert (done.returncode, done.stdout.strip()) == (0, postgres.DATABASE), done.stderr
+        refused = warehouse("url", "-Atc", "SELECT 1")
+        assert refused.returncode == 2 and "unrecognized arguments: -Atc SELECT 1" in refused.stderr
+        assert refused.stdout == ""
+    finally:
+        assert warehouse("stop").returncode == 0
+
+
 def test_an_external_warehouse_url_is_used_as_given_and_never_stopped():
     settings = Settings.from_env(environ={"REKINDLE_WAREHOUSE_URL": "postgresql://u:secret@db.example/rekindle"})
     assert postgres.start(settings) == "postgresql://u:secret@db.example/rekindle"

@@ -35,7 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Only a command that says it takes them (warehouse psql, which hands them to psql) gets arguments it does not
+    # know; for any other they are the usual error.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_extra_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra_arguments = extra
     prog = f"rekindle {args.command}"
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -6,7 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
-from ml.cli.options import existing_path, fail, iso_date, non_negative_int, positive_int, settings_from
+from ml.cli.options import (
+    UsageError,
+    existing_path,
+    fail,
+    iso_date,
+    non_negative_int,
+    positive_int,
+    settings_from,
+)
 from ml.settings import redact
 from ml.synthetic.marketplace import ID_FORMATS
 from ml.warehouse import postgres
@@ -59,6 +67,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_warehouse(args: argparse.Namespace) -> int:
+    if args.extra_arguments and args.action != "psql":
+        raise UsageError(f"unrecognized arguments: {' '.join(args.extra_arguments)} (only psql passes them on)")
     settings = settings_from(args)
     if args.action == "start":
         print(f"warehouse running: {redact(postgres.start(settings))}")
@@ -67,7 +77,7 @@ def cmd_warehouse(args: argparse.Namespace) -> int:
     elif args.action == "url":
         print(postgres.start(settings))
     elif args.action == "psql":
-        return postgres.psql(postgres.start(settings))
+        return postgres.psql(postgres.start(settings), args.extra_arguments)
     return 0
 
 
@@ -92,6 +102,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ing.add_argument("path", type=existing_path, help="a file, or a folder of files")
     ing.set_defaults(func=cmd_ingest)
 
-    wh = sub.add_parser("warehouse", help="the embedded PostgreSQL warehouse")
+    wh = sub.add_parser(
+        "warehouse",
+        help="the embedded PostgreSQL warehouse",
+        epilog="psql passes any further arguments on to psql, e.g. "
+        "rekindle warehouse psql -c 'SELECT count(*) FROM crm.segment_members'",
+    )
     wh.add_argument("action", choices=["start", "stop", "url", "psql"])
-    wh.set_defaults(func=cmd_warehouse)
+    wh.set_defaults(func=cmd_warehouse, takes_extra_arguments=True)

