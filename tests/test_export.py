@@ -248,3 +248,11 @@ def test_cli_without_any_published_run_says_so(settings, monkeypatch, capsys):
 
     assert _cli(["lapsed_personalised"]) == 1
     assert "nothing published" in capsys.readouterr().err
+
+
+def test_cli_a_date_with_nothing_published_is_an_error_not_an_empty_file(environment, capsys):
+    assert _cli(["lapsed_personalised", "--date", "2026-10-15"]) == 2
+
+    error = capsys.readouterr().err
+    assert "nothing published to crm for 2026-10-15: the latest publication is 2026-11-01" in error
+    assert not environment.exports_dir.exists() or not any(environment.exports_dir.iterdir())

@@ -15,7 +15,7 @@ import psycopg
 
 from ml.cli.options import iso_date
 from ml.crm import segments
-from ml.crm.export import UnknownSegmentError, export_segment, latest_run_date
+from ml.crm.export import UnknownSegmentError, export_segment, is_published, latest_run_date
 from ml.recommend.lifecycle import LIFECYCLE_SEGMENTS
 from ml.settings import Settings
 from ml.warehouse import postgres
@@ -46,10 +46,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     settings = Settings.from_env()
     with psycopg.connect(postgres.start(settings)) as conn:
-        run_date = args.date or latest_run_date(conn)
-        if run_date is None:
+        latest = latest_run_date(conn)
+        if latest is None:
             print("error: nothing published to crm yet: run `rekindle run` first", file=sys.stderr)
             return 1
+        run_date = args.date or latest
+        if not is_published(conn, run_date):
+            # Else the export would be a header without rows, as for a segment nobody is in that day.
+            print(
+                f"error: nothing published to crm for {run_date}: the latest publication is {latest}, and "
+                f"publications older than {settings.crm_retention_days} days before it are deleted "
+                "(REKINDLE_CRM_RETENTION_DAYS)",
+                file=sys.stderr,
+            )
+            return 2
         path = export_segment(
             conn,
             args.segment,

@@ -184,6 +184,12 @@ def export_all(conn: psycopg.Connection, run_date: date, settings: Settings) -> 
     return paths
 
 
+def is_published(conn: psycopg.Connection, run_date: date) -> bool:
+    """Whether ``crm.recommendations`` holds run_date's publication (publishing deletes those past the retention)."""
+    query = "SELECT EXISTS (SELECT 1 FROM crm.recommendations WHERE run_date = %s)"
+    return conn.execute(query, (run_date,)).fetchone()[0]
+
+
 def latest_run_date(conn: psycopg.Connection) -> date | None:
     """The newest run_date published to ``crm.recommendations`` (every segment is refreshed with it)."""
     if conn.execute("SELECT to_regclass('crm.recommendations')").fetchone()[0] is None:
