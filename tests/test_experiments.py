@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from conftest import new_database, publish_offers
 
+from ml.cli import main as rekindle
 from ml.experiments import assignment, readout, statistics
 from ml.experiments.assignment import ARMS, HOLDOUT, NON_PERSONALISED, PERSONALISED
 from ml.settings import Settings
@@ -461,6 +462,20 @@ def test_run_readout_stores_logs_and_judges_the_campaign(campaign_conn, campaign
     assert run.data.params["campaign_id"] == CAMPAIGN
     count = campaign_conn.execute("SELECT count(*) FROM crm.experiment_results WHERE campaign_id = %s", (CAMPAIGN,))
     assert count.fetchone()[0] == 3
+
+
+def test_the_readout_command_without_a_campaign_names_the_latest_published_one(
+    campaign_url, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("REKINDLE_HOME", str(tmp_path))
+    monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", campaign_url)
+
+    assert rekindle(["readout", "--date", "2025-01-01"]) == 1
+
+    out = capsys.readouterr().out
+    assert "winback-2025-01-01: no published offers for this campaign" in out
+    next_date = CAMPAIGN_DATE + timedelta(days=1)
+    assert f"the latest published campaign is {NEXT_CAMPAIGN}: rekindle readout --date {next_date}" in out
 
 
 def test_run_readout_without_a_campaign_says_so(settings):

@@ -63,7 +63,8 @@ def add_readout_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_readout(args: argparse.Namespace) -> int:
     """``rekindle readout``: print the readout, with the simulated truth beside it when there is one."""
-    from ml.experiments.readout import campaign_date_due, load_campaign_truth, run_readout
+    from ml.experiments.readout import campaign_date_due, latest_campaign, load_campaign_truth, run_readout
+    from ml.warehouse import postgres
 
     settings = Settings.from_env()
     if args.serving:
@@ -72,6 +73,14 @@ def cmd_readout(args: argparse.Namespace) -> int:
     summary = run_readout(settings, campaign_date)
     print(f"{summary['campaign_id']}: {summary['status']}")
     if "arms" not in summary:
+        with psycopg.connect(postgres.start(settings)) as conn:
+            latest = latest_campaign(conn)
+        if latest is not None:
+            campaign_id, run_date = latest
+            print(
+                f"the latest published campaign is {campaign_id}: rekindle readout --date {run_date} reads it out "
+                f"(an interim readout until its {settings.reactivation_window_days}-day window closes)"
+            )
         return 1
     truth = load_campaign_truth(settings, summary["campaign_id"]) or {}
     true_rates = truth.get("true_re_engagement", {})

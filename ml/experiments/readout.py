@@ -125,6 +125,15 @@ def readout(conn: psycopg.Connection, campaign_id: str, window_days: int, margin
     )[RESULT_COLUMNS]
 
 
+def latest_campaign(conn: psycopg.Connection) -> tuple[str, date] | None:
+    """The campaign id and run date of the newest published offers, if any."""
+    if conn.execute("SELECT to_regclass('crm.inactive_user_offers')").fetchone()[0] is None:
+        return None
+    return conn.execute(
+        "SELECT campaign_id, run_date FROM crm.inactive_user_offers ORDER BY run_date DESC LIMIT 1"
+    ).fetchone()
+
+
 def _campaign_date(conn: psycopg.Connection, campaign_id: str) -> date | None:
     if conn.execute("SELECT to_regclass('crm.inactive_user_offers')").fetchone()[0] is None:
         return None
