@@ -129,6 +129,39 @@ def _answers(url: str) -> bool:
     return True
 
 
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        (["serve"], "--port"),
+        (["serve", "--workers", "2"], "--port"),
+        (["dashboard"], "--port"),
+        (["ui"], "--airflow-port"),
+        (["ui"], "--mlflow-port"),
+    ],
+    ids=["serve", "serve-workers", "dashboard", "ui-airflow", "ui-mlflow"],
+)
+def test_a_server_whose_port_is_taken_says_so_in_one_line_before_starting_anything(command, flag, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        taken_port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "ml.cli", *command, flag, str(taken_port)],
+            env=_cli_env(tmp_path / "home"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"rekindle {command[0]}: error: cannot listen on 127.0.0.1:{taken_port}: Address already in use; "
+        f"choose another with {flag}"
+    )
+    assert done.stdout == ""
+    assert not (tmp_path / "home" / "warehouse").exists()  # nothing started
+
+
 def test_ui_on_celery_without_redis_says_how_to_install_it(tmp_path):
     no_redis = tmp_path / "bin"
     no_redis.mkdir()

@@ -63,6 +63,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def ensure_free_port(host: str, listen_port: int, flag: str = "--port") -> None:
+    """One clear line, before anything starts, when another process already listens on the port a server needs."""
+    from ml.serving.workers import PortInUseError, listening_socket
+
+    try:
+        listening_socket(host, listen_port, reuse_port=False).close()
+    except PortInUseError as exc:
+        raise UsageError(f"{exc}; choose another with {flag}") from None
+
+
 def port(text: str) -> int:
     value = _integer(text)
     if not 1 <= value <= 65535:

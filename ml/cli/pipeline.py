@@ -11,9 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ml import runtime
-from ml.cli.options import UsageError, iso_date, port, positive_int, settings_from, today
+from ml.cli.options import UsageError, ensure_free_port, iso_date, port, positive_int, settings_from, today
 from ml.settings import Settings, redact
 from ml.warehouse import postgres
+
+# Where `rekindle ui` checks its ports are free: a process listening on one, here or on every address, holds it.
+LOCALHOST = "127.0.0.1"
 
 DAG_ID = "reengagement_daily"
 
@@ -69,6 +72,8 @@ def _migrate_airflow_db(say: Callable[[str], None] = print, output: int | None =
 
 def cmd_ui(args: argparse.Namespace) -> int:
     settings = settings_from(args)
+    ensure_free_port(LOCALHOST, args.airflow_port, "--airflow-port")
+    ensure_free_port(LOCALHOST, args.mlflow_port, "--mlflow-port")
     if args.executor == "celery":
         return _ui_celery(settings, args)
     from ml.pipeline.airflow import serve_uis
@@ -87,6 +92,7 @@ def _ui_celery(settings: Settings, args: argparse.Namespace) -> int:
     if shutil.which("redis-server") is None:
         print(cluster.REDIS_INSTALL_HINT, file=sys.stderr)
         return 2
+    ensure_free_port(LOCALHOST, args.redis_port, "--redis-port")
     url = postgres.start(settings)
     runtime.configure(settings, url)
     stack = cluster.CeleryStack(
