@@ -50,6 +50,17 @@ def test_help_says_what_rekindle_is_lists_the_commands_and_where_to_go_next(caps
     assert "run the daily DAG in-process and print a summary" in capsys.readouterr().out.split("options:")[0]
 
 
+def test_simulate_before_anything_is_published_says_to_run_first(settings, monkeypatch, capsys):
+    monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
+    monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
+
+    assert cli.main(["simulate"]) == 2
+
+    assert capsys.readouterr().err.strip() == (
+        "rekindle simulate: error: nothing published to crm yet: run `rekindle run` first"
+    )
+
+
 def _cli_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment of a fresh shell: no REKINDLE_ or AIRFLOW variables from this test session."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REKINDLE_", "AIRFLOW"))}
@@ -66,6 +77,8 @@ def _cli_env(home: Path, **extra: str) -> dict[str, str]:
         (["export", "lapsed", "--min-score", "high"], {}, "high"),
         (["readout", "--date", "x"], {}, "'x'"),
         (["simulate", "--days", "-1"], {}, "-1"),
+        (["benchmark", "serve"], {}, "no API keys: set REKINDLE_API_KEYS or run `rekindle serve` once"),
+        (["benchmark", "serve"], {"REKINDLE_API_KEYS": "read:k1"}, "none with the write scope"),
         (["ingest", "/no/such/path"], {}, "/no/such/path"),
         (["benchmark", "daily", "--days", "0"], {}, "'0'"),
         (["ui", "--airflow-port", "99999"], {}, "99999"),

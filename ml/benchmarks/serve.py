@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 import numpy as np
 import psycopg
 
-from ml.cli.options import positive_int
+from ml.cli.options import UsageError, positive_int
+from ml.crm.export import latest_run_date
 from ml.serving import auth
 from ml.settings import Settings
 from ml.warehouse import postgres
@@ -54,10 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _keys(settings: Settings) -> tuple[str, str]:
     """A read key and a write key from the server's configuration (REKINDLE_API_KEYS or the keys file)."""
-    keys = auth.load_keys(settings)
-    read = next(key for key, scopes in keys.items() if auth.READ in scopes)
-    write = next(key for key, scopes in keys.items() if auth.WRITE in scopes)
-    return read, write
+    try:
+        keys = auth.load_keys(settings)
+    except auth.ApiKeyError as exc:
+        raise UsageError(str(exc)) from None
+    scoped = {scope: [key for key, scopes in keys.items() if scope in scopes] for scope in (auth.READ, auth.WRITE)}
+    missing = [scope for scope, listed in scoped.items() if not listed]
+    if missing:
+        raise UsageError(
+            f"the server's API keys have none with the {' or '.join(missing)} scope; the benchmark needs both"
+        )
+    return scoped[auth.READ][0], scoped[auth.WRITE][0]
 
 
 async def _open_loop(session, url: str, users: list[str], rate: int, seconds: int, rng: random.Random) -> dict:
@@ -180,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     read_key, write_key = _keys(settings)
     owner_url = postgres.start(settings)
     with psycopg.connect(owner_url) as conn:
-        run_date = conn.execute("SELECT max(run_date) FROM crm.recommendations").fetchone()[0]
+        run_date = latest_run_date(conn)
         if run_date is None:
             print("nothing published: run `rekindle run` first")
             return 1

@@ -26,7 +26,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     seed = settings.seed if args.seed is None else args.seed
     try:
         result = simulate_campaign(settings, days, seed)
-    except (LookupError, FileNotFoundError, ValueError, psycopg.errors.UndefinedTable) as exc:
+    except psycopg.errors.UndefinedTable:
+        return fail("rekindle simulate", "nothing published to crm yet: run `rekindle run` first")
+    except (LookupError, FileNotFoundError, ValueError) as exc:
         return fail("rekindle simulate", str(exc))
     print(
         f"simulated {', '.join(result['campaign_ids'])} for {days} days from {result['start']} (seed {seed}): "
