@@ -158,8 +158,6 @@ def _app_environment(url: str) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ml.dashboard import app
-
     settings = Settings.from_env()
     url = postgres.start(settings)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -170,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
         print("Nothing published with an offer yet: run `rekindle run` first.")
         return 1
     (user_id,) = found
+    # Imported only now: its cached functions warn, once each, that no Streamlit runtime runs them.
+    from ml.dashboard import app
+
     with _app_environment(url):
         timings = [measure(label, user_id, args.runs) for label in (*app.TABS, WHOLE_APP)]
     print(f"Dashboard renders (Streamlit AppTest), {args.runs} warm run(s) per tab; warehouse of {settings.home}\n")
