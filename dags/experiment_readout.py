@@ -9,19 +9,19 @@ finish with a note.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 
 from airflow.providers.standard.sensors.external_task import ExternalTaskSensor
 from airflow.sdk import dag, task
 
-from ml.pipeline.airflow import task_retries
+from ml.pipeline.airflow import FIRST_RUN_DATE, task_retries
 from ml.settings import Settings
 
 
 @dag(
     dag_id="experiment_readout",
     schedule="@daily",
-    start_date=datetime(2026, 1, 1),
+    start_date=FIRST_RUN_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=task_retries(Settings.from_env()),

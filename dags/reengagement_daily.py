@@ -4,11 +4,11 @@ segments."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 
 from airflow.sdk import dag, task
 
-from ml.pipeline.airflow import task_retries
+from ml.pipeline.airflow import FIRST_RUN_DATE, task_retries
 from ml.pipeline.cosmos import dbt_task_group
 from ml.settings import Settings
 
@@ -20,7 +20,7 @@ def _run_date(ds: str) -> date:
 @dag(
     dag_id="reengagement_daily",
     schedule="@daily",
-    start_date=datetime(2026, 1, 1),
+    start_date=FIRST_RUN_DATE,
     catchup=False,
     max_active_runs=1,
     default_args=task_retries(Settings.from_env()),

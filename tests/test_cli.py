@@ -71,6 +71,7 @@ def _cli_env(home: Path, **extra: str) -> dict[str, str]:
     ("argv", "env", "bad_value"),
     [
         (["run", "--date", "2026-13-01"], {}, "2026-13-01"),
+        (["run", "--date", "1999-12-31"], {}, "--date 1999-12-31 is before 2000-01-01, the first day the DAG runs"),
         (["generate", "--days", "-3"], {}, "-3"),
         (["generate", "--end-date", "2026-02-30"], {}, "2026-02-30"),
         (["export", "nosuch"], {}, "nosuch"),

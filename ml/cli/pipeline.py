@@ -25,8 +25,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     run_date = args.date or today()
     log_path = settings.home / "logs" / f"{DAG_ID}_{run_date}.log"
-    from ml.pipeline.airflow import logs_to_file, run_dag_in_process
+    from ml.pipeline.airflow import FIRST_RUN_DATE, logs_to_file, run_dag_in_process
     from ml.pipeline.summary import key_figure, print_summary
+
+    if run_date < FIRST_RUN_DATE.date():
+        raise UsageError(f"--date {run_date} is before {FIRST_RUN_DATE:%Y-%m-%d}, the first day the DAG runs")
 
     print(f"rekindle run {run_date}: the full log (Airflow, dbt, the warehouse) goes to {log_path}", flush=True)
     started = time.perf_counter()

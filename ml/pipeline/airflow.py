@@ -24,6 +24,11 @@ from ml.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
+# The DAGs' start_date: Airflow creates no task for a logical date before it, so a run of an earlier day (`rekindle
+# run --date`, a trigger from the UI) would end "success" at once having run nothing. catchup=False keeps the
+# scheduler from backfilling from it.
+FIRST_RUN_DATE = datetime(2000, 1, 1)
+
 
 # The DAGs' default_args. Every task is idempotent (loading skips files already loaded, dbt and publishing replace
 # their own output, training reuses a model fitted from the same recipe and data), so a task that dies with its
