@@ -23,6 +23,8 @@ from ml import cli
 from ml.pipeline.airflow import ProgressView, TaskOutcome, tasks_span_seconds
 from ml.pipeline.summary import key_figure, render
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
 
 def test_run_with_nothing_to_load_says_how_to_get_data_instead_of_failing_a_gate(settings, monkeypatch, capsys):
     monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
@@ -82,6 +84,11 @@ def _cli_env(home: Path, **extra: str) -> dict[str, str]:
         (["benchmark", "serve"], {"REKINDLE_API_KEYS": "read:k1"}, "none with the write scope"),
         (["ingest", "/no/such/path"], {}, "/no/such/path"),
         (["benchmark", "daily", "--days", "0"], {}, "'0'"),
+        (["benchmark", "growth", "--users", "5500,abc"], {}, "'abc' is not a whole number"),
+        (["benchmark", "synthetic", "--mmr-lambdas", "0.9,2"], {}, "'2' is not between 0 and 1"),
+        (["benchmark", "offers", "--hillstrom", "/no/such.csv"], {}, "/no/such.csv does not exist"),
+        (["benchmark", "offers", "--hillstrom", str(REPOSITORY / "requirements.lock")], {}, "no column recency"),
+        (["benchmark", "offers", "--hillstrom", str(REPOSITORY / "README.md")], {}, "is not a CSV file"),
         (["ui", "--airflow-port", "99999"], {}, "99999"),
         (["dashboard", "--port", "99999"], {}, "99999"),
         (["export", "lapsed_personalised", "--lifecycle-segment", "sleepy"], {}, "sleepy"),

@@ -45,8 +45,9 @@ def test_test_split_is_exactly_the_documented_rule():
     assert not np.array_equal(test, offers.test_mask(64_000, seed=101))
 
 
-def test_default_seeds_are_the_unused_ones_and_seed_lists_parse():
-    assert _parse(["--hillstrom", "x.csv"]).seeds == tuple(range(100, 112))
+def test_default_seeds_are_the_unused_ones_and_seed_lists_parse(tmp_path):
+    (tmp_path / "x.csv").touch()
+    assert _parse(["--hillstrom", str(tmp_path / "x.csv")]).seeds == tuple(range(100, 112))
     assert offers.parse_seeds("100-103,110") == (100, 101, 102, 103, 110)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-from ml.cli.options import iso_date, positive_int
+from ml.cli.options import comma_separated, iso_date, non_negative_int, positive_int
 from ml.experiments.assignment import HOLDOUT, NON_PERSONALISED, PERSONALISED
 from ml.offers.arms import NO_OFFER, arm_label
 from ml.offers.policy import BudgetLimits, allocate_offers, expected_cost, expected_gain
@@ -72,7 +72,7 @@ class SeedResult:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds",
-        type=lambda text: [int(v) for v in text.split(",")],
+        type=comma_separated(non_negative_int),
         default=[1, 2, 3, 4, 5],
         help="comma-separated world seeds (default 1,2,3,4,5)",
     )

@@ -13,14 +13,14 @@ import tempfile
 from pathlib import Path
 
 from ml.benchmarks.daily import DBT_GROUP, text_table
-from ml.cli.options import iso_date, non_negative_int, positive_int
+from ml.cli.options import comma_separated, iso_date, non_negative_int, positive_int
 from ml.settings import PROJECT_ROOT, Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--users",
-        type=lambda text: [int(v) for v in text.split(",")],
+        type=comma_separated(positive_int),
         default=[5_500, 55_000, 550_000],
         help="comma-separated user counts, smallest first",
     )

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ml.benchmarks import progress
+from ml.cli.options import UsageError, existing_path
 from ml.offers.evaluation import (
     ipw_policy_value,
     qini_coefficient,
@@ -128,7 +129,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hillstrom", type=Path, required=True, help="path to hillstrom.csv")
+    parser.add_argument("--hillstrom", type=existing_path, required=True, help="path to hillstrom.csv")
     parser.add_argument(
         "--seeds",
         type=parse_seeds,
@@ -150,6 +151,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--outcomes", nargs="+", choices=OUTCOMES, default=["visit"])
     parser.add_argument("--rows", type=int, default=None, help="use only the first N rows (smoke tests)")
+
+
+# What the benchmark reads: the features (hillstrom_features), the campaign arm and the outcomes.
+HILLSTROM_COLUMNS = ("recency", "history", "mens", "womens", "newbie", "zip_code", "channel", "segment", *OUTCOMES)
 
 
 def hillstrom_features(frame: pd.DataFrame) -> pd.DataFrame:
@@ -279,8 +284,22 @@ def summarise(results: list[SplitResult]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return baselines, learners
 
 
+def load_hillstrom(path: Path, rows: int | None = None) -> pd.DataFrame:
+    """MineThatData's CSV (``HILLSTROM_COLUMNS``, others ignored), or a ``UsageError`` saying what it lacks."""
+    try:
+        data = pd.read_csv(path, nrows=rows)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise UsageError(f"{path} is not a CSV file: {' '.join(str(exc).split())}") from None
+    missing = [column for column in HILLSTROM_COLUMNS if column not in data.columns]
+    if missing:
+        raise UsageError(
+            f"{path} is not Kevin Hillstrom's MineThatData e-mail file: it has no column {', '.join(missing)}"
+        )
+    return data
+
+
 def run(args: argparse.Namespace) -> int:
-    data = pd.read_csv(args.hillstrom, nrows=args.rows)
+    data = load_hillstrom(args.hillstrom, args.rows)
     seeds, learners = tuple(args.seeds), list(dict.fromkeys(args.learners))
     out_frames = []
     print(f"Hillstrom offers benchmark: {len(data)} rows, seeds {list(seeds)}")

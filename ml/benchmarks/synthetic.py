@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ml.cli.options import comma_separated, iso_date, non_negative_int, positive_int, unit_float
 from ml.recommend.evaluation import Judge, TemporalSplit
 from ml.recommend.lifecycle import LifecycleRule
 from ml.recommend.merchant import MarketContext, ModelSpec, RankerRecipe, comparison_specs, ranker_spec
@@ -60,14 +61,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", type=Path, help="read a marketplace written by `rekindle generate` instead of generating"
     )
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--end-date", type=dt.date.fromisoformat, default=DEFAULT_END_DATE)
-    parser.add_argument("--test-days", type=int, default=7, help="the held-out window (the pipeline's eval_test_days)")
-    parser.add_argument("--threads", type=int, default=2, help="threads for ALS and LightGBM (at most the cores)")
+    parser.add_argument("--seed", type=non_negative_int, default=42)
+    parser.add_argument("--days", type=positive_int, default=30)
+    parser.add_argument("--end-date", type=iso_date, default=DEFAULT_END_DATE)
+    parser.add_argument(
+        "--test-days", type=positive_int, default=7, help="the held-out window (the pipeline's eval_test_days)"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=2, help="threads for ALS and LightGBM (at most the cores)"
+    )
     parser.add_argument(
         "--mmr-lambdas",
-        type=lambda text: [float(v) for v in text.split(",")],
+        type=comma_separated(unit_float),
         default=[1.0, 0.9, 0.7, 0.5, 0.3],
         help="MMR lambdas for the accuracy/diversity trade-off table (comma-separated)",
     )

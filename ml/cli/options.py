@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from ml.settings import Settings
+
+T = TypeVar("T")
 
 
 class Parser(argparse.ArgumentParser):
@@ -89,6 +92,15 @@ def unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 1")
     return value
+
+
+def comma_separated(parse: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """The argument type of a comma-separated list of values that the argument type ``parse`` reads."""
+
+    def parse_list(text: str) -> list[T]:
+        return [parse(part.strip()) for part in text.split(",")]
+
+    return parse_list
 
 
 def existing_path(text: str) -> Path:
