@@ -475,7 +475,10 @@ def test_the_readout_command_without_a_campaign_names_the_latest_published_one(
     out = capsys.readouterr().out
     assert "winback-2025-01-01: no published offers for this campaign" in out
     next_date = CAMPAIGN_DATE + timedelta(days=1)
-    assert f"the latest published campaign is {NEXT_CAMPAIGN}: rekindle readout --date {next_date}" in out
+    assert (
+        f"the latest published campaign is {NEXT_CAMPAIGN}: rekindle readout --date {next_date} reads it out "
+        f"(its window closed on {next_date + timedelta(days=14)})"
+    ) in out
 
 
 def test_run_readout_without_a_campaign_says_so(settings):

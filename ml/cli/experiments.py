@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
 
 import psycopg
 
@@ -79,9 +80,10 @@ def cmd_readout(args: argparse.Namespace) -> int:
             latest = latest_campaign(conn)
         if latest is not None:
             campaign_id, run_date = latest
+            closes = run_date + timedelta(days=settings.reactivation_window_days)
+            window = f"an interim readout until {closes}" if closes > today() else f"its window closed on {closes}"
             print(
-                f"the latest published campaign is {campaign_id}: rekindle readout --date {run_date} reads it out "
-                f"(an interim readout until its {settings.reactivation_window_days}-day window closes)"
+                f"the latest published campaign is {campaign_id}: rekindle readout --date {run_date} reads it out ({window})"
             )
         return 1
     truth = load_campaign_truth(settings, summary["campaign_id"]) or {}
