@@ -85,6 +85,7 @@ def _cli_env(home: Path, **extra: str) -> dict[str, str]:
         (["ingest", "/no/such/path"], {}, "/no/such/path"),
         (["benchmark", "daily", "--days", "0"], {}, "'0'"),
         (["benchmark", "growth", "--users", "5500,abc"], {}, "'abc' is not a whole number"),
+        (["benchmark", "ranking", "--movielens", "ml", "--candidates", "0"], {}, "'0' is not at least 1"),
         (["benchmark", "synthetic", "--mmr-lambdas", "0.9,2"], {}, "'2' is not between 0 and 1"),
         (["benchmark", "offers", "--hillstrom", "/no/such.csv"], {}, "/no/such.csv does not exist"),
         (["benchmark", "offers", "--hillstrom", str(REPOSITORY / "requirements.lock")], {}, "no column recency"),

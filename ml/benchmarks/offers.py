@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ml.benchmarks import progress
-from ml.cli.options import UsageError, existing_path
+from ml.cli.options import UsageError, existing_path, positive_int
 from ml.offers.evaluation import (
     ipw_policy_value,
     qini_coefficient,
@@ -150,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="learners to compare; per split the one with the best validation uplift@30%% is 'selected'",
     )
     parser.add_argument("--outcomes", nargs="+", choices=OUTCOMES, default=["visit"])
-    parser.add_argument("--rows", type=int, default=None, help="use only the first N rows (smoke tests)")
+    parser.add_argument("--rows", type=positive_int, default=None, help="use only the first N rows (smoke tests)")
 
 
 # What the benchmark reads: the features (hillstrom_features), the campaign arm and the outcomes.

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from ml.benchmarks import progress
 from ml.benchmarks.order_log import order_log, order_log_with_oracle, with_movers, write_order_log
-from ml.cli.options import UsageError
+from ml.cli.options import UsageError, non_negative_int, positive_int
 from ml.recommend import (
     ALSRecommender,
     CategoryAffinityRecommender,
@@ -237,18 +237,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recs-out", type=Path, help="write the ranker's top-10 per test user (user_id, item_id, rank)"
     )
-    parser.add_argument("--max-users", type=int, help="benchmark a seeded sample of this many users")
-    parser.add_argument("--candidates", type=int, default=100, help="candidates per generator for the ranker")
+    parser.add_argument("--max-users", type=positive_int, help="benchmark a seeded sample of this many users")
+    parser.add_argument("--candidates", type=positive_int, default=100, help="candidates per generator for the ranker")
     parser.add_argument(
         "--bagged-boosters",
-        type=int,
+        type=positive_int,
         help=f"boosters the ranker averages (default: {SMALL_LOG_BAGGED_BOOSTERS} on logs of at most "
         f"{RANKER_TUNING_MAX_INTERACTIONS:,} train interactions, else 1)",
     )
     parser.add_argument("--no-tune", dest="tune", action="store_false", help="skip the validation grid search")
-    parser.add_argument("--threads", type=int, default=2, help="threads for ALS and LightGBM (at most the cores)")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seeds the user sample, ALS, LightGBM and the --write-order-log world"
+        "--threads", type=positive_int, default=2, help="threads for ALS and LightGBM (at most the cores)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="seeds the user sample, ALS, LightGBM and the --write-order-log world",
     )
 
 

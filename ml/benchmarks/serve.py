@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import numpy as np
 import psycopg
 
-from ml.cli.options import UsageError, positive_int
+from ml.cli.options import UsageError, non_negative_int, positive_int
 from ml.crm.export import latest_run_date
 from ml.serving import auth
 from ml.settings import Settings
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=positive_int, default=30, help="seconds per rate (default: 30)")
     parser.add_argument("--event-seconds", type=positive_int, default=30, help="seconds of event load (default: 30)")
     parser.add_argument("--users", type=positive_int, default=5000, help="published users to draw from")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
 
 
 def _keys(settings: Settings) -> tuple[str, str]:
