@@ -51,7 +51,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             print("error: nothing published to crm yet: run `rekindle run` first", file=sys.stderr)
             return 1
         run_date = args.date or latest
-        if not is_published(conn, run_date):
+        if run_date != latest and not is_published(conn, run_date):
             # Else the export would be a header without rows, as for a segment nobody is in that day.
             print(
                 f"error: nothing published to crm for {run_date}: the latest publication is {latest}, and "

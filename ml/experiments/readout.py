@@ -125,9 +125,13 @@ def readout(conn: psycopg.Connection, campaign_id: str, window_days: int, margin
     )[RESULT_COLUMNS]
 
 
+def _offers_table_exists(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT to_regclass('crm.inactive_user_offers')").fetchone()[0] is not None
+
+
 def latest_campaign(conn: psycopg.Connection) -> tuple[str, date] | None:
     """The campaign id and run date of the newest published offers, if any."""
-    if conn.execute("SELECT to_regclass('crm.inactive_user_offers')").fetchone()[0] is None:
+    if not _offers_table_exists(conn):
         return None
     return conn.execute(
         "SELECT campaign_id, run_date FROM crm.inactive_user_offers ORDER BY run_date DESC LIMIT 1"
@@ -135,7 +139,7 @@ def latest_campaign(conn: psycopg.Connection) -> tuple[str, date] | None:
 
 
 def _campaign_date(conn: psycopg.Connection, campaign_id: str) -> date | None:
-    if conn.execute("SELECT to_regclass('crm.inactive_user_offers')").fetchone()[0] is None:
+    if not _offers_table_exists(conn):
         return None
     return conn.execute(
         "SELECT min(run_date) FROM crm.inactive_user_offers WHERE campaign_id = %s", (campaign_id,)
