@@ -451,6 +451,7 @@ def test_a_real_logs_own_column_names_units_and_repeated_rows_are_read(tmp_path)
         assert notes == [
             "columns read: user_id <- Customer ID, item_id <- restaurantId, event_time <- ordered_at, "
             "category <- cuisine, lat <- Latitude, lng <- Longitude",
+            "columns not read: customer_lat (--column NAME=COLUMN reads one as NAME)",
             "dropped 1 rows without user_id or item_id or event_time",
             "dropped 1 duplicate rows (same user, item and event_time)",
         ]
@@ -492,6 +493,29 @@ def test_the_items_category_and_place_are_read_under_any_word_for_the_item(tmp_p
     loaded, _ = ranking.load_interactions(path)
     assert list(loaded["category"]) == ["thai", "pizza"]
     assert list(loaded["lat"]) == [25.3, 25.2] and list(loaded["lng"]) == [55.3, 55.2]
+
+
+def test_a_column_named_for_a_category_is_read_as_one_unless_it_is_the_customers(tmp_path):
+    path = tmp_path / "orders.csv"
+    frame = pd.DataFrame(
+        {
+            "customer_id": ["u1", "u2"],
+            "customer_category": ["gold", "new"],
+            "vendor_id": ["m1", "m2"],
+            "created_at": [1735725600, 1735812000],
+            "vendor_category_en": ["Restaurants", "Sweets & Bakes"],
+        }
+    )
+    frame.to_csv(path, index=False)
+    loaded, notes = ranking.load_interactions(path)
+    assert list(loaded["category"]) == ["Restaurants", "Sweets & Bakes"]
+    assert notes == [
+        "columns read: user_id <- customer_id, item_id <- vendor_id, event_time <- created_at, "
+        "category <- vendor_category_en",
+        "columns not read: customer_category (--column NAME=COLUMN reads one as NAME)",
+    ]
+    frame.drop(columns="vendor_category_en").to_csv(path, index=False)
+    assert "category" not in ranking.load_interactions(path)[0].columns
 
 
 def test_on_a_log_dated_by_day_two_orders_of_a_day_at_one_restaurant_are_kept(tmp_path):

@@ -100,6 +100,10 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
         *(f"{word}_{name}" for name in ("lng", "lon", "long", "longitude") for word in ITEM_WORDS),
     ),
 }
+# Beyond the aliases, a file's one column whose name holds one of these words is the item's category, unless the
+# name also holds one of the customer's words.
+CATEGORY_WORDS = {"category", "cuisine"}
+CUSTOMER_WORDS = {"customer", "user", "client", "account", "delivery"}
 FREQUENT_BASELINE = "own most frequent"
 RECENT_BASELINE = "own most recent"
 COLUMNS = [
@@ -323,8 +327,9 @@ def load_interactions(path: Path, columns: Mapping[str, str] | None = None) -> t
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
     parquet = path.suffix in (".parquet", ".pq")
-    header = pq.read_schema(path).names if parquet else list(pd.read_csv(path, nrows=0).columns)
-    sources = _column_sources(path, [str(name) for name in header], columns or {})
+    names = pq.read_schema(path).names if parquet else pd.read_csv(path, nrows=0).columns
+    header = [str(name) for name in names]
+    sources = _column_sources(path, header, columns or {})
     if parquet:
         frame = pd.read_parquet(path, columns=list(sources.values()))
     else:
@@ -333,6 +338,9 @@ def load_interactions(path: Path, columns: Mapping[str, str] | None = None) -> t
     frame = frame.rename(columns={source: name for name, source in sources.items()})[list(sources)]
     renamed = [f"{name} <- {source}" for name, source in sources.items() if name != source]
     notes = [f"columns read: {', '.join(renamed)}"] if renamed else []
+    unread = [column for column in header if column not in sources.values()]
+    if unread:
+        notes.append(f"columns not read: {', '.join(unread)} (--column NAME=COLUMN reads one as NAME)")
     blank = frame[list(REQUIRED_COLUMNS)].isna().any(axis=1)
     if blank.all():
         raise ValueError(f"{path} has no row with all of {', '.join(REQUIRED_COLUMNS)}")
@@ -369,6 +377,8 @@ def _column_sources(path: Path, header: list[str], columns: Mapping[str, str]) -
             continue
         keys = [_column_key(candidate) for candidate in (name, *COLUMN_ALIASES.get(name, ()))]
         found = next((by_key[key] for key in keys if key in by_key), None)
+        if found is None and name == "category":
+            found = next((column for column in header if _names_a_category(column)), None)
         if found is not None and found not in sources.values() and found not in columns.values():
             sources[name] = found
     missing = [name for name in REQUIRED_COLUMNS if name not in sources]
@@ -379,6 +389,12 @@ def _column_sources(path: Path, header: list[str], columns: Mapping[str, str]) -
             f"{missing[0]}=NAME); it has {', '.join(header)}"
         )
     return sources
+
+
+def _names_a_category(column: str) -> bool:
+    """``vendor_category_en`` or ``primary_cuisine``: a word for a category, and not the customer's."""
+    words = _column_key(column).split("_")
+    return bool(CATEGORY_WORDS & set(words)) and not CUSTOMER_WORDS & set(words)
 
 
 def _column_key(name: str) -> str:
