@@ -1,9 +1,12 @@
 """``DELETE /v1/users/{user_id}`` on a running ``rekindle serve``: write scope only, the user erased from the warehouse,
 every worker's cache and session, answered non-personalised afterwards; events the API accepts for an erased user
-are removed by the next daily load."""
+are removed by the next daily load. ``rekindle forget`` reaches the running API's cache and sessions too."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -105,3 +108,37 @@ def test_delete_erases_the_user_and_every_worker_forgets_them(served, tmp_path):
     summary = tasks.load_events(settings, RUN_DATE)
     assert summary["erased_api_rows"] == 1
     assert _rows_naming(url, user_id) == {}
+
+
+def test_rekindle_forget_reaches_the_running_apis_cache_and_sessions(served):
+    settings, server = served
+    with psycopg.connect(settings.warehouse_url) as conn:
+        user_id, merchant_id = conn.execute(
+            "SELECT user_id, merchant_id FROM crm.recommendations WHERE run_date = %s AND mode = 'winback' "
+            "AND reason = 'because you ordered there' ORDER BY user_id DESC, rank LIMIT 1",
+            (RUN_DATE,),
+        ).fetchone()
+    with server.client(WRITE_KEY) as client:
+        assert client.post("/v1/events", json={"events": [_order(user_id, merchant_id)]}).json()["accepted"] == 1
+    path = f"/v1/users/{user_id}/recommendations"
+    with server.client(READ_KEY) as client:
+        client.get(path, params={"mode": "winback"})
+        cached = client.get(path, params={"mode": "winback"}).json()
+    assert cached["cached"] and not all(item["reason"].startswith("popular") for item in cached["items"])
+
+    # The command line, not the API: its own process, with only the warehouse in common with the server.
+    env = {**os.environ, "REKINDLE_HOME": str(settings.home), "REKINDLE_WAREHOUSE_URL": settings.warehouse_url}
+    forget = subprocess.run(
+        [sys.executable, "-m", "ml.cli", "forget", user_id], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert forget.returncode == 0, forget.stderr
+
+    # The answer cached for ten minutes and the session's order are gone within seconds.
+    deadline = time.monotonic() + 30
+    with server.client(READ_KEY) as client:
+        while True:
+            after = client.get(path, params={"mode": "winback"}).json()
+            if all(item["reason"].startswith("popular") for item in after["items"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert all(item["reason"].startswith("popular") for item in after["items"]), after

@@ -7,6 +7,7 @@ Where a user's rows live, and how each place is cleaned:
   ``raw.quarantine`` the records naming them; dbt's views follow ``raw``. All in one transaction, together with the
   tombstones (``ops.erased_users``) that keep ingest from loading them again, and the audit rows;
 * the CSV exports: every file with a user id column is rewritten without the users' rows (``exports``);
+* the running API: every worker drops the users' cached answers and session events (``ml.serving.channel``);
 * the registered ranker: its pickled recommender holds per-user rows (interaction matrix, ALS user factors, the
   ranker's history), so each aliased version is refitted without them and registered under the same aliases, and
   every other version that holds them is deleted with its artifacts (``models``).
@@ -27,6 +28,7 @@ from psycopg import sql
 
 from ml.privacy import exports, models, tombstones
 from ml.privacy.columns import USER_ID_COLUMN_PATTERN
+from ml.serving import channel
 from ml.settings import Settings
 from ml.warehouse import postgres
 from ml.warehouse.contract import ID_MAX_LENGTH
@@ -103,6 +105,8 @@ def forget_users(settings: Settings, user_ids, request_id: str | None = None) ->
                 [(tombstones.user_hash(salt, user_id), request_id, report.erased_at) for user_id in ids],
             )
             _audit(conn, report, report.rows_removed)
+            # Running API workers drop the users' cached answers and sessions when this commits.
+            channel.notify_forgotten(conn, ids)
     # Files and models after the commit: the tombstones are in place, so a run loading meanwhile cannot bring the
     # users back, and a failure here leaves a request that can simply be run again.
     file_rows = exports.remove_users(settings.exports_dir, set(ids))

@@ -35,6 +35,7 @@ from ml.recommend.modes import DISCOVERY, MODES, WINBACK
 from ml.recommend.rerank import mmr_rerank
 from ml.serving import auth
 from ml.serving.cache import ResponseCache
+from ml.serving.channel import EVENTS_CHANNEL, FORGET_LINE, payloads
 from ml.serving.queries import DAY_PARTS, Catalogue, Warehouse, day_part_at, local_utc_offset_hours
 from ml.serving.role import api_role_url
 from ml.serving.session import SessionEvent, Sessions, adapts, needs_merchant
@@ -46,12 +47,7 @@ from ml.warehouse.ingest import CONTRACTS, validate
 
 log = logging.getLogger(__name__)
 
-EVENTS_CHANNEL = "rekindle_api_events"
-# A line of an EVENTS_CHANNEL payload telling every worker to drop an erased user's cache and session.
-FORGET_LINE = "forget\t"
 MAX_EVENTS = 1000
-# NOTIFY payloads must stay below 8000 bytes.
-NOTIFY_PAYLOAD_BYTES = 7000
 # An id as the data contract defines it (ml/warehouse/contract.py): 1-128 characters, not only whitespace, no
 # control characters.
 ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
@@ -334,22 +330,11 @@ class Server:
     def notifications(self, events: list[tuple[str, SessionEvent]]) -> Callable[[set[str]], list[tuple[str, str]]]:
         """NOTIFY payloads (origin, then one event per line) for the events that were new, chunked."""
 
-        def payloads(inserted_ids: set[str]) -> list[tuple[str, str]]:
-            chunks, lines, size = [], [], 0
-            for event_id, event in events:
-                if event_id not in inserted_ids:
-                    continue
-                line = event.encode()
-                if lines and size + len(line) > NOTIFY_PAYLOAD_BYTES:
-                    chunks.append(lines)
-                    lines, size = [], 0
-                lines.append(line)
-                size += len(line) + 1
-            if lines:
-                chunks.append(lines)
-            return [(EVENTS_CHANNEL, "\n".join([self.origin, *chunk])) for chunk in chunks]
+        def notifications_of(inserted_ids: set[str]) -> list[tuple[str, str]]:
+            lines = [event.encode() for event_id, event in events if event_id in inserted_ids]
+            return [(EVENTS_CHANNEL, payload) for payload in payloads(self.origin, lines)]
 
-        return payloads
+        return notifications_of
 
     def require_catalogue(self) -> Catalogue:
         if self.catalogue is None:
@@ -833,10 +818,8 @@ def create_app(settings: Settings, warehouse_url: str | None = None) -> FastAPI:
         session. Runs as the pipeline's owner, not the API role; rows removed per place, never the id."""
         from ml.privacy.erasure import forget_users
 
-        report = forget_users(settings, [user_id], request_id)
-        server.forget(user_id)
-        with psycopg.connect(server.warehouse.url, autocommit=True) as conn:
-            conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, f"{server.origin}\n{FORGET_LINE}{user_id}"))
+        report = forget_users(settings, [user_id], request_id)  # which tells every worker, this one too
+        server.forget(user_id)  # before answering, not when the notification comes back
         return report.as_dict()
 
     return app
