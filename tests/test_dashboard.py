@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
+import streamlit as st
 from conftest import new_database, run_daily_steps
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest, app_test
@@ -26,6 +27,7 @@ from ml.cli import main as rekindle
 from ml.crm import segments
 from ml.dashboard.app import TABS
 from ml.experiments import readout
+from ml.privacy.erasure import forget_users
 from ml.privacy.roles import ensure_dashboard_role
 from ml.recommend.modes import DISCOVERY, MODES, WINBACK
 from ml.serving.variants import ServingExperiment
@@ -248,6 +250,46 @@ def test_crm_export_download_is_what_rekindle_export_writes(day, media_stores, t
         active = _query(day, "SELECT user_id FROM marts.user_segments WHERE lifecycle_segment = 'active'")
         assert set(rows["user_id"]) <= {u for (u,) in active}
         assert written.name == f"{segment}_{RUN_DATE}_min-score-0.6_platform-ios_lifecycle-segment-active.csv"
+
+
+def test_an_erased_user_leaves_the_cached_merchant_view_and_export_at_once(
+    postgres_server_url, tmp_path, monkeypatch, media_stores
+):
+    # A day of its own: the erasure changes the rows and the registry the module's other tests read.
+    url = new_database(postgres_server_url, "dashboard_erasure")
+    settings = Settings.from_env(environ={}, home=tmp_path / "home", warehouse_url=url)
+    generate_marketplace(seed=6, days=20, end_date=RUN_DATE, n_users=200, n_merchants=20).write(
+        settings.input_dir, ids="uuid"
+    )
+    monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
+    monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", url)
+    run_daily_steps(settings, RUN_DATE)
+    with psycopg.connect(url, autocommit=True) as conn:
+        ensure_dashboard_role(conn, settings)
+        merchant_id, fan = conn.execute(
+            "SELECT recommended_merchant_id, user_id FROM crm.merchant_superfans WHERE run_date = %s "
+            "ORDER BY recommended_merchant_id, fan_rank LIMIT 1",
+            (RUN_DATE,),
+        ).fetchone()
+    # The dashboard's caches are the process's: drop the module's day's (and, at the end, this one's).
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    try:
+        at = _app(None)
+        at.selectbox(key="merchant").set_value(merchant_id).run()
+        at.selectbox(key="export_segment").set_value("merchant_superfans").run()
+        assert fan in _frames(_tab(at, "Merchant analysis"))[2]["user_id"].tolist()
+        assert fan in _download_bytes(at, media_stores).decode()
+
+        forget_users(settings, [fan], "dashboard-erasure")
+        at.run()  # the visitor's next click, within the same publication
+
+        assert not at.exception
+        assert fan not in _frames(_tab(at, "Merchant analysis"))[2]["user_id"].tolist()
+        assert fan not in _download_bytes(at, media_stores).decode()
+    finally:
+        st.cache_data.clear()
+        st.cache_resource.clear()
 
 
 def test_experiments_tab_shows_the_readout_and_the_serving_ab_test(day):

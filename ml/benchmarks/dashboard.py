@@ -51,7 +51,7 @@ def render_tab(label: str) -> None:
     """The app's page with one tab's view: the header main() draws, then the view."""
     from ml.dashboard import app
 
-    app.TAB_VIEWS[label](*app.page_header())
+    app.TAB_VIEWS[label](app.page_header())
 
 
 def timed_render(label: str) -> None:

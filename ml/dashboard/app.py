@@ -1,14 +1,16 @@
 """The stakeholder dashboard (``rekindle dashboard``): six tabs over the published day, the MLflow runs and the
 pipeline's own records. Reads go through ``ml.dashboard.queries`` (the API's read layer and the dashboard's own
 SQL); results are cached per publication: every cached read takes the latest run_date as an argument, so a new
-publication is a new cache key.
+publication is a new cache key. The reads that list users take the time of the last erasure too, so that an erased
+user leaves the page at once, not at the next publication.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, datetime
 
 import altair as alt
 import pandas as pd
@@ -54,6 +56,16 @@ def operations() -> DashboardWarehouse:
     return DashboardWarehouse(owner_url())
 
 
+@dataclass(frozen=True)
+class Shown:
+    """What the page shows: the latest publication's run date (None before the first), every published run date,
+    and when a user was last erased (the key of the cached reads that list users)."""
+
+    run_date: date | None
+    run_dates: list[date]
+    last_erasure: datetime | None
+
+
 # Cached per publication: ``run_date`` is the key even where the read does not use it.
 
 
@@ -76,7 +88,7 @@ def catalogue(run_date: date):
 
 
 @st.cache_data(show_spinner=False)
-def merchant_view(run_date: date, merchant_id: str) -> dict[str, pd.DataFrame]:
+def merchant_view(run_date: date, last_erasure: datetime | None, merchant_id: str) -> dict[str, pd.DataFrame]:
     db = warehouse()
     return {
         "prospects": db.prospects(run_date, merchant_id),
@@ -91,14 +103,18 @@ def export_filter_values(segment: str, run_date: date) -> dict[str, list[str]]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def segment_export(segment: str, run_date: date, filters: ExportFilters) -> tuple[str, bytes]:
+def segment_export(
+    segment: str, run_date: date, filters: ExportFilters, last_erasure: datetime | None
+) -> tuple[str, bytes]:
     return warehouse().segment_export(segment, run_date, filters)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def export_preview(segment: str, run_date: date, filters: ExportFilters) -> tuple[int, pd.DataFrame]:
+def export_preview(
+    segment: str, run_date: date, filters: ExportFilters, last_erasure: datetime | None
+) -> tuple[int, pd.DataFrame]:
     """The export's row count and first rows: parsed once per export, not on every rerun of the page."""
-    _, content = segment_export(segment, run_date, filters)
+    _, content = segment_export(segment, run_date, filters, last_erasure)
     rows = pd.read_csv(io.BytesIO(content), dtype={"user_id": str, "recommended_merchant_id": str})
     return len(rows), rows.head(PREVIEW_ROWS)
 
@@ -269,7 +285,7 @@ def user_lookup(run_date: date | None) -> None:
     st.write(f"Serving variant (the API's A/B test): **{experiment.variant(user_id)}**")
 
 
-def merchant_analysis(run_date: date | None) -> None:
+def merchant_analysis(run_date: date | None, last_erasure: datetime | None) -> None:
     if run_date is None:
         st.info("Nothing published yet: run `rekindle run` first.")
         return
@@ -282,7 +298,7 @@ def merchant_analysis(run_date: date | None) -> None:
     )
     merchant = merchants[choice]
     st.caption(f"{merchant.category or 'no category'}, zone {merchant.zone or '-'}; publication of {run_date}.")
-    view = merchant_view(run_date, choice)
+    view = merchant_view(run_date, last_erasure, choice)
     neighbours = catalogue(run_date).neighbours.get(choice, [])[:10]
     st.subheader("Similar merchants (ordered by the same customers)")
     st.dataframe(
@@ -316,13 +332,13 @@ def merchant_analysis(run_date: date | None) -> None:
     st.dataframe(view["cross_sell"], width="stretch", hide_index=True)
 
 
-def crm_export(run_date: date | None, run_dates: list[date]) -> None:
-    if run_date is None:
+def crm_export(shown: Shown) -> None:
+    if shown.run_date is None:
         st.info("Nothing published yet: run `rekindle run` first.")
         return
     segment = st.selectbox("Segment", list(segments.SEGMENTS), key="export_segment")
     st.caption(segments.SEGMENTS[segment].description)
-    chosen_date = st.selectbox("Run date", run_dates, key="export_run_date")
+    chosen_date = st.selectbox("Run date", shown.run_dates, key="export_run_date")
     values = export_filter_values(segment, chosen_date)
     left, middle, right, last = st.columns(4)
     min_score = left.number_input("Minimum score (0-1)", 0.0, 1.0, 0.0, 0.05, key="export_min_score")
@@ -335,8 +351,8 @@ def crm_export(run_date: date | None, run_dates: list[date]) -> None:
         zone=None if zone == "all" else zone,
         lifecycle_segment=None if lifecycle == "all" else lifecycle,
     )
-    name, content = segment_export(segment, chosen_date, filters)
-    row_count, preview = export_preview(segment, chosen_date, filters)
+    name, content = segment_export(segment, chosen_date, filters, shown.last_erasure)
+    row_count, preview = export_preview(segment, chosen_date, filters, shown.last_erasure)
     st.metric("Rows", row_count)
     st.dataframe(preview, width="stretch", hide_index=True)
     st.download_button("Download CSV", content, file_name=name, mime="text/csv", key="export_download")
@@ -442,33 +458,33 @@ def pipeline_health_tab(run_date: date | None) -> None:
     st.dataframe(health["freshness"], width="stretch", hide_index=True)
 
 
-# Each tab's view, given the latest publication's run date and every published one.
-TAB_VIEWS: dict[str, Callable[[date | None, list[date]], None]] = {
-    "Model performance": lambda run_date, run_dates: model_performance(run_date),
-    "User lookup": lambda run_date, run_dates: user_lookup(run_date),
-    "Merchant analysis": lambda run_date, run_dates: merchant_analysis(run_date),
+# Each tab's view of what the page shows.
+TAB_VIEWS: dict[str, Callable[[Shown], None]] = {
+    "Model performance": lambda shown: model_performance(shown.run_date),
+    "User lookup": lambda shown: user_lookup(shown.run_date),
+    "Merchant analysis": lambda shown: merchant_analysis(shown.run_date, shown.last_erasure),
     "CRM export": crm_export,
-    "Experiments": lambda run_date, run_dates: experiment_results(run_date),
-    "Pipeline health": lambda run_date, run_dates: pipeline_health_tab(run_date),
+    "Experiments": lambda shown: experiment_results(shown.run_date),
+    "Pipeline health": lambda shown: pipeline_health_tab(shown.run_date),
 }
 TABS = tuple(TAB_VIEWS)
 
 
-def page_header() -> tuple[date | None, list[date]]:
-    """The title and the publication shown; returns the latest run date and every published one."""
+def page_header() -> Shown:
+    """The title and the publication shown."""
     st.title("Rekindle")
     run_dates = warehouse().run_dates()
     run_date = run_dates[0] if run_dates else None
     st.caption(f"Publication of {run_date}" if run_date else "Nothing published yet.")
-    return run_date, run_dates
+    return Shown(run_date, run_dates, operations().last_erasure())
 
 
 def main() -> None:
     st.set_page_config(page_title="Rekindle dashboard", layout="wide")
-    run_date, run_dates = page_header()
+    shown = page_header()
     for tab, view in zip(st.tabs(TABS), TAB_VIEWS.values(), strict=True):
         with tab:
-            view(run_date, run_dates)
+            view(shown)
 
 
 if __name__ == "__main__":  # streamlit runs this file as __main__; importing it draws nothing

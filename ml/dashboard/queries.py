@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -110,7 +110,7 @@ class ExportFilters:
 class DashboardWarehouse(Warehouse):
     """The API's reads and the dashboard's own, on one read-only connection per thread. The dashboard opens one as
     its role (crm, marts) and one as the warehouse URL's user for the pipeline's records: ``serving_ab``,
-    ``pipeline_steps``, ``quarantine_by_reason`` and ``freshness`` read ``raw`` and ``ops``."""
+    ``pipeline_steps``, ``quarantine_by_reason``, ``freshness`` and ``last_erasure`` read ``raw`` and ``ops``."""
 
     def __init__(self, url: str):
         super().__init__(read_only_url(url))
@@ -124,6 +124,12 @@ class DashboardWarehouse(Warehouse):
         if self._one("SELECT to_regclass('crm.recommendations') AS published")["published"] is None:
             return []
         return [row["run_date"] for row in self._all(RUN_DATES_SQL)]
+
+    def last_erasure(self) -> datetime | None:
+        """When a user was last erased (``rekindle forget``, ``DELETE /v1/users/{user_id}``); None before any."""
+        if self._one("SELECT to_regclass('ops.erased_users') AS tombstones")["tombstones"] is None:
+            return None
+        return self._one("SELECT max(erased_at) AS erased_at FROM ops.erased_users")["erased_at"]
 
     def user_orders(self, user_id: str, limit: int = 20) -> pd.DataFrame:
         return self.frame(USER_ORDERS_SQL, {"user_id": user_id, "limit": limit})
