@@ -1,7 +1,7 @@
 """The daily DAG on Airflow's CeleryExecutor (``rekindle ui --executor celery``): a Redis broker, the metadata in the
 warehouse's Postgres, an MLflow server holding the artifacts, two Celery workers. One run, triggered through
-Airflow's REST API as its UI triggers it, has a worker SIGKILLed while it runs a scoring shard; the scheduler
-notices the task's lost heartbeat and retries it on the other worker, the run succeeds, and every crm table and
+Airflow's REST API as its UI triggers it, has a worker SIGKILLed while it runs a scoring shard (and a ``rekindle run``
+of the same day meanwhile is refused); the scheduler notices the task's lost heartbeat and retries it on the other worker, the run succeeds, and every crm table and
 export file equals the in-process run's (``dag.test()``) for the same data and date.
 
 Needs ``redis-server`` (``.ci/run`` installs it with apt-get); skips only when it is absent."""
@@ -9,7 +9,10 @@ Needs ``redis-server`` (``.ci/run`` installs it with apt-get); skips only when i
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -156,10 +159,19 @@ def test_celery_run_survives_a_killed_worker_and_publishes_the_in_process_rows(
     try:
         wait_for_port(stack.airflow_port, timeout=180)
         _trigger_as_the_ui_does(stack)
+        # Meanwhile someone runs the same DAG in-process on the same warehouse: refused, the scheduler's run untouched.
+        second = subprocess.Popen(
+            [sys.executable, "-m", "ml.cli", "run", "--date", str(RUN_DATE)],
+            env={**os.environ, "REKINDLE_HOME": str(tmp_path / "in-process-home"), "REKINDLE_WAREHOUSE_URL": url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         workers = {name: p for name, p in processes.items() if name.startswith("airflow-worker-")}
 
         killed, shard = _kill_worker_running_a_shard(url, workers)
         state = _wait_for_run(url)
+        _, refusal = second.communicate(timeout=300)
         # The retry could only run on the other worker.
         assert workers[killed].poll() is not None
     finally:
@@ -167,6 +179,8 @@ def test_celery_run_survives_a_killed_worker_and_publishes_the_in_process_rows(
 
     instances = {(task_id, map_index): (state, tries) for task_id, map_index, state, tries, _ in _task_instances(url)}
     assert state == "success", (instances, f"logs: {log_dir}")
+    assert second.returncode == 2, refusal
+    assert f"the Airflow scheduler of `rekindle ui --executor celery` is running {DAG_ID} for {RUN_DATE}" in refusal
     shards = sorted(map_index for task_id, map_index in instances if task_id == "score_shard")
     assert shards == list(range(settings.score_shards))
     assert instances[("score_shard", shard)] == ("success", 2), f"{killed} died running shard {shard}"

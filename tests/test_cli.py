@@ -13,15 +13,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import psutil  # Airflow depends on it
 import pytest
 
 from ml import cli
-from ml.pipeline.airflow import ProgressView, TaskOutcome, tasks_span_seconds
+from ml.cli.pipeline import DAG_ID
+from ml.pipeline.airflow import ProgressView, TaskOutcome, in_process_run_lock, tasks_span_seconds
 from ml.pipeline.summary import key_figure, render
+from ml.settings import Settings
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -112,6 +114,26 @@ def test_a_bad_argument_gets_one_clear_line_and_a_non_zero_exit(argv, env, bad_v
     assert bad_value in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stdout == ""
+
+
+def test_a_second_rekindle_run_on_one_home_is_refused_while_the_first_runs(tmp_path):
+    home = tmp_path / "home"
+    airflow_home = Settings.from_env(environ={}, home=home).airflow_home
+    run = [sys.executable, "-m", "ml.cli", "run", "--date", "2026-11-02"]
+
+    with in_process_run_lock(airflow_home, DAG_ID, date(2026, 11, 1)):
+        result = subprocess.run(run, env=_cli_env(home), capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        f"another `rekindle run` of {DAG_ID} is in progress on this home (process {os.getpid()}, date 2026-11-01, "
+        in result.stderr
+    )
+    # Refused before it touched anything: no log of its own, no warehouse.
+    assert not (home / "logs").exists() and not (home / "warehouse").exists()
+    # The lock goes with the run that held it.
+    with in_process_run_lock(airflow_home, DAG_ID, date(2026, 11, 2)):
+        pass
 
 
 def _free_port() -> int:

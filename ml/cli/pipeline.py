@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 
 from ml import runtime
@@ -25,11 +26,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     run_date = args.date or today()
     log_path = settings.home / "logs" / f"{DAG_ID}_{run_date}.log"
-    from ml.pipeline.airflow import FIRST_RUN_DATE, logs_to_file, run_dag_in_process
-    from ml.pipeline.summary import key_figure, print_summary
+    from ml.pipeline.airflow import FIRST_RUN_DATE, RunInProgress, in_process_run_lock
 
     if run_date < FIRST_RUN_DATE.date():
         raise UsageError(f"--date {run_date} is before {FIRST_RUN_DATE:%Y-%m-%d}, the first day the DAG runs")
+    try:
+        with in_process_run_lock(settings.airflow_home, DAG_ID, run_date):
+            return _run_locked(args, settings, run_date, log_path)
+    except RunInProgress as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _run_locked(args: argparse.Namespace, settings: Settings, run_date: date, log_path: Path) -> int:
+    from ml.pipeline.airflow import logs_to_file, refuse_while_the_scheduler_runs, run_dag_in_process
+    from ml.pipeline.summary import key_figure, print_summary
 
     print(f"rekindle run {run_date}: the full log (Airflow, dbt, the warehouse) goes to {log_path}", flush=True)
     started = time.perf_counter()
@@ -45,6 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "JSON-lines files there."
             )
         _migrate_airflow_db(view.say, output=None)
+        refuse_while_the_scheduler_runs(DAG_ID, url)
         view.say(f"running DAG {DAG_ID} for {run_date} in-process ...")
         state, tasks = run_dag_in_process(DAG_ID, run_date)
     print_summary(settings, run_date, state, tasks, time.perf_counter() - started)

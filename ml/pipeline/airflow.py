@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import fcntl
 import logging
 import os
 import re
@@ -74,6 +75,98 @@ def tasks_span_seconds(tasks: list[TaskOutcome]) -> float | None:
 
 def _state(value) -> str:
     return str(getattr(value, "value", value))
+
+
+class RunInProgress(RuntimeError):
+    """Another run of the DAG is in progress on this home: a second at once would race it on the warehouse."""
+
+
+@contextmanager
+def in_process_run_lock(airflow_home: Path, dag_id: str, run_date: date) -> Iterator[None]:
+    """Hold the DAG's in-process run lock for this home while the block runs, or raise ``RunInProgress`` naming who
+    holds it. ``dag.test`` deletes any run of its logical date first, so a second ``rekindle run`` would pull the
+    first's run from under it, and both would write the warehouse at once. The operating system drops the lock when
+    its process ends, however it ends."""
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    with (airflow_home / f"{dag_id}.run.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise RunInProgress(
+                f"another `rekindle run` of {dag_id} is in progress on this home ({lock.read().strip()}): "
+                "wait for it to end"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"process {os.getpid()}, date {run_date}, since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
+        lock.flush()
+        yield
+
+
+def refuse_while_the_scheduler_runs(dag_id: str, warehouse_url: str) -> None:
+    """Raise ``RunInProgress`` when a live Airflow scheduler has a run of the DAG queued or running (the DAG runs one
+    day at a time): ``rekindle ui``'s, whose metadata is this process's Airflow database, or ``rekindle ui --executor
+    celery``'s, whose metadata is a schema of the warehouse. A run left running by a scheduler that is no longer
+    alive does not count: nothing is running it."""
+    import psycopg
+
+    from ml.pipeline.cluster import AIRFLOW_SCHEMA, metadata_url
+
+    with psycopg.connect(warehouse_url) as conn:
+        (celery_metadata,) = conn.execute("SELECT to_regclass(%s)", (f"{AIRFLOW_SCHEMA}.dag_run",)).fetchone()
+    stores = [("rekindle ui", None)]
+    if celery_metadata is not None:
+        stores.append(("rekindle ui --executor celery", metadata_url(warehouse_url)))
+    for name, url in stores:
+        with _metadata_session(url) as session:
+            dates = _scheduled_runs_in_progress(session, dag_id)
+        if dates is not None:
+            raise RunInProgress(
+                f"the Airflow scheduler of `{name}` is running {dag_id} for {', '.join(dates) or 'a run'}: wait for "
+                "it to end in the Airflow UI, or stop that scheduler first"
+            )
+
+
+@contextmanager
+def _metadata_session(url: str | None):
+    """A session on Airflow's metadata database: this process's (``url`` None) or the one at ``url``."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    if url is None:
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            yield session
+        return
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _scheduled_runs_in_progress(session, dag_id: str) -> list[str] | None:
+    """The logical dates of the DAG's queued or running runs that a live scheduler (not ``dag.test``) runs; None
+    when there are none or no scheduler is alive."""
+    from airflow.jobs.job import most_recent_job
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.state import DagRunState
+    from airflow.utils.types import DagRunTriggeredByType
+    from sqlalchemy import select
+
+    scheduler = most_recent_job("SchedulerJob", session=session)
+    if scheduler is None or not scheduler.is_alive():
+        return None
+    active = session.scalars(
+        select(DagRun.logical_date).where(
+            DagRun.dag_id == dag_id,
+            DagRun.state.in_([DagRunState.RUNNING, DagRunState.QUEUED]),
+            DagRun.triggered_by != DagRunTriggeredByType.TEST,
+        )
+    ).all()
+    return sorted(f"{logical_date:%Y-%m-%d}" for logical_date in active if logical_date) if active else None
 
 
 def run_dag_in_process(dag_id: str, run_date: date, conf: dict | None = None) -> tuple[str, list[TaskOutcome]]:
