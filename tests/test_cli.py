@@ -20,7 +20,9 @@ import psutil  # Airflow depends on it
 import pytest
 
 from ml import cli
+from ml.cli.options import UsageError
 from ml.cli.pipeline import DAG_ID
+from ml.cli.privacy import ids_in_file
 from ml.pipeline.airflow import ProgressView, TaskOutcome, in_process_run_lock, tasks_span_seconds
 from ml.pipeline.summary import key_figure, render
 from ml.settings import Settings
@@ -381,3 +383,27 @@ def test_the_ground_truth_table_says_when_it_was_judged_on_a_sample():
     )
     assert "on today's inactive users" in heading({"truth_users": 4000.0, "inactive_users": 4000.0})
     assert "on today's inactive users" in heading({})  # a summary from before the sample
+
+
+@pytest.mark.parametrize(
+    ("text", "ids"),
+    [
+        ("u-1\nu-2\n", ["u-1", "u-2"]),
+        # Saved from a spreadsheet on Windows: a byte-order mark, CRLF line ends, blank and padded lines.
+        ("\ufeffu-1\r\n\r\n  u-2  \r\n", ["u-1", "u-2"]),
+        # A CRM export or any CSV with a user_id column: that column, not whole lines.
+        ("\ufeffsegment,User_ID,score\r\nlapsed,u-1,0.5\r\nlapsed,,0.4\r\nlapsed,u-2,0.3\r\n", ["u-1", "u-2"]),
+        ("user_id\nu-1\n", ["u-1"]),
+    ],
+)
+def test_forget_reads_the_ids_of_a_file_as_they_are_kept(tmp_path, text, ids):
+    path = tmp_path / "ids.txt"
+    path.write_bytes(text.encode())
+    assert ids_in_file(path) == ids
+
+
+def test_forget_refuses_a_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_bytes("Jürgen\n".encode("latin-1"))
+    with pytest.raises(UsageError, match="is not UTF-8 text"):
+        ids_in_file(path)

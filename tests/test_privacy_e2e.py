@@ -213,8 +213,11 @@ def test_a_forgotten_user_stays_gone_after_the_files_are_loaded_again(pipeline_s
     assert _files_naming(settings.mlflow_artifacts_dir, victim)
     assert {"exports", "mlruns", "gx", "logs"} <= {path.name for path in settings.home.iterdir()}
 
+    # The request as a spreadsheet saves it: a byte-order mark, Windows line ends, a user_id column.
+    request = tmp_path / "erasure_request.csv"
+    request.write_bytes(f"\ufeffuser_id,received\r\n{victim},2026-11-01\r\n".encode())
     forget = subprocess.run(
-        [sys.executable, "-m", "ml.cli", "forget", victim, "--request-id", "e2e-request"],
+        [sys.executable, "-m", "ml.cli", "forget", "--file", str(request), "--request-id", "e2e-request"],
         capture_output=True,
         text=True,
     )
