@@ -13,6 +13,66 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # What the personalised offers maximise (Settings.offer_objective); ml.offers.policy.expected_gain computes each.
 OFFER_OBJECTIVES = ("reengagement", "margin")
+AT_LEAST_ONE = (1, None)
+NON_NEGATIVE = (0, None)
+SHARE = (0, 1)
+# Each number's allowed values, both ends included (None: no end); ABOVE_ZERO ones must also not be 0. A value
+# outside fails at once, naming its variable, rather than as a wrong result later (a negative crm retention would
+# delete the day just published).
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "seed": NON_NEGATIVE,
+    "days": AT_LEAST_ONE,
+    "new_user_days": AT_LEAST_ONE,
+    "active_max_days": NON_NEGATIVE,
+    "at_risk_max_days": NON_NEGATIVE,
+    "lapsed_max_days": NON_NEGATIVE,
+    "dormant_max_days": NON_NEGATIVE,
+    "recency_half_life_days": NON_NEGATIVE,
+    "taste_recent_days": AT_LEAST_ONE,
+    "taste_half_life_days": NON_NEGATIVE,
+    "taste_drift_threshold": SHARE,
+    "taste_drift_min_recent_orders": AT_LEAST_ONE,
+    "top_n": AT_LEAST_ONE,
+    "eval_test_days": AT_LEAST_ONE,
+    "eval_users": AT_LEAST_ONE,
+    "cosine_neighbours": AT_LEAST_ONE,
+    "cosine_shrinkage": NON_NEGATIVE,
+    "ranker_candidates": AT_LEAST_ONE,
+    "ranker_train_users": AT_LEAST_ONE,
+    "diversity_lambda": SHARE,
+    "exploration_rate": SHARE,
+    "model_threads": NON_NEGATIVE,
+    "promotion_margin": (-1, None),
+    "personalised_budget_per_user": NON_NEGATIVE,
+    "campaign_budget": NON_NEGATIVE,
+    "offer_segment_budget_share": SHARE,
+    "holdout_share": SHARE,
+    "personalised_share": SHARE,
+    "offer_exploration_share": SHARE,
+    "default_offer_reward": NON_NEGATIVE,
+    "order_margin_rate": SHARE,
+    "offer_test_share": SHARE,
+    "offer_training_days": AT_LEAST_ONE,
+    "offer_training_max_exposures": AT_LEAST_ONE,
+    "reactivation_window_days": AT_LEAST_ONE,
+    "crm_affinity_threshold": SHARE,
+    "crm_top_k": AT_LEAST_ONE,
+    "crm_lapsed_days": AT_LEAST_ONE,
+    "crm_new_user_max_orders": NON_NEGATIVE,
+    "crm_superfans_per_merchant": AT_LEAST_ONE,
+    "crm_retention_days": AT_LEAST_ONE,
+    "raw_retention_days": AT_LEAST_ONE,
+    "quality_results_kept": AT_LEAST_ONE,
+    "score_shards": AT_LEAST_ONE,
+    "task_retry_delay_seconds": NON_NEGATIVE,
+    "api_cache_ttl_seconds": NON_NEGATIVE,
+    "api_cache_max_users": AT_LEAST_ONE,
+    "api_publication_poll_seconds": NON_NEGATIVE,
+    "api_zone_boost": NON_NEGATIVE,
+    "api_daypart_boost": NON_NEGATIVE,
+    "api_view_boost": NON_NEGATIVE,
+}
+ABOVE_ZERO = {"recency_half_life_days", "taste_half_life_days", "offer_test_share", "api_publication_poll_seconds"}
 
 
 def _default_home() -> Path:
@@ -120,37 +180,34 @@ class Settings:
     serving_strategies: tuple[str, ...] = ("champion:0.8", "popularity:0.1", "cosine:0.1")
 
     def __post_init__(self) -> None:
+        for name, (low, high) in RANGES.items():
+            value = getattr(self, name)
+            if (low is not None and value < low) or (high is not None and value > high) or value != value:
+                allowed = f"in [{low}, {high}]" if high is not None else f"at least {low}"
+                raise ValueError(f"REKINDLE_{name.upper()}={value} must be {allowed}")
+            if name in ABOVE_ZERO and value == 0:
+                raise ValueError(f"REKINDLE_{name.upper()}=0 must be above 0")
         if self.offer_objective not in OFFER_OBJECTIVES:
             raise ValueError(
                 f"REKINDLE_OFFER_OBJECTIVE={self.offer_objective!r} is not one of {', '.join(OFFER_OBJECTIVES)}"
             )
-        if self.taste_recent_days < 1 or self.taste_half_life_days <= 0 or self.taste_drift_min_recent_orders < 1:
+        lifecycle = (self.active_max_days, self.at_risk_max_days, self.lapsed_max_days, self.dormant_max_days)
+        if list(lifecycle) != sorted(set(lifecycle)):
             raise ValueError(
-                "REKINDLE_TASTE_RECENT_DAYS and REKINDLE_TASTE_DRIFT_MIN_RECENT_ORDERS must be at least 1 and "
-                f"REKINDLE_TASTE_HALF_LIFE_DAYS positive, got {self.taste_recent_days}, "
-                f"{self.taste_drift_min_recent_orders} and {self.taste_half_life_days}"
+                "REKINDLE_ACTIVE_MAX_DAYS < REKINDLE_AT_RISK_MAX_DAYS < REKINDLE_LAPSED_MAX_DAYS < "
+                f"REKINDLE_DORMANT_MAX_DAYS must hold (each segment ends after the one before), got {lifecycle}"
             )
-        if not 0 <= self.offer_exploration_share <= 1:
-            raise ValueError(f"REKINDLE_OFFER_EXPLORATION_SHARE={self.offer_exploration_share} is not in [0, 1]")
-        if self.offer_training_days <= self.reactivation_window_days:
+        if self.holdout_share + self.personalised_share > 1:
             raise ValueError(
-                f"REKINDLE_OFFER_TRAINING_DAYS={self.offer_training_days} must be above "
-                f"REKINDLE_REACTIVATION_WINDOW_DAYS={self.reactivation_window_days}: no exposure sent later has an "
-                "observed outcome"
+                f"REKINDLE_HOLDOUT_SHARE={self.holdout_share} and REKINDLE_PERSONALISED_SHARE="
+                f"{self.personalised_share} add up to more than 1"
             )
-        if self.offer_training_max_exposures < 1:
-            raise ValueError(
-                f"REKINDLE_OFFER_TRAINING_MAX_EXPOSURES={self.offer_training_max_exposures} must be at least 1"
-            )
-        if self.quality_results_kept < 1:
-            raise ValueError(f"REKINDLE_QUALITY_RESULTS_KEPT={self.quality_results_kept} must be at least 1")
-        if self.score_shards < 1:
-            raise ValueError(f"REKINDLE_SCORE_SHARDS={self.score_shards} must be at least 1")
-        if not 0 <= self.taste_drift_threshold <= 1:
-            raise ValueError(
-                f"REKINDLE_TASTE_DRIFT_THRESHOLD={self.taste_drift_threshold} is not in [0, 1] "
-                "(a base-2 Jensen-Shannon divergence)"
-            )
+        for days, name in ((self.offer_training_days, "OFFER_TRAINING"), (self.crm_retention_days, "CRM_RETENTION")):
+            if days <= self.reactivation_window_days:
+                raise ValueError(
+                    f"REKINDLE_{name}_DAYS={days} must be above REKINDLE_REACTIVATION_WINDOW_DAYS="
+                    f"{self.reactivation_window_days}: a campaign's offers are read after its window"
+                )
 
     @property
     def worker_threads(self) -> int:
@@ -395,6 +452,16 @@ def _default_text(f: dataclasses.Field) -> str:
     return f"`{default}`"
 
 
+def _allowed_text(name: str) -> str:
+    """The range a number may take (``RANGES``), as the docs show it; empty for the rest."""
+    if name not in RANGES:
+        return ""
+    low, high = RANGES[name]
+    if high is not None:
+        return f"{low} to {high}" + (", not 0" if name in ABOVE_ZERO else "")
+    return f"> {low}" if name in ABOVE_ZERO else f">= {low}"
+
+
 def configuration_markdown() -> str:
     """docs/configuration.md: every Settings field as its environment variable, type, default and description."""
     lines = [
@@ -408,15 +475,18 @@ def configuration_markdown() -> str:
         "",
         "Every field of the one settings object (`ml.settings.Settings`) is read from the environment variable",
         "`REKINDLE_<FIELD>` by `Settings.from_env()`; unset variables keep the default. Numbers are parsed as",
-        "`int` or `float`, lists are comma-separated, `home` is a path. Command-line options (`--seed`, `--scale`,",
-        "`--days`, ...) override the environment.",
+        "`int` or `float`, lists are comma-separated, `home` is a path; a number outside its allowed range (and the",
+        "cross-checks in `Settings.__post_init__`) stops the command with one line naming the variable. Command-line",
+        "options (`--seed`, `--scale`, `--days`, ...) override the environment.",
         "",
-        "| environment variable | type | default | description |",
-        "|---|---|---|---|",
+        "| environment variable | type | default | allowed | description |",
+        "|---|---|---|---|---|",
     ]
     for f in dataclasses.fields(Settings):
         description = DESCRIPTIONS.get(f.name, "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| `REKINDLE_{f.name.upper()}` | `{f.type}` | {_default_text(f)} | {description} |")
+        lines.append(
+            f"| `REKINDLE_{f.name.upper()}` | `{f.type}` | {_default_text(f)} | {_allowed_text(f.name)} | {description} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -114,6 +114,25 @@ def test_settings_come_from_prefixed_environment_variables_with_clear_errors():
         Settings.from_env(environ={"REKINDLE_SEED": "many"})
 
 
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        # Publishing with it would delete the day just published.
+        ({"REKINDLE_CRM_RETENTION_DAYS": "-5"}, "REKINDLE_CRM_RETENTION_DAYS=-5 must be at least 1"),
+        ({"REKINDLE_CRM_RETENTION_DAYS": "10"}, "REKINDLE_CRM_RETENTION_DAYS=10 must be above"),
+        ({"REKINDLE_RAW_RETENTION_DAYS": "0"}, "REKINDLE_RAW_RETENTION_DAYS=0 must be at least 1"),
+        ({"REKINDLE_DIVERSITY_LAMBDA": "1.5"}, r"REKINDLE_DIVERSITY_LAMBDA=1.5 must be in \[0, 1\]"),
+        ({"REKINDLE_PROMOTION_MARGIN": "nan"}, "REKINDLE_PROMOTION_MARGIN=nan must be at least -1"),
+        ({"REKINDLE_API_PUBLICATION_POLL_SECONDS": "0"}, "REKINDLE_API_PUBLICATION_POLL_SECONDS=0 must be above 0"),
+        ({"REKINDLE_LAPSED_MAX_DAYS": "70"}, "REKINDLE_ACTIVE_MAX_DAYS < REKINDLE_AT_RISK_MAX_DAYS"),
+        ({"REKINDLE_HOLDOUT_SHARE": "0.6"}, "add up to more than 1"),
+    ],
+)
+def test_a_setting_out_of_its_range_is_refused_naming_its_variable(environ, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(environ=environ)
+
+
 def test_passwords_are_redacted_for_printing():
     assert redact("postgresql://crm:hunter2@db:5432/rekindle") == "postgresql://crm:***@db:5432/rekindle"
     assert postgres.sqlalchemy_url("postgresql://u@/db?host=/tmp/s") == "postgresql+psycopg://u@/db?host=/tmp/s"

@@ -9,9 +9,8 @@ import psycopg
 
 
 def raw_events_cutoff(run_date: date, retention_days: int) -> datetime:
-    """Events before this instant (run_date 00:00 UTC minus ``retention_days``) are past retention."""
-    if retention_days < 1:
-        raise ValueError(f"raw_retention_days must be at least 1, got {retention_days}")
+    """Events before this instant (run_date 00:00 UTC minus ``retention_days``, at least 1: ``Settings``) are past
+    retention."""
     return datetime.combine(run_date - timedelta(days=retention_days), time.min, tzinfo=UTC)
 
 
