@@ -223,6 +223,7 @@ def _download_bytes(at: AppTest, stores: list[MemoryMediaFileStorage]) -> bytes:
     ("segment", "filters", "arguments"),
     [
         ("lapsed_personalised", {}, []),
+        ("lapsed", {}, []),  # a scored lifecycle segment's win-back lists (crm.segment_members)
         (
             "high_affinity_prospects",
             {"export_min_score": 0.6, "export_platform": "ios", "export_lifecycle": "active"},

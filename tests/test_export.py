@@ -59,8 +59,20 @@ def published(postgres_server_url) -> str:
             "INSERT INTO crm.recommendations VALUES (%s, 1, 'winback', 1, 10, 'Pizza Place', 1.0, NULL, '1')",
             [(RUN_DATE,), (EARLIER,)],
         )
-        conn.execute("CREATE SCHEMA marts; CREATE TABLE marts.user_features (user_id text, marketing_opt_in boolean)")
-        conn.cursor().executemany("INSERT INTO marts.user_features VALUES (%s, %s)", list(OPTED_IN.items()))
+        conn.cursor().executemany(
+            "INSERT INTO crm.segment_members (run_date, segment, user_id, rank, merchant_id, merchant_name, score, "
+            "model_version) VALUES (%s, 'lapsed', %s, %s, %s, %s, %s, '1')",
+            [(RUN_DATE, user, rank, merchant, name, score) for user, _, _, merchant, name, score, rank, _ in LAPSED],
+        )
+        conn.execute(
+            "CREATE SCHEMA marts; "
+            "CREATE TABLE marts.user_features (user_id text, marketing_opt_in boolean, platform text, home_zone text)"
+        )
+        places = {user: (platform, zone) for user, platform, zone, *_ in LAPSED} | {9: ("web", "east")}
+        conn.cursor().executemany(
+            "INSERT INTO marts.user_features VALUES (%s, %s, %s, %s)",
+            [(user, opted_in, *places[user]) for user, opted_in in OPTED_IN.items()],
+        )
     return url
 
 
@@ -116,6 +128,28 @@ def test_filters_by_min_score_platform_and_zone(published, tmp_path, filters, ex
     assert [r["user_id"] for r in rows] == expected_users
 
 
+@pytest.mark.parametrize(
+    ("filters", "expected_users"),
+    [
+        ({}, ["1", "1", "2", "3"]),
+        ({"min_score": 0.7}, ["1", "2"]),
+        ({"min_score": 0.5, "platform": "ios", "zone": "west"}, ["1"]),
+    ],
+)
+def test_a_scored_lifecycle_segment_exports_its_members_with_the_same_filters(
+    published, tmp_path, filters, expected_users
+):
+    path = _export(published, tmp_path, "lapsed", **filters)
+
+    with path.open(newline="") as f:
+        assert next(csv.reader(f)) == list(export.MEMBER_FIELDS)
+    assert [r["user_id"] for r in _read(path)] == expected_users
+    if not filters:  # the day's file, as the daily publish writes it
+        with psycopg.connect(published) as conn:
+            written = export.export_scored_segments(conn, RUN_DATE, tmp_path / "daily")
+        assert written["lapsed"].read_bytes() == path.read_bytes()
+
+
 def test_exporting_again_replaces_the_file(published, tmp_path):
     path = export.export_path(tmp_path, "lapsed_personalised", RUN_DATE, min_score=0.85)
     path.write_text("an earlier export\n")
@@ -151,7 +185,9 @@ def test_export_all_writes_every_segment_even_empty_ones(published, tmp_path):
     with psycopg.connect(published) as conn:
         paths = export.export_all(conn, RUN_DATE, settings)
 
-    assert paths == {name: settings.exports_dir / f"{name}_2026-11-01.csv" for name in segments.SEGMENTS}
+    # Every segment table's file, and the scored lifecycle segments that have members that day.
+    names = [*segments.SEGMENTS, "lapsed"]
+    assert paths == {name: settings.exports_dir / f"{name}_2026-11-01.csv" for name in names}
     assert len(_read(paths["lapsed_personalised"])) == 4
     with paths["merchant_superfans"].open(newline="") as f:
         assert list(csv.reader(f)) == [
@@ -171,7 +207,7 @@ def test_export_all_writes_every_segment_even_empty_ones(published, tmp_path):
 
 def test_unknown_segment_is_refused_with_the_valid_names(published, tmp_path):
     with pytest.raises(ValueError, match="valid segments: high_affinity_prospects, lapsed_personalised"):
-        _export(published, tmp_path, segment="lapsed")
+        _export(published, tmp_path, segment="lapsed_members")
 
 
 def _cli(argv: list[str]) -> int:
@@ -239,7 +275,9 @@ def test_cli_unknown_segment_exits_2_listing_the_segments(environment, capsys):
 
     error = capsys.readouterr().err
     assert "unknown segment 'superfans'" in error
-    assert all(name in error for name in segments.SEGMENTS)
+    assert all(name in error for name in (*segments.SEGMENTS, "lapsed", "dormant"))
+    assert _cli(["dormant"]) == 0  # a scored lifecycle segment, with no members that day: a header only
+    assert len(_read(environment.exports_dir / "dormant_2026-11-01.csv")) == 0
 
 
 def test_cli_without_any_published_run_says_so(settings, monkeypatch, capsys):

@@ -22,7 +22,12 @@ from ml.warehouse import postgres
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("segment", metavar="SEGMENT", help=f"one of: {', '.join(segments.SEGMENTS)}")
+    parser.add_argument(
+        "segment",
+        metavar="SEGMENT",
+        help=f"one of: {', '.join(segments.SEGMENTS)}; or a scored lifecycle segment (lapsed, dormant: "
+        "crm.segment_members, the win-back lists)",
+    )
     parser.add_argument(
         "--date", type=iso_date, default=None, help="run date YYYY-MM-DD (default: the latest published)"
     )
@@ -41,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if args.segment not in segments.SEGMENTS:
+    if args.segment not in segments.SEGMENTS and args.segment not in LIFECYCLE_SEGMENTS:
         print(f"error: {UnknownSegmentError(args.segment)}", file=sys.stderr)
         return 2
     settings = Settings.from_env()

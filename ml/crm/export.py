@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from ml.crm import segments
+from ml.recommend.lifecycle import LIFECYCLE_SEGMENTS
 from ml.settings import Settings
 from ml.warehouse.marts import MARKETABLE_USERS_SQL
 
@@ -28,7 +29,10 @@ MEMBER_FIELDS = ("user_id", "segment", "rank", "merchant_id", "merchant_name", "
 
 class UnknownSegmentError(ValueError):
     def __init__(self, segment: str):
-        super().__init__(f"unknown segment {segment!r}; valid segments: {', '.join(segments.SEGMENTS)}")
+        super().__init__(
+            f"unknown segment {segment!r}; valid segments: {', '.join(segments.SEGMENTS)}, or a scored lifecycle "
+            f"segment ({', '.join(LIFECYCLE_SEGMENTS)}: crm.segment_members)"
+        )
 
 
 def export_path(exports_dir: Path, segment: str, run_date: date, **filters) -> Path:
@@ -90,11 +94,12 @@ def export_segment(
     zone: str | None = None,
     lifecycle_segment: str | None = None,
 ) -> Path:
-    """Write run_date's rows of one CRM segment table for the users marketing may reach as of now
-    (``marts.MARKETABLE_USERS_SQL``), optionally only score >= min_score, the user's platform / zone and the
-    user's lifecycle segment in the latest marts build. With filters the file name carries them (see
-    ``export_path``)."""
-    if segment not in segments.SEGMENTS:
+    """Write run_date's rows of one segment for the users marketing may reach as of now
+    (``marts.MARKETABLE_USERS_SQL``): a CRM segment table (``crm.high_affinity_prospects`` ...) or a scored lifecycle
+    segment's members (``crm.segment_members``: ``lapsed``, ``dormant``), optionally only score >= min_score, the
+    user's platform / zone (a segment table's own columns; for members, ``marts.user_features``) and the user's
+    lifecycle segment in the latest marts build. With filters the file name carries them (see ``export_path``)."""
+    if segment not in segments.SEGMENTS and segment not in LIFECYCLE_SEGMENTS:
         raise UnknownSegmentError(segment)
     path = export_path(
         exports_dir,
@@ -105,23 +110,6 @@ def export_segment(
         zone=zone,
         lifecycle_segment=lifecycle_segment,
     )
-    query = _segment_sql(segments.SEGMENTS[segment], run_date, min_score, platform, zone, lifecycle_segment)
-    return write_csv(conn, query, path)
-
-
-def _segment_sql(
-    segment: segments.Segment,
-    run_date: date,
-    min_score: float | None,
-    platform: str | None,
-    zone: str | None,
-    lifecycle_segment: str | None,
-) -> sql.Composed:
-    columns = [
-        *(sql.Identifier(name) for name in LEADING_FIELDS),
-        sql.SQL("run_date AS export_date"),
-        *(sql.Identifier(name) for name in segment.field_names),
-    ]
     # COPY takes no bind parameters: values are quoted client-side as literals.
     filters = [
         sql.SQL("run_date = {}").format(sql.Literal(run_date)),
@@ -129,22 +117,51 @@ def _segment_sql(
     ]
     if min_score is not None:
         filters.append(sql.SQL("score >= {}").format(sql.Literal(min_score)))
-    if platform is not None:
-        filters.append(sql.SQL("platform = {}").format(sql.Literal(platform)))
-    if zone is not None:
-        filters.append(sql.SQL("home_zone = {}").format(sql.Literal(zone)))
     if lifecycle_segment is not None:
         filters.append(
             sql.SQL("user_id IN (SELECT user_id FROM marts.user_segments WHERE lifecycle_segment = {})").format(
                 sql.Literal(lifecycle_segment)
             )
         )
+    if segment in segments.SEGMENTS:
+        query = _segment_sql(segments.SEGMENTS[segment], filters, platform, zone)
+    else:
+        query = _members_sql(segment, filters, platform, zone)
+    return write_csv(conn, query, path)
+
+
+def _segment_sql(
+    segment: segments.Segment, filters: list[sql.Composable], platform: str | None, zone: str | None
+) -> sql.Composed:
+    columns = [
+        *(sql.Identifier(name) for name in LEADING_FIELDS),
+        sql.SQL("run_date AS export_date"),
+        *(sql.Identifier(name) for name in segment.field_names),
+    ]
+    if platform is not None:
+        filters.append(sql.SQL("platform = {}").format(sql.Literal(platform)))
+    if zone is not None:
+        filters.append(sql.SQL("home_zone = {}").format(sql.Literal(zone)))
     return sql.SQL(
         "SELECT {columns} FROM {table} WHERE {filters} ORDER BY user_id, score DESC, recommended_merchant_id"
     ).format(
         columns=sql.SQL(", ").join(columns),
         table=sql.Identifier("crm", segment.name),
         filters=sql.SQL(" AND ").join(filters),
+    )
+
+
+def _members_sql(segment: str, filters: list[sql.Composable], platform: str | None, zone: str | None) -> sql.Composed:
+    filters.append(sql.SQL("segment = {}").format(sql.Literal(segment)))
+    for column, value in (("platform", platform), ("home_zone", zone)):
+        if value is not None:
+            filters.append(
+                sql.SQL("user_id IN (SELECT user_id FROM marts.user_features WHERE {} = {})").format(
+                    sql.Identifier(column), sql.Literal(value)
+                )
+            )
+    return sql.SQL("SELECT {columns} FROM crm.segment_members WHERE {filters} ORDER BY user_id, rank").format(
+        columns=sql.SQL(", ").join(map(sql.Identifier, MEMBER_FIELDS)), filters=sql.SQL(" AND ").join(filters)
     )
 
 
@@ -157,23 +174,7 @@ def export_scored_segments(conn: psycopg.Connection, run_date: date, exports_dir
             "SELECT DISTINCT segment FROM crm.segment_members WHERE run_date = %s ORDER BY segment", (run_date,)
         )
     ]
-    query = sql.SQL(
-        "SELECT {columns} FROM crm.segment_members WHERE run_date = {run_date} AND segment = {segment} "
-        "AND user_id IN ({marketable}) ORDER BY user_id, rank"
-    )
-    return {
-        name: write_csv(
-            conn,
-            query.format(
-                columns=sql.SQL(", ").join(map(sql.Identifier, MEMBER_FIELDS)),
-                run_date=sql.Literal(run_date),
-                segment=sql.Literal(name),
-                marketable=sql.SQL(MARKETABLE_USERS_SQL),
-            ),
-            export_path(exports_dir, name, run_date),
-        )
-        for name in names
-    }
+    return {name: export_segment(conn, name, run_date, exports_dir) for name in names}
 
 
 def export_all(conn: psycopg.Connection, run_date: date, settings: Settings) -> dict[str, Path]:

@@ -336,8 +336,12 @@ def crm_export(shown: Shown) -> None:
     if shown.run_date is None:
         st.info("Nothing published yet: run `rekindle run` first.")
         return
-    segment = st.selectbox("Segment", list(segments.SEGMENTS), key="export_segment")
-    st.caption(segments.SEGMENTS[segment].description)
+    scored = list(settings().score_segments)
+    segment = st.selectbox("Segment", [*segments.SEGMENTS, *scored], key="export_segment")
+    if segment in segments.SEGMENTS:
+        st.caption(segments.SEGMENTS[segment].description)
+    else:
+        st.caption(f"The {segment} users' win-back lists as the daily run scored them (crm.segment_members).")
     chosen_date = st.selectbox("Run date", shown.run_dates, key="export_run_date")
     values = export_filter_values(segment, chosen_date)
     left, middle, right, last = st.columns(4)

@@ -16,6 +16,7 @@ import pandas as pd
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from ml.crm import segments
 from ml.crm.export import export_segment
 from ml.serving.queries import Warehouse
 
@@ -90,6 +91,12 @@ EXPORT_FILTER_VALUES_SQL = """
 SELECT array_agg(DISTINCT platform) FILTER (WHERE platform IS NOT NULL) AS platforms,
        array_agg(DISTINCT home_zone) FILTER (WHERE home_zone IS NOT NULL) AS zones
 FROM {table} WHERE run_date = %(run_date)s"""
+# A scored lifecycle segment's members have no platform or zone of their own: the marts' (as its export filters).
+MEMBER_FILTER_VALUES_SQL = """
+SELECT array_agg(DISTINCT f.platform) FILTER (WHERE f.platform IS NOT NULL) AS platforms,
+       array_agg(DISTINCT f.home_zone) FILTER (WHERE f.home_zone IS NOT NULL) AS zones
+FROM crm.segment_members m JOIN marts.user_features f USING (user_id)
+WHERE m.run_date = %(run_date)s AND m.segment = %(segment)s"""
 LIFECYCLE_SEGMENTS_SQL = "SELECT DISTINCT lifecycle_segment FROM marts.user_segments ORDER BY 1"
 
 
@@ -159,9 +166,13 @@ class DashboardWarehouse(Warehouse):
         return self.frame(FRESHNESS_SQL)
 
     def export_filter_values(self, segment: str, run_date: date) -> dict[str, list[str]]:
-        """The platforms and zones in run_date's rows of a segment table, and every lifecycle segment."""
-        query = sql.SQL(EXPORT_FILTER_VALUES_SQL).format(table=sql.Identifier("crm", segment))
-        row = self.connection().execute(query, {"run_date": run_date}).fetchone()
+        """The platforms and zones in run_date's rows of a segment table (or of a scored lifecycle segment's
+        members), and every lifecycle segment."""
+        if segment in segments.SEGMENTS:
+            query = sql.SQL(EXPORT_FILTER_VALUES_SQL).format(table=sql.Identifier("crm", segment))
+        else:
+            query = sql.SQL(MEMBER_FILTER_VALUES_SQL)
+        row = self.connection().execute(query, {"run_date": run_date, "segment": segment}).fetchone()
         lifecycle = [r["lifecycle_segment"] for r in self._all(LIFECYCLE_SEGMENTS_SQL)]
         return {
             "platform": sorted(row["platforms"] or []),
