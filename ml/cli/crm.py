@@ -65,16 +65,20 @@ def cmd_export(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        path = export_segment(
-            conn,
-            args.segment,
-            run_date,
-            args.out or settings.exports_dir,
-            args.min_score,
-            args.platform,
-            args.zone,
-            args.lifecycle_segment,
-        )
+        try:
+            path = export_segment(
+                conn,
+                args.segment,
+                run_date,
+                args.out or settings.exports_dir,
+                args.min_score,
+                args.platform,
+                args.zone,
+                args.lifecycle_segment,
+            )
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     print(f"wrote {path}")
     return 0
 

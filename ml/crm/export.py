@@ -96,11 +96,16 @@ def export_segment(
 ) -> Path:
     """Write run_date's rows of one segment for the users marketing may reach as of now
     (``marts.MARKETABLE_USERS_SQL``): a CRM segment table (``crm.high_affinity_prospects`` ...) or a scored lifecycle
-    segment's members (``crm.segment_members``: ``lapsed``, ``dormant``), optionally only score >= min_score, the
-    user's platform / zone (a segment table's own columns; for members, ``marts.user_features``) and the user's
+    segment's members (``crm.segment_members``: ``lapsed``, ``dormant``), optionally only score >= min_score (the
+    tables' scores, 0-1), the user's platform / zone (a segment table's own columns; for members, ``marts.user_features``) and the user's
     lifecycle segment in the latest marts build. With filters the file name carries them (see ``export_path``)."""
     if segment not in segments.SEGMENTS and segment not in LIFECYCLE_SEGMENTS:
         raise UnknownSegmentError(segment)
+    if min_score is not None and segment not in segments.SEGMENTS:
+        raise ValueError(
+            f"--min-score filters the segment tables' scores (0-1); {segment}'s members carry the ranker's own "
+            "scores, which have no fixed scale"
+        )
     path = export_path(
         exports_dir,
         segment,

@@ -345,7 +345,12 @@ def crm_export(shown: Shown) -> None:
     chosen_date = st.selectbox("Run date", shown.run_dates, key="export_run_date")
     values = export_filter_values(segment, chosen_date)
     left, middle, right, last = st.columns(4)
-    min_score = left.number_input("Minimum score (0-1)", 0.0, 1.0, 0.0, 0.05, key="export_min_score")
+    # The members of a scored lifecycle segment carry the ranker's own scores, on no fixed scale.
+    min_score = (
+        left.number_input("Minimum score (0-1)", 0.0, 1.0, 0.0, 0.05, key="export_min_score")
+        if segment in segments.SEGMENTS
+        else None
+    )
     platform = middle.selectbox("Platform", ["all", *values["platform"]], key="export_platform")
     zone = right.selectbox("Zone", ["all", *values["zone"]], key="export_zone")
     lifecycle = last.selectbox("Lifecycle segment", ["all", *values["lifecycle_segment"]], key="export_lifecycle")
