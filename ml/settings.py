@@ -316,7 +316,8 @@ DESCRIPTIONS: dict[str, str] = {
     "promotion_margin": "A challenger becomes `@champion` only if its gate metric exceeds the champion's times "
     "(1 + this margin), both judged on the same held-out data (0.05 = 5% better).",
     "score_segments": "Lifecycle segments (comma-separated) whose members and their recommendations are written "
-    "to `crm.segment_members`.",
+    "to `crm.segment_members` (and the exports `<segment>_<date>.csv`); each one of new, active, at_risk, lapsed, "
+    "dormant, churned (the daily DAG's first task refuses any other).",
     "offer_objective": "What the personalised offers maximise within their budget: `reengagement` (incremental "
     "reactivations, the seed's criterion) or `margin` (incremental margin minus reward cost; sends no offer where "
     "none pays).",

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import psutil
@@ -131,6 +132,15 @@ def test_settings_come_from_prefixed_environment_variables_with_clear_errors():
 def test_a_setting_out_of_its_range_is_refused_naming_its_variable(environ, message):
     with pytest.raises(ValueError, match=message):
         Settings.from_env(environ=environ)
+
+
+def test_the_first_task_refuses_a_segment_to_score_that_is_no_lifecycle_segment(tmp_path):
+    from ml.pipeline import tasks
+
+    settings = Settings.from_env(environ={"REKINDLE_SCORE_SEGMENTS": "lapsed,lapsd"}, home=tmp_path)
+    with pytest.raises(ValueError, match="REKINDLE_SCORE_SEGMENTS names lapsd: not a lifecycle segment"):
+        tasks.prepare_warehouse(settings, date(2026, 11, 1))
+    assert not (tmp_path / "warehouse").exists()
 
 
 def test_passwords_are_redacted_for_printing():

@@ -28,7 +28,7 @@ from ml.offers.truth import truth_values
 from ml.pipeline import tracking
 from ml.privacy import consent, retention, roles, tombstones
 from ml.recommend.evaluation import Judge, TemporalSplit
-from ml.recommend.lifecycle import INACTIVE_SEGMENTS, LifecycleRule
+from ml.recommend.lifecycle import INACTIVE_SEGMENTS, LIFECYCLE_SEGMENTS, LifecycleRule
 from ml.recommend.merchant import (
     MarketContext,
     ModelSpec,
@@ -128,8 +128,15 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def prepare_warehouse(settings: Settings, run_date: date) -> dict:
+    """The warehouse's schemas and dbt's profile; first, the settings only the pipeline's vocabulary can check."""
     from ml.warehouse.dbt_runner import write_profile
 
+    unknown = [name for name in settings.score_segments if name not in LIFECYCLE_SEGMENTS]
+    if unknown:
+        raise ValueError(
+            f"REKINDLE_SCORE_SEGMENTS names {', '.join(unknown)}: not a lifecycle segment (one of "
+            f"{', '.join(LIFECYCLE_SEGMENTS)})"
+        )
     url = postgres.start(settings)
     with psycopg.connect(url) as conn:
         ddl.ensure(conn)  # raw, ops and crm
