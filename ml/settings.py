@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ml.warehouse.contract import NO_OFFER, OFFER_EVENT_TYPES
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -187,6 +189,11 @@ class Settings:
                 raise ValueError(f"REKINDLE_{name.upper()}={value} must be {allowed}")
             if name in ABOVE_ZERO and value == 0:
                 raise ValueError(f"REKINDLE_{name.upper()}=0 must be above 0")
+        if self.default_offer_event_type not in OFFER_EVENT_TYPES or self.default_offer_event_type == NO_OFFER:
+            offers = ", ".join(event_type for event_type in OFFER_EVENT_TYPES if event_type != NO_OFFER)
+            raise ValueError(
+                f"REKINDLE_DEFAULT_OFFER_EVENT_TYPE={self.default_offer_event_type!r} is not one of {offers}"
+            )
         if self.offer_objective not in OFFER_OBJECTIVES:
             raise ValueError(
                 f"REKINDLE_OFFER_OBJECTIVE={self.offer_objective!r} is not one of {', '.join(OFFER_OBJECTIVES)}"

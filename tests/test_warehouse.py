@@ -127,6 +127,8 @@ def test_settings_come_from_prefixed_environment_variables_with_clear_errors():
         ({"REKINDLE_API_PUBLICATION_POLL_SECONDS": "0"}, "REKINDLE_API_PUBLICATION_POLL_SECONDS=0 must be above 0"),
         ({"REKINDLE_LAPSED_MAX_DAYS": "70"}, "REKINDLE_ACTIVE_MAX_DAYS < REKINDLE_AT_RISK_MAX_DAYS"),
         ({"REKINDLE_HOLDOUT_SHARE": "0.6"}, "add up to more than 1"),
+        ({"REKINDLE_DEFAULT_OFFER_EVENT_TYPE": "free_delivry"}, "'free_delivry' is not one of free_delivery, "),
+        ({"REKINDLE_DEFAULT_OFFER_EVENT_TYPE": "none"}, "'none' is not one of"),
     ],
 )
 def test_a_setting_out_of_its_range_is_refused_naming_its_variable(environ, message):

@@ -39,6 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_locked(args: argparse.Namespace, settings: Settings, run_date: date, log_path: Path) -> int:
     from ml.pipeline.airflow import logs_to_file, refuse_while_the_scheduler_runs, run_dag_in_process
+    from ml.pipeline.cluster import existing_metadata_url
     from ml.pipeline.summary import key_figure, print_summary
 
     print(f"rekindle run {run_date}: the full log (Airflow, dbt, the warehouse) goes to {log_path}", flush=True)
@@ -55,7 +56,7 @@ def _run_locked(args: argparse.Namespace, settings: Settings, run_date: date, lo
                 "JSON-lines files there."
             )
         _migrate_airflow_db(view.say, output=None)
-        refuse_while_the_scheduler_runs(DAG_ID, url)
+        refuse_while_the_scheduler_runs(DAG_ID, existing_metadata_url(url))
         view.say(f"running DAG {DAG_ID} for {run_date} in-process ...")
         state, tasks = run_dag_in_process(DAG_ID, run_date)
     print_summary(settings, run_date, state, tasks, time.perf_counter() - started)

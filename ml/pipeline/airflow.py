@@ -103,21 +103,15 @@ def in_process_run_lock(airflow_home: Path, dag_id: str, run_date: date) -> Iter
         yield
 
 
-def refuse_while_the_scheduler_runs(dag_id: str, warehouse_url: str) -> None:
+def refuse_while_the_scheduler_runs(dag_id: str, celery_metadata_url: str | None) -> None:
     """Raise ``RunInProgress`` when a live Airflow scheduler has a run of the DAG queued or running (the DAG runs one
-    day at a time): ``rekindle ui``'s, whose metadata is this process's Airflow database, or ``rekindle ui --executor
-    celery``'s, whose metadata is a schema of the warehouse. A run left running by a scheduler that is no longer
-    alive does not count: nothing is running it."""
-    import psycopg
-
-    from ml.pipeline.cluster import AIRFLOW_SCHEMA, metadata_url
-
-    with psycopg.connect(warehouse_url) as conn:
-        (celery_metadata,) = conn.execute("SELECT to_regclass(%s)", (f"{AIRFLOW_SCHEMA}.dag_run",)).fetchone()
-    stores = [("rekindle ui", None)]
-    if celery_metadata is not None:
-        stores.append(("rekindle ui --executor celery", metadata_url(warehouse_url)))
-    for name, url in stores:
+    day at a time): ``rekindle ui``'s, whose metadata is this process's Airflow database, or, given its metadata's
+    URL (``cluster.existing_metadata_url``), ``rekindle ui --executor celery``'s. A run left running by a scheduler
+    that is no longer alive does not count: nothing is running it."""
+    stores = {"rekindle ui": None}
+    if celery_metadata_url is not None:
+        stores["rekindle ui --executor celery"] = celery_metadata_url
+    for name, url in stores.items():
         with _metadata_session(url) as session:
             dates = _scheduled_runs_in_progress(session, dag_id)
         if dates is not None:

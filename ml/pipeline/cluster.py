@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import psycopg
+
 from ml.pipeline.airflow import STOP_GRACE_SECONDS, stop_process_groups, supervise
 from ml.settings import PROJECT_ROOT, Settings
 
@@ -62,6 +64,13 @@ def metadata_url(warehouse_url: str) -> str:
     )
     separator = "&" if "?" in base else "?"
     return f"{base}{separator}options={quote(f'-csearch_path={AIRFLOW_SCHEMA}')}"
+
+
+def existing_metadata_url(warehouse_url: str) -> str | None:
+    """``metadata_url``, if a Celery stack ever created its tables in the warehouse; else None."""
+    with psycopg.connect(warehouse_url) as conn:
+        (table,) = conn.execute("SELECT to_regclass(%s)", (f"{AIRFLOW_SCHEMA}.dag_run",)).fetchone()
+    return metadata_url(warehouse_url) if table is not None else None
 
 
 def free_port() -> int:
