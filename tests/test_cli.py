@@ -99,6 +99,8 @@ def _cli_env(home: Path, **extra: str) -> dict[str, str]:
         (["export", "lapsed_personalised", "--lifecycle-segment", "sleepy"], {}, "sleepy"),
         (["nosuch"], {}, "nosuch"),
         (["run"], {"REKINDLE_SEED": "forty-two"}, "forty-two"),
+        (["serve"], {"REKINDLE_SERVING_STRATEGIES": "champion:0.5,popular:0.5"}, "unknown strategy 'popular'"),
+        (["dashboard"], {"REKINDLE_SERVING_STRATEGIES": "champion:0.5,cosine:0.3"}, "must add up to 1"),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else None,
 )

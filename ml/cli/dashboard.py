@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg
 
-from ml.cli.options import ensure_free_port, port
+from ml.cli.options import check_serving_strategies, ensure_free_port, port
 from ml.privacy.roles import ensure_dashboard_role
 from ml.settings import Settings, redact
 from ml.warehouse import postgres
@@ -36,6 +36,7 @@ def streamlit_command(host: str, listen_port: int) -> list[str]:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     ensure_free_port(args.host, args.port)
+    check_serving_strategies(settings)
     url = postgres.start(settings)
     with psycopg.connect(url, autocommit=True) as conn:
         ensure_dashboard_role(conn, settings)

@@ -124,3 +124,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def today() -> date:
     return datetime.now(UTC).date()
+
+
+def check_serving_strategies(settings) -> None:
+    """``REKINDLE_SERVING_STRATEGIES`` as the API and the dashboard read it, or one line before either starts."""
+    from ml.serving.variants import ServingExperiment
+
+    try:
+        ServingExperiment.from_settings(settings.serving_experiment, settings.serving_strategies)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

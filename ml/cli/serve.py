@@ -7,7 +7,7 @@ import os
 
 import psycopg
 
-from ml.cli.options import UsageError, ensure_free_port, port, positive_int
+from ml.cli.options import UsageError, check_serving_strategies, ensure_free_port, port, positive_int
 from ml.serving import auth
 from ml.serving.workers import PortInUseError, Workers
 from ml.settings import Settings, redact
@@ -21,6 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     ensure_free_port(args.host, args.port)
+    check_serving_strategies(settings)
     if settings.api_keys:
         try:
             auth.parse_keys(settings.api_keys)
