@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml $(LOCK)
 venv: $(STAMP)
 
 run: $(STAMP)
-	@$(BIN)/rekindle generate --scale demo
+	@$(BIN)/rekindle generate --scale demo --keep-existing
 	@$(BIN)/rekindle run
 
 # ruff (Python) and sqlfluff (the dbt project, .sqlfluff); the pre-commit hooks run the same.

@@ -409,3 +409,29 @@ def test_forget_refuses_a_file_that_is_not_utf8(tmp_path):
     path.write_bytes("Jürgen\n".encode("latin-1"))
     with pytest.raises(UsageError, match="is not UTF-8 text"):
         ids_in_file(path)
+
+
+def test_generate_never_writes_a_second_world_over_the_first(tmp_path):
+    home = tmp_path / "home"
+    drop = home / "data" / "incoming"
+
+    def generate(*extra: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "ml.cli", "generate", "--days", "2", *extra]
+        return subprocess.run(command, env=_cli_env(home), capture_output=True, text=True, timeout=300)
+
+    assert generate("--end-date", "2026-11-01").returncode == 0
+    first = (drop / "events.parquet").read_bytes()
+    assert generate("--end-date", "2026-11-01").returncode == 0  # the same world again: the same bytes
+    assert (drop / "events.parquet").read_bytes() == first
+
+    # A world shifted by a day has other event ids for the same users: loaded beside the first, it would mix them.
+    refused = generate("--end-date", "2026-11-02")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "already holds a synthetic world (demo, seed 42, 2 days to 2026-11-01, integer ids)" in refused.stderr
+    kept = generate("--end-date", "2026-11-02", "--keep-existing")
+    assert kept.returncode == 0 and "kept it" in kept.stdout
+    assert (drop / "events.parquet").read_bytes() == first
+
+    # A folder whose world was written without its parameters counts as another world.
+    (drop / "ground_truth" / "world.json").unlink()
+    assert "written before its parameters were recorded" in generate("--end-date", "2026-11-01").stderr

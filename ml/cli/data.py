@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -14,10 +15,14 @@ from ml.cli.options import (
     non_negative_int,
     positive_int,
     settings_from,
+    today,
 )
 from ml.settings import redact
-from ml.synthetic.marketplace import ID_FORMATS
+from ml.synthetic.marketplace import ID_FORMATS, TABLE_FILES, TRUTH_FOLDER
 from ml.warehouse import postgres
+
+# What `rekindle generate` wrote, so that it never writes a second world over the first.
+WORLD_FILE = f"{TRUTH_FOLDER}/world.json"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -25,21 +30,54 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     out = Path(args.out) if args.out else settings.input_dir
+    end_date = args.end_date or today()
+    world = {
+        "scale": settings.scale,
+        "seed": settings.seed,
+        "days": settings.days,
+        "end_date": end_date.isoformat(),
+        "ids": args.ids,
+    }
+    there = _world_in(out)
+    if there is not None and there != world:
+        if args.keep_existing:
+            print(f"{out} already holds a synthetic world ({_describe(there)}): kept it")
+            return 0
+        raise UsageError(
+            f"{out} already holds a synthetic world ({_describe(there)}); another one written over it would be "
+            "loaded beside it (new event ids, the same users), mixing the two. Keep it (--keep-existing, as `make "
+            "run` does), write elsewhere (--out DIR), or start a new home (REKINDLE_HOME=DIR)"
+        )
     started = time.perf_counter()
     print(f"generating the {settings.scale} marketplace (seed {settings.seed}, {settings.days} days) ...", flush=True)
     market = generate_marketplace(
         scale=settings.scale,
         seed=settings.seed,
         days=settings.days,
-        end_date=args.end_date,
+        end_date=end_date,
     )
     market.write(out, ids=args.ids)
+    (out / WORLD_FILE).write_text(json.dumps(world, indent=2) + "\n")
     print(
         f"wrote {len(market.users):,} users, {len(market.merchants):,} merchants, {len(market.events):,} events, "
         f"{len(market.campaign_exposures):,} campaign exposures ({args.ids} ids) to {out} "
         f"(ground truth in {out / 'ground_truth'}) in {time.perf_counter() - started:.1f}s"
     )
     return 0
+
+
+def _world_in(folder: Path) -> dict | None:
+    """The parameters of the synthetic world ``rekindle generate`` wrote to ``folder``; None where it wrote none
+    (an unknown world, if its events are there, is reported as such)."""
+    if (folder / WORLD_FILE).is_file():
+        return json.loads((folder / WORLD_FILE).read_text())
+    return {"unknown": True} if (folder / TABLE_FILES["events"]).is_file() else None
+
+
+def _describe(world: dict) -> str:
+    if world.get("unknown"):
+        return "written before its parameters were recorded"
+    return f"{world['scale']}, seed {world['seed']}, {world['days']} days to {world['end_date']}, {world['ids']} ids"
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -90,6 +128,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--end-date", type=iso_date, default=None, help="last day is the day before this (default: today, UTC)"
     )
     gen.add_argument("--out", default=None, help="folder (default: the drop folder the daily DAG loads)")
+    gen.add_argument(
+        "--keep-existing",
+        action="store_true",
+        help="if the folder already holds another world, keep it and write nothing (without it: an error)",
+    )
     gen.add_argument(
         "--ids",
         choices=ID_FORMATS,
