@@ -96,9 +96,10 @@ def export_segment(
 ) -> Path:
     """Write run_date's rows of one segment for the users marketing may reach as of now
     (``marts.MARKETABLE_USERS_SQL``): a CRM segment table (``crm.high_affinity_prospects`` ...) or a scored lifecycle
-    segment's members (``crm.segment_members``: ``lapsed``, ``dormant``), optionally only score >= min_score (the
-    tables' scores, 0-1), the user's platform / zone (a segment table's own columns; for members, ``marts.user_features``) and the user's
-    lifecycle segment in the latest marts build. With filters the file name carries them (see ``export_path``)."""
+    segment's members (``crm.segment_members``: ``lapsed``, ``dormant``). Optionally only score >= min_score (the
+    tables' scores, 0-1), the user's platform / zone (a segment table's own columns; for members,
+    ``marts.user_features``) and the user's lifecycle segment in the latest marts build. With filters the file name
+    carries them (see ``export_path``)."""
     if segment not in segments.SEGMENTS and segment not in LIFECYCLE_SEGMENTS:
         raise UnknownSegmentError(segment)
     if min_score is not None and segment not in segments.SEGMENTS:
@@ -143,30 +144,31 @@ def _segment_sql(
         sql.SQL("run_date AS export_date"),
         *(sql.Identifier(name) for name in segment.field_names),
     ]
-    if platform is not None:
-        filters.append(sql.SQL("platform = {}").format(sql.Literal(platform)))
-    if zone is not None:
-        filters.append(sql.SQL("home_zone = {}").format(sql.Literal(zone)))
+    own = [
+        sql.SQL("{} = {}").format(sql.Identifier(column), sql.Literal(value))
+        for column, value in (("platform", platform), ("home_zone", zone))
+        if value is not None
+    ]
     return sql.SQL(
         "SELECT {columns} FROM {table} WHERE {filters} ORDER BY user_id, score DESC, recommended_merchant_id"
     ).format(
         columns=sql.SQL(", ").join(columns),
         table=sql.Identifier("crm", segment.name),
-        filters=sql.SQL(" AND ").join(filters),
+        filters=sql.SQL(" AND ").join([*filters, *own]),
     )
 
 
 def _members_sql(segment: str, filters: list[sql.Composable], platform: str | None, zone: str | None) -> sql.Composed:
-    filters.append(sql.SQL("segment = {}").format(sql.Literal(segment)))
-    for column, value in (("platform", platform), ("home_zone", zone)):
-        if value is not None:
-            filters.append(
-                sql.SQL("user_id IN (SELECT user_id FROM marts.user_features WHERE {} = {})").format(
-                    sql.Identifier(column), sql.Literal(value)
-                )
-            )
+    own = [sql.SQL("segment = {}").format(sql.Literal(segment))] + [
+        sql.SQL("user_id IN (SELECT user_id FROM marts.user_features WHERE {} = {})").format(
+            sql.Identifier(column), sql.Literal(value)
+        )
+        for column, value in (("platform", platform), ("home_zone", zone))
+        if value is not None
+    ]
     return sql.SQL("SELECT {columns} FROM crm.segment_members WHERE {filters} ORDER BY user_id, rank").format(
-        columns=sql.SQL(", ").join(map(sql.Identifier, MEMBER_FIELDS)), filters=sql.SQL(" AND ").join(filters)
+        columns=sql.SQL(", ").join(map(sql.Identifier, MEMBER_FIELDS)),
+        filters=sql.SQL(" AND ").join([*filters, *own]),
     )
 
 
