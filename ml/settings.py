@@ -209,11 +209,14 @@ class Settings:
                 f"REKINDLE_HOLDOUT_SHARE={self.holdout_share} and REKINDLE_PERSONALISED_SHARE="
                 f"{self.personalised_share} add up to more than 1"
             )
-        for days, name in ((self.offer_training_days, "OFFER_TRAINING"), (self.crm_retention_days, "CRM_RETENTION")):
+        for days, name, why in (
+            (self.offer_training_days, "OFFER_TRAINING", "no exposure sent later has an observed outcome"),
+            (self.crm_retention_days, "CRM_RETENTION", "the readout reads a campaign's offers after its window"),
+        ):
             if days <= self.reactivation_window_days:
                 raise ValueError(
                     f"REKINDLE_{name}_DAYS={days} must be above REKINDLE_REACTIVATION_WINDOW_DAYS="
-                    f"{self.reactivation_window_days}: a campaign's offers are read after its window"
+                    f"{self.reactivation_window_days}: {why}"
                 )
 
     @property
