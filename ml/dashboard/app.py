@@ -115,7 +115,8 @@ def export_preview(
 ) -> tuple[int, pd.DataFrame]:
     """The export's row count and first rows: parsed once per export, not on every rerun of the page."""
     _, content = segment_export(segment, run_date, filters, last_erasure)
-    rows = pd.read_csv(io.BytesIO(content), dtype={"user_id": str, "recommended_merchant_id": str})
+    ids = {"user_id": str, "recommended_merchant_id": str, "merchant_id": str}  # a segment table's, a member file's
+    rows = pd.read_csv(io.BytesIO(content), dtype=ids)
     return len(rows), rows.head(PREVIEW_ROWS)
 
 
