@@ -15,7 +15,7 @@ import psycopg
 
 from ml.cli.options import iso_date
 from ml.crm import segments
-from ml.crm.export import UnknownSegmentError, export_segment, is_published, latest_run_date
+from ml.crm.export import EXPORTABLE_SEGMENTS, UnknownSegmentError, export_segment, is_published, latest_run_date
 from ml.recommend.lifecycle import LIFECYCLE_SEGMENTS
 from ml.settings import Settings
 from ml.warehouse import postgres
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if args.segment not in segments.SEGMENTS and args.segment not in LIFECYCLE_SEGMENTS:
+    if args.segment not in EXPORTABLE_SEGMENTS:
         print(f"error: {UnknownSegmentError(args.segment)}", file=sys.stderr)
         return 2
     settings = Settings.from_env()

@@ -27,6 +27,10 @@ LEADING_FIELDS = ("user_id", "segment", "recommended_merchant_id", "recommended_
 MEMBER_FIELDS = ("user_id", "segment", "rank", "merchant_id", "merchant_name", "score", "run_date", "model_version")
 
 
+# What can be exported: a CRM segment table, or a scored lifecycle segment's members (crm.segment_members).
+EXPORTABLE_SEGMENTS = (*segments.SEGMENTS, *LIFECYCLE_SEGMENTS)
+
+
 class UnknownSegmentError(ValueError):
     def __init__(self, segment: str):
         super().__init__(
@@ -100,7 +104,7 @@ def export_segment(
     tables' scores, 0-1), the user's platform / zone (a segment table's own columns; for members,
     ``marts.user_features``) and the user's lifecycle segment in the latest marts build. With filters the file name
     carries them (see ``export_path``)."""
-    if segment not in segments.SEGMENTS and segment not in LIFECYCLE_SEGMENTS:
+    if segment not in EXPORTABLE_SEGMENTS:
         raise UnknownSegmentError(segment)
     if min_score is not None and segment not in segments.SEGMENTS:
         raise ValueError(
