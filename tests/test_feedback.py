@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -122,6 +123,31 @@ def test_simulating_again_writes_the_same_files(settings, published_campaign):
     second = campaign_replay.simulate_campaign(settings, days=3, seed=3)
     # Same event ids, so re-ingesting a re-simulation loads nothing twice.
     pd.testing.assert_frame_equal(pd.read_parquet(second["files"]["events"]), events)
+
+
+def test_a_campaign_simulated_again_otherwise_replaces_the_files_not_yet_loaded(settings, published_campaign):
+    first = campaign_replay.simulate_campaign(settings, days=3, seed=3)
+    second = campaign_replay.simulate_campaign(settings, days=5, seed=4)
+
+    assert not any(Path(path).exists() for path in first["files"].values())
+    assert sorted(path.name for path in settings.input_dir.glob("*_sim_*")) == sorted(
+        Path(path).name for path in second["files"].values()
+    )
+
+
+def test_a_loaded_simulation_is_not_followed_by_a_second_outcome(settings, published_campaign):
+    first = campaign_replay.simulate_campaign(settings, days=3, seed=3)
+    ingest.ingest_path(settings.warehouse_url, settings.input_dir)
+
+    for seed, days in [(4, 3), (3, 5)]:
+        with pytest.raises(ValueError, match="already simulated \\(seed 3, 3 days\\).*--seed 3 --days 3"):
+            campaign_replay.simulate_campaign(settings, days=days, seed=seed)
+    assert all(Path(path).exists() for path in first["files"].values())
+    assert readout.load_campaign_truth(settings, CAMPAIGN)["seed"] == 3
+    # The same simulation again rewrites the same events, which the next load skips as duplicates.
+    campaign_replay.simulate_campaign(settings, days=3, seed=3)
+    reloaded = ingest.ingest_path(settings.warehouse_url, settings.input_dir)
+    assert [result.rows_loaded for result in reloaded if result.table == "events"] == [0]
 
 
 def test_the_command_reports_the_truth(settings, published_campaign, monkeypatch, capsys):

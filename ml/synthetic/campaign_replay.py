@@ -20,7 +20,7 @@ import pandas as pd
 import psycopg
 
 from ml.experiments.assignment import ARMS, HOLDOUT, NON_PERSONALISED, PERSONALISED
-from ml.experiments.readout import campaign_truth_path
+from ml.experiments.readout import campaign_truth_path, load_campaign_truth
 from ml.offers.arms import NO_OFFER
 from ml.settings import Settings
 from ml.synthetic.marketplace import Marketplace
@@ -30,7 +30,7 @@ from ml.synthetic.world import (
     simulate_days,
     true_reactivation_probability,
 )
-from ml.warehouse import postgres
+from ml.warehouse import ingest, postgres
 
 OFFER_COLUMNS = ["run_date", "campaign_id", "user_id", "arm", "event_type", "reward_size", "propensity"]
 
@@ -106,6 +106,29 @@ def drop_file_names(start: date, days: int) -> dict[str, str]:
     return {table: f"{table}_sim_{start.isoformat()}_{days}d.parquet" for table in ("events", "campaign_exposures")}
 
 
+def earlier_simulation_files(
+    conn: psycopg.Connection, settings: Settings, campaign_ids: list[str], seed: int, days: int
+) -> list[Path]:
+    """The files of an earlier simulation of these campaigns with another seed or number of days, which the new one
+    replaces: a campaign has one simulated outcome. Refused once the daily run has loaded them: their events would
+    stay in raw beside the new ones, and the campaign would be measured on two outcomes."""
+    stale = []
+    for campaign_id in campaign_ids:
+        earlier = load_campaign_truth(settings, campaign_id)
+        if earlier is None or (earlier["seed"], earlier["days"]) == (seed, days):
+            continue
+        files = [Path(path).resolve() for path in earlier["files"].values()]
+        has_ingest_log = conn.execute("SELECT to_regclass('raw.ingested_files') IS NOT NULL").fetchone()[0]
+        if has_ingest_log and ingest.recorded_files(conn, [str(path) for path in files]):
+            raise ValueError(
+                f"campaign {campaign_id} was already simulated (seed {earlier['seed']}, {earlier['days']} days) and "
+                "the daily run has loaded that outcome; another would add its events beside it. Repeat it with "
+                f"--seed {earlier['seed']} --days {earlier['days']}, or simulate the next published campaign"
+            )
+        stale += files
+    return stale
+
+
 def write_drop_files(
     folder: Path,
     start: date,
@@ -126,8 +149,9 @@ def simulate_campaign(settings: Settings, days: int, seed: int) -> dict:
     url = postgres.start(settings)
     with psycopg.connect(url) as conn:
         offers = latest_offers(conn)
-    if offers.empty:
-        raise LookupError("crm.inactive_user_offers has no offers: run the daily pipeline first")
+        if offers.empty:
+            raise LookupError("crm.inactive_user_offers has no offers: run the daily pipeline first")
+        stale = earlier_simulation_files(conn, settings, sorted(offers["campaign_id"].unique()), seed, days)
     start = offers["run_date"].iloc[0]
     marketplace = Marketplace.read(settings.input_dir)  # refuses a world written with UUID ids
     # The simulated world numbers its users; the warehouse holds their ids as text.
@@ -136,6 +160,8 @@ def simulate_campaign(settings: Settings, days: int, seed: int) -> dict:
     events, exposures = simulate_days(marketplace, start, days, sent, seed)
     exposures = with_propensity(exposures, offers)
     paths = write_drop_files(settings.input_dir, start, days, events, exposures)
+    for path in set(stale) - {path.resolve() for path in paths.values()}:
+        path.unlink(missing_ok=True)
     rates = true_re_engagement_by_arm(offers, true_response_probability(marketplace, sent, start))
     result = {
         "campaign_ids": sorted(offers["campaign_id"].unique()),

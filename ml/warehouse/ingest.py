@@ -580,7 +580,7 @@ def ingest_path(url: str, path: Path, now: datetime | None = None, erasure_salt:
     with psycopg.connect(url) as conn:
         ensure_raw_schema(conn)
         files = discover_files(Path(path))
-        recorded = _recorded_files(conn, [str(file.resolve()) for file in files])
+        recorded = recorded_files(conn, [str(file.resolve()) for file in files])
         erased = ErasedUsers.load(conn, erasure_salt)
         conn.commit()
         skipped = 0
@@ -638,7 +638,7 @@ def summarize_new_ranges(conn: psycopg.Connection, table: str) -> None:
         conn.execute("SELECT brin_summarize_new_values(%s::regclass)", (name,))
 
 
-def _recorded_files(conn: psycopg.Connection, source_files: list[str]) -> dict[str, tuple[int, int, datetime]]:
+def recorded_files(conn: psycopg.Connection, source_files: list[str]) -> dict[str, tuple[int, int, datetime]]:
     """Size, modification time and load time of those of ``source_files`` already loaded."""
     rows = conn.execute(
         "SELECT source_file, size_bytes, modified_ns, loaded_at FROM raw.ingested_files WHERE source_file = ANY(%s)",
