@@ -274,7 +274,7 @@ def test_cli_unknown_segment_exits_2_listing_the_segments(environment, capsys):
     assert _cli(["superfans"]) == 2
 
     error = capsys.readouterr().err
-    assert "unknown segment 'superfans'" in error
+    assert error.startswith("rekindle export: error: unknown segment 'superfans'")
     assert all(name in error for name in (*segments.SEGMENTS, "lapsed", "dormant"))
     assert _cli(["dormant"]) == 0  # a scored lifecycle segment, with no members that day: a header only
     assert len(_read(environment.exports_dir / "dormant_2026-11-01.csv")) == 0
@@ -286,8 +286,8 @@ def test_cli_without_any_published_run_says_so(settings, monkeypatch, capsys):
     monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
     monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
 
-    assert _cli(["lapsed_personalised"]) == 1
-    assert "nothing published" in capsys.readouterr().err
+    assert _cli(["lapsed_personalised"]) == 2
+    assert capsys.readouterr().err == "rekindle export: error: nothing published to crm yet: run `rekindle run` first\n"
 
 
 def test_cli_a_date_with_nothing_published_is_an_error_not_an_empty_file(environment, capsys):

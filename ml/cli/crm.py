@@ -8,17 +8,18 @@ day's file.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import psycopg
 
-from ml.cli.options import iso_date
+from ml.cli.options import fail, iso_date
 from ml.crm import segments
 from ml.crm.export import EXPORTABLE_SEGMENTS, UnknownSegmentError, export_segment, is_published, latest_run_date
 from ml.recommend.lifecycle import LIFECYCLE_SEGMENTS
 from ml.settings import Settings
 from ml.warehouse import postgres
+
+PROG = "rekindle export"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,24 +48,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     if args.segment not in EXPORTABLE_SEGMENTS:
-        print(f"error: {UnknownSegmentError(args.segment)}", file=sys.stderr)
-        return 2
+        return fail(PROG, str(UnknownSegmentError(args.segment)))
     settings = Settings.from_env()
     with psycopg.connect(postgres.start(settings)) as conn:
         latest = latest_run_date(conn)
         if latest is None:
-            print("error: nothing published to crm yet: run `rekindle run` first", file=sys.stderr)
-            return 1
+            return fail(PROG, "nothing published to crm yet: run `rekindle run` first")
         run_date = args.date or latest
         if run_date != latest and not is_published(conn, run_date):
             # Else the export would be a header without rows, as for a segment nobody is in that day.
-            print(
-                f"error: nothing published to crm for {run_date}: the latest publication is {latest}, and "
+            return fail(
+                PROG,
+                f"nothing published to crm for {run_date}: the latest publication is {latest}, and "
                 f"publications older than {settings.crm_retention_days} days before it are deleted "
                 "(REKINDLE_CRM_RETENTION_DAYS)",
-                file=sys.stderr,
             )
-            return 2
         try:
             path = export_segment(
                 conn,
@@ -77,8 +75,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 args.lifecycle_segment,
             )
         except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return fail(PROG, str(exc))
     print(f"wrote {path}")
     return 0
 
