@@ -78,6 +78,8 @@ def _cli_env(home: Path, **extra: str) -> dict[str, str]:
     [
         (["run", "--date", "2026-13-01"], {}, "2026-13-01"),
         (["run", "--date", "1999-12-31"], {}, "--date 1999-12-31 is before 2000-01-01, the first day the DAG runs"),
+        (["run", "--date", "2999-01-01"], {}, "--date: run date 2999-01-01 is after today"),
+        (["benchmark", "daily", "--end-date", "2999-01-01"], {}, "--end-date: run date 2999-01-01 is after today"),
         (["generate", "--days", "-3"], {}, "-3"),
         (["generate", "--end-date", "2026-02-30"], {}, "2026-02-30"),
         (["export", "nosuch"], {}, "nosuch"),

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import psutil
@@ -142,6 +142,19 @@ def test_the_first_task_refuses_a_segment_to_score_that_is_no_lifecycle_segment(
     settings = Settings.from_env(environ={"REKINDLE_SCORE_SEGMENTS": "lapsed,lapsd"}, home=tmp_path)
     with pytest.raises(ValueError, match="REKINDLE_SCORE_SEGMENTS names lapsd: not a lifecycle segment"):
         tasks.prepare_warehouse(settings, date(2026, 11, 1))
+    assert not (tmp_path / "warehouse").exists()
+
+
+def test_the_first_task_refuses_a_run_dated_after_today_before_its_retention_deletes_anything(tmp_path):
+    """A mistyped year, from `rekindle run --date` or a trigger in the Airflow UI."""
+    from ml.pipeline import tasks
+
+    settings = Settings.from_env(environ={"REKINDLE_RAW_RETENTION_DAYS": "400"}, home=tmp_path)
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    with pytest.raises(
+        ValueError, match=f"run date {tomorrow} is after today .*raw events before {tomorrow - timedelta(days=400)}"
+    ):
+        tasks.prepare_warehouse(settings, tomorrow)
     assert not (tmp_path / "warehouse").exists()
 
 

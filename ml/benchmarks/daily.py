@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml.cli.options import iso_date, non_negative_int, positive_int
+from ml.cli.options import UsageError, iso_date, non_negative_int, positive_int
 from ml.settings import PROJECT_ROOT, Settings
 from ml.synthetic.marketplace import SCALES, TABLE_FILES
 
@@ -83,7 +83,13 @@ ROW_FORMATS = {PROBE_ROW: ".2f", IOWAIT_ROW: ".1f", BUSY_ROW: ".1f"}  # the inpu
 def run(args: argparse.Namespace) -> int:
     if args.one_day:
         return _run_one_day(args)
+    from ml.pipeline.tasks import check_run_date
+
     end = args.end_date or dt.datetime.now(dt.UTC).date()
+    try:
+        check_run_date(Settings.from_env(), end, dt.datetime.now(dt.UTC).date())
+    except ValueError as exc:
+        raise UsageError(f"--end-date: {exc}") from None
     label = f"{args.scale}" if args.users is None else f"{args.users}-users"
     home = (args.home or Settings.from_env().home / "benchmarks" / f"daily-{label}").resolve()
     settings = _fresh_home(home, args.seed, args.scale)

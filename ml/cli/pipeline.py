@@ -27,9 +27,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_date = args.date or today()
     log_path = settings.home / "logs" / f"{DAG_ID}_{run_date}.log"
     from ml.pipeline.airflow import FIRST_RUN_DATE, RunInProgress, in_process_run_lock
+    from ml.pipeline.tasks import check_run_date
 
     if run_date < FIRST_RUN_DATE.date():
         raise UsageError(f"--date {run_date} is before {FIRST_RUN_DATE:%Y-%m-%d}, the first day the DAG runs")
+    try:
+        check_run_date(settings, run_date, today())
+    except ValueError as exc:
+        raise UsageError(f"--date: {exc}") from None
     try:
         with in_process_run_lock(settings.airflow_home, DAG_ID, run_date):
             return _run_locked(args, settings, run_date, log_path)

@@ -127,10 +127,23 @@ class PeakMemory:
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
+def check_run_date(settings: Settings, run_date: date, today: date) -> None:
+    """A run measures recency up to its date and deletes what its retention puts before it, so a run dated after
+    today (a mistyped year) would call every user lapsed and delete raw events and publications still in use."""
+    if run_date > today:
+        raise ValueError(
+            f"run date {run_date} is after today ({today}, UTC): its retention would delete raw events before "
+            f"{run_date - timedelta(days=settings.raw_retention_days)} and CRM publications before "
+            f"{run_date - timedelta(days=settings.crm_retention_days)}"
+        )
+
+
 def prepare_warehouse(settings: Settings, run_date: date) -> dict:
-    """The warehouse's schemas and dbt's profile; first, the settings only the pipeline's vocabulary can check."""
+    """The warehouse's schemas and dbt's profile; first, the run date and the settings only the pipeline's vocabulary
+    can check."""
     from ml.warehouse.dbt_runner import write_profile
 
+    check_run_date(settings, run_date, datetime.now(UTC).date())
     unknown = [name for name in settings.score_segments if name not in LIFECYCLE_SEGMENTS]
     if unknown:
         raise ValueError(
