@@ -4,6 +4,9 @@ real GX checkpoints, a real MLflow registry, published CRM rows; re-runs and bad
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 import uuid
 from datetime import date, timedelta
 
@@ -244,3 +247,33 @@ def test_bad_input_is_quarantined_and_a_failed_gate_keeps_the_old_crm_rows(pipel
     assert loaded == 1
     after = _crm_rows(url, RUN_DATE)
     assert after.equals(before)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_stops_rekindle_run_before_its_next_task(pipeline_settings, stop):
+    """``dag.test`` turns an interrupt into the running task's failure and goes on with the tasks that do not depend
+    on it, and gives every task a SIGTERM handler that does nothing."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ml.cli", "run", "--date", RUN_DATE.isoformat()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A background process ignores SIGINT unless it says otherwise; a terminal's foreground one does not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    shown = []
+    for line in run.stdout:
+        shown.append(line)
+        if "check_raw_quality" in line:  # the view prints a task as it ends: dbt's models are building now
+            break
+    run.send_signal(stop)
+    remaining, errors = run.communicate(timeout=60)
+
+    assert run.returncode == 130, "".join(shown) + remaining + errors
+    assert f"rekindle run {RUN_DATE}: interrupted." in errors and "Traceback" not in errors
+    assert "check_mart_quality" not in remaining and "train_ranker" not in remaining
+    with psycopg.connect(pipeline_settings.warehouse_url) as conn:
+        steps = {
+            step for (step,) in conn.execute("SELECT step FROM ops.pipeline_steps WHERE run_date = %s", (RUN_DATE,))
+        }
+    assert steps == {"prepare_warehouse", "load_events", "check_raw_quality"}

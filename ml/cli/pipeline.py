@@ -40,6 +40,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _run_locked(args, settings, run_date, log_path)
     except RunInProgress as exc:
         raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        print(
+            f"\nrekindle run {run_date}: interrupted. The steps that ended keep their output; `rekindle run --date "
+            f"{run_date}` runs the day again (each step replaces its own output). The full log: {log_path}",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def _run_locked(args: argparse.Namespace, settings: Settings, run_date: date, log_path: Path) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import _thread
 import ast
 import fcntl
 import logging
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -172,12 +174,54 @@ def run_dag_in_process(dag_id: str, run_date: date, conf: dict | None = None) ->
     for task in dag.tasks:
         task.retries = 0
     logical_date = datetime(run_date.year, run_date.month, run_date.day, tzinfo=UTC)
-    dag_run = dag.test(logical_date=logical_date, run_conf=conf)
+    with stopped_by_signals():
+        dag_run = dag.test(logical_date=logical_date, run_conf=conf)
     outcomes = []
     for ti in sorted(dag_run.get_task_instances(), key=lambda ti: (ti.start_date is None, ti.start_date or 0)):
         seconds = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None
         outcomes.append(TaskOutcome(ti.task_id, _state(ti.state), seconds, ti.start_date, ti.end_date))
     return _state(dag_run.state), outcomes
+
+
+@contextmanager
+def stopped_by_signals(poll_seconds: float = 0.2) -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM stops the block with ``KeyboardInterrupt`` and starts no further task.
+
+    ``dag.test`` runs each task inside an ``except BaseException`` that turns the interrupt into that task's failure
+    and goes on with the tasks that do not depend on it, and it gives every task a SIGTERM handler of its own that
+    does nothing for a Python task. So the signals are also read from Python's wakeup file descriptor, and the main
+    thread is interrupted again until the block has ended. In the main thread only (where signals are handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    stopping = {signal.SIGINT, signal.SIGTERM}
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in stopping}
+    ended = threading.Event()
+
+    def interrupt_until_ended() -> None:
+        received = False
+        while not ended.is_set():
+            if select.select([read_fd], [], [], poll_seconds)[0]:
+                received = received or any(number in stopping for number in os.read(read_fd, 512))
+            if received and not ended.is_set():
+                _thread.interrupt_main()
+
+    watcher = threading.Thread(target=interrupt_until_ended, name="stopped-by-signals", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        ended.set()
+        watcher.join()
+        signal.set_wakeup_fd(previous_wakeup_fd)
+        for sig, handler in previous.items():
+            if handler is not None:  # None: set outside Python, which cannot be restored from here
+                signal.signal(sig, handler)
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 _TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\S+)(?: map_index=(-?\d+))?")
