@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -203,13 +204,57 @@ def test_bytes_that_are_not_utf8_in_a_parquet_binary_column_are_quarantined(ware
     ]
 
 
-def test_empty_file_loads_nothing_without_error(warehouse_url, tmp_path):
-    path = tmp_path / "events.csv"
-    path.write_text(BAD_EVENTS_CSV.splitlines()[0] + "\n")
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("events.csv", BAD_EVENTS_CSV.splitlines()[0] + "\n"), ("events.csv", ""), ("events.jsonl", "\n\n")],
+    ids=["a header only", "no bytes", "blank lines"],
+)
+def test_an_empty_file_of_a_day_without_events_loads_nothing_without_error(warehouse_url, tmp_path, name, text):
+    (tmp_path / name).write_text(text)
 
-    [result] = ingest.ingest_path(warehouse_url, path, now=NOW)
+    [result] = ingest.ingest_path(warehouse_url, tmp_path, now=NOW)
 
     assert (result.rows_read, result.rows_loaded, result.rows_quarantined) == (0, 0, 0)
+    # Recorded like any loaded file: the next run skips it.
+    assert ingest.ingest_path(warehouse_url, tmp_path, now=NOW) == []
+
+
+GOOD_EVENTS_CSV = "\n".join(BAD_EVENTS_CSV.splitlines()[i] for i in (0, 1, 6)) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "separator", "encoding"),
+    [
+        ("events.csv", ";", "utf-8"),
+        ("events.csv", "\t", "utf-8"),
+        ("events.csv", ",", "utf-8-sig"),
+        ("events.csv.gz", ";", "utf-8-sig"),
+    ],
+    ids=["semicolons", "tabs", "a byte-order mark", "gzipped semicolons with a byte-order mark"],
+)
+def test_a_csv_saved_by_a_spreadsheet_loads_as_the_same_rows(warehouse_url, tmp_path, name, separator, encoding):
+    frame = pd.read_csv(io.StringIO(GOOD_EVENTS_CSV), dtype=str, keep_default_na=False)
+    frame.to_csv(tmp_path / name, sep=separator, index=False, encoding=encoding)
+
+    [result] = ingest.ingest_path(warehouse_url, tmp_path / name, now=NOW)
+
+    assert (result.rows_loaded, result.rows_quarantined) == (2, 0)
+    assert _rows(warehouse_url, "SELECT event_id, user_id, properties->>'screen' FROM raw.events ORDER BY 1") == [
+        ("e1", "1", None),
+        ("e5", "2", "home"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["events.csv", "events.jsonl"])
+def test_a_file_that_is_not_utf8_is_refused_naming_it(warehouse_url, tmp_path, name):
+    rows = GOOD_EVENTS_CSV.replace("Foo", "Caf\u00e9")
+    if name.endswith(".jsonl"):
+        rows = pd.read_csv(io.StringIO(rows), dtype=str).to_json(orient="records", lines=True, force_ascii=False)
+    (tmp_path / name).write_bytes(rows.encode("latin-1"))
+
+    with pytest.raises(ValueError, match=f"{name} is not UTF-8 text \\(invalid continuation byte at byte \\d+\\)"):
+        ingest.ingest_path(warehouse_url, tmp_path, now=NOW)
+    assert _rows(warehouse_url, "SELECT count(*) FROM raw.ingested_files") == [(0,)]
 
 
 def test_file_names_map_to_tables():

@@ -90,11 +90,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         results = ingest.ingest_path(url, args.path, erasure_salt=erasure_salt(settings))
     except (ingest.SchemaDriftError, ValueError, FileNotFoundError) as exc:
         return fail("rekindle ingest", str(exc))
-    for result in results:
+    # Each file's counts went to the progress log as it loaded.
+    if results:
         print(
-            f"{Path(result.source_file).name:<40} -> raw.{result.table:<19} read {result.rows_read:>9,}  "
-            f"loaded {result.rows_loaded:>9,}  duplicate {result.rows_duplicate:>7,}  quarantined {result.rows_quarantined:>6,}  "
-            f"{result.rows_per_second:>9,} rows/s"
+            f"{len(results)} file(s): {sum(r.rows_read for r in results):,} rows read, "
+            f"{sum(r.rows_loaded for r in results):,} loaded, {sum(r.rows_duplicate for r in results):,} duplicate, "
+            f"{sum(r.rows_quarantined for r in results):,} quarantined, {sum(r.rows_erased for r in results):,} erased"
         )
     quarantined = sum(r.rows_quarantined for r in results)
     if quarantined:

@@ -12,6 +12,7 @@ which rows are already there, and the others are copied straight into the raw ta
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import logging
 import numbers
@@ -166,16 +167,35 @@ def read_file(path: Path) -> pd.DataFrame:
     suffixes = "".join(path.suffixes[-2:]).lower()
     if suffixes.endswith(".parquet"):
         return pd.read_parquet(path)
-    if suffixes.endswith(".csv") or suffixes.endswith(".csv.gz"):
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    if suffixes.endswith((".jsonl", ".ndjson", ".json")):
-        return _read_json_lines(path)
+    try:
+        if suffixes.endswith(".csv") or suffixes.endswith(".csv.gz"):
+            return _read_csv(path)
+        if suffixes.endswith((".jsonl", ".ndjson", ".json")):
+            return _read_json_lines(path)
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path.name} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8"
+        ) from None
     raise ValueError(f"{path.name}: unsupported file type; use .csv, .parquet or .jsonl")
+
+
+# A spreadsheet saved where the decimal mark is a comma separates its CSV columns with ';'.
+CSV_SEPARATORS = (",", ";", "\t", "|")
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """The columns separated by whichever of ``CSV_SEPARATORS`` the header holds most; an empty file has no rows."""
+    with (gzip.open if path.suffix.lower() == ".gz" else open)(path, "rt", encoding="utf-8-sig") as file:
+        header = file.readline()
+    if not header.strip():
+        return pd.DataFrame()
+    separator = max(CSV_SEPARATORS, key=header.count)
+    return pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
 
 
 def _read_json_lines(path: Path) -> pd.DataFrame:
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -447,6 +467,9 @@ def load_frame(
     contract = CONTRACTS[table]
     now = now or datetime.now(UTC)
     result = LoadResult(table=table, source_file=source_file, rows_read=len(frame))
+    if frame.empty and frame.columns.empty:  # an empty file: a day without rows
+        log.warning("%s is empty: no rows to load", Path(source_file).name)
+        return result
     good, bad = validate(frame, contract, now)
     if erased is not None and "user_id" in contract.ids:
         good_erased = erased.mask(good["user_id"])
