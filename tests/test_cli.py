@@ -67,6 +67,10 @@ def test_simulate_before_anything_is_published_says_to_run_first(settings, monke
     )
 
 
+# A port nothing listens on; the password must never be printed.
+UNREACHABLE = "postgresql://u:secret@127.0.0.1:1/rekindle"
+
+
 def _cli_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment of a fresh shell: no REKINDLE_ or AIRFLOW variables from this test session."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REKINDLE_", "AIRFLOW"))}
@@ -100,6 +104,12 @@ def _cli_env(home: Path, **extra: str) -> dict[str, str]:
         (["dashboard", "--port", "99999"], {}, "99999"),
         (["export", "lapsed_personalised", "--lifecycle-segment", "sleepy"], {}, "sleepy"),
         (["nosuch"], {}, "nosuch"),
+        (
+            ["export", "lapsed"],
+            {"REKINDLE_WAREHOUSE_URL": UNREACHABLE},
+            "cannot reach the warehouse (postgresql://u:***@",
+        ),
+        (["readout"], {"REKINDLE_WAREHOUSE_URL": UNREACHABLE}, "cannot reach the warehouse (postgresql://u:***@"),
         (["run"], {"REKINDLE_SEED": "forty-two"}, "forty-two"),
         (["serve"], {"REKINDLE_SERVING_STRATEGIES": "champion:0.5,popular:0.5"}, "unknown strategy 'popular'"),
         (["dashboard"], {"REKINDLE_SERVING_STRATEGIES": "champion:0.5,cosine:0.3"}, "must add up to 1"),
@@ -120,6 +130,22 @@ def test_a_bad_argument_gets_one_clear_line_and_a_non_zero_exit(argv, env, bad_v
     assert bad_value in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stdout == ""
+
+
+def test_rekindle_run_says_in_one_line_that_it_cannot_reach_the_warehouse(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ml.cli", "run"],
+        env=_cli_env(tmp_path / "home", REKINDLE_WAREHOUSE_URL=UNREACHABLE),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "rekindle run: error: cannot reach the warehouse (postgresql://u:***@127.0.0.1:1/rekindle): connection failed"
+    )
+    assert len(result.stderr.splitlines()) == 1 and "secret" not in result.stderr + result.stdout
 
 
 def test_a_second_rekindle_run_on_one_home_is_refused_while_the_first_runs(tmp_path):

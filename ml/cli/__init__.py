@@ -11,10 +11,12 @@ import argparse
 import logging
 import sys
 
+import psycopg
+
 from ml import runtime
 from ml.cli import benchmark, crm, dashboard, data, experiments, pipeline, privacy, serve
 from ml.cli.options import Parser, UsageError, fail
-from ml.settings import Settings
+from ml.settings import Settings, redact
 
 COMMAND_GROUPS = (data, pipeline, crm, experiments, benchmark, serve, privacy, dashboard)
 DESCRIPTION = "Rekindle: win back inactive customers of a delivery marketplace."
@@ -58,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UsageError as exc:
         return fail(prog, str(exc))
+    except psycopg.OperationalError as exc:
+        if exc.sqlstate is not None:  # the server answered with an error: a bug to trace, not a place to reach
+            raise
+        where = redact(settings.warehouse_url) if settings.warehouse_url else f"embedded, {settings.warehouse_dir}"
+        return fail(prog, f"cannot reach the warehouse ({where}): {' '.join(str(exc).split())}")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
