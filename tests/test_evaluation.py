@@ -161,3 +161,40 @@ def test_judge_lists_are_each_users_merchants_in_rank_order():
     assert Judge(split, catalog_size=60, workers=2).lists(in_parts, "winback") == lists
     assert sorted(map(sorted, in_parts.asked)) == [[3], [7]]
     assert Judge(split, catalog_size=60, workers=3).lists(_FixedLists(recs), "winback") == lists
+
+
+@pytest.mark.parametrize(
+    ("days_ago", "advice"),
+    [
+        (
+            [3, 2, 1],
+            "the first order is from 2026-11-28: load earlier orders, or lower REKINDLE_EVAL_TEST_DAYS below "
+            "the 3 days the orders reach back",
+        ),
+        (
+            [30, 25, 20],
+            "no user who ordered before them ordered in them (the latest order is from 2026-11-11): run "
+            "a date the data reaches, or raise REKINDLE_EVAL_TEST_DAYS",
+        ),
+    ],
+    ids=["too little history", "none in the window"],
+)
+def test_a_day_with_nothing_to_judge_the_ranker_on_says_which_way_to_move_the_window(days_ago, advice):
+    from datetime import date
+
+    from ml.pipeline.tasks import as_of, nothing_to_judge_on
+
+    run_date = date(2026, 12, 1)
+    orders = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2"],
+            "merchant_id": ["m1", "m2", "m1"],
+            "event_time": [pd.Timestamp(run_date, tz="UTC") - pd.Timedelta(days=d) for d in days_ago],
+        }
+    )
+    split = TemporalSplit.last_days(orders, as_of(run_date), 7)
+    assert not split.relevant_with_repeats
+
+    message = nothing_to_judge_on(orders, run_date, 7, split.cut)
+    assert message.startswith("the models are judged on the 7 days before 2026-12-01 (REKINDLE_EVAL_TEST_DAYS)")
+    assert message.endswith(advice)

@@ -224,6 +224,21 @@ def gate_value(scorecard: dict) -> float:
     return sum(scorecard[mode].overall[GATE_METRIC] for mode in MODES) / len(MODES)
 
 
+def nothing_to_judge_on(orders: pd.DataFrame, run_date: date, test_days: int, cut: datetime) -> str:
+    """Why no user ordered both before the judging window and in it: too little history, or none in the window."""
+    first, last = orders["event_time"].min(), orders["event_time"].max()
+    window = f"the models are judged on the {test_days} days before {run_date} (REKINDLE_EVAL_TEST_DAYS)"
+    if first >= cut:
+        return (
+            f"{window} against the orders before them, and the first order is from {first:%Y-%m-%d}: load earlier "
+            f"orders, or lower REKINDLE_EVAL_TEST_DAYS below the {(as_of(run_date) - first).days} days the orders reach back"
+        )
+    return (
+        f"{window}, and no user who ordered before them ordered in them (the latest order is from {last:%Y-%m-%d}): "
+        "run a date the data reaches, or raise REKINDLE_EVAL_TEST_DAYS"
+    )
+
+
 def train_ranker(settings: Settings, run_date: date) -> dict:
     """Judge the ranker beside its generators and the baselines on the last ``eval_test_days`` (winback and
     discovery, per lifecycle segment, on at most ``eval_users`` test users), register the judged ranker
@@ -242,11 +257,7 @@ def train_ranker(settings: Settings, run_date: date) -> dict:
             settings.eval_users, settings.seed
         )
         if not split.relevant_with_repeats:
-            raise ValueError(
-                f"no orders of known users in the {settings.eval_test_days} days before {run_date} to judge the "
-                f"models on (the latest order is from {orders['event_time'].max():%Y-%m-%d}): run a date the "
-                "data reaches, or raise REKINDLE_EVAL_TEST_DAYS"
-            )
+            raise ValueError(nothing_to_judge_on(orders, run_date, settings.eval_test_days, split.cut))
         rule = LifecycleRule.from_settings(settings)
         judge = Judge(
             split,
