@@ -359,6 +359,32 @@ def test_run_shows_each_task_as_it_ends_with_its_state_seconds_and_key_figure():
     assert ranker == ["train_ranker", "upstream_failed", "4.0s"]
 
 
+def test_a_failed_task_shows_what_it_raised_where_its_key_figure_would_be():
+    def line(at: str, text: str) -> str:
+        return f"2026-11-01T00:00:{at}Z [info     ] {text} loc=x.py:1"
+
+    raised = "ValueError: the models are judged on the 7 days before 2026-11-01 (REKINDLE_EVAL_TEST_DAYS) ..."
+    console = io.StringIO()
+    view = ProgressView(console, key_figure)
+    for text in [
+        line("00", "[DAG TEST] starting task_id=train_ranker map_index=-1 [airflow.sdk]"),
+        "Traceback (most recent call last):",
+        '  File "/work/ml/pipeline/tasks.py", line 260, in train_ranker',
+        "    raise ValueError(nothing_to_judge_on(orders, run_date, settings.eval_test_days, split.cut))",
+        raised,
+        line("01", "Task instance state updated [airflow.api] new_state=failed rows_affected=1"),
+        line("01", "[DAG TEST] end task task_id=train_ranker map_index=-1 [airflow.sdk]"),
+        line("01", "[DAG TEST] starting task_id=train_offer_model map_index=-1 [airflow.sdk]"),
+        line("02", "Task instance state updated [airflow.api] new_state=success rows_affected=1"),
+        line("02", "[DAG TEST] end task task_id=train_offer_model map_index=-1 [airflow.sdk]"),
+    ]:
+        view.feed(text)
+
+    ranker, offers = console.getvalue().splitlines()
+    assert ranker.split()[:3] == ["train_ranker", "failed", "1.0s"] and ranker.endswith(raised)
+    assert offers.split() == ["train_offer_model", "success", "1.0s"]
+
+
 def test_the_dag_runs_span_is_its_first_task_start_to_its_last_task_end():
     at = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
     tasks = [

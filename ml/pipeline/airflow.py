@@ -230,6 +230,8 @@ _TASK_STATE = re.compile(r"\bnew_state=(\w+)")
 # A mapped task's step records itself as "<task_id>[<map_index>]" (score_shard[0]), as the view names it.
 _STEP_SUMMARY = re.compile(r"\] ([\w\[\]]+) finished in [\d.]+s: (\{.*\}) \[ml\.pipeline\.tasks\]")
 _PROGRESS = re.compile(r"\]\s+(.*?)\s+\[" + re.escape(PROGRESS_LOGGER) + r"\]")
+# The last line of a traceback: what the failed task raised, and why.
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt|Exit): \S.*")
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z?)\s")
 
 
@@ -253,7 +255,8 @@ class _Group:
 
 class ProgressView:
     """Turns the DAG's full log into a short view: each task as it ends with its state, seconds and one key
-    figure (a task group's tasks, such as the dbt models and tests, as one line), and the lines the steps
+    figure, or for a failed task what it raised (a task group's tasks, such as the dbt models and tests, as one
+    line), and the lines the steps
     log to ``PROGRESS_LOGGER`` (rows per second, users scored of total). ``figure(step, summary)`` picks the
     key figure from the summary a step logs as it finishes; ``verbose`` also echoes every line of the log."""
 
@@ -267,6 +270,7 @@ class ProgressView:
         self.state: str | None = None
         self.summaries: dict[str, dict] = {}
         self.group: _Group | None = None
+        self.error: str | None = None
         self._lock = threading.Lock()
 
     def feed(self, line: str) -> None:
@@ -278,6 +282,7 @@ class ProgressView:
                 self.close_group()
             self.started[task_id] = _seconds_of(line)
             self.state = None
+            self.error = None
         elif match := _TASK_END.search(line):
             task_id = _task_name(*match.groups())
             ended = _seconds_of(line)
@@ -292,7 +297,8 @@ class ProgressView:
                 self.group.states[state] += 1
                 self.group.kinds[_kind(member)] += 1
             else:
-                self._task_line(task_id, state, seconds, self._figure(task_id))
+                figure = self.error if state == "failed" and self.error else self._figure(task_id)
+                self._task_line(task_id, state, seconds, figure)
         elif match := _TASK_STATE.search(line):
             self.state = match.group(1).lower()
         elif match := _STEP_SUMMARY.search(line):
@@ -303,6 +309,8 @@ class ProgressView:
         elif match := _PROGRESS.search(line):
             if not self.verbose:
                 self._write(f"    {match.group(1)}")
+        elif match := _EXCEPTION.match(line):
+            self.error = match.group(0).strip()
 
     def close_group(self) -> None:
         group, self.group = self.group, None
