@@ -148,6 +148,21 @@ def test_rekindle_run_says_in_one_line_that_it_cannot_reach_the_warehouse(tmp_pa
     assert len(result.stderr.splitlines()) == 1 and "secret" not in result.stderr + result.stdout
 
 
+def test_a_path_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    a_file = tmp_path / "incoming"
+    a_file.write_text("a file where the drop folder should be")
+    result = subprocess.run(
+        [sys.executable, "-m", "ml.cli", "generate", "--scale", "demo", "--days", "7"],
+        env=_cli_env(tmp_path / "home", REKINDLE_INPUT_PATH=str(a_file)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr == f"rekindle generate: error: File exists: {a_file}\n"
+
+
 def test_a_second_rekindle_run_on_one_home_is_refused_while_the_first_runs(tmp_path):
     home = tmp_path / "home"
     airflow_home = Settings.from_env(environ={}, home=home).airflow_home

@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = redact(settings.warehouse_url) if settings.warehouse_url else f"embedded, {settings.warehouse_dir}"
         return fail(prog, f"cannot reach the warehouse ({where}): {' '.join(str(exc).split())}")
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave or can fix: a bug to trace
+            raise
+        return fail(prog, f"{exc.strerror}: {exc.filename}")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
