@@ -208,7 +208,14 @@ def model_performance(run_date: date | None) -> None:
     st.subheader("Trend over run dates (ranker)")
     st.altair_chart(
         line_chart(
-            runs.trend_table(table, details, mode), "run_date:T", "value:Q", "metric", "run date", "metric (0-1)"
+            runs.trend_table(table, details, mode),
+            "yearmonthdate(run_date):T",
+            "value:Q",
+            "metric",
+            "run date",
+            "metric (0-1)",
+            # Ticks on days only: between two run dates Vega-Lite would otherwise label the hours.
+            axis=alt.Axis(format="%Y-%m-%d", tickCount={"interval": "day", "step": 1}),
         ),
         width="stretch",
     )
