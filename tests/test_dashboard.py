@@ -299,10 +299,34 @@ def test_experiments_tab_shows_the_readout_and_the_serving_ab_test(day):
     tab = _tab(at, "Experiments")
     readout_rows, serving = _frames(tab)
     assert set(readout_rows["arm"]) == {"personalised", "non_personalised", "holdout"}
-    assert day["campaign_id"] in tab.markdown[0].value
+    assert day["campaign_id"] in tab.markdown[0].value and "interim" not in tab.markdown[0].value
+    assert readout_rows["reward_cost_per_user"].notna().all()
     assert dict(zip(serving["variant"], serving["users"])) == day["impressions"]
     assert serving["converted_users"].sum() == 1
     assert (serving["ci_low"] <= serving["conversion_rate"]).all()
+
+
+def test_a_readout_taken_before_its_window_closed_is_marked_interim(day):
+    with psycopg.connect(day["url"]) as conn:
+        conn.execute(
+            "CREATE TEMP TABLE interim AS SELECT * FROM crm.experiment_results WHERE campaign_id = %s",
+            (day["campaign_id"],),
+        )
+        conn.execute(
+            "UPDATE interim SET campaign_id = 'winback-interim', campaign_date = campaign_date + 1, "
+            "window_end = now() + interval '3 days'"
+        )
+        conn.execute("INSERT INTO crm.experiment_results SELECT * FROM interim")
+    try:
+        st.cache_data.clear()
+        tab = _tab(_app(day), "Experiments")
+        interim, final = (block.value for block in tab.markdown[:2])
+        assert interim.startswith("**winback-interim**") and ": **interim**, read out " in interim
+        assert final.startswith(f"**{day['campaign_id']}**") and "interim" not in final
+    finally:
+        with psycopg.connect(day["url"]) as conn:
+            conn.execute("DELETE FROM crm.experiment_results WHERE campaign_id = 'winback-interim'")
+        st.cache_data.clear()
 
 
 def test_pipeline_health_tab_shows_steps_checks_quarantine_and_freshness(day):

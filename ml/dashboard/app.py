@@ -382,7 +382,14 @@ def experiment_results(run_date: date | None) -> None:
     if readouts.empty:
         st.info("No campaign read out yet: a campaign is read out once its reactivation window has closed.")
     for (campaign_id, campaign_date), arms in readouts.groupby(["campaign_id", "campaign_date"], sort=False):
-        st.markdown(f"**{campaign_id}** (sent {campaign_date}, {arms['window_days'].iloc[0]}-day window)")
+        heading = f"**{campaign_id}** (sent {campaign_date}, {arms['window_days'].iloc[0]}-day window)"
+        read_at, window_end = arms["computed_at"].max(), arms["window_end"].iloc[0]
+        if read_at < window_end:
+            heading += (
+                f": **interim**, read out {read_at:%Y-%m-%d %H:%M} UTC, before the window closes on "
+                f"{window_end:%Y-%m-%d %H:%M} UTC; users are still coming back"
+            )
+        st.markdown(heading)
         st.dataframe(
             arms[
                 [
@@ -390,6 +397,9 @@ def experiment_results(run_date: date | None) -> None:
                     "users",
                     "re_engaged_users",
                     "re_engagement_rate",
+                    "reward_cost_per_user",
+                    "cost_per_incremental_reactivation",
+                    "net_incremental_margin_per_user",
                     "abs_lift_vs_holdout",
                     "abs_lift_vs_holdout_ci_low",
                     "abs_lift_vs_holdout_ci_high",
