@@ -255,10 +255,10 @@ class _Group:
 
 class ProgressView:
     """Turns the DAG's full log into a short view: each task as it ends with its state, seconds and one key
-    figure, or for a failed task what it raised (a task group's tasks, such as the dbt models and tests, as one
-    line), and the lines the steps
-    log to ``PROGRESS_LOGGER`` (rows per second, users scored of total). ``figure(step, summary)`` picks the
-    key figure from the summary a step logs as it finishes; ``verbose`` also echoes every line of the log."""
+    figure, or what it raised if it failed (a task group's tasks, such as the dbt models and tests, as one line),
+    and the lines the steps log to ``PROGRESS_LOGGER`` (rows per second, users scored of total).
+    ``figure(step, summary)`` picks the key figure from the summary a step logs as it finishes; ``verbose`` also
+    echoes every line of the log."""
 
     def __init__(
         self, console: TextIO, figure: Callable[[str, dict], str] | None = None, verbose: bool = False
