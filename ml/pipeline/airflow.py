@@ -174,7 +174,7 @@ def run_dag_in_process(dag_id: str, run_date: date, conf: dict | None = None) ->
     for task in dag.tasks:
         task.retries = 0
     logical_date = datetime(run_date.year, run_date.month, run_date.day, tzinfo=UTC)
-    with stopped_by_signals():
+    with stopped_by_signals(dag.test):
         dag_run = dag.test(logical_date=logical_date, run_conf=conf)
     outcomes = []
     for ti in sorted(dag_run.get_task_instances(), key=lambda ti: (ti.start_date is None, ti.start_date or 0)):
@@ -184,21 +184,30 @@ def run_dag_in_process(dag_id: str, run_date: date, conf: dict | None = None) ->
 
 
 @contextmanager
-def stopped_by_signals(poll_seconds: float = 0.2) -> Iterator[None]:
-    """Ctrl-C (SIGINT) or SIGTERM stops the block with ``KeyboardInterrupt`` and starts no further task.
+def stopped_by_signals(stoppable: Callable, poll_seconds: float = 0.2) -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM stops ``stoppable`` (called in the block) with ``KeyboardInterrupt``.
 
     ``dag.test`` runs each task inside an ``except BaseException`` that turns the interrupt into that task's failure
     and goes on with the tasks that do not depend on it, and it gives every task a SIGTERM handler of its own that
     does nothing for a Python task. So the signals are also read from Python's wakeup file descriptor, and the main
-    thread is interrupted again until the block has ended. In the main thread only (where signals are handled)."""
+    thread is interrupted again while it is still inside ``stoppable``; an interrupt that arrives after it has
+    returned is dropped. In the main thread only (where signals are handled)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    code = getattr(stoppable, "__func__", stoppable).__code__
+
+    def interrupt(signum, frame) -> None:
+        while frame is not None:
+            if frame.f_code is code:
+                raise KeyboardInterrupt
+            frame = frame.f_back
+
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     stopping = {signal.SIGINT, signal.SIGTERM}
-    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in stopping}
+    previous = {sig: signal.signal(sig, interrupt) for sig in stopping}
     ended = threading.Event()
 
     def interrupt_until_ended() -> None:
@@ -215,6 +224,7 @@ def stopped_by_signals(poll_seconds: float = 0.2) -> Iterator[None]:
         yield
     finally:
         ended.set()
+        # An interrupt the watcher sent before it stopped reaches `interrupt` here, outside `stoppable`: dropped.
         watcher.join()
         signal.set_wakeup_fd(previous_wakeup_fd)
         for sig, handler in previous.items():
