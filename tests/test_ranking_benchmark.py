@@ -379,8 +379,10 @@ def test_string_ids_stay_strings_in_csv_and_parquet(tmp_path):
         }
     )
     frame.to_csv(tmp_path / "orders.csv", index=False)
+    # As a spreadsheet saves it where the decimal mark is a comma, with a byte-order mark.
+    frame.to_csv(tmp_path / "orders_semicolons.csv", index=False, sep=";", encoding="utf-8-sig")
     frame.to_parquet(tmp_path / "orders.parquet", index=False)
-    for name in ("orders.csv", "orders.parquet"):
+    for name in ("orders.csv", "orders_semicolons.csv", "orders.parquet"):
         loaded, notes = ranking.load_interactions(tmp_path / name)
         assert notes == ["columns read: item_id <- merchant_id"]
         assert list(loaded.columns) == ["user_id", "item_id", "event_time", "lat"]
@@ -436,8 +438,10 @@ def test_a_real_logs_own_column_names_units_and_repeated_rows_are_read(tmp_path)
         }
     )
     frame.to_csv(tmp_path / "orders.csv", index=False)
+    # As a spreadsheet saves it where the decimal mark is a comma, with a byte-order mark.
+    frame.to_csv(tmp_path / "orders_semicolons.csv", index=False, sep=";", encoding="utf-8-sig")
     frame.to_parquet(tmp_path / "orders.parquet", index=False)
-    for name in ("orders.csv", "orders.parquet"):
+    for name in ("orders.csv", "orders_semicolons.csv", "orders.parquet"):
         loaded, notes = ranking.load_interactions(
             tmp_path / name, ranking.parse_column_mapping(["event_time=ordered_at"])
         )

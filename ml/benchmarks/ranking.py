@@ -51,6 +51,7 @@ from ml.recommend import (
 from ml.recommend.metrics import ndcg_at_k, ranking_report
 from ml.recommend.modes import DISCOVERY, MODES, WINBACK, exclude_seen
 from ml.synthetic.marketplace import LOYALTY_BETA
+from ml.warehouse.ingest import csv_separator
 
 K = 10
 TRAIN_SHARE = 0.8
@@ -327,14 +328,16 @@ def load_interactions(path: Path, columns: Mapping[str, str] | None = None) -> t
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
     parquet = path.suffix in (".parquet", ".pq")
-    names = pq.read_schema(path).names if parquet else pd.read_csv(path, nrows=0).columns
+    # A CSV as the daily load reads one: UTF-8 with or without a byte-order mark, separated by , ; tab or |.
+    csv = {} if parquet else {"sep": csv_separator(path) or ",", "encoding": "utf-8-sig"}
+    names = pq.read_schema(path).names if parquet else pd.read_csv(path, nrows=0, **csv).columns
     header = [str(name) for name in names]
     sources = _column_sources(path, header, columns or {})
     if parquet:
         frame = pd.read_parquet(path, columns=list(sources.values()))
     else:
         text = [sources[name] for name in ("user_id", "item_id", "category") if name in sources]
-        frame = pd.read_csv(path, usecols=list(sources.values()), dtype=dict.fromkeys(text, str))
+        frame = pd.read_csv(path, usecols=list(sources.values()), dtype=dict.fromkeys(text, str), **csv)
     frame = frame.rename(columns={source: name for name, source in sources.items()})[list(sources)]
     renamed = [f"{name} <- {source}" for name, source in sources.items() if name != source]
     notes = [f"columns read: {', '.join(renamed)}"] if renamed else []

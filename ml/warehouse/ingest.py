@@ -183,13 +183,18 @@ def read_file(path: Path) -> pd.DataFrame:
 CSV_SEPARATORS = (",", ";", "\t", "|")
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """The columns separated by whichever of ``CSV_SEPARATORS`` the header holds most; an empty file has no rows."""
+def csv_separator(path: Path) -> str | None:
+    """Whichever of ``CSV_SEPARATORS`` the CSV's header holds most; None for an empty file."""
     with (gzip.open if path.suffix.lower() == ".gz" else open)(path, "rt", encoding="utf-8-sig") as file:
         header = file.readline()
-    if not header.strip():
+    return max(CSV_SEPARATORS, key=header.count) if header.strip() else None
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """The file's rows as text; an empty file has none."""
+    separator = csv_separator(path)
+    if separator is None:
         return pd.DataFrame()
-    separator = max(CSV_SEPARATORS, key=header.count)
     return pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
 
 
