@@ -345,6 +345,24 @@ def test_pipeline_health_tab_shows_steps_checks_quarantine_and_freshness(day):
     assert pd.Timestamp(events["latest_record"]) == pd.Timestamp("2026-11-01 13:00", tz="UTC")
 
 
+def test_pipeline_health_shows_the_dbt_builds_tasks_as_one_step(day):
+    with psycopg.connect(day["url"]) as conn:
+        for step, seconds in [("dbt_build.stg_users_model_build", 1.5), ("dbt_build.user_features_model_build", 2.0)]:
+            conn.execute(
+                "INSERT INTO ops.pipeline_steps (run_date, step, seconds, summary) VALUES (%s, %s, %s, '{}')",
+                (RUN_DATE, step, seconds),
+            )
+    try:
+        st.cache_data.clear()
+        steps = _frames(_tab(_app(day), "Pipeline health"))[0].set_index("step")
+        assert steps.loc["dbt_build", ["tasks", "seconds"]].tolist() == [2, 3.5]
+        assert not steps.index.str.startswith("dbt_build.").any() and steps.loc["train_ranker", "tasks"] == 1
+    finally:
+        with psycopg.connect(day["url"]) as conn:
+            conn.execute("DELETE FROM ops.pipeline_steps WHERE starts_with(step, 'dbt_build.')")
+        st.cache_data.clear()
+
+
 def test_benchmark_dashboard_prints_each_tabs_cold_and_warm_seconds(day, capsys):
     assert rekindle(["benchmark", "dashboard", "--runs", "1"]) == 0
 

@@ -73,6 +73,16 @@ def test_daily_dag_publishes_segments_and_reruns_replace(pipeline_settings, caps
     assert not published.duplicated(["user_id", "merchant_id"]).any()
     assert set(published["merchant_id"]) <= merchants and published["merchant_name"].notna().all()
     assert set(published["model_version"]) == {"1"}
+    with psycopg.connect(url) as conn:
+        recorded = dict(
+            conn.execute(
+                "SELECT step, seconds FROM ops.pipeline_steps WHERE run_date = %s AND starts_with(step, 'dbt_build.')",
+                (RUN_DATE,),
+            ).fetchall()
+        )
+    # Every dbt task's seconds, beside the other steps' (the dashboard's pipeline health adds them up).
+    assert set(recorded) == {t.task_id for t in tasks if t.task_id.startswith("dbt_build.")}
+    assert all(seconds > 0 for seconds in recorded.values()) and len(recorded) > 10
     _assert_both_modes_published(url, published)
     _assert_published_ids_are_the_worlds_uuids(pipeline_settings)
     for segment, members in published.groupby("segment"):

@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 
 from ml.cli.options import UsageError, iso_date, non_negative_int, positive_int
+from ml.pipeline import DBT_TASK_GROUP
 from ml.settings import PROJECT_ROOT, Settings
 from ml.synthetic.marketplace import SCALES, TABLE_FILES
 
 DAG_ID = "reengagement_daily"
-DBT_GROUP = "dbt_build"
 # Tables whose rows arrive day by day, with the column that dates them.
 DAILY_TABLES = {"events": "event_time", "campaign_exposures": "sent_at"}
 STEADY_STATE_LIMIT = 1.2
@@ -188,13 +188,15 @@ def _run_day(settings: Settings, url: str, run_date: dt.date) -> DayRun:
         user, nice, system, _idle, _iowait, irq, softirq = spent[:7]
         day.inputs[BUSY_ROW] = (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
     for task in tasks:
-        name = DBT_GROUP if task.task_id.startswith(f"{DBT_GROUP}.") else task.task_id
+        name = DBT_TASK_GROUP if task.task_id.startswith(f"{DBT_TASK_GROUP}.") else task.task_id
         day.task_seconds[name] = day.task_seconds.get(name, 0.0) + (task.seconds or 0.0)
     for step in step_summaries(Settings.from_env(home=settings.home, warehouse_url=url), run_date):
-        # A mapped task's instances (score_shard[0], score_shard[1], ...) as their task: the largest peak.
+        # A mapped task's instances (score_shard[0], score_shard[1], ...) as their task: the largest peak. The dbt
+        # build's tasks record their seconds only.
         name = step["step"].partition("[")[0]
-        peak = step["summary"].get("peak_rss_mb", float("nan"))
-        day.task_peak_mb[name] = max(day.task_peak_mb.get(name, peak), peak)
+        if "peak_rss_mb" in step["summary"]:
+            peak = step["summary"]["peak_rss_mb"]
+            day.task_peak_mb[name] = max(day.task_peak_mb.get(name, peak), peak)
         for (input_step, key), label in INPUT_ROWS.items():
             if name == input_step and key in step["summary"]:
                 day.inputs[label] = step["summary"][key]

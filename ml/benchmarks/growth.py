@@ -12,8 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ml.benchmarks.daily import DBT_GROUP, text_table
+from ml.benchmarks.daily import text_table
 from ml.cli.options import comma_separated, iso_date, non_negative_int, positive_int
+from ml.pipeline import DBT_TASK_GROUP
 from ml.settings import PROJECT_ROOT, Settings
 
 
@@ -93,5 +94,5 @@ def format_growth(results: dict[int, dict]) -> str:
         rows.append(row)
     return (
         text_table(header, rows)
-        + f"\n({DBT_GROUP} sums its tasks; peak MB is the process's resident memory during the task)"
+        + f"\n({DBT_TASK_GROUP} sums its tasks; peak MB is the process's resident memory during the task)"
     )

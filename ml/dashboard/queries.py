@@ -18,6 +18,7 @@ from psycopg.conninfo import make_conninfo
 
 from ml.crm import segments
 from ml.crm.export import export_segment
+from ml.pipeline import DBT_TASK_GROUP
 from ml.serving.queries import Warehouse
 
 # Every session of the dashboard is read-only, whatever the role it logs in as can do.
@@ -73,9 +74,17 @@ SELECT x.variant, count(*) AS users,
        )) AS converted_users
 FROM exposed x WHERE x.variants = 1
 GROUP BY x.variant ORDER BY x.variant"""
+# The dbt build's tasks (one per model, "dbt_build.<node>") as one step, their seconds added up.
 PIPELINE_STEPS_SQL = """
-SELECT run_date, step, finished_at, seconds, summary FROM ops.pipeline_steps
-WHERE run_date IN (SELECT DISTINCT run_date FROM ops.pipeline_steps ORDER BY run_date DESC LIMIT %(run_dates)s)
+SELECT run_date, step, count(*) AS tasks, max(finished_at) AS finished_at, sum(seconds) AS seconds,
+       (array_agg(summary))[1] AS summary
+FROM (
+    SELECT run_date, CASE WHEN starts_with(step, %(task_group)s || '.') THEN %(task_group)s ELSE step END AS step,
+           finished_at, seconds, summary
+    FROM ops.pipeline_steps
+    WHERE run_date IN (SELECT DISTINCT run_date FROM ops.pipeline_steps ORDER BY run_date DESC LIMIT %(run_dates)s)
+) AS steps
+GROUP BY run_date, step
 ORDER BY run_date DESC, finished_at"""
 QUARANTINE_SQL = """
 SELECT table_name, reason, count(*) AS rows, max(quarantined_at) AS last_quarantined_at
@@ -157,7 +166,7 @@ class DashboardWarehouse(Warehouse):
         return self.frame(SERVING_AB_SQL)
 
     def pipeline_steps(self, run_dates: int) -> pd.DataFrame:
-        return self.frame(PIPELINE_STEPS_SQL, {"run_dates": run_dates})
+        return self.frame(PIPELINE_STEPS_SQL, {"run_dates": run_dates, "task_group": DBT_TASK_GROUP})
 
     def quarantine_by_reason(self) -> pd.DataFrame:
         return self.frame(QUARANTINE_SQL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from datetime import UTC, date, datetime
 from functools import cached_property
 from typing import Any
 
@@ -21,6 +22,7 @@ from cosmos.constants import (
 )
 from cosmos.profiles.base import BaseProfileMapping
 
+from ml.pipeline import DBT_TASK_GROUP
 from ml.settings import Settings
 from ml.warehouse.dbt_runner import (
     DBT_SESSION_OPTIONS,
@@ -73,11 +75,17 @@ def _before_dbt(context: Any) -> None:
     gc.freeze()
 
 
-def _unfreeze_heap(context: Any, result: Any) -> None:
+def _after_dbt(context: Any, result: Any) -> None:
+    """Unfreeze the heap, and record the task's seconds in ``ops.pipeline_steps`` (only a task that succeeded)."""
+    from ml.pipeline.tasks import record_dbt_task
+
     gc.unfreeze()
+    ti = context["ti"]
+    seconds = (datetime.now(UTC) - ti.start_date).total_seconds()
+    record_dbt_task(Settings.from_env(), date.fromisoformat(context["ds"]), ti.task_id, seconds)
 
 
-def dbt_task_group(settings: Settings, group_id: str = "dbt_build") -> DbtTaskGroup:
+def dbt_task_group(settings: Settings, group_id: str = DBT_TASK_GROUP) -> DbtTaskGroup:
     """A Cosmos DbtTaskGroup for the project; call inside a DAG context. Nothing is written or connected to here."""
     return DbtTaskGroup(
         group_id=group_id,
@@ -115,6 +123,6 @@ def dbt_task_group(settings: Settings, group_id: str = "dbt_build") -> DbtTaskGr
             # heap of the task's process (over a second when the DAG runs in-process with GX and pandas loaded),
             # with it only the objects dbt created.
             "pre_execute": _before_dbt,
-            "post_execute": _unfreeze_heap,
+            "post_execute": _after_dbt,
         },
     )

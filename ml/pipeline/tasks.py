@@ -74,13 +74,24 @@ def recorded_step(url: str, run_date: date, step: str) -> Iterator[dict]:
     summary["peak_rss_mb"] = memory.peak_mb
     with psycopg.connect(url) as conn:
         ddl.ensure(conn, "ops")
-        conn.execute(
-            """INSERT INTO ops.pipeline_steps (run_date, step, seconds, summary) VALUES (%s, %s, %s, %s)
-               ON CONFLICT (run_date, step) DO UPDATE
-               SET seconds = EXCLUDED.seconds, summary = EXCLUDED.summary, finished_at = now()""",
-            (run_date, step, seconds, json.dumps(summary, default=str)),
-        )
+        _write_step(conn, run_date, step, seconds, summary)
     log.info("%s finished in %.1fs: %s", step, seconds, summary)
+
+
+def _write_step(conn: psycopg.Connection, run_date: date, step: str, seconds: float, summary: dict) -> None:
+    conn.execute(
+        """INSERT INTO ops.pipeline_steps (run_date, step, seconds, summary) VALUES (%s, %s, %s, %s)
+           ON CONFLICT (run_date, step) DO UPDATE
+           SET seconds = EXCLUDED.seconds, summary = EXCLUDED.summary, finished_at = now()""",
+        (run_date, step, seconds, json.dumps(summary, default=str)),
+    )
+
+
+def record_dbt_task(settings: Settings, run_date: date, task_id: str, seconds: float) -> None:
+    """A Cosmos task's seconds as a step of its own (``dbt_build.<node>``), so that the dbt build shows beside the
+    other steps (the dashboard's pipeline health adds them up). ``prepare_warehouse`` has made ``ops``."""
+    with psycopg.connect(postgres.start(settings)) as conn:
+        _write_step(conn, run_date, task_id, seconds, {})
 
 
 def _return_freed_heap() -> None:
