@@ -334,3 +334,50 @@ def test_a_registered_ranker_this_code_cannot_load_is_deleted_unread(settings, t
     assert client.search_model_versions(f"name = '{name}'") == []
     assert tracking.alias_version(name, tracking.CHAMPION) is None
     assert not [p for p in settings.mlflow_artifacts_dir.rglob("*") if p.is_file() and b"user-gone-1" in p.read_bytes()]
+
+
+def test_an_erasure_while_the_day_is_scored_reaches_its_publication(settings, monkeypatch):
+    """A user erased between scoring and publishing (the API's DELETE during the daily run), and one erased while a
+    shard that had read them was still being scored (its rows staged after the erasure): the publish goes through
+    and names neither, in crm or the exports."""
+    from ml.synthetic.marketplace import generate_marketplace
+
+    run_date = date(2026, 11, 1)
+    generate_marketplace(seed=7, days=30, end_date=run_date, n_users=700, n_merchants=90).write(settings.input_dir)
+    monkeypatch.setenv("REKINDLE_HOME", str(settings.home))
+    monkeypatch.setenv("REKINDLE_WAREHOUSE_URL", settings.warehouse_url)
+    for step in (tasks.prepare_warehouse, tasks.load_events, tasks.build_marts, tasks.train_ranker):
+        step(settings, run_date)
+    tasks.score_all_shards(settings, run_date)
+    with psycopg.connect(settings.warehouse_url) as conn:
+        gone_between, gone_while_scored = [
+            u
+            for (u,) in conn.execute(
+                "SELECT DISTINCT user_id FROM ops.staged_recommendations WHERE run_date = %s ORDER BY 1 LIMIT 2",
+                (run_date,),
+            )
+        ]
+        staged = conn.execute(
+            "SELECT * FROM ops.staged_recommendations WHERE user_id = %s", (gone_while_scored,)
+        ).fetchall()
+
+    forget_users(settings, [gone_between, gone_while_scored])
+    with psycopg.connect(settings.warehouse_url) as conn:
+        # What the late shard writes: its rows, and the user in its count.
+        conn.cursor().executemany(
+            f"INSERT INTO ops.staged_recommendations VALUES ({', '.join(['%s'] * len(staged[0]))})", staged
+        )
+        run, shard_count, shard = staged[0][:3]
+        conn.execute(
+            "UPDATE ops.scored_shards SET users = users + 1 WHERE (run_date, shard_count, shard) = (%s, %s, %s)",
+            (run, shard_count, shard),
+        )
+    summary = tasks.publish_segments(settings, run_date)
+
+    assert summary["erased_users_dropped"] == 1 and summary["recommendations"] > 0
+    assert len(summary["exports"]) > 2
+    for user_id in (gone_between, gone_while_scored):
+        assert {table: n for table, n in _user_rows(settings.warehouse_url, user_id).items() if n} == {}
+        for path in settings.exports_dir.glob("*.csv"):
+            with path.open() as export:
+                assert user_id not in {row["user_id"] for row in csv.DictReader(export)}, path.name

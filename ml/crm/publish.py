@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from ml.experiments.assignment import hash_units
+from ml.privacy.tombstones import ErasedUsers
 from ml.recommend.modes import MODES, WINBACK
 from ml.runtime import PROGRESS_LOGGER
 from ml.warehouse import marts
@@ -126,9 +127,17 @@ def stage_shard(
         )
 
 
-def check_staged(conn: psycopg.Connection, run_date: date, shard_count: int, model_version: str, users: int) -> None:
+def check_staged(
+    conn: psycopg.Connection,
+    run_date: date,
+    shard_count: int,
+    model_version: str,
+    users: int,
+    replaced_versions: frozenset[str] = frozenset(),
+) -> None:
     """``ShardsNotReadyError`` naming what is missing or different unless all ``shard_count`` shards of run_date
-    are staged with ``model_version`` and together they scored ``users`` users."""
+    are staged with ``model_version`` (or one of the ``replaced_versions`` an erasure refitted into it) and together
+    they scored ``users`` users."""
     staged = {
         shard: (scored, version)
         for shard, scored, version in conn.execute(
@@ -141,7 +150,8 @@ def check_staged(conn: psycopg.Connection, run_date: date, shard_count: int, mod
         raise ShardsNotReadyError(
             f"shards {missing} of {shard_count} for {run_date} are not scored: run score_shard for them first"
         )
-    other_versions = {shard: version for shard, (_, version) in staged.items() if version != model_version}
+    accepted = {model_version, *replaced_versions}
+    other_versions = {shard: version for shard, (_, version) in staged.items() if version not in accepted}
     if other_versions:
         raise ShardsNotReadyError(
             f"shards of {run_date} scored by another ranker version than @champion v{model_version}: "
@@ -154,6 +164,46 @@ def check_staged(conn: psycopg.Connection, run_date: date, shard_count: int, mod
             f"the {shard_count} shards of {run_date} scored {scored} users but the marts now have {users} "
             "lifecycle members (rebuilt since): run score_shard again"
         )
+
+
+def staged_versions(conn: psycopg.Connection, run_date: date) -> set[str]:
+    """The ranker versions that scored run_date's staged shards."""
+    rows = conn.execute("SELECT DISTINCT model_version FROM ops.scored_shards WHERE run_date = %s", (run_date,))
+    return {version for (version,) in rows}
+
+
+def uncount_staged(conn: psycopg.Connection, user_ids: list[str]) -> None:
+    """Take the users out of their staged shards' counts (``ops.scored_shards.users``), before their staged rows are
+    deleted: ``check_staged`` compares the counts with the marts' members, which lose erased users too."""
+    conn.execute(
+        """UPDATE ops.scored_shards AS s SET users = s.users - erased.users
+           FROM (SELECT run_date, shard_count, shard, count(DISTINCT user_id) AS users
+                 FROM ops.staged_recommendations WHERE user_id = ANY(%s)
+                 GROUP BY run_date, shard_count, shard) AS erased
+           WHERE (s.run_date, s.shard_count, s.shard) = (erased.run_date, erased.shard_count, erased.shard)""",
+        (user_ids,),
+    )
+
+
+def drop_erased_staged(conn: psycopg.Connection, run_date: date, erased: ErasedUsers) -> int:
+    """Delete run_date's staged rows of erased users (a shard scored from marts read before an erasure); returns
+    the users dropped. Call holding the erasure lock, so no erasure commits between this and the publish."""
+    users = pd.Series(
+        [
+            u
+            for (u,) in conn.execute(
+                "SELECT DISTINCT user_id FROM ops.staged_recommendations WHERE run_date = %s", (run_date,)
+            )
+        ],
+        dtype=object,
+    )
+    gone = users[erased.mask(users)].tolist()
+    if gone:
+        uncount_staged(conn, gone)
+        conn.execute(
+            "DELETE FROM ops.staged_recommendations WHERE run_date = %s AND user_id = ANY(%s)", (run_date, gone)
+        )
+    return len(gone)
 
 
 def clear_staged(conn: psycopg.Connection, run_date: date) -> int:

@@ -653,10 +653,18 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
         with psycopg.connect(url) as conn:
             segments.ensure_tables(conn)
             ddl.ensure(conn, "ops")
-            members = sum(marts.users_per_segment(conn).values())
-            publish.check_staged(conn, run_date, settings.score_shards, version, members)
             offers, offer_version = _todays_offers(settings, conn, run_date)
             with conn.transaction():
+                # Held to the commit, after the exports: an erasure meanwhile waits, then removes what this wrote.
+                tombstones.hold_erasure_lock(conn)
+                erased = tombstones.ErasedUsers.load(conn, tombstones.erasure_salt(settings))
+                summary["erased_users_dropped"] = publish.drop_erased_staged(conn, run_date, erased)
+                if offers is not None:
+                    offers = offers[~erased.mask(offers["user_id"])]
+                members = sum(marts.users_per_segment(conn).values())
+                others = publish.staged_versions(conn, run_date) - {version}
+                replaced = _replaced_by(settings, version) if others else frozenset()
+                publish.check_staged(conn, run_date, settings.score_shards, version, members, replaced)
                 started = time.perf_counter()
                 expired = publish.drop_expired(conn, run_date, settings.crm_retention_days)
                 recommendations, scored = publish.replace_run(
@@ -697,6 +705,17 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             exports={segment: str(path) for segment, path in exports.items()},
         )
     return summary
+
+
+def _replaced_by(settings: Settings, version: str) -> frozenset[str]:
+    """The ranker versions an erasure refitted into ``version``: shards they scored (before the erasure) publish as
+    its, once the erased users' rows are dropped."""
+    from mlflow import MlflowClient
+
+    from ml.privacy.models import cleaned_from
+
+    client = MlflowClient()
+    return frozenset(cleaned_from(client, client.get_model_version(settings.ranker_model_name, version)))
 
 
 def _todays_offers(settings: Settings, conn: psycopg.Connection, run_date: date):

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import sql
 
+from ml.crm import publish
 from ml.privacy import exports, models, tombstones
 from ml.privacy.columns import USER_ID_COLUMN_PATTERN
 from ml.serving import channel
@@ -98,6 +99,9 @@ def forget_users(settings: Settings, user_ids, request_id: str | None = None) ->
     with psycopg.connect(url) as conn:
         tombstones.ensure_tables(conn)
         with conn.transaction():
+            tombstones.hold_erasure_lock(conn)
+            if conn.execute("SELECT to_regclass('ops.scored_shards')").fetchone()[0] is not None:
+                publish.uncount_staged(conn, ids)
             report.rows_removed.update(delete_rows(conn, ids))
             conn.cursor().executemany(
                 "INSERT INTO ops.erased_users (user_hash, request_id, erased_at) VALUES (%s, %s, %s) "

@@ -31,6 +31,16 @@ def ensure_tables(conn: psycopg.Connection) -> None:
     conn.execute(resources.files("ml.privacy").joinpath("schema.sql").read_text())
 
 
+# The transaction-level advisory lock an erasure and the daily publish both take: a publish sees every erasure that
+# committed before it, and an erasure waits for a publish in flight, then removes what that publish wrote.
+ERASURE_LOCK_KEY = 7_265_107_110_100_108  # any bigint no other lock of this database uses
+
+
+def hold_erasure_lock(conn: psycopg.Connection) -> None:
+    """Take the erasure lock until the end of ``conn``'s transaction."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (ERASURE_LOCK_KEY,))
+
+
 def salt_file(settings: Settings) -> Path:
     return settings.home / SALT_FILE
 
