@@ -188,6 +188,8 @@ def uncount_staged(conn: psycopg.Connection, user_ids: list[str]) -> None:
 def drop_erased_staged(conn: psycopg.Connection, run_date: date, erased: ErasedUsers) -> int:
     """Delete run_date's staged rows of erased users (a shard scored from marts read before an erasure); returns
     the users dropped. Call holding the erasure lock, so no erasure commits between this and the publish."""
+    if not erased.hashes:
+        return 0
     users = pd.Series(
         [
             u

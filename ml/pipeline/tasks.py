@@ -662,9 +662,10 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
                 if offers is not None:
                     offers = offers[~erased.mask(offers["user_id"])]
                 members = sum(marts.users_per_segment(conn).values())
+                # Shards an erased-from version scored before the erasure publish as the refit's.
                 others = publish.staged_versions(conn, run_date) - {version}
-                replaced = _replaced_by(settings, version) if others else frozenset()
-                publish.check_staged(conn, run_date, settings.score_shards, version, members, replaced)
+                replaced = tracking.replaced_versions(settings.ranker_model_name, version) if others else []
+                publish.check_staged(conn, run_date, settings.score_shards, version, members, frozenset(replaced))
                 started = time.perf_counter()
                 expired = publish.drop_expired(conn, run_date, settings.crm_retention_days)
                 recommendations, scored = publish.replace_run(
@@ -705,17 +706,6 @@ def publish_segments(settings: Settings, run_date: date) -> dict:
             exports={segment: str(path) for segment, path in exports.items()},
         )
     return summary
-
-
-def _replaced_by(settings: Settings, version: str) -> frozenset[str]:
-    """The ranker versions an erasure refitted into ``version``: shards they scored (before the erasure) publish as
-    its, once the erased users' rows are dropped."""
-    from mlflow import MlflowClient
-
-    from ml.privacy.models import cleaned_from
-
-    client = MlflowClient()
-    return frozenset(cleaned_from(client, client.get_model_version(settings.ranker_model_name, version)))
 
 
 def _todays_offers(settings: Settings, conn: psycopg.Connection, run_date: date):

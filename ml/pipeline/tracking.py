@@ -162,6 +162,21 @@ def log_model_once(python_model, registered_name: str, key: str, signature: Mode
     return log_model(python_model, registered_name, signature)
 
 
+# On the run of a version an erasure refitted (``ml.privacy.models``): the versions it replaces, comma-separated, the
+# one it was refitted from last (an earlier erasure's refit replaced the ones before it).
+CLEANED_FROM_TAG = "rekindle.cleaned_from_version"
+
+
+def replaced_versions(name: str, version: str) -> list[str]:
+    """The versions an erasure's refit ``version`` replaces (scores from them are its own, but for the erased
+    users'); none for a version the daily training registered."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    run_id = client.get_model_version(name, version).run_id
+    return [number for number in client.get_run(run_id).data.tags.get(CLEANED_FROM_TAG, "").split(",") if number]
+
+
 def alias_version(name: str, alias: str) -> str | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

@@ -28,9 +28,6 @@ from ml.warehouse import marts
 log = logging.getLogger(__name__)
 
 ERASURE_TAG = "rekindle.erasure_request"
-# On an erasure's refitted version's run: the versions it replaces, comma-separated, the one it was refitted from
-# last (an earlier erasure's refit replaced the ones before it).
-CLEANED_FROM_TAG = "rekindle.cleaned_from_version"
 
 
 def remove_users(settings: Settings, url: str, user_ids: list[str], request_id: str) -> dict[str, int]:
@@ -115,16 +112,9 @@ def _register_cleaned(settings: Settings, url: str, client, version, recommender
         cleaned = recommender.spec.recommender().fit(orders, as_of, context)
     experiment = client.get_run(version.run_id).info.experiment_id
     with mlflow.start_run(experiment_id=experiment, run_name=f"erasure {request_id}"):
-        replaced = [*cleaned_from(client, version), str(version.version)]
-        mlflow.set_tags({ERASURE_TAG: request_id, CLEANED_FROM_TAG: ",".join(replaced)})
+        replaced = [*tracking.replaced_versions(version.name, str(version.version)), str(version.version)]
+        mlflow.set_tags({ERASURE_TAG: request_id, tracking.CLEANED_FROM_TAG: ",".join(replaced)})
         return tracking.log_model(tracking.RecommenderPyfunc(cleaned), version.name)
-
-
-def cleaned_from(client, version) -> list[str]:
-    """The versions an erasure's refit ``version`` replaces (scores from them are its own, but for the erased
-    users'); none for a version the daily training registered."""
-    tag = client.get_run(version.run_id).data.tags.get(CLEANED_FROM_TAG, "")
-    return [number for number in tag.split(",") if number]
 
 
 def _artifact_dir(version, client) -> Path | None:

@@ -113,12 +113,12 @@ def earlier_simulation_files(
     replaces: a campaign has one simulated outcome. Refused once the daily run has loaded them: their events would
     stay in raw beside the new ones, and the campaign would be measured on two outcomes."""
     stale = []
+    has_ingest_log = conn.execute("SELECT to_regclass('raw.ingested_files') IS NOT NULL").fetchone()[0]
     for campaign_id in campaign_ids:
         earlier = load_campaign_truth(settings, campaign_id)
         if earlier is None or (earlier["seed"], earlier["days"]) == (seed, days):
             continue
         files = [Path(path).resolve() for path in earlier["files"].values()]
-        has_ingest_log = conn.execute("SELECT to_regclass('raw.ingested_files') IS NOT NULL").fetchone()[0]
         if has_ingest_log and ingest.recorded_files(conn, [str(path) for path in files]):
             raise ValueError(
                 f"campaign {campaign_id} was already simulated (seed {earlier['seed']}, {earlier['days']} days) and "
